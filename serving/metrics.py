@@ -1,0 +1,83 @@
+"""The serving replica's metrics, declared once per process (ray.serve.metrics, aggregated by Ray).
+
+Ray's exporter prefixes every name with `ray_`, so `vigil_request_duration_seconds` is scraped as
+`ray_vigil_request_duration_seconds`. Ray adds deployment, replica and application tags itself."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from ray.serve import metrics
+
+LATENCY_BOUNDARIES = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+]
+ROWS_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384]
+UNKNOWN_MODEL = "_unknown"  # label for requests naming no served model: keeps cardinality fixed
+
+
+class ReplicaMetrics:
+    """Every metric a serving replica exports; tags are limited to model, version, protocol and
+    status code."""
+
+    def __init__(self) -> None:
+        self.request_duration = metrics.Histogram(
+            "vigil_request_duration_seconds",
+            description="Time from request arrival at the replica to response, by status code.",
+            boundaries=LATENCY_BOUNDARIES,
+            tag_keys=("model", "version", "protocol", "code"),
+        )
+        self.requests = metrics.Counter(
+            "vigil_requests_total",
+            description="Inference requests by status code.",
+            tag_keys=("model", "version", "protocol", "code"),
+        )
+        self.inference_duration = metrics.Histogram(
+            "vigil_inference_duration_seconds",
+            description="Time one onnxruntime run takes (one batch).",
+            boundaries=LATENCY_BOUNDARIES,
+            tag_keys=("model", "version"),
+        )
+        self.batch_rows = metrics.Histogram(
+            "vigil_batch_rows",
+            description="Rows stacked into one model run.",
+            boundaries=ROWS_BOUNDARIES,
+            tag_keys=("model", "version"),
+        )
+        self.queue_wait = metrics.Histogram(
+            "vigil_queue_wait_seconds",
+            description="Time a request waits for its batch to start.",
+            boundaries=LATENCY_BOUNDARIES,
+            tag_keys=("model", "version"),
+        )
+
+    def for_model(self, model: str, version: str) -> ModelBatchMetrics:
+        return ModelBatchMetrics(self, {"model": model, "version": version})
+
+    def request_done(
+        self, model: str, version: str, protocol: str, code: int, seconds: float
+    ) -> None:
+        tags = {"model": model, "version": version, "protocol": protocol, "code": str(code)}
+        self.request_duration.observe(seconds, tags)
+        self.requests.inc(1, tags)
+
+
+class ModelBatchMetrics:
+    """The batching observer for one model version (see serving.batching.BatchObserver)."""
+
+    def __init__(self, parent: ReplicaMetrics, tags: dict[str, str]) -> None:
+        self._parent = parent
+        self._tags = tags
+
+    def batch_ran(self, rows: int, requests: int, seconds: float) -> None:
+        self._parent.batch_rows.observe(rows, self._tags)
+        self._parent.inference_duration.observe(seconds, self._tags)
+
+    def request_queued(self, wait_seconds: float) -> None:
+        self._parent.queue_wait.observe(wait_seconds, self._tags)
+
+
+@lru_cache(maxsize=1)
+def replica_metrics() -> ReplicaMetrics:
+    """The process's single set of metrics, created on first use inside the replica."""
+    return ReplicaMetrics()

@@ -1,0 +1,192 @@
+"""The model repository on disk: <name>/<version>/model.onnx + model.yaml, checked by sha256."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from serving.protocol import V2_TO_NUMPY, TensorSpec
+
+MODEL_FILE = "model.onnx"
+MANIFEST_FILE = "model.yaml"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class RepositoryError(Exception):
+    """The repository or one of its versions is malformed; the message says where."""
+
+
+@dataclass(frozen=True)
+class VersionManifest:
+    """What model.yaml records about one immutable model version."""
+
+    name: str
+    version: str
+    sha256: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    created: str
+    platform: str = "onnxruntime_onnx"
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_yaml(self) -> str:
+        doc = {
+            "name": self.name,
+            "version": self.version,
+            "platform": self.platform,
+            "sha256": self.sha256,
+            "created": self.created,
+            "inputs": [_spec_to_dict(s) for s in self.inputs],
+            "outputs": [_spec_to_dict(s) for s in self.outputs],
+            "metadata": self.metadata,
+        }
+        return yaml.safe_dump(doc, sort_keys=False)
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """A version found on disk: where it lives and what its manifest says."""
+
+    path: Path
+    manifest: VersionManifest
+
+    @property
+    def model_file(self) -> Path:
+        return self.path / MODEL_FILE
+
+    def read_verified_bytes(self) -> bytes:
+        """The ONNX file's bytes, refused if they do not hash to the recorded sha256."""
+        data = self.model_file.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != self.manifest.sha256:
+            raise RepositoryError(
+                f"{self.model_file}: sha256 {digest} does not match {self.manifest.sha256} "
+                f"recorded in {MANIFEST_FILE}; refusing to load a modified version"
+            )
+        return data
+
+
+def _spec_to_dict(spec: TensorSpec) -> dict[str, Any]:
+    doc: dict[str, Any] = {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}
+    if not spec.allow_non_finite:
+        doc["allow_non_finite"] = False
+    return doc
+
+
+def _spec_from_dict(doc: Any, where: str) -> TensorSpec:
+    if not isinstance(doc, dict) or set(doc) - {"name", "datatype", "shape", "allow_non_finite"}:
+        raise RepositoryError(f"{where}: expected name, datatype, shape[, allow_non_finite]")
+    datatype = doc.get("datatype")
+    if datatype not in V2_TO_NUMPY:
+        raise RepositoryError(f"{where}: unknown datatype {datatype!r}")
+    shape = doc.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= -1 for d in shape):
+        raise RepositoryError(f"{where}: shape must be a list of ints >= -1")
+    return TensorSpec(
+        name=str(doc.get("name")),
+        datatype=datatype,
+        shape=tuple(shape),
+        allow_non_finite=bool(doc.get("allow_non_finite", True)),
+    )
+
+
+def read_manifest(version_dir: Path) -> VersionManifest:
+    path = version_dir / MANIFEST_FILE
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise RepositoryError(f"{path}: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise RepositoryError(f"{path}: expected a mapping")
+    try:
+        return VersionManifest(
+            name=str(doc["name"]),
+            version=str(doc["version"]),
+            sha256=str(doc["sha256"]),
+            created=str(doc.get("created", "")),
+            platform=str(doc.get("platform", "onnxruntime_onnx")),
+            inputs=tuple(_spec_from_dict(s, f"{path} inputs") for s in doc["inputs"]),
+            outputs=tuple(_spec_from_dict(s, f"{path} outputs") for s in doc["outputs"]),
+            metadata=dict(doc.get("metadata") or {}),
+        )
+    except KeyError as exc:
+        raise RepositoryError(f"{path}: missing field {exc}") from exc
+
+
+def _version_key(name: str) -> tuple[int, int, str]:
+    # Numeric versions sort numerically and above any non-numeric label.
+    return (1, int(name), "") if name.isdigit() else (0, 0, name)
+
+
+def scan(root: Path, only: list[str] | None = None) -> dict[str, list[ModelVersion]]:
+    """Every model under root with its versions, oldest first. Malformed versions raise."""
+    if not root.is_dir():
+        raise RepositoryError(f"model repository {root} does not exist")
+    found: dict[str, list[ModelVersion]] = {}
+    for model_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        if only is not None and model_dir.name not in only:
+            continue
+        versions = []
+        for version_dir in sorted(
+            (p for p in model_dir.iterdir() if p.is_dir() and _NAME.match(p.name)),
+            key=lambda p: _version_key(p.name),
+        ):
+            if not (version_dir / MANIFEST_FILE).exists():
+                continue
+            manifest = read_manifest(version_dir)
+            if (manifest.name, manifest.version) != (model_dir.name, version_dir.name):
+                raise RepositoryError(
+                    f"{version_dir}: manifest says {manifest.name}/{manifest.version}"
+                )
+            versions.append(ModelVersion(version_dir, manifest))
+        if versions:
+            found[model_dir.name] = versions
+    missing = set(only or ()) - set(found)
+    if missing:
+        raise RepositoryError(f"models not found in {root}: {sorted(missing)}")
+    return found
+
+
+def publish(
+    root: Path,
+    name: str,
+    version: str,
+    onnx_bytes: bytes,
+    inputs: tuple[TensorSpec, ...],
+    outputs: tuple[TensorSpec, ...],
+    metadata: dict[str, Any] | None = None,
+    created: datetime | None = None,
+) -> ModelVersion:
+    """Write a new version. Versions are immutable: an existing one with other bytes is refused."""
+    for label in (name, version):
+        if not _NAME.match(label):
+            raise RepositoryError(f"invalid name {label!r}: letters, digits, '.', '_', '-' only")
+    version_dir = root / name / version
+    sha = hashlib.sha256(onnx_bytes).hexdigest()
+    if (version_dir / MANIFEST_FILE).exists():
+        existing = read_manifest(version_dir)
+        if existing.sha256 != sha:
+            raise RepositoryError(f"{name}/{version} already exists with other contents")
+        return ModelVersion(version_dir, existing)
+    version_dir.mkdir(parents=True, exist_ok=True)
+    (version_dir / MODEL_FILE).write_bytes(onnx_bytes)
+    manifest = VersionManifest(
+        name=name,
+        version=version,
+        sha256=sha,
+        inputs=inputs,
+        outputs=outputs,
+        created=(created or datetime.now(timezone.utc)).isoformat(timespec="seconds"),
+        metadata=metadata or {},
+    )
+    # The manifest is written last: a version without one is not visible to scan().
+    tmp = version_dir / (MANIFEST_FILE + ".tmp")
+    tmp.write_text(manifest.to_yaml())
+    tmp.replace(version_dir / MANIFEST_FILE)
+    return ModelVersion(version_dir, manifest)

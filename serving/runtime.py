@@ -1,0 +1,189 @@
+"""One onnxruntime InferenceSession per model version: providers, signature checks, run."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from serving.protocol import (
+    NUMPY_TO_V2,
+    ONNX_TO_V2,
+    V2_TO_NUMPY,
+    BadRequest,
+    TensorSpec,
+    can_cast,
+)
+from serving.repository import ModelVersion, RepositoryError
+from serving.settings import RuntimeSettings
+
+logger = logging.getLogger("vigil.runtime")
+
+_OPT_LEVELS = {
+    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+_warned_cuda_fallback = False
+
+
+class GpuUnavailable(RuntimeError):
+    """CUDA was required by the config and this process cannot use it."""
+
+
+def select_providers(settings: RuntimeSettings) -> list[Any]:
+    """onnxruntime provider list from the config, dropping CUDA (logged once) where missing."""
+    global _warned_cuda_fallback
+    available = ort.get_available_providers()
+    chosen: list[Any] = []
+    for name in settings.providers:
+        if name == "cpu":
+            chosen.append("CPUExecutionProvider")
+            continue
+        if "CUDAExecutionProvider" in available:
+            options: dict[str, Any] = {"device_id": settings.cuda_device_id}
+            if settings.cuda_memory_limit_bytes is not None:
+                options["gpu_mem_limit"] = settings.cuda_memory_limit_bytes
+            chosen.append(("CUDAExecutionProvider", options))
+        elif settings.require_gpu:
+            raise GpuUnavailable(
+                "runtime.require_gpu is set but onnxruntime offers no CUDAExecutionProvider "
+                f"here (available: {available}); install vigil[gpu] on a node with a GPU"
+            )
+        elif not _warned_cuda_fallback:
+            _warned_cuda_fallback = True
+            logger.warning(
+                "CUDA was asked for but onnxruntime offers only %s; serving on the CPU", available
+            )
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")  # onnxruntime's own fallback for unsupported ops
+    return chosen
+
+
+class OnnxModel:
+    """A loaded, verified model version that validates requests and runs them."""
+
+    def __init__(self, version: ModelVersion, settings: RuntimeSettings) -> None:
+        self.name = version.manifest.name
+        self.version = version.manifest.version
+        self.manifest = version.manifest
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = settings.intra_op_threads
+        options.inter_op_num_threads = settings.inter_op_threads
+        options.graph_optimization_level = _OPT_LEVELS[settings.graph_optimization_level]
+        self.session = ort.InferenceSession(
+            version.read_verified_bytes(), options, providers=select_providers(settings)
+        )
+        if settings.require_gpu and "CUDAExecutionProvider" not in self.session.get_providers():
+            raise GpuUnavailable(
+                f"{self.name}/{self.version}: the CUDA provider failed to initialise "
+                "(see onnxruntime's log above) and runtime.require_gpu is set"
+            )
+        self.inputs = {s.name: s for s in version.manifest.inputs}
+        self.outputs = {s.name: s for s in version.manifest.outputs}
+        self._check_signature()
+        # Rows can be stacked only when every tensor has a dynamic leading (batch) axis.
+        self.batchable = all(
+            len(s.shape) >= 1 and s.shape[0] == -1
+            for s in (*self.inputs.values(), *self.outputs.values())
+        )
+        self.output_names = list(self.outputs)
+
+    def _check_signature(self) -> None:
+        where = f"{self.name}/{self.version}"
+        for kind, declared, actual in (
+            ("input", self.inputs, self.session.get_inputs()),
+            ("output", self.outputs, self.session.get_outputs()),
+        ):
+            actual_by_name = {a.name: a for a in actual}
+            if set(declared) != set(actual_by_name):
+                raise RepositoryError(
+                    f"{where}: model.yaml {kind}s {sorted(declared)} differ from the ONNX graph's "
+                    f"{sorted(actual_by_name)}"
+                )
+            for name, spec in declared.items():
+                onnx = actual_by_name[name]
+                if ONNX_TO_V2.get(onnx.type) != spec.datatype or len(onnx.shape) != len(spec.shape):
+                    raise RepositoryError(
+                        f"{where}: {kind} '{name}' is {onnx.type} {onnx.shape} in the graph but "
+                        f"{spec.datatype} {list(spec.shape)} in model.yaml"
+                    )
+
+    def validate(self, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
+        """Check names, datatypes (safe casts only), shapes and finiteness against the signature.
+        Returns the inputs as the model wants them and the request's row count."""
+        missing = self.inputs.keys() - inputs.keys()
+        if missing:
+            raise BadRequest(f"model '{self.name}' needs inputs {sorted(missing)} (missing)")
+        unknown = inputs.keys() - self.inputs.keys()
+        if unknown:
+            raise BadRequest(
+                f"model '{self.name}' has no inputs {sorted(unknown)}; it takes {list(self.inputs)}"
+            )
+        ready: dict[str, np.ndarray] = {}
+        rows: int | None = None
+        for name, array in inputs.items():
+            spec = self.inputs[name]
+            array = self._conform(spec, array)
+            if self.batchable:
+                if rows is None:
+                    rows = array.shape[0]
+                elif array.shape[0] != rows:
+                    raise BadRequest(
+                        f"inputs disagree on the batch axis: '{name}' has {array.shape[0]} rows, "
+                        f"others {rows}"
+                    )
+            ready[name] = array
+        if rows == 0:
+            raise BadRequest("request has 0 rows along the batch axis")
+        return ready, rows if rows is not None else 1
+
+    def _conform(self, spec: TensorSpec, array: np.ndarray) -> np.ndarray:
+        got = NUMPY_TO_V2.get(array.dtype.newbyteorder("="), "BYTES")
+        if not can_cast(got, spec.datatype):
+            raise BadRequest(
+                f"input '{spec.name}' is {got}; model '{self.name}' takes {spec.datatype}"
+            )
+        if array.ndim != len(spec.shape) or any(
+            want not in (-1, have) for want, have in zip(spec.shape, array.shape)
+        ):
+            raise BadRequest(
+                f"input '{spec.name}' has shape {list(array.shape)}; model '{self.name}' takes "
+                f"{list(spec.shape)} (-1: any size)"
+            )
+        if got != spec.datatype:
+            array = array.astype(V2_TO_NUMPY[spec.datatype])
+        if (
+            not spec.allow_non_finite
+            and array.dtype.kind == "f"
+            and not np.isfinite(array).all()
+        ):
+            raise BadRequest(f"input '{spec.name}' holds NaN or Inf, which model '{self.name}' forbids")
+        return array
+
+    def select_outputs(self, names: list[str] | None) -> list[str]:
+        if names is None:
+            return self.output_names
+        unknown = [n for n in names if n not in self.outputs]
+        if unknown:
+            raise BadRequest(
+                f"model '{self.name}' has no outputs {unknown}; it gives {self.output_names}"
+            )
+        return names
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the session on validated inputs; every output, by name."""
+        results = self.session.run(self.output_names, inputs)
+        return dict(zip(self.output_names, results))
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "versions": [self.version],
+            "platform": self.manifest.platform,
+            "inputs": [s.to_metadata() for s in self.inputs.values()],
+            "outputs": [s.to_metadata() for s in self.outputs.values()],
+        }

@@ -1,0 +1,96 @@
+"""Typed, bounded settings for a serving replica; the only module that reads the environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+class RuntimeSettings(BaseModel):
+    """How onnxruntime sessions are created."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    providers: list[Literal["cuda", "cpu"]] = Field(
+        default=["cpu"],
+        min_length=1,
+        description="Execution providers in order of preference. 'cuda' falls back to 'cpu' "
+        "(logged once) unless require_gpu is set.",
+    )
+    require_gpu: bool = Field(
+        default=False, description="Fail replica start when 'cuda' is asked for but not available."
+    )
+    cuda_device_id: int = Field(default=0, ge=0, le=64, description="CUDA device ordinal.")
+    cuda_memory_limit_bytes: int | None = Field(
+        default=None,
+        ge=64 * MiB,
+        description="Cap on the CUDA provider's memory arena (gpu_mem_limit); unset: no cap.",
+    )
+    intra_op_threads: int = Field(
+        default=1,
+        ge=0,
+        le=256,
+        description="Threads inside one operator; 0 lets onnxruntime use every core. The default "
+        "suits several small replicas sharing a node.",
+    )
+    inter_op_threads: int = Field(
+        default=1, ge=0, le=256, description="Threads across operators (parallel execution mode)."
+    )
+    graph_optimization_level: Literal["disabled", "basic", "extended", "all"] = Field(
+        default="all", description="onnxruntime graph optimisation level."
+    )
+
+
+class BatchSettings(BaseModel):
+    """Live batching knobs: a deployment's user_config, applied by reconfigure() without restart."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_batch_rows: int = Field(
+        default=256,
+        ge=1,
+        le=1_000_000,
+        description="Most rows stacked into one model run. A request with more rows runs alone.",
+    )
+    batch_wait_timeout_s: float = Field(
+        default=0.002,
+        ge=0.0,
+        le=1.0,
+        description="Longest wait for more rows once a batch has started to form. Waiting happens "
+        "only under concurrent load: a lone request never waits.",
+    )
+    enabled: bool = Field(
+        default=True, description="Stack concurrent requests; off runs each request alone."
+    )
+
+
+class ServerSettings(BaseSettings):
+    """Everything one serving replica needs. Environment variables prefixed VIGIL_ fill unset
+    fields (nested with '__', e.g. VIGIL_RUNTIME__PROVIDERS='["cuda","cpu"]'); explicit
+    application args (serve.yaml `args`) win."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="VIGIL_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    model_repository: Path = Field(
+        default=Path("models"),
+        description="Folder laid out as <name>/<version>/model.onnx + model.yaml. Relative paths "
+        "resolve against the working directory of the process that builds the application.",
+    )
+    models: list[str] | None = Field(
+        default=None, description="Names of the models to load; unset loads every model found."
+    )
+    max_body_bytes: int = Field(
+        default=64 * MiB, ge=1024, le=4096 * MiB, description="Largest request body accepted (413)."
+    )
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    batching: BatchSettings = Field(
+        default_factory=BatchSettings,
+        description="Initial batching knobs; a deployment's user_config overrides them live.",
+    )
