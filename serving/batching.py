@@ -104,6 +104,8 @@ class RowBatcher:
                 continue
             await self._maybe_wait_for_more(batch)
             await self._execute(batch)
+        # The queue ran dry: load has paused, so the next lone arrival must not wait.
+        self._last_batch_requests = 0
 
     def _take(self, batch: list[_Pending] | None = None) -> list[_Pending]:
         """Move compatible requests from the queue head into the batch, up to max rows."""

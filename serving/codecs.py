@@ -111,7 +111,7 @@ def _input_header(raw: Any, position: int) -> tuple[str, tuple[int, ...], str, d
     ):
         raise BadRequest(f"input '{name}': 'shape' must be a list of non-negative integers")
     datatype = raw.get("datatype")
-    if datatype not in V2_TO_NUMPY:
+    if not isinstance(datatype, str) or datatype not in V2_TO_NUMPY:
         raise BadRequest(
             f"input '{name}': unknown datatype {datatype!r}; expected one of {sorted(V2_TO_NUMPY)}"
         )
@@ -138,6 +138,12 @@ def _from_json(name: str, data: Any, shape: tuple[int, ...], datatype: str) -> n
         raise BadRequest(f"input '{name}': 'data' is ragged") from None
     kind = values.dtype.kind
     target = V2_TO_NUMPY[datatype]
+    if not values.size:
+        kind = target.kind  # numpy reads [] as float64; there are no values to judge
+    elif kind == "f" and target.kind in "iu" and _all_ints(data):
+        # Ints that share no numpy int type (e.g. [1, 2**64 - 1]) come back as float64,
+        # rounded: keep the exact Python ints and let the range check below judge them.
+        values, kind = np.array(data, dtype=object), "i"
     if kind not in "biuf" or (kind == "f" and target.kind in "biu") or (
         kind == "b" and target.kind != "b"
     ):
@@ -152,6 +158,10 @@ def _from_json(name: str, data: Any, shape: tuple[int, ...], datatype: str) -> n
     if target.kind == "b" and kind != "b" and values.size and not np.isin(values, (0, 1)).all():
         raise BadRequest(f"input '{name}': BOOL data must be true/false or 0/1")
     return values.astype(target, copy=False).reshape(shape)
+
+
+def _all_ints(data: Any) -> bool:
+    return all(type(v) is int for v in (_flatten(data) if isinstance(data, list) else [data]))
 
 
 def _flatten(data: list) -> list:

@@ -82,11 +82,15 @@ def _spec_to_dict(spec: TensorSpec) -> dict[str, Any]:
 def _spec_from_dict(doc: Any, where: str) -> TensorSpec:
     if not isinstance(doc, dict) or set(doc) - {"name", "datatype", "shape", "allow_non_finite"}:
         raise RepositoryError(f"{where}: expected name, datatype, shape[, allow_non_finite]")
+    if not isinstance(doc.get("name"), str) or not doc["name"]:
+        raise RepositoryError(f"{where}: a tensor needs a non-empty string 'name'")
     datatype = doc.get("datatype")
-    if datatype not in V2_TO_NUMPY:
+    if not isinstance(datatype, str) or datatype not in V2_TO_NUMPY:
         raise RepositoryError(f"{where}: unknown datatype {datatype!r}")
     shape = doc.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= -1 for d in shape):
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= -1 for d in shape
+    ):
         raise RepositoryError(f"{where}: shape must be a list of ints >= -1")
     return TensorSpec(
         name=str(doc.get("name")),
@@ -104,6 +108,9 @@ def read_manifest(version_dir: Path) -> VersionManifest:
         raise RepositoryError(f"{path}: {exc}") from exc
     if not isinstance(doc, dict):
         raise RepositoryError(f"{path}: expected a mapping")
+    for key in ("inputs", "outputs"):
+        if key in doc and not isinstance(doc[key], list):
+            raise RepositoryError(f"{path}: '{key}' must be a list")
     try:
         return VersionManifest(
             name=str(doc["name"]),

@@ -106,7 +106,13 @@ class OnnxModel:
                 )
             for name, spec in declared.items():
                 onnx = actual_by_name[name]
-                if ONNX_TO_V2.get(onnx.type) != spec.datatype or len(onnx.shape) != len(spec.shape):
+                if (
+                    ONNX_TO_V2.get(onnx.type) != spec.datatype
+                    or len(onnx.shape) != len(spec.shape)
+                    # A dim the graph fixes must be declared as that size; a symbolic one may be
+                    # declared as anything.
+                    or any(isinstance(g, int) and g != d for g, d in zip(onnx.shape, spec.shape))
+                ):
                     raise RepositoryError(
                         f"{where}: {kind} '{name}' is {onnx.type} {onnx.shape} in the graph but "
                         f"{spec.datatype} {list(spec.shape)} in model.yaml"
@@ -115,14 +121,15 @@ class OnnxModel:
     def validate(self, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
         """Check names, datatypes (safe casts only), shapes and finiteness against the signature.
         Returns the inputs as the model wants them and the request's row count."""
-        missing = self.inputs.keys() - inputs.keys()
-        if missing:
-            raise BadRequest(f"model '{self.name}' needs inputs {sorted(missing)} (missing)")
+        # Unknown names first: a misspelt input is also a missing one, and this message says both.
         unknown = inputs.keys() - self.inputs.keys()
         if unknown:
             raise BadRequest(
                 f"model '{self.name}' has no inputs {sorted(unknown)}; it takes {list(self.inputs)}"
             )
+        missing = self.inputs.keys() - inputs.keys()
+        if missing:
+            raise BadRequest(f"model '{self.name}' needs inputs {sorted(missing)} (missing)")
         ready: dict[str, np.ndarray] = {}
         rows: int | None = None
         for name, array in inputs.items():
@@ -156,6 +163,8 @@ class OnnxModel:
             )
         if got != spec.datatype:
             array = array.astype(V2_TO_NUMPY[spec.datatype])
+        if spec.datatype == "BYTES" and array.dtype == object:
+            array = _utf8_strings(spec.name, array)
         if (
             not spec.allow_non_finite
             and array.dtype.kind == "f"
@@ -187,3 +196,15 @@ class OnnxModel:
             "inputs": [s.to_metadata() for s in self.inputs.values()],
             "outputs": [s.to_metadata() for s in self.outputs.values()],
         }
+
+
+def _utf8_strings(name: str, array: np.ndarray) -> np.ndarray:
+    """BYTES elements as str: onnxruntime's tensor(string) would take a bytes element as its
+    repr ("b'...'")."""
+    try:
+        items = [v.decode() if isinstance(v, bytes) else v for v in array.ravel()]
+    except UnicodeDecodeError:
+        raise BadRequest(f"input '{name}' holds bytes that are not UTF-8 text") from None
+    out = np.empty(len(items), dtype=object)
+    out[:] = items
+    return out.reshape(array.shape)

@@ -89,7 +89,9 @@ class ServerSettings(BaseSettings):
     max_body_bytes: int = Field(
         default=64 * MiB, ge=1024, le=4096 * MiB, description="Largest request body accepted (413)."
     )
-    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    runtime: RuntimeSettings = Field(
+        default_factory=RuntimeSettings, description="How onnxruntime sessions are created."
+    )
     batching: BatchSettings = Field(
         default_factory=BatchSettings,
         description="Initial batching knobs; a deployment's user_config overrides them live.",

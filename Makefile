@@ -1,0 +1,70 @@
+# Vigil: the commands a newcomer needs. `make serve` and `make test` work from a clean clone
+# with only Python 3.11, pip and apt.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+
+# Ray keeps a single node on 127.0.0.1 only with this set; HAProxy with direct ingress to the
+# replicas is Ray Serve's fastest HTTP path (see README, "Ingress").
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
+export RAY_SERVE_ENABLE_HA_PROXY ?= 1
+export RAY_USAGE_STATS_ENABLED := 0
+# One auth mode for `ray start`, `serve run` and `serve deploy`: a cluster that `serve run` started
+# with token auth otherwise refuses a later `serve deploy`.
+export RAY_AUTH_MODE ?= token
+# Replicas behind HAProxy drain 30 s before stopping (for remote load balancers); on one local
+# node HAProxy learns of it at once, so Ctrl-C on `make serve` need not wait that long.
+export RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S ?= 2
+export PYTHONUNBUFFERED := 1
+
+.PHONY: serve test bench deploy stop models lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# One stamp per extra set: the cpu flavour of onnxruntime (never together with onnxruntime-gpu).
+$(VENV)/.serve-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[cpu,examples]'
+	touch $@
+
+$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[cpu,dev]'
+	touch $@ $(VENV)/.serve-installed
+
+models/breast_cancer/1/model.yaml models/mlp/1/model.yaml: | $(VENV)/.serve-installed
+	$(BIN)/vigil examples build
+
+models: models/breast_cancer/1/model.yaml models/mlp/1/model.yaml
+
+## serve: set up and run the service on http://127.0.0.1:8000 (Ctrl-C stops it)
+serve: $(VENV)/.serve-installed models
+	$(BIN)/serve run configs/serve.yaml
+
+## test: set up and run the whole test suite (unit, integration on a real Ray, scenarios)
+test: $(VENV)/.dev-installed
+	$(BIN)/python -m pytest
+
+## bench: the load benchmark (reference, plain Ray Serve, Vigil) on 127.0.0.1
+bench: $(VENV)/.dev-installed models
+	$(BIN)/python -m load_tests.bench
+
+## deploy: start a local Ray cluster and `serve deploy` the config onto it
+deploy: $(VENV)/.serve-installed models
+	$(BIN)/ray get-auth-token --generate >/dev/null
+	$(BIN)/ray status >/dev/null 2>&1 || $(BIN)/ray start --head --disable-usage-stats
+	$(BIN)/serve deploy configs/serve.yaml
+	$(BIN)/serve status
+
+## stop: shut down what `make deploy` started
+stop:
+	-$(BIN)/serve shutdown -y
+	-$(BIN)/ray stop
+
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check serving monitoring tests load_tests
+	$(BIN)/lint-imports
+
+clean:
+	rm -rf $(VENV) .pytest_cache

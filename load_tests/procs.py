@@ -1,0 +1,177 @@
+"""Process housekeeping for the bench: subreaper, process trees from /proc, stopping by pid, ports."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> bool:
+    """Orphans of our children (daemons started by `ray start`) re-parent to us, not to init,
+    so that every process the bench started stays findable as one of our descendants."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Let a cleanup finish: Ctrl-C / SIGTERM during it are remembered and re-raised after."""
+    caught: list[int] = []
+    wanted = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, lambda s, f: caught.append(s)) for sig in wanted}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if caught:
+            raise KeyboardInterrupt(f"signal {caught[0]} during cleanup")
+
+
+def _parents() -> dict[int, int]:
+    """pid -> ppid for every live process (zombies excluded)."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] != "Z":
+            out[int(entry.name)] = int(fields[1])
+    return out
+
+
+def descendants(root: int, parents: dict[int, int] | None = None) -> list[int]:
+    parents = _parents() if parents is None else parents
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parents.items():
+        children.setdefault(ppid, []).append(pid)
+    out, stack = [], [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            out.append(child)
+            stack.append(child)
+    return out
+
+
+def pids_with_cmdline(needle: str) -> list[int]:
+    """Live processes whose command line contains `needle` (our own temp dir, say)."""
+    found = []
+    me = os.getpid()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if needle in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "?"
+
+
+def reap() -> None:
+    """Collect exit statuses of any of our (adopted) children that have ended."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def stop_pids(pids: list[int], grace_s: float = 8.0) -> list[int]:
+    """SIGTERM each pid, SIGKILL what is left after grace_s. Returns the pids that needed SIGKILL."""
+    pids = [p for p in dict.fromkeys(pids) if p != os.getpid()]
+    for pid in pids:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        reap()
+        if not any(alive(p) for p in pids):
+            return []
+        time.sleep(0.2)
+    killed = [p for p in pids if alive(p)]
+    for pid in killed:
+        _signal(pid, signal.SIGKILL)
+    time.sleep(0.3)
+    reap()
+    return killed
+
+
+def stop_process_group(pgid: int, grace_s: float = 8.0) -> None:
+    """SIGTERM a process group (uvicorn and its workers), SIGKILL after grace_s."""
+    members = [pgid, *descendants(pgid)]
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(alive(p) for p in members):
+        reap()
+        time.sleep(0.2)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    stop_pids([p for p in members if alive(p)], grace_s=2.0)
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except OSError as exc:
+        if exc.errno != errno.ESRCH:
+            raise
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.3)
+        return sock.connect_ex((host, port)) == 0
+
+
+def cpu_busy_fraction(interval_s: float = 0.5) -> float:
+    """Share of all cores busy over interval_s, from /proc/stat (everyone's load, not just ours)."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + fields[4]
+        return sum(fields), idle
+
+    total0, idle0 = sample()
+    time.sleep(interval_s)
+    total1, idle1 = sample()
+    total = total1 - total0
+    return 0.0 if total <= 0 else 1.0 - (idle1 - idle0) / total

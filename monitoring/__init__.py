@@ -1,0 +1,1 @@
+"""Vigil monitoring: drift, data quality and latency statistics from sampled live traffic."""

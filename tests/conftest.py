@@ -1,0 +1,36 @@
+"""Test-wide setup: the Ray environment every test process needs, set before Ray is imported."""
+
+import os
+import secrets
+import socket
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# A single Ray node on 127.0.0.1, with the same ingress path as `make serve` (HAProxy in front of
+# replicas that serve HTTP themselves). Ports differ from the defaults so a developer's running
+# `make serve` and the tests do not collide.
+_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "token",
+    "RAY_AUTH_TOKEN": secrets.token_hex(32),
+    "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(_free_port()),
+    "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(_free_port()),
+    "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
+    "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
+    "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": "32000",
+    "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": "32999",
+    "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": "42000",
+    "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": "42999",
+    "RAY_DEDUP_LOGS": "0",
+    # Replicas behind HAProxy drain 30 s by default before stopping; nothing needs that here.
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+}
+for _key, _value in _ENV.items():
+    os.environ.setdefault(_key, _value)

@@ -1,0 +1,136 @@
+"""One real Ray instance per test session, with configs/serve.yaml deployed through Serve's REST
+API (what `serve deploy` does), on 127.0.0.1 only."""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.conftest import _free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVE_CONFIG = ROOT / "configs" / "serve.yaml"
+
+
+@dataclass
+class VigilCluster:
+    base_url: str
+    dashboard_url: str
+    config: dict[str, Any]
+    models_dir: Path
+    metrics_port: int
+
+    def deploy(self, config: dict[str, Any]) -> None:
+        """Submit a Serve config exactly as `serve deploy` does."""
+        from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+        ServeSubmissionClient(self.dashboard_url).deploy_applications(config)
+
+    def replica_actor_ids(self) -> set[str]:
+        """The live replica actors of the model server (their identity across reconfigures)."""
+        from ray import serve
+        from ray.util.state import list_actors
+
+        app = serve.status().applications.get("vigil")
+        if app is None or app.status != "RUNNING":
+            return set()
+        actors = list_actors(
+            address=self.dashboard_url,
+            filters=[("class_name", "=", "ServeReplica:vigil:ModelServer"), ("state", "=", "ALIVE")],
+        )
+        return {a.actor_id for a in actors}
+
+    def serving(self) -> bool:
+        return httpx.get(f"{self.base_url}/v2/models/mlp/ready", timeout=2).status_code == 200
+
+    def with_user_config(self, **changes: Any) -> dict[str, Any]:
+        config = copy.deepcopy(self.config)
+        deployment = config["applications"][0]["deployments"][0]
+        deployment["user_config"] = {**deployment["user_config"], **changes}
+        return config
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.25):
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+            if last:
+                return last
+        except Exception as exc:  # still starting
+            last = exc
+        time.sleep(interval)
+    raise TimeoutError(f"{what} not reached in {timeout}s (last: {last!r})")
+
+
+def _kill_leftover_haproxy(node_id: str) -> None:
+    # Ray's HAProxy outlives a forced Ray shutdown; stop ours so the next session's ports are free.
+    out = subprocess.run(["pgrep", "-f", f"haproxy-serve/{node_id}"], capture_output=True, text=True)
+    for pid in out.stdout.split():
+        try:
+            os.kill(int(pid), signal.SIGTERM)
+        except (ProcessLookupError, ValueError):
+            pass
+
+
+@pytest.fixture(scope="session")
+def vigil(tmp_path_factory) -> VigilCluster:
+    import ray
+    from ray import serve
+
+    from serving.examples import build_examples
+
+    models_dir = tmp_path_factory.mktemp("models")
+    build_examples(models_dir)
+
+    dashboard_port = _free_port()
+    metrics_port = _free_port()
+    ray.init(
+        address="local",
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=dashboard_port,
+        _metrics_export_port=metrics_port,
+        _system_config={"metrics_report_interval_ms": 1000},
+        log_to_driver=False,
+    )
+    node_id = ray.get_runtime_context().get_node_id()
+    config = yaml.safe_load(SERVE_CONFIG.read_text())
+    http_port = _free_port()
+    config["http_options"]["port"] = http_port
+    config["applications"][0]["args"]["model_repository"] = str(models_dir)
+    cluster = VigilCluster(
+        base_url=f"http://127.0.0.1:{http_port}",
+        dashboard_url=f"http://127.0.0.1:{dashboard_port}",
+        config=config,
+        models_dir=models_dir,
+        metrics_port=metrics_port,
+    )
+    try:
+        wait_for(lambda: cluster.deploy(config) or True, 60, "dashboard accepting deploys", 1.0)
+        wait_for(lambda: len(cluster.replica_actor_ids()) == 2 and cluster.serving(), 180,
+                 "two replicas serving", 1.0)
+        yield cluster
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+            _kill_leftover_haproxy(node_id)
+
+
+@pytest.fixture
+def client(vigil: VigilCluster):
+    with httpx.Client(base_url=vigil.base_url, timeout=30) as c:
+        yield c

@@ -1,0 +1,42 @@
+"""The shipped Serve configs are valid for `serve run` and `serve deploy`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+from serving.settings import BatchSettings, ServerSettings
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+@pytest.mark.parametrize("name", ["serve.yaml", "serve.gpu.yaml"])
+def test_config_is_a_valid_serve_deploy_schema(name):
+    doc = yaml.safe_load((CONFIGS / name).read_text())
+    schema = ServeDeploySchema.model_validate(doc)
+    assert schema.http_options.host == "127.0.0.1"
+    assert schema.logging_config.enable_access_log is False
+    (app,) = schema.applications
+    assert app.route_prefix == "/" and app.import_path == "serving.app:build_app"
+    # Our own parts of it validate against our settings (unknown keys rejected).
+    ServerSettings(**app.args)
+    (deployment,) = app.model_dump(exclude_unset=True)["deployments"]
+    batching = BatchSettings(**deployment["user_config"])
+    assert deployment["max_ongoing_requests"] >= batching.max_batch_rows
+    assert deployment["ray_actor_options"]["num_cpus"] > 0
+    assert deployment["autoscaling_config"]["min_replicas"] >= 1
+
+
+def test_cpu_config_fits_several_replicas_on_a_small_node():
+    doc = yaml.safe_load((CONFIGS / "serve.yaml").read_text())
+    assert 0 < doc["applications"][0]["deployments"][0]["ray_actor_options"]["num_cpus"] < 1
+
+
+def test_gpu_config_asks_for_a_gpu_and_cuda():
+    doc = yaml.safe_load((CONFIGS / "serve.gpu.yaml").read_text())
+    app = doc["applications"][0]
+    assert app["args"]["runtime"]["providers"][0] == "cuda"
+    assert app["deployments"][0]["ray_actor_options"]["num_gpus"] > 0

@@ -1,0 +1,58 @@
+"""Replica metrics reach Ray's metrics endpoint after real traffic."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+
+from tests.integration.conftest import wait_for
+
+ROW = [0.25] * 30
+
+
+def _scrape(port: int) -> str:
+    return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+
+
+def _value(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_request_and_batch_metrics_after_traffic(vigil, client):
+    body = {"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": ROW}]}
+    for _ in range(20):
+        assert client.post("/v2/models/breast_cancer/infer", json=body).status_code == 200
+    for _ in range(3):
+        assert client.post("/v2/models/breast_cancer/infer", content=b"{").status_code == 400
+    assert client.post("/v2/models/nope/infer", json=body).status_code == 404
+
+    def ready() -> str | None:
+        text = _scrape(vigil.metrics_port)
+        # Each replica reports on its own schedule: wait until every count has caught up.
+        caught_up = (
+            _value(text, "ray_vigil_requests_total", model="breast_cancer", code="200") >= 20
+            and _value(text, "ray_vigil_requests_total", model="breast_cancer", code="400") >= 3
+            and _value(text, "ray_vigil_batch_rows_sum", model="breast_cancer") >= 20
+            and _value(text, "ray_vigil_queue_wait_seconds_count", model="breast_cancer") >= 20
+        )
+        return text if caught_up else None
+
+    text = wait_for(ready, 60, "vigil metrics exported", interval=1.0)
+    assert _value(
+        text, "ray_vigil_request_duration_seconds_count", model="breast_cancer", version="1",
+        protocol="json", code="200",
+    ) >= 20
+    # Unknown model names share one label value, so clients cannot blow up the cardinality.
+    assert _value(text, "ray_vigil_requests_total", model="_unknown", code="404") >= 1
+    assert _value(text, "ray_vigil_inference_duration_seconds_count", model="breast_cancer") >= 1
+    assert _value(text, "ray_vigil_batch_rows_sum", model="breast_cancer") >= 20
+    assert _value(text, "ray_vigil_queue_wait_seconds_count", model="breast_cancer") >= 20
+    # Latency is a histogram with buckets, not only a counter.
+    assert re.search(r'ray_vigil_request_duration_seconds_bucket\{.*le="0\.1"', text)

@@ -1,0 +1,353 @@
+"""RowBatcher on real onnxruntime sessions: stacking, splitting, limits, keys, no fixed wait,
+failure isolation, live reconfiguration and cancelled requests. Each test owns its event loop
+(asyncio.run) and its batcher."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from serving.batching import RowBatcher, Tensors
+from serving.protocol import TensorSpec
+from serving.runtime import OnnxModel
+from serving.settings import BatchSettings
+
+
+class Recorder:
+    """A BatchObserver that keeps what it is told, and a run wrapper that keeps what it ran."""
+
+    def __init__(self, run: Callable[[Tensors], Tensors]) -> None:
+        self._run = run
+        self.batches: list[tuple[int, int]] = []  # (rows, requests) per model run
+        self.waits: list[float] = []
+        self.calls: list[dict[str, tuple[int, ...]]] = []  # input shapes per model run
+
+    def batch_ran(self, rows: int, requests: int, seconds: float) -> None:
+        assert seconds >= 0
+        self.batches.append((rows, requests))
+
+    def request_queued(self, wait_seconds: float) -> None:
+        assert wait_seconds >= 0
+        self.waits.append(wait_seconds)
+
+    def run(self, inputs: Tensors) -> Tensors:
+        self.calls.append({n: a.shape for n, a in inputs.items()})
+        return self._run(inputs)
+
+
+def _go(coro_fn: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+    return asyncio.run(asyncio.wait_for(coro_fn(), timeout=20))
+
+
+def _batcher(run: Callable[[Tensors], Tensors], **settings: Any) -> tuple[RowBatcher, Recorder]:
+    recorder = Recorder(run)
+    return RowBatcher(recorder.run, BatchSettings(**settings), observer=recorder), recorder
+
+
+def _rows(width: int, counts: list[int], seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((n, width)).astype(np.float32) for n in counts]
+
+
+def _assert_exact(got: Tensors, want: Tensors) -> None:
+    assert list(got) == list(want)
+    for name in want:
+        assert got[name].dtype == want[name].dtype
+        np.testing.assert_array_equal(got[name], want[name])
+
+
+# ---------------------------------------------------------------- stacking and splitting
+
+
+def test_concurrent_requests_share_one_run_and_get_their_own_rows(mlp: OnnxModel) -> None:
+    requests = _rows(256, [1, 3, 2, 1, 4, 1, 2, 5])
+    batcher, rec = _batcher(mlp.run, max_batch_rows=64, batch_wait_timeout_s=0.0)
+
+    async def main() -> list[Tensors]:
+        return await asyncio.gather(*(batcher.submit({"input": x}, len(x)) for x in requests))
+
+    try:
+        results = _go(main)
+    finally:
+        batcher.close()
+    assert rec.batches == [(19, 8)]
+    assert rec.calls == [{"input": (19, 256)}]
+    assert len(rec.waits) == 8
+    for x, got in zip(requests, results):
+        assert got["logits"].shape == (len(x), 10)
+        _assert_exact(got, mlp.run({"input": x}))
+    assert batcher.queued_rows == 0
+
+
+def test_breast_cancer_batched_rows_match_alone(cancer: OnnxModel) -> None:
+    requests = [x * 100 for x in _rows(30, [2, 1, 3], seed=5)]
+    batcher, rec = _batcher(cancer.run, max_batch_rows=16, batch_wait_timeout_s=0.0)
+
+    async def main() -> list[Tensors]:
+        return await asyncio.gather(*(batcher.submit({"input": x}, len(x)) for x in requests))
+
+    try:
+        results = _go(main)
+    finally:
+        batcher.close()
+    assert rec.batches == [(6, 3)]
+    for x, got in zip(requests, results):
+        _assert_exact(got, cancer.run({"input": x}))
+
+
+def test_max_batch_rows_is_respected(mlp: OnnxModel) -> None:
+    counts = [2, 2, 2, 3, 1, 4, 6, 5]  # 6 and 5 reach the limit of 5: they run alone
+    requests = _rows(256, counts, seed=1)
+    batcher, rec = _batcher(mlp.run, max_batch_rows=5, batch_wait_timeout_s=0.0)
+
+    async def main() -> list[Tensors]:
+        return await asyncio.gather(*(batcher.submit({"input": x}, len(x)) for x in requests))
+
+    try:
+        results = _go(main)
+    finally:
+        batcher.close()
+    # Queue order 2,2,2,3,1,4: [2,2] (the next 2 would make 6), [2,3], [1,4].
+    assert sorted(rec.batches) == sorted([(4, 2), (5, 2), (5, 2), (6, 1), (5, 1)])
+    assert sum(shape["input"][0] for shape in rec.calls) == sum(counts)
+    assert all(shape["input"][0] <= 5 for shape in rec.calls if shape["input"][0] != 6)
+    for x, got in zip(requests, results):
+        _assert_exact(got, mlp.run({"input": x}))
+
+
+def test_different_row_shapes_never_share_a_batch(load_tiny, graphs) -> None:
+    model = load_tiny(
+        graphs.double(), (TensorSpec("x", "FP32", (-1, -1)),), (TensorSpec("y", "FP32", (-1, -1)),)
+    )
+    widths = [2, 3, 2, 3, 2]
+    requests = [np.full((1, w), i, np.float32) for i, w in enumerate(widths)]
+    batcher, rec = _batcher(model.run, max_batch_rows=64, batch_wait_timeout_s=0.0)
+
+    async def main() -> list[Tensors]:
+        return await asyncio.gather(*(batcher.submit({"x": x}, 1) for x in requests))
+
+    try:
+        results = _go(main)
+    finally:
+        batcher.close()
+    # The width-2 requests go first (the queue head's key), the width-3 ones keep their order.
+    assert rec.calls == [{"x": (3, 2)}, {"x": (2, 3)}]
+    assert rec.batches == [(3, 3), (2, 2)]
+    for i, (x, got) in enumerate(zip(requests, results)):
+        np.testing.assert_array_equal(got["y"], np.full((1, widths[i]), 2 * i, np.float32))
+
+
+def test_disabled_runs_each_request_alone(mlp: OnnxModel) -> None:
+    requests = _rows(256, [1, 2, 3, 1], seed=2)
+    batcher, rec = _batcher(mlp.run, enabled=False, max_batch_rows=64)
+
+    async def main() -> list[Tensors]:
+        return await asyncio.gather(*(batcher.submit({"input": x}, len(x)) for x in requests))
+
+    try:
+        results = _go(main)
+    finally:
+        batcher.close()
+    assert sorted(rec.batches) == [(1, 1), (1, 1), (2, 1), (3, 1)]
+    assert sorted(c["input"][0] for c in rec.calls) == [1, 1, 2, 3]
+    assert rec.waits == [0.0] * 4
+    for x, got in zip(requests, results):
+        _assert_exact(got, mlp.run({"input": x}))
+
+
+# ---------------------------------------------------------------- waiting
+
+
+def test_a_lone_request_does_not_wait_for_the_timeout(cancer: OnnxModel) -> None:
+    (x,) = _rows(30, [1], seed=3)
+    batcher, rec = _batcher(cancer.run, max_batch_rows=64, batch_wait_timeout_s=0.5)
+
+    async def main() -> list[float]:
+        elapsed = []
+        for _ in range(3):  # sequential lone requests: none of them waits
+            started = time.perf_counter()
+            await batcher.submit({"input": x}, 1)
+            elapsed.append(time.perf_counter() - started)
+        return elapsed
+
+    try:
+        elapsed = _go(main)
+    finally:
+        batcher.close()
+    assert rec.batches == [(1, 1)] * 3
+    assert max(elapsed) < 0.25, elapsed
+
+
+def test_under_continuous_load_a_batch_waits_for_late_arrivals(cancer: OnnxModel) -> None:
+    a, b, c, d = _rows(30, [1, 1, 1, 1], seed=4)
+
+    def slow_run(inputs: Tensors) -> Tensors:  # a model that takes 100 ms per batch
+        time.sleep(0.1)
+        return cancer.run(inputs)
+
+    batcher, rec = _batcher(slow_run, max_batch_rows=2, batch_wait_timeout_s=1.0)
+
+    async def main() -> None:
+        first = asyncio.gather(batcher.submit({"input": a}, 1), batcher.submit({"input": b}, 1))
+        await asyncio.sleep(0.02)  # [a, b] is running: the worker is busy, traffic concurrent
+
+        async def late() -> Tensors:
+            await asyncio.sleep(0.15)  # after [a, b] finished and [c] started to form
+            return await batcher.submit({"input": d}, 1)
+
+        started = time.perf_counter()
+        await asyncio.gather(first, batcher.submit({"input": c}, 1), late())
+        # The batch holding c waited for d, then ran full at 2 rows: nobody waited the second.
+        assert time.perf_counter() - started < 0.9
+
+    try:
+        _go(main)
+    finally:
+        batcher.close()
+    assert rec.batches == [(2, 2), (2, 2)]
+
+
+def test_after_a_quiet_spell_a_lone_request_does_not_wait(cancer: OnnxModel) -> None:
+    a, b, c = _rows(30, [1, 1, 1], seed=5)
+    batcher, rec = _batcher(cancer.run, max_batch_rows=8, batch_wait_timeout_s=0.5)
+
+    async def main() -> float:
+        await asyncio.gather(batcher.submit({"input": a}, 1), batcher.submit({"input": b}, 1))
+        await asyncio.sleep(0.05)  # the queue ran dry: load paused
+        started = time.perf_counter()
+        await batcher.submit({"input": c}, 1)
+        return time.perf_counter() - started
+
+    try:
+        elapsed = _go(main)
+    finally:
+        batcher.close()
+    assert elapsed < 0.25
+    assert rec.batches == [(2, 2), (1, 1)]
+
+
+# ---------------------------------------------------------------- failures
+
+
+def test_a_failing_request_fails_alone(load_tiny, graphs) -> None:
+    model = load_tiny(
+        graphs.gather([10, 20, 30]),
+        (TensorSpec("idx", "INT64", (-1,)),),
+        (TensorSpec("out", "INT64", (-1,)),),
+    )
+    requests = [np.array([0, 1]), np.array([5]), np.array([2]), np.array([2, 0])]
+    batcher, rec = _batcher(model.run, max_batch_rows=64, batch_wait_timeout_s=0.0)
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(
+            *(batcher.submit({"idx": x}, len(x)) for x in requests), return_exceptions=True
+        )
+
+    try:
+        results = _go(main)
+    finally:
+        batcher.close()
+    ok_1, failed, ok_2, ok_3 = results
+    np.testing.assert_array_equal(ok_1["out"], [10, 20])
+    np.testing.assert_array_equal(ok_2["out"], [30])
+    np.testing.assert_array_equal(ok_3["out"], [30, 10])
+    assert isinstance(failed, ort.capi.onnxruntime_pybind11_state.InvalidArgument)
+    assert "idx=5" in str(failed)
+    # One stacked run (6 rows) that failed, then each request again on its own.
+    assert rec.calls == [{"idx": (6,)}, {"idx": (2,)}, {"idx": (1,)}, {"idx": (1,)}, {"idx": (2,)}]
+    assert rec.batches == [(6, 4)]
+
+
+def test_a_lone_failing_request_gets_its_exception(load_tiny, graphs) -> None:
+    model = load_tiny(
+        graphs.gather([10, 20, 30]),
+        (TensorSpec("idx", "INT64", (-1,)),),
+        (TensorSpec("out", "INT64", (-1,)),),
+    )
+    batcher, rec = _batcher(model.run, max_batch_rows=64, batch_wait_timeout_s=0.0)
+
+    async def main() -> Tensors:
+        with pytest.raises(ort.capi.onnxruntime_pybind11_state.InvalidArgument, match="idx=-4"):
+            await batcher.submit({"idx": np.array([-4])}, 1)
+        return await batcher.submit({"idx": np.array([-1])}, 1)  # the batcher still works
+
+    try:
+        after = _go(main)
+    finally:
+        batcher.close()
+    np.testing.assert_array_equal(after["out"], [30])
+    assert rec.calls == [{"idx": (1,)}, {"idx": (1,)}]
+
+
+# ---------------------------------------------------------------- live changes and cancellation
+
+
+def test_reconfigure_applies_to_the_next_batch(mlp: OnnxModel) -> None:
+    requests = _rows(256, [1] * 6, seed=6)
+    batcher, rec = _batcher(mlp.run, max_batch_rows=100, batch_wait_timeout_s=0.0)
+
+    async def main() -> tuple[list[Tensors], list[Tensors]]:
+        first = await asyncio.gather(*(batcher.submit({"input": x}, 1) for x in requests))
+        batcher.reconfigure(BatchSettings(max_batch_rows=2, batch_wait_timeout_s=0.0))
+        second = await asyncio.gather(*(batcher.submit({"input": x}, 1) for x in requests))
+        return first, second
+
+    try:
+        first, second = _go(main)
+    finally:
+        batcher.close()
+    assert batcher.settings.max_batch_rows == 2
+    assert rec.batches == [(6, 6), (2, 2), (2, 2), (2, 2)]
+    for x, a, b in zip(requests, first, second):
+        want = mlp.run({"input": x})
+        _assert_exact(a, want)
+        _assert_exact(b, want)
+
+
+def test_reconfigure_keeps_queued_requests(mlp: OnnxModel) -> None:
+    requests = _rows(256, [1] * 4, seed=7)
+    batcher, rec = _batcher(mlp.run, max_batch_rows=100, batch_wait_timeout_s=0.0)
+
+    async def main() -> list[Tensors]:
+        tasks = [asyncio.create_task(batcher.submit({"input": x}, 1)) for x in requests]
+        await asyncio.sleep(0)  # every task queues its request; the worker has not run yet
+        assert batcher.queued_rows == 4
+        batcher.reconfigure(BatchSettings(max_batch_rows=3, batch_wait_timeout_s=0.0))
+        return await asyncio.gather(*tasks)
+
+    try:
+        results = _go(main)
+    finally:
+        batcher.close()
+    assert rec.batches == [(3, 3), (1, 1)]
+    for x, got in zip(requests, results):
+        _assert_exact(got, mlp.run({"input": x}))
+
+
+def test_a_cancelled_request_is_skipped(mlp: OnnxModel) -> None:
+    requests = _rows(256, [1, 4, 2, 3], seed=8)
+    batcher, rec = _batcher(mlp.run, max_batch_rows=100, batch_wait_timeout_s=0.0)
+
+    async def main() -> list[Any]:
+        tasks = [asyncio.create_task(batcher.submit({"input": x}, len(x))) for x in requests]
+        await asyncio.sleep(0)  # all four queued (10 rows), the worker not yet started
+        assert batcher.queued_rows == 10
+        tasks[1].cancel()  # a client that went away
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    try:
+        results = _go(main)
+    finally:
+        batcher.close()
+    assert isinstance(results[1], asyncio.CancelledError)
+    assert rec.calls == [{"input": (6, 256)}]  # 1 + 2 + 3: the 4 cancelled rows never ran
+    assert rec.batches == [(6, 3)]
+    assert batcher.queued_rows == 0
+    for i in (0, 2, 3):
+        _assert_exact(results[i], mlp.run({"input": requests[i]}))

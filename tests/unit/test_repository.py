@@ -1,0 +1,214 @@
+"""The model repository on disk: publish, scan, read_manifest, immutability and sha256."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import yaml
+
+from serving.protocol import TensorSpec
+from serving.repository import (
+    MANIFEST_FILE,
+    MODEL_FILE,
+    ModelVersion,
+    RepositoryError,
+    publish,
+    read_manifest,
+    scan,
+)
+
+INPUTS = (TensorSpec("x", "FP32", (-1, 3), allow_non_finite=False),)
+OUTPUTS = (TensorSpec("y", "INT64", (-1,)),)
+WHEN = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
+
+
+def _publish(root: Path, name: str = "m", version: str = "1", data: bytes = b"onnx-1", **kw):
+    return publish(root, name, version, data, INPUTS, OUTPUTS, created=WHEN, **kw)
+
+
+def test_publish_writes_model_and_manifest(tmp_path: Path) -> None:
+    version = _publish(tmp_path, metadata={"task": "t", "classes": ["a", "b"]})
+    assert version.path == tmp_path / "m" / "1"
+    assert version.model_file == tmp_path / "m" / "1" / MODEL_FILE
+    assert version.model_file.read_bytes() == b"onnx-1"
+    assert sorted(p.name for p in version.path.iterdir()) == [MODEL_FILE, MANIFEST_FILE]
+    assert yaml.safe_load((version.path / MANIFEST_FILE).read_text()) == {
+        "name": "m",
+        "version": "1",
+        "platform": "onnxruntime_onnx",
+        "sha256": hashlib.sha256(b"onnx-1").hexdigest(),
+        "created": "2024-05-06T07:08:09+00:00",
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 3], "allow_non_finite": False}],
+        "outputs": [{"name": "y", "datatype": "INT64", "shape": [-1]}],
+        "metadata": {"task": "t", "classes": ["a", "b"]},
+    }
+    assert read_manifest(version.path) == version.manifest
+    assert version.read_verified_bytes() == b"onnx-1"
+
+
+def test_scan_finds_published_versions(tmp_path: Path) -> None:
+    a = _publish(tmp_path, "alpha", "1")
+    b = _publish(tmp_path, "beta", "3", b"other")
+    found = scan(tmp_path)
+    assert found == {"alpha": [a], "beta": [b]}
+    assert found["alpha"][0].manifest.inputs == INPUTS
+    assert found["beta"][0].manifest.outputs == OUTPUTS
+    assert scan(tmp_path, only=["beta"]) == {"beta": [b]}
+
+
+def test_versions_are_immutable(tmp_path: Path) -> None:
+    first = _publish(tmp_path)
+    again = _publish(tmp_path)  # the same bytes: a no-op that returns the existing version
+    assert again == first
+    with pytest.raises(RepositoryError) as info:
+        _publish(tmp_path, data=b"onnx-2")
+    assert str(info.value) == "m/1 already exists with other contents"
+    assert first.model_file.read_bytes() == b"onnx-1"
+    assert read_manifest(first.path).sha256 == hashlib.sha256(b"onnx-1").hexdigest()
+
+
+def test_versions_sort_numerically_then_labels_first(tmp_path: Path) -> None:
+    for i, label in enumerate(["10", "2", "1", "canary", "9"]):
+        _publish(tmp_path, "m", label, f"bytes-{i}".encode())
+    assert [v.manifest.version for v in scan(tmp_path)["m"]] == ["canary", "1", "2", "9", "10"]
+
+
+def test_scan_skips_versions_without_manifest_and_odd_folders(tmp_path: Path) -> None:
+    _publish(tmp_path, "m", "1")
+    (tmp_path / "m" / "2").mkdir()  # half-published: model.onnx written, manifest not yet
+    (tmp_path / "m" / "2" / MODEL_FILE).write_bytes(b"partial")
+    (tmp_path / "m" / ".hidden").mkdir()
+    (tmp_path / "empty").mkdir()  # a model folder with no versions is not a model
+    (tmp_path / "README.md").write_text("not a model")
+    found = scan(tmp_path)
+    assert list(found) == ["m"]
+    assert [v.manifest.version for v in found["m"]] == ["1"]
+
+
+def test_scan_missing_root(tmp_path: Path) -> None:
+    with pytest.raises(RepositoryError, match="does not exist"):
+        scan(tmp_path / "nowhere")
+
+
+def test_scan_missing_models_named_in_only(tmp_path: Path) -> None:
+    _publish(tmp_path, "alpha")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RepositoryError) as info:
+        scan(tmp_path, only=["alpha", "gamma", "empty"])
+    assert str(info.value) == f"models not found in {tmp_path}: ['empty', 'gamma']"
+
+
+def test_manifest_name_mismatch(tmp_path: Path) -> None:
+    version = _publish(tmp_path, "m", "1")
+    moved = tmp_path / "other" / "1"
+    moved.parent.mkdir()
+    version.path.rename(moved)
+    with pytest.raises(RepositoryError) as info:
+        scan(tmp_path)
+    assert str(info.value) == f"{moved}: manifest says m/1"
+
+
+def test_manifest_version_mismatch(tmp_path: Path) -> None:
+    version = _publish(tmp_path, "m", "1")
+    version.path.rename(tmp_path / "m" / "2")
+    with pytest.raises(RepositoryError, match="manifest says m/1"):
+        scan(tmp_path)
+
+
+def _write_manifest(tmp_path: Path, text: str) -> Path:
+    version_dir = tmp_path / "m" / "1"
+    version_dir.mkdir(parents=True)
+    (version_dir / MANIFEST_FILE).write_text(text)
+    return version_dir
+
+
+GOOD = """\
+name: m
+version: '1'
+sha256: abc
+inputs:
+- {name: x, datatype: FP32, shape: [-1, 3]}
+outputs:
+- {name: y, datatype: INT64, shape: [-1]}
+"""
+
+
+def test_read_manifest_defaults(tmp_path: Path) -> None:
+    manifest = read_manifest(_write_manifest(tmp_path, GOOD))
+    assert manifest.name == "m" and manifest.version == "1" and manifest.sha256 == "abc"
+    assert manifest.platform == "onnxruntime_onnx"
+    assert manifest.created == "" and manifest.metadata == {}
+    assert manifest.inputs == (TensorSpec("x", "FP32", (-1, 3)),)
+    assert manifest.inputs[0].allow_non_finite is True
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("name: m\nversion: [1\n", "while parsing"),
+        ("- just\n- a list\n", "expected a mapping"),
+        ("", "expected a mapping"),
+        (GOOD.replace("sha256: abc\n", ""), "missing field 'sha256'"),
+        (GOOD.replace("name: m\n", ""), "missing field 'name'"),
+        (GOOD.replace("FP32", "FLOAT"), "inputs: unknown datatype 'FLOAT'"),
+        (GOOD.replace("INT64", "int64"), "outputs: unknown datatype 'int64'"),
+        (GOOD.replace("FP32", "[FP32]"), "inputs: unknown datatype ['FP32']"),
+        (GOOD.replace("[-1, 3]", "[-2, 3]"), "inputs: shape must be a list of ints >= -1"),
+        (GOOD.replace("[-1, 3]", "[-1, 3.5]"), "inputs: shape must be a list of ints >= -1"),
+        (GOOD.replace("[-1, 3]", "'-1, 3'"), "inputs: shape must be a list of ints >= -1"),
+        (GOOD.replace("[-1, 3]", "[true, 3]"), "inputs: shape must be a list of ints >= -1"),
+        (GOOD.replace("shape: [-1]}", "shape: [-1], scale: 2}"), "outputs: expected name, datatype"),
+        (GOOD.replace("- {name: y, datatype: INT64, shape: [-1]}", "- y"), "outputs: expected name"),
+        (GOOD.replace("- {name: x, datatype: FP32, shape: [-1, 3]}", "- {datatype: FP32, shape: [1]}"),
+         "inputs: a tensor needs a non-empty string 'name'"),
+        (GOOD.replace("outputs:\n- {name: y, datatype: INT64, shape: [-1]}\n", "outputs:\n"),
+         "'outputs' must be a list"),
+        (GOOD.replace("inputs:\n- {name: x, datatype: FP32, shape: [-1, 3]}\n", "inputs: 3\n"),
+         "'inputs' must be a list"),
+    ],
+    ids=[
+        "malformed yaml", "list", "empty", "no sha256", "no name", "bad datatype",
+        "lowercase datatype", "list datatype", "shape -2", "float dim", "string shape", "bool dim",
+        "unknown spec key", "spec not mapping", "spec without name", "outputs empty",
+        "inputs not list",
+    ],
+)  # fmt: skip
+def test_malformed_manifest(tmp_path: Path, text: str, message: str) -> None:
+    version_dir = _write_manifest(tmp_path, text)
+    with pytest.raises(RepositoryError) as info:
+        read_manifest(version_dir)
+    assert str(info.value).startswith(str(version_dir / MANIFEST_FILE))
+    assert message in str(info.value)
+    with pytest.raises(RepositoryError):
+        scan(tmp_path)
+
+
+def test_invalid_names_refused(tmp_path: Path) -> None:
+    for name, version in (("../up", "1"), ("m", "1/2"), ("", "1"), ("m", ".hidden"), ("m", "a b")):
+        with pytest.raises(RepositoryError, match="invalid name"):
+            _publish(tmp_path, name, version)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_tampered_bytes_refused(tmp_path: Path) -> None:
+    version = _publish(tmp_path)
+    version.model_file.write_bytes(b"onnx-X")
+    with pytest.raises(RepositoryError) as info:
+        version.read_verified_bytes()
+    message = str(info.value)
+    assert hashlib.sha256(b"onnx-X").hexdigest() in message
+    assert hashlib.sha256(b"onnx-1").hexdigest() in message
+    assert "refusing to load a modified version" in message
+
+
+def test_scan_of_the_built_examples(example_root: Path) -> None:
+    found = scan(example_root)
+    assert sorted(found) == ["breast_cancer", "mlp"]
+    for versions in found.values():
+        (version,) = versions
+        assert isinstance(version, ModelVersion)
+        assert version.manifest.version == "1"
+        assert hashlib.sha256(version.read_verified_bytes()).hexdigest() == version.manifest.sha256
