@@ -38,7 +38,7 @@ from load_tests.targets import (
     http_call,
     plain_serve_config,
     replica_ids,
-    vigil_batching_seen,
+    vigil_batching_by_replica,
     vigil_config,
     vigil_replicas,
 )
@@ -81,6 +81,13 @@ class Plan:
         """The Vigil rows the batching targets compare: mlp 1-row c=64, breast_cancer 1-row c=1."""
         wanted = [Scenario("mlp", "json", 1, 64), Scenario("breast_cancer", "json", 1, 1)]
         return [s for s in wanted if s.model in models]
+
+    def vigil_order(self, models: tuple[str, ...]) -> list[Scenario]:
+        """Vigil's batching-on runs with the ones compared against batching off last, so that
+        on and off are measured minutes apart at most, not the whole bench apart."""
+        off = self.batching_off(models)
+        rest = [s for s in self.scenarios(models) if s not in off]
+        return rest + [s for s in off if s in self.scenarios(models)]
 
     @staticmethod
     def drift(models: tuple[str, ...]) -> list[Scenario]:
@@ -161,7 +168,6 @@ class Bench:
     def run_plain_serve(self, models, replicas: int, protected, keep_logs: bool) -> None:
         cluster = RayCluster("plain", PLAIN_PORTS, ha_proxy=False, num_cpus=os.cpu_count() or 2,
                              protected=protected, keep_logs=keep_logs)  # fmt: skip
-        polite = True
         try:
             self.log("plain Ray Serve: ray start (default HTTP proxy, no HAProxy)")
             started = time.monotonic()
@@ -174,19 +180,15 @@ class Bench:
                      f"{len(replica_ids(app))} replicas")  # fmt: skip
             for scenario in self.plan.scenarios(models):
                 self.measure(report.PLAIN, PLAIN_PORTS.http, scenario)
-        except KeyboardInterrupt:
-            polite = False
-            raise
         finally:
             self.log(f"stopping the {cluster.label} Ray cluster")
             with procs.signals_deferred():
-                self.notes.extend(cluster.stop(polite=polite))
+                self.notes.extend(cluster.stop())
 
     def run_vigil(self, models, protected, keep_logs: bool) -> dict[str, Any]:
         cluster = RayCluster("vigil", VIGIL_PORTS, ha_proxy=True, num_cpus=os.cpu_count() or 2,
                              protected=protected, keep_logs=keep_logs)  # fmt: skip
         facts: dict[str, Any] = {}
-        polite = True
         try:
             self.log(
                 "Vigil: ray start with RAY_SERVE_ENABLE_HA_PROXY=1, serve deploy configs/serve.yaml"
@@ -196,11 +198,10 @@ class Bench:
             cluster.deploy(vigil_config(VIGIL_PORTS, batching_enabled=True), "vigil-on.yaml")
             app = cluster.wait_running("vigil")
             facts["replicas_batching_on"] = before = replica_ids(app)
-            seen, enabled = vigil_batching_seen(VIGIL_PORTS.http)
-            facts["batching_on_reported"] = sorted(enabled)
+            facts["batching_on_reported"] = reported = vigil_batching_by_replica(VIGIL_PORTS)
             self.log(f"Vigil up in {time.monotonic() - started:.0f}s, {len(before)} replicas, "
-                     f"batching enabled reported {sorted(enabled)}")  # fmt: skip
-            for scenario in self.plan.scenarios(models):
+                     f"batching enabled per replica {reported}")  # fmt: skip
+            for scenario in self.plan.vigil_order(models):
                 self.measure(report.VIGIL, VIGIL_PORTS.http, scenario)
             facts["replicas_after_batching_on_runs"] = before = replica_ids(
                 cluster.applications()["vigil"]
@@ -213,19 +214,24 @@ class Bench:
             cluster.deploy(vigil_config(VIGIL_PORTS, batching_enabled=False), "vigil-off.yaml")
             deadline = time.monotonic() + 90
             while True:
-                seen, enabled = vigil_batching_seen(VIGIL_PORTS.http)
+                reported = vigil_batching_by_replica(VIGIL_PORTS)
                 app = cluster.applications().get("vigil", {})
-                if enabled == {False} and app.get("status") == "RUNNING":
+                current = replica_ids(app)
+                if (
+                    app.get("status") == "RUNNING"
+                    and set(current) <= set(reported)
+                    and not any(reported[r] for r in current)
+                ):
                     break
                 if time.monotonic() > deadline:
-                    raise StartError(f"Vigil did not report batching off within 90s ({enabled})")
+                    raise StartError(f"Vigil did not report batching off within 90s ({reported})")
                 time.sleep(0.5)
             after = replica_ids(app)
             facts.update(
                 reconfigure_s=round(time.monotonic() - started, 1),
                 replicas_batching_off=after,
                 replicas_kept=before == after,
-                batching_off_reported_by=sorted(seen),
+                batching_off_reported=reported,
             )
             self.log(f"Vigil: batching off after {facts['reconfigure_s']}s; replicas kept: "
                      f"{before == after}")  # fmt: skip
@@ -233,13 +239,10 @@ class Bench:
                 self.note(f"live reconfigure changed the replicas: {before} -> {after}")
             for scenario in self.plan.batching_off(models):
                 self.measure(report.VIGIL_OFF, VIGIL_PORTS.http, scenario)
-        except KeyboardInterrupt:
-            polite = False
-            raise
         finally:
             self.log(f"stopping the {cluster.label} Ray cluster")
             with procs.signals_deferred():
-                self.notes.extend(cluster.stop(polite=polite))
+                self.notes.extend(cluster.stop())
         return facts
 
 
@@ -274,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     wrk_path = wrk.ensure_wrk()
     started = time.monotonic()
     info = report.machine_info(wrk_path, REPO_ROOT)
+    info["cpu_busy_at_start"] = round(procs.cpu_busy_fraction(1.0), 3)
     config = yaml.safe_load(VIGIL_CONFIG.read_text())
     replicas = vigil_replicas(config)
     work = Path(tempfile.mkdtemp(prefix="vigil-bench-"))
@@ -355,7 +359,14 @@ def main(argv: list[str] | None = None) -> int:
             exit_code = 130
 
     report.add_ratios(bench.results)
+    bench.results.sort(key=report.display_order)
     print()
+    print(
+        f"reference: uvicorn with {replicas} worker processes (= Vigil's {replicas} replicas), "
+        f"uvloop, httptools, no access log; plain Serve: {replicas} replicas, Ray's HTTP proxy; "
+        f"Vigil: HAProxy -> {replicas} replicas. wrk -t1, {plan.warmup_s:g} s warm-up, "
+        f"{plan.measure_s:g} s measured per row; 'vs ref' = req/s / reference req/s."
+    )
     print(report.table(bench.results))
     checks = report.targets(bench.results, inprocess)
     print("\ntargets")

@@ -40,7 +40,7 @@ def signals_deferred() -> Iterator[None]:
             raise KeyboardInterrupt(f"signal {caught[0]} during cleanup")
 
 
-def _parents() -> dict[int, int]:
+def parents() -> dict[int, int]:
     """pid -> ppid for every live process (zombies excluded)."""
     out = {}
     for entry in Path("/proc").iterdir():
@@ -56,10 +56,11 @@ def _parents() -> dict[int, int]:
     return out
 
 
-def descendants(root: int, parents: dict[int, int] | None = None) -> list[int]:
-    parents = _parents() if parents is None else parents
+def descendants(root: int, table: dict[int, int] | None = None) -> list[int]:
+    """Every live process below `root`; `table` is a parents() snapshot to reuse."""
+    table = parents() if table is None else table
     children: dict[int, list[int]] = {}
-    for pid, ppid in parents.items():
+    for pid, ppid in table.items():
         children.setdefault(ppid, []).append(pid)
     out, stack = [], [root]
     while stack:

@@ -58,6 +58,13 @@ def _load_key(r: dict[str, Any]) -> tuple:
     return (r["model"], r["payload"], r["rows"], r["concurrency"])
 
 
+def display_order(r: dict[str, Any]) -> tuple:
+    servers = [REFERENCE, PLAIN, VIGIL, VIGIL_OFF]
+    rank = servers.index(r["server"]) if r["server"] in servers else len(servers)
+    return (bool(r.get("drift_rerun")), rank, r["model"], r["rows"], r["payload"] != "json",
+            r["concurrency"])  # fmt: skip
+
+
 def table(results: list[dict[str, Any]]) -> str:
     head = ("server", "model", "payload", "rows", "conc", "req/s", "rows/s", "p50 ms", "p99 ms",
             "vs ref", "flags")  # fmt: skip

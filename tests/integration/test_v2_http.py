@@ -146,11 +146,11 @@ ROW = [0.5] * 30
             "'x'",
         ),
         (
-            "missing input among others",
+            "misnamed input",
             orjson.dumps({"inputs": [{"name": "other", "shape": [1], "datatype": "FP32", "data": [1]}]}),
             {},
             400,
-            "missing",
+            "it takes ['input']",
         ),
         (
             "unsafe datatype (INT64 for FP32)",
