@@ -1,0 +1,69 @@
+"""Latency and error statistics of one window from per-request facts (seconds, HTTP status).
+
+Definitions:
+- count: requests in the window, every status included.
+- p50 / p95 / p99: quantiles of the latencies of all requests (errors included: a slow failure is
+  still slow), linear interpolation between order statistics (numpy's default, "type 7"); NaN
+  latencies (no timing recorded) are left out of the quantiles but still counted. None when no
+  latency is left.
+- error_ratio: share of requests answered with a server error, status >= 500, or with no HTTP answer
+  at all (status < 100, e.g. 0 for a dropped connection): the replica's fault.
+- client_error_ratio: share with 400 <= status < 500: the caller's fault (bad input, auth, 404,
+  413), reported apart so a misbehaving client does not page the model's owners.
+- An empty window has count 0, quantiles None and ratios 0.0; a ratio is never NaN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+QUANTILES = (0.5, 0.95, 0.99)
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    count: int
+    p50: float | None  # seconds
+    p95: float | None
+    p99: float | None
+    mean: float | None
+    max: float | None
+    errors: int  # status >= 500 or < 100
+    client_errors: int  # 400..499
+    error_ratio: float
+    client_error_ratio: float
+
+
+def latency_stats(latency_s: np.ndarray, status: np.ndarray) -> LatencyStats:
+    """Statistics of one window: latency_s (float seconds) and status (int) per request, aligned."""
+    latency = np.asarray(latency_s, dtype=np.float64).ravel()
+    codes = np.asarray(status).ravel()
+    if latency.size != codes.size:
+        raise ValueError(f"{latency.size} latencies but {codes.size} status codes")
+    if codes.size and codes.dtype.kind not in "iu":
+        raise ValueError(f"status codes must be integers, got {codes.dtype}")
+    if np.any(latency < 0):
+        raise ValueError("latencies must not be negative")
+    count = int(codes.size)
+    errors = int(np.count_nonzero((codes >= 500) | (codes < 100)))
+    client_errors = int(np.count_nonzero((codes >= 400) & (codes < 500)))
+    timed = latency[~np.isnan(latency)]
+    if timed.size:
+        p50, p95, p99 = (float(q) for q in np.quantile(timed, QUANTILES))
+        mean, top = float(timed.mean()), float(timed.max())
+    else:
+        p50 = p95 = p99 = mean = top = None
+    return LatencyStats(
+        count=count,
+        p50=p50,
+        p95=p95,
+        p99=p99,
+        mean=mean,
+        max=top,
+        errors=errors,
+        client_errors=client_errors,
+        error_ratio=errors / count if count else 0.0,
+        client_error_ratio=client_errors / count if count else 0.0,
+    )

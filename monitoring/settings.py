@@ -1,0 +1,140 @@
+"""Typed, bounded settings for the monitoring statistics (windows, drift tests, history, buffers)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DriftMethod = Literal["ks", "chisquare", "z", "wasserstein", "jensenshannon", "psi"]
+Correction = Literal["none", "bonferroni", "benjamini-hochberg"]
+ColumnKind = Literal["numeric", "categorical"]
+
+_NAME_MAX = 256  # longest column name accepted in the mappings below
+_COLUMNS_MAX = 10_000  # most columns a mapping may name
+
+
+class WindowSettings(BaseModel):
+    """When a window closes: after `rows` sampled rows, after `seconds`, whichever comes first."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rows: int | None = Field(
+        default=1000,
+        ge=1,
+        le=10_000_000,
+        description="Close the window after this many sampled rows; unset: time only. A fixed row "
+        "count also keeps drift evaluation on its fast path (reference grids cached per size).",
+    )
+    seconds: float | None = Field(
+        default=60.0,
+        ge=0.1,
+        le=86_400.0,
+        description="Close the window after this many seconds since its first row; unset: rows only.",
+    )
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> WindowSettings:
+        if self.rows is None and self.seconds is None:
+            raise ValueError("a window needs rows, seconds or both")
+        return self
+
+
+class FeatureDriftOverride(BaseModel):
+    """The drift test and/or threshold for one column, replacing Evidently's default choice."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: DriftMethod | None = Field(
+        default=None,
+        description="Test for this column; unset keeps the default rule. 'ks' and 'wasserstein' "
+        "need a numeric column.",
+    )
+    threshold: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=10.0,
+        description="Decision threshold: p-value level for ks/chisquare/z (drift when p is below), "
+        "distance for wasserstein/jensenshannon/psi (drift when at or above); unset: the method's "
+        "default (0.05 for p-values, 0.1 for distances).",
+    )
+
+
+class MonitorSettings(BaseModel):
+    """Everything the window statistics and the monitor deployment need; unknown keys rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    window: WindowSettings = Field(
+        default_factory=WindowSettings, description="When a window of sampled rows is evaluated."
+    )
+    drift_share: float = Field(
+        default=0.5,
+        gt=0.0,
+        le=1.0,
+        description="Dataset drift when the share of drifted features (of those tested) is at or "
+        "above this, as Evidently's DataDriftPreset.",
+    )
+    correction: Correction = Field(
+        default="none",
+        description="Multiple-testing correction of the p-values of ks/chisquare/z tests within one "
+        "window ('none' reproduces Evidently's per-column decisions; see monitoring.drift).",
+    )
+    overrides: dict[str, FeatureDriftOverride] = Field(
+        default_factory=dict,
+        max_length=_COLUMNS_MAX,
+        description="Per-column drift test and threshold, keyed by column name.",
+    )
+    feature_types: dict[str, ColumnKind] = Field(
+        default_factory=dict,
+        max_length=_COLUMNS_MAX,
+        description="Column type overrides applied when the reference profile is built; evaluation "
+        "refuses a profile whose recorded types disagree.",
+    )
+    history: int = Field(
+        default=100,
+        ge=1,
+        le=100_000,
+        description="How many evaluated windows (results only, never rows) are kept per model.",
+    )
+    sample_rate: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of requests whose rows are sampled for monitoring (0 turns sampling off).",
+    )
+    buffer_rows: int = Field(
+        default=100_000,
+        ge=1,
+        le=10_000_000,
+        description="Most sampled rows held in memory per model; a full buffer closes the window "
+        "early, so a window never holds more than this.",
+    )
+    sample_queue: int = Field(
+        default=1024,
+        ge=1,
+        le=1_000_000,
+        description="Most sample batches waiting for the monitor per replica; beyond it new batches "
+        "are dropped (and counted), never blocking a request.",
+    )
+    max_exact_values: int = Field(
+        default=100_000,
+        ge=1_000,
+        le=10_000_000,
+        description="Reference profiles keep every value of a numeric column up to this many rows; "
+        "above it, this many evenly spaced quantiles (results then approximate).",
+    )
+    max_categories: int = Field(
+        default=10_000,
+        ge=2,
+        le=1_000_000,
+        description="Most distinct values a categorical reference column may have; a profile build "
+        "with more fails (such a column is text or an id, not a category).",
+    )
+
+    @model_validator(mode="after")
+    def _names_bounded(self) -> MonitorSettings:
+        for name in (*self.overrides, *self.feature_types):
+            if not 0 < len(name) <= _NAME_MAX:
+                raise ValueError(f"column names must have 1..{_NAME_MAX} characters: {name[:40]!r}")
+        return self
