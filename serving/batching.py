@@ -160,7 +160,7 @@ class RowBatcher:
         rows = sum(p.rows for p in batch)
         try:
             results = await loop.run_in_executor(self._executor, self._run_stacked, batch)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any model failure is retried per request
             if len(batch) == 1:
                 _settle(batch[0].future, exception=exc)
                 return
@@ -172,7 +172,7 @@ class RowBatcher:
             for item in batch:
                 try:
                     out = await loop.run_in_executor(self._executor, self._run, item.inputs)
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - handed to that request alone
                     _settle(item.future, exception=exc)
                 else:
                     _settle(item.future, result=out)

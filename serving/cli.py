@@ -1,4 +1,4 @@
-"""The `vigil` command line: build the example models, inspect a model repository."""
+"""The `vigil` command line: example models, the model repository, reference profiles, reports."""
 
 from __future__ import annotations
 
@@ -8,11 +8,58 @@ from pathlib import Path
 
 
 def _examples_build(args: argparse.Namespace) -> int:
+    from monitoring.profile_builder import has_profile
     from serving.examples import build_examples
 
-    for version in build_examples(Path(args.models_dir), force=args.force):
+    for version in build_examples(Path(args.models_dir), force=args.force, progress=args.progress):
         m = version.manifest
-        print(f"{m.name}/{m.version}  sha256={m.sha256[:12]}  {version.path}")
+        profile = "profile" if has_profile(version.path) else "no profile"
+        print(f"{m.name}/{m.version}  sha256={m.sha256[:12]}  {profile}  {version.path}")
+    return 0
+
+
+def _profile_build(args: argparse.Namespace) -> int:
+    from monitoring.profile_builder import build_version_profile
+
+    version_dir = Path(args.models_dir) / args.model / args.version
+    if not version_dir.is_dir():
+        raise FileNotFoundError(f"no model version {args.model}/{args.version} in {args.models_dir}")
+    profile = build_version_profile(
+        version_dir, Path(args.data), outputs_from_model=args.outputs_from_model,
+        progress=args.progress,
+    )
+    outputs = [c.name for c in profile.outputs]
+    print(
+        f"{args.model}/{args.version}: {profile.rows} rows, {len(profile.features)} features, "
+        f"outputs {outputs or 'none'} ({(profile.meta or {}).get('outputs')}), "
+        f"{profile.nbytes} bytes of arrays -> {version_dir}/profile.json, profile.npz"
+    )
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    import json
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    query = f"?{urllib.parse.urlencode({'version': args.version})}" if args.version else ""
+    model = urllib.parse.quote(args.model, safe="")
+    url = f"{args.monitor_url.rstrip('/')}/monitor/v1/models/{model}/report{query}"
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as response:
+            body = response.read()
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")
+        try:
+            detail = json.loads(detail)["error"]
+        except (ValueError, KeyError, TypeError):
+            pass
+        raise RuntimeError(f"{url} answered {exc.code}: {detail}") from None
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(body)
+    print(f"wrote {len(body)} bytes to {out}")
     return 0
 
 
@@ -36,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     build = examples_cmd.add_parser("build", help="build breast_cancer/1 and mlp/1")
     build.add_argument("--models-dir", default="models", help="model repository (default: models)")
     build.add_argument("--force", action="store_true", help="rebuild versions that exist")
+    _progress_flag(build)
     build.set_defaults(func=_examples_build)
 
     models = commands.add_parser("models", help="the model repository")
@@ -43,14 +91,46 @@ def build_parser() -> argparse.ArgumentParser:
     listing = models_cmd.add_parser("list", help="list models, versions and signatures")
     listing.add_argument("--models-dir", default="models")
     listing.set_defaults(func=_models_list)
+
+    profile = commands.add_parser("profile", help="reference profiles for drift monitoring")
+    profile_cmd = profile.add_subparsers(dest="profile_command", required=True)
+    pbuild = profile_cmd.add_parser(
+        "build", help="profile reference data beside a model version (profile.json + .npz)"
+    )
+    pbuild.add_argument("--model", required=True)
+    pbuild.add_argument("--version", required=True)
+    pbuild.add_argument("--data", required=True, help="reference data: .parquet, .csv or .npz")
+    pbuild.add_argument("--models-dir", default="models", help="model repository (default: models)")
+    pbuild.add_argument(
+        "--outputs-from-model", action=argparse.BooleanOptionalAction, default=False,
+        help="run the model on the reference features for the output columns (prediction "
+        "drift); without it, outputs are profiled only when the data holds them",
+    )
+    _progress_flag(pbuild)
+    pbuild.set_defaults(func=_profile_build)
+
+    report = commands.add_parser("report", help="fetch the monitor's HTML drift report")
+    report.add_argument("--model", required=True)
+    report.add_argument("--version", default=None, help="default: the newest")
+    report.add_argument("--out", required=True, help="HTML file to write")
+    report.add_argument("--monitor-url", default="http://127.0.0.1:8000")
+    report.add_argument("--timeout", type=float, default=120.0, help="seconds (default: 120)")
+    report.set_defaults(func=_report)
     return parser
+
+
+def _progress_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=None,
+        help="show a progress bar (default: on a terminal, for large builds)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except Exception as exc:  # a CLI answers with a message, not a traceback
+    except Exception as exc:  # noqa: BLE001 - a CLI answers with a message, not a traceback
         print(f"vigil: {exc}", file=sys.stderr)
         return 1
 

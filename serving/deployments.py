@@ -17,9 +17,9 @@ from starlette.routing import Route
 from serving import codecs, repository
 from serving.batching import RowBatcher
 from serving.metrics import UNKNOWN_MODEL, replica_metrics
+from serving.monitor_link import MonitorLink
 from serving.protocol import (
     HEADER_LENGTH,
-    PROTOCOL_VERSION,
     SERVER_EXTENSIONS,
     BadRequest,
     InferenceError,
@@ -27,6 +27,7 @@ from serving.protocol import (
 )
 from serving.router import ModelRouter
 from serving.runtime import OnnxModel
+from serving.sampling import SampleBuffer
 from serving.settings import BatchSettings, ServerSettings
 
 logger = logging.getLogger("vigil.server")
@@ -69,6 +70,14 @@ class ModelServer:
         )
         self.batching = batching
         self.metrics = replica_metrics()
+        sampling = self.settings.sampling
+        self.samples: SampleBuffer | None = None
+        self.monitor_link: MonitorLink | None = None
+        if sampling.enabled:
+            self.samples = SampleBuffer(
+                sampling.sample_rate, sampling.buffer_rows, sampling.buffer_requests
+            )
+            self.monitor_link = MonitorLink(sampling, self.samples, self.metrics)
         logger.info("serving %s", [f"{n}/{v}" for n, v, _ in self.router])
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -161,9 +170,14 @@ class ModelServer:
             logger.exception("infer %s failed", name)
             status, media_type = 500, JSON
             payload = codecs.encode_error("internal error while running the model; see server log")
-        self.metrics.request_done(
-            model_label, version_label, protocol, status, time.perf_counter() - started
-        )
+        elapsed = time.perf_counter() - started
+        self.metrics.request_done(model_label, version_label, protocol, status, elapsed)
+        if self.samples is not None and model_label is not UNKNOWN_MODEL:
+            self.samples.record(
+                model_label, version_label, elapsed, status,
+                *((inputs, results) if status == 200 else ()),
+            )
+            self.monitor_link.start()
         return Response(payload, status_code=status, media_type=media_type, headers=headers)
 
 

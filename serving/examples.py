@@ -35,10 +35,28 @@ MLP_OUTPUTS = (
 )
 
 
-def build_examples(root: Path, force: bool = False) -> list[ModelVersion]:
-    """Build breast_cancer/1 and mlp/1 under root; existing versions are kept unless force."""
+def build_examples(
+    root: Path, force: bool = False, progress: bool | None = None
+) -> list[ModelVersion]:
+    """Build breast_cancer/1 (with its reference profile) and mlp/1 (no profile: the monitor
+    keeps only its latency and errors) under root; existing versions and profiles are kept
+    unless force."""
     root = Path(root)
-    return [_breast_cancer(root, force), _mlp(root, force)]
+    cancer = _breast_cancer(root, force)
+    _reference_profile(cancer, progress)
+    return [cancer, _mlp(root, force)]
+
+
+def _reference_profile(version: ModelVersion, progress: bool | None) -> None:
+    """profile.json + profile.npz beside the version, from its reference.parquet (the `target`
+    column is not an input, so it is left out) with the outputs the model gives on it."""
+    from monitoring.profile_builder import build_version_profile, has_profile
+
+    if has_profile(version.path):
+        return
+    build_version_profile(
+        version.path, version.path / REFERENCE_FILE, outputs_from_model=True, progress=progress
+    )
 
 
 def _existing(

@@ -51,6 +51,17 @@ class ReplicaMetrics:
             tag_keys=("model", "version"),
         )
 
+        self.samples_dropped = metrics.Counter(
+            "vigil_samples_dropped_rows_total",
+            description="Sampled rows a replica dropped instead of sending them to the monitor.",
+            tag_keys=("model", "version", "reason"),
+        )
+        self.samples_sent = metrics.Counter(
+            "vigil_samples_sent_rows_total",
+            description="Sampled rows a replica handed to the monitor.",
+            tag_keys=("model", "version"),
+        )
+
     def for_model(self, model: str, version: str) -> ModelBatchMetrics:
         return ModelBatchMetrics(self, {"model": model, "version": version})
 

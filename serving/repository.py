@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any
 
@@ -189,7 +189,7 @@ def publish(
         sha256=sha,
         inputs=inputs,
         outputs=outputs,
-        created=(created or datetime.now(timezone.utc)).isoformat(timespec="seconds"),
+        created=(created or datetime.now(UTC)).isoformat(timespec="seconds"),
         metadata=metadata or {},
     )
     # The manifest is written last: a version without one is not visible to scan().

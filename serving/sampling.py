@@ -24,6 +24,23 @@ class SampleBatch:
     dropped_rows: int  # rows dropped since the last flush because the buffer was full
     dropped_requests: int
 
+    @property
+    def rows(self) -> int:
+        return int(next(iter(self.inputs.values())).shape[0]) if self.inputs else 0
+
+    def to_message(self) -> dict:
+        """The plain form the monitor's `ingest` takes (no Vigil types cross the wire)."""
+        return {
+            "model": self.model,
+            "version": self.version,
+            "inputs": self.inputs,
+            "outputs": self.outputs,
+            "latency_s": self.latency_s,
+            "status": self.status,
+            "dropped_rows": self.dropped_rows,
+            "dropped_requests": self.dropped_requests,
+        }
+
 
 @dataclass
 class _VersionBuffer:

@@ -69,6 +69,49 @@ class BatchSettings(BaseModel):
     )
 
 
+class SamplingSettings(BaseModel):
+    """What a replica sends to the monitor, and how much it may hold while it cannot."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(default=True, description="Send samples and request facts to the monitor.")
+    sample_rate: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of requests whose input and output rows are sampled. Latency and status "
+        "of every request are sent regardless.",
+    )
+    buffer_rows: int = Field(
+        default=20_000,
+        ge=1,
+        le=10_000_000,
+        description="Most sampled rows held per model version between flushes; the oldest are "
+        "dropped (and counted) beyond it.",
+    )
+    buffer_requests: int = Field(
+        default=20_000,
+        ge=1,
+        le=10_000_000,
+        description="Most per-request facts held per model version between flushes.",
+    )
+    flush_interval_s: float = Field(
+        default=1.0, ge=0.05, le=600.0, description="How often buffered samples go to the monitor."
+    )
+    flush_timeout_s: float = Field(
+        default=10.0,
+        ge=0.1,
+        le=600.0,
+        description="A flush the monitor has not accepted by then is dropped and counted.",
+    )
+    monitor_app: str = Field(
+        default="monitor", min_length=1, description="Serve application of the monitor."
+    )
+    monitor_deployment: str = Field(
+        default="Monitor", min_length=1, description="Deployment name of the monitor."
+    )
+
+
 class ServerSettings(BaseSettings):
     """Everything one serving replica needs. Environment variables prefixed VIGIL_ fill unset
     fields (nested with '__', e.g. VIGIL_RUNTIME__PROVIDERS='["cuda","cpu"]'); explicit
@@ -95,4 +138,8 @@ class ServerSettings(BaseSettings):
     batching: BatchSettings = Field(
         default_factory=BatchSettings,
         description="Initial batching knobs; a deployment's user_config overrides them live.",
+    )
+    sampling: SamplingSettings = Field(
+        default_factory=SamplingSettings,
+        description="Sampling of live traffic for the monitor.",
     )

@@ -139,7 +139,7 @@ def test_different_row_shapes_never_share_a_batch(load_tiny, graphs) -> None:
     # The width-2 requests go first (the queue head's key), the width-3 ones keep their order.
     assert rec.calls == [{"x": (3, 2)}, {"x": (2, 3)}]
     assert rec.batches == [(3, 3), (2, 2)]
-    for i, (x, got) in enumerate(zip(requests, results)):
+    for i, got in enumerate(results):
         np.testing.assert_array_equal(got["y"], np.full((1, widths[i]), 2 * i, np.float32))
 
 
