@@ -239,11 +239,42 @@ class Bench:
                 self.note(f"live reconfigure changed the replicas: {before} -> {after}")
             for scenario in self.plan.batching_off(models):
                 self.measure(report.VIGIL_OFF, VIGIL_PORTS.http, scenario)
+            self._monitoring_on_off(cluster, models, facts)
         finally:
             self.log(f"stopping the {cluster.label} Ray cluster")
             with procs.signals_deferred():
                 self.notes.extend(cluster.stop())
         return facts
+
+
+    def _monitoring_on_off(self, cluster, models, facts: dict[str, Any]) -> None:
+        """Monitoring's cost: the same rows with sampling on (rate 1.0, samples flowing to the
+        monitor) and then off (a new `args` value, so Serve replaces the replicas)."""
+        scenarios = [Scenario(*s) for s in report.MONITOR_SCENARIOS if s[0] in models]
+        for label, sampling in ((report.VIGIL_MONITOR_ON, True), (report.VIGIL_MONITOR_OFF, False)):
+            self.log(f"Vigil: batching on, sampling.enabled={sampling}")
+            cluster.deploy(
+                vigil_config(VIGIL_PORTS, batching_enabled=True, sampling_enabled=sampling),
+                f"vigil-sampling-{sampling}.yaml",
+            )
+            deadline = time.monotonic() + 120
+            while True:
+                reported = vigil_batching_by_replica(VIGIL_PORTS)
+                app = cluster.applications().get("vigil", {})
+                current = replica_ids(app)
+                if (
+                    app.get("status") == "RUNNING"
+                    and current
+                    and set(current) <= set(reported)
+                    and all(reported[r] for r in current)
+                ):
+                    break
+                if time.monotonic() > deadline:
+                    raise StartError(f"Vigil did not come back with sampling={sampling}")
+                time.sleep(0.5)
+            facts[f"replicas_sampling_{sampling}"] = current
+            for scenario in scenarios:
+                self.measure(label, VIGIL_PORTS.http, scenario)
 
 
 def _on_signal(signum: int, frame: object) -> None:

@@ -14,6 +14,12 @@ REFERENCE = "reference"
 PLAIN = "plain-serve"
 VIGIL = "vigil"
 VIGIL_OFF = "vigil-batch-off"
+VIGIL_MONITOR_ON = "vigil-monitor-on"
+VIGIL_MONITOR_OFF = "vigil-monitor-off"
+
+
+# The rows measured with the monitor on and then off, back to back (sampling costs per row).
+MONITOR_SCENARIOS = [("breast_cancer", "json", 1, 64), ("mlp", "binary", 64, 8)]
 
 
 def flags(result: dict[str, Any]) -> str:
@@ -59,7 +65,7 @@ def _load_key(r: dict[str, Any]) -> tuple:
 
 
 def display_order(r: dict[str, Any]) -> tuple:
-    servers = [REFERENCE, PLAIN, VIGIL, VIGIL_OFF]
+    servers = [REFERENCE, PLAIN, VIGIL, VIGIL_OFF, VIGIL_MONITOR_ON, VIGIL_MONITOR_OFF]
     rank = servers.index(r["server"]) if r["server"] in servers else len(servers)
     return (bool(r.get("drift_rerun")), rank, r["model"], r["rows"], r["payload"] != "json",
             r["concurrency"])  # fmt: skip
@@ -164,6 +170,16 @@ def targets(results: list[dict[str, Any]], inprocess: dict[str, Any]) -> list[di
         f"{ratio:.2f} ({on['p50_ms']:.2f} / {off['p50_ms']:.2f} ms)" if ratio else "-",
         [on, off],
     )
+    for model, payload, rows, conc in MONITOR_SCENARIOS:
+        on = _find(results, VIGIL_MONITOR_ON, model, payload, rows, conc)
+        off = _find(results, VIGIL_MONITOR_OFF, model, payload, rows, conc)
+        ratio = on["req_s"] / off["req_s"] if on and off and on.get("req_s") and off.get("req_s") else None
+        verdict(
+            f"{model} {rows}-row {payload} c={conc}: monitoring on (sample rate 1.0) / off >= 0.95",
+            None if ratio is None else ratio >= 0.95,
+            f"{ratio:.3f} ({on['req_s']:.0f} / {off['req_s']:.0f} req/s)" if ratio else "-",
+            [on, off],
+        )
     return out
 
 

@@ -349,15 +349,22 @@ def plain_serve_config(ports: RayPorts, repository: Path, replicas: int) -> dict
     }
 
 
-def vigil_config(ports: RayPorts, batching_enabled: bool) -> dict[str, Any]:
-    """configs/serve.yaml as it is, except the HTTP port, an absolute model repository (the app
-    is built in a Ray worker, not in this directory) and user_config.enabled."""
+def vigil_config(
+    ports: RayPorts, batching_enabled: bool, sampling_enabled: bool = True
+) -> dict[str, Any]:
+    """configs/serve.yaml as it is, except the HTTP port, absolute model repositories (the apps
+    are built in a Ray worker, not in this directory), and the model server's batching
+    `user_config.enabled` and `args.sampling.enabled`."""
     config = yaml.safe_load(VIGIL_CONFIG.read_text())
     config.setdefault("http_options", {})["port"] = ports.http
     for app in config["applications"]:
         repo = Path(app.get("args", {}).get("model_repository", "models"))
         if not repo.is_absolute():
             app.setdefault("args", {})["model_repository"] = str((REPO_ROOT / repo).resolve())
+        if app["name"] != "vigil":
+            continue
+        sampling = app["args"].setdefault("sampling", {})
+        sampling["enabled"] = sampling_enabled
         for deployment in app.get("deployments", []):
             if "user_config" in deployment:
                 deployment["user_config"] = {
@@ -370,7 +377,8 @@ def vigil_config(ports: RayPorts, batching_enabled: bool) -> dict[str, Any]:
 def vigil_replicas(config: dict[str, Any]) -> int:
     """How many replicas configs/serve.yaml starts ModelServer with (the reference gets as many
     uvicorn workers and plain Serve as many replicas)."""
-    deployment = config["applications"][0]["deployments"][0]
+    app = next(a for a in config["applications"] if a["name"] == "vigil")
+    deployment = app["deployments"][0]
     if "num_replicas" in deployment and isinstance(deployment["num_replicas"], int):
         return deployment["num_replicas"]
     scaling = deployment.get("autoscaling_config") or {}

@@ -24,6 +24,7 @@ import math
 import os
 import sys
 import tempfile
+import zipfile
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -88,6 +89,9 @@ class Profile:
     rows: int
     max_exact_values: int
     format_version: int = FORMAT_VERSION
+    # What the builder records beside the statistics (JSON values only): the data file, the
+    # tensor -> column layout, the model's sha256. The statistics never read it.
+    meta: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         names = [c.name for c in self.columns]
@@ -128,6 +132,8 @@ class Profile:
             "max_exact_values": self.max_exact_values,
             "columns": [],
         }
+        if self.meta is not None:
+            meta["meta"] = dict(self.meta)
         arrays: dict[str, np.ndarray] = {}
         for i, c in enumerate(self.columns):
             scalars = {
@@ -142,7 +148,7 @@ class Profile:
                 array = getattr(c, field)
                 if array is not None:
                     arrays[f"c{i}.{field}"] = array
-        _atomic_write(directory / PROFILE_NPZ, lambda f: np.savez(f, **arrays))
+        _atomic_write(directory / PROFILE_NPZ, lambda f: _write_npz(f, arrays))
         text = json.dumps(meta, indent=1, allow_nan=False).encode()
         _atomic_write(directory / PROFILE_JSON, lambda f: f.write(text))
         return directory
@@ -160,7 +166,12 @@ class Profile:
         for i, scalars in enumerate(meta["columns"]):
             fields = {f: arrays.get(f"c{i}.{f}") for f in ("values", "unique_values", "unique_counts")}
             columns.append(ColumnProfile(**scalars, **fields))
-        return cls(tuple(columns), rows=int(meta["rows"]), max_exact_values=int(meta["max_exact_values"]))
+        return cls(
+            tuple(columns),
+            rows=int(meta["rows"]),
+            max_exact_values=int(meta["max_exact_values"]),
+            meta=meta.get("meta"),
+        )
 
 
 def load_data(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
@@ -390,6 +401,15 @@ def _readonly(array: np.ndarray) -> np.ndarray:
     array = np.ascontiguousarray(array)
     array.setflags(write=False)
     return array
+
+
+def _write_npz(file: Any, arrays: Mapping[str, np.ndarray]) -> None:
+    """np.savez's format with a fixed timestamp per member: the same profile, the same bytes."""
+    with zipfile.ZipFile(file, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for key, array in arrays.items():
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with archive.open(info, "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
 
 
 def _atomic_write(path: Path, write: Any) -> None:

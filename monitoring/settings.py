@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -30,7 +31,8 @@ class WindowSettings(BaseModel):
         default=60.0,
         ge=0.1,
         le=86_400.0,
-        description="Close the window after this many seconds since its first row; unset: rows only.",
+        description="Close the window after this many seconds since it opened (it opens when the "
+        "previous one closes; with no traffic it closes empty); unset: rows only.",
     )
 
     @model_validator(mode="after")
@@ -138,3 +140,44 @@ class MonitorSettings(BaseModel):
             if not 0 < len(name) <= _NAME_MAX:
                 raise ValueError(f"column names must have 1..{_NAME_MAX} characters: {name[:40]!r}")
         return self
+
+
+class MonitorAppSettings(BaseModel):
+    """The monitor application's `args` in serve.yaml (fixed for a replica's life; the
+    MonitorSettings above arrive as the deployment's user_config and change live)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model_repository: Path = Field(
+        default=Path("models"),
+        description="Model repository whose versions (and their profile.json) are monitored; "
+        "relative to where the application is built.",
+    )
+    models: list[str] | None = Field(
+        default=None, max_length=_COLUMNS_MAX, description="Models to monitor; unset: all."
+    )
+    tick_s: float = Field(
+        default=1.0,
+        ge=0.01,
+        le=60.0,
+        description="How often time windows are checked for closing, with or without traffic.",
+    )
+    max_requests: int = Field(
+        default=100_000,
+        ge=1,
+        le=10_000_000,
+        description="Most request facts (latency, status) held per window; past it the latency "
+        "quantiles come from a uniform sample (counts and error ratios stay exact).",
+    )
+    report_max_reference_rows: int = Field(
+        default=100_000,
+        ge=100,
+        le=10_000_000,
+        description="Most reference rows fed to Evidently's HTML report (evenly spaced subsample).",
+    )
+    log_interval_s: float = Field(
+        default=10.0,
+        ge=0.0,
+        le=3600.0,
+        description="Least time between two log lines about dropped samples of one kind.",
+    )

@@ -68,7 +68,7 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.25):
             last = predicate()
             if last:
                 return last
-        except Exception as exc:  # still starting
+        except Exception as exc:  # noqa: BLE001 - still starting
             last = exc
         time.sleep(interval)
     raise TimeoutError(f"{what} not reached in {timeout}s (last: {last!r})")
@@ -109,7 +109,9 @@ def vigil(tmp_path_factory) -> VigilCluster:
     config = yaml.safe_load(SERVE_CONFIG.read_text())
     http_port = _free_port()
     config["http_options"]["port"] = http_port
-    config["applications"][0]["args"]["model_repository"] = str(models_dir)
+    for app in config["applications"]:  # the model server and the monitor read one repository
+        if "model_repository" in app.get("args", {}):
+            app["args"]["model_repository"] = str(models_dir)
     cluster = VigilCluster(
         base_url=f"http://127.0.0.1:{http_port}",
         dashboard_url=f"http://127.0.0.1:{dashboard_port}",

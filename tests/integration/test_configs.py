@@ -19,7 +19,7 @@ def test_config_is_a_valid_serve_deploy_schema(name):
     schema = ServeDeploySchema.model_validate(doc)
     assert schema.http_options.host == "127.0.0.1"
     assert schema.logging_config.enable_access_log is False
-    (app,) = schema.applications
+    app = next(a for a in schema.applications if a.name == "vigil")  # serve.yaml adds the monitor
     assert app.route_prefix == "/" and app.import_path == "serving.app:build_app"
     # Our own parts of it validate against our settings (unknown keys rejected).
     ServerSettings(**app.args)

@@ -1,0 +1,193 @@
+"""The Monitor deployment: sample intake by handle, metrics, drift JSON and HTML reports by HTTP.
+
+The only monitoring module that knows Ray. One replica (its windows are its state). Every read
+and write of the state runs on one worker thread, in arrival order, so a window evaluation
+(~20 ms) never blocks the event loop and needs no lock; Evidently reports run on another thread.
+
+HTTP, under the application's route prefix (``/monitor``):
+
+    GET /metrics                              Prometheus exposition (monitoring.collector)
+    GET /v1/status                            replica, settings, monitored versions
+    GET /v1/models/{m}/drift[?version=V][&windows=N]   latest window in full + last N summaries
+    GET /v1/models/{m}/report[?version=V]     Evidently DataDriftPreset HTML of the open (or last
+                                              closed) window's rows against the reference data
+
+Errors are ``{"error": ...}``: 400 bad query, 404 unknown model/version/route, 409 no profile,
+reference or rows yet, 500 a bug (logged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from ray import serve
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+
+from monitoring.collector import MonitorCollector
+from monitoring.report import drift_report_html, load_reference, reference_path
+from monitoring.service import MonitorService, NotReady, UnknownModel
+from monitoring.settings import MonitorAppSettings, MonitorSettings
+
+logger = logging.getLogger("vigil.monitor")
+JSON = "application/json"
+
+
+class Monitor:
+    """Windows and evaluates the sample batches replicas send (``ingest``), per model version,
+    against each version's reference profile. Window and drift settings are the user_config."""
+
+    def __init__(self, args: dict[str, Any]) -> None:
+        self.args = MonitorAppSettings(**args)
+        self.settings = MonitorSettings()
+        self.service = MonitorService(self.args, self.settings, time.time())
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="vigil-monitor")
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(MonitorCollector(self.service.snapshots))
+        self._references: dict[tuple[str, str], dict] = {}
+        self._reports = asyncio.Semaphore(1)  # one Evidently run at a time
+        self._ticker: asyncio.Task | None = None
+        self._start_ticker()
+
+    def _start_ticker(self) -> None:
+        """The periodic task that closes time windows without traffic (started on the replica's
+        event loop; re-started by any later call should it have stopped)."""
+        if self._ticker is not None and not self._ticker.done():
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._ticker = loop.create_task(self._tick_forever())
+
+    async def _tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.args.tick_s)
+            try:
+                await self._on_worker(self.service.tick, time.time())
+            except Exception:
+                logger.exception("closing time windows failed")
+
+    async def _on_worker(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """New window and drift settings, live; a setting that misfits a profile is refused."""
+        settings = MonitorSettings.model_validate(user_config or {})
+        await self._on_worker(self.service.reconfigure, settings, time.time())
+        self.settings = settings
+        self._start_ticker()
+        logger.info("monitor settings now %s", settings.model_dump(exclude_defaults=True))
+
+    async def ingest(self, batches: list[dict]) -> None:
+        """Sample batches from serving replicas (see monitoring.service for their shape)."""
+        self._start_ticker()
+        await self._on_worker(self.service.ingest, batches, time.time())
+
+    def __serve_build_asgi_app__(self) -> Starlette:
+        return build_asgi_app(self)
+
+    # ------------------------------------------------------------------ HTTP
+
+    async def metrics(self, request: Request) -> Response:
+        body = await self._on_worker(generate_latest, self.registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    async def status(self, request: Request) -> Response:
+        context = serve.get_replica_context()
+
+        def read() -> dict:
+            return {
+                "replica": context.replica_id.unique_id if context else None,
+                "settings": self.settings.model_dump(mode="json"),
+                "args": self.args.model_dump(mode="json"),
+                "versions": [
+                    {"model": s.model, "version": s.version, "profile": s.profile_status,
+                     "windows_evaluated": s.window.closed, "open_rows": s.window.rows}
+                    for s in self.service.versions.values()
+                ],
+            }
+
+        return _json(await self._on_worker(read))
+
+    async def drift(self, request: Request) -> Response:
+        model = request.path_params["model"]
+        version = request.query_params.get("version")
+        raw = request.query_params.get("windows")
+        if raw is not None and not (raw.isdigit() and int(raw) <= 100_000):
+            return _error(400, f"windows must be an integer from 0 to 100000, got {raw!r}")
+        windows = int(raw) if raw is not None else None
+        try:
+            return _json(await self._on_worker(self.service.drift_doc, model, version, windows))
+        except UnknownModel as exc:
+            return _error(404, str(exc))
+
+    async def report(self, request: Request) -> Response:
+        model = request.path_params["model"]
+        try:
+            state, rows = await self._on_worker(
+                self.service.report_source, model, request.query_params.get("version")
+            )
+            key = (state.model, state.version)
+            async with self._reports:
+                reference = self._references.get(key)
+                if reference is None:
+                    path = reference_path(state.profile, state.path)
+                    if path is None or not path.exists():
+                        raise NotReady(f"the reference data of {key[0]}/{key[1]} is not "
+                                       f"available ({path}); the report needs it")
+                    reference = await asyncio.to_thread(
+                        load_reference, path, state.profile.names,
+                        self.args.report_max_reference_rows,
+                    )
+                    self._references[key] = reference
+                html = await asyncio.to_thread(
+                    drift_report_html, state.profile, reference, rows,
+                    drift_share=self.settings.drift_share,
+                )
+        except UnknownModel as exc:
+            return _error(404, str(exc))
+        except NotReady as exc:
+            return _error(409, str(exc))
+        except Exception:
+            logger.exception("report for %s failed", model)
+            return _error(500, "internal error while building the report; see the monitor log")
+        return HTMLResponse(html)
+
+
+def _json(doc: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(doc), status_code=status, media_type=JSON)
+
+
+def _error(status: int, message: str) -> Response:
+    return _json({"error": message}, status)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    message = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed here"}
+    return _error(exc.status_code, message.get(exc.status_code, str(exc.detail)))
+
+
+def build_asgi_app(monitor: Monitor) -> Starlette:
+    """Routes relative to the application's route prefix, bound to one Monitor."""
+    m = monitor
+    routes = [
+        Route("/metrics", m.metrics, methods=["GET"]),
+        Route("/v1/status", m.status, methods=["GET"]),
+        Route("/v1/models/{model}/drift", m.drift, methods=["GET"]),
+        Route("/v1/models/{model}/report", m.report, methods=["GET"]),
+    ]
+    return Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+
+
+MonitorDeployment = serve.deployment(name="Monitor")(serve.ingress()(Monitor))

@@ -1,0 +1,302 @@
+"""The monitor's state without Ray: served versions, their profiles and windows, sample intake.
+
+A sample batch (what a serving replica flushes, see serving.sampling.SampleBatch) is a mapping
+``{"model", "version", "inputs", "outputs", "latency_s", "status", "dropped_rows",
+"dropped_requests"}``. Its rows are kept when its tensors fit the version's column layout
+(monitoring.columns); otherwise they are dropped and counted (kind "schema") with a rate-limited
+log line saying why, while its request facts still count (the latency of a request does not
+depend on its tensors). A batch for a model version not in the repository is dropped whole and
+counted under model "_unknown". Not thread-safe: the monitor calls it from one worker thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from monitoring.collector import VersionSnapshot
+from monitoring.columns import ColumnLayout, layout_for
+from monitoring.drift import check_settings
+from monitoring.profile import PROFILE_JSON, Profile
+from monitoring.settings import MonitorAppSettings, MonitorSettings
+from monitoring.window import ClosedWindow, TumblingWindow, settings_for
+
+logger = logging.getLogger("vigil.monitor")
+UNKNOWN_MODEL = "_unknown"  # the label of drops for versions the monitor does not know
+DROP_KINDS = ("replica", "schema")
+
+
+class UnknownModel(LookupError):
+    """No such model or version in the monitored repository (HTTP 404)."""
+
+
+class NotReady(Exception):
+    """The request is valid but cannot be answered yet: no profile, no reference, no rows (409)."""
+
+
+@dataclass
+class VersionState:
+    """One monitored model version: its layout, profile, window and counters."""
+
+    model: str
+    version: str
+    path: Path
+    tensors: tuple[frozenset[str], frozenset[str]]  # input and output names from model.yaml
+    layout: ColumnLayout | None  # None: tensors the column rule cannot name (3-D and more)
+    profile: Profile | None
+    profile_status: str  # "loaded", "no profile", or why it could not be used
+    window: TumblingWindow
+    rows_received: int = 0
+    requests_received: int = 0
+    rows_dropped: Counter[str] = field(default_factory=Counter)
+    requests_dropped: Counter[str] = field(default_factory=Counter)
+
+    def mismatch(self, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> str | None:
+        if self.layout is not None:
+            return self.layout.mismatch(inputs, outputs)
+        for kind, want, given in (("inputs", self.tensors[0], inputs), ("outputs", self.tensors[1], outputs)):
+            if set(given) != want:
+                return f"{kind} {sorted(given)} differ from the expected {sorted(want)}"
+        return None
+
+    def snapshot(self) -> VersionSnapshot:
+        return VersionSnapshot(
+            model=self.model, version=self.version, profile_loaded=self.profile is not None,
+            latest=self.window.latest, windows_evaluated=self.window.closed,
+            current_rows=self.window.rows, rows_received=self.rows_received,
+            requests_received=self.requests_received, rows_dropped=dict(self.rows_dropped),
+            requests_dropped=dict(self.requests_dropped),
+        )
+
+
+class RateLimitedLog:
+    """At most one warning per key and interval; the next line says how many were held back."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._last: dict[str, float] = {}
+        self._held: Counter[str] = Counter()
+
+    def warning(self, key: str, message: str) -> None:
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval_s:
+            self._held[key] += 1
+            return
+        held = self._held.pop(key, 0)
+        self._last[key] = now
+        logger.warning("%s%s", message, f" ({held} more like it held back)" if held else "")
+
+
+class MonitorService:
+    """Every monitored version of the repository, fed with sample batches."""
+
+    def __init__(self, app: MonitorAppSettings, settings: MonitorSettings, now: float) -> None:
+        from serving.repository import scan  # the repository format belongs to serving
+
+        self.app = app
+        self.settings = settings
+        self.log = RateLimitedLog(app.log_interval_s)
+        self.versions: dict[tuple[str, str], VersionState] = {}
+        self.models: dict[str, list[str]] = {}  # model -> versions, oldest first
+        for name, found in scan(app.model_repository, app.models).items():
+            self.models[name] = [v.manifest.version for v in found]
+            for v in found:
+                self.versions[(name, v.manifest.version)] = self._load(v, now)
+        self._check(settings)
+        self.unknown = VersionState(
+            UNKNOWN_MODEL, "", Path(), (frozenset(), frozenset()), None, None, "unknown",
+            TumblingWindow(None, settings, now),
+        )
+
+    def _load(self, version: Any, now: float) -> VersionState:
+        manifest = version.manifest
+        signature = [(s.name, s.shape) for s in manifest.inputs], [(s.name, s.shape) for s in manifest.outputs]
+        try:
+            layout = layout_for(*signature, feature_names=manifest.metadata.get("feature_names"))
+        except ValueError:
+            layout = None
+        profile, status = None, "no profile"
+        if (version.path / PROFILE_JSON).exists():
+            try:
+                profile, layout = _usable_profile(Profile.load(version.path), manifest)
+                status = "loaded"
+            except Exception as exc:  # noqa: BLE001 - a bad profile must not stop latency, errors
+                status = f"unusable profile: {exc}"
+                logger.error("%s/%s: %s", manifest.name, manifest.version, status)
+        logger.info("monitoring %s/%s (%s)", manifest.name, manifest.version, status)
+        tensors = (frozenset(s.name for s in manifest.inputs), frozenset(s.name for s in manifest.outputs))
+        window = TumblingWindow(
+            profile, self.settings, now, max_requests=self.app.max_requests
+        )
+        return VersionState(
+            manifest.name, manifest.version, version.path, tensors, layout, profile, status, window
+        )
+
+    def _check(self, settings: MonitorSettings) -> None:
+        for state in self.versions.values():
+            if state.profile is not None:
+                check_settings(state.profile, settings_for(state.profile, settings))
+
+    # ------------------------------------------------------------------ intake
+
+    def ingest(self, batches: Iterable[Any], now: float) -> list[ClosedWindow]:
+        """Take sample batches; returns the windows they closed."""
+        closed: list[ClosedWindow] = []
+        for raw in batches:
+            closed += self._ingest_one(_as_mapping(raw), now)
+        return closed
+
+    def _ingest_one(self, batch: Mapping[str, Any], now: float) -> list[ClosedWindow]:
+        model, version = str(batch.get("model", "")), str(batch.get("version", ""))
+        inputs, outputs = batch.get("inputs") or {}, batch.get("outputs") or {}
+        latency = np.asarray(batch.get("latency_s", ()), dtype=np.float64).ravel()
+        status = np.asarray(batch.get("status", ())).ravel()
+        rows = _rows(inputs, outputs)
+        state = self.versions.get((model, version))
+        where = f"{model}/{version}"
+        if state is None:
+            state = self.unknown
+            reason = "no such model version in the monitored repository"
+        else:
+            reason = _facts_problem(latency, status) or (
+                state.mismatch(inputs, outputs) if inputs or outputs else None
+            )
+        state.rows_received += rows
+        state.requests_received += latency.size
+        state.rows_dropped["replica"] += max(int(batch.get("dropped_rows", 0) or 0), 0)
+        state.requests_dropped["replica"] += max(int(batch.get("dropped_requests", 0) or 0), 0)
+        if reason is not None:
+            state.rows_dropped["schema"] += rows
+            whole = state is self.unknown or _facts_problem(latency, status) is not None
+            if whole:
+                state.requests_dropped["schema"] += latency.size
+            what = f"{rows} sampled rows" + (f" and {latency.size} requests" if whole else "")
+            self.log.warning(f"drop:{where}", f"dropped {what} for {where}: {reason}")
+            if whole:
+                return []
+            rows, inputs, outputs = 0, {}, {}
+        columns = None
+        if state.profile is not None and rows:
+            assert state.layout is not None
+            split = state.layout.split(inputs, outputs)
+            columns = {name: split[name] for name in state.profile.names if name in split}
+        closed = state.window.add(columns, rows, latency, status.astype(np.int64), now)
+        for window in closed:
+            if window.error:
+                self.log.warning(f"eval:{where}", f"window {window.index} of {where}: {window.error}")
+        return closed
+
+    def tick(self, now: float) -> list[ClosedWindow]:
+        """Close the time windows that are due, traffic or not."""
+        return [w for s in self.versions.values() if (w := s.window.tick(now)) is not None]
+
+    def reconfigure(self, settings: MonitorSettings, now: float) -> None:
+        """Apply new window and drift settings; refused (ValueError) if they misfit a profile."""
+        self._check(settings)
+        self.settings = settings
+        for state in self.versions.values():
+            state.window.reconfigure(settings, now)
+
+    # ------------------------------------------------------------------ reading
+
+    def snapshots(self) -> list[VersionSnapshot]:
+        snaps = [s.snapshot() for s in self.versions.values()]
+        if self.unknown.rows_received or self.unknown.requests_received:
+            snaps.append(dataclasses.replace(self.unknown.snapshot(), profile_loaded=None))
+        return snaps
+
+    def state(self, model: str, version: str | None = None) -> VersionState:
+        """The version (newest when None); UnknownModel if the monitor has no such thing."""
+        versions = self.models.get(model)
+        if not versions:
+            raise UnknownModel(f"unknown model {model!r}")
+        version = versions[-1] if version is None else version
+        state = self.versions.get((model, version))
+        if state is None:
+            raise UnknownModel(f"unknown version {version!r} of model {model!r}")
+        return state
+
+    def drift_doc(self, model: str, version: str | None = None, windows: int | None = None) -> dict:
+        """The latest window in full and the last `windows` (default: all kept) as summaries."""
+        state = self.state(model, version)
+        window = state.window
+        history = list(window.history)
+        if windows is not None:
+            history = history[-windows:] if windows else []
+        s = window.settings
+        return {
+            "model": state.model,
+            "version": state.version,
+            "versions": self.models[state.model],
+            "profile": state.profile_status,
+            "settings": {
+                "window": s.window.model_dump(), "drift_share": s.drift_share,
+                "correction": s.correction, "history": s.history, "buffer_rows": s.buffer_rows,
+            },
+            "open_window": {
+                "opened_at": window.opened_at, "rows": window.rows, "requests": window.requests,
+            },
+            "windows_evaluated": window.closed,
+            "latest": window.latest.to_dict(detail=True) if window.latest else None,
+            "windows": [w.to_dict(detail=False) for w in history],
+        }
+
+    def report_source(self, model: str, version: str | None = None) -> tuple[VersionState, dict]:
+        """The version and the rows a report compares: the open window's, else the last
+        closed window's. NotReady when there is no profile or no row yet."""
+        state = self.state(model, version)
+        if state.profile is None:
+            raise NotReady(f"{state.model}/{state.version} has {state.profile_status}: build one "
+                           f"with `vigil profile build`")
+        rows = state.window.current_rows() or state.window.last_rows
+        if not rows:
+            raise NotReady(f"no sampled rows for {state.model}/{state.version} yet")
+        return state, rows
+
+
+def _usable_profile(profile: Profile, manifest: Any) -> tuple[Profile, ColumnLayout]:
+    """The profile and its layout, refused when built for other model bytes or tensors."""
+    meta = profile.meta or {}
+    sha = meta.get("model_sha256")
+    if sha and sha != manifest.sha256:
+        raise ValueError("built for another model file (sha256 differs): rebuild it")
+    if "layout" not in meta:
+        raise ValueError("no column layout recorded: rebuild it with `vigil profile build`")
+    layout = ColumnLayout.from_dict(meta["layout"])
+    want = ({s.name for s in manifest.inputs}, {s.name for s in manifest.outputs})
+    if ({t.tensor for t in layout.inputs}, {t.tensor for t in layout.outputs}) != want:
+        raise ValueError("its tensors differ from model.yaml: rebuild it")
+    return profile, layout
+
+
+def _facts_problem(latency: np.ndarray, status: np.ndarray) -> str | None:
+    if latency.size != status.size:
+        return f"{latency.size} latencies but {status.size} status codes"
+    if status.size and status.dtype.kind not in "iu":
+        return f"status codes of dtype {status.dtype}, expected integers"
+    if np.any(latency < 0):
+        return "negative latencies"
+    return None
+
+
+def _rows(inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> int:
+    counts = [int(np.shape(a)[0]) for a in (*inputs.values(), *outputs.values()) if np.ndim(a)]
+    return max(counts, default=0)
+
+
+def _as_mapping(raw: Any) -> Mapping[str, Any]:
+    """A batch as a mapping; a serving.sampling.SampleBatch (a dataclass) is accepted too."""
+    if isinstance(raw, Mapping):
+        return raw
+    if dataclasses.is_dataclass(raw):
+        return {f.name: getattr(raw, f.name) for f in dataclasses.fields(raw)}
+    return {}

@@ -1,0 +1,111 @@
+"""The monitor's collector, rendered by prometheus_client from a fresh registry and parsed back."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from monitoring.collector import MonitorCollector, VersionSnapshot
+from monitoring.profile import build_profile
+from monitoring.settings import MonitorSettings
+from monitoring.window import TumblingWindow
+
+ALLOWED_LABELS = {"model", "version", "feature", "method", "output", "quantile", "kind"}
+
+
+def _scrape(snapshots: list[VersionSnapshot]) -> tuple[dict, dict]:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(MonitorCollector(lambda: snapshots))
+    text = generate_latest(registry).decode()
+    samples, types = {}, {}
+    for family in text_string_to_metric_families(text):
+        types[family.name] = family.type
+        for s in family.samples:
+            samples[(s.name, frozenset(s.labels.items()))] = s.value
+    return samples, types
+
+
+def _get(samples: dict, name: str, **labels: str) -> float | None:
+    return samples.get((name, frozenset(labels.items())))
+
+
+@pytest.fixture(scope="module")
+def closed():
+    """A window of 4 rows: x shifted far from its reference, c the same; an output y."""
+    reference = {"x": np.arange(20.0), "c": np.array(["a", "b"] * 10), "y": np.arange(20.0) % 3}
+    profile = build_profile(reference, outputs=["y"])
+    window = TumblingWindow(profile, MonitorSettings(window={"rows": 4, "seconds": None}), 0.0)
+    rows = {"x": np.array([100.0, 101, 102, 103]), "c": np.array(["a", "b", "a", "zz"]),
+            "y": np.array([0.0, 1, 2, np.nan])}
+    latency, status = np.array([0.1, 0.2, 0.3, 0.4]), np.array([200, 200, 500, 404])
+    (result,) = window.add(rows, 4, latency, status, now=1700000000.0)
+    return result
+
+
+def test_latest_window_and_counters(closed) -> None:
+    snap = VersionSnapshot(
+        model="m", version="1", profile_loaded=True, latest=closed, windows_evaluated=7,
+        current_rows=2, rows_received=30, requests_received=12,
+        rows_dropped={"replica": 5, "schema": 3}, requests_dropped={"schema": 1},
+    )
+    s, types = _scrape([snap])
+    mv = {"model": "m", "version": "1"}
+    assert _get(s, "vigil_profile_loaded", **mv) == 1.0
+    assert _get(s, "vigil_window_rows", **mv) == 4 and _get(s, "vigil_window_requests", **mv) == 4
+    assert _get(s, "vigil_open_window_rows", **mv) == 2
+    assert _get(s, "vigil_last_window_timestamp_seconds", **mv) == 1700000000.0
+    assert _get(s, "vigil_window_latency_seconds", quantile="0.5", **mv) == pytest.approx(0.25)
+    assert _get(s, "vigil_window_latency_seconds", quantile="0.95", **mv) == pytest.approx(0.385)
+    assert _get(s, "vigil_window_error_ratio", kind="server", **mv) == 0.25
+    assert _get(s, "vigil_window_error_ratio", kind="client", **mv) == 0.25
+    # x: ks against 0..19, all four rows far above: drifted; c: chisquare, unseen 'zz' counted
+    assert _get(s, "vigil_feature_drifted", feature="x", method="ks", **mv) == 1.0
+    assert _get(s, "vigil_feature_drift_score", feature="x", method="ks", **mv) < 0.05
+    assert _get(s, "vigil_feature_drifted", feature="c", method="chisquare", **mv) is not None
+    assert _get(s, "vigil_drift_share_ratio", **mv) == closed.result.drift.share_drifted
+    assert _get(s, "vigil_dataset_drift", **mv) == float(closed.result.drift.dataset_drift)
+    (output,) = [k for k in s if k[0] == "vigil_prediction_drift_score"]
+    assert dict(output[1])["output"] == "y"
+    assert _get(s, "vigil_out_of_range_ratio", feature="x", **mv) == 1.0
+    assert _get(s, "vigil_unseen_categories_ratio", feature="c", **mv) == 0.25
+    assert _get(s, "vigil_missing_ratio", feature="y", **mv) == 0.25
+    assert _get(s, "vigil_schema_violation_columns", kind="missing_column", **mv) == 0
+    assert _get(s, "vigil_sample_rows_received_total", **mv) == 30
+    assert _get(s, "vigil_sample_requests_received_total", **mv) == 12
+    assert _get(s, "vigil_sample_rows_dropped_total", kind="replica", **mv) == 5
+    assert _get(s, "vigil_sample_rows_dropped_total", kind="schema", **mv) == 3
+    assert _get(s, "vigil_sample_requests_dropped_total", kind="replica", **mv) == 0
+    assert _get(s, "vigil_windows_evaluated_total", **mv) == 7
+    assert types["vigil_windows_evaluated"] == "counter"
+    assert types["vigil_feature_drift_score"] == "gauge"
+
+
+def test_names_and_labels_follow_the_house_rules(closed) -> None:
+    s, _ = _scrape([VersionSnapshot("m", "1", True, latest=closed)])
+    assert all(name.startswith("vigil_") for name, _ in s)
+    assert set().union(*(dict(labels).keys() for _, labels in s)) <= ALLOWED_LABELS
+
+
+def test_a_version_without_profile_exports_latency_not_drift(closed) -> None:
+    from dataclasses import replace
+
+    no_drift = replace(closed, result=None)
+    s, _ = _scrape([VersionSnapshot("m", "1", False, latest=no_drift)])
+    assert _get(s, "vigil_profile_loaded", model="m", version="1") == 0.0
+    assert _get(s, "vigil_window_latency_seconds", model="m", version="1", quantile="0.99")
+    assert not [k for k in s if k[0] in ("vigil_feature_drift_score", "vigil_drift_share_ratio")]
+
+
+def test_before_any_window_and_for_unknown_models_only_counters(closed) -> None:
+    s, _ = _scrape([
+        VersionSnapshot("m", "1", True),
+        VersionSnapshot("_unknown", "", None, rows_received=4, rows_dropped={"schema": 4}),
+    ])
+    assert _get(s, "vigil_profile_loaded", model="m", version="1") == 1.0
+    assert _get(s, "vigil_window_rows", model="m", version="1") is None
+    assert _get(s, "vigil_sample_rows_dropped_total", model="_unknown", version="",
+                kind="schema") == 4
+    assert _get(s, "vigil_profile_loaded", model="_unknown", version="") is None
+    assert _get(s, "vigil_windows_evaluated_total", model="_unknown", version="") is None

@@ -1,0 +1,155 @@
+"""The monitor's state without Ray: versions and profiles, intake, schema drops, reading."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from monitoring.service import MonitorService, NotReady, RateLimitedLog, UnknownModel
+from monitoring.settings import MonitorAppSettings, MonitorSettings
+from serving.sampling import SampleBatch
+
+SETTINGS = MonitorSettings(window={"rows": 100, "seconds": None})
+
+
+@pytest.fixture
+def service(example_root: Path) -> MonitorService:
+    return MonitorService(MonitorAppSettings(model_repository=example_root), SETTINGS, now=0.0)
+
+
+@pytest.fixture(scope="module")
+def cancer_rows(example_root: Path) -> np.ndarray:
+    frame = pd.read_parquet(example_root / "breast_cancer" / "1" / "reference.parquet")
+    return frame.drop(columns=["target"]).to_numpy(np.float32)[:100]
+
+
+def _batch(model: str, inputs: dict, outputs: dict, n_requests: int = 1, **extra) -> dict:
+    return {
+        "model": model, "version": "1", "inputs": inputs, "outputs": outputs,
+        "latency_s": np.full(n_requests, 0.02), "status": np.full(n_requests, 200, np.int16),
+        "dropped_rows": 0, "dropped_requests": 0, **extra,
+    }
+
+
+def _cancer(x: np.ndarray, **extra) -> dict:
+    outputs = {"label": np.ones(len(x), np.int64), "probabilities": np.full((len(x), 2), 0.5, np.float32)}
+    return _batch("breast_cancer", {"input": x}, outputs, **extra)
+
+
+def test_versions_and_profiles_are_loaded(service: MonitorService) -> None:
+    assert service.models == {"breast_cancer": ["1"], "mlp": ["1"]}
+    cancer, mlp = service.state("breast_cancer"), service.state("mlp", "1")
+    assert (cancer.profile_status, mlp.profile_status) == ("loaded", "no profile")
+    assert cancer.layout.feature_columns[0] == "mean radius"
+    with pytest.raises(UnknownModel, match="unknown model 'nope'"):
+        service.state("nope")
+    with pytest.raises(UnknownModel, match="unknown version '2'"):
+        service.state("mlp", "2")
+
+
+def test_rows_are_split_into_profile_columns_and_evaluated(service, cancer_rows) -> None:
+    (closed,) = service.ingest([_cancer(cancer_rows, dropped_rows=4)], now=1.0)
+    assert closed.rows == 100 and closed.result.drift.tested == 30
+    assert closed.result.drift.drifted == 0
+    assert closed.result.quality.violations == ()
+    snap = service.state("breast_cancer").snapshot()
+    assert (snap.rows_received, snap.requests_received, snap.windows_evaluated) == (100, 1, 1)
+    assert snap.rows_dropped == {"replica": 4}
+
+
+def test_a_sample_batch_dataclass_is_accepted(service, cancer_rows) -> None:
+    batch = SampleBatch(**_cancer(cancer_rows[:10]))
+    assert service.ingest([batch], now=1.0) == []
+    assert service.state("breast_cancer").window.rows == 10
+
+
+def test_batches_that_do_not_fit_are_dropped_and_counted(service, cancer_rows, caplog) -> None:
+    caplog.set_level(logging.WARNING, "vigil.monitor")
+    service.ingest([
+        _batch("nope", {"input": cancer_rows[:5]}, {}, n_requests=2),
+        _cancer(cancer_rows[:7, :29]),  # one feature short
+        _batch("breast_cancer", {"x": cancer_rows[:3]}, {}),  # wrong tensor name
+        {**_cancer(cancer_rows[:2]), "status": np.array([200, 200])},  # 1 latency, 2 statuses
+    ], now=1.0)
+    unknown = service.unknown
+    assert (unknown.rows_dropped["schema"], unknown.requests_dropped["schema"]) == (5, 2)
+    cancer = service.state("breast_cancer")
+    assert cancer.rows_dropped["schema"] == 12 and cancer.requests_dropped["schema"] == 1
+    assert cancer.window.rows == 0 and cancer.window.requests == 2  # facts of well-formed ones
+    messages = [r.getMessage() for r in caplog.records]
+    assert "dropped 5 sampled rows and 2 requests for nope/1: no such model version in the " \
+        "monitored repository" in messages
+    assert any("tensor 'input' has width 29, expected 30" in m for m in messages)
+    assert service.snapshots()[-1].model == "_unknown"
+
+
+def test_without_profile_rows_count_and_latency_is_kept(service) -> None:
+    x = np.zeros((100, 256), np.float32)
+    outputs = {"logits": np.zeros((100, 10), np.float32), "probabilities": np.zeros((100, 10))}
+    (closed,) = service.ingest([_batch("mlp", {"input": x}, outputs, n_requests=3)], now=1.0)
+    assert (closed.rows, closed.result, closed.latency.count) == (100, None, 3)
+    with pytest.raises(NotReady, match="no profile"):
+        service.report_source("mlp")
+
+
+def test_report_source_needs_rows(service, cancer_rows) -> None:
+    with pytest.raises(NotReady, match="no sampled rows"):
+        service.report_source("breast_cancer")
+    service.ingest([_cancer(cancer_rows[:10])], now=1.0)
+    state, rows = service.report_source("breast_cancer")
+    assert len(rows["mean radius"]) == 10 and "label" in rows and "target" not in rows
+    service.ingest([_cancer(cancer_rows[:90])], now=2.0)  # closes the window: its rows remain
+    assert len(service.report_source("breast_cancer")[1]["mean radius"]) == 100
+
+
+def test_reconfigure_applies_or_refuses(service, cancer_rows) -> None:
+    service.ingest([_cancer(cancer_rows[:10])], now=1.0)
+    bad = MonitorSettings(overrides={"label": {"method": "ks"}})  # label is categorical
+    with pytest.raises(ValueError, match="ks needs a numeric column"):
+        service.reconfigure(bad, now=2.0)
+    assert service.settings == SETTINGS and service.state("breast_cancer").window.rows == 10
+    service.reconfigure(MonitorSettings(window={"rows": 5, "seconds": 30}), now=3.0)
+    state = service.state("breast_cancer")
+    assert state.window.latest.reason == "reconfigure" and state.window.row_limit == 5
+    assert service.tick(33.0) and service.drift_doc("breast_cancer")["latest"]["reason"] == "time"
+
+
+def test_drift_doc(service, cancer_rows) -> None:
+    service.ingest([_cancer(cancer_rows)] * 3, now=1.0)
+    doc = service.drift_doc("breast_cancer", windows=2)
+    assert (doc["model"], doc["version"], doc["profile"]) == ("breast_cancer", "1", "loaded")
+    assert [w["index"] for w in doc["windows"]] == [2, 3] and doc["latest"]["index"] == 3
+    assert doc["settings"]["window"] == {"rows": 100, "seconds": None}
+    assert len(doc["latest"]["drift"]["features"]) == 30
+    assert "features" not in doc["windows"][0]["drift"]
+    json.dumps(doc)  # plain JSON values only
+
+
+def test_a_profile_built_for_other_model_bytes_is_not_used(example_root, tmp_path) -> None:
+    root = tmp_path / "models"
+    shutil.copytree(example_root, root)
+    path = root / "breast_cancer" / "1" / "profile.json"
+    doc = json.loads(path.read_text())
+    doc["meta"]["model_sha256"] = "0" * 64
+    path.write_text(json.dumps(doc))
+    service = MonitorService(MonitorAppSettings(model_repository=root), SETTINGS, now=0.0)
+    assert service.state("breast_cancer").profile_status.startswith("unusable profile: built for")
+    assert service.state("breast_cancer").profile is None
+
+
+def test_rate_limited_log_holds_back_repeats(caplog) -> None:
+    caplog.set_level(logging.WARNING, "vigil.monitor")
+    log = RateLimitedLog(interval_s=3600)
+    for _ in range(3):
+        log.warning("k", "same thing")
+    log.warning("other", "another thing")
+    assert [r.getMessage() for r in caplog.records] == ["same thing", "another thing"]
+    log.interval_s = 0.0
+    log.warning("k", "same thing")
+    assert caplog.records[-1].getMessage() == "same thing (2 more like it held back)"
