@@ -99,25 +99,12 @@ class MonitorSettings(BaseModel):
         le=100_000,
         description="How many evaluated windows (results only, never rows) are kept per model.",
     )
-    sample_rate: float = Field(
-        default=1.0,
-        ge=0.0,
-        le=1.0,
-        description="Share of requests whose rows are sampled for monitoring (0 turns sampling off).",
-    )
     buffer_rows: int = Field(
         default=100_000,
         ge=1,
         le=10_000_000,
         description="Most sampled rows held in memory per model; a full buffer closes the window "
         "early, so a window never holds more than this.",
-    )
-    sample_queue: int = Field(
-        default=1024,
-        ge=1,
-        le=1_000_000,
-        description="Most sample batches waiting for the monitor per replica; beyond it new batches "
-        "are dropped (and counted), never blocking a request.",
     )
     max_exact_values: int = Field(
         default=100_000,

@@ -40,3 +40,16 @@ def test_gpu_config_asks_for_a_gpu_and_cuda():
     app = doc["applications"][0]
     assert app["args"]["runtime"]["providers"][0] == "cuda"
     assert app["deployments"][0]["ray_actor_options"]["num_gpus"] > 0
+
+
+@pytest.mark.parametrize("name", ["serve.yaml", "serve.gpu.yaml"])
+def test_monitor_application_validates_against_its_settings(name):
+    from monitoring.settings import MonitorAppSettings, MonitorSettings
+
+    doc = yaml.safe_load((CONFIGS / name).read_text())
+    monitor = next(a for a in doc["applications"] if a["name"] == "monitor")
+    assert monitor["route_prefix"] == "/monitor"
+    MonitorAppSettings(**monitor["args"])
+    (deployment,) = monitor["deployments"]
+    assert deployment["num_replicas"] == 1  # its windows are its state
+    MonitorSettings(**deployment["user_config"])

@@ -19,7 +19,7 @@ def _errors(**kwargs: Any) -> list[tuple[tuple, str]]:
 def test_defaults() -> None:
     settings = MonitorSettings()
     assert (settings.window.rows, settings.window.seconds) == (1000, 60.0)
-    assert (settings.drift_share, settings.correction, settings.sample_rate) == (0.5, "none", 1.0)
+    assert (settings.drift_share, settings.correction) == (0.5, "none")
     assert settings.overrides == {} and settings.feature_types == {}
 
 
@@ -47,7 +47,6 @@ def test_unknown_keys_are_refused_at_every_level() -> None:
     [
         ({"drift_share": 0.0}, ("drift_share",)),
         ({"drift_share": 1.5}, ("drift_share",)),
-        ({"sample_rate": -0.1}, ("sample_rate",)),
         ({"history": 0}, ("history",)),
         ({"correction": "holm"}, ("correction",)),
         ({"window": {"rows": 0}}, ("window", "rows")),
