@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -42,6 +43,16 @@ logger = logging.getLogger("vigil.monitor")
 JSON = "application/json"
 
 
+def _yield_cpu_to_serving() -> None:
+    """Run the monitor's statistics only on CPU time that inference leaves idle (Linux
+    SCHED_IDLE for this thread). On a busy node samples then wait, and replicas drop and count
+    the flushes the monitor is too busy to take, instead of inference slowing down."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError) as exc:  # not Linux, or not permitted
+        logger.info("monitor worker keeps normal CPU priority: %s", exc)
+
+
 class Monitor:
     """Windows and evaluates the sample batches replicas send (``ingest``), per model version,
     against each version's reference profile. Window and drift settings are the user_config."""
@@ -50,7 +61,9 @@ class Monitor:
         self.args = MonitorAppSettings(**args)
         self.settings = MonitorSettings()
         self.service = MonitorService(self.args, self.settings, time.time())
-        self._worker = ThreadPoolExecutor(1, thread_name_prefix="vigil-monitor")
+        self._worker = ThreadPoolExecutor(
+            1, thread_name_prefix="vigil-monitor", initializer=_yield_cpu_to_serving
+        )
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(MonitorCollector(self.service.snapshots))
         self._references: dict[tuple[str, str], dict] = {}
