@@ -212,21 +212,8 @@ class Bench:
             )
             started = time.monotonic()
             cluster.deploy(vigil_config(VIGIL_PORTS, batching_enabled=False), "vigil-off.yaml")
-            deadline = time.monotonic() + 90
-            while True:
-                reported = vigil_batching_by_replica(VIGIL_PORTS)
-                app = cluster.applications().get("vigil", {})
-                current = replica_ids(app)
-                if (
-                    app.get("status") == "RUNNING"
-                    and set(current) <= set(reported)
-                    and not any(reported[r] for r in current)
-                ):
-                    break
-                if time.monotonic() > deadline:
-                    raise StartError(f"Vigil did not report batching off within 90s ({reported})")
-                time.sleep(0.5)
-            after = replica_ids(app)
+            current, reported = _wait_for_batching(cluster, enabled=False, timeout_s=90)
+            after = current
             facts.update(
                 reconfigure_s=round(time.monotonic() - started, 1),
                 replicas_batching_off=after,
@@ -257,24 +244,29 @@ class Bench:
                 vigil_config(VIGIL_PORTS, batching_enabled=True, sampling_enabled=sampling),
                 f"vigil-sampling-{sampling}.yaml",
             )
-            deadline = time.monotonic() + 120
-            while True:
-                reported = vigil_batching_by_replica(VIGIL_PORTS)
-                app = cluster.applications().get("vigil", {})
-                current = replica_ids(app)
-                if (
-                    app.get("status") == "RUNNING"
-                    and current
-                    and set(current) <= set(reported)
-                    and all(reported[r] for r in current)
-                ):
-                    break
-                if time.monotonic() > deadline:
-                    raise StartError(f"Vigil did not come back with sampling={sampling}")
-                time.sleep(0.5)
+            current, _ = _wait_for_batching(cluster, enabled=True, timeout_s=120)
             facts[f"replicas_sampling_{sampling}"] = current
             for scenario in scenarios:
                 self.measure(label, VIGIL_PORTS.http, scenario)
+
+
+def _wait_for_batching(cluster, enabled: bool, timeout_s: float) -> tuple[list, dict]:
+    """Wait until the vigil app runs and every current replica reports batching `enabled`;
+    returns the replica ids and what each reported."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        reported = vigil_batching_by_replica(VIGIL_PORTS)
+        current = replica_ids(cluster.applications().get("vigil", {}))
+        if (
+            cluster.applications().get("vigil", {}).get("status") == "RUNNING"
+            and current
+            and set(current) <= set(reported)
+            and all(reported[r] == enabled for r in current)
+        ):
+            return current, reported
+        if time.monotonic() > deadline:
+            raise StartError(f"Vigil did not report batching {enabled} within {timeout_s}s")
+        time.sleep(0.5)
 
 
 def _on_signal(signum: int, frame: object) -> None:
