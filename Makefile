@@ -46,9 +46,11 @@ serve: $(VENV)/.serve-installed models
 test: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest
 
-## bench: the load benchmark (reference, plain Ray Serve, Vigil) on 127.0.0.1
+## bench: the load benchmark (reference, plain Ray Serve, Vigil) on 127.0.0.1, then the drift
+## evaluation benchmark (Vigil's window evaluation against Evidently's Report)
 bench: $(VENV)/.dev-installed models
 	$(BIN)/python -m load_tests.bench
+	$(BIN)/python -m load_tests.bench_drift
 
 ## deploy: start a local Ray cluster and `serve deploy` the config onto it
 deploy: $(VENV)/.serve-installed models
