@@ -38,11 +38,18 @@ SERVER_NAME = "vigil"
 SERVER_VERSION = "0.1.0"
 
 
+# Written beside a version by `vigil profile build` (monitoring.profile.PROFILE_JSON).
+PROFILE_FILE = "profile.json"
+
+
 class ServedModel:
     """A loaded model version with its batcher."""
 
-    def __init__(self, model: OnnxModel, batching: BatchSettings) -> None:
+    def __init__(self, model: OnnxModel, batching: BatchSettings, has_profile: bool) -> None:
         self.model = model
+        # Rows are sampled only where the monitor has a reference to compare them with; every
+        # version still reports latency and status.
+        self.has_profile = has_profile
         self.batcher = RowBatcher(
             model.run,
             batching,
@@ -62,7 +69,11 @@ class ModelServer:
         self.router: ModelRouter[ServedModel] = ModelRouter(
             {
                 name: {
-                    v.manifest.version: ServedModel(OnnxModel(v, self.settings.runtime), batching)
+                    v.manifest.version: ServedModel(
+                        OnnxModel(v, self.settings.runtime),
+                        batching,
+                        has_profile=(v.path / PROFILE_FILE).exists(),
+                    )
                     for v in versions
                 }
                 for name, versions in found.items()
@@ -175,7 +186,7 @@ class ModelServer:
         if self.samples is not None and model_label is not UNKNOWN_MODEL:
             self.samples.record(
                 model_label, version_label, elapsed, status,
-                *((inputs, results) if status == 200 else ()),
+                *((inputs, results) if status == 200 and served.has_profile else ()),
             )
             self.monitor_link.start()
         return Response(payload, status_code=status, media_type=media_type, headers=headers)

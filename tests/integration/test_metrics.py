@@ -57,3 +57,20 @@ def test_request_and_batch_metrics_after_traffic(vigil, client):
     assert _value(text, "ray_vigil_queue_wait_seconds_count", model="breast_cancer") >= 20
     # Latency is a histogram with buckets, not only a counter.
     assert re.search(r'ray_vigil_request_duration_seconds_bucket\{.*le="0\.1"', text)
+
+
+def test_rows_are_sampled_only_for_versions_with_a_profile(vigil, client):
+    body = {"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": ROW}]}
+    mlp = {"inputs": [{"name": "input", "shape": [1, 256], "datatype": "FP32", "data": [0.1] * 256}]}
+    for _ in range(10):
+        assert client.post("/v2/models/breast_cancer/infer", json=body).status_code == 200
+        assert client.post("/v2/models/mlp/infer", json=mlp).status_code == 200
+
+    def sent() -> str | None:
+        text = _scrape(vigil.metrics_port)
+        ok = _value(text, "ray_vigil_samples_sent_rows_total", model="breast_cancer") >= 10
+        return text if ok else None
+
+    text = wait_for(sent, 60, "sampled rows sent to the monitor", interval=1.0)
+    # mlp has no profile: its latency and status go to the monitor, its rows do not.
+    assert _value(text, "ray_vigil_samples_sent_rows_total", model="mlp") == 0
