@@ -149,7 +149,9 @@ class OnnxModel:
         return ready, rows if rows is not None else 1
 
     def _conform(self, spec: TensorSpec, array: np.ndarray) -> np.ndarray:
-        got = NUMPY_TO_V2.get(array.dtype) or NUMPY_TO_V2.get(array.dtype.newbyteorder("="), "BYTES")
+        got = NUMPY_TO_V2.get(array.dtype)
+        if got is None:  # a byte-swapped numeric dtype, or an object array (BYTES)
+            got = NUMPY_TO_V2.get(array.dtype.newbyteorder("="), "BYTES")
         if not can_cast(got, spec.datatype):
             raise BadRequest(
                 f"input '{spec.name}' is {got}; model '{self.name}' takes {spec.datatype}"

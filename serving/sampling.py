@@ -101,6 +101,10 @@ class SampleBuffer:
         if self.sample_rate < 1.0 and self._random.random() >= self.sample_rate:
             return
         rows = int(next(iter(inputs.values())).shape[0])
+        if buf.chunks and not _same_layout(buf.chunks[0], inputs, outputs):
+            # Rows of another width (dynamic non-batch dims) cannot be stacked with the rest.
+            buf.dropped_rows += rows
+            return
         if rows > self.max_rows:  # larger than the whole buffer: keep its last rows
             inputs = {k: v[-self.max_rows :] for k, v in inputs.items()}
             outputs = {k: v[-self.max_rows :] for k, v in outputs.items()}
@@ -139,6 +143,14 @@ class SampleBuffer:
             buf.chunks.clear()
             buf.rows = buf.facts = buf.dropped_rows = 0
         return batches
+
+
+def _same_layout(chunk: tuple, inputs: Tensors, outputs: Tensors) -> bool:
+    _, first_in, first_out = chunk
+    return all(
+        first.keys() == new.keys() and all(first[k].shape[1:] == new[k].shape[1:] for k in new)
+        for first, new in ((first_in, inputs), (first_out, outputs))
+    )
 
 
 def _stack(chunks: deque) -> tuple[Tensors, Tensors]:

@@ -68,3 +68,13 @@ def test_sample_rate_zero_keeps_no_rows():
     buf.record("m", "1", 0.001, 200, _rows(0, 1), {"y": np.zeros(1)})
     (batch,) = buf.drain()
     assert batch.inputs == {} and len(batch.latency_s) == 1
+
+
+def test_rows_of_another_width_are_dropped_and_counted_not_stacked():
+    buf = SampleBuffer(sample_rate=1.0, max_rows=100, max_requests=10)
+    buf.record("m", "1", 0.001, 200, _rows(0, 2), {"y": np.zeros(2)})
+    buf.record("m", "1", 0.001, 200, {"input": np.zeros((3, 2), np.float32)}, {"y": np.zeros(3)})
+    (batch,) = buf.drain()
+    assert batch.inputs["input"].shape == (2, 1)
+    assert batch.dropped_rows == 3
+    assert len(batch.latency_s) == 2  # its latency and status still count
