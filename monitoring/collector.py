@@ -20,6 +20,12 @@ from monitoring.window import ClosedWindow
 
 MV = ["model", "version"]
 VIOLATION_KINDS = ("missing_column", "wrong_dtype", "wrong_shape", "unexpected_column")
+# Why samples were dropped: at the replica (buffer full); rows whose tensors misfit the version's
+# layout; whole messages for a version not monitored, or that the monitor cannot read
+# (vigil.messages.UnreadableMessage.REASONS).
+DROP_KINDS = (
+    "replica", "schema", "unknown_version", "not_a_message", "schema_version", "malformed"
+)
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,7 @@ class VersionSnapshot:
     requests_received: int = 0
     rows_dropped: Mapping[str, int] = field(default_factory=dict)  # kind -> rows
     requests_dropped: Mapping[str, int] = field(default_factory=dict)  # kind -> requests
+    messages_dropped: Mapping[str, int] = field(default_factory=dict)  # kind -> whole messages
 
 
 def _gauge(name: str, doc: str, extra: tuple[str, ...] = ()) -> GaugeMetricFamily:
@@ -86,7 +93,8 @@ class MonitorCollector(Collector):
             "latency": _gauge("vigil_window_latency_seconds", "Request latency quantile over "
                               "the last window.", ("quantile",)),
             "errors": _gauge("vigil_window_error_ratio", "Share of requests in the last window "
-                             "that failed: kind server (5xx, no answer) or client (4xx).",
+                             "that failed: kind server (5xx, no answer), client (4xx but 499) or "
+                             "cancelled (499: the client went away or the request timed out).",
                              ("kind",)),
             "time": _gauge("vigil_last_window_timestamp_seconds", "When the last window closed "
                            "(unix time)."),
@@ -95,11 +103,15 @@ class MonitorCollector(Collector):
             "rows_in": _counter("vigil_sample_rows_received_total", "Sampled rows received."),
             "requests_in": _counter("vigil_sample_requests_received_total",
                                     "Request facts (latency, status) received."),
-            "rows_out": _counter("vigil_sample_rows_dropped_total", "Sampled rows dropped: kind "
-                                 "replica (replica buffer full) or schema (did not match the "
-                                 "version's signature or profile).", ("kind",)),
+            "rows_out": _counter("vigil_sample_rows_dropped_total", "Sampled rows dropped, by "
+                                 "kind: replica (replica buffer full), schema (did not match the "
+                                 "version's signature or profile), unknown_version, or why a "
+                                 "message could not be read (not_a_message, schema_version, "
+                                 "malformed).", ("kind",)),
             "requests_out": _counter("vigil_sample_requests_dropped_total", "Request facts "
                                      "dropped, by kind as for rows.", ("kind",)),
+            "messages_out": _counter("vigil_sample_messages_dropped_total", "Whole sample "
+                                     "messages dropped, by kind as for rows.", ("kind",)),
             "windows": _counter("vigil_windows_evaluated_total", "Windows closed and evaluated."),
         }
         for snap in self._snapshot():
@@ -109,9 +121,10 @@ class MonitorCollector(Collector):
 
     def _add(self, snap: VersionSnapshot, g: dict, c: dict) -> None:
         mv = [snap.model, snap.version]
-        for kind in ("replica", "schema"):
+        for kind in DROP_KINDS:
             c["rows_out"].add_metric([*mv, kind], snap.rows_dropped.get(kind, 0))
             c["requests_out"].add_metric([*mv, kind], snap.requests_dropped.get(kind, 0))
+            c["messages_out"].add_metric([*mv, kind], snap.messages_dropped.get(kind, 0))
         c["rows_in"].add_metric(mv, snap.rows_received)
         c["requests_in"].add_metric(mv, snap.requests_received)
         if snap.profile_loaded is None:
@@ -131,6 +144,7 @@ class MonitorCollector(Collector):
                 g["latency"].add_metric([*mv, str(q)], value)
         g["errors"].add_metric([*mv, "server"], lat.error_ratio)
         g["errors"].add_metric([*mv, "client"], lat.client_error_ratio)
+        g["errors"].add_metric([*mv, "cancelled"], lat.cancelled_ratio)
         if window.result is None:
             return
         drift, quality = window.result.drift, window.result.quality

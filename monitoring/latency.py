@@ -8,8 +8,11 @@ Definitions:
   latency is left.
 - error_ratio: share of requests answered with a server error, status >= 500, or with no HTTP answer
   at all (status < 100, e.g. 0 for a dropped connection): the replica's fault.
-- client_error_ratio: share with 400 <= status < 500: the caller's fault (bad input, auth, 404,
-  413), reported apart so a misbehaving client does not page the model's owners.
+- client_error_ratio: share with 400 <= status < 500 except 499: the caller's fault (bad input,
+  auth, 404, 413), reported apart so a misbehaving client does not page the model's owners.
+- cancelled_ratio: share with status 499 (CANCELLED): requests cancelled before they were
+  answered, because the client went away or Ray's request_timeout_s ran out. Their latency is
+  the time until cancellation; a rising share usually means the model answers too slowly.
 - An empty window has count 0, quantiles None and ratios 0.0; a ratio is never NaN.
 """
 
@@ -20,6 +23,15 @@ from dataclasses import dataclass
 import numpy as np
 
 QUANTILES = (0.5, 0.95, 0.99)
+CANCELLED = 499  # the status replicas record for a request cancelled before its answer
+
+
+def count_statuses(status: np.ndarray) -> tuple[int, int, int]:
+    """(errors, client errors, cancelled) among HTTP status codes, as defined above."""
+    errors = int(np.count_nonzero((status >= 500) | (status < 100)))
+    cancelled = int(np.count_nonzero(status == CANCELLED))
+    client = int(np.count_nonzero((status >= 400) & (status < 500))) - cancelled
+    return errors, client, cancelled
 
 
 @dataclass(frozen=True)
@@ -31,9 +43,11 @@ class LatencyStats:
     mean: float | None
     max: float | None
     errors: int  # status >= 500 or < 100
-    client_errors: int  # 400..499
+    client_errors: int  # 400..498
     error_ratio: float
     client_error_ratio: float
+    cancelled: int = 0  # 499
+    cancelled_ratio: float = 0.0
 
 
 def latency_stats(latency_s: np.ndarray, status: np.ndarray) -> LatencyStats:
@@ -47,8 +61,7 @@ def latency_stats(latency_s: np.ndarray, status: np.ndarray) -> LatencyStats:
     if np.any(latency < 0):
         raise ValueError("latencies must not be negative")
     count = int(codes.size)
-    errors = int(np.count_nonzero((codes >= 500) | (codes < 100)))
-    client_errors = int(np.count_nonzero((codes >= 400) & (codes < 500)))
+    errors, client_errors, cancelled = count_statuses(codes)
     timed = latency[~np.isnan(latency)]
     if timed.size:
         p50, p95, p99 = (float(q) for q in np.quantile(timed, QUANTILES))
@@ -66,4 +79,6 @@ def latency_stats(latency_s: np.ndarray, status: np.ndarray) -> LatencyStats:
         client_errors=client_errors,
         error_ratio=errors / count if count else 0.0,
         client_error_ratio=client_errors / count if count else 0.0,
+        cancelled=cancelled,
+        cancelled_ratio=cancelled / count if count else 0.0,
     )

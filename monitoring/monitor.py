@@ -25,11 +25,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from ray import serve
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
@@ -38,9 +38,19 @@ from monitoring.collector import MonitorCollector
 from monitoring.report import drift_report_html, load_reference, reference_path
 from monitoring.service import MonitorService, NotReady, UnknownModel
 from monitoring.settings import MonitorAppSettings, MonitorSettings
+from vigil.tokens import TokenVerifier
+from vigil.web import (
+    BearerGuard,
+    error_response,
+    http_error,
+    json_response,
+    node_addresses,
+    open_access_check,
+    serve_http_host,
+    tokens_path,
+)
 
 logger = logging.getLogger("vigil.monitor")
-JSON = "application/json"
 
 
 def _yield_cpu_to_serving() -> None:
@@ -59,6 +69,8 @@ class Monitor:
 
     def __init__(self, args: dict[str, Any]) -> None:
         self.args = MonitorAppSettings(**args)
+        self.tokens = TokenVerifier(tokens_path(self.args.tokens_file, self.args.model_repository))
+        open_access_check(self.args.auth, self.tokens, serve_http_host())
         self.settings = MonitorSettings()
         self.service = MonitorService(self.args, self.settings, time.time())
         self._worker = ThreadPoolExecutor(
@@ -130,19 +142,19 @@ class Monitor:
                 ],
             }
 
-        return _json(await self._on_worker(read))
+        return json_response(await self._on_worker(read))
 
     async def drift(self, request: Request) -> Response:
         model = request.path_params["model"]
         version = request.query_params.get("version")
         raw = request.query_params.get("windows")
         if raw is not None and not (raw.isdigit() and int(raw) <= 100_000):
-            return _error(400, f"windows must be an integer from 0 to 100000, got {raw!r}")
+            return error_response(400, f"windows must be an integer from 0 to 100000, got {raw!r}")
         windows = int(raw) if raw is not None else None
         try:
-            return _json(await self._on_worker(self.service.drift_doc, model, version, windows))
+            return json_response(await self._on_worker(self.service.drift_doc, model, version, windows))
         except UnknownModel as exc:
-            return _error(404, str(exc))
+            return error_response(404, str(exc))
 
     async def report(self, request: Request) -> Response:
         model = request.path_params["model"]
@@ -168,27 +180,13 @@ class Monitor:
                     drift_share=self.settings.drift_share,
                 )
         except UnknownModel as exc:
-            return _error(404, str(exc))
+            return error_response(404, str(exc))
         except NotReady as exc:
-            return _error(409, str(exc))
+            return error_response(409, str(exc))
         except Exception:
             logger.exception("report for %s failed", model)
-            return _error(500, "internal error while building the report; see the monitor log")
+            return error_response(500, "internal error while building the report; see the monitor log")
         return HTMLResponse(html)
-
-
-def _json(doc: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(doc), status_code=status, media_type=JSON)
-
-
-def _error(status: int, message: str) -> Response:
-    return _json({"error": message}, status)
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    message = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed here"}
-    return _error(exc.status_code, message.get(exc.status_code, str(exc.detail)))
 
 
 def build_asgi_app(monitor: Monitor) -> Starlette:
@@ -200,7 +198,17 @@ def build_asgi_app(monitor: Monitor) -> Starlette:
         Route("/v1/models/{model}/drift", m.drift, methods=["GET"]),
         Route("/v1/models/{model}/report", m.report, methods=["GET"]),
     ]
-    return Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+    guard = Middleware(
+        BearerGuard,
+        verifier=m.tokens,
+        scope_for=lambda path: "monitor",  # everything here: metrics, drift, reports
+        auth=m.args.auth,
+        local_hosts=node_addresses(),
+    )
+    return Starlette(
+        routes=routes, middleware=[guard], exception_handlers={HTTPException: http_error}
+    )
+
 
 
 MonitorDeployment = serve.deployment(name="Monitor")(serve.ingress()(Monitor))

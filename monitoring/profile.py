@@ -33,12 +33,12 @@ from typing import Any, Literal
 
 import numpy as np
 
+from vigil.repository import PROFILE_JSON, PROFILE_NPZ
+
 Kind = Literal["numeric", "categorical"]
 Role = Literal["feature", "output"]
 
 FORMAT_VERSION = 1
-PROFILE_JSON = "profile.json"
-PROFILE_NPZ = "profile.npz"
 # Evidently (core/datasets.py INTEGER_CARDINALITY_LIMIT): integer columns with at most this many
 # distinct values are categorical.
 INTEGER_CARDINALITY_LIMIT = 10

@@ -1,9 +1,10 @@
 """Build a model version's reference profile from a data file and save it beside the version.
 
 Feature columns are the model's input tensor columns (monitoring.columns); other columns in the
-file (a target, ids) are ignored. Output columns come from running the ONNX model on the
-reference features (``outputs_from_model``; onnxruntime is imported here, in the build path only)
-or, failing that, from the file when it holds every output column. The profile records its data
+file (a target, ids) are ignored. Output columns come from running the model on the reference
+features (``model_outputs``: a function the caller supplies, so that monitoring never loads a
+model itself; vigil.profiles gives it serving's runtime) or, failing that, from the file when it
+holds every output column. The profile records its data
 file, the tensor -> column layout and the model's sha256 in ``Profile.meta``; it records no
 clock time, so building twice from the same data gives the same profile.
 """
@@ -11,36 +12,35 @@ clock time, so building twice from the same data gives the same profile.
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from monitoring.columns import TensorColumns, layout_for, tensor_columns
-from monitoring.profile import PROFILE_JSON, Profile, build_profile, load_data
+from monitoring.profile import Profile, build_profile, load_data
 from monitoring.settings import MonitorSettings
+from vigil.repository import read_manifest
+
+Tensors = dict[str, np.ndarray]
+ModelOutputs = Callable[[Tensors], Tensors]  # one chunk of input tensors -> every output tensor
 
 CHUNK_ROWS = 65_536  # rows per model run when computing outputs
 _PROGRESS_MIN_CELLS = 1_000_000  # rows x columns above which a build shows progress by default
-
-
-def has_profile(version_dir: str | Path) -> bool:
-    return (Path(version_dir) / PROFILE_JSON).exists()
 
 
 def build_version_profile(
     version_dir: str | Path,
     data_path: str | Path,
     *,
-    outputs_from_model: bool = False,
+    model_outputs: ModelOutputs | None = None,
     settings: MonitorSettings | None = None,
     progress: bool | None = None,
 ) -> Profile:
     """Profile `data_path` (parquet, CSV or npz) for the version in `version_dir`, save it there
-    as profile.json + profile.npz, and return it."""
-    from serving.repository import ModelVersion, read_manifest
-
+    as profile.json + profile.npz, and return it. With `model_outputs`, the output columns are
+    the model's answers on the reference features."""
     version_dir, data_path = Path(version_dir), Path(data_path)
     settings = settings or MonitorSettings()
     manifest = read_manifest(version_dir)
@@ -61,10 +61,9 @@ def build_version_profile(
         progress = sys.stderr.isatty() and cells >= _PROGRESS_MIN_CELLS
     source = "none"
     out_arrays: dict[str, np.ndarray] = {}
-    if outputs_from_model:
-        model_version = ModelVersion(version_dir, manifest)
+    if model_outputs is not None:
         tensors = {t.tensor: t.join(columns) for t in in_layout}
-        out_arrays = run_model(model_version, tensors, rows, progress)
+        out_arrays = run_in_chunks(model_outputs, tensors, rows, progress)
         source = "model"
     widths = {t.tensor: t.width for t in in_layout if t.width is not None}
     widths.update({n: a.shape[1] for n, a in out_arrays.items() if a.ndim == 2})
@@ -103,16 +102,11 @@ def build_version_profile(
     return profile
 
 
-def run_model(
-    version: Any, tensors: Mapping[str, np.ndarray], rows: int, progress: bool = False
-) -> dict[str, np.ndarray]:
-    """Every output of the ONNX model on `tensors` (rows first), in chunks of CHUNK_ROWS."""
-    from serving.protocol import InferenceError
-    from serving.runtime import OnnxModel
-    from serving.settings import RuntimeSettings
-
-    model = OnnxModel(version, RuntimeSettings())
-    starts = range(0, max(rows, 1), CHUNK_ROWS)
+def run_in_chunks(
+    model_outputs: ModelOutputs, tensors: Mapping[str, np.ndarray], rows: int, progress: bool = False
+) -> Tensors:
+    """Every output of the model on `tensors` (rows first), CHUNK_ROWS rows per call."""
+    starts: Any = range(0, max(rows, 1), CHUNK_ROWS)
     if progress:
         from tqdm import tqdm
 
@@ -120,11 +114,7 @@ def run_model(
     parts: dict[str, list[np.ndarray]] = {}
     for start in starts:
         chunk = {k: v[start : start + CHUNK_ROWS] for k, v in tensors.items()}
-        try:
-            ready, _ = model.validate(chunk)
-        except InferenceError as exc:  # say it is the reference data, not a request
-            raise ValueError(f"reference data cannot be fed to the model: {exc}") from None
-        for name, array in model.run(ready).items():
+        for name, array in model_outputs(chunk).items():
             parts.setdefault(name, []).append(np.asarray(array))
     return {name: np.concatenate(arrays) for name, arrays in parts.items()}
 

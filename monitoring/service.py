@@ -1,12 +1,13 @@
 """The monitor's state without Ray: served versions, their profiles and windows, sample intake.
 
-A sample batch (what a serving replica flushes, see serving.sampling.SampleBatch) is a mapping
-``{"model", "version", "inputs", "outputs", "latency_s", "status", "dropped_rows",
-"dropped_requests"}``. Its rows are kept when its tensors fit the version's column layout
-(monitoring.columns); otherwise they are dropped and counted (kind "schema") with a rate-limited
-log line saying why, while its request facts still count (the latency of a request does not
-depend on its tensors). A batch for a model version not in the repository is dropped whole and
-counted under model "_unknown". Not thread-safe: the monitor calls it from one worker thread.
+Replicas send vigil.messages.SampleMessage values. A message the monitor cannot read (not a
+SampleMessage, another schema version, malformed fields) is dropped whole and counted under model
+"_unknown" with its reason as kind; so is one for a model version not in the repository (kind
+"unknown_version"). A readable message's rows are kept when its tensors fit the version's column
+layout (monitoring.columns); otherwise they are dropped and counted (kind "schema") while its
+request facts still count (the latency of a request does not depend on its tensors). Every drop
+gets a rate-limited log line saying why. Not thread-safe: the monitor calls it from one worker
+thread.
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ import numpy as np
 from monitoring.collector import VersionSnapshot
 from monitoring.columns import ColumnLayout, layout_for
 from monitoring.drift import check_settings
-from monitoring.profile import PROFILE_JSON, Profile
+from monitoring.profile import Profile
 from monitoring.settings import MonitorAppSettings, MonitorSettings
 from monitoring.window import ClosedWindow, TumblingWindow, settings_for
+from vigil.messages import SampleMessage, UnreadableMessage, read_message
+from vigil.repository import ModelVersion, VersionManifest, scan
 
 logger = logging.getLogger("vigil.monitor")
 UNKNOWN_MODEL = "_unknown"  # the label of drops for versions the monitor does not know
-DROP_KINDS = ("replica", "schema")
 
 
 class UnknownModel(LookupError):
@@ -58,6 +60,7 @@ class VersionState:
     requests_received: int = 0
     rows_dropped: Counter[str] = field(default_factory=Counter)
     requests_dropped: Counter[str] = field(default_factory=Counter)
+    messages_dropped: Counter[str] = field(default_factory=Counter)  # whole messages, by kind
 
     def mismatch(self, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> str | None:
         if self.layout is not None:
@@ -74,6 +77,7 @@ class VersionState:
             current_rows=self.window.rows, rows_received=self.rows_received,
             requests_received=self.requests_received, rows_dropped=dict(self.rows_dropped),
             requests_dropped=dict(self.requests_dropped),
+            messages_dropped=dict(self.messages_dropped),
         )
 
 
@@ -100,8 +104,6 @@ class MonitorService:
     """Every monitored version of the repository, fed with sample batches."""
 
     def __init__(self, app: MonitorAppSettings, settings: MonitorSettings, now: float) -> None:
-        from serving.repository import scan  # the repository format belongs to serving
-
         self.app = app
         self.settings = settings
         self.log = RateLimitedLog(app.log_interval_s)
@@ -117,7 +119,7 @@ class MonitorService:
             TumblingWindow(None, settings, now),
         )
 
-    def _load(self, version: Any, now: float) -> VersionState:
+    def _load(self, version: ModelVersion, now: float) -> VersionState:
         manifest = version.manifest
         signature = [(s.name, s.shape) for s in manifest.inputs], [(s.name, s.shape) for s in manifest.outputs]
         try:
@@ -125,7 +127,7 @@ class MonitorService:
         except ValueError:
             layout = None
         profile, status = None, "no profile"
-        if (version.path / PROFILE_JSON).exists():
+        if version.has_profile:
             try:
                 profile, layout = _usable_profile(Profile.load(version.path), manifest)
                 status = "loaded"
@@ -148,48 +150,56 @@ class MonitorService:
 
     # ------------------------------------------------------------------ intake
 
-    def ingest(self, batches: Iterable[Any], now: float) -> list[ClosedWindow]:
-        """Take sample batches; returns the windows they closed."""
+    def ingest(self, messages: Iterable[Any], now: float) -> list[ClosedWindow]:
+        """Take sample messages; returns the windows they closed."""
         closed: list[ClosedWindow] = []
-        for raw in batches:
-            closed += self._ingest_one(_as_mapping(raw), now)
+        for raw in messages:
+            try:
+                message = read_message(raw)
+            except UnreadableMessage as exc:
+                self._drop_whole(exc.reason, exc.rows, exc.requests, "a message", str(exc))
+                continue
+            closed += self._ingest_one(message, now)
         return closed
 
-    def _ingest_one(self, batch: Mapping[str, Any], now: float) -> list[ClosedWindow]:
-        model, version = str(batch.get("model", "")), str(batch.get("version", ""))
-        inputs, outputs = batch.get("inputs") or {}, batch.get("outputs") or {}
-        latency = np.asarray(batch.get("latency_s", ()), dtype=np.float64).ravel()
-        status = np.asarray(batch.get("status", ())).ravel()
-        rows = _rows(inputs, outputs)
-        state = self.versions.get((model, version))
-        where = f"{model}/{version}"
+    def _drop_whole(self, kind: str, rows: int, requests: int, where: str, why: str) -> None:
+        self.unknown.messages_dropped[kind] += 1
+        self.unknown.rows_dropped[kind] += rows
+        self.unknown.requests_dropped[kind] += requests
+        self.unknown.rows_received += rows
+        self.unknown.requests_received += requests
+        self.log.warning(
+            f"drop:{kind}:{where}",
+            f"dropped {where} ({rows} sampled rows, {requests} requests): {why}",
+        )
+
+    def _ingest_one(self, message: SampleMessage, now: float) -> list[ClosedWindow]:
+        where = f"{message.model}/{message.version}"
+        state = self.versions.get((message.model, message.version))
         if state is None:
-            state = self.unknown
-            reason = "no such model version in the monitored repository"
-        else:
-            reason = _facts_problem(latency, status) or (
-                state.mismatch(inputs, outputs) if inputs or outputs else None
+            self._drop_whole(
+                "unknown_version", message.rows, message.requests, f"samples of {where}",
+                "no such model version in the monitored repository",
             )
+            return []
+        inputs, outputs, rows = message.inputs, message.outputs, message.rows
         state.rows_received += rows
-        state.requests_received += latency.size
-        state.rows_dropped["replica"] += max(int(batch.get("dropped_rows", 0) or 0), 0)
-        state.requests_dropped["replica"] += max(int(batch.get("dropped_requests", 0) or 0), 0)
+        state.requests_received += message.requests
+        state.rows_dropped["replica"] += message.dropped_rows
+        state.requests_dropped["replica"] += message.dropped_requests
+        reason = state.mismatch(inputs, outputs) if inputs or outputs else None
         if reason is not None:
             state.rows_dropped["schema"] += rows
-            whole = state is self.unknown or _facts_problem(latency, status) is not None
-            if whole:
-                state.requests_dropped["schema"] += latency.size
-            what = f"{rows} sampled rows" + (f" and {latency.size} requests" if whole else "")
-            self.log.warning(f"drop:{where}", f"dropped {what} for {where}: {reason}")
-            if whole:
-                return []
+            self.log.warning(f"drop:schema:{where}", f"dropped {rows} sampled rows for {where}: {reason}")
             rows, inputs, outputs = 0, {}, {}
         columns = None
         if state.profile is not None and rows:
             assert state.layout is not None
             split = state.layout.split(inputs, outputs)
             columns = {name: split[name] for name in state.profile.names if name in split}
-        closed = state.window.add(columns, rows, latency, status.astype(np.int64), now)
+        closed = state.window.add(
+            columns, rows, message.latency_s, message.status.astype(np.int64), now
+        )
         for window in closed:
             if window.error:
                 self.log.warning(f"eval:{where}", f"window {window.index} of {where}: {window.error}")
@@ -210,7 +220,7 @@ class MonitorService:
 
     def snapshots(self) -> list[VersionSnapshot]:
         snaps = [s.snapshot() for s in self.versions.values()]
-        if self.unknown.rows_received or self.unknown.requests_received:
+        if self.unknown.messages_dropped:
             snaps.append(dataclasses.replace(self.unknown.snapshot(), profile_loaded=None))
         return snaps
 
@@ -263,7 +273,7 @@ class MonitorService:
         return state, rows
 
 
-def _usable_profile(profile: Profile, manifest: Any) -> tuple[Profile, ColumnLayout]:
+def _usable_profile(profile: Profile, manifest: VersionManifest) -> tuple[Profile, ColumnLayout]:
     """The profile and its layout, refused when built for other model bytes or tensors."""
     meta = profile.meta or {}
     sha = meta.get("model_sha256")
@@ -276,27 +286,3 @@ def _usable_profile(profile: Profile, manifest: Any) -> tuple[Profile, ColumnLay
     if ({t.tensor for t in layout.inputs}, {t.tensor for t in layout.outputs}) != want:
         raise ValueError("its tensors differ from model.yaml: rebuild it")
     return profile, layout
-
-
-def _facts_problem(latency: np.ndarray, status: np.ndarray) -> str | None:
-    if latency.size != status.size:
-        return f"{latency.size} latencies but {status.size} status codes"
-    if status.size and status.dtype.kind not in "iu":
-        return f"status codes of dtype {status.dtype}, expected integers"
-    if np.any(latency < 0):
-        return "negative latencies"
-    return None
-
-
-def _rows(inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> int:
-    counts = [int(np.shape(a)[0]) for a in (*inputs.values(), *outputs.values()) if np.ndim(a)]
-    return max(counts, default=0)
-
-
-def _as_mapping(raw: Any) -> Mapping[str, Any]:
-    """A batch as a mapping; a serving.sampling.SampleBatch (a dataclass) is accepted too."""
-    if isinstance(raw, Mapping):
-        return raw
-    if dataclasses.is_dataclass(raw):
-        return {f.name: getattr(raw, f.name) for f in dataclasses.fields(raw)}
-    return {}

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DriftMethod = Literal["ks", "chisquare", "z", "wasserstein", "jensenshannon", "psi"]
 Correction = Literal["none", "bonferroni", "benjamini-hochberg"]
@@ -129,11 +130,12 @@ class MonitorSettings(BaseModel):
         return self
 
 
-class MonitorAppSettings(BaseModel):
+class MonitorAppSettings(BaseSettings):
     """The monitor application's `args` in serve.yaml (fixed for a replica's life; the
-    MonitorSettings above arrive as the deployment's user_config and change live)."""
+    MonitorSettings above arrive as the deployment's user_config and change live). Environment
+    variables prefixed VIGIL_ fill unset fields (VIGIL_TOKENS_FILE); explicit args win."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="VIGIL_", extra="forbid", frozen=True)
 
     model_repository: Path = Field(
         default=Path("models"),
@@ -161,6 +163,16 @@ class MonitorAppSettings(BaseModel):
         ge=100,
         le=10_000_000,
         description="Most reference rows fed to Evidently's HTML report (evenly spaced subsample).",
+    )
+    auth: Literal["tokens", "none"] = Field(
+        default="tokens",
+        description="'tokens': every route needs a bearer token with the 'monitor' scope from "
+        "tokens_file; without that file the monitor is open to its own host only, and refuses to "
+        "start on a non-loopback HTTP host. 'none': open to anyone (logged as a warning).",
+    )
+    tokens_file: Path | None = Field(
+        default=None,
+        description="Tokens file (`vigil tokens`); unset: tokens.yaml beside model_repository.",
     )
     log_interval_s: float = Field(
         default=10.0,

@@ -25,7 +25,7 @@ from typing import Any, Literal
 import numpy as np
 
 from monitoring.drift import WindowResult, evaluate_window
-from monitoring.latency import LatencyStats, latency_stats
+from monitoring.latency import LatencyStats, count_statuses, latency_stats
 from monitoring.profile import Profile
 from monitoring.settings import MonitorSettings
 
@@ -107,7 +107,7 @@ class TumblingWindow:
         self._latency = np.empty(min(self.max_requests, 1024), dtype=np.float64)
         self._status = np.empty(self._latency.size, dtype=np.int16)
         self._kept = 0  # facts held (<= max_requests)
-        self._errors = self._client_errors = self._timed = 0
+        self._errors = self._client_errors = self._cancelled = self._timed = 0
         self._latency_sum = 0.0
         self._latency_max: float | None = None
 
@@ -179,8 +179,10 @@ class TumblingWindow:
         n = latency.size
         if not n:
             return
-        self._errors += int(np.count_nonzero((status >= 500) | (status < 100)))
-        self._client_errors += int(np.count_nonzero((status >= 400) & (status < 500)))
+        errors, client_errors, cancelled = count_statuses(status)
+        self._errors += errors
+        self._client_errors += client_errors
+        self._cancelled += cancelled
         timed = latency[~np.isnan(latency)]
         if timed.size:
             self._timed += timed.size
@@ -241,6 +243,8 @@ class TumblingWindow:
             client_errors=self._client_errors,
             error_ratio=self._errors / n if n else 0.0,
             client_error_ratio=self._client_errors / n if n else 0.0,
+            cancelled=self._cancelled,
+            cancelled_ratio=self._cancelled / n if n else 0.0,
             mean=self._latency_sum / self._timed if self._timed else None,
             max=self._latency_max,
         )

@@ -40,8 +40,13 @@ def _stack_key(inputs: Tensors) -> tuple:
 
 
 class RowBatcher:
-    """Queues validated requests for one model and runs them in batches of at most
+    """Queues validated requests for one model version and runs them in batches of at most
     `max_batch_rows` rows, one batch at a time, on a thread of its own.
+
+    Only a version that declares batching (`declared_max_rows` > 0, model.yaml max_batch_rows)
+    is ever stacked: for any other, every request runs alone, because nothing says its rows are
+    independent. The live cap is the smaller of the declaration and the deployment's
+    user_config; a request larger than the cap runs alone.
 
     No fixed wait: a batch takes whatever is queued when the previous one finishes. It waits
     up to `batch_wait_timeout_s` for more rows only when the previous batch held several
@@ -51,10 +56,12 @@ class RowBatcher:
         self,
         run: Callable[[Tensors], Tensors],
         settings: BatchSettings,
+        declared_max_rows: int,
         observer: BatchObserver | None = None,
         thread_name: str = "vigil-batch",
     ) -> None:
         self._run = run
+        self.declared_max_rows = declared_max_rows
         self.settings = settings
         self._observer = observer
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
@@ -72,10 +79,16 @@ class RowBatcher:
     def queued_rows(self) -> int:
         return self._queued_rows
 
+    @property
+    def max_rows(self) -> int:
+        """Most rows one batch may hold now; 0 when requests never share a run."""
+        if not self.settings.enabled:
+            return 0
+        return min(self.declared_max_rows, self.settings.max_batch_rows)
+
     async def submit(self, inputs: Tensors, rows: int) -> Tensors:
         """Run one request's inputs (already validated); returns its own outputs."""
-        settings = self.settings
-        if not settings.enabled or rows >= settings.max_batch_rows:
+        if rows >= self.max_rows:
             return await self._run_alone(inputs, rows)
         loop = asyncio.get_running_loop()
         pending = _Pending(
@@ -100,8 +113,8 @@ class RowBatcher:
     async def _work(self) -> None:
         while self._queue:
             batch = self._take()
-            if not batch:
-                continue
+            if not batch:  # only cancelled requests were left
+                break
             await self._maybe_wait_for_more(batch)
             await self._execute(batch)
         # The queue ran dry: load has paused, so the next lone arrival must not wait.
@@ -110,7 +123,7 @@ class RowBatcher:
     def _take(self, batch: list[_Pending] | None = None) -> list[_Pending]:
         """Move compatible requests from the queue head into the batch, up to max rows."""
         batch = batch if batch is not None else []
-        limit = self.settings.max_batch_rows
+        limit = self.max_rows
         rows = sum(p.rows for p in batch)
         key = batch[0].key if batch else None
         skipped: list[_Pending] = []
@@ -125,8 +138,10 @@ class RowBatcher:
             if item.key != key:
                 skipped.append(self._queue.popleft())
                 continue
-            if rows + item.rows > limit:
+            if rows + item.rows > limit and batch:
                 break
+            # An empty batch always takes the head, even when the cap was lowered (live) below
+            # its rows: it then runs alone instead of waiting for ever.
             self._queue.popleft()
             self._queued_rows -= item.rows
             batch.append(item)
@@ -139,7 +154,7 @@ class RowBatcher:
         if settings.batch_wait_timeout_s <= 0 or self._last_batch_requests <= 1:
             return
         deadline = time.perf_counter() + settings.batch_wait_timeout_s
-        while sum(p.rows for p in batch) < settings.max_batch_rows:
+        while sum(p.rows for p in batch) < self.max_rows:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 return

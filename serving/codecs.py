@@ -1,8 +1,15 @@
-"""Wire format <-> numpy: V2 JSON tensors and the binary tensor data extension, no I/O."""
+"""Wire format <-> numpy: V2 JSON tensors and the binary tensor data extension, no I/O.
+
+Decoding is two steps so that a request can be checked against a model's signature before any
+tensor data is touched: ``parse_request`` reads the JSON header and describes each input (name,
+datatype, shape, where its data is), checking only what the request says of itself (binary sizes
+against the body and against shape x datatype); ``decode_inputs`` then builds the arrays.
+"""
 
 from __future__ import annotations
 
 import math
+import re
 import struct
 from typing import Any
 
@@ -12,24 +19,41 @@ import orjson
 from serving.protocol import (
     V2_TO_NUMPY,
     BadRequest,
+    DeclaredInput,
     InferenceRequest,
+    ParsedRequest,
     RequestedOutput,
     element_size,
+    fit_datatype,
 )
 
 _MAX_DIMS = 16
 _LENGTH_PREFIX = struct.Struct("<I")
+_REQUEST_KEYS = frozenset({"id", "parameters", "inputs", "outputs"})
 _INPUT_KEYS = frozenset({"name", "shape", "datatype", "data", "parameters"})
+_OUTPUT_KEYS = frozenset({"name", "parameters"})
+_ASCII_DIGITS = re.compile(r"[0-9]{1,19}")
+_MISSING = object()
 
 
 # ---------------------------------------------------------------- decoding
 
 
-def decode_request(body: bytes, header_length: int | None = None) -> InferenceRequest:
-    """Decode an infer request body. `header_length` is the Inference-Header-Content-Length
-    header: the JSON header is body[:header_length] and binary tensor data follows it."""
+def parse_header_length(raw: str | None) -> int | None:
+    """The Inference-Header-Content-Length header: ASCII digits only (no sign, no spaces)."""
+    if raw is None:
+        return None
+    if not _ASCII_DIGITS.fullmatch(raw):
+        raise BadRequest(f"Inference-Header-Content-Length {raw[:40]!r} is not a decimal integer")
+    return int(raw)
+
+
+def parse_request(body: bytes, header_length: int | None = None) -> ParsedRequest:
+    """The request's JSON header, checked, with each input described but not decoded.
+    `header_length` is the Inference-Header-Content-Length: the JSON header is
+    body[:header_length] and binary tensor data follows it."""
     if header_length is None:
-        header_bytes, binary = body, b""
+        header_bytes, binary = body, memoryview(b"")
     else:
         if header_length < 0 or header_length > len(body):
             raise BadRequest(
@@ -43,34 +67,51 @@ def decode_request(body: bytes, header_length: int | None = None) -> InferenceRe
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise BadRequest("request body must be a JSON object")
+    unknown = doc.keys() - _REQUEST_KEYS
+    if unknown:
+        raise BadRequest(f"request has unknown fields {sorted(unknown)[:8]}")
 
     raw_inputs = doc.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise BadRequest("'inputs' must be a non-empty list")
-    inputs: dict[str, np.ndarray] = {}
+    inputs: list[DeclaredInput] = []
+    seen: set[str] = set()
     offset = 0
     for position, raw in enumerate(raw_inputs):
         name, shape, datatype, params = _input_header(raw, position)
-        if name in inputs:
+        if name in seen:
             raise BadRequest(f"input '{name}' appears more than once")
+        seen.add(name)
         binary_size = params.get("binary_data_size")
-        if binary_size is not None:
-            if "data" in raw:
-                raise BadRequest(f"input '{name}' has both 'data' and binary_data_size")
-            if not isinstance(binary_size, int) or isinstance(binary_size, bool) or binary_size < 0:
-                raise BadRequest(f"input '{name}': binary_data_size must be a non-negative integer")
-            if offset + binary_size > len(binary):
-                raise BadRequest(
-                    f"input '{name}': binary_data_size {binary_size} runs past the end of the "
-                    f"body ({len(binary) - offset} bytes left)"
-                )
-            chunk = binary[offset : offset + binary_size]
-            offset += binary_size
-            inputs[name] = _from_binary(name, chunk, shape, datatype)
-        else:
+        if binary_size is None:
             if "data" not in raw:
                 raise BadRequest(f"input '{name}' has neither 'data' nor binary_data_size")
-            inputs[name] = _from_json(name, raw["data"], shape, datatype)
+            inputs.append(DeclaredInput(name, datatype, shape, raw["data"], binary=False))
+            continue
+        if "data" in raw:
+            raise BadRequest(f"input '{name}' has both 'data' and binary_data_size")
+        if not isinstance(binary_size, int) or isinstance(binary_size, bool) or binary_size < 0:
+            raise BadRequest(f"input '{name}': binary_data_size must be a non-negative integer")
+        if offset + binary_size > len(binary):
+            raise BadRequest(
+                f"input '{name}': binary_data_size {binary_size} runs past the end of the "
+                f"body ({len(binary) - offset} bytes left)"
+            )
+        size = element_size(datatype)
+        expected = math.prod(shape)
+        if size is not None and binary_size != expected * size:
+            raise BadRequest(
+                f"input '{name}': binary_data_size {binary_size} does not match shape "
+                f"{list(shape)} x {datatype} ({expected * size} bytes)"
+            )
+        if size is None and binary_size < 4 * expected:
+            raise BadRequest(
+                f"input '{name}': binary_data_size {binary_size} is too small for {expected} "
+                "BYTES elements (4 bytes of length prefix each)"
+            )
+        chunk = binary[offset : offset + binary_size]
+        offset += binary_size
+        inputs.append(DeclaredInput(name, datatype, shape, chunk, binary=True))
     if offset != len(binary):
         raise BadRequest(
             f"body has {len(binary) - offset} bytes of binary data that no input claims"
@@ -79,19 +120,61 @@ def decode_request(body: bytes, header_length: int | None = None) -> InferenceRe
     request_id = doc.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise BadRequest("'id' must be a string")
-    parameters = doc.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise BadRequest("'parameters' must be an object")
+    parameters = _parameters(doc)
     binary_default = parameters.get("binary_data_output", False)
     if not isinstance(binary_default, bool):
         raise BadRequest("parameters.binary_data_output must be a boolean")
-    return InferenceRequest(
+    return ParsedRequest(
         inputs=inputs,
         id=request_id,
-        outputs=_requested_outputs(doc.get("outputs"), binary_default),
+        outputs=_requested_outputs(doc.get("outputs", _MISSING), binary_default),
         binary_output_default=binary_default,
         parameters=parameters,
     )
+
+
+def decode_inputs(request: ParsedRequest, max_bytes_elements: int | None = None) -> dict[str, np.ndarray]:
+    """The declared inputs as arrays of their request datatypes. `max_bytes_elements` bounds
+    the elements of one BYTES tensor (each is a Python object)."""
+    out: dict[str, np.ndarray] = {}
+    for declared in request.inputs:
+        name, datatype, shape = declared.name, declared.datatype, declared.shape
+        if datatype == "BYTES" and max_bytes_elements is not None:
+            count = math.prod(shape)
+            if count > max_bytes_elements:
+                raise BadRequest(
+                    f"input '{name}' has {count} BYTES elements; this server takes at most "
+                    f"{max_bytes_elements} per tensor (max_bytes_elements)",
+                    status_code=413,
+                )
+        if declared.binary:
+            out[name] = _from_binary(name, declared.data, shape, datatype)
+        else:
+            out[name] = _from_json(name, declared.data, shape, datatype)
+    return out
+
+
+def decode_request(body: bytes, header_length: int | None = None) -> InferenceRequest:
+    """parse_request and decode_inputs in one, for callers with no signature to check first."""
+    parsed = parse_request(body, header_length)
+    return InferenceRequest(
+        inputs=decode_inputs(parsed),
+        id=parsed.id,
+        outputs=parsed.outputs,
+        binary_output_default=parsed.binary_output_default,
+        parameters=parsed.parameters,
+    )
+
+
+def _parameters(doc: dict, where: str = "") -> dict:
+    """`parameters`, which when present must be an object (null and lists are not)."""
+    params = doc.get("parameters", _MISSING)
+    if params is _MISSING:
+        return {}
+    if not isinstance(params, dict):
+        raise BadRequest(f"{where}: 'parameters' must be an object" if where
+                         else "'parameters' must be an object")
+    return params
 
 
 def _input_header(raw: Any, position: int) -> tuple[str, tuple[int, ...], str, dict]:
@@ -102,7 +185,7 @@ def _input_header(raw: Any, position: int) -> tuple[str, tuple[int, ...], str, d
         raise BadRequest(f"inputs[{position}] needs a non-empty string 'name'")
     unknown = raw.keys() - _INPUT_KEYS
     if unknown:
-        raise BadRequest(f"input '{name}' has unknown fields {sorted(unknown)}")
+        raise BadRequest(f"input '{name}' has unknown fields {sorted(unknown)[:8]}")
     shape = raw.get("shape")
     if (
         not isinstance(shape, list)
@@ -115,16 +198,13 @@ def _input_header(raw: Any, position: int) -> tuple[str, tuple[int, ...], str, d
         raise BadRequest(
             f"input '{name}': unknown datatype {datatype!r}; expected one of {sorted(V2_TO_NUMPY)}"
         )
-    params = raw.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise BadRequest(f"input '{name}': 'parameters' must be an object")
-    return name, tuple(shape), datatype, params
+    return name, tuple(shape), datatype, _parameters(raw, f"input '{name}'")
 
 
 def _from_json(name: str, data: Any, shape: tuple[int, ...], datatype: str) -> np.ndarray:
     expected = math.prod(shape)
     if datatype == "BYTES":
-        flat = _flatten(data) if isinstance(data, list) else [data]
+        flat = _regular_flatten(name, data, shape) if isinstance(data, list) else [data]
         if not all(isinstance(v, str) for v in flat):
             raise BadRequest(f"input '{name}': BYTES data must be strings")
         if len(flat) != expected:
@@ -151,12 +231,16 @@ def _from_json(name: str, data: Any, shape: tuple[int, ...], datatype: str) -> n
         raise BadRequest(f"input '{name}': {what} values in 'data' for datatype {datatype}")
     if values.size != expected:
         raise _count_error(name, values.size, shape)
+    if values.ndim > 1 and values.shape != shape:
+        raise _nesting_error(name, values.shape, shape)
     if target.kind in "iu" and values.size and kind in "iu":
         info = np.iinfo(target)
         if values.min() < info.min or values.max() > info.max:
             raise BadRequest(f"input '{name}': values out of range for {datatype}")
     if target.kind == "b" and kind != "b" and values.size and not np.isin(values, (0, 1)).all():
         raise BadRequest(f"input '{name}': BOOL data must be true/false or 0/1")
+    if target.kind == "f":
+        return fit_datatype(name, values, datatype).reshape(shape)
     return values.astype(target, copy=False).reshape(shape)
 
 
@@ -178,38 +262,74 @@ def _flatten(data: list) -> list:
     return out
 
 
+def _regular_flatten(name: str, data: list, shape: tuple[int, ...]) -> list:
+    """Flat data as is; nested data only when it is a regular array of exactly `shape`."""
+    if not any(isinstance(v, list) for v in data):
+        return data
+    dims: list[int] = []
+    level: list = data
+    while isinstance(level, list):  # the shape the first path through the nesting says
+        dims.append(len(level))
+        if not level:
+            break
+        level = level[0]
+    if tuple(dims) != shape:
+        raise _nesting_error(name, tuple(dims), shape)
+    rows: list = [data]
+    for depth, width in enumerate(dims):
+        last = depth == len(dims) - 1
+        next_rows: list = []
+        for row in rows:
+            if not isinstance(row, list) or len(row) != width:
+                raise BadRequest(f"input '{name}': 'data' is ragged")
+            if last and any(isinstance(v, list) for v in row):
+                raise BadRequest(f"input '{name}': 'data' is ragged")
+            next_rows.extend(row)
+        rows = next_rows
+    return rows
+
+
+def _nesting_error(name: str, got: tuple[int, ...], shape: tuple[int, ...]) -> BadRequest:
+    return BadRequest(
+        f"input '{name}': nested 'data' has shape {list(got)} but the input declares "
+        f"{list(shape)}; send it flat or nested exactly as the shape"
+    )
+
+
 def _from_binary(name: str, chunk: memoryview, shape: tuple[int, ...], datatype: str) -> np.ndarray:
+    if datatype == "BYTES":
+        return _bytes_from_binary(name, chunk, shape)
+    array = np.frombuffer(chunk, dtype=V2_TO_NUMPY[datatype].newbyteorder("<")).reshape(shape)
+    if datatype == "BOOL":
+        raw = np.frombuffer(chunk, dtype=np.uint8)
+        if raw.size and raw.max() > 1:
+            raise BadRequest(f"input '{name}': BOOL binary data must be bytes 0 or 1")
+    return array
+
+
+def _bytes_from_binary(name: str, chunk: memoryview, shape: tuple[int, ...]) -> np.ndarray:
+    # Each element is a 4-byte little-endian length followed by that many bytes. The loop runs
+    # at most once per declared element, and stops at the first inconsistency.
     expected = math.prod(shape)
-    size = element_size(datatype)
-    if size is None:
-        return _bytes_from_binary(name, chunk, shape, expected)
-    if len(chunk) != expected * size:
-        raise BadRequest(
-            f"input '{name}': binary_data_size {len(chunk)} does not match shape {list(shape)} "
-            f"x {datatype} ({expected * size} bytes)"
-        )
-    return np.frombuffer(chunk, dtype=V2_TO_NUMPY[datatype].newbyteorder("<")).reshape(shape)
-
-
-def _bytes_from_binary(
-    name: str, chunk: memoryview, shape: tuple[int, ...], expected: int
-) -> np.ndarray:
-    # BYTES elements are each a 4-byte little-endian length followed by that many bytes.
-    items = []
+    out = np.empty(expected, dtype=object)
     pos, end = 0, len(chunk)
-    while pos < end:
+    unpack = _LENGTH_PREFIX.unpack_from
+    for i in range(expected):
         if pos + 4 > end:
+            if pos == end:
+                raise _count_error(name, i, shape)
             raise BadRequest(f"input '{name}': truncated BYTES length prefix")
-        (length,) = _LENGTH_PREFIX.unpack_from(chunk, pos)
+        (length,) = unpack(chunk, pos)
         pos += 4
         if pos + length > end:
             raise BadRequest(f"input '{name}': BYTES element runs past its binary_data_size")
-        items.append(bytes(chunk[pos : pos + length]))
+        out[i] = bytes(chunk[pos : pos + length])
         pos += length
-    if len(items) != expected:
-        raise _count_error(name, len(items), shape)
-    out = np.empty(expected, dtype=object)
-    out[:] = items
+    if pos != end:
+        raise BadRequest(
+            f"input '{name}': {end - pos} bytes of binary data left after the {expected} "
+            f"BYTES elements that shape {list(shape)} holds"
+        )
     return out.reshape(shape)
 
 
@@ -220,21 +340,29 @@ def _count_error(name: str, got: int, shape: tuple[int, ...]) -> BadRequest:
 
 
 def _requested_outputs(raw: Any, binary_default: bool) -> list[RequestedOutput] | None:
-    if raw is None:
+    if raw is _MISSING:
         return None
     if not isinstance(raw, list):
         raise BadRequest("'outputs' must be a list")
+    if not raw:
+        raise BadRequest("'outputs' must not be empty; leave it out to get every output")
     requested = []
+    seen: set[str] = set()
     for position, item in enumerate(raw):
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise BadRequest(f"outputs[{position}] needs a string 'name'")
-        params = item.get("parameters") or {}
-        if not isinstance(params, dict):
-            raise BadRequest(f"output '{item['name']}': 'parameters' must be an object")
+        name = item["name"]
+        unknown = item.keys() - _OUTPUT_KEYS
+        if unknown:
+            raise BadRequest(f"output '{name}' has unknown fields {sorted(unknown)[:8]}")
+        if name in seen:
+            raise BadRequest(f"output '{name}' is requested more than once")
+        seen.add(name)
+        params = _parameters(item, f"output '{name}'")
         binary = params.get("binary_data", binary_default)
         if not isinstance(binary, bool):
-            raise BadRequest(f"output '{item['name']}': binary_data must be a boolean")
-        requested.append(RequestedOutput(item["name"], binary))
+            raise BadRequest(f"output '{name}': binary_data must be a boolean")
+        requested.append(RequestedOutput(name, binary))
     return requested
 
 
@@ -250,7 +378,9 @@ def encode_response(
     outputs: list[tuple[str, str, np.ndarray, bool]],
 ) -> tuple[bytes, int | None]:
     """Encode (name, datatype, array, binary) outputs. Returns the body and, when any output
-    travels as binary data, the length of the JSON header that precedes it."""
+    travels as binary data, the length of the JSON header that precedes it. JSON has no NaN or
+    Inf: a non-finite value in an output sent as JSON is a BadRequest that says how to ask for
+    binary output instead (it would otherwise become null)."""
     entries = []
     chunks: list[bytes] = []
     for name, datatype, array, binary in outputs:
@@ -260,6 +390,12 @@ def encode_response(
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
+            if array.dtype.kind == "f" and not np.isfinite(array).all():
+                raise BadRequest(
+                    f"output '{name}' holds NaN or Inf, which JSON cannot carry; ask for it as "
+                    f'binary data: "outputs": [{{"name": "{name}", "parameters": '
+                    '{"binary_data": true}}], or "parameters": {"binary_data_output": true}'
+                )
             entry["data"] = _to_json_data(array, datatype)
         entries.append(entry)
     doc: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
@@ -291,6 +427,3 @@ def _to_binary(array: np.ndarray, datatype: str) -> bytes:
         return b"".join(parts)
     return np.ascontiguousarray(array, dtype=V2_TO_NUMPY[datatype].newbyteorder("<")).tobytes()
 
-
-def encode_error(message: str) -> bytes:
-    return orjson.dumps({"error": message})

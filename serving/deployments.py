@@ -2,44 +2,74 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
+from importlib.metadata import version as package_version
 from typing import Any
 
-import orjson
 from ray import serve
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from serving import codecs, repository
+from serving import codecs
 from serving.batching import RowBatcher
 from serving.metrics import UNKNOWN_MODEL, replica_metrics
 from serving.monitor_link import MonitorLink
 from serving.protocol import (
     HEADER_LENGTH,
     SERVER_EXTENSIONS,
-    BadRequest,
     InferenceError,
+    ParsedRequest,
     PayloadTooLarge,
 )
 from serving.router import ModelRouter
 from serving.runtime import OnnxModel
 from serving.sampling import SampleBuffer
 from serving.settings import BatchSettings, ServerSettings
+from vigil import repository
+from vigil.tokens import TokenVerifier
+from vigil.web import (
+    JSON,
+    OPEN,
+    BearerGuard,
+    error_body,
+    error_response,
+    http_error,
+    json_response,
+    node_addresses,
+    open_access_check,
+    serve_http_host,
+    tokens_path,
+)
 
 logger = logging.getLogger("vigil.server")
 
-JSON = "application/json"
 BINARY = "application/octet-stream"
 SERVER_NAME = "vigil"
-SERVER_VERSION = "0.1.0"
+SERVER_VERSION = package_version("vigil")
+# Bodies larger than this are decoded on a worker thread, so that the event loop keeps serving
+# the replica's other requests meanwhile.
+LARGE_BODY_BYTES = 1024 * 1024
+CANCELLED = 499  # nginx's "client closed request": cancelled before Vigil could answer
 
 
-# Written beside a version by `vigil profile build` (monitoring.profile.PROFILE_JSON).
-PROFILE_FILE = "profile.json"
+def serving_scope(path: str) -> str | None:
+    """The token scope a route of this app needs ('' when open; None: any valid token)."""
+    if path in ("/v2", "/v2/", "/v2/health/live", "/v2/health/ready"):
+        return OPEN
+    if path.startswith("/v2/models/"):
+        return "infer"
+    if path.startswith("/v2/vigil/"):
+        return "monitor"
+    if path.startswith("/v2/repository"):
+        return "admin"
+    return None
 
 
 class ServedModel:
@@ -53,6 +83,7 @@ class ServedModel:
         self.batcher = RowBatcher(
             model.run,
             batching,
+            declared_max_rows=model.max_batch_rows,
             observer=replica_metrics().for_model(model.name, model.version),
             thread_name=f"vigil-{model.name}-{model.version}",
         )
@@ -64,15 +95,17 @@ class ModelServer:
 
     def __init__(self, settings: dict[str, Any]) -> None:
         self.settings = ServerSettings(**settings)
+        self.tokens = TokenVerifier(
+            tokens_path(self.settings.tokens_file, self.settings.model_repository)
+        )
+        open_access_check(self.settings.auth, self.tokens, serve_http_host())
         found = repository.scan(self.settings.model_repository, self.settings.models)
         batching = self.settings.batching
         self.router: ModelRouter[ServedModel] = ModelRouter(
             {
                 name: {
                     v.manifest.version: ServedModel(
-                        OnnxModel(v, self.settings.runtime),
-                        batching,
-                        has_profile=(v.path / PROFILE_FILE).exists(),
+                        OnnxModel(v, self.settings.runtime), batching, has_profile=v.has_profile
                     )
                     for v in versions
                 }
@@ -81,12 +114,15 @@ class ModelServer:
         )
         self.batching = batching
         self.metrics = replica_metrics()
+        # Large bodies are decoded here, two at a time: off the event loop, and bounded.
+        self._decoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vigil-decode")
         sampling = self.settings.sampling
         self.samples: SampleBuffer | None = None
         self.monitor_link: MonitorLink | None = None
         if sampling.enabled:
             self.samples = SampleBuffer(
-                sampling.sample_rate, sampling.buffer_rows, sampling.buffer_requests
+                sampling.sample_rate, sampling.buffer_rows, sampling.buffer_requests,
+                sampling.max_rows_per_request,
             )
             self.monitor_link = MonitorLink(sampling, self.samples, self.metrics)
         logger.info("serving %s", [f"{n}/{v}" for n, v, _ in self.router])
@@ -104,15 +140,15 @@ class ModelServer:
     # ------------------------------------------------------------------ handlers
 
     async def server_metadata(self, request: Request) -> Response:
-        return _json(
+        return json_response(
             {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": list(SERVER_EXTENSIONS)}
         )
 
     async def live(self, request: Request) -> Response:
-        return _json({"live": True})
+        return json_response({"live": True})
 
     async def ready(self, request: Request) -> Response:
-        return _json({"ready": True})
+        return json_response({"ready": True})
 
     async def model_metadata(self, request: Request) -> Response:
         name = request.path_params["model"]
@@ -120,121 +156,152 @@ class ModelServer:
         try:
             served = self.router.resolve(name, version)
         except InferenceError as exc:
-            return _error(exc)
+            return error_response(exc.status_code, str(exc))
         meta = served.model.metadata()
         meta["versions"] = [version] if version else self.router.versions(name)
-        return _json(meta)
+        return json_response(meta)
 
     async def model_ready(self, request: Request) -> Response:
         name = request.path_params["model"]
         try:
             served = self.router.resolve(name, request.path_params.get("version"))
         except InferenceError as exc:
-            return _error(exc)
-        return _json({"name": name, "version": served.model.version, "ready": True})
+            return error_response(exc.status_code, str(exc))
+        return json_response({"name": name, "version": served.model.version, "ready": True})
 
     async def batching_state(self, request: Request) -> Response:
-        """Vigil extension: the live batching knobs and which replica answered."""
+        """Vigil extension: the live batching knobs, each version's declaration, and which
+        replica answered."""
         context = serve.get_replica_context()
-        return _json(
+        return json_response(
             {
                 "replica": context.replica_id.unique_id if context else None,
                 "batching": self.batching.model_dump(),
+                "models": {
+                    f"{n}/{v}": {"declared_max_batch_rows": s.model.max_batch_rows,
+                                 "max_batch_rows": s.batcher.max_rows}
+                    for n, v, s in self.router
+                },
             }
         )
 
     async def infer(self, request: Request) -> Response:
         started = time.perf_counter()
         name = request.path_params["model"]
-        header_length = request.headers.get(HEADER_LENGTH)
-        protocol = "json" if header_length is None else "binary"
+        raw_header_length = request.headers.get(HEADER_LENGTH)
+        protocol = "json" if raw_header_length is None else "binary"
         model_label, version_label = UNKNOWN_MODEL, ""
-        headers = None
+        # Until an answer is ready the request counts as cancelled: if the client goes away or
+        # Ray's request_timeout_s runs out, Ray cancels this task and the finally below still
+        # records it, with its own status and its latency.
+        status = CANCELLED
+        served: ServedModel | None = None
+        inputs = results = None
         try:
-            served = self.router.resolve(name, request.path_params.get("version"))
-            model = served.model
-            model_label, version_label = model.name, model.version
-            body = await _read_body(request, self.settings.max_body_bytes)
-            decoded = codecs.decode_request(body, _parse_header_length(header_length))
-            inputs, rows = model.validate(decoded.inputs)
-            if decoded.outputs is None:
-                wanted = [(n, decoded.binary_output_default) for n in model.output_names]
-            else:
-                model.select_outputs([o.name for o in decoded.outputs])
-                wanted = [(o.name, o.binary) for o in decoded.outputs]
-            results = await served.batcher.submit(inputs, rows)
-            payload, json_length = codecs.encode_response(
-                model.name,
-                model.version,
-                decoded.id,
-                [(n, model.outputs[n].datatype, results[n], binary) for n, binary in wanted],
+            try:
+                served = self.router.resolve(name, request.path_params.get("version"))
+                model = served.model
+                model_label, version_label = model.name, model.version
+                header_length = codecs.parse_header_length(raw_header_length)
+                body = await self._read_body(request, header_length)
+                if len(body) > LARGE_BODY_BYTES:
+                    loop = asyncio.get_running_loop()
+                    parsed, inputs, rows = await loop.run_in_executor(
+                        self._decoder, self._decode, model, body, header_length
+                    )
+                else:
+                    parsed, inputs, rows = self._decode(model, body, header_length)
+                if parsed.outputs is None:
+                    wanted = [(n, parsed.binary_output_default) for n in model.output_names]
+                else:
+                    wanted = [(o.name, o.binary) for o in parsed.outputs]
+                results = await served.batcher.submit(inputs, rows)
+                payload, json_length = codecs.encode_response(
+                    model.name,
+                    model.version,
+                    parsed.id,
+                    [(n, model.outputs[n].datatype, results[n], binary) for n, binary in wanted],
+                )
+                headers = None if json_length is None else {HEADER_LENGTH: str(json_length)}
+                media_type = JSON if json_length is None else BINARY
+                status = 200
+            except InferenceError as exc:
+                status, payload, media_type, headers = exc.status_code, error_body(str(exc)), JSON, None
+            except Exception:
+                logger.exception("infer %s failed", name)
+                status, media_type, headers = 500, JSON, None
+                payload = error_body("internal error while running the model; see server log")
+            return Response(payload, status_code=status, media_type=media_type, headers=headers)
+        finally:
+            self._account(served, model_label, version_label, protocol, status,
+                          time.perf_counter() - started, inputs, results)
+
+    def _decode(
+        self, model: OnnxModel, body: bytes, header_length: int | None
+    ) -> tuple[ParsedRequest, dict, int]:
+        """Parse the header, check what it declares against the signature, and only then
+        decode the tensor data and convert it as the model takes it."""
+        parsed = codecs.parse_request(body, header_length)
+        model.check_declared((d.name, d.datatype, d.shape) for d in parsed.inputs)
+        if parsed.outputs is not None:
+            model.select_outputs([o.name for o in parsed.outputs])
+        raw = codecs.decode_inputs(parsed, self.settings.max_bytes_elements)
+        inputs, rows = model.validate(raw)
+        return parsed, inputs, rows
+
+    async def _read_body(self, request: Request, header_length: int | None) -> bytes:
+        """The body, refused (413) as soon as it is known to exceed its limit: a whole JSON body
+        or a binary request's JSON header by max_json_body_bytes, the rest by max_body_bytes."""
+        s = self.settings
+        if header_length is not None and header_length > s.max_json_body_bytes:
+            raise PayloadTooLarge(
+                f"JSON header of {header_length} bytes exceeds the limit of "
+                f"{s.max_json_body_bytes} (max_json_body_bytes)"
             )
-            status = 200
-            if json_length is None:
-                media_type = JSON
-            else:
-                media_type = BINARY
-                headers = {HEADER_LENGTH: str(json_length)}
-        except InferenceError as exc:
-            status, payload, media_type = exc.status_code, codecs.encode_error(str(exc)), JSON
-        except Exception:
-            logger.exception("infer %s failed", name)
-            status, media_type = 500, JSON
-            payload = codecs.encode_error("internal error while running the model; see server log")
-        elapsed = time.perf_counter() - started
-        self.metrics.request_done(model_label, version_label, protocol, status, elapsed)
-        if self.samples is not None and model_label is not UNKNOWN_MODEL:
-            self.samples.record(
-                model_label, version_label, elapsed, status,
-                *((inputs, results) if status == 200 and served.has_profile else ()),
-            )
-            self.monitor_link.start()
-        return Response(payload, status_code=status, media_type=media_type, headers=headers)
+        limit, what = (
+            (s.max_json_body_bytes, "JSON body")
+            if header_length is None
+            else (s.max_body_bytes, "request body")
+        )
+        hint = "; send large tensors as binary data" if header_length is None else ""
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(f"{what} of {declared} bytes exceeds the limit of {limit}{hint}")
+        chunks = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"{what} exceeds the limit of {limit} bytes{hint}")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
-
-def _parse_header_length(raw: str | None) -> int | None:
-    if raw is None:
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise BadRequest(f"Inference-Header-Content-Length {raw!r} is not an integer") from None
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit}")
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _json(doc: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(doc), status_code=status, media_type=JSON)
-
-
-def _error(exc: InferenceError) -> Response:
-    return Response(codecs.encode_error(str(exc)), status_code=exc.status_code, media_type=JSON)
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    message = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed here"}
-    return Response(
-        codecs.encode_error(message.get(exc.status_code, str(exc.detail))),
-        status_code=exc.status_code,
-        media_type=JSON,
-    )
+    def _account(
+        self,
+        served: ServedModel | None,
+        model: str,
+        version: str,
+        protocol: str,
+        status: int,
+        elapsed: float,
+        inputs: dict | None,
+        results: dict | None,
+    ) -> None:
+        """Metrics and the monitor's sample for every request, answered or cancelled."""
+        self.metrics.request_done(model, version, protocol, status, elapsed)
+        if self.samples is None or served is None:
+            return
+        if status == 200 and served.has_profile:
+            self.samples.record(model, version, elapsed, status, inputs, results)
+        else:
+            self.samples.record(model, version, elapsed, status)
+        assert self.monitor_link is not None
+        self.monitor_link.start()
 
 
 def build_asgi_app(server: ModelServer) -> Starlette:
-    """Plain Starlette routes (no per-request schema work) bound to one ModelServer."""
+    """Plain Starlette routes (no per-request schema work) bound to one ModelServer, behind the
+    bearer-token guard."""
     s = server
     routes = [
         Route("/v2", s.server_metadata, methods=["GET"]),
@@ -248,7 +315,18 @@ def build_asgi_app(server: ModelServer) -> Starlette:
         Route("/v2/models/{model}/versions/{version}/ready", s.model_ready, methods=["GET"]),
         Route("/v2/models/{model}/versions/{version}/infer", s.infer, methods=["POST"]),
     ]
-    return Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+    guard = Middleware(
+        BearerGuard,
+        verifier=s.tokens,
+        scope_for=serving_scope,
+        auth=s.settings.auth,
+        local_hosts=node_addresses(),
+        on_reject=s.metrics.auth_rejected,
+    )
+    return Starlette(
+        routes=routes, middleware=[guard], exception_handlers={HTTPException: http_error}
+    )
+
 
 
 ModelServerDeployment = serve.deployment(name="ModelServer")(serve.ingress()(ModelServer))

@@ -62,6 +62,16 @@ class ReplicaMetrics:
             tag_keys=("model", "version"),
         )
 
+        self.auth_rejections = metrics.Counter(
+            "vigil_auth_rejected_total",
+            description="Requests refused for want of a valid bearer token (code 401) or of the "
+            "scope their route needs (403), by scope needed ('any': any valid token).",
+            tag_keys=("code", "scope"),
+        )
+
+    def auth_rejected(self, code: int, scope: str | None) -> None:
+        self.auth_rejections.inc(1, {"code": str(code), "scope": scope or "any"})
+
     def for_model(self, model: str, version: str) -> ModelBatchMetrics:
         return ModelBatchMetrics(self, {"model": model, "version": version})
 

@@ -9,8 +9,9 @@ import time
 from ray import serve
 
 from serving.metrics import ReplicaMetrics
-from serving.sampling import SampleBatch, SampleBuffer
+from serving.sampling import SampleBuffer
 from serving.settings import SamplingSettings
+from vigil.messages import SampleMessage
 
 logger = logging.getLogger("vigil.monitor_link")
 
@@ -62,10 +63,10 @@ class MonitorLink:
             return
         self._in_flight = asyncio.get_running_loop().create_task(self._send(handle, batches))
 
-    async def _send(self, handle, batches: list[SampleBatch]) -> None:
+    async def _send(self, handle, batches: list[SampleMessage]) -> None:
         try:
             await asyncio.wait_for(
-                handle.ingest.remote([b.to_message() for b in batches]),
+                handle.ingest.remote(batches),
                 self.settings.flush_timeout_s,
             )
         except Exception as exc:  # noqa: BLE001 - any failure drops the batch
@@ -96,7 +97,7 @@ class MonitorLink:
             return None
         return self._handle
 
-    def _count_dropped(self, batch: SampleBatch, rows: int, reason: str) -> None:
+    def _count_dropped(self, batch: SampleMessage, rows: int, reason: str) -> None:
         if rows:
             self.metrics.samples_dropped.inc(
                 rows, {"model": batch.model, "version": batch.version, "reason": reason}

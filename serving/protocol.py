@@ -7,22 +7,9 @@ from typing import Any
 
 import numpy as np
 
-# One table: V2 datatype name -> numpy dtype. BYTES tensors are numpy object arrays of bytes.
-V2_TO_NUMPY: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-    "BYTES": np.dtype(object),
-}
+from vigil.tensors import V2_TO_NUMPY
+from vigil.tensors import TensorSpec as TensorSpec  # re-exported: part of the wire vocabulary
+
 NUMPY_TO_V2: dict[np.dtype, str] = {v: k for k, v in V2_TO_NUMPY.items()}
 
 # ONNX tensor element types as onnxruntime names them -> V2 datatype.
@@ -103,6 +90,29 @@ class RequestedOutput:
     binary: bool
 
 
+@dataclass(frozen=True, slots=True)
+class DeclaredInput:
+    """An input as the request declares it, before its data is decoded: `data` is the parsed
+    JSON value, or (binary) a memoryview of its bytes in the body."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    data: Any
+    binary: bool
+
+
+@dataclass(slots=True)
+class ParsedRequest:
+    """A request whose JSON header is read and checked, its tensor data not yet decoded."""
+
+    inputs: list[DeclaredInput]
+    id: str | None = None
+    outputs: list[RequestedOutput] | None = None  # None: every output
+    binary_output_default: bool = False
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass(slots=True)
 class InferenceRequest:
     """A decoded request: named numpy tensors plus what the client asked to get back."""
@@ -113,22 +123,22 @@ class InferenceRequest:
     binary_output_default: bool = False
     parameters: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def rows(self) -> int:
-        """Rows along the batch axis (the first input's first dim; 1 for scalars)."""
-        for array in self.inputs.values():
-            return int(array.shape[0]) if array.ndim else 1
-        return 0
 
-
-@dataclass(frozen=True, slots=True)
-class TensorSpec:
-    """One input or output of a model signature. -1 marks a dynamic dimension."""
-
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-    allow_non_finite: bool = True
-
-    def to_metadata(self) -> dict[str, Any]:
-        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+def fit_datatype(name: str, values: np.ndarray, datatype: str) -> np.ndarray:
+    """`values` as the floating-point `datatype`, refusing finite values that the narrower type
+    cannot hold (1e39 as FP32 would become inf): a BadRequest naming the input."""
+    target = V2_TO_NUMPY[datatype]
+    with np.errstate(over="ignore"):
+        out = values.astype(target, copy=False)
+    if out is values or not out.size:
+        return out
+    if values.dtype.kind == "f" and values.dtype.itemsize <= target.itemsize:
+        return out  # widening is exact
+    overflow = np.isinf(out)
+    if values.dtype.kind == "f":
+        overflow &= np.isfinite(values)  # an Inf sent as Inf is no overflow
+    if overflow.any():
+        bad = values.ravel()[int(np.flatnonzero(overflow.ravel())[0])]
+        shown = f"{float(bad):g}" if values.dtype.kind == "f" else str(int(bad))
+        raise BadRequest(f"input '{name}': value {shown} overflows {datatype}")
+    return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -15,9 +16,10 @@ from serving.protocol import (
     BadRequest,
     TensorSpec,
     can_cast,
+    fit_datatype,
 )
-from serving.repository import ModelVersion, RepositoryError
 from serving.settings import RuntimeSettings
+from vigil.repository import ModelVersion, RepositoryError
 
 logger = logging.getLogger("vigil.runtime")
 
@@ -85,11 +87,10 @@ class OnnxModel:
         self.inputs = {s.name: s for s in version.manifest.inputs}
         self.outputs = {s.name: s for s in version.manifest.outputs}
         self._check_signature()
-        # Rows can be stacked only when every tensor has a dynamic leading (batch) axis.
-        self.batchable = all(
-            len(s.shape) >= 1 and s.shape[0] == -1
-            for s in (*self.inputs.values(), *self.outputs.values())
-        )
+        # Rows of several requests are stacked only when the version declares it (model.yaml
+        # max_batch_rows; the manifest refuses a declaration its signature cannot honour).
+        self.max_batch_rows = version.manifest.max_batch_rows
+        self.batchable = self.max_batch_rows > 0
         self.output_names = list(self.outputs)
 
     def _check_signature(self) -> None:
@@ -118,53 +119,60 @@ class OnnxModel:
                         f"{spec.datatype} {list(spec.shape)} in model.yaml"
                     )
 
-    def validate(self, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
-        """Check names, datatypes (safe casts only), shapes and finiteness against the signature.
-        Returns the inputs as the model wants them and the request's row count."""
+    def check_declared(self, declared: Iterable[tuple[str, str, tuple[int, ...]]]) -> int:
+        """Check (name, datatype, shape) of every input against the signature, before any data
+        is decoded: names, datatypes (safe casts only), shapes, and the batch axis. Returns the
+        request's row count (1 for a version that is not batched)."""
+        declared = list(declared)
+        names = [name for name, _, _ in declared]
         # Unknown names first: a misspelt input is also a missing one, and this message says both.
-        unknown = inputs.keys() - self.inputs.keys()
+        unknown = set(names) - self.inputs.keys()
         if unknown:
             raise BadRequest(
                 f"model '{self.name}' has no inputs {sorted(unknown)}; it takes {list(self.inputs)}"
             )
-        missing = self.inputs.keys() - inputs.keys()
+        missing = self.inputs.keys() - set(names)
         if missing:
             raise BadRequest(f"model '{self.name}' needs inputs {sorted(missing)} (missing)")
-        ready: dict[str, np.ndarray] = {}
         rows: int | None = None
-        for name, array in inputs.items():
+        for name, datatype, shape in declared:
             spec = self.inputs[name]
-            array = self._conform(spec, array)
+            if not can_cast(datatype, spec.datatype):
+                raise BadRequest(
+                    f"input '{name}' is {datatype}; model '{self.name}' takes {spec.datatype}"
+                )
+            if len(shape) != len(spec.shape) or any(
+                want not in (-1, have) for want, have in zip(spec.shape, shape)
+            ):
+                raise BadRequest(
+                    f"input '{name}' has shape {list(shape)}; model '{self.name}' takes "
+                    f"{list(spec.shape)} (-1: any size)"
+                )
             if self.batchable:
                 if rows is None:
-                    rows = array.shape[0]
-                elif array.shape[0] != rows:
+                    rows = shape[0]
+                elif shape[0] != rows:
                     raise BadRequest(
-                        f"inputs disagree on the batch axis: '{name}' has {array.shape[0]} rows, "
+                        f"inputs disagree on the batch axis: '{name}' has {shape[0]} rows, "
                         f"others {rows}"
                     )
-            ready[name] = array
         if rows == 0:
             raise BadRequest("request has 0 rows along the batch axis")
-        return ready, rows if rows is not None else 1
+        return rows if rows is not None else 1
+
+    def validate(self, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
+        """check_declared on decoded arrays, then convert them as the model wants them: safe
+        casts (refusing values that overflow the model's float type), UTF-8 text for BYTES, and
+        finiteness where the model forbids NaN and Inf. Returns them and the row count."""
+        rows = self.check_declared((n, _datatype_of(a), a.shape) for n, a in inputs.items())
+        return {name: self._conform(self.inputs[name], a) for name, a in inputs.items()}, rows
 
     def _conform(self, spec: TensorSpec, array: np.ndarray) -> np.ndarray:
-        got = NUMPY_TO_V2.get(array.dtype)
-        if got is None:  # a byte-swapped numeric dtype, or an object array (BYTES)
-            got = NUMPY_TO_V2.get(array.dtype.newbyteorder("="), "BYTES")
-        if not can_cast(got, spec.datatype):
-            raise BadRequest(
-                f"input '{spec.name}' is {got}; model '{self.name}' takes {spec.datatype}"
-            )
-        if array.ndim != len(spec.shape) or any(
-            want not in (-1, have) for want, have in zip(spec.shape, array.shape)
-        ):
-            raise BadRequest(
-                f"input '{spec.name}' has shape {list(array.shape)}; model '{self.name}' takes "
-                f"{list(spec.shape)} (-1: any size)"
-            )
-        if got != spec.datatype:
-            array = array.astype(V2_TO_NUMPY[spec.datatype])
+        if _datatype_of(array) != spec.datatype:
+            if V2_TO_NUMPY[spec.datatype].kind == "f":
+                array = fit_datatype(spec.name, array, spec.datatype)
+            else:
+                array = array.astype(V2_TO_NUMPY[spec.datatype])
         if spec.datatype == "BYTES" and array.dtype == object:
             array = _utf8_strings(spec.name, array)
         if (
@@ -198,6 +206,13 @@ class OnnxModel:
             "inputs": [s.to_metadata() for s in self.inputs.values()],
             "outputs": [s.to_metadata() for s in self.outputs.values()],
         }
+
+
+def _datatype_of(array: np.ndarray) -> str:
+    got = NUMPY_TO_V2.get(array.dtype)
+    if got is None:  # a byte-swapped numeric dtype, or an object array (BYTES)
+        got = NUMPY_TO_V2.get(array.dtype.newbyteorder("="), "BYTES")
+    return got
 
 
 def _utf8_strings(name: str, array: np.ndarray) -> np.ndarray:

@@ -2,44 +2,12 @@
 
 from __future__ import annotations
 
-import random
 from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
 
-Tensors = dict[str, np.ndarray]
-
-
-@dataclass(frozen=True)
-class SampleBatch:
-    """What one replica hands the monitor for one model version since the last flush."""
-
-    model: str
-    version: str
-    inputs: Tensors  # rows stacked along axis 0
-    outputs: Tensors
-    latency_s: np.ndarray  # float64, one per request (every request, sampled or not)
-    status: np.ndarray  # int16 HTTP status, one per request
-    dropped_rows: int  # rows dropped since the last flush because the buffer was full
-    dropped_requests: int
-
-    @property
-    def rows(self) -> int:
-        return int(next(iter(self.inputs.values())).shape[0]) if self.inputs else 0
-
-    def to_message(self) -> dict:
-        """The plain form the monitor's `ingest` takes (no Vigil types cross the wire)."""
-        return {
-            "model": self.model,
-            "version": self.version,
-            "inputs": self.inputs,
-            "outputs": self.outputs,
-            "latency_s": self.latency_s,
-            "status": self.status,
-            "dropped_rows": self.dropped_rows,
-            "dropped_requests": self.dropped_requests,
-        }
+from vigil.messages import SampleMessage, Tensors
 
 
 @dataclass
@@ -60,17 +28,26 @@ class _VersionBuffer:
 
 class SampleBuffer:
     """Never blocks and never grows past its bounds: when full it drops the oldest rows (and
-    the oldest request facts) and counts what it dropped. Not thread-safe: the replica's event
-    loop is its only user."""
+    the oldest request facts) and counts what it dropped. Rows are sampled one by one (each with
+    probability `sample_rate`) and one request gives at most `max_rows_per_request` of them, so a
+    single large request cannot crowd out every other client's rows. Kept rows are copies: a
+    request's arrays (or the batch output they are views of) are never pinned by the buffer.
+    Not thread-safe: the replica's event loop is its only user."""
 
     def __init__(
-        self, sample_rate: float, max_rows: int, max_requests: int, seed: int | None = None
+        self,
+        sample_rate: float,
+        max_rows: int,
+        max_requests: int,
+        max_rows_per_request: int = 100,
+        seed: int | None = None,
     ) -> None:
         self.sample_rate = sample_rate
         self.max_rows = max_rows
         self.max_requests = max_requests
+        self.max_rows_per_request = max_rows_per_request
         self._buffers: dict[tuple[str, str], _VersionBuffer] = {}
-        self._random = random.Random(seed)
+        self._rng = np.random.default_rng(seed)
         self.total_dropped_rows = 0
         self.total_dropped_requests = 0
 
@@ -98,26 +75,51 @@ class SampleBuffer:
         buf.facts += 1
         if inputs is None or outputs is None:
             return
-        if self.sample_rate < 1.0 and self._random.random() >= self.sample_rate:
+        rows = _common_rows(inputs, outputs)
+        if rows is None:  # no shared row axis (a model that is not row-wise): facts only
             return
-        rows = int(next(iter(inputs.values())).shape[0])
+        picked = self._pick(rows)
+        if picked is not None and not picked.size:
+            return
         if buf.chunks and not _same_layout(buf.chunks[0], inputs, outputs):
             # Rows of another width (dynamic non-batch dims) cannot be stacked with the rest.
-            buf.dropped_rows += rows
+            buf.dropped_rows += rows if picked is None else int(picked.size)
             return
-        if rows > self.max_rows:  # larger than the whole buffer: keep its last rows
-            inputs = {k: v[-self.max_rows :] for k, v in inputs.items()}
-            outputs = {k: v[-self.max_rows :] for k, v in outputs.items()}
-            buf.dropped_rows += rows - self.max_rows
-            rows = self.max_rows
+        if picked is None:  # every row: copies, so the buffer never pins the request's arrays
+            inputs = {k: v.copy() for k, v in inputs.items()}
+            outputs = {k: v.copy() for k, v in outputs.items()}
+        else:  # fancy indexing copies
+            inputs = {k: v[picked] for k, v in inputs.items()}
+            outputs = {k: v[picked] for k, v in outputs.items()}
+            rows = int(picked.size)
         buf.chunks.append((rows, inputs, outputs))
         buf.rows += rows
         while buf.rows > self.max_rows:
-            old_rows, _, _ = buf.chunks.popleft()
+            old_rows, old_in, old_out = buf.chunks.popleft()
+            excess = buf.rows - self.max_rows
+            if excess < old_rows:  # keep the newest rows of the oldest chunk
+                keep = old_rows - excess
+                buf.chunks.appendleft(
+                    (keep, {k: v[-keep:] for k, v in old_in.items()},
+                     {k: v[-keep:] for k, v in old_out.items()})
+                )
+                old_rows = excess
             buf.rows -= old_rows
             buf.dropped_rows += old_rows
 
-    def drain(self) -> list[SampleBatch]:
+    def _pick(self, rows: int) -> np.ndarray | None:
+        """Indices of the rows to keep, in order; None for all of them."""
+        cap = min(self.max_rows_per_request, self.max_rows)
+        if self.sample_rate >= 1.0:
+            if rows <= cap:
+                return None
+            return np.sort(self._rng.choice(rows, cap, replace=False))
+        picked = np.flatnonzero(self._rng.random(rows) < self.sample_rate)
+        if picked.size > cap:
+            picked = np.sort(self._rng.choice(picked, cap, replace=False))
+        return picked
+
+    def drain(self) -> list[SampleMessage]:
         """Everything buffered, as one batch per model version; the buffer starts empty."""
         batches = []
         for (model, version), buf in self._buffers.items():
@@ -133,9 +135,9 @@ class SampleBuffer:
                 status = np.roll(buf.status, -start).copy()
             inputs, outputs = _stack(buf.chunks)
             batches.append(
-                SampleBatch(
-                    model, version, inputs, outputs, latency, status, buf.dropped_rows,
-                    dropped_requests,
+                SampleMessage(
+                    model, version, inputs, outputs, latency, status,
+                    dropped_rows=buf.dropped_rows, dropped_requests=dropped_requests,
                 )
             )
             self.total_dropped_rows += buf.dropped_rows
@@ -143,6 +145,16 @@ class SampleBuffer:
             buf.chunks.clear()
             buf.rows = buf.facts = buf.dropped_rows = 0
         return batches
+
+
+def _common_rows(inputs: Tensors, outputs: Tensors) -> int | None:
+    """The row count every tensor shares along axis 0, or None."""
+    rows = None
+    for array in (*inputs.values(), *outputs.values()):
+        if array.ndim == 0 or (rows is not None and array.shape[0] != rows):
+            return None
+        rows = array.shape[0]
+    return rows
 
 
 def _same_layout(chunk: tuple, inputs: Tensors, outputs: Tensors) -> bool:

@@ -79,8 +79,15 @@ class SamplingSettings(BaseModel):
         default=1.0,
         ge=0.0,
         le=1.0,
-        description="Share of requests whose input and output rows are sampled. Latency and status "
+        description="Probability that each row (input and output) is sampled. Latency and status "
         "of every request are sent regardless.",
+    )
+    max_rows_per_request: int = Field(
+        default=100,
+        ge=1,
+        le=1_000_000,
+        description="Most rows one request contributes to the monitor (a uniform sample of its "
+        "sampled rows), so that one large request cannot fill whole windows on its own.",
     )
     buffer_rows: int = Field(
         default=20_000,
@@ -130,7 +137,36 @@ class ServerSettings(BaseSettings):
         default=None, description="Names of the models to load; unset loads every model found."
     )
     max_body_bytes: int = Field(
-        default=64 * MiB, ge=1024, le=4096 * MiB, description="Largest request body accepted (413)."
+        default=64 * MiB,
+        ge=1024,
+        le=4096 * MiB,
+        description="Largest request body accepted (413), binary tensor data included.",
+    )
+    max_json_body_bytes: int = Field(
+        default=4 * MiB,
+        ge=1024,
+        le=1024 * MiB,
+        description="Largest JSON accepted (413): a whole JSON request, or the JSON header of a "
+        "binary one. Parsed JSON numbers take ~10x their text in memory; large tensors belong in "
+        "the binary extension.",
+    )
+    max_bytes_elements: int = Field(
+        default=262_144,
+        ge=1,
+        le=100_000_000,
+        description="Most elements of one BYTES tensor in a request (413 above): each becomes a "
+        "Python object, so this bounds the work one request can ask for.",
+    )
+    auth: Literal["tokens", "none"] = Field(
+        default="tokens",
+        description="'tokens': routes other than health need a bearer token from tokens_file; "
+        "without that file the server is open to its own host only, and refuses to start on a "
+        "non-loopback HTTP host. 'none': everything open to anyone (logged as a warning).",
+    )
+    tokens_file: Path | None = Field(
+        default=None,
+        description="Tokens file (`vigil tokens`); unset: tokens.yaml beside model_repository. "
+        "Re-read when it changes, no restart needed. Environment: VIGIL_TOKENS_FILE.",
     )
     runtime: RuntimeSettings = Field(
         default_factory=RuntimeSettings, description="How onnxruntime sessions are created."

@@ -89,7 +89,7 @@ def vigil(tmp_path_factory) -> VigilCluster:
     import ray
     from ray import serve
 
-    from serving.examples import build_examples
+    from vigil.examples import build_examples
 
     models_dir = tmp_path_factory.mktemp("models")
     build_examples(models_dir)

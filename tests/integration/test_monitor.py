@@ -18,7 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from ray.serve.schema import ServeDeploySchema
 
 from monitoring.settings import MonitorAppSettings, MonitorSettings
-from serving.repository import read_manifest
+from vigil.messages import SampleMessage
+from vigil.repository import read_manifest
 from tests.integration.conftest import SERVE_CONFIG, wait_for
 
 SHIFTED = ["mean radius", "mean texture", "worst area"]  # moved by 3 reference std each
@@ -81,10 +82,10 @@ def monitor(vigil):
     )
     handle = serve.get_deployment_handle("Monitor", app_name="monitor")
 
-    def ingest(batches: list[dict]) -> None:
+    def ingest(batches: list[SampleMessage]) -> None:
         handle.ingest.remote(batches).result(timeout_s=60)
 
-    def cancer_batch(x: np.ndarray) -> dict:
+    def cancer_batch(x: np.ndarray) -> SampleMessage:
         label, proba = session.run(None, {"input": x})
         return _batch("breast_cancer", {"input": x}, {"label": label, "probabilities": proba})
 
@@ -115,15 +116,16 @@ def _wait_until_no_samples_arrive(vigil, quiet_s: float = 2.5) -> None:
         time.sleep(0.5)
 
 
-def _batch(model: str, inputs: dict, outputs: dict, latency=None, status=None, **extra) -> dict:
+def _batch(model: str, inputs: dict, outputs: dict, latency=None, status=None,
+           **extra) -> SampleMessage:
     n = len(next(iter(inputs.values()))) if inputs else 0
     requests = max(n // 10, 1)
-    return {
-        "model": model, "version": "1", "inputs": inputs, "outputs": outputs,
-        "latency_s": np.full(requests, 0.01) if latency is None else np.asarray(latency),
-        "status": np.full(requests, 200, np.int16) if status is None else np.asarray(status, np.int16),
-        "dropped_rows": 0, "dropped_requests": 0, **extra,
-    }
+    return SampleMessage(
+        model=model, version="1", inputs=inputs, outputs=outputs,
+        latency_s=np.full(requests, 0.01) if latency is None else np.asarray(latency, np.float64),
+        status=np.full(requests, 200, np.int16) if status is None else np.asarray(status, np.int16),
+        **extra,
+    )
 
 
 def test_serve_yaml_monitor_application_is_valid():
@@ -188,18 +190,24 @@ def test_drift_moves_from_none_to_exactly_the_shifted_features(vigil, monitor):
 
 
 def test_batches_that_do_not_fit_are_dropped_and_counted(vigil, monitor):
-    def drops(model: str, version: str) -> tuple[float, float]:
+    def drops(model: str, version: str, kind: str = "schema") -> tuple[float, float]:
         m = _metrics(vigil)
-        labels = {"model": model, "version": version, "kind": "schema"}
+        labels = {"model": model, "version": version, "kind": kind}
         return (_value(m, "vigil_sample_rows_dropped_total", **labels) or 0.0,
                 _value(m, "vigil_sample_requests_dropped_total", **labels) or 0.0)
 
-    unknown, cancer = drops("_unknown", ""), drops("breast_cancer", "1")
+    unknown, cancer = drops("_unknown", "", "unknown_version"), drops("breast_cancer", "1")
+    malformed = drops("_unknown", "", "malformed")
     monitor.ingest([
         _batch("nope", {"input": monitor.x[:5]}, {}, latency=[0.1, 0.2], status=[200, 200]),
         _batch("breast_cancer", {"input": monitor.x[:7, :29]}, {}, dropped_rows=3),
+        _batch("breast_cancer", {"input": monitor.x[:4]}, {}, latency=[0.1], status=[200, 200]),
     ])
-    assert drops("_unknown", "") == (unknown[0] + 5, unknown[1] + 2)
+    assert drops("_unknown", "", "unknown_version") == (unknown[0] + 5, unknown[1] + 2)
+    assert drops("_unknown", "", "malformed") == (malformed[0] + 4, malformed[1] + 1)
+    messages = _value(_metrics(vigil), "vigil_sample_messages_dropped_total", model="_unknown",
+                      version="", kind="malformed")
+    assert messages is not None and messages >= 1
     # rows of the wrong width are dropped; the requests' latency still counts
     assert drops("breast_cancer", "1") == (cancer[0] + 7, cancer[1])
     m = _metrics(vigil)
@@ -242,7 +250,7 @@ def test_http_errors_are_json(vigil, monitor):
 
 @pytest.mark.slow
 def test_report_cli_writes_evidently_html(vigil, monitor, tmp_path: Path):
-    from serving.cli import main
+    from vigil.cli import main
 
     out = tmp_path / "report.html"
     args = ["report", "--model", "breast_cancer", "--out", str(out), "--monitor-url", vigil.base_url]

@@ -167,13 +167,13 @@ ROW = [0.5] * 30
             400,
             "needs 60",
         ),
-        ("non-numeric data", orjson.dumps({"inputs": [_fp32_input([1, 1], ["a"])]}), {}, 400, "non-numeric"),
+        ("non-numeric data", orjson.dumps({"inputs": [_fp32_input([1, 30], ["a"] * 30)]}), {}, 400, "non-numeric"),
         (
             "header length that is not a number",
             orjson.dumps({"inputs": [_fp32_input([1, 30], ROW)]}),
             {"Inference-Header-Content-Length": "abc"},
             400,
-            "not an integer",
+            "not a decimal integer",
         ),
         (
             "header length beyond the body",
@@ -246,15 +246,27 @@ def test_body_over_the_limit_gets_413(client, vigil):
     assert streamed.status_code == 413
 
 
-def test_nan_is_accepted_where_the_model_allows_it(client):
+def test_nan_is_accepted_where_the_model_allows_it_and_comes_back_as_binary_only(client):
     x = np.zeros((1, 256), dtype="<f4")
     x[0, 0] = np.nan
-    body, headers = _binary_body(
-        {"inputs": [{"name": "input", "shape": [1, 256], "datatype": "FP32",
-                     "parameters": {"binary_data_size": x.nbytes}}]},
-        x.tobytes(),
-    )
-    assert client.post("/v2/models/mlp/infer", content=body, headers=headers).status_code == 200
+    header = {"inputs": [{"name": "input", "shape": [1, 256], "datatype": "FP32",
+                          "parameters": {"binary_data_size": x.nbytes}}]}
+    # Its outputs are NaN: JSON cannot carry them (they would become null), so a JSON answer is
+    # refused with a message that says how to get them.
+    body, headers = _binary_body(header, x.tobytes())
+    refused = client.post("/v2/models/mlp/infer", content=body, headers=headers)
+    assert refused.status_code == 400
+    assert refused.json()["error"].startswith("output 'logits' holds NaN or Inf, which JSON "
+                                              "cannot carry; ask for it as binary data")
+    body, headers = _binary_body({**header, "parameters": {"binary_data_output": True}},
+                                 x.tobytes())
+    answered = client.post("/v2/models/mlp/infer", content=body, headers=headers)
+    assert answered.status_code == 200
+    length = int(answered.headers["inference-header-content-length"])
+    doc = orjson.loads(answered.content[:length])
+    size = doc["outputs"][0]["parameters"]["binary_data_size"]
+    logits = np.frombuffer(answered.content[length : length + size], "<f4")
+    assert np.isnan(logits).all()
 
 
 def test_bytes_strings_for_a_float_model_get_400(client):

@@ -6,33 +6,22 @@ from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
-from serving.examples import build_examples
-from serving.protocol import TensorSpec
-from serving.repository import ModelVersion, publish, scan
 from serving.runtime import OnnxModel
 from serving.settings import RuntimeSettings
-
-OPSET = 17
-IR_VERSION = 8
-
-# V2 datatype -> ONNX element type, for the tiny graphs below.
-V2_TO_ONNX = {
-    "BOOL": TensorProto.BOOL,
-    "INT8": TensorProto.INT8,
-    "INT16": TensorProto.INT16,
-    "INT32": TensorProto.INT32,
-    "INT64": TensorProto.INT64,
-    "UINT8": TensorProto.UINT8,
-    "FP16": TensorProto.FLOAT16,
-    "FP32": TensorProto.FLOAT,
-    "FP64": TensorProto.DOUBLE,
-    "BYTES": TensorProto.STRING,
-}
+from tests.graphs import (
+    cumsum_graph,
+    double_graph,
+    fixed_pair_graph,
+    gather_graph,
+    identity_graph,
+    reduce_sum_graph,
+)
+from vigil.examples import build_examples
+from vigil.repository import ModelVersion, publish, scan
+from vigil.tensors import TensorSpec
 
 
 @pytest.fixture(scope="session")
@@ -58,58 +47,13 @@ def mlp(example_versions: dict[str, ModelVersion]) -> OnnxModel:
     return OnnxModel(example_versions["mlp"], RuntimeSettings())
 
 
-def _dim(d: int) -> int | str:
-    return "N" if d == -1 else d
-
-
-def identity_graph(specs: list[tuple[str, str, tuple[int, ...]]]) -> onnx.ModelProto:
-    """One Identity per (name, datatype, shape): input `name` -> output `name`_out."""
-    nodes, inputs, outputs = [], [], []
-    for name, datatype, shape in specs:
-        dims = [_dim(d) for d in shape]
-        inputs.append(helper.make_tensor_value_info(name, V2_TO_ONNX[datatype], dims))
-        outputs.append(helper.make_tensor_value_info(f"{name}_out", V2_TO_ONNX[datatype], dims))
-        nodes.append(helper.make_node("Identity", [name], [f"{name}_out"]))
-    return _model(helper.make_graph(nodes, "identity", inputs, outputs))
-
-
-def gather_graph(table: list[int]) -> onnx.ModelProto:
-    """out[i] = table[idx[i]] over INT64 [-1]: an index outside the table fails at run time."""
-    init = numpy_helper.from_array(np.array(table, np.int64), "table")
-    graph = helper.make_graph(
-        [helper.make_node("Gather", ["table", "idx"], ["out"], axis=0)],
-        "gather",
-        [helper.make_tensor_value_info("idx", TensorProto.INT64, ["N"])],
-        [helper.make_tensor_value_info("out", TensorProto.INT64, ["N"])],
-        initializer=[init],
-    )
-    return _model(graph)
-
-
-def double_graph() -> onnx.ModelProto:
-    """y = 2 * x over FP32 [-1, -1]: any row width, so requests of several widths can arrive."""
-    two = numpy_helper.from_array(np.array(2.0, np.float32), "two")
-    graph = helper.make_graph(
-        [helper.make_node("Mul", ["x", "two"], ["y"])],
-        "double",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "W"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "W"])],
-        initializer=[two],
-    )
-    return _model(graph)
-
-
-def _model(graph: onnx.GraphProto) -> onnx.ModelProto:
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    proto.ir_version = IR_VERSION
-    onnx.checker.check_model(proto, full_check=True)
-    return proto
-
-
 @pytest.fixture(scope="session")
 def graphs() -> SimpleNamespace:
     """The tiny graph builders above, for test modules (conftest is not imported directly)."""
-    return SimpleNamespace(identity=identity_graph, gather=gather_graph, double=double_graph)
+    return SimpleNamespace(
+        identity=identity_graph, gather=gather_graph, double=double_graph,
+        reduce_sum=reduce_sum_graph, cumsum=cumsum_graph, fixed_pair=fixed_pair_graph,
+    )
 
 
 PublishFn = Callable[..., ModelVersion]
@@ -126,8 +70,12 @@ def publish_tiny(tmp_path: Path) -> PublishFn:
         outputs: tuple[TensorSpec, ...],
         name: str = "tiny",
         version: str = "1",
+        max_batch_rows: int = 0,
     ) -> ModelVersion:
-        return publish(tmp_path / "repo", name, version, proto.SerializeToString(), inputs, outputs)
+        return publish(
+            tmp_path / "repo", name, version, proto.SerializeToString(), inputs, outputs,
+            max_batch_rows=max_batch_rows,
+        )
 
     return _publish
 

@@ -17,6 +17,7 @@ from serving.batching import RowBatcher, Tensors
 from serving.protocol import TensorSpec
 from serving.runtime import OnnxModel
 from serving.settings import BatchSettings
+from tests.graphs import COUPLED_MODELS
 
 
 class Recorder:
@@ -45,9 +46,13 @@ def _go(coro_fn: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
     return asyncio.run(asyncio.wait_for(coro_fn(), timeout=20))
 
 
-def _batcher(run: Callable[[Tensors], Tensors], **settings: Any) -> tuple[RowBatcher, Recorder]:
+def _batcher(
+    run: Callable[[Tensors], Tensors], declared: int = 1_000_000, **settings: Any
+) -> tuple[RowBatcher, Recorder]:
+    """A batcher for a version that declares `declared` rows (model.yaml max_batch_rows)."""
     recorder = Recorder(run)
-    return RowBatcher(recorder.run, BatchSettings(**settings), observer=recorder), recorder
+    batcher = RowBatcher(recorder.run, BatchSettings(**settings), declared, observer=recorder)
+    return batcher, recorder
 
 
 def _rows(width: int, counts: list[int], seed: int = 0) -> list[np.ndarray]:
@@ -157,6 +162,114 @@ def test_disabled_runs_each_request_alone(mlp: OnnxModel) -> None:
     assert sorted(rec.batches) == [(1, 1), (1, 1), (2, 1), (3, 1)]
     assert sorted(c["input"][0] for c in rec.calls) == [1, 1, 2, 3]
     assert rec.waits == [0.0] * 4
+    for x, got in zip(requests, results):
+        _assert_exact(got, mlp.run({"input": x}))
+
+
+# ---------------------------------------------------------------- only declared versions batch
+
+
+def _coupled(load_tiny, graphs, name: str, max_batch_rows: int = 0) -> OnnxModel:
+    builder, inputs, outputs = COUPLED_MODELS[name]
+    return load_tiny(builder(), inputs, outputs, name=name, max_batch_rows=max_batch_rows)
+
+
+@pytest.mark.parametrize("name", ["reduce_sum", "cumsum"])
+def test_a_model_that_is_not_row_independent_answers_each_request_alone(
+    load_tiny, graphs, name: str
+) -> None:
+    model = _coupled(load_tiny, graphs, name)
+    assert model.batchable is False and model.max_batch_rows == 0
+    requests = [np.full((n, 2), i + 1, np.float32) for i, n in enumerate([1, 3, 2, 1, 4, 2, 1, 3])]
+    batcher, rec = _batcher(model.run, declared=model.max_batch_rows, max_batch_rows=256,
+                            batch_wait_timeout_s=0.01)
+
+    async def main() -> list[Tensors]:
+        return await asyncio.gather(*(batcher.submit({"x": x}, len(x)) for x in requests))
+
+    try:
+        results = _go(main)
+    finally:
+        batcher.close()
+    assert sorted(rec.batches) == sorted((len(x), 1) for x in requests)  # one run per request
+    for x, got in zip(requests, results):
+        _assert_exact(got, model.run({"x": x}))  # exactly its solo answer
+
+
+@pytest.mark.parametrize("name", ["reduce_sum", "cumsum"])
+def test_stacking_such_a_model_would_mix_clients_data(load_tiny, graphs, name: str) -> None:
+    # The control for the test above: were the rows stacked, the answers would be wrong. (Two
+    # one-row requests: reduce_sum's [2] output then even passes for a batch axis of 2 rows.)
+    model = _coupled(load_tiny, graphs, name)
+    requests = [np.full((1, 2), i + 1, np.float32) for i in range(2)]
+    batcher, _ = _batcher(model.run, declared=64, max_batch_rows=64, batch_wait_timeout_s=0.0)
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(
+            *(batcher.submit({"x": x}, len(x)) for x in requests), return_exceptions=True
+        )
+
+    try:
+        results = _go(main)
+    finally:
+        batcher.close()
+    solo = [model.run({"x": x})["y"] for x in requests]
+    assert not all(np.array_equal(got["y"], want) for got, want in zip(results, solo))
+
+
+def test_a_fixed_batch_of_one_is_never_stacked_and_never_fails_first(load_tiny, graphs) -> None:
+    model = _coupled(load_tiny, graphs, "fixed_pair")
+    requests = [np.array([[i, -i]], np.float32) for i in range(8)]
+    batcher, rec = _batcher(model.run, declared=model.max_batch_rows, max_batch_rows=256,
+                            batch_wait_timeout_s=0.01)
+
+    async def main() -> list[Tensors]:
+        return await asyncio.gather(*(batcher.submit({"x": x}, 1) for x in requests))
+
+    try:
+        results = _go(main)
+    finally:
+        batcher.close()
+    assert rec.calls == [{"x": (1, 2)}] * 8  # eight runs of one request: no failed batch first
+    for x, got in zip(requests, results):
+        np.testing.assert_array_equal(got["y"], 3 * x)
+
+
+def test_the_declaration_caps_the_live_setting(mlp: OnnxModel) -> None:
+    requests = _rows(256, [1] * 7, seed=9)
+    batcher, rec = _batcher(mlp.run, declared=3, max_batch_rows=256, batch_wait_timeout_s=0.0)
+    assert batcher.max_rows == 3
+
+    async def main() -> list[Tensors]:
+        return await asyncio.gather(*(batcher.submit({"input": x}, 1) for x in requests))
+
+    try:
+        results = _go(main)
+    finally:
+        batcher.close()
+    assert rec.batches == [(3, 3), (3, 3), (1, 1)]
+    for x, got in zip(requests, results):
+        _assert_exact(got, mlp.run({"input": x}))
+
+
+def test_lowering_the_cap_below_a_queued_request_runs_it_alone(mlp: OnnxModel) -> None:
+    # Queued at a cap of 100, then the cap drops to 2: a 4-row request can no longer join any
+    # batch. It must run alone, not leave the worker looping without ever awaiting (which froze
+    # the replica's event loop: this test would then never reach its timeout).
+    requests = _rows(256, [4, 1, 4], seed=10)
+    batcher, rec = _batcher(mlp.run, max_batch_rows=100, batch_wait_timeout_s=0.0)
+
+    async def main() -> list[Tensors]:
+        tasks = [asyncio.create_task(batcher.submit({"input": x}, len(x))) for x in requests]
+        await asyncio.sleep(0)  # all queued, the worker not started
+        batcher.reconfigure(BatchSettings(max_batch_rows=2, batch_wait_timeout_s=0.0))
+        return await asyncio.gather(*tasks)
+
+    try:
+        results = _go(main)
+    finally:
+        batcher.close()
+    assert rec.batches == [(4, 1), (1, 1), (4, 1)]
     for x, got in zip(requests, results):
         _assert_exact(got, mlp.run({"input": x}))
 

@@ -15,7 +15,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from serving.codecs import decode_request, encode_error, encode_response
+from serving.codecs import (
+    decode_inputs,
+    decode_request,
+    encode_response,
+    parse_header_length,
+    parse_request,
+)
 from serving.protocol import V2_TO_NUMPY, BadRequest, InferenceRequest, RequestedOutput
 
 DATATYPES = sorted(V2_TO_NUMPY)
@@ -147,7 +153,6 @@ def test_json_flat_data() -> None:
     np.testing.assert_array_equal(x, np.array([[1, 2, 3], [4.5, 5, 6]], np.float32))
     assert request.id is None and request.outputs is None
     assert request.binary_output_default is False and request.parameters == {}
-    assert request.rows == 2
 
 
 def test_json_nested_data_equals_flat() -> None:
@@ -418,10 +423,6 @@ def test_encode_response_non_contiguous_output() -> None:
     assert_same(arrays["v"], np.ascontiguousarray(array))
 
 
-def test_encode_error() -> None:
-    assert encode_error("input 'x' is bad") == b'{"error":"input \'x\' is bad"}'
-
-
 # ---------------------------------------------------------------- bad input
 
 
@@ -544,12 +545,43 @@ BAD_REQUESTS: list[tuple[str, bytes, int | None, str]] = [
      "input 'feat_x': binary_data_size must be a non-negative integer"),
     ("trailing bytes", *_binary_one(8, bytes(11)),
      "body has 3 bytes of binary data that no input claims"),
-    ("BYTES truncated prefix", *_binary_one(6, b"\x01\x00\x00\x00a\x00", datatype="BYTES"),
+    ("BYTES truncated prefix", *_binary_one(8, b"\x01\x00\x00\x00a\x00\x00\x00", datatype="BYTES"),
      "input 'feat_x': truncated BYTES length prefix"),
-    ("BYTES element too long", *_binary_one(6, b"\x05\x00\x00\x00ab", datatype="BYTES"),
+    ("BYTES element too long", *_binary_one(8, b"\x05\x00\x00\x00ab\x00\x00", datatype="BYTES"),
      "input 'feat_x': BYTES element runs past its binary_data_size"),
-    ("BYTES binary count", *_binary_one(5, b"\x01\x00\x00\x00a", datatype="BYTES"),
+    ("BYTES binary count", *_binary_one(8, b"\x04\x00\x00\x00abcd", datatype="BYTES"),
      "input 'feat_x': 1 elements given, shape [2] needs 2"),
+    ("BYTES binary too small", *_binary_one(5, b"\x01\x00\x00\x00a", datatype="BYTES"),
+     "input 'feat_x': binary_data_size 5 is too small for 2 BYTES elements"),
+    ("BYTES binary extra element", *_binary_one(10, b"\x01\x00\x00\x00a" * 2, datatype="BYTES", shape=[1]),
+     "input 'feat_x': 5 bytes of binary data left after the 1 BYTES elements that shape [1] holds"),
+    ("BOOL binary 2", *_binary_one(2, b"\x01\x02", datatype="BOOL"),
+     "input 'feat_x': BOOL binary data must be bytes 0 or 1"),
+    ("BOOL binary 255", *_binary_one(2, b"\xff\x00", datatype="BOOL"),
+     "input 'feat_x': BOOL binary data must be bytes 0 or 1"),
+    ("ragged nested BYTES", _one(datatype="BYTES", shape=[2, 2], data=[["a", "b"], ["c"]]), None,
+     "input 'feat_x': 'data' is ragged"),
+    ("ragged nested BYTES, leaf beside a list", _one(datatype="BYTES", shape=[2, 2], data=[["a", "b"], "c"]), None,
+     "input 'feat_x': 'data' is ragged"),
+    ("nested BYTES deeper than the shape", _one(datatype="BYTES", shape=[2, 1], data=[[["a"]], [["b"]]]), None,
+     "input 'feat_x': nested 'data' has shape [2, 1, 1] but the input declares [2, 1]"),
+    ("nested BYTES of another shape", _one(datatype="BYTES", shape=[4], data=[["a", "b"], ["c", "d"]]), None,
+     "input 'feat_x': nested 'data' has shape [2, 2] but the input declares [4]"),
+    ("nested numbers of another shape", _one(shape=[2, 2], data=[[1, 2, 3, 4]]), None,
+     "input 'feat_x': nested 'data' has shape [1, 4] but the input declares [2, 2]"),
+    ("FP32 overflow", _one(data=[1.0, 1e39]), None, "input 'feat_x': value 1e+39 overflows FP32"),
+    ("FP16 overflow", _one(datatype="FP16", data=[1, 70000]), None,
+     "input 'feat_x': value 70000 overflows FP16"),
+    ("FP16 float overflow", _one(datatype="FP16", data=[-1e5, 1.0]), None,
+     "input 'feat_x': value -100000 overflows FP16"),
+    ("request parameters null", orjson.dumps({"parameters": None, "inputs": [{"name": "feat_x", "shape": [1], "datatype": "FP32", "data": [1]}]}),
+     None, "'parameters' must be an object"),
+    ("request parameters false", orjson.dumps({"parameters": False, "inputs": [{"name": "feat_x", "shape": [1], "datatype": "FP32", "data": [1]}]}),
+     None, "'parameters' must be an object"),
+    ("input parameters null", _one(parameters=None), None, "input 'feat_x': 'parameters' must be an object"),
+    ("input parameters empty list", _one(parameters=[]), None, "input 'feat_x': 'parameters' must be an object"),
+    ("unknown request field", orjson.dumps({"input": [], "inputs": [{"name": "feat_x", "shape": [1], "datatype": "FP32", "data": [1]}]}),
+     None, "request has unknown fields ['input']"),
     ("header length past body", b'{"inputs": []}', 15,
      "Inference-Header-Content-Length 15 is outside the body of 14 bytes"),
     ("header length negative", b'{"inputs": []}', -1,
@@ -572,6 +604,12 @@ BAD_OUTPUTS: list[tuple[str, Any, str]] = [
     ("int name", [{"name": 1}], "outputs[0] needs a string 'name'"),
     ("params list", [{"name": "y", "parameters": [True]}], "output 'y': 'parameters' must be an object"),
     ("binary_data int", [{"name": "y", "parameters": {"binary_data": 1}}], "output 'y': binary_data must be a boolean"),
+    ("empty list", [], "'outputs' must not be empty; leave it out to get every output"),
+    ("null", None, "'outputs' must be a list"),
+    ("duplicate", [{"name": "y"}, {"name": "z"}, {"name": "y"}], "output 'y' is requested more than once"),
+    ("params null", [{"name": "y", "parameters": None}], "output 'y': 'parameters' must be an object"),
+    ("params empty list", [{"name": "y", "parameters": []}], "output 'y': 'parameters' must be an object"),
+    ("unknown field", [{"name": "y", "binary_data": True}], "output 'y' has unknown fields ['binary_data']"),
 ]  # fmt: skip
 
 
@@ -596,6 +634,59 @@ def test_bad_outputs(outputs: Any, message: str) -> None:
         decode_request(body)
     assert info.value.status_code == 400
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("raw", ["12a", " 12", "+12", "-1", "1_2", "\u0661\u0662", "", "1e3", "0x10"])
+def test_header_length_must_be_ascii_digits(raw: str) -> None:
+    with pytest.raises(BadRequest, match="is not a decimal integer"):
+        parse_header_length(raw)
+
+
+def test_header_length_digits() -> None:
+    assert parse_header_length("0") == 0 and parse_header_length("0123") == 123
+    assert parse_header_length(None) is None
+
+
+def test_the_header_is_checked_before_any_tensor_data_is_decoded() -> None:
+    # 1 MiB of garbage declared as BYTES: parse_request reads only the JSON header and the sizes,
+    # so a caller can refuse it by its declaration before decode_inputs would walk the bytes.
+    tail = b"\xff" * (1 << 20)
+    header = orjson.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "BYTES",
+                                       "parameters": {"binary_data_size": len(tail)}}]})
+    parsed = parse_request(header + tail, len(header))
+    (declared,) = parsed.inputs
+    assert (declared.name, declared.datatype, declared.shape, declared.binary) == (
+        "x", "BYTES", (1,), True
+    )
+    assert len(declared.data) == len(tail)  # a view of the body, not decoded
+    with pytest.raises(BadRequest, match="BYTES element runs past"):
+        decode_inputs(parsed)
+
+
+def test_bytes_tensors_are_bounded_by_element_count() -> None:
+    body = orjson.dumps({"inputs": [{"name": "s", "shape": [5], "datatype": "BYTES",
+                                     "data": ["a", "b", "c", "d", "e"]}]})
+    parsed = parse_request(body)
+    assert decode_inputs(parsed, max_bytes_elements=5)["s"].shape == (5,)
+    with pytest.raises(BadRequest) as info:
+        decode_inputs(parsed, max_bytes_elements=4)
+    assert info.value.status_code == 413
+    assert str(info.value) == (
+        "input 's' has 5 BYTES elements; this server takes at most 4 per tensor (max_bytes_elements)"
+    )
+
+
+def test_non_finite_outputs_are_refused_as_json_and_sent_as_binary() -> None:
+    y = np.array([1.0, np.nan, np.inf], np.float32)
+    with pytest.raises(BadRequest) as info:
+        encode_response("m", "1", None, [("ok", "FP32", np.ones(2, np.float32), False),
+                                         ("y", "FP32", y, False)])
+    assert str(info.value).startswith("output 'y' holds NaN or Inf, which JSON cannot carry; ask "
+                                      "for it as binary data")
+    assert '"binary_data": true' in str(info.value)
+    body, length = encode_response("m", "1", None, [("y", "FP32", y, True)])
+    _, arrays = parse_response(body, length)
+    assert_same(arrays["y"], y)
 
 
 def test_unknown_datatype_message_lists_the_known_ones() -> None:

@@ -12,9 +12,9 @@ import pytest
 from sklearn.datasets import load_breast_cancer
 from sklearn.model_selection import train_test_split
 
-from serving.examples import REFERENCE_FILE, build_examples
+from vigil.examples import REFERENCE_FILE, build_examples
 from serving.protocol import TensorSpec
-from serving.repository import RepositoryError, scan
+from vigil.repository import RepositoryError, scan
 
 
 @pytest.fixture(scope="module")

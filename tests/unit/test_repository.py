@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from serving.protocol import TensorSpec
-from serving.repository import (
+from vigil.repository import (
     MANIFEST_FILE,
     MODEL_FILE,
     ModelVersion,
@@ -41,12 +41,57 @@ def test_publish_writes_model_and_manifest(tmp_path: Path) -> None:
         "platform": "onnxruntime_onnx",
         "sha256": hashlib.sha256(b"onnx-1").hexdigest(),
         "created": "2024-05-06T07:08:09+00:00",
+        "max_batch_rows": 0,
         "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 3], "allow_non_finite": False}],
         "outputs": [{"name": "y", "datatype": "INT64", "shape": [-1]}],
         "metadata": {"task": "t", "classes": ["a", "b"]},
     }
     assert read_manifest(version.path) == version.manifest
     assert version.read_verified_bytes() == b"onnx-1"
+
+
+def test_batching_is_declared_and_defaults_to_never(tmp_path: Path) -> None:
+    assert _publish(tmp_path, "plain").manifest.max_batch_rows == 0
+    declared = _publish(tmp_path, "rowwise", max_batch_rows=64)
+    assert read_manifest(declared.path).max_batch_rows == 64
+    manifest = yaml.safe_load((declared.path / MANIFEST_FILE).read_text())
+    del manifest["max_batch_rows"]  # a model.yaml written before the field existed
+    (declared.path / MANIFEST_FILE).write_text(yaml.safe_dump(manifest))
+    assert read_manifest(declared.path).max_batch_rows == 0
+
+
+@pytest.mark.parametrize(
+    ("inputs", "outputs", "culprits"),
+    [
+        ((TensorSpec("x", "FP32", (1, 2)),), OUTPUTS, "['x']"),  # fixed first dimension
+        (INPUTS, (TensorSpec("y", "FP32", (2,)),), "['y']"),  # an output without the batch axis
+        ((TensorSpec("s", "FP32", ()),), (TensorSpec("y", "FP32", ()),), "['s', 'y']"),  # scalars
+    ],
+)
+def test_declaring_batching_on_a_signature_that_cannot_batch_is_refused(
+    tmp_path: Path, inputs, outputs, culprits
+) -> None:
+    with pytest.raises(RepositoryError) as info:
+        publish(tmp_path, "m", "1", b"x", inputs, outputs, max_batch_rows=8)
+    assert str(info.value).startswith(f"m/1 declares max_batch_rows 8, but {culprits} have no "
+                                      "dynamic first (batch) dimension")
+    assert not (tmp_path / "m").exists()  # nothing written
+    version = publish(tmp_path, "m", "1", b"x", inputs, outputs)  # undeclared: fine
+    manifest = yaml.safe_load((version.path / MANIFEST_FILE).read_text())
+    manifest["max_batch_rows"] = 8  # declared by hand afterwards: the version refuses to load
+    (version.path / MANIFEST_FILE).write_text(yaml.safe_dump(manifest))
+    with pytest.raises(RepositoryError, match="cannot be stacked; declare max_batch_rows: 0"):
+        scan(tmp_path)
+
+
+@pytest.mark.parametrize("value", [-1, True, "64", 1.5, 10**7])
+def test_max_batch_rows_must_be_a_bounded_integer(tmp_path: Path, value) -> None:
+    version = _publish(tmp_path)
+    manifest = yaml.safe_load((version.path / MANIFEST_FILE).read_text())
+    manifest["max_batch_rows"] = value
+    (version.path / MANIFEST_FILE).write_text(yaml.safe_dump(manifest))
+    with pytest.raises(RepositoryError, match="max_batch_rows must be an integer from 0"):
+        read_manifest(version.path)
 
 
 def test_scan_finds_published_versions(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from serving.protocol import NotFound, TensorSpec
-from serving.repository import publish, scan
+from vigil.repository import publish, scan
 from serving.router import ModelRouter
 
 

@@ -12,7 +12,7 @@ from sklearn.datasets import load_breast_cancer
 
 from serving import runtime
 from serving.protocol import BadRequest, TensorSpec
-from serving.repository import ModelVersion, RepositoryError
+from vigil.repository import ModelVersion, RepositoryError
 from serving.runtime import GpuUnavailable, OnnxModel, select_providers
 from serving.settings import RuntimeSettings
 
@@ -103,9 +103,9 @@ def test_metadata(cancer: OnnxModel) -> None:
     assert cancer.output_names == ["label", "probabilities"]
 
 
-def test_examples_are_batchable(cancer: OnnxModel, mlp: OnnxModel) -> None:
-    assert cancer.batchable is True
-    assert mlp.batchable is True
+def test_examples_declare_batching(cancer: OnnxModel, mlp: OnnxModel) -> None:
+    assert (cancer.batchable, cancer.max_batch_rows) == (True, 1024)
+    assert (mlp.batchable, mlp.max_batch_rows) == (True, 256)
 
 
 # ---------------------------------------------------------------- validation
@@ -166,12 +166,19 @@ def test_non_finite_refused_by_breast_cancer(cancer: OnnxModel, bad: float) -> N
     )
 
 
-def test_fp64_overflowing_fp32_is_refused_by_breast_cancer(cancer: OnnxModel) -> None:
-    x = np.zeros((1, 30), np.float64)
-    x[0, 0] = 1e300  # finite as FP64, Inf once cast to FP32
-    with np.errstate(over="ignore"):
-        message = _fail(cancer, {"input": x})
-    assert "holds NaN or Inf" in message
+@pytest.mark.parametrize("model_name", ["breast_cancer", "mlp"])  # forbids / allows non-finite
+def test_fp64_overflowing_fp32_is_refused_with_that_reason(
+    cancer: OnnxModel, mlp: OnnxModel, model_name: str
+) -> None:
+    model = cancer if model_name == "breast_cancer" else mlp
+    x = np.zeros((2, 30 if model is cancer else 256), np.float64)
+    x[1, 3] = -1e300  # finite as FP64, -Inf once cast to FP32
+    assert _fail(model, {"input": x}) == "input 'input': value -1e+300 overflows FP32"
+    x[1, 3] = np.inf  # Inf sent as Inf is no overflow: the model's own rule decides
+    if model is cancer:
+        assert "holds NaN or Inf" in _fail(model, {"input": x})
+    else:
+        assert np.isinf(model.validate({"input": x})[0]["input"][1, 3])
 
 
 def test_non_finite_allowed_by_mlp(mlp: OnnxModel) -> None:
@@ -205,6 +212,7 @@ def test_inputs_disagreeing_on_rows(load_tiny, graphs) -> None:
         graphs.identity([("a", "FP32", (-1, 2)), ("b", "INT64", (-1,))]),
         (_spec("a", "FP32", (-1, 2)), _spec("b", "INT64", (-1,))),
         (_spec("a_out", "FP32", (-1, 2)), _spec("b_out", "INT64", (-1,))),
+        max_batch_rows=8,
     )
     assert model.batchable is True
     message = _fail(model, {"a": np.zeros((2, 2), np.float32), "b": np.zeros(3, np.int64)})
@@ -220,6 +228,7 @@ def test_small_datatypes_cast_and_run(load_tiny, graphs) -> None:
         graphs.identity(specs),
         tuple(_spec(*s) for s in specs),
         tuple(_spec(f"{n}_out", d, s) for n, d, s in specs),
+        max_batch_rows=8,
     )
     text = np.empty(2, dtype=object)
     text[:] = [b"ab", b"c\xc3\xa9"]
@@ -276,13 +285,13 @@ def test_fixed_first_dim_is_not_batchable(load_tiny, graphs) -> None:
     )
 
 
-def test_one_fixed_output_makes_the_model_not_batchable(load_tiny, graphs) -> None:
-    model = load_tiny(
-        graphs.identity([("x", "FP32", (-1, 3)), ("k", "INT64", (1,))]),
-        (_spec("x", "FP32", (-1, 3)), _spec("k", "INT64", (1,))),
-        (_spec("x_out", "FP32", (-1, 3)), _spec("k_out", "INT64", (1,))),
-    )
-    assert model.batchable is False
+def test_a_rowwise_signature_is_batched_only_when_declared(load_tiny, graphs) -> None:
+    specs = ((_spec("x", "FP32", (-1, 3)),), (_spec("x_out", "FP32", (-1, 3)),))
+    graph = graphs.identity([("x", "FP32", (-1, 3))])
+    undeclared = load_tiny(graph, *specs)
+    assert (undeclared.batchable, undeclared.max_batch_rows) == (False, 0)
+    declared = load_tiny(graph, *specs, version="2", max_batch_rows=32)
+    assert (declared.batchable, declared.max_batch_rows) == (True, 32)
 
 
 @pytest.mark.parametrize(

@@ -30,19 +30,61 @@ def test_full_buffer_drops_the_oldest_rows_and_counts_them():
     buf = SampleBuffer(sample_rate=1.0, max_rows=4, max_requests=100)
     for i in range(4):
         buf.record("m", "1", 0.001, 200, _rows(i * 2, 2), {"y": np.zeros(2)})
+    buf.record("m", "1", 0.001, 200, _rows(8, 1), {"y": np.zeros(1)})  # splits the oldest chunk
     (batch,) = buf.drain()
-    assert batch.inputs["input"].ravel().tolist() == [4, 5, 6, 7]
-    assert batch.dropped_rows == 4
-    assert buf.total_dropped_rows == 4
+    assert batch.inputs["input"].ravel().tolist() == [5, 6, 7, 8]
+    assert batch.dropped_rows == 5
+    assert buf.total_dropped_rows == 5
 
 
-def test_a_request_larger_than_the_buffer_keeps_its_last_rows():
-    buf = SampleBuffer(sample_rate=1.0, max_rows=3, max_requests=10)
-    buf.record("m", "1", 0.001, 200, _rows(0, 5), {"y": np.arange(5)})
+def test_one_request_gives_at_most_max_rows_per_request_rows_sampled_uniformly():
+    buf = SampleBuffer(sample_rate=1.0, max_rows=1000, max_requests=10, max_rows_per_request=100,
+                       seed=7)
+    buf.record("m", "1", 0.001, 200, _rows(0, 100_000), {"y": np.arange(100_000)})
+    buf.record("m", "1", 0.001, 200, _rows(-1, 1), {"y": np.array([-1])})
     (batch,) = buf.drain()
-    assert batch.inputs["input"].ravel().tolist() == [2, 3, 4]
-    assert batch.outputs["y"].tolist() == [2, 3, 4]
-    assert batch.dropped_rows == 2
+    kept = batch.inputs["input"].ravel()
+    assert len(kept) == 101 and kept[-1] == -1  # the small request still gets its row in
+    big = kept[:100]
+    assert (np.diff(big) > 0).all()  # in request order, no row twice
+    assert big.min() < 10_000 and big.max() > 90_000  # from the whole request, not its head
+    np.testing.assert_array_equal(batch.outputs["y"][:100], big)  # inputs and outputs stay paired
+    assert batch.dropped_rows == 0  # not sampled is not dropped
+
+
+def test_rows_are_sampled_one_by_one():
+    buf = SampleBuffer(sample_rate=0.25, max_rows=100_000, max_requests=1000,
+                       max_rows_per_request=1000, seed=5)
+    for i in range(100):  # 100 requests of 40 rows: a per-request coin would keep 0 or 40 each
+        buf.record("m", "1", 0.001, 200, _rows(i * 40, 40), {"y": np.zeros(40)})
+    (batch,) = buf.drain()
+    kept = batch.inputs["input"].ravel().astype(int)
+    assert 850 < len(kept) < 1150
+    per_request = np.bincount(kept // 40, minlength=100)
+    assert ((per_request > 0) & (per_request < 40)).mean() > 0.9
+
+
+def test_kept_rows_are_copies_not_views_of_the_request():
+    buf = SampleBuffer(sample_rate=1.0, max_rows=100, max_requests=10, max_rows_per_request=3)
+    batch_output = np.arange(10.0)  # what a batched run returns; a request gets a view of it
+    small_in, small_out = _rows(0, 2), batch_output[2:4]
+    big_in, big_out = _rows(10, 5), batch_output[4:9]
+    buf.record("m", "1", 0.001, 200, small_in, {"y": small_out})
+    buf.record("m", "1", 0.001, 200, big_in, {"y": big_out})
+    small_in["input"][:] = -1
+    batch_output[:] = -1
+    (batch,) = buf.drain()
+    assert batch.inputs["input"].ravel().tolist()[:2] == [0, 1]
+    assert batch.outputs["y"].tolist()[:2] == [2.0, 3.0] and min(batch.outputs["y"]) >= 2.0
+    assert not np.shares_memory(batch.outputs["y"], batch_output)
+
+
+def test_a_model_without_a_shared_row_axis_sends_facts_only():
+    buf = SampleBuffer(sample_rate=1.0, max_rows=100, max_requests=10)
+    buf.record("m", "1", 0.001, 200, _rows(0, 3), {"sum": np.zeros(1)})  # 3 rows in, 1 out
+    buf.record("m", "1", 0.001, 200, {"x": np.float32(1.0).reshape(())}, {"y": np.zeros(2)})
+    (batch,) = buf.drain()
+    assert batch.inputs == {} and batch.rows == 0 and batch.requests == 2
 
 
 def test_request_facts_are_a_ring_oldest_first():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.cli import main
+from vigil.cli import main
 
 
 class _Monitor(BaseHTTPRequestHandler):

@@ -14,6 +14,7 @@ def test_quantiles_and_ratios_on_known_arrays() -> None:
     status[:5] = 503
     status[5:7] = 0  # no answer at all: counted as an error
     status[7:10] = 404
+    status[10:14] = 499  # cancelled: a kind of its own, not the client's error
     stats = latency_stats(latency, status)
     assert stats.count == 100
     assert stats.p50 == pytest.approx(0.0505)  # linear interpolation between 50 and 51 ms
@@ -22,6 +23,7 @@ def test_quantiles_and_ratios_on_known_arrays() -> None:
     assert stats.mean == pytest.approx(0.0505) and stats.max == 0.1
     assert (stats.errors, stats.error_ratio) == (7, 0.07)
     assert (stats.client_errors, stats.client_error_ratio) == (3, 0.03)
+    assert (stats.cancelled, stats.cancelled_ratio) == (4, 0.04)
 
 
 def test_single_request() -> None:

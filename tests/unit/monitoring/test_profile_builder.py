@@ -9,14 +9,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from monitoring.profile import PROFILE_JSON, PROFILE_NPZ, Profile
-from monitoring.profile_builder import build_version_profile, has_profile
-from serving.cli import main
-from serving.protocol import TensorSpec
+from monitoring.profile import Profile
+from vigil.repository import PROFILE_JSON, PROFILE_NPZ
+from monitoring.profile_builder import build_version_profile
+from vigil.cli import main
+from vigil.profiles import profile_version
+from vigil.tensors import TensorSpec
 
 
 def test_examples_build_the_breast_cancer_profile(example_root: Path) -> None:
-    assert not has_profile(example_root / "mlp" / "1")
+    assert not (example_root / "mlp" / "1" / PROFILE_JSON).exists()
     version_dir = example_root / "breast_cancer" / "1"
     profile = Profile.load(version_dir)
     names = [c.name for c in profile.features]
@@ -39,7 +41,7 @@ def test_rebuilding_gives_the_same_bytes(example_root: Path, tmp_path: Path) -> 
     shutil.copytree(example_root / "breast_cancer" / "1", version_dir)
     for name in (PROFILE_JSON, PROFILE_NPZ):
         (version_dir / name).unlink()
-    build_version_profile(version_dir, version_dir / "reference.parquet", outputs_from_model=True)
+    profile_version(version_dir, version_dir / "reference.parquet", outputs_from_model=True)
     for name in (PROFILE_JSON, PROFILE_NPZ):
         assert (version_dir / name).read_bytes() == (
             example_root / "breast_cancer" / "1" / name
@@ -64,7 +66,7 @@ def test_columns_follow_the_naming_rule_and_outputs_come_from_the_model(two_inpu
     frame.to_csv(data, index=False)
     without = build_version_profile(two_inputs.path, data)
     assert without.names == ("a_0", "a_1", "b") and without.meta["outputs"] == "none"
-    profile = build_version_profile(two_inputs.path, data, outputs_from_model=True)
+    profile = profile_version(two_inputs.path, data, outputs_from_model=True)
     assert profile.names == ("a_0", "a_1", "b", "a_out_0", "a_out_1", "b_out")
     assert profile.column("a_out_1").values.tolist() == [4.0, 5.0, 6.0]
     assert profile.meta["data"] == str(data.resolve())  # outside the version: absolute
@@ -99,6 +101,6 @@ def test_cli_profile_build(two_inputs, tmp_path, capsys) -> None:
     assert "tiny/1: 2 rows, 3 features, outputs ['a_out_0', 'a_out_1', 'b_out'] (model)" in (
         capsys.readouterr().out
     )
-    assert has_profile(two_inputs.path)
+    assert two_inputs.has_profile
     assert main([*args[:5], "2", *args[6:]]) == 1
     assert "no model version tiny/2" in capsys.readouterr().err

@@ -13,7 +13,7 @@ import pytest
 
 from monitoring.service import MonitorService, NotReady, RateLimitedLog, UnknownModel
 from monitoring.settings import MonitorAppSettings, MonitorSettings
-from serving.sampling import SampleBatch
+from vigil.messages import SCHEMA_VERSION, SampleMessage
 
 SETTINGS = MonitorSettings(window={"rows": 100, "seconds": None})
 
@@ -29,15 +29,16 @@ def cancer_rows(example_root: Path) -> np.ndarray:
     return frame.drop(columns=["target"]).to_numpy(np.float32)[:100]
 
 
-def _batch(model: str, inputs: dict, outputs: dict, n_requests: int = 1, **extra) -> dict:
-    return {
+def _batch(model: str, inputs: dict, outputs: dict, n_requests: int = 1, **extra) -> SampleMessage:
+    fields = {
         "model": model, "version": "1", "inputs": inputs, "outputs": outputs,
         "latency_s": np.full(n_requests, 0.02), "status": np.full(n_requests, 200, np.int16),
         "dropped_rows": 0, "dropped_requests": 0, **extra,
     }
+    return SampleMessage(**fields)
 
 
-def _cancer(x: np.ndarray, **extra) -> dict:
+def _cancer(x: np.ndarray, **extra) -> SampleMessage:
     outputs = {"label": np.ones(len(x), np.int64), "probabilities": np.full((len(x), 2), 0.5, np.float32)}
     return _batch("breast_cancer", {"input": x}, outputs, **extra)
 
@@ -63,30 +64,56 @@ def test_rows_are_split_into_profile_columns_and_evaluated(service, cancer_rows)
     assert snap.rows_dropped == {"replica": 4}
 
 
-def test_a_sample_batch_dataclass_is_accepted(service, cancer_rows) -> None:
-    batch = SampleBatch(**_cancer(cancer_rows[:10]))
-    assert service.ingest([batch], now=1.0) == []
-    assert service.state("breast_cancer").window.rows == 10
-
-
 def test_batches_that_do_not_fit_are_dropped_and_counted(service, cancer_rows, caplog) -> None:
     caplog.set_level(logging.WARNING, "vigil.monitor")
     service.ingest([
         _batch("nope", {"input": cancer_rows[:5]}, {}, n_requests=2),
         _cancer(cancer_rows[:7, :29]),  # one feature short
         _batch("breast_cancer", {"x": cancer_rows[:3]}, {}),  # wrong tensor name
-        {**_cancer(cancer_rows[:2]), "status": np.array([200, 200])},  # 1 latency, 2 statuses
     ], now=1.0)
     unknown = service.unknown
-    assert (unknown.rows_dropped["schema"], unknown.requests_dropped["schema"]) == (5, 2)
+    assert (unknown.rows_dropped["unknown_version"], unknown.requests_dropped["unknown_version"]) \
+        == (5, 2)
     cancer = service.state("breast_cancer")
-    assert cancer.rows_dropped["schema"] == 12 and cancer.requests_dropped["schema"] == 1
-    assert cancer.window.rows == 0 and cancer.window.requests == 2  # facts of well-formed ones
+    assert cancer.rows_dropped["schema"] == 10 and cancer.requests_dropped["schema"] == 0
+    assert cancer.window.rows == 0 and cancer.window.requests == 2  # their facts still count
     messages = [r.getMessage() for r in caplog.records]
-    assert "dropped 5 sampled rows and 2 requests for nope/1: no such model version in the " \
-        "monitored repository" in messages
+    assert "dropped samples of nope/1 (5 sampled rows, 2 requests): no such model version in " \
+        "the monitored repository" in messages
     assert any("tensor 'input' has width 29, expected 30" in m for m in messages)
     assert service.snapshots()[-1].model == "_unknown"
+
+
+@pytest.mark.parametrize(
+    ("message", "kind", "why"),
+    [
+        (None, "not_a_message", "expected a SampleMessage, got dict"),
+        (dict(schema_version=SCHEMA_VERSION + 1), "schema_version", "schema version 2; this "
+         "monitor reads 1"),
+        (dict(status=np.array([200, 200])), "malformed", "1 latencies but 2 status codes"),
+        (dict(status=np.array([200.0])), "malformed", "status must be a 1-D integer array"),
+        (dict(latency_s=np.array([-1.0])), "malformed", "negative latencies"),
+        (dict(model=""), "malformed", "model must be a non-empty string"),
+        (dict(dropped_rows=-3), "malformed", "dropped_rows must be a non-negative integer"),
+        (dict(inputs={"input": np.zeros((3, 30))}, outputs={"label": np.zeros(2)}), "malformed",
+         "tensors disagree on the number of rows: [2, 3]"),
+    ],
+)
+def test_unreadable_messages_are_dropped_with_their_reason(
+    service, cancer_rows, caplog, message, kind, why
+) -> None:
+    caplog.set_level(logging.WARNING, "vigil.monitor")
+    if message is None:  # the plain dict an older replica would have sent
+        raw = {"model": "breast_cancer", "version": "1", "inputs": {}, "outputs": {}}
+    else:
+        base = _cancer(cancer_rows[:4])
+        raw = SampleMessage(**{**{f: getattr(base, f) for f in base.__slots__}, **message})
+    good = _cancer(cancer_rows[:6])
+    assert service.ingest([raw, good], now=1.0) == []
+    assert service.state("breast_cancer").window.rows == 6  # the message after it still counts
+    snap = service.snapshots()[-1]
+    assert snap.model == "_unknown" and snap.messages_dropped == {kind: 1}
+    assert any(why in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
 
 
 def test_without_profile_rows_count_and_latency_is_kept(service) -> None:

@@ -78,12 +78,12 @@ def test_buffer_rows_caps_a_time_only_window(profile) -> None:
 
 def test_latency_and_errors_of_a_window_are_exact(profile) -> None:
     window = TumblingWindow(profile, _settings(rows=1), now=0.0)
-    latency = np.array([0.1, 0.2, 0.3, 0.4])
-    (closed,) = window.add(_rows(0, 1), 1, latency, np.array([200, 500, 404, 0]), now=0.0)
+    latency = np.array([0.1, 0.2, 0.3, 0.4, 0.25])
+    (closed,) = window.add(_rows(0, 1), 1, latency, np.array([200, 500, 404, 0, 499]), now=0.0)
     stats = closed.latency
-    assert (stats.count, stats.errors, stats.client_errors) == (4, 2, 1)
-    assert (stats.error_ratio, stats.client_error_ratio) == (0.5, 0.25)
-    assert stats.p50 == pytest.approx(0.25) and stats.p99 == pytest.approx(0.397)
+    assert (stats.count, stats.errors, stats.client_errors, stats.cancelled) == (5, 2, 1, 1)
+    assert (stats.error_ratio, stats.client_error_ratio, stats.cancelled_ratio) == (0.4, 0.2, 0.2)
+    assert stats.p50 == pytest.approx(0.25) and stats.p99 == pytest.approx(0.396)
     assert (stats.mean, stats.max) == (pytest.approx(0.25), 0.4)
 
 

@@ -11,9 +11,13 @@ from typing import Any
 
 import yaml
 
-from serving.protocol import V2_TO_NUMPY, TensorSpec
+from vigil.tensors import V2_TO_NUMPY, TensorSpec
 
 MODEL_FILE = "model.onnx"
+# A version folder may also hold its reference profile (written by monitoring.profile).
+PROFILE_JSON = "profile.json"
+PROFILE_NPZ = "profile.npz"
+MAX_BATCH_ROWS = 1_000_000
 MANIFEST_FILE = "model.yaml"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -34,6 +38,20 @@ class VersionManifest:
     created: str
     platform: str = "onnxruntime_onnx"
     metadata: dict[str, Any] = field(default_factory=dict)
+    # Most rows of several requests that may run together (Triton's max_batch_size). 0: the
+    # model is never stacked with another request, because nothing says its rows are
+    # independent (a sum or cumulative sum over the batch axis would mix clients' data).
+    max_batch_rows: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_batch_rows:
+            unbatchable = [s.name for s in (*self.inputs, *self.outputs) if not s.has_batch_axis]
+            if unbatchable:
+                raise RepositoryError(
+                    f"{self.name}/{self.version} declares max_batch_rows {self.max_batch_rows}, but "
+                    f"{unbatchable} have no dynamic first (batch) dimension: rows of several "
+                    "requests cannot be stacked; declare max_batch_rows: 0"
+                )
 
     def to_yaml(self) -> str:
         doc = {
@@ -42,6 +60,7 @@ class VersionManifest:
             "platform": self.platform,
             "sha256": self.sha256,
             "created": self.created,
+            "max_batch_rows": self.max_batch_rows,
             "inputs": [_spec_to_dict(s) for s in self.inputs],
             "outputs": [_spec_to_dict(s) for s in self.outputs],
             "metadata": self.metadata,
@@ -59,6 +78,11 @@ class ModelVersion:
     @property
     def model_file(self) -> Path:
         return self.path / MODEL_FILE
+
+    @property
+    def has_profile(self) -> bool:
+        """Whether a reference profile for drift monitoring sits beside the model."""
+        return (self.path / PROFILE_JSON).exists()
 
     def read_verified_bytes(self) -> bytes:
         """The ONNX file's bytes, refused if they do not hash to the recorded sha256."""
@@ -111,6 +135,15 @@ def read_manifest(version_dir: Path) -> VersionManifest:
     for key in ("inputs", "outputs"):
         if key in doc and not isinstance(doc[key], list):
             raise RepositoryError(f"{path}: '{key}' must be a list")
+    max_batch_rows = doc.get("max_batch_rows", 0)
+    if (
+        not isinstance(max_batch_rows, int)
+        or isinstance(max_batch_rows, bool)
+        or not 0 <= max_batch_rows <= MAX_BATCH_ROWS
+    ):
+        raise RepositoryError(
+            f"{path}: max_batch_rows must be an integer from 0 (never batched) to {MAX_BATCH_ROWS}"
+        )
     try:
         return VersionManifest(
             name=str(doc["name"]),
@@ -121,6 +154,7 @@ def read_manifest(version_dir: Path) -> VersionManifest:
             inputs=tuple(_spec_from_dict(s, f"{path} inputs") for s in doc["inputs"]),
             outputs=tuple(_spec_from_dict(s, f"{path} outputs") for s in doc["outputs"]),
             metadata=dict(doc.get("metadata") or {}),
+            max_batch_rows=max_batch_rows,
         )
     except KeyError as exc:
         raise RepositoryError(f"{path}: missing field {exc}") from exc
@@ -169,6 +203,7 @@ def publish(
     outputs: tuple[TensorSpec, ...],
     metadata: dict[str, Any] | None = None,
     created: datetime | None = None,
+    max_batch_rows: int = 0,
 ) -> ModelVersion:
     """Write a new version. Versions are immutable: an existing one with other bytes is refused."""
     for label in (name, version):
@@ -181,9 +216,7 @@ def publish(
         if existing.sha256 != sha:
             raise RepositoryError(f"{name}/{version} already exists with other contents")
         return ModelVersion(version_dir, existing)
-    version_dir.mkdir(parents=True, exist_ok=True)
-    (version_dir / MODEL_FILE).write_bytes(onnx_bytes)
-    manifest = VersionManifest(
+    manifest = VersionManifest(  # checked before anything is written
         name=name,
         version=version,
         sha256=sha,
@@ -191,7 +224,10 @@ def publish(
         outputs=outputs,
         created=(created or datetime.now(UTC)).isoformat(timespec="seconds"),
         metadata=metadata or {},
+        max_batch_rows=max_batch_rows,
     )
+    version_dir.mkdir(parents=True, exist_ok=True)
+    (version_dir / MODEL_FILE).write_bytes(onnx_bytes)
     # The manifest is written last: a version without one is not visible to scan().
     tmp = version_dir / (MANIFEST_FILE + ".tmp")
     tmp.write_text(manifest.to_yaml())

@@ -10,8 +10,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from serving.protocol import TensorSpec
-from serving.repository import MANIFEST_FILE, ModelVersion, publish, read_manifest
+from vigil.profiles import profile_version
+from vigil.repository import MANIFEST_FILE, ModelVersion, publish, read_manifest
+from vigil.tensors import TensorSpec
 
 VERSION = "1"
 REFERENCE_FILE = "reference.parquet"
@@ -21,6 +22,10 @@ OPSET = 17
 ML_OPSET = 3
 IR_VERSION = 8
 PRODUCER = "vigil.examples"
+# Both examples are row-wise (each output row depends only on its input row), so they declare
+# batching; the deployment's user_config.max_batch_rows caps it further at run time.
+BREAST_CANCER_MAX_BATCH_ROWS = 1024
+MLP_MAX_BATCH_ROWS = 256
 
 BREAST_CANCER_INPUTS = (TensorSpec("input", "FP32", (-1, 30), allow_non_finite=False),)
 BREAST_CANCER_OUTPUTS = (
@@ -50,11 +55,9 @@ def build_examples(
 def _reference_profile(version: ModelVersion, progress: bool | None) -> None:
     """profile.json + profile.npz beside the version, from its reference.parquet (the `target`
     column is not an input, so it is left out) with the outputs the model gives on it."""
-    from monitoring.profile_builder import build_version_profile, has_profile
-
-    if has_profile(version.path):
+    if version.has_profile:
         return
-    build_version_profile(
+    profile_version(
         version.path, version.path / REFERENCE_FILE, outputs_from_model=True, progress=progress
     )
 
@@ -125,6 +128,7 @@ def _breast_cancer(root: Path, force: bool) -> ModelVersion:
             "test_accuracy": accuracy,
             "source": "sklearn.datasets.load_breast_cancer",
         },
+        max_batch_rows=BREAST_CANCER_MAX_BATCH_ROWS,
     )
     frame = pd.DataFrame(x_train, columns=features)
     frame["target"] = y_train
@@ -179,6 +183,7 @@ def _mlp(root: Path, force: bool) -> ModelVersion:
         MLP_INPUTS,
         MLP_OUTPUTS,
         metadata={"task": "synthetic throughput benchmark", "hidden_layers": list(MLP_HIDDEN)},
+        max_batch_rows=MLP_MAX_BATCH_ROWS,
     )
 
 

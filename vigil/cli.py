@@ -8,23 +8,22 @@ from pathlib import Path
 
 
 def _examples_build(args: argparse.Namespace) -> int:
-    from monitoring.profile_builder import has_profile
-    from serving.examples import build_examples
+    from vigil.examples import build_examples
 
     for version in build_examples(Path(args.models_dir), force=args.force, progress=args.progress):
         m = version.manifest
-        profile = "profile" if has_profile(version.path) else "no profile"
+        profile = "profile" if version.has_profile else "no profile"
         print(f"{m.name}/{m.version}  sha256={m.sha256[:12]}  {profile}  {version.path}")
     return 0
 
 
 def _profile_build(args: argparse.Namespace) -> int:
-    from monitoring.profile_builder import build_version_profile
+    from vigil.profiles import profile_version
 
     version_dir = Path(args.models_dir) / args.model / args.version
     if not version_dir.is_dir():
         raise FileNotFoundError(f"no model version {args.model}/{args.version} in {args.models_dir}")
-    profile = build_version_profile(
+    profile = profile_version(
         version_dir, Path(args.data), outputs_from_model=args.outputs_from_model,
         progress=args.progress,
     )
@@ -64,13 +63,58 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _models_list(args: argparse.Namespace) -> int:
-    from serving.repository import scan
+    from vigil.repository import scan
 
     for name, versions in scan(Path(args.models_dir)).items():
         for version in versions:
             m = version.manifest
             sig = ", ".join(f"{s.name}:{s.datatype}{list(s.shape)}" for s in m.inputs)
             print(f"{name}/{m.version}  inputs: {sig}  sha256={m.sha256[:12]}")
+    return 0
+
+
+def _tokens_file(args: argparse.Namespace) -> Path:
+    """--file, else VIGIL_TOKENS_FILE (read by the serving settings), else tokens.yaml beside
+    the model repository: the same file the running apps use."""
+    from serving.settings import ServerSettings
+    from vigil.web import tokens_path
+
+    if args.file:
+        return Path(args.file)
+    settings = ServerSettings(model_repository=Path(args.models_dir))
+    return tokens_path(settings.tokens_file, settings.model_repository)
+
+
+def _tokens_create(args: argparse.Namespace) -> int:
+    from vigil.tokens import create_token, parse_scopes
+
+    path = _tokens_file(args)
+    token = create_token(path, args.name, parse_scopes(args.scopes))
+    print(f"created token {args.name!r} with scopes {args.scopes} in {path} (only its SHA-256 is "
+          "stored); it is shown once, here:")
+    print(token)
+    return 0
+
+
+def _tokens_list(args: argparse.Namespace) -> int:
+    from vigil.tokens import read_tokens
+
+    path = _tokens_file(args)
+    records = read_tokens(path) if path.exists() else []
+    if not records:
+        print(f"no tokens in {path}")
+    for r in records:
+        print(f"{r.name}  scopes={','.join(sorted(r.scopes))}  created={r.created}  "
+              f"sha256={r.sha256[:12]}")
+    return 0
+
+
+def _tokens_revoke(args: argparse.Namespace) -> int:
+    from vigil.tokens import revoke_token
+
+    path = _tokens_file(args)
+    revoke_token(path, args.name)
+    print(f"revoked token {args.name!r} in {path}; running servers refuse it within a second")
     return 0
 
 
@@ -108,6 +152,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _progress_flag(pbuild)
     pbuild.set_defaults(func=_profile_build)
+
+    tokens = commands.add_parser("tokens", help="scoped bearer tokens (infer, monitor, admin)")
+    tokens_cmd = tokens.add_subparsers(dest="tokens_command", required=True)
+    create = tokens_cmd.add_parser("create", help="create a token; it is printed once, last")
+    create.add_argument("name", help="a name for the token (letters, digits, '.', '_', '-')")
+    create.add_argument("--scopes", required=True,
+                        help="comma-separated: infer (inference, metadata, readiness), monitor "
+                        "(/monitor, /v2/vigil), admin (model operations)")
+    listing_tokens = tokens_cmd.add_parser("list", help="list token names and scopes")
+    revoke = tokens_cmd.add_parser("revoke", help="revoke a token by name")
+    revoke.add_argument("name")
+    for sub, func in ((create, _tokens_create), (listing_tokens, _tokens_list),
+                      (revoke, _tokens_revoke)):
+        sub.add_argument("--file", default=None,
+                         help="tokens file (default: VIGIL_TOKENS_FILE, else tokens.yaml beside "
+                         "the model repository)")
+        sub.add_argument("--models-dir", default="models", help="model repository (default: models)")
+        sub.set_defaults(func=func)
 
     report = commands.add_parser("report", help="fetch the monitor's HTML drift report")
     report.add_argument("--model", required=True)

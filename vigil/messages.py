@@ -1,0 +1,125 @@
+"""The replica-to-monitor message: one typed, versioned schema that both ends import.
+
+A serving replica builds a ``SampleMessage`` per model version at each flush and hands a list of
+them to the Monitor deployment (Ray pickles them on the way). The monitor reads a message only
+through ``read_message``, which says why it cannot when it cannot, so nothing malformed is
+silently relabelled. Bump ``SCHEMA_VERSION`` on any change of fields or meaning; a monitor drops
+(and counts) messages of a version it does not read rather than misreading them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+Tensors = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True, slots=True)
+class SampleMessage:
+    """One replica's sampled rows and request facts for one model version since its last flush.
+
+    ``inputs`` and ``outputs`` hold the sampled rows stacked along axis 0 (copies, never views of
+    a request's arrays); ``latency_s`` (float64 seconds) and ``status`` (HTTP status, 499 for a
+    request cancelled before it was answered) have one entry per request, sampled or not."""
+
+    model: str
+    version: str
+    inputs: Tensors
+    outputs: Tensors
+    latency_s: np.ndarray
+    status: np.ndarray
+    dropped_rows: int = 0  # sampled rows the replica dropped since its last flush (buffer full)
+    dropped_requests: int = 0  # request facts the replica dropped (buffer full)
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def rows(self) -> int:
+        """Sampled rows carried (0 for facts only)."""
+        for array in (*self.inputs.values(), *self.outputs.values()):
+            return int(array.shape[0]) if array.ndim else 0
+        return 0
+
+    @property
+    def requests(self) -> int:
+        return int(self.latency_s.size)
+
+
+class UnreadableMessage(ValueError):
+    """A message the monitor cannot read. ``reason`` is a short label for metrics (one of
+    REASONS); the message text says what exactly was wrong."""
+
+    REASONS = ("not_a_message", "schema_version", "malformed")
+
+    def __init__(self, reason: str, detail: str, rows: int = 0, requests: int = 0) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.rows = rows  # what the message claimed to carry, for the drop counters
+        self.requests = requests
+
+
+def read_message(raw: Any) -> SampleMessage:
+    """The message, checked field by field; UnreadableMessage says why it cannot be read."""
+    if not isinstance(raw, SampleMessage):
+        raise UnreadableMessage("not_a_message", f"expected a SampleMessage, got {type(raw).__name__}")
+    rows, requests = _claimed_size(raw)
+    if raw.schema_version != SCHEMA_VERSION:
+        raise UnreadableMessage(
+            "schema_version",
+            f"schema version {raw.schema_version!r}; this monitor reads {SCHEMA_VERSION}",
+            rows, requests,
+        )
+    problem = _problem(raw)
+    if problem is not None:
+        raise UnreadableMessage("malformed", problem, rows, requests)
+    return raw
+
+
+def _problem(m: SampleMessage) -> str | None:
+    for field in ("model", "version"):
+        value = getattr(m, field)
+        if not isinstance(value, str) or not value:
+            return f"{field} must be a non-empty string, got {value!r}"
+    for field in ("dropped_rows", "dropped_requests"):
+        value = getattr(m, field)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            return f"{field} must be a non-negative integer, got {value!r}"
+    if not isinstance(m.latency_s, np.ndarray) or m.latency_s.ndim != 1 or m.latency_s.dtype.kind != "f":
+        return "latency_s must be a 1-D float array"
+    if not isinstance(m.status, np.ndarray) or m.status.ndim != 1 or m.status.dtype.kind not in "iu":
+        return "status must be a 1-D integer array"
+    if m.latency_s.size != m.status.size:
+        return f"{m.latency_s.size} latencies but {m.status.size} status codes"
+    if np.any(m.latency_s < 0):
+        return "negative latencies"
+    rows: set[int] = set()
+    for field in ("inputs", "outputs"):
+        tensors = getattr(m, field)
+        if not isinstance(tensors, Mapping):
+            return f"{field} must be a mapping of name to array"
+        for name, array in tensors.items():
+            if not isinstance(name, str) or not isinstance(array, np.ndarray) or array.ndim < 1:
+                return f"{field}[{name!r}] must be an array with a row axis"
+            rows.add(int(array.shape[0]))
+    if len(rows) > 1:
+        return f"tensors disagree on the number of rows: {sorted(rows)}"
+    return None
+
+
+def _claimed_size(m: SampleMessage) -> tuple[int, int]:
+    """Rows and requests a message says it carries, read defensively (for drop counters)."""
+    try:
+        requests = int(np.size(m.latency_s))
+    except Exception:  # noqa: BLE001 - whatever it holds, the message is dropped
+        requests = 0
+    try:
+        rows = max((int(np.shape(a)[0]) for a in (*m.inputs.values(), *m.outputs.values())
+                    if np.ndim(a)), default=0)
+    except Exception:  # noqa: BLE001
+        rows = 0
+    return rows, requests

@@ -1,0 +1,181 @@
+"""The web edge both Serve apps share: JSON and error responses, and the bearer-token guard.
+
+Both apps answer errors as ``{"error": "..."}``. The guard is plain ASGI middleware in front of
+an app's routes, so it runs in the replica itself: the replica ports that HAProxy leaves open on
+every interface are covered as well as the front door.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from vigil.tokens import Decision, TokenVerifier, default_tokens_file
+
+logger = logging.getLogger("vigil.web")
+
+JSON = "application/json"
+ScopeRule = Callable[[str], str | None]  # path inside the app -> scope it needs; "" when open
+OPEN = ""  # what a ScopeRule returns for a route anyone may call (health probes)
+
+
+def json_response(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(doc), status_code=status, media_type=JSON, headers=headers)
+
+
+def error_body(message: str) -> bytes:
+    return orjson.dumps({"error": message})
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(error_body(message), status_code=status, media_type=JSON, headers=headers)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404 and 405 as {"error"} bodies."""
+    assert isinstance(exc, HTTPException)
+    message = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed here"}
+    return error_response(exc.status_code, message.get(exc.status_code, str(exc.detail)))
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class AuthConfigError(RuntimeError):
+    """The replica must not start with this auth configuration."""
+
+
+def open_access_check(auth: str, verifier: TokenVerifier, http_host: str | None) -> None:
+    """Refuse to start an open server on a non-loopback host (no tokens file and no explicit
+    `auth: none`); warn when the config opts out of auth."""
+    if auth == "none":
+        logger.warning(
+            "auth: none -- every route is open to anyone who can reach this server (HTTP host %s)",
+            http_host,
+        )
+        return
+    if verifier.enabled or http_host is None or is_loopback(http_host):
+        return
+    raise AuthConfigError(
+        f"HTTP host {http_host} is not loopback and there is no tokens file ({verifier.path}): "
+        "create one with `vigil tokens create NAME --scopes infer`, point VIGIL_TOKENS_FILE or "
+        "the app's tokens_file at it, or set `auth: none` in the app's args to serve openly"
+    )
+
+
+def serve_http_host() -> str | None:
+    """The host Ray Serve's HTTP ingress binds (http_options.host), asked of Serve's controller;
+    None outside a Serve replica."""
+    import ray
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    try:
+        controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+        return str(ray.get(controller.get_http_config.remote(), timeout=30).host)
+    except Exception:  # noqa: BLE001 - not inside Serve: nothing to compare with
+        logger.warning("could not ask Serve's controller for its HTTP host", exc_info=True)
+        return None
+
+
+def node_addresses() -> frozenset[str]:
+    """This node's address as Ray knows it (HAProxy on this node connects from it); empty
+    outside Ray, where loopback alone is local."""
+    from ray.util import get_node_ip_address
+
+    try:
+        return frozenset({get_node_ip_address()})
+    except Exception:  # noqa: BLE001 - not in a Ray process
+        return frozenset()
+
+
+class BearerGuard:
+    """ASGI middleware: each HTTP request needs a token with the scope its path requires.
+
+    Without a tokens file (and auth not 'none'), the server is open only to its own host: a
+    request from another address is refused, so a replica port reachable from the network does
+    not serve strangers. With `auth` 'none', nothing is checked. 401 answers carry
+    `WWW-Authenticate: Bearer`; tokens are never logged or echoed."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        verifier: TokenVerifier,
+        scope_for: ScopeRule,
+        auth: str = "tokens",
+        local_hosts: frozenset[str] = frozenset(),
+        on_reject: Callable[[int, str | None], None] | None = None,
+    ) -> None:
+        self.app = app
+        self.verifier = verifier
+        self.scope_for = scope_for
+        self.auth = auth
+        self.local_hosts = local_hosts  # this node's own addresses (HAProxy connects from them)
+        self.on_reject = on_reject
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.auth == "none":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root):] or "/"
+        needed = self.scope_for(path)
+        if needed == OPEN:
+            await self.app(scope, receive, send)
+            return
+        if self.verifier.enabled:
+            decision = self.verifier.check(_header(scope, b"authorization"), needed)
+        elif self._local(scope):
+            decision = Decision(True)
+        else:
+            decision = Decision(
+                False, 403, "this server has no tokens file and serves only its own host; "
+                "ask its operator for a token",
+            )
+        if decision.allowed:
+            await self.app(scope, receive, send)
+            return
+        if self.on_reject is not None:
+            self.on_reject(decision.status, needed)
+        headers = {}
+        if decision.status == 401:
+            headers["WWW-Authenticate"] = 'Bearer realm="vigil"'
+        elif decision.token_name is not None:  # a valid token without the scope (RFC 6750)
+            headers["WWW-Authenticate"] = (
+                f'Bearer realm="vigil", error="insufficient_scope", scope="{needed}"'
+            )
+        await error_response(decision.status, decision.message, headers)(scope, receive, send)
+
+    def _local(self, scope: Scope) -> bool:
+        client = scope.get("client")
+        host = client[0] if client else None
+        return host is not None and (is_loopback(host) or host in self.local_hosts)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+def tokens_path(configured: Path | None, model_repository: Path) -> Path:
+    """The tokens file an app uses: the configured one, else tokens.yaml beside the repository."""
+    return Path(configured).expanduser() if configured else default_tokens_file(model_repository)
