@@ -6,6 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
 
 def _examples_build(args: argparse.Namespace) -> int:
     from vigil.examples import build_examples
@@ -45,8 +48,9 @@ def _report(args: argparse.Namespace) -> int:
     query = f"?{urllib.parse.urlencode({'version': args.version})}" if args.version else ""
     model = urllib.parse.quote(args.model, safe="")
     url = f"{args.monitor_url.rstrip('/')}/monitor/v1/models/{model}/report{query}"
+    request = urllib.request.Request(url, headers=_client_auth())
     try:
-        with urllib.request.urlopen(url, timeout=args.timeout) as response:
+        with urllib.request.urlopen(request, timeout=args.timeout) as response:
             body = response.read()
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode(errors="replace")
@@ -60,6 +64,21 @@ def _report(args: argparse.Namespace) -> int:
     out.write_bytes(body)
     print(f"wrote {len(body)} bytes to {out}")
     return 0
+
+
+class ClientSettings(BaseSettings):
+    """What the CLI needs from the environment to call a running server."""
+
+    model_config = SettingsConfigDict(env_prefix="VIGIL_", extra="ignore")
+
+    token: SecretStr | None = Field(
+        default=None, description="Bearer token sent to the server (VIGIL_TOKEN)."
+    )
+
+
+def _client_auth() -> dict[str, str]:
+    token = ClientSettings().token
+    return {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
 
 
 def _models_list(args: argparse.Namespace) -> int:
@@ -175,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--model", required=True)
     report.add_argument("--version", default=None, help="default: the newest")
     report.add_argument("--out", required=True, help="HTML file to write")
-    report.add_argument("--monitor-url", default="http://127.0.0.1:8000")
+    report.add_argument("--monitor-url", default="http://127.0.0.1:8000",
+                        help="where the server runs; its bearer token comes from VIGIL_TOKEN")
     report.add_argument("--timeout", type=float, default=120.0, help="seconds (default: 120)")
     report.set_defaults(func=_report)
     return parser

@@ -1,5 +1,10 @@
 """One real Ray instance per test session, with configs/serve.yaml deployed through Serve's REST
-API (what `serve deploy` does), on 127.0.0.1 only."""
+API (what `serve deploy` does), on 127.0.0.1 only.
+
+The repository holds the two examples plus the test models of tests/graphs.py (models that must
+never be batched, and one that runs as long as asked). Auth is on, as in production: a tokens
+file beside the repository holds a token with every scope, created by `vigil tokens create`;
+`vigil.auth` is its Authorization header."""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import copy
 import os
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +35,21 @@ class VigilCluster:
     config: dict[str, Any]
     models_dir: Path
     metrics_port: int
+    token: str
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    @property
+    def tokens_file(self) -> Path:
+        return self.models_dir.parent / "tokens.yaml"
+
+    def get(self, path: str, headers: dict[str, str] | None = None, **kwargs: Any) -> httpx.Response:
+        """GET with the all-scopes token."""
+        kwargs.setdefault("timeout", 30)
+        return httpx.get(f"{self.base_url}{path}", headers={**self.auth, **(headers or {})},
+                         **kwargs)
 
     def deploy(self, config: dict[str, Any]) -> None:
         """Submit a Serve config exactly as `serve deploy` does."""
@@ -51,7 +72,7 @@ class VigilCluster:
         return {a.actor_id for a in actors}
 
     def serving(self) -> bool:
-        return httpx.get(f"{self.base_url}/v2/models/mlp/ready", timeout=2).status_code == 200
+        return self.get("/v2/models/mlp/ready", timeout=2).status_code == 200
 
     def with_user_config(self, **changes: Any) -> dict[str, Any]:
         config = copy.deepcopy(self.config)
@@ -93,6 +114,8 @@ def vigil(tmp_path_factory) -> VigilCluster:
 
     models_dir = tmp_path_factory.mktemp("models")
     build_examples(models_dir)
+    publish_test_models(models_dir)
+    token = create_token("tests", "infer,monitor,admin", models_dir)
 
     dashboard_port = _free_port()
     metrics_port = _free_port()
@@ -118,6 +141,7 @@ def vigil(tmp_path_factory) -> VigilCluster:
         config=config,
         models_dir=models_dir,
         metrics_port=metrics_port,
+        token=token,
     )
     try:
         wait_for(lambda: cluster.deploy(config) or True, 60, "dashboard accepting deploys", 1.0)
@@ -134,5 +158,25 @@ def vigil(tmp_path_factory) -> VigilCluster:
 
 @pytest.fixture
 def client(vigil: VigilCluster):
-    with httpx.Client(base_url=vigil.base_url, timeout=30) as c:
+    """An HTTP client carrying the all-scopes token."""
+    with httpx.Client(base_url=vigil.base_url, timeout=30, headers=vigil.auth) as c:
         yield c
+
+
+def publish_test_models(models_dir: Path) -> None:
+    """The models no version may batch, and the slow one (tests/graphs.py), undeclared."""
+    from tests.graphs import COUPLED_MODELS, SLOW_MODEL
+    from vigil.repository import publish
+
+    for name, (builder, inputs, outputs) in {**COUPLED_MODELS, "slow": SLOW_MODEL}.items():
+        publish(models_dir, name, "1", builder().SerializeToString(), inputs, outputs)
+
+
+def create_token(name: str, scopes: str, models_dir: Path) -> str:
+    """`vigil tokens create` as a user runs it; the token is the last line it prints."""
+    out = subprocess.run(
+        [str(Path(sys.executable).with_name("vigil")), "tokens", "create", name,
+         "--scopes", scopes, "--models-dir", str(models_dir)],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    return out.strip().splitlines()[-1]

@@ -12,11 +12,11 @@ import pytest
 from tests.integration.conftest import wait_for
 
 
-def _replica_states(base_url: str, samples: int = 40) -> dict[str, dict]:
+def _replica_states(vigil, samples: int = 40) -> dict[str, dict]:
     """Which replicas answered and with what batching knobs (HAProxy spreads the requests)."""
     seen: dict[str, dict] = {}
     for _ in range(samples):  # a new connection each time, so HAProxy may pick another replica
-        doc = httpx.get(f"{base_url}/v2/vigil/batching", headers={"connection": "close"}).json()
+        doc = vigil.get("/v2/vigil/batching", headers={"connection": "close"}).json()
         seen[doc["replica"]] = doc["batching"]
     return seen
 
@@ -29,7 +29,7 @@ def test_concurrent_requests_each_get_their_own_rows(vigil):
     def call(x: np.ndarray) -> np.ndarray:
         body = {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
                             "data": x.ravel().tolist()}], "outputs": [{"name": "logits"}]}
-        with httpx.Client(base_url=vigil.base_url, timeout=30) as c:
+        with httpx.Client(base_url=vigil.base_url, timeout=30, headers=vigil.auth) as c:
             doc = c.post("/v2/models/mlp/infer", json=body).json()
         return np.asarray(doc["outputs"][0]["data"], dtype=np.float32).reshape(len(x), 10)
 
@@ -44,12 +44,12 @@ def test_concurrent_requests_each_get_their_own_rows(vigil):
 @pytest.mark.slow
 def test_serve_deploy_changes_batching_live_without_replacing_replicas(vigil):
     actors = vigil.replica_actor_ids()
-    before = _replica_states(vigil.base_url)
+    before = _replica_states(vigil)
     assert len(before) == 2 and all(s["max_batch_rows"] == 256 for s in before.values())
     try:
         vigil.deploy(vigil.with_user_config(max_batch_rows=32, batch_wait_timeout_s=0.0))
         after = wait_for(
-            lambda: (s := _replica_states(vigil.base_url))
+            lambda: (s := _replica_states(vigil))
             and all(v["max_batch_rows"] == 32 for v in s.values())
             and s,
             60,
@@ -61,7 +61,7 @@ def test_serve_deploy_changes_batching_live_without_replacing_replicas(vigil):
     finally:
         vigil.deploy(vigil.config)
         wait_for(
-            lambda: all(v["max_batch_rows"] == 256 for v in _replica_states(vigil.base_url).values()),
+            lambda: all(v["max_batch_rows"] == 256 for v in _replica_states(vigil).values()),
             60,
             "knobs restored",
         )
@@ -71,7 +71,7 @@ def test_serve_deploy_changes_batching_live_without_replacing_replicas(vigil):
 def test_invalid_user_config_is_refused_and_the_old_knobs_stay(vigil):
     from ray import serve
 
-    before = _replica_states(vigil.base_url)
+    before = _replica_states(vigil)
     try:
         vigil.deploy(vigil.with_user_config(max_batch_rows=0))
         wait_for(
@@ -89,9 +89,9 @@ def test_invalid_user_config_is_refused_and_the_old_knobs_stay(vigil):
         vigil.deploy(vigil.config)
         wait_for(
             lambda: serve.status().applications["vigil"].status == "RUNNING"
-            and all(v["max_batch_rows"] == 256 for v in _replica_states(vigil.base_url).values()),
+            and all(v["max_batch_rows"] == 256 for v in _replica_states(vigil).values()),
             120,
             "recovered",
         )
-    assert _replica_states(vigil.base_url)
+    assert _replica_states(vigil)
     assert before

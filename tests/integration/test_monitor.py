@@ -38,7 +38,7 @@ def _with_monitor_config(config: dict[str, Any], **user_config: Any) -> dict[str
 
 
 def _get(vigil, path: str, **params: Any) -> httpx.Response:
-    return httpx.get(f"{vigil.base_url}/monitor{path}", params=params, timeout=60)
+    return vigil.get(f"/monitor{path}", params=params, timeout=60)
 
 
 def _metrics(vigil) -> dict[tuple[str, frozenset], float]:
@@ -243,15 +243,16 @@ def test_http_errors_are_json(vigil, monitor):
         ("/v1/models/breast_cancer/drift?windows=x", 400),
         ("/v1/nothing", 404),
     ):
-        response = httpx.get(f"{vigil.base_url}/monitor{path}", timeout=30)
+        response = vigil.get(f"/monitor{path}", timeout=30)
         assert response.status_code == status, path
         assert "error" in response.json()
 
 
 @pytest.mark.slow
-def test_report_cli_writes_evidently_html(vigil, monitor, tmp_path: Path):
+def test_report_cli_writes_evidently_html(vigil, monitor, tmp_path: Path, monkeypatch):
     from vigil.cli import main
 
+    monkeypatch.setenv("VIGIL_TOKEN", vigil.token)  # what the CLI sends as its bearer token
     out = tmp_path / "report.html"
     args = ["report", "--model", "breast_cancer", "--out", str(out), "--monitor-url", vigil.base_url]
     assert main(args) == 0

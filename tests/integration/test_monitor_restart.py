@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import httpx
 import pytest
 
 from tests.integration.conftest import wait_for
@@ -20,7 +19,7 @@ def _monitor_actors(vigil) -> list:
 
 
 def _rows_received(vigil) -> float:
-    text = httpx.get(f"{vigil.base_url}/monitor/metrics", timeout=10).text
+    text = vigil.get("/monitor/metrics", timeout=10).text
     return sum(
         float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()

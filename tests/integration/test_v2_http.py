@@ -99,14 +99,15 @@ def test_tritonclient_matches_onnxruntime(vigil, sessions, reference_rows, model
     else:
         x = np.random.default_rng(1).normal(size=(rows, 256)).astype(np.float32)
     client = triton.InferenceServerClient(vigil.base_url.removeprefix("http://"))
-    assert client.is_server_live() and client.is_model_ready(model)
-    metadata = client.get_model_metadata(model)
+    assert client.is_server_live()  # health: open to probes
+    assert client.is_model_ready(model, headers=vigil.auth)
+    metadata = client.get_model_metadata(model, headers=vigil.auth)
     assert metadata["inputs"][0]["name"] == "input"
     tensor = triton.InferInput("input", list(x.shape), "FP32")
     tensor.set_data_from_numpy(x, binary_data=binary)
     names = [o.name for o in sessions[model].get_outputs()]
     outputs = [triton.InferRequestedOutput(n, binary_data=binary) for n in names]
-    result = client.infer(model, [tensor], outputs=outputs, request_id="t-1")
+    result = client.infer(model, [tensor], outputs=outputs, request_id="t-1", headers=vigil.auth)
     assert result.get_response()["id"] == "t-1"
     expected = sessions[model].run(names, {"input": x})
     for name, want in zip(names, expected):
