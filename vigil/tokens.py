@@ -89,7 +89,8 @@ def read_tokens(path: Path) -> list[TokenRecord]:
         doc = {"version": FORMAT_VERSION, "tokens": []}
     if not isinstance(doc, dict) or doc.get("version") != FORMAT_VERSION:
         raise TokensFileError(f"{path}: expected a mapping with version: {FORMAT_VERSION}")
-    raw = doc.get("tokens") or []
+    raw = doc.get("tokens")
+    raw = [] if raw is None else raw  # "tokens:" with nothing under it
     if not isinstance(raw, list) or set(doc) - {"version", "tokens"}:
         raise TokensFileError(f"{path}: expected only 'version' and a list 'tokens'")
     records, names = [], set()
