@@ -137,6 +137,17 @@ class ModelServer:
     def __serve_build_asgi_app__(self) -> Starlette:
         return build_asgi_app(self)
 
+    def __del__(self) -> None:
+        """Serve calls this as the replica shuts down: stop the flush loop and the threads."""
+        link = getattr(self, "monitor_link", None)
+        if link is not None:
+            link.stop()
+        for _, _, served in getattr(self, "router", ()):
+            served.batcher.close()
+        decoder = getattr(self, "_decoder", None)
+        if decoder is not None:
+            decoder.shutdown(wait=False, cancel_futures=True)
+
     # ------------------------------------------------------------------ handlers
 
     async def server_metadata(self, request: Request) -> Response:
@@ -179,7 +190,8 @@ class ModelServer:
                 "batching": self.batching.model_dump(),
                 "models": {
                     f"{n}/{v}": {"declared_max_batch_rows": s.model.max_batch_rows,
-                                 "max_batch_rows": s.batcher.max_rows}
+                                 "max_batch_rows": s.batcher.max_rows,
+                                 "queued_rows": s.batcher.queued_rows}
                     for n, v, s in self.router
                 },
             }

@@ -36,7 +36,6 @@ EXTRA_CASTS: frozenset[tuple[str, str]] = frozenset({("FP64", "FP32")})
 # Binary tensor data extension header (KServe V2 / Triton).
 HEADER_LENGTH = "inference-header-content-length"
 SERVER_EXTENSIONS = ("binary_tensor_data", "model_repository_versions")
-PROTOCOL_VERSION = "2"
 
 
 def element_size(datatype: str) -> int | None:
@@ -78,10 +77,6 @@ class NotFound(InferenceError):
 
 class PayloadTooLarge(InferenceError):
     status_code = 413
-
-
-class NotReady(InferenceError):
-    status_code = 503
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,10 +37,6 @@ class ModelRouter(Generic[M]):
             raise NotFound(f"model '{name}' is not served here; known models: {sorted(self._models)}")
         return list(self._models[name])
 
-    def default_version(self, name: str) -> str:
-        self.versions(name)
-        return self._default[name]
-
     def __iter__(self) -> Iterator[tuple[str, str, M]]:
         for name, versions in self._models.items():
             for version, model in versions.items():

@@ -48,8 +48,6 @@ class SampleBuffer:
         self.max_rows_per_request = max_rows_per_request
         self._buffers: dict[tuple[str, str], _VersionBuffer] = {}
         self._rng = np.random.default_rng(seed)
-        self.total_dropped_rows = 0
-        self.total_dropped_requests = 0
 
     def _buffer(self, model: str, version: str) -> _VersionBuffer:
         key = (model, version)
@@ -140,8 +138,6 @@ class SampleBuffer:
                     dropped_rows=buf.dropped_rows, dropped_requests=dropped_requests,
                 )
             )
-            self.total_dropped_rows += buf.dropped_rows
-            self.total_dropped_requests += dropped_requests
             buf.chunks.clear()
             buf.rows = buf.facts = buf.dropped_rows = 0
         return batches

@@ -58,10 +58,11 @@ def test_a_model_that_is_not_row_independent_answers_each_client_alone(vigil, na
 
 def test_the_batching_state_shows_each_versions_declaration(vigil):
     models = vigil.get("/v2/vigil/batching").json()["models"]
+    caps = {k: (v["declared_max_batch_rows"], v["max_batch_rows"]) for k, v in models.items()}
     for name in ("reduce_sum", "cumsum", "fixed_pair", "slow"):
-        assert models[f"{name}/1"] == {"declared_max_batch_rows": 0, "max_batch_rows": 0}
-    assert models["breast_cancer/1"] == {"declared_max_batch_rows": 1024, "max_batch_rows": 256}
-    assert models["mlp/1"] == {"declared_max_batch_rows": 256, "max_batch_rows": 256}
+        assert caps[f"{name}/1"] == (0, 0)
+    assert caps["breast_cancer/1"] == (1024, 256) and caps["mlp/1"] == (256, 256)
+    assert all(v["queued_rows"] >= 0 for v in models.values())
 
 
 # ---------------------------------------------------------------- no request stalls a replica

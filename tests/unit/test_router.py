@@ -27,7 +27,6 @@ def test_default_version_is_the_newest(router: ModelRouter[str]) -> None:
     assert router.resolve("mlp") == "mlp-10"
     assert router.resolve("mlp", None) == "mlp-10"
     assert router.resolve("mlp", "") == "mlp-10"
-    assert router.default_version("mlp") == "10"
     assert router.resolve("breast_cancer") == "bc-1"
 
 
@@ -44,9 +43,8 @@ def test_unknown_model(router: ModelRouter[str]) -> None:
     assert str(info.value) == (
         "model 'resnet' is not served here; known models: ['breast_cancer', 'mlp']"
     )
-    for call in (router.versions, router.default_version):
-        with pytest.raises(NotFound, match=r"^model 'resnet' is not served here"):
-            call("resnet")
+    with pytest.raises(NotFound, match=r"^model 'resnet' is not served here"):
+        router.versions("resnet")
 
 
 def test_a_model_without_versions_is_not_served(router: ModelRouter[str]) -> None:
@@ -78,6 +76,5 @@ def test_router_over_a_scanned_repository(tmp_path: Path) -> None:
     router = ModelRouter(
         {name: {v.manifest.version: v for v in versions} for name, versions in found.items()}
     )
-    assert router.default_version("m") == "10"  # numeric order, not "9" > "10"
-    assert router.resolve("m").manifest.version == "10"
+    assert router.resolve("m").manifest.version == "10"  # numeric order, not "9" > "10"
     assert router.versions("m") == ["2", "9", "10"]

@@ -34,7 +34,6 @@ def test_full_buffer_drops_the_oldest_rows_and_counts_them():
     (batch,) = buf.drain()
     assert batch.inputs["input"].ravel().tolist() == [5, 6, 7, 8]
     assert batch.dropped_rows == 5
-    assert buf.total_dropped_rows == 5
 
 
 def test_one_request_gives_at_most_max_rows_per_request_rows_sampled_uniformly():
