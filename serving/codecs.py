@@ -1,9 +1,11 @@
 """Wire format <-> numpy: V2 JSON tensors and the binary tensor data extension, no I/O.
 
 Decoding is two steps so that a request can be checked against a model's signature before any
-tensor data is touched: ``parse_request`` reads the JSON header and describes each input (name,
+tensor data is touched: ``parse_header`` reads the JSON header and describes each input (name,
 datatype, shape, where its data is), checking only what the request says of itself (binary sizes
-against the body and against shape x datatype); ``decode_inputs`` then builds the arrays.
+against the binary part's length and against shape x datatype); ``decode_inputs`` then builds
+the arrays from the header and the binary part. The binary part need not even have arrived when
+the header is judged: a server can refuse a request from its first bytes.
 """
 
 from __future__ import annotations
@@ -48,19 +50,31 @@ def parse_header_length(raw: str | None) -> int | None:
     return int(raw)
 
 
-def parse_request(body: bytes, header_length: int | None = None) -> ParsedRequest:
-    """The request's JSON header, checked, with each input described but not decoded.
-    `header_length` is the Inference-Header-Content-Length: the JSON header is
-    body[:header_length] and binary tensor data follows it."""
+def split_body(
+    body: bytes | bytearray, header_length: int | None
+) -> tuple[bytes | bytearray, memoryview]:
+    """(JSON header, binary part) of a body, by its Inference-Header-Content-Length."""
     if header_length is None:
-        header_bytes, binary = body, memoryview(b"")
-    else:
-        if header_length < 0 or header_length > len(body):
-            raise BadRequest(
-                f"Inference-Header-Content-Length {header_length} is outside the body "
-                f"of {len(body)} bytes"
-            )
-        header_bytes, binary = body[:header_length], memoryview(body)[header_length:]
+        return body, memoryview(b"")
+    if header_length < 0 or header_length > len(body):
+        raise BadRequest(
+            f"Inference-Header-Content-Length {header_length} is outside the body "
+            f"of {len(body)} bytes"
+        )
+    return body[:header_length], memoryview(body)[header_length:]
+
+
+def parse_request(body: bytes, header_length: int | None = None) -> tuple[ParsedRequest, memoryview]:
+    """The whole body's header, parsed and checked, and its binary part."""
+    header, binary = split_body(body, header_length)
+    return parse_header(header, len(binary)), binary
+
+
+def parse_header(
+    header_bytes: bytes | bytearray | memoryview, binary_length: int = 0
+) -> ParsedRequest:
+    """The request's JSON header, checked, with each input described but not decoded; the
+    binary tensor data that follows it is `binary_length` bytes long."""
     try:
         doc = orjson.loads(header_bytes)
     except orjson.JSONDecodeError as exc:
@@ -86,16 +100,16 @@ def parse_request(body: bytes, header_length: int | None = None) -> ParsedReques
         if binary_size is None:
             if "data" not in raw:
                 raise BadRequest(f"input '{name}' has neither 'data' nor binary_data_size")
-            inputs.append(DeclaredInput(name, datatype, shape, raw["data"], binary=False))
+            inputs.append(DeclaredInput(name, datatype, shape, raw["data"]))
             continue
         if "data" in raw:
             raise BadRequest(f"input '{name}' has both 'data' and binary_data_size")
         if not isinstance(binary_size, int) or isinstance(binary_size, bool) or binary_size < 0:
             raise BadRequest(f"input '{name}': binary_data_size must be a non-negative integer")
-        if offset + binary_size > len(binary):
+        if offset + binary_size > binary_length:
             raise BadRequest(
                 f"input '{name}': binary_data_size {binary_size} runs past the end of the "
-                f"body ({len(binary) - offset} bytes left)"
+                f"body ({binary_length - offset} bytes left)"
             )
         size = element_size(datatype)
         expected = math.prod(shape)
@@ -109,12 +123,11 @@ def parse_request(body: bytes, header_length: int | None = None) -> ParsedReques
                 f"input '{name}': binary_data_size {binary_size} is too small for {expected} "
                 "BYTES elements (4 bytes of length prefix each)"
             )
-        chunk = binary[offset : offset + binary_size]
+        inputs.append(DeclaredInput(name, datatype, shape, None, (offset, binary_size)))
         offset += binary_size
-        inputs.append(DeclaredInput(name, datatype, shape, chunk, binary=True))
-    if offset != len(binary):
+    if offset != binary_length:
         raise BadRequest(
-            f"body has {len(binary) - offset} bytes of binary data that no input claims"
+            f"body has {binary_length - offset} bytes of binary data that no input claims"
         )
 
     request_id = doc.get("id")
@@ -130,12 +143,23 @@ def parse_request(body: bytes, header_length: int | None = None) -> ParsedReques
         outputs=_requested_outputs(doc.get("outputs", _MISSING), binary_default),
         binary_output_default=binary_default,
         parameters=parameters,
+        binary_length=binary_length,
     )
 
 
-def decode_inputs(request: ParsedRequest, max_bytes_elements: int | None = None) -> dict[str, np.ndarray]:
-    """The declared inputs as arrays of their request datatypes. `max_bytes_elements` bounds
-    the elements of one BYTES tensor (each is a Python object)."""
+def decode_inputs(
+    request: ParsedRequest,
+    binary: memoryview | bytes = b"",
+    max_bytes_elements: int | None = None,
+) -> dict[str, np.ndarray]:
+    """The declared inputs as arrays of their request datatypes, binary ones read from `binary`
+    (the part after the JSON header). `max_bytes_elements` bounds the elements of one BYTES
+    tensor (each becomes a Python object)."""
+    if len(binary) != request.binary_length:
+        raise BadRequest(
+            f"the body holds {len(binary)} bytes of binary data, the header {request.binary_length}"
+        )
+    view = memoryview(binary)
     out: dict[str, np.ndarray] = {}
     for declared in request.inputs:
         name, datatype, shape = declared.name, declared.datatype, declared.shape
@@ -147,8 +171,9 @@ def decode_inputs(request: ParsedRequest, max_bytes_elements: int | None = None)
                     f"{max_bytes_elements} per tensor (max_bytes_elements)",
                     status_code=413,
                 )
-        if declared.binary:
-            out[name] = _from_binary(name, declared.data, shape, datatype)
+        if declared.binary is not None:
+            start, size = declared.binary
+            out[name] = _from_binary(name, view[start : start + size], shape, datatype)
         else:
             out[name] = _from_json(name, declared.data, shape, datatype)
     return out
@@ -156,9 +181,9 @@ def decode_inputs(request: ParsedRequest, max_bytes_elements: int | None = None)
 
 def decode_request(body: bytes, header_length: int | None = None) -> InferenceRequest:
     """parse_request and decode_inputs in one, for callers with no signature to check first."""
-    parsed = parse_request(body, header_length)
+    parsed, binary = parse_request(body, header_length)
     return InferenceRequest(
-        inputs=decode_inputs(parsed),
+        inputs=decode_inputs(parsed, binary),
         id=parsed.id,
         outputs=parsed.outputs,
         binary_output_default=parsed.binary_output_default,

@@ -24,6 +24,7 @@ from serving.monitor_link import MonitorLink
 from serving.protocol import (
     HEADER_LENGTH,
     SERVER_EXTENSIONS,
+    BadRequest,
     InferenceError,
     ParsedRequest,
     PayloadTooLarge,
@@ -215,14 +216,7 @@ class ModelServer:
                 model = served.model
                 model_label, version_label = model.name, model.version
                 header_length = codecs.parse_header_length(raw_header_length)
-                body = await self._read_body(request, header_length)
-                if len(body) > LARGE_BODY_BYTES:
-                    loop = asyncio.get_running_loop()
-                    parsed, inputs, rows = await loop.run_in_executor(
-                        self._decoder, self._decode, model, body, header_length
-                    )
-                else:
-                    parsed, inputs, rows = self._decode(model, body, header_length)
+                parsed, inputs, rows = await self._receive(request, model, header_length)
                 if parsed.outputs is None:
                     wanted = [(n, parsed.binary_output_default) for n in model.output_names]
                 else:
@@ -248,45 +242,87 @@ class ModelServer:
             self._account(served, model_label, version_label, protocol, status,
                           time.perf_counter() - started, inputs, results)
 
-    def _decode(
-        self, model: OnnxModel, body: bytes, header_length: int | None
+    async def _receive(
+        self, request: Request, model: OnnxModel, header_length: int | None
     ) -> tuple[ParsedRequest, dict, int]:
-        """Parse the header, check what it declares against the signature, and only then
-        decode the tensor data and convert it as the model takes it."""
-        parsed = codecs.parse_request(body, header_length)
-        model.check_declared((d.name, d.datatype, d.shape) for d in parsed.inputs)
-        if parsed.outputs is not None:
-            model.select_outputs([o.name for o in parsed.outputs])
-        raw = codecs.decode_inputs(parsed, self.settings.max_bytes_elements)
-        inputs, rows = model.validate(raw)
-        return parsed, inputs, rows
-
-    async def _read_body(self, request: Request, header_length: int | None) -> bytes:
-        """The body, refused (413) as soon as it is known to exceed its limit: a whole JSON body
-        or a binary request's JSON header by max_json_body_bytes, the rest by max_body_bytes."""
+        """Read, judge and decode the body, refusing it as early and as cheaply as it can be:
+        from Content-Length by the size limits (413) before anything is read, then from its JSON
+        header by the model's signature (400) before any tensor data is read on; a body over
+        LARGE_BODY_BYTES is decoded on a worker thread."""
         s = self.settings
-        if header_length is not None and header_length > s.max_json_body_bytes:
+        declared = _content_length(request)
+        if header_length is None:  # all JSON: parsing it is decoding it
+            hint = "; send large tensors as binary data"
+            body = await _read(request, s.max_json_body_bytes, declared, "JSON body", hint)
+            return await self._decode_maybe_off_loop(len(body), self._decode_json, model, body)
+        if header_length > s.max_json_body_bytes:
             raise PayloadTooLarge(
                 f"JSON header of {header_length} bytes exceeds the limit of "
                 f"{s.max_json_body_bytes} (max_json_body_bytes)"
             )
-        limit, what = (
-            (s.max_json_body_bytes, "JSON body")
-            if header_length is None
-            else (s.max_body_bytes, "request body")
+        if declared is None:  # chunked: no length to judge the header by until the end
+            body = await _read(request, s.max_body_bytes, None, "request body")
+            header, binary = codecs.split_body(body, header_length)
+            parsed = self._judge(model, header, len(binary))
+        else:
+            if header_length > declared:
+                raise BadRequest(
+                    f"Inference-Header-Content-Length {header_length} is outside the body of "
+                    f"{declared} bytes"
+                )
+            if declared > s.max_body_bytes:
+                raise PayloadTooLarge(
+                    f"request body of {declared} bytes exceeds the limit of {s.max_body_bytes}"
+                )
+            parsed, body = await self._read_judging(request, model, header_length, declared)
+            binary = memoryview(body)[header_length:]
+        return await self._decode_maybe_off_loop(
+            len(body), self._decode_binary, model, parsed, binary
         )
-        hint = "; send large tensors as binary data" if header_length is None else ""
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLarge(f"{what} of {declared} bytes exceeds the limit of {limit}{hint}")
-        chunks = []
-        size = 0
+
+    async def _read_judging(
+        self, request: Request, model: OnnxModel, header_length: int, declared: int
+    ) -> tuple[ParsedRequest, bytearray]:
+        """The body of Content-Length `declared`, its header judged as soon as it has arrived:
+        a request the model cannot take is refused without reading the rest (the server
+        discards it)."""
+        body = bytearray()
+        parsed: ParsedRequest | None = None
         async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"{what} exceeds the limit of {limit} bytes{hint}")
-            chunks.append(chunk)
-        return b"".join(chunks)
+            body += chunk
+            if len(body) > declared:
+                raise BadRequest(f"request body is longer than its Content-Length {declared}")
+            if parsed is None and len(body) >= header_length:
+                parsed = self._judge(model, bytes(body[:header_length]), declared - header_length)
+        if len(body) != declared or parsed is None:
+            raise BadRequest(f"request body ended after {len(body)} of {declared} bytes")
+        return parsed, body
+
+    def _judge(
+        self, model: OnnxModel, header: bytes | bytearray, binary_length: int
+    ) -> ParsedRequest:
+        """The JSON header parsed, and what it declares checked against the signature."""
+        parsed = codecs.parse_header(header, binary_length)
+        model.check_declared((d.name, d.datatype, d.shape) for d in parsed.inputs)
+        if parsed.outputs is not None:
+            model.select_outputs([o.name for o in parsed.outputs])
+        return parsed
+
+    def _decode_json(self, model: OnnxModel, body: bytearray) -> tuple[ParsedRequest, dict, int]:
+        parsed = self._judge(model, body, 0)
+        return self._decode_binary(model, parsed, b"")
+
+    def _decode_binary(
+        self, model: OnnxModel, parsed: ParsedRequest, binary: memoryview | bytes
+    ) -> tuple[ParsedRequest, dict, int]:
+        raw = codecs.decode_inputs(parsed, binary, self.settings.max_bytes_elements)
+        inputs, rows = model.validate(raw)
+        return parsed, inputs, rows
+
+    async def _decode_maybe_off_loop(self, size: int, decode: Any, *args: Any) -> Any:
+        if size <= LARGE_BODY_BYTES:
+            return decode(*args)
+        return await asyncio.get_running_loop().run_in_executor(self._decoder, decode, *args)
 
     def _account(
         self,
@@ -309,6 +345,26 @@ class ModelServer:
             self.samples.record(model, version, elapsed, status)
         assert self.monitor_link is not None
         self.monitor_link.start()
+
+
+def _content_length(request: Request) -> int | None:
+    raw = request.headers.get("content-length")
+    return int(raw) if raw is not None and raw.isascii() and raw.isdigit() else None
+
+
+async def _read(
+    request: Request, limit: int, declared: int | None, what: str, hint: str = ""
+) -> bytearray:
+    """A whole body of at most `limit` bytes: 413 from Content-Length before reading, or as soon
+    as the bytes read pass the limit."""
+    if declared is not None and declared > limit:
+        raise PayloadTooLarge(f"{what} of {declared} bytes exceeds the limit of {limit}{hint}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(f"{what} exceeds the limit of {limit} bytes{hint}")
+    return body
 
 
 def build_asgi_app(server: ModelServer) -> Starlette:

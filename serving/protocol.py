@@ -88,13 +88,13 @@ class RequestedOutput:
 @dataclass(frozen=True, slots=True)
 class DeclaredInput:
     """An input as the request declares it, before its data is decoded: `data` is the parsed
-    JSON value, or (binary) a memoryview of its bytes in the body."""
+    JSON value, or, for binary data, `binary` is its (offset, size) in the binary part."""
 
     name: str
     datatype: str
     shape: tuple[int, ...]
-    data: Any
-    binary: bool
+    data: Any = None
+    binary: tuple[int, int] | None = None
 
 
 @dataclass(slots=True)
@@ -106,6 +106,7 @@ class ParsedRequest:
     outputs: list[RequestedOutput] | None = None  # None: every output
     binary_output_default: bool = False
     parameters: dict[str, Any] = field(default_factory=dict)
+    binary_length: int = 0  # bytes of binary tensor data after the JSON header
 
 
 @dataclass(slots=True)

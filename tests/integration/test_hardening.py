@@ -4,6 +4,7 @@ datatype, and every request accounted for, cancelled ones included."""
 
 from __future__ import annotations
 
+import socket
 import struct
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -219,3 +220,31 @@ def test_cancelled_requests_are_counted_with_499_and_their_latency(vigil, client
         seconds = _monitor_app(vigil.config)["deployments"][0]["user_config"]["window"]["seconds"]
         wait_for(lambda: vigil.get("/monitor/v1/status").json()["settings"]["window"]["seconds"]
                  == seconds, 120, "monitor settings restored", 1.0)
+
+
+def test_a_body_declared_wrongly_is_refused_before_the_rest_of_it_is_sent(vigil):
+    # The client sends the header and the first kilobyte of a 16 MiB body, then waits: the
+    # answer comes from the header alone, so the replica never reads (or holds) the rest.
+    size = 16 * MiB
+    head = orjson.dumps({"inputs": [{"name": "input", "shape": [size // 4], "datatype": "BYTES",
+                                     "parameters": {"binary_data_size": size}}]})
+    port = int(vigil.base_url.rsplit(":", 1)[1])
+    request = (
+        f"POST /v2/models/breast_cancer/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {vigil.token}\r\nContent-Type: application/octet-stream\r\n"
+        f"Inference-Header-Content-Length: {len(head)}\r\n"
+        f"Content-Length: {len(head) + size}\r\n\r\n"
+    ).encode() + head + bytes(1024)
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(request)
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line.split()[1] == b"400", answer[:300]
+    assert orjson.loads(rest.split(b"\r\n\r\n", 1)[1]) == {
+        "error": "input 'input' is BYTES; model 'breast_cancer' takes FP32"
+    }

@@ -19,6 +19,7 @@ from serving.codecs import (
     decode_inputs,
     decode_request,
     encode_response,
+    parse_header,
     parse_header_length,
     parse_request,
 )
@@ -647,26 +648,33 @@ def test_header_length_digits() -> None:
     assert parse_header_length(None) is None
 
 
-def test_the_header_is_checked_before_any_tensor_data_is_decoded() -> None:
-    # 1 MiB of garbage declared as BYTES: parse_request reads only the JSON header and the sizes,
-    # so a caller can refuse it by its declaration before decode_inputs would walk the bytes.
+def test_the_header_is_judged_before_the_binary_part_is_even_there() -> None:
+    # 1 MiB of garbage declared as BYTES: parse_header reads only the JSON header and checks the
+    # sizes against the binary part's length, so a server can refuse the request by its
+    # declaration before the rest of the body arrives, and long before it is decoded.
     tail = b"\xff" * (1 << 20)
     header = orjson.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "BYTES",
                                        "parameters": {"binary_data_size": len(tail)}}]})
-    parsed = parse_request(header + tail, len(header))
+    parsed = parse_header(header, binary_length=len(tail))
     (declared,) = parsed.inputs
     assert (declared.name, declared.datatype, declared.shape, declared.binary) == (
-        "x", "BYTES", (1,), True
+        "x", "BYTES", (1,), (0, len(tail))
     )
-    assert len(declared.data) == len(tail)  # a view of the body, not decoded
+    assert parsed.binary_length == len(tail)
+    with pytest.raises(BadRequest, match="binary_data_size 1048576 runs past the end of the body "
+                                         "\\(1048575 bytes left\\)"):
+        parse_header(header, binary_length=len(tail) - 1)
     with pytest.raises(BadRequest, match="BYTES element runs past"):
-        decode_inputs(parsed)
+        decode_inputs(parsed, tail)
+    with pytest.raises(BadRequest, match="the body holds 0 bytes of binary data, the header 1048576"):
+        decode_inputs(parsed, b"")
+    assert parse_request(header + tail, len(header))[0] == parsed
 
 
 def test_bytes_tensors_are_bounded_by_element_count() -> None:
     body = orjson.dumps({"inputs": [{"name": "s", "shape": [5], "datatype": "BYTES",
                                      "data": ["a", "b", "c", "d", "e"]}]})
-    parsed = parse_request(body)
+    parsed = parse_header(body)
     assert decode_inputs(parsed, max_bytes_elements=5)["s"].shape == (5,)
     with pytest.raises(BadRequest) as info:
         decode_inputs(parsed, max_bytes_elements=4)

@@ -26,28 +26,6 @@ def _errors(model: type[BaseModel], **kwargs: Any) -> list[tuple[tuple, str]]:
     return [(tuple(e["loc"]), e["type"]) for e in info.value.errors()]
 
 
-def test_defaults() -> None:
-    settings = ServerSettings()
-    assert settings.model_repository == Path("models")
-    assert settings.models is None
-    assert settings.max_body_bytes == 64 * MiB
-    assert settings.runtime == RuntimeSettings()
-    assert settings.runtime.model_dump() == {
-        "providers": ["cpu"],
-        "require_gpu": False,
-        "cuda_device_id": 0,
-        "cuda_memory_limit_bytes": None,
-        "intra_op_threads": 1,
-        "inter_op_threads": 1,
-        "graph_optimization_level": "all",
-    }
-    assert settings.batching.model_dump() == {
-        "max_batch_rows": 256,
-        "batch_wait_timeout_s": 0.002,
-        "enabled": True,
-    }
-
-
 @pytest.mark.parametrize(
     ("model", "kwargs", "loc", "kind"),
     [
@@ -85,6 +63,12 @@ def test_defaults() -> None:
         ),
         (ServerSettings, {"max_body_bytes": 1023}, ("max_body_bytes",), "greater_than_equal"),
         (ServerSettings, {"max_body_bytes": 4097 * MiB}, ("max_body_bytes",), "less_than_equal"),
+        (ServerSettings, {"max_json_body_bytes": 1023}, ("max_json_body_bytes",),
+         "greater_than_equal"),
+        (ServerSettings, {"max_bytes_elements": 0}, ("max_bytes_elements",), "greater_than_equal"),
+        (ServerSettings, {"auth": "off"}, ("auth",), "literal_error"),
+        (ServerSettings, {"sampling": {"max_rows_per_request": 0}},
+         ("sampling", "max_rows_per_request"), "greater_than_equal"),
         (
             ServerSettings,
             {"batching": {"max_batch_rows": 0}},
@@ -162,6 +146,13 @@ def test_explicit_args_win_over_the_environment(monkeypatch: pytest.MonkeyPatch)
     assert settings.batching.enabled is False  # not given explicitly: the environment fills it
     whole = ServerSettings(batching=BatchSettings(max_batch_rows=4))
     assert whole.batching == BatchSettings(max_batch_rows=4)  # a whole object is taken as is
+
+
+def test_the_tokens_file_comes_from_vigil_tokens_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert ServerSettings().tokens_file is None  # then: tokens.yaml beside the repository
+    monkeypatch.setenv("VIGIL_TOKENS_FILE", "/etc/vigil/tokens.yaml")
+    assert ServerSettings().tokens_file == Path("/etc/vigil/tokens.yaml")
+    assert ServerSettings(tokens_file="/x.yaml").tokens_file == Path("/x.yaml")
 
 
 def test_environment_values_are_bounded_too(monkeypatch: pytest.MonkeyPatch) -> None:
