@@ -5,6 +5,11 @@ Every metric the monitor exports is declared here, nowhere else. Names are ``vig
 method, output, quantile, kind. Gauges describe the last closed window of each model version;
 counters (``_total``) count since the monitor started. A version whose window failed to evaluate,
 or that has no profile, exports no drift or quality gauges, only its latency, errors and counters.
+
+A column whose statistics failed in the last window (monitoring.drift status "failed", or a
+quality ``error``) exports no score, verdict or quality ratio; ``vigil_failed_columns`` counts such
+columns per model version (0 when none), so an alert can fire on ``vigil_failed_columns > 0``; the
+drift JSON (``failed_columns``) says why.
 """
 
 from __future__ import annotations
@@ -87,6 +92,9 @@ class MonitorCollector(Collector):
                              "values absent from the reference in the last window.", ("feature",)),
             "violations": _gauge("vigil_schema_violation_columns", "Columns with a schema "
                                  "violation in the last window, by kind.", ("kind",)),
+            "failed": _gauge("vigil_failed_columns", "Columns whose drift test or quality "
+                             "statistics failed in the last window (no score exported for them; "
+                             "the reason is in the drift JSON's failed_columns)."),
             "rows": _gauge("vigil_window_rows", "Sampled rows in the last window."),
             "requests": _gauge("vigil_window_requests", "Requests in the last window."),
             "open": _gauge("vigil_open_window_rows", "Sampled rows in the window still open."),
@@ -160,8 +168,9 @@ class MonitorCollector(Collector):
                 g["pdrifted"].add_metric(labels, float(col.drifted))
         g["share"].add_metric(mv, drift.share_drifted)
         g["dataset"].add_metric(mv, float(drift.dataset_drift))
+        g["failed"].add_metric(mv, len(window.result.failed_columns))
         for col in quality.columns:
-            if not col.present:
+            if not col.present or col.error is not None:
                 continue
             g["missing"].add_metric([*mv, col.name], col.missing_ratio)
             if col.kind == "numeric":

@@ -28,6 +28,10 @@ Edge cases (Evidently raises on most; Vigil gives a defined result, never NaN):
   Wasserstein norm is max(std, 0.001) as in Evidently).
 - a test with no degrees of freedom (chisquare over one category) gives p = 1.0 (Evidently: NaN,
   which is never "drifted" either).
+- a column whose test raises or gives a non-finite score (values spanning more than float64 holds,
+  a window column that could not be prepared, see monitoring.quality): status "failed", the reason
+  in ``error``, score None, drifted False, left out of the drifted share like the statuses above.
+  The other columns are tested as usual: one column never loses the window.
 
 Multiple testing: with ``correction`` "bonferroni" or "benjamini-hochberg", the p-values of the
 ks/chisquare/z tests in a window (features, and separately outputs) are adjusted before the
@@ -41,6 +45,7 @@ should choose "benjamini-hochberg" (false discovery rate control, keeps power).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -52,13 +57,12 @@ from monitoring.quality import (
     PreparedColumn,
     PreparedWindow,
     QualityResult,
+    failure_reason,
     prepare_window,
     quality_of,
 )
 from monitoring.settings import Correction, DriftMethod, MonitorSettings
-from monitoring.stattests import (  # re-exported: the tests are part of this module's API
-    HISTOGRAM_MIN_UNIQUE,
-    WASSERSTEIN_MIN_NORM,
+from monitoring.stattests import (
     adjust_p_values,
     binned_shares,
     chisquare_p_value,
@@ -66,34 +70,13 @@ from monitoring.stattests import (  # re-exported: the tests are part of this mo
     keyed_counts,
     ks_p_value,
     psi_value,
-    sturges_edges,
     wasserstein_all,
     z_p_value,
 )
 
-_sturges_edges = sturges_edges  # the name the unit tests know
-__all__ = [
-    "HISTOGRAM_MIN_UNIQUE",
-    "WASSERSTEIN_MIN_NORM",
-    "ColumnDrift",
-    "DriftResult",
-    "WindowResult",
-    "adjust_p_values",
-    "check_settings",
-    "chisquare_p_value",
-    "compute_drift",
-    "count_values",
-    "default_method",
-    "drift_of",
-    "evaluate_window",
-    "jensenshannon_distance",
-    "ks_p_value",
-    "psi_value",
-    "z_p_value",
-]
-
 Status = Literal[
-    "tested", "missing_column", "wrong_dtype", "wrong_shape", "empty_window", "empty_reference"
+    "tested", "failed", "missing_column", "wrong_dtype", "wrong_shape", "empty_window",
+    "empty_reference",
 ]
 P_VALUE_METHODS = frozenset({"ks", "chisquare", "z"})
 DEFAULT_THRESHOLDS: dict[str, float] = {
@@ -117,6 +100,7 @@ class ColumnDrift:
     reference_count: int  # finite / non-missing reference values
     current_count: int  # finite / non-missing window values
     approximate: bool  # computed from a quantile sketch of a large reference
+    error: str | None = None  # status "failed": why the test could not be computed
 
 
 @dataclass(frozen=True)
@@ -143,6 +127,17 @@ class WindowResult:
     rows: int
     drift: DriftResult
     quality: QualityResult
+
+    @property
+    def failed_columns(self) -> dict[str, str]:
+        """Columns whose drift test or quality statistics failed, with the reason (the drift
+        test's when both failed)."""
+        failed = {c.name: c.error or "" for c in (*self.drift.features, *self.drift.outputs)
+                  if c.status == "failed"}
+        for c in self.quality.columns:
+            if c.error is not None:
+                failed.setdefault(c.name, c.error)
+        return failed
 
 
 def evaluate_window(
@@ -184,17 +179,30 @@ def drift_of(
     settings = settings or MonitorSettings()
     check_settings(profile, settings)
     plans: dict[str, tuple[DriftMethod, float] | Status] = {}
+    failures: dict[str, str] = {}  # name -> why its test failed (one column, never the window)
     for col in profile.columns:
-        plans[col.name] = _plan(col, window.columns[col.name], settings)
-    scores: dict[str, tuple[float, bool]] = {}  # name -> (score, approximate)
+        cur = window.columns[col.name]
+        try:
+            plans[col.name] = _plan(col, cur, settings)
+        except Exception as exc:  # noqa: BLE001 - this column fails, not the window
+            plans[col.name], failures[col.name] = "failed", failure_reason(exc)
+        if cur.error is not None:
+            failures[col.name] = cur.error
     wasserstein = [c for c in profile.columns if _method(plans[c.name]) == "wasserstein"]
-    scores.update(wasserstein_all(profile, wasserstein, window))
+    scores, failed = wasserstein_all(profile, wasserstein, window)
+    failures.update(failed)
     for col in profile.columns:
         method = _method(plans[col.name])
-        if method is not None and method != "wasserstein":
+        if method is None or method == "wasserstein":
+            continue
+        try:
             scores[col.name] = _score(method, col, window.columns[col.name])
-    features = _decide(profile.features, plans, scores, window, settings.correction)
-    outputs = _decide(profile.outputs, plans, scores, window, settings.correction)
+        except Exception as exc:  # noqa: BLE001 - this column fails, not the window
+            failures[col.name] = failure_reason(exc)
+    for name in failures:
+        plans[name] = "failed"
+    features = _decide(profile.features, plans, scores, failures, window, settings.correction)
+    outputs = _decide(profile.outputs, plans, scores, failures, window, settings.correction)
     tested = sum(c.status == "tested" for c in features)
     drifted = sum(c.drifted for c in features)
     share = drifted / tested if tested else 0.0
@@ -240,6 +248,8 @@ def count_values(col: ColumnProfile, cur: PreparedColumn) -> int:
 def _plan(col: ColumnProfile, cur: PreparedColumn, settings: MonitorSettings):
     if cur.violation is not None:
         return cur.violation
+    if cur.error is not None:
+        return "failed"
     if col.count == 0:
         return "empty_reference"
     if cur.count == 0:
@@ -255,6 +265,13 @@ def _method(plan: Any) -> DriftMethod | None:
 
 
 def _score(method: DriftMethod, col: ColumnProfile, cur: PreparedColumn) -> tuple[float, bool]:
+    score, approximate = _raw_score(method, col, cur)
+    if not math.isfinite(score):
+        raise ArithmeticError(f"{method} gave a non-finite score ({score})")
+    return score, approximate
+
+
+def _raw_score(method: DriftMethod, col: ColumnProfile, cur: PreparedColumn) -> tuple[float, bool]:
     if method == "ks":
         assert col.values is not None and cur.values is not None
         return ks_p_value(col.values, cur.values, col.exact, col.count), not col.exact
@@ -268,7 +285,7 @@ def _score(method: DriftMethod, col: ColumnProfile, cur: PreparedColumn) -> tupl
     return z_p_value(ref_counts, cur_counts, first), approximate
 
 
-def _decide(cols, plans, scores, window: PreparedWindow, correction: Correction):
+def _decide(cols, plans, scores, failures, window: PreparedWindow, correction: Correction):
     p_names = [c.name for c in cols if _method(plans[c.name]) in P_VALUE_METHODS]
     adjusted = dict(
         zip(p_names, adjust_p_values(np.array([scores[n][0] for n in p_names]), correction).tolist(),
@@ -278,13 +295,13 @@ def _decide(cols, plans, scores, window: PreparedWindow, correction: Correction)
     for col in cols:
         cur = window.columns[col.name]
         plan = plans[col.name]
+        usable = cur.violation is None and cur.error is None
         common = {"name": col.name, "role": col.role, "kind": col.kind,
-                  "reference_count": col.count,
-                  "current_count": cur.count if cur.violation is None else 0}
+                  "reference_count": col.count, "current_count": cur.count if usable else 0}
         if not isinstance(plan, tuple):
             out.append(ColumnDrift(**common, status=plan, method=None, score=None,
                                    p_value_adjusted=None, threshold=None, drifted=False,
-                                   approximate=False))
+                                   approximate=False, error=failures.get(col.name)))
             continue
         method, threshold = plan
         score, approximate = scores[col.name]

@@ -2,23 +2,32 @@
 
 The only monitoring module that knows Ray. One replica (its windows are its state). Every read
 and write of the state runs on one worker thread, in arrival order, so a window evaluation
-(~20 ms) never blocks the event loop and needs no lock; Evidently reports run on another thread.
+(~20 ms) never blocks the event loop and needs no lock. Evidently reports run on a second worker
+thread, so a report's seconds of CPU never hold up sample intake; both threads run at SCHED_IDLE
+priority (`_yield_cpu_to_serving`).
 
 HTTP, under the application's route prefix (``/monitor``):
 
     GET /metrics                              Prometheus exposition (monitoring.collector)
     GET /v1/status                            replica, settings, monitored versions
     GET /v1/models/{m}/drift[?version=V][&windows=N]   latest window in full + last N summaries
-    GET /v1/models/{m}/report[?version=V]     Evidently DataDriftPreset HTML of the open (or last
-                                              closed) window's rows against the reference data
+    GET /v1/models/{m}/report[?version=V]     Evidently DataDriftPreset HTML of the last closed
+                                              window with rows against the reference data
+
+Query parameters are checked by monitoring.queries. A report is built once per window
+(monitoring.report_cache: concurrent requests share one build, builds run one at a time) from at
+most ``report_max_rows`` rows of each side, and kept gzip-compressed (Evidently's page is ~5.8 MB,
+3.5 MB of it its JavaScript bundle; gzip makes it ~1.5 MB): sent as is to clients that accept gzip,
+decompressed for the others. The response header ``X-Vigil-Window`` names the window it describes.
 
 Errors are ``{"error": ...}``: 400 bad query, 404 unknown model/version/route, 409 no profile,
-reference or rows yet, 500 a bug (logged).
+reference or closed window with rows yet, 500 a bug (logged).
 """
 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import logging
 import os
 import time
@@ -35,8 +44,10 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from monitoring.collector import MonitorCollector
-from monitoring.report import drift_report_html, load_reference, reference_path
-from monitoring.service import MonitorService, NotReady, UnknownModel
+from monitoring.queries import BadQuery, accepts_gzip, parse_drift_query, parse_report_query
+from monitoring.report import drift_report_html, evenly_spaced, load_reference, reference_path
+from monitoring.report_cache import ReportCache
+from monitoring.service import MonitorService, NotReady, ReportSource, UnknownModel
 from monitoring.settings import MonitorAppSettings, MonitorSettings
 from vigil.tokens import TokenVerifier
 from vigil.web import (
@@ -76,10 +87,13 @@ class Monitor:
         self._worker = ThreadPoolExecutor(
             1, thread_name_prefix="vigil-monitor", initializer=_yield_cpu_to_serving
         )
+        self._report_worker = ThreadPoolExecutor(
+            1, thread_name_prefix="vigil-report", initializer=_yield_cpu_to_serving
+        )
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(MonitorCollector(self.service.snapshots))
-        self._references: dict[tuple[str, str], dict] = {}
-        self._reports = asyncio.Semaphore(1)  # one Evidently run at a time
+        self._references: dict[tuple[str, str], dict] = {}  # read and written on the report thread
+        self._reports = ReportCache()
         self._ticker: asyncio.Task | None = None
         self._start_ticker()
 
@@ -146,39 +160,28 @@ class Monitor:
 
     async def drift(self, request: Request) -> Response:
         model = request.path_params["model"]
-        version = request.query_params.get("version")
-        raw = request.query_params.get("windows")
-        if raw is not None and not (raw.isdigit() and int(raw) <= 100_000):
-            return error_response(400, f"windows must be an integer from 0 to 100000, got {raw!r}")
-        windows = int(raw) if raw is not None else None
         try:
-            return json_response(await self._on_worker(self.service.drift_doc, model, version, windows))
+            query = parse_drift_query(request.query_params.multi_items())
+            doc = await self._on_worker(self.service.drift_doc, model, query.version, query.windows)
+        except BadQuery as exc:
+            return error_response(400, str(exc))
         except UnknownModel as exc:
             return error_response(404, str(exc))
+        return json_response(doc)
 
     async def report(self, request: Request) -> Response:
         model = request.path_params["model"]
         try:
-            state, rows = await self._on_worker(
-                self.service.report_source, model, request.query_params.get("version")
+            query = parse_report_query(request.query_params.multi_items())
+            source = await self._on_worker(
+                self.service.report_source, model, query.version, time.time()
             )
-            key = (state.model, state.version)
-            async with self._reports:
-                reference = self._references.get(key)
-                if reference is None:
-                    path = reference_path(state.profile, state.path)
-                    if path is None or not path.exists():
-                        raise NotReady(f"the reference data of {key[0]}/{key[1]} is not "
-                                       f"available ({path}); the report needs it")
-                    reference = await asyncio.to_thread(
-                        load_reference, path, state.profile.names,
-                        self.args.report_max_reference_rows,
-                    )
-                    self._references[key] = reference
-                html = await asyncio.to_thread(
-                    drift_report_html, state.profile, reference, rows,
-                    drift_share=self.settings.drift_share,
-                )
+            slot, index = (source.state.model, source.state.version), source.window.index
+            body = await self._reports.get(
+                slot, index, lambda: self._on_report_worker(self._build_report, source)
+            )
+        except BadQuery as exc:
+            return error_response(400, str(exc))
         except UnknownModel as exc:
             return error_response(404, str(exc))
         except NotReady as exc:
@@ -186,7 +189,37 @@ class Monitor:
         except Exception:
             logger.exception("report for %s failed", model)
             return error_response(500, "internal error while building the report; see the monitor log")
-        return HTMLResponse(html)
+        headers = {"X-Vigil-Window": str(index), "Vary": "Accept-Encoding"}
+        if accepts_gzip(request.headers.get("accept-encoding")):
+            return HTMLResponse(body, headers={**headers, "Content-Encoding": "gzip"})
+        return HTMLResponse(await asyncio.to_thread(gzip.decompress, body), headers=headers)
+
+    async def _on_report_worker(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._report_worker, fn, *args)
+
+    def _build_report(self, source: ReportSource) -> bytes:
+        """The gzip-compressed HTML report of one closed window (on the report thread)."""
+        state, limit = source.state, self.args.report_max_rows
+        key = (state.model, state.version)
+        reference = self._references.get(key)
+        if reference is None:
+            path = reference_path(state.profile, state.path)
+            if path is None or not path.exists():
+                raise NotReady(f"the reference data of {key[0]}/{key[1]} is not available "
+                               f"({path}); the report needs it")
+            reference = load_reference(path, state.profile.names, limit)
+            self._references[key] = reference
+        result = source.window.result
+        drift_share = result.drift.drift_share if result else self.settings.drift_share
+        started = time.perf_counter()
+        html = drift_report_html(
+            state.profile, reference, evenly_spaced(source.rows, limit), drift_share=drift_share
+        )
+        body = gzip.compress(html.encode(), compresslevel=6)
+        logger.info("report of %s/%s window %d: %d bytes of HTML, %d gzip-compressed, %.1f s",
+                    key[0], key[1], source.window.index, len(html), len(body),
+                    time.perf_counter() - started)
+        return body
 
 
 def build_asgi_app(monitor: Monitor) -> Starlette:

@@ -15,15 +15,21 @@ values and counts), and at most ``max_categories`` values and counts per categor
 
 Stored as ``profile.json`` (scalars) and ``profile.npz`` (arrays) in a directory, for example a
 model version's directory; loading never unpickles (``np.load(..., allow_pickle=False)``).
+profile.json records the sha256 of profile.npz. Saving writes each file under a temporary name
+and renames it into place, the npz first and the json last, so the json never names an npz that
+is not there in full; loading refuses a pair whose digests differ (an interrupted or mixed-up
+save) and a json of the older format that records no digest: both say to rebuild the profile.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import math
 import os
+import secrets
 import sys
-import tempfile
 import zipfile
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -38,7 +44,7 @@ from vigil.repository import PROFILE_JSON, PROFILE_NPZ
 Kind = Literal["numeric", "categorical"]
 Role = Literal["feature", "output"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: profile.json records the sha256 of profile.npz
 # Evidently (core/datasets.py INTEGER_CARDINALITY_LIMIT): integer columns with at most this many
 # distinct values are categorical.
 INTEGER_CARDINALITY_LIMIT = 10
@@ -71,11 +77,6 @@ class ColumnProfile:
     max: float | None = None
 
     @property
-    def categories(self) -> np.ndarray | None:
-        """Categorical columns: the reference categories (sorted)."""
-        return self.unique_values if self.kind == "categorical" else None
-
-    @property
     def nbytes(self) -> int:
         arrays = (self.values, self.unique_values, self.unique_counts)
         return sum(a.nbytes for a in arrays if a is not None)
@@ -88,7 +89,6 @@ class Profile:
     columns: tuple[ColumnProfile, ...]
     rows: int
     max_exact_values: int
-    format_version: int = FORMAT_VERSION
     # What the builder records beside the statistics (JSON values only): the data file, the
     # tensor -> column layout, the model's sha256. The statistics never read it.
     meta: Mapping[str, Any] | None = None
@@ -127,7 +127,7 @@ class Profile:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         meta: dict[str, Any] = {
-            "format_version": self.format_version,
+            "format_version": FORMAT_VERSION,
             "rows": self.rows,
             "max_exact_values": self.max_exact_values,
             "columns": [],
@@ -148,19 +148,36 @@ class Profile:
                 array = getattr(c, field)
                 if array is not None:
                     arrays[f"c{i}.{field}"] = array
-        _atomic_write(directory / PROFILE_NPZ, lambda f: _write_npz(f, arrays))
-        text = json.dumps(meta, indent=1, allow_nan=False).encode()
-        _atomic_write(directory / PROFILE_JSON, lambda f: f.write(text))
+        buffer = io.BytesIO()
+        _write_npz(buffer, arrays)
+        npz = buffer.getvalue()
+        meta["npz_sha256"] = hashlib.sha256(npz).hexdigest()
+        text = json.dumps(meta, indent=1, allow_nan=False).encode()  # before any file is touched
+        _atomic_write(directory / PROFILE_NPZ, npz)
+        _atomic_write(directory / PROFILE_JSON, text)
         return directory
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> Profile:
-        """Read a profile written by save(). Refuses pickled content (allow_pickle=False)."""
+        """Read a profile written by save(). Refuses a profile.npz other than the one profile.json
+        records (sha256), an older format, and pickled content (allow_pickle=False)."""
         directory = Path(directory)
         meta = json.loads((directory / PROFILE_JSON).read_text())
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"unsupported profile format {meta.get('format_version')!r}")
-        with np.load(directory / PROFILE_NPZ, allow_pickle=False) as npz:
+        version = meta.get("format_version")
+        if version == 1:
+            raise ValueError(f"{PROFILE_JSON} is of format 1, which records no sha256 of "
+                             f"{PROFILE_NPZ}: rebuild the profile (`vigil profile build`)")
+        if version != FORMAT_VERSION:
+            raise ValueError(f"unsupported profile format {version!r}: rebuild the profile")
+        digest = meta.get("npz_sha256")
+        if not isinstance(digest, str):
+            raise ValueError(f"{PROFILE_JSON} records no sha256 of {PROFILE_NPZ}: rebuild the "
+                             "profile")
+        npz_bytes = (directory / PROFILE_NPZ).read_bytes()  # hashed and parsed: the same bytes
+        if hashlib.sha256(npz_bytes).hexdigest() != digest:
+            raise ValueError(f"{PROFILE_NPZ} does not match the sha256 recorded in {PROFILE_JSON}: "
+                             "rebuild the profile")
+        with np.load(io.BytesIO(npz_bytes), allow_pickle=False) as npz:
             arrays = {key: _readonly(npz[key]) for key in npz.files}
         columns = []
         for i, scalars in enumerate(meta["columns"]):
@@ -257,16 +274,6 @@ def infer_kind(array: np.ndarray) -> Kind:
     raise ValueError(f"cannot profile a column of dtype {array.dtype}")
 
 
-def missing_mask(array: np.ndarray) -> np.ndarray | None:
-    """Boolean mask of NaN / None entries, or None when the dtype cannot hold them."""
-    kind = array.dtype.kind
-    if kind == "f":
-        return np.isnan(array)
-    if kind == "O":
-        return np.fromiter((is_missing(v) for v in array.tolist()), dtype=bool, count=array.size)
-    return None
-
-
 def is_missing(value: Any) -> bool:
     """None or a floating NaN: what pandas and Evidently drop as missing."""
     return value is None or (isinstance(value, (float, np.floating)) and math.isnan(value))
@@ -276,12 +283,14 @@ def pandas_std(values: np.ndarray) -> float:
     """Population std exactly as pandas computes it for np.std(Series) (Evidently's normaliser).
 
     Two-pass in float64; for float32 input the variance is rounded to float32 and its square root
-    taken in float32, as pandas' nanvar/nanstd do.
+    taken in float32, as pandas' nanvar/nanstd do, unless the variance overflows float32 (values
+    spread wider than about 1.8e19): pandas then gives inf, which would make every normed
+    Wasserstein distance 0 and the profile unsavable (JSON has no inf); here the float64 std.
     """
     n = values.size
     avg = values.sum(dtype=np.float64) / n
     var = ((avg - values) ** 2).sum(dtype=np.float64) / n
-    if values.dtype == np.float32:
+    if values.dtype == np.float32 and var <= np.finfo(np.float32).max:
         return float(np.sqrt(np.float32(var)))
     return float(np.sqrt(var))
 
@@ -412,14 +421,17 @@ def _write_npz(file: Any, arrays: Mapping[str, np.ndarray]) -> None:
                 np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` under a fresh temporary name beside `path` (created as open() would create
+    it: mode 0666 less the umask), flush it to disk, then rename it to `path`."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
-
-

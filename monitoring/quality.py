@@ -15,6 +15,10 @@ Definitions (every ratio is 0.0 when its denominator is 0, never NaN):
   dtype cannot hold the profiled kind ("wrong_dtype": e.g. strings for a numeric column), a column
   that is not 1-D ("wrong_shape"), and a window column the profile does not know
   ("unexpected_column"). Columns with a violation are skipped by the drift tests.
+- failed: a column whose preparation or statistics raised (an object column holding an integer
+  too large for float64, an unhashable category, ...) has ``error`` set to the reason and zero
+  counts; it is "failed" for the drift tests too. Every other column is still evaluated: one
+  column's failure never loses the window.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ class PreparedColumn:
     unseen_values: tuple[Any, ...] = ()  # categorical: values not in the reference ...
     unseen_counts: np.ndarray | None = None  # ... and how many rows each
     dtype: str = ""  # numeric: the window column's dtype as it arrived (histogram edges follow it)
+    error: str | None = None  # why the column could not be prepared (see failure_reason)
 
     @property
     def count(self) -> int:
@@ -91,6 +96,7 @@ class ColumnQuality:
     unseen_share: float
     unseen_distinct: int
     unseen_examples: tuple[str, ...]
+    error: str | None = None  # why this column's statistics failed; its counts are then 0
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,11 @@ class QualityResult:
             if c.name == name:
                 return c
         raise KeyError(name)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """How a column statistic that raised is reported: the exception's type and message."""
+    return f"{type(exc).__name__}: {exc}"
 
 
 def compute_quality(profile: Profile, window: Mapping[str, Any]) -> QualityResult:
@@ -143,7 +154,12 @@ def prepare_window(profile: Profile, window: Mapping[str, Any]) -> PreparedWindo
     prepared.update(_prepare_numeric(numeric, arrays, rows))
     for col in profile.columns:
         if col.kind == "categorical" and col.name in arrays:
-            prepared[col.name] = _prepare_categorical(col, arrays[col.name])
+            try:
+                prepared[col.name] = _prepare_categorical(col, arrays[col.name])
+            except Exception as exc:  # noqa: BLE001 - this column fails, not the window
+                prepared[col.name] = PreparedColumn(
+                    col.name, None, rows=arrays[col.name].size, error=failure_reason(exc)
+                )
     ordered = {c.name: prepared[c.name] for c in profile.columns}
     unexpected = tuple(sorted(str(k) for k in window if k not in profile))
     return PreparedWindow(rows=rows, columns=ordered, unexpected=unexpected)
@@ -157,26 +173,19 @@ def quality_of(profile: Profile, window: PreparedWindow) -> QualityResult:
         p = window.columns[col.name]
         if p.violation is not None:
             violations.append(SchemaViolation(col.name, p.violation, _detail(col, p.violation)))
-        present = p.violation is None
-        non_missing = p.rows - p.missing
-        out_of_range = _out_of_range(col, p) if present else 0
-        unseen = int(p.unseen_counts.sum()) if p.unseen_counts is not None else 0
+        error = p.error
+        if error is None:
+            try:
+                columns.append(_column_quality(col, p))
+                continue
+            except Exception as exc:  # noqa: BLE001 - this column fails, not the window
+                error = failure_reason(exc)
         columns.append(
             ColumnQuality(
-                name=col.name,
-                kind=col.kind,
-                role=col.role,
-                present=present,
-                rows=p.rows,
-                missing=p.missing,
-                missing_ratio=_ratio(p.missing, p.rows),
-                non_finite=p.non_finite,
-                out_of_range=out_of_range,
-                out_of_range_share=_ratio(out_of_range, non_missing),
-                unseen=unseen,
-                unseen_share=_ratio(unseen, non_missing),
-                unseen_distinct=len(p.unseen_values),
-                unseen_examples=tuple(str(v) for v in p.unseen_values[:_EXAMPLES]),
+                name=col.name, kind=col.kind, role=col.role, present=p.violation is None,
+                rows=p.rows, missing=0, missing_ratio=0.0, non_finite=0, out_of_range=0,
+                out_of_range_share=0.0, unseen=0, unseen_share=0.0, unseen_distinct=0,
+                unseen_examples=(), error=error,
             )
         )
     for name in window.unexpected:
@@ -184,24 +193,52 @@ def quality_of(profile: Profile, window: PreparedWindow) -> QualityResult:
     return QualityResult(rows=window.rows, columns=tuple(columns), violations=tuple(violations))
 
 
+def _column_quality(col: ColumnProfile, p: PreparedColumn) -> ColumnQuality:
+    present = p.violation is None
+    non_missing = p.rows - p.missing
+    out_of_range = _out_of_range(col, p) if present else 0
+    unseen = int(p.unseen_counts.sum()) if p.unseen_counts is not None else 0
+    return ColumnQuality(
+        name=col.name,
+        kind=col.kind,
+        role=col.role,
+        present=present,
+        rows=p.rows,
+        missing=p.missing,
+        missing_ratio=_ratio(p.missing, p.rows),
+        non_finite=p.non_finite,
+        out_of_range=out_of_range,
+        out_of_range_share=_ratio(out_of_range, non_missing),
+        unseen=unseen,
+        unseen_share=_ratio(unseen, non_missing),
+        unseen_distinct=len(p.unseen_values),
+        unseen_examples=tuple(str(v) for v in p.unseen_values[:_EXAMPLES]),
+    )
+
+
 def _prepare_numeric(
     cols: list[ColumnProfile], arrays: dict[str, np.ndarray], rows: int
 ) -> dict[str, PreparedColumn]:
     out: dict[str, PreparedColumn] = {}
     good: list[tuple[str, np.ndarray]] = []
+    # One block, sorted in one call (NaN sorts last, -inf first, +inf just before NaN): each row's
+    # finite values are then a contiguous, sorted slice the tests and range checks can share.
+    block = np.empty((len(cols), rows), dtype=np.float64)
     for col in cols:
-        array = _as_numeric(arrays[col.name])  # a window column of objects arrives as float64
+        try:
+            array = _as_numeric(arrays[col.name])  # a window column of objects arrives as float64
+            if array is not None:
+                block[len(good)] = array
+        except Exception as exc:  # noqa: BLE001 - e.g. an integer beyond float64: this column fails
+            out[col.name] = PreparedColumn(col.name, None, rows=rows, error=failure_reason(exc))
+            continue
         if array is None:
             out[col.name] = PreparedColumn(col.name, "wrong_dtype", rows=rows)
         else:
             good.append((col.name, array))
     if not good:
         return out
-    # One block, sorted in one call (NaN sorts last, -inf first, +inf just before NaN): each row's
-    # finite values are then a contiguous, sorted slice the tests and range checks can share.
-    block = np.empty((len(good), rows), dtype=np.float64)
-    for i, (_, array) in enumerate(good):
-        block[i] = array
+    block = block[: len(good)]
     block.sort(axis=1)
     nan = np.isnan(block).sum(axis=1) if rows else np.zeros(len(good), dtype=np.int64)
     for i, (name, array) in enumerate(good):

@@ -81,6 +81,15 @@ class VersionState:
         )
 
 
+@dataclass(frozen=True)
+class ReportSource:
+    """The rows a report compares with the reference: those of one closed window."""
+
+    state: VersionState
+    window: ClosedWindow  # the last closed window with rows
+    rows: Mapping[str, np.ndarray]  # its rows by profiled column (never changed in place)
+
+
 class RateLimitedLog:
     """At most one warning per key and interval; the next line says how many were held back."""
 
@@ -260,17 +269,18 @@ class MonitorService:
             "windows": [w.to_dict(detail=False) for w in history],
         }
 
-    def report_source(self, model: str, version: str | None = None) -> tuple[VersionState, dict]:
-        """The version and the rows a report compares: the open window's, else the last
-        closed window's. NotReady when there is no profile or no row yet."""
+    def report_source(self, model: str, version: str | None, now: float) -> ReportSource:
+        """What a report describes: the last closed window with rows. NotReady when the version
+        has no profile, or no window with rows has closed yet (saying when the open one will)."""
         state = self.state(model, version)
         if state.profile is None:
             raise NotReady(f"{state.model}/{state.version} has {state.profile_status}: build one "
                            f"with `vigil profile build`")
-        rows = state.window.current_rows() or state.window.last_rows
-        if not rows:
-            raise NotReady(f"no sampled rows for {state.model}/{state.version} yet")
-        return state, rows
+        window = state.window
+        if window.last_rows is None or window.last_rows_window is None:
+            raise NotReady(f"no closed window with sampled rows for {state.model}/{state.version} "
+                           f"yet: {window.closes_when(now)}")
+        return ReportSource(state, window.last_rows_window, window.last_rows)
 
 
 def _usable_profile(profile: Profile, manifest: VersionManifest) -> tuple[Profile, ColumnLayout]:

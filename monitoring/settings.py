@@ -158,11 +158,13 @@ class MonitorAppSettings(BaseSettings):
         description="Most request facts (latency, status) held per window; past it the latency "
         "quantiles come from a uniform sample (counts and error ratios stay exact).",
     )
-    report_max_reference_rows: int = Field(
-        default=100_000,
+    report_max_rows: int = Field(
+        default=2000,
         ge=100,
-        le=10_000_000,
-        description="Most reference rows fed to Evidently's HTML report (evenly spaced subsample).",
+        le=1_000_000,
+        description="Most rows of each side (reference data, window) fed to Evidently's HTML "
+        "report, evenly spaced: bounds its run time (seconds of CPU) and memory. Above 1000 "
+        "reference rows Evidently picks distance tests, as monitoring.drift does.",
     )
     auth: Literal["tokens", "none"] = Field(
         default="tokens",

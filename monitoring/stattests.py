@@ -2,6 +2,9 @@
 
 Pure functions over numpy arrays and profile summaries, each reproducing the Evidently 0.7 test of
 the same name (legacy/calculations/stattests/); see monitoring.drift for which one a column gets.
+A test may raise on inputs it cannot handle (values whose span exceeds float64, say): the caller
+then marks that column "failed"; `wasserstein_all`, which computes many columns at once, does so
+itself and reports which columns failed and why.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from scipy import stats
 from scipy.spatial import distance
 
 from monitoring.profile import ColumnProfile, Profile
-from monitoring.quality import PreparedColumn, PreparedWindow
+from monitoring.quality import PreparedColumn, PreparedWindow, failure_reason
 from monitoring.settings import Correction
 
 HISTOGRAM_MIN_UNIQUE = 20  # Evidently get_binned_data: numeric with more distinct values -> histogram
@@ -25,19 +28,14 @@ WASSERSTEIN_MIN_NORM = 0.001
 
 
 def adjust_p_values(p_values: np.ndarray, correction: Correction) -> np.ndarray:
-    """Bonferroni (p * k, capped at 1) or Benjamini-Hochberg step-up adjusted p-values."""
+    """Bonferroni (p * k, capped at 1) or Benjamini-Hochberg step-up (scipy) adjusted p-values."""
     p = np.asarray(p_values, dtype=np.float64)
     k = p.size
     if correction == "none" or k == 0:
         return p.copy()
     if correction == "bonferroni":
         return np.minimum(p * k, 1.0)
-    order = np.argsort(p, kind="stable")
-    ranked = p[order] * k / np.arange(1, k + 1)
-    ranked = np.minimum.accumulate(ranked[::-1])[::-1]
-    out = np.empty(k)
-    out[order] = np.minimum(ranked, 1.0)
-    return out
+    return np.asarray(stats.false_discovery_control(p, method="bh"), dtype=np.float64)
 
 
 # --- the tests -------------------------------------------------------------------------------
@@ -144,7 +142,16 @@ def binned_shares(col: ColumnProfile, cur: PreparedColumn) -> tuple[np.ndarray, 
 
 def sturges_edges(lo: float, hi: float, size: int, dtype: np.dtype) -> np.ndarray:
     """np.histogram_bin_edges(data, "sturges") from the data's min, max, size and dtype alone
-    (numpy computes in the data's dtype: float32 edges for float32 data, width >= 1 for ints)."""
+    (numpy computes in the data's dtype: float32 edges for float32 data, width >= 1 for ints).
+
+    Where the span max - min overflows a float dtype narrower than float64 (float32 values near
+    +-3.4e38: numpy, and so Evidently, fail there with NaN bins), the edges are computed in float64
+    instead; a span beyond float64 raises ValueError."""
+    if dtype.kind == "f" and not np.isfinite(_quiet_span(dtype.type(hi), dtype.type(lo))):
+        if dtype.itemsize >= 8 or not np.isfinite(_quiet_span(np.float64(hi), np.float64(lo))):
+            raise ValueError(f"the values span more than {dtype} can hold ({float(lo)!r} to "
+                             f"{float(hi)!r}): no histogram bins")
+        dtype = np.dtype(np.float64)
     first, last = dtype.type(lo), dtype.type(hi)
     width = _span(last, first) / (np.log2(size) + 1.0)
     if first == last:
@@ -159,6 +166,11 @@ def sturges_edges(lo: float, hi: float, size: int, dtype: np.dtype) -> np.ndarra
     if bin_type.kind in "iu":
         bin_type = np.result_type(bin_type, float)
     return np.linspace(first, last, bins + 1, endpoint=True, dtype=bin_type).astype(np.float64)
+
+
+def _quiet_span(a: Any, b: Any) -> Any:
+    with np.errstate(over="ignore"):
+        return _span(a, b)
 
 
 def _span(a: Any, b: Any) -> Any:
@@ -204,11 +216,12 @@ class _Compiled:
         self.s_off = self.u_off + np.arange(len(cols) + 1)
         self.u = np.zeros(self.u_off[-1] + 1)  # one pad value: index n of the last column
         self.s = np.zeros(self.s_off[-1])
-        for i, c in enumerate(cols):
-            centred = c.values - self.center[i]
-            self.u[self.u_off[i]:self.u_off[i + 1]] = centred
-            np.cumsum(centred, out=self.s[self.s_off[i] + 1:self.s_off[i + 1]])
-            self.s[self.s_off[i] + 1:self.s_off[i + 1]] /= c.values.size
+        with np.errstate(over="ignore", invalid="ignore"):  # a column that overflows fails alone
+            for i, c in enumerate(cols):
+                centred = c.values - self.center[i]
+                self.u[self.u_off[i]:self.u_off[i + 1]] = centred
+                np.cumsum(centred, out=self.s[self.s_off[i] + 1:self.s_off[i + 1]])
+                self.s[self.s_off[i] + 1:self.s_off[i + 1]] /= c.values.size
         self.steps: OrderedDict[tuple, tuple[np.ndarray, ...]] = OrderedDict()
 
     def step_bounds(self, idx: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -247,25 +260,55 @@ def _grid(n: int, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return ia, rem / (n * m), ibl
 
 
-def wasserstein_all(profile: Profile, cols: list[ColumnProfile], window: PreparedWindow):
+Scores = dict[str, tuple[float, bool]]  # column -> (score, approximate)
+Failures = dict[str, str]  # column -> why its test failed
+
+
+def wasserstein_all(
+    profile: Profile, cols: list[ColumnProfile], window: PreparedWindow
+) -> tuple[Scores, Failures]:
+    """Normed Wasserstein distance of each column, vectorised over the columns that share a
+    reference and window size. Floating-point overflow or invalid values raise inside; a group
+    that raises is computed again column by column, so only the column at fault fails."""
+    scores: Scores = {}
+    failures: Failures = {}
     if not cols:
-        return {}
+        return scores, failures
     comp = _compiled(profile)
     groups: dict[tuple[int, int], list[int]] = {}
     for c in cols:
         i = comp.position[c.name]
         groups.setdefault((int(comp.n[i]), window.columns[c.name].count), []).append(i)
     names = {comp.position[c.name]: c.name for c in cols}
-    out: dict[str, tuple[float, bool]] = {}
     for (n, m), members in groups.items():
-        idx = np.array(members, dtype=np.int64)
-        block = np.empty((idx.size, m))
-        for row, i in enumerate(members):
-            np.subtract(window.columns[names[i]].values, comp.center[i], out=block[row])
-        distances = _w1(comp, idx, block, n) / comp.norm[idx]
-        for row, i in enumerate(members):
-            out[names[i]] = (float(distances[row]), bool(comp.approximate[i]))
-    return out
+        _wasserstein_group(comp, members, names, window, n, m, scores, failures)
+    return scores, failures
+
+
+def _wasserstein_group(
+    comp: _Compiled, members: list[int], names: dict[int, str], window: PreparedWindow,
+    n: int, m: int, scores: Scores, failures: Failures,
+) -> None:
+    try:
+        with np.errstate(over="raise", invalid="raise", divide="raise"):
+            idx = np.array(members, dtype=np.int64)
+            block = np.empty((idx.size, m))
+            for row, i in enumerate(members):
+                np.subtract(window.columns[names[i]].values, comp.center[i], out=block[row])
+            distances = _w1(comp, idx, block, n) / comp.norm[idx]
+    except Exception as exc:  # noqa: BLE001 - find the column at fault, keep the others
+        if len(members) == 1:
+            failures[names[members[0]]] = failure_reason(exc)
+        else:
+            for i in members:
+                _wasserstein_group(comp, [i], names, window, n, m, scores, failures)
+        return
+    for row, i in enumerate(members):
+        score = float(distances[row])
+        if math.isfinite(score):
+            scores[names[i]] = (score, bool(comp.approximate[i]))
+        else:  # a reference std beyond float64: no defined normed distance
+            failures[names[i]] = f"ArithmeticError: wasserstein gave a non-finite score ({score})"
 
 
 def _w1(comp: _Compiled, idx: np.ndarray, v: np.ndarray, n: int) -> np.ndarray:

@@ -8,7 +8,8 @@ window, so one batch may close several. The request facts (latency, status) of a
 the window open when it arrives.
 
 Memory: at most the window's row bound of rows (copied per column, never views of a caller's
-batch), plus the rows of the last closed window (for the human-facing report), plus at most
+batch), plus the rows of the last closed window that had rows (for the human-facing report; never
+changed in place, so another thread may read them), plus at most
 ``max_requests`` request facts. Counts, error ratios, mean and max latency are exact; past
 ``max_requests`` facts in one window the latency quantiles come from a uniform reservoir sample.
 Closed windows keep results only, never rows, in a history of ``settings.history`` windows.
@@ -27,6 +28,7 @@ import numpy as np
 from monitoring.drift import WindowResult, evaluate_window
 from monitoring.latency import LatencyStats, count_statuses, latency_stats
 from monitoring.profile import Profile
+from monitoring.quality import failure_reason
 from monitoring.settings import MonitorSettings
 
 CloseReason = Literal["rows", "time", "reconfigure"]
@@ -48,15 +50,18 @@ class ClosedWindow:
     error: str | None = None  # why evaluation failed
 
     def to_dict(self, detail: bool = True) -> dict[str, Any]:
-        """JSON-ready form; without detail, the per-column lists are left out."""
+        """JSON-ready form; without detail, the per-column lists are left out. `error`: why the
+        window could not be evaluated at all; `failed_columns`: column -> why its statistics
+        failed (the window's other columns are evaluated)."""
         doc: dict[str, Any] = {
             "index": self.index, "opened_at": self.opened_at, "closed_at": self.closed_at,
             "reason": self.reason, "rows": self.rows, "requests": self.requests,
             "latency": dataclasses.asdict(self.latency), "drift": None, "quality": None,
-            "error": self.error,
+            "error": self.error, "failed_columns": {},
         }
         if self.result is None:
             return doc
+        doc["failed_columns"] = self.result.failed_columns
         drift, quality = self.result.drift, self.result.quality
         doc["drift"] = {
             "tested": drift.tested, "drifted": drift.drifted, "share_drifted": drift.share_drifted,
@@ -95,6 +100,7 @@ class TumblingWindow:
         self.history: deque[ClosedWindow] = deque(maxlen=settings.history)
         self.closed = 0  # windows closed so far
         self.last_rows: dict[str, np.ndarray] | None = None  # rows of the last closed non-empty one
+        self.last_rows_window: ClosedWindow | None = None  # ... and that window
         self._open(now)
 
     # ------------------------------------------------------------------ state
@@ -121,11 +127,14 @@ class TumblingWindow:
     def latest(self) -> ClosedWindow | None:
         return self.history[-1] if self.history else None
 
-    def current_rows(self) -> dict[str, np.ndarray] | None:
-        """A copy of the open window's rows by column, None when it has none (or no profile)."""
-        if not self.rows or not self._chunks:
-            return None
-        return _concat(self._chunks)
+    def closes_when(self, now: float) -> str:
+        """When the open window closes, in words: after how many more rows, in how many seconds."""
+        parts = []
+        if (limit := self.row_limit) is not None:
+            parts.append(f"after {limit - self.rows} more sampled rows")
+        if (seconds := self.settings.window.seconds) is not None:
+            parts.append(f"in {max(self.opened_at + seconds - now, 0.0):.0f} s")
+        return f"the open window ({self.rows} rows) closes {' or '.join(parts)}"
 
     # ------------------------------------------------------------------ input
 
@@ -221,7 +230,7 @@ class TumblingWindow:
                 window = rows if rows is not None else empty_columns(self.profile)
                 result = evaluate_window(self.profile, window, self.settings)
             except Exception as exc:  # noqa: BLE001 - a defined result: no statistics, the reason
-                error = f"{type(exc).__name__}: {exc}"
+                error = failure_reason(exc)
         self.closed += 1
         closed = ClosedWindow(
             index=self.closed, opened_at=self.opened_at, closed_at=now, reason=reason,
@@ -229,7 +238,7 @@ class TumblingWindow:
         )
         self.history.append(closed)
         if rows is not None:
-            self.last_rows = rows
+            self.last_rows, self.last_rows_window = rows, closed
         self._open(now)
         return closed
 

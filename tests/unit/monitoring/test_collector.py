@@ -12,6 +12,7 @@ from monitoring.profile import build_profile
 from monitoring.settings import MonitorSettings
 from monitoring.window import TumblingWindow
 
+NO_FACTS = (np.empty(0), np.empty(0, np.int16))
 ALLOWED_LABELS = {"model", "version", "feature", "method", "output", "quantile", "kind"}
 
 
@@ -80,6 +81,31 @@ def test_latest_window_and_counters(closed) -> None:
     assert _get(s, "vigil_windows_evaluated_total", **mv) == 7
     assert types["vigil_windows_evaluated"] == "counter"
     assert types["vigil_feature_drift_score"] == "gauge"
+
+
+def test_failed_columns_export_no_score_and_are_counted() -> None:
+    """x's window values span more than float64 (its psi fails); n holds an integer beyond
+    float64 (it cannot be prepared: drift and quality fail); y is tested as usual."""
+    profile = build_profile({"x": np.arange(21.0), "n": np.arange(21.0), "y": np.arange(21.0)})
+    settings = MonitorSettings(window={"rows": 3, "seconds": None},
+                               overrides={"x": {"method": "psi"}})
+    huge = np.empty(3, dtype=object)
+    huge[:] = [1, 10**400, 2]
+    rows = {"x": np.array([-1.7e308, 1.7e308, 0.0]), "n": huge, "y": np.array([1.0, 2, 3])}
+    (closed,) = TumblingWindow(profile, settings, 0.0).add(rows, 3, *NO_FACTS, now=1.0)
+    s, _ = _scrape([VersionSnapshot("m", "1", True, latest=closed)])
+    mv = {"model": "m", "version": "1"}
+    assert _get(s, "vigil_failed_columns", **mv) == 2
+    scored = {dict(k[1])["feature"] for k in s if k[0] == "vigil_feature_drift_score"}
+    assert scored == {"y"}
+    assert _get(s, "vigil_out_of_range_ratio", feature="x", **mv) == 2 / 3  # x's quality holds
+    assert _get(s, "vigil_missing_ratio", feature="n", **mv) is None  # n's does not
+    assert _get(s, "vigil_drift_share_ratio", **mv) == 1.0  # y drifted: 1 of the 1 tested
+
+
+def test_no_failed_column_is_a_zero(closed) -> None:
+    s, _ = _scrape([VersionSnapshot("m", "1", True, latest=closed)])
+    assert _get(s, "vigil_failed_columns", model="m", version="1") == 0
 
 
 def test_names_and_labels_follow_the_house_rules(closed) -> None:

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from monitoring.drift import adjust_p_values, compute_drift
+from monitoring.drift import compute_drift
 from monitoring.profile import build_profile
 from monitoring.settings import MonitorSettings
+from monitoring.stattests import adjust_p_values, sturges_edges
 
 
 def one(method: str, reference, current, **override) -> tuple[float, bool]:
@@ -81,12 +82,21 @@ def test_benjamini_hochberg_on_known_p_values() -> None:
     # sorted 0.005 0.01 0.03 0.04 0.5; x 5/rank: .025 .025 .05 .05 .5; running min from the top
     expected = np.array([0.025, 0.05, 0.05, 0.025, 0.5])
     np.testing.assert_allclose(adjust_p_values(p, "benjamini-hochberg"), expected, rtol=1e-12)
-    np.testing.assert_allclose(
-        adjust_p_values(p, "benjamini-hochberg"), stats.false_discovery_control(p), rtol=1e-12
-    )
     np.testing.assert_allclose(adjust_p_values(p, "bonferroni"), [0.05, 0.2, 0.15, 0.025, 1.0])
     np.testing.assert_array_equal(adjust_p_values(p, "none"), p)
     assert adjust_p_values(np.array([]), "benjamini-hochberg").size == 0
+
+
+def test_benjamini_hochberg_step_up_and_cap() -> None:
+    """Ties keep one value; a larger p earlier in rank can lower a smaller one's; never above 1."""
+    p = np.array([0.02, 0.02, 0.9, 0.03])
+    # sorted .02 .02 .03 .9; x 4/rank: .08 .04 .04 .9; running min from the top: .04 .04 .04 .9
+    np.testing.assert_allclose(
+        adjust_p_values(p, "benjamini-hochberg"), [0.04, 0.04, 0.9, 0.04], rtol=1e-12
+    )
+    np.testing.assert_array_equal(adjust_p_values(np.array([1.0, 0.9]), "benjamini-hochberg"),
+                                  [1.0, 1.0])
+    np.testing.assert_array_equal(adjust_p_values(np.array([0.6, 0.5]), "bonferroni"), [1.0, 1.0])
 
 
 def test_correction_removes_false_alarms_but_keeps_scores() -> None:
@@ -170,11 +180,21 @@ def test_quantile_sketch_error_is_bounded() -> None:
     ids=["float32", "float64", "int64", "int16-wide"],
 )
 def test_sturges_edges_equal_numpys(data: np.ndarray) -> None:
-    from monitoring.drift import _sturges_edges
-
     expected = np.histogram_bin_edges(data, "sturges")
-    ours = _sturges_edges(float(data.min()), float(data.max()), data.size, data.dtype)
+    ours = sturges_edges(float(data.min()), float(data.max()), data.size, data.dtype)
     np.testing.assert_array_equal(ours, expected.astype(np.float64))
+
+
+def test_sturges_edges_of_float32_beyond_its_span_are_float64s() -> None:
+    data = np.array([-3.4e38, -1e38, 0.0, 2e38, 3.4e38], dtype=np.float32)  # max - min > f32 max
+    ours = sturges_edges(float(data.min()), float(data.max()), data.size, data.dtype)
+    np.testing.assert_array_equal(
+        ours, np.histogram_bin_edges(data.astype(np.float64), "sturges")
+    )
+    assert ours.size == 5 and ours[0] == float(np.float32(-3.4e38))
+    with pytest.raises(ValueError, match=r"^the values span more than float64 can hold "
+                       r"\(-1e\+308 to 1e\+308\): no histogram bins$"):
+        sturges_edges(-1e308, 1e308, 5, np.dtype(np.float64))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +62,7 @@ def test_categorical_summary() -> None:
     values = np.array(["b", "a", None, "b", np.nan, "c"], dtype=object)
     column = build_profile({"s": values}).column("s")
     assert (column.count, column.missing, column.n_unique) == (4, 2, 3)
-    assert column.categories.tolist() == ["a", "b", "c"]
+    assert column.unique_values.tolist() == ["a", "b", "c"]
     assert column.unique_counts.tolist() == [1, 2, 1]
 
 
@@ -99,14 +103,94 @@ def test_save_load_round_trip(tmp_path: Path, large_case: Case) -> None:
     assert compute_drift(loaded, window) == compute_drift(profile, window)
 
 
+def _record_npz_digest(directory: Path) -> None:
+    """Make profile.json vouch for whatever profile.npz now holds (as someone who can write
+    both files could)."""
+    doc = json.loads((directory / PROFILE_JSON).read_text())
+    doc["npz_sha256"] = hashlib.sha256((directory / PROFILE_NPZ).read_bytes()).hexdigest()
+    (directory / PROFILE_JSON).write_text(json.dumps(doc))
+
+
 def test_load_refuses_pickles(tmp_path: Path) -> None:
     build_profile({"x": np.arange(5.0)}).save(tmp_path)
     np.savez(tmp_path / PROFILE_NPZ, **{"c0.values": np.array([object()], dtype=object)})
+    _record_npz_digest(tmp_path)
     with pytest.raises(ValueError, match="allow_pickle"):
         Profile.load(tmp_path)
     (tmp_path / PROFILE_NPZ).write_bytes(pickle.dumps({"c0.values": np.arange(5.0)}))
+    _record_npz_digest(tmp_path)
     with pytest.raises(ValueError):
         Profile.load(tmp_path)
+
+
+MISMATCH = (r"^profile\.npz does not match the sha256 recorded in profile\.json: rebuild the "
+            r"profile$")
+
+
+def test_profile_json_records_the_sha256_of_profile_npz(tmp_path: Path) -> None:
+    build_profile({"x": np.arange(5.0)}).save(tmp_path)
+    doc = json.loads((tmp_path / PROFILE_JSON).read_text())
+    assert doc["format_version"] == 2
+    assert doc["npz_sha256"] == hashlib.sha256((tmp_path / PROFILE_NPZ).read_bytes()).hexdigest()
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in (PROFILE_JSON, PROFILE_NPZ):  # as open() creates files, not mkstemp's 0600
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_an_npz_from_another_profile_is_refused(tmp_path: Path) -> None:
+    """What an interrupted rebuild could leave: the old json beside another profile's npz."""
+    build_profile({"x": np.arange(5.0)}).save(tmp_path / "old")
+    build_profile({"x": np.arange(6.0)}).save(tmp_path / "new")
+    shutil.copy(tmp_path / "new" / PROFILE_NPZ, tmp_path / "old" / PROFILE_NPZ)
+    with pytest.raises(ValueError, match=MISMATCH):
+        Profile.load(tmp_path / "old")
+
+
+def test_a_truncated_npz_is_refused(tmp_path: Path) -> None:
+    build_profile({"x": np.arange(5.0)}).save(tmp_path)
+    data = (tmp_path / PROFILE_NPZ).read_bytes()
+    (tmp_path / PROFILE_NPZ).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=MISMATCH):
+        Profile.load(tmp_path)
+
+
+def test_a_profile_json_without_digest_is_refused(tmp_path: Path) -> None:
+    build_profile({"x": np.arange(5.0)}).save(tmp_path)
+    doc = json.loads((tmp_path / PROFILE_JSON).read_text())
+    del doc["npz_sha256"]
+    (tmp_path / PROFILE_JSON).write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=r"^profile\.json records no sha256 of profile\.npz: "
+                       r"rebuild the profile$"):
+        Profile.load(tmp_path)
+    doc["format_version"] = 1  # what Vigil wrote before the digest
+    (tmp_path / PROFILE_JSON).write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=r"^profile\.json is of format 1, which records no sha256 "
+                       r"of profile\.npz: rebuild the profile \(`vigil profile build`\)$"):
+        Profile.load(tmp_path)
+
+
+def test_a_save_that_fails_leaves_the_previous_profile(tmp_path: Path) -> None:
+    old = build_profile({"x": np.arange(5.0)})
+    old.save(tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    bad = Profile(old.columns, old.rows, old.max_exact_values, meta={"note": float("inf")})
+    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
+        bad.save(tmp_path)  # refused before either file is touched
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert Profile.load(tmp_path).column("x").values.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+def test_float32_variance_beyond_float32_keeps_a_finite_std(tmp_path: Path) -> None:
+    """pandas gives inf here (so would Evidently's normed Wasserstein: 0 for any shift)."""
+    values = np.array([-3e19, 0.0, 3e19], dtype=np.float32)
+    column = build_profile({"x": values}).column("x")
+    assert column.std == float(np.std(values.astype(np.float64)))
+    assert column.std == pytest.approx(2.449489742783178e19, rel=1e-7)
+    build_profile({"x": values}).save(tmp_path)  # JSON holds it (it has no inf)
+    assert Profile.load(tmp_path).column("x").std == column.std
+    small = np.array([1.0, 2.0, 4.0], dtype=np.float32)  # in range: float32 as pandas
+    assert build_profile({"x": small}).column("x").std == float(np.std(pd.Series(small)))
 
 
 def test_load_data_reads_parquet_csv_and_npz(tmp_path: Path) -> None:
@@ -133,10 +217,10 @@ def test_pandas_extension_dtypes() -> None:
         }
     )
     profile = build_profile(frame)
-    assert profile.column("b").categories.tolist() == [False, True]
+    assert profile.column("b").unique_values.tolist() == [False, True]
     assert profile.column("b").missing == 4
     assert profile.column("i").kind == "numeric" and profile.column("i").missing == 1
-    assert profile.column("s").categories.tolist() == ["a", "b"]
+    assert profile.column("s").unique_values.tolist() == ["a", "b"]
     assert profile.column("s").missing == 4
     assert profile.column("c").unique_counts.tolist() == [8, 4]
 

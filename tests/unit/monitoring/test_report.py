@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from monitoring.profile import Profile, build_profile
-from monitoring.report import drift_report_html, load_reference, reference_path
+from monitoring.report import drift_report_html, evenly_spaced, load_reference, reference_path
 
 
 def test_reference_path_is_recorded_relative_to_the_version(tmp_path: Path) -> None:
@@ -27,6 +27,14 @@ def test_load_reference_keeps_known_columns_and_subsamples_evenly(tmp_path: Path
     data = load_reference(path, ["x", "label"], max_rows=4)
     assert list(data) == ["x"]  # the output column is not in the file; target is not asked for
     assert data["x"].tolist() == [0.0, 3.0, 6.0, 9.0]
+
+
+def test_evenly_spaced_keeps_first_and_last_rows_of_every_column() -> None:
+    columns = {"x": np.arange(10.0), "s": np.array(list("abcdefghij"))}
+    assert evenly_spaced(columns, 10) == columns
+    kept = evenly_spaced(columns, 3)
+    assert kept["x"].tolist() == [0.0, 4.0, 9.0] and kept["s"].tolist() == ["a", "e", "j"]
+    assert evenly_spaced({}, 3) == {}
 
 
 def test_report_is_evidently_html_over_the_shared_columns() -> None:

@@ -121,18 +121,34 @@ def test_without_profile_rows_count_and_latency_is_kept(service) -> None:
     outputs = {"logits": np.zeros((100, 10), np.float32), "probabilities": np.zeros((100, 10))}
     (closed,) = service.ingest([_batch("mlp", {"input": x}, outputs, n_requests=3)], now=1.0)
     assert (closed.rows, closed.result, closed.latency.count) == (100, None, 3)
-    with pytest.raises(NotReady, match="no profile"):
-        service.report_source("mlp")
+    with pytest.raises(NotReady, match="^mlp/1 has no profile: build one with `vigil profile "
+                       "build`$"):
+        service.report_source("mlp", None, now=2.0)
 
 
-def test_report_source_needs_rows(service, cancer_rows) -> None:
-    with pytest.raises(NotReady, match="no sampled rows"):
-        service.report_source("breast_cancer")
+def test_report_source_is_the_last_closed_window_with_rows(service, cancer_rows) -> None:
+    with pytest.raises(NotReady, match=r"^no closed window with sampled rows for breast_cancer/1 "
+                       r"yet: the open window \(0 rows\) closes after 100 more sampled rows$"):
+        service.report_source("breast_cancer", None, now=0.5)
     service.ingest([_cancer(cancer_rows[:10])], now=1.0)
-    state, rows = service.report_source("breast_cancer")
-    assert len(rows["mean radius"]) == 10 and "label" in rows and "target" not in rows
-    service.ingest([_cancer(cancer_rows[:90])], now=2.0)  # closes the window: its rows remain
-    assert len(service.report_source("breast_cancer")[1]["mean radius"]) == 100
+    with pytest.raises(NotReady, match=r"\(10 rows\) closes after 90 more sampled rows$"):
+        service.report_source("breast_cancer", None, now=1.5)  # the open window does not count
+    service.ingest([_cancer(cancer_rows[:90])], now=2.0)  # closes window 1
+    source = service.report_source("breast_cancer", None, now=3.0)
+    assert (source.state.version, source.window.index, source.window.rows) == ("1", 1, 100)
+    assert len(source.rows["mean radius"]) == 100 and "label" in source.rows
+    assert "target" not in source.rows
+    service.ingest([_cancer(cancer_rows[:30])], now=4.0)
+    assert service.report_source("breast_cancer", "1", now=5.0).window.index == 1
+    timed = MonitorSettings(window={"rows": 100, "seconds": 30})
+    service.reconfigure(timed, now=6.0)  # closes window 2, 30 rows, under the old settings
+    service.tick(now=36.0)  # window 3 closes empty on time
+    source = service.report_source("breast_cancer", None, now=40.0)
+    assert (source.window.index, len(source.rows["mean radius"])) == (2, 30)
+    assert service.state("breast_cancer").window.closed == 3
+    mlp = service.state("mlp").window
+    assert mlp.closes_when(40.0) == "the open window (0 rows) closes after 100 more sampled " \
+        "rows or in 26 s"
 
 
 def test_reconfigure_applies_or_refuses(service, cancer_rows) -> None:

@@ -16,13 +16,6 @@ def _errors(**kwargs: Any) -> list[tuple[tuple, str]]:
     return [(tuple(e["loc"]), e["type"]) for e in info.value.errors()]
 
 
-def test_defaults() -> None:
-    settings = MonitorSettings()
-    assert (settings.window.rows, settings.window.seconds) == (1000, 60.0)
-    assert (settings.drift_share, settings.correction) == (0.5, "none")
-    assert settings.overrides == {} and settings.feature_types == {}
-
-
 def test_every_field_is_described_and_bounded() -> None:
     unbounded_ok = {"correction", "overrides", "feature_types", "window", "method"}
     for model in (MonitorSettings, WindowSettings, FeatureDriftOverride):

@@ -33,8 +33,12 @@ def test_rows_beyond_the_bound_roll_into_the_next_windows(profile) -> None:
     ]
     assert [w.result.rows for w in closed] == [4, 4]
     assert window.last_rows["x"].tolist() == [4.0, 5.0, 6.0, 7.0]
-    assert window.rows == 2 and window.current_rows()["x"].tolist() == [8.0, 9.0]
+    assert window.last_rows_window is closed[1]
     assert (closed[1].opened_at, closed[1].closed_at, window.opened_at) == (1.0, 1.0, 1.0)
+    assert window.rows == 2
+    third = window.reconfigure(_settings(rows=4), now=2.0)
+    assert third.index == 3 and window.last_rows_window is third
+    assert window.last_rows["x"].tolist() == [8.0, 9.0]
 
 
 def test_kept_rows_are_copies_not_views_of_the_batch(profile) -> None:
@@ -42,7 +46,21 @@ def test_kept_rows_are_copies_not_views_of_the_batch(profile) -> None:
     batch = _rows(0, 3)
     window.add(batch, 3, *NO_FACTS, now=0.0)
     batch["x"][:] = -1.0
-    assert window.current_rows()["x"].tolist() == [0.0, 1.0, 2.0]
+    window.reconfigure(_settings(rows=100), now=1.0)
+    assert window.last_rows["x"].tolist() == [0.0, 1.0, 2.0]
+
+
+def test_the_rows_kept_are_those_of_the_last_window_that_had_rows(profile) -> None:
+    window = TumblingWindow(profile, _settings(rows=2, seconds=10.0), now=0.0)
+    assert (window.last_rows, window.last_rows_window) == (None, None)
+    assert window.closes_when(4.0) == "the open window (0 rows) closes after 2 more sampled rows or in 6 s"
+    (first,) = window.add(_rows(0, 2), 2, *NO_FACTS, now=1.0)
+    empty = window.tick(11.5)  # closes empty: the rows kept stay those of window 1
+    assert (first.index, empty.index, empty.rows) == (1, 2, 0)
+    assert window.last_rows_window is first and window.last_rows["x"].tolist() == [0.0, 1.0]
+    window.reconfigure(_settings(rows=5, seconds=None), now=12.0)
+    window.add(_rows(0, 1), 1, *NO_FACTS, now=12.0)
+    assert window.closes_when(99.0) == "the open window (1 rows) closes after 4 more sampled rows"
 
 
 def test_a_window_closes_on_time_then_empty_ones_follow(profile) -> None:
@@ -146,3 +164,19 @@ def test_to_dict_summary_leaves_out_the_columns(profile) -> None:
     assert [c["name"] for c in full["drift"]["features"]] == ["x", "c"]
     assert "features" not in summary["drift"] and "columns" not in summary["quality"]
     assert summary["drift"]["drifted_features"] == full["drift"]["drifted_features"]
+
+
+def test_a_failed_column_is_in_the_json_with_its_reason(profile) -> None:
+    window = TumblingWindow(profile, _settings(rows=2), now=0.0)
+    unhashable = np.empty(2, dtype=object)
+    unhashable[:] = [["a"], "b"]
+    (closed,) = window.add({"x": np.array([1.0, 2.0]), "c": unhashable}, 2, *NO_FACTS, now=0.0)
+    assert closed.result is not None and closed.error is None  # the window is evaluated
+    reason = "TypeError: unhashable type: 'list'"
+    full, summary = closed.to_dict(), closed.to_dict(detail=False)
+    assert full["failed_columns"] == summary["failed_columns"] == {"c": reason}
+    x, c = full["drift"]["features"]
+    assert (x["status"], x["error"]) == ("tested", None)
+    assert (c["status"], c["error"], c["score"], c["drifted"]) == ("failed", reason, None, False)
+    assert full["quality"]["columns"][1]["error"] == reason
+    assert (summary["drift"]["tested"], summary["drift"]["share_drifted"]) == (1, 0.0)
