@@ -18,7 +18,7 @@ export RAY_AUTH_MODE ?= token
 export RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: serve test bench deploy stop models lint clean
+.PHONY: serve test bench bench-stall deploy stop models lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,11 +46,17 @@ serve: $(VENV)/.serve-installed models
 test: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest
 
-## bench: the load benchmark (reference, plain Ray Serve, Vigil) on 127.0.0.1, then the drift
-## evaluation benchmark (Vigil's window evaluation against Evidently's Report)
+## bench: the load benchmark (reference, plain Ray Serve, Vigil) on 127.0.0.1, the drift
+## evaluation benchmark (Vigil's window evaluation against Evidently's Report), and the stall
+## benchmark (one-row latency while 16 MiB invalid bodies arrive)
 bench: $(VENV)/.dev-installed models
 	$(BIN)/python -m load_tests.bench
 	$(BIN)/python -m load_tests.bench_drift
+	$(BIN)/python -m load_tests.bench_stall
+
+## bench-stall: only the stall benchmark (builds its own models)
+bench-stall: $(VENV)/.dev-installed
+	$(BIN)/python -m load_tests.bench_stall
 
 ## deploy: start a local Ray cluster and `serve deploy` the config onto it
 deploy: $(VENV)/.serve-installed models

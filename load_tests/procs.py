@@ -7,8 +7,9 @@ import errno
 import os
 import signal
 import socket
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -77,13 +78,32 @@ def pids_with_cmdline(needle: str) -> list[int]:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == me:
             continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if needle in cmdline:
+        if needle in cmdline(int(entry.name)):
             found.append(int(entry.name))
     return found
+
+
+def cmdline(pid: int) -> str:
+    """The command line (as set by the process: Ray workers retitle themselves); '' when gone."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    return raw.replace(b"\0", b" ").decode(errors="replace")
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """VmRSS (now) and VmHWM (peak since start) in KiB from /proc/<pid>/status; {} when gone."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return {}
+    found = {}
+    for line in lines:
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            found[key] = int(value.split()[0])
+    return found if len(found) == 2 else {}
 
 
 def alive(pid: int) -> bool:
@@ -163,6 +183,34 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ticks(pid: int) -> int | None:
+    """User + system CPU time of a process (all its threads) in clock ticks; None when gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[11]) + int(fields[12])
+
+
+def niceness(pid: int) -> int | None:
+    """The nice value of a process (Ray runs its workers at 15 by default); None when gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[16])
+
+
+def machine_busy_ticks() -> int:
+    """Clock ticks all cores have spent running something (user, nice, system, irq, softirq)
+    since boot."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return fields[0] + fields[1] + fields[2] + fields[5] + fields[6]
+
+
 def cpu_busy_fraction(interval_s: float = 0.5) -> float:
     """Share of all cores busy over interval_s, from /proc/stat (everyone's load, not just ours)."""
 
@@ -176,3 +224,44 @@ def cpu_busy_fraction(interval_s: float = 0.5) -> float:
     total1, idle1 = sample()
     total = total1 - total0
     return 0.0 if total <= 0 else 1.0 - (idle1 - idle0) / total
+
+
+class MemorySampler:
+    """VmRSS and VmHWM of the processes `find_pids` names (asked again every 2 s) every 0.2 s in
+    a thread, each sample tagged with the caller's current `phase`."""
+
+    def __init__(self, find_pids: Callable[[], list[int]], phase: str = "idle") -> None:
+        self.find_pids, self.phase = find_pids, phase
+        self.samples: list[tuple[str, int, int, int]] = []  # (phase, pid, rss KiB, hwm KiB)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
+
+    def _run(self) -> None:
+        pids: list[int] = []
+        next_scan = 0.0
+        while not self._stop.wait(0.2):
+            if time.monotonic() >= next_scan:
+                pids, next_scan = self.find_pids(), time.monotonic() + 2.0
+            for pid in pids:
+                memory = memory_kib(pid)
+                if memory:
+                    self.samples.append((self.phase, pid, memory["VmRSS"], memory["VmHWM"]))
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def summary(self) -> dict[str, dict[str, dict[str, float]]]:
+        """phase -> pid -> first and peak VmRSS and the last VmHWM seen, in MiB."""
+        out: dict[str, dict[str, dict[str, float]]] = {}
+        for phase, pid, rss, hwm in self.samples:
+            row = out.setdefault(phase, {}).setdefault(
+                str(pid), {"first_rss_mib": round(rss / 1024, 1), "peak_rss_mib": 0.0}
+            )
+            row["peak_rss_mib"] = max(row["peak_rss_mib"], round(rss / 1024, 1))
+            row["hwm_mib"] = round(hwm / 1024, 1)
+        return out
