@@ -16,11 +16,12 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from vigil.repository import valid_name
+
 MAX_WINDOWS = 100_000
 DRIFT_PARAMETERS = frozenset({"version", "windows"})
 REPORT_PARAMETERS = frozenset({"version"})
 _WINDOWS = re.compile(r"[0-9]{1,6}")  # [0-9], not \d: "²" and other Unicode digits are refused
-_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # always fullmatch (no "\n" slips by)
 _SHOWN = 40  # characters of a refused value or name quoted back
 _NAMES_SHOWN = 5  # unknown parameter names quoted back
 
@@ -87,7 +88,7 @@ def _parse(pairs: Iterable[tuple[str, str]], allowed: frozenset[str]) -> ModelQu
         takes = ", ".join(sorted(allowed))
         raise BadQuery(f"unknown query parameter(s) {names}{more}: this route takes {takes}")
     version = given.get("version")
-    if version is not None and not _VERSION.fullmatch(version):
+    if version is not None and not valid_name(version):
         raise BadQuery("version must be a version label (a letter or digit, then letters, digits, "
                        f"'.', '_', '-'; at most 128 characters), got {_shown(version)}")
     raw = given.get("windows")

@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from monitoring.profile import Profile
 from vigil.profiles import profile_version
 from vigil.repository import MANIFEST_FILE, ModelVersion, publish, read_manifest
 from vigil.tensors import TensorSpec
@@ -55,11 +56,20 @@ def build_examples(
 def _reference_profile(version: ModelVersion, progress: bool | None) -> None:
     """profile.json + profile.npz beside the version, from its reference.parquet (the `target`
     column is not an input, so it is left out) with the outputs the model gives on it."""
-    if version.has_profile:
+    if version.has_profile and _loads(version):
         return
     profile_version(
         version.path, version.path / REFERENCE_FILE, outputs_from_model=True, progress=progress
     )
+
+
+def _loads(version: ModelVersion) -> bool:
+    """Whether the version's profile can be used (one of an older format is rebuilt)."""
+    try:
+        Profile.load(version.path)
+    except (ValueError, OSError, KeyError):
+        return False
+    return True
 
 
 def _existing(

@@ -19,7 +19,12 @@ PROFILE_JSON = "profile.json"
 PROFILE_NPZ = "profile.npz"
 MAX_BATCH_ROWS = 1_000_000
 MANIFEST_FILE = "model.yaml"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # used with fullmatch: no "1\n"
+
+
+def valid_name(label: str) -> bool:
+    """Whether `label` may name a model or a version: letters, digits, '.', '_', '-'."""
+    return _NAME.fullmatch(label) is not None
 
 
 class RepositoryError(Exception):
@@ -175,7 +180,7 @@ def scan(root: Path, only: list[str] | None = None) -> dict[str, list[ModelVersi
             continue
         versions = []
         for version_dir in sorted(
-            (p for p in model_dir.iterdir() if p.is_dir() and _NAME.match(p.name)),
+            (p for p in model_dir.iterdir() if p.is_dir() and valid_name(p.name)),
             key=lambda p: _version_key(p.name),
         ):
             if not (version_dir / MANIFEST_FILE).exists():
@@ -207,7 +212,7 @@ def publish(
 ) -> ModelVersion:
     """Write a new version. Versions are immutable: an existing one with other bytes is refused."""
     for label in (name, version):
-        if not _NAME.match(label):
+        if not valid_name(label):
             raise RepositoryError(f"invalid name {label!r}: letters, digits, '.', '_', '-' only")
     version_dir = root / name / version
     sha = hashlib.sha256(onnx_bytes).hexdigest()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -12,9 +13,10 @@ import pytest
 from sklearn.datasets import load_breast_cancer
 from sklearn.model_selection import train_test_split
 
-from vigil.examples import REFERENCE_FILE, build_examples
+from monitoring.profile import Profile
 from serving.protocol import TensorSpec
-from vigil.repository import RepositoryError, scan
+from vigil.examples import REFERENCE_FILE, build_examples
+from vigil.repository import PROFILE_JSON, RepositoryError, scan
 
 
 @pytest.fixture(scope="module")
@@ -139,3 +141,18 @@ def test_tampered_model_is_refused(built: Path, tmp_path: Path) -> None:
     version.model_file.write_bytes(bytes(data))
     with pytest.raises(RepositoryError, match="sha256"):
         version.read_verified_bytes()
+
+
+def test_an_unusable_profile_is_rebuilt(built: Path, tmp_path: Path) -> None:
+    # A profile an older Vigil wrote (or one cut short) is rebuilt, not kept beside the model.
+    root = tmp_path / "models"
+    shutil.copytree(built, root)
+    profile_json = root / "breast_cancer" / "1" / PROFILE_JSON
+    doc = json.loads(profile_json.read_text())
+    doc["format_version"] = 1
+    profile_json.write_text(json.dumps(doc))
+    with pytest.raises(ValueError):
+        Profile.load(profile_json.parent)
+    build_examples(root)
+    assert Profile.load(profile_json.parent).rows == 426
+    assert profile_json.read_bytes() == (built / "breast_cancer" / "1" / PROFILE_JSON).read_bytes()

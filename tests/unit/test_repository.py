@@ -18,6 +18,7 @@ from vigil.repository import (
     publish,
     read_manifest,
     scan,
+    valid_name,
 )
 
 INPUTS = (TensorSpec("x", "FP32", (-1, 3), allow_non_finite=False),)
@@ -92,6 +93,13 @@ def test_max_batch_rows_must_be_a_bounded_integer(tmp_path: Path, value) -> None
     (version.path / MANIFEST_FILE).write_text(yaml.safe_dump(manifest))
     with pytest.raises(RepositoryError, match="max_batch_rows must be an integer from 0"):
         read_manifest(version.path)
+
+
+@pytest.mark.parametrize("label", ["1\n", "", "-1", "a/b", "..", "x" * 129, "é"])
+def test_names_are_letters_digits_dot_dash_underscore(tmp_path: Path, label: str) -> None:
+    assert not valid_name(label)
+    with pytest.raises(RepositoryError, match="letters, digits"):
+        _publish(tmp_path, version=label)
 
 
 def test_scan_finds_published_versions(tmp_path: Path) -> None:
