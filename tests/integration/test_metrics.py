@@ -43,6 +43,7 @@ def test_request_and_batch_metrics_after_traffic(vigil, client):
             # bucket midpoints, so _count is the exact figure to pin.)
             and _value(text, "ray_vigil_batch_rows_count", model="breast_cancer") >= 20
             and _value(text, "ray_vigil_queue_wait_seconds_count", model="breast_cancer") >= 20
+            and _value(text, "ray_vigil_requests_total", model="_unknown", code="404") >= 1
         )
         return text if caught_up else None
 
