@@ -28,7 +28,6 @@ import io
 import json
 import math
 import os
-import secrets
 import sys
 import zipfile
 from collections import Counter
@@ -39,6 +38,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from vigil.files import atomic_write
 from vigil.repository import PROFILE_JSON, PROFILE_NPZ
 
 Kind = Literal["numeric", "categorical"]
@@ -153,8 +153,8 @@ class Profile:
         npz = buffer.getvalue()
         meta["npz_sha256"] = hashlib.sha256(npz).hexdigest()
         text = json.dumps(meta, indent=1, allow_nan=False).encode()  # before any file is touched
-        _atomic_write(directory / PROFILE_NPZ, npz)
-        _atomic_write(directory / PROFILE_JSON, text)
+        atomic_write(directory / PROFILE_NPZ, npz)
+        atomic_write(directory / PROFILE_JSON, text)
         return directory
 
     @classmethod
@@ -419,19 +419,3 @@ def _write_npz(file: Any, arrays: Mapping[str, np.ndarray]) -> None:
             info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             with archive.open(info, "w", force_zip64=True) as member:
                 np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` under a fresh temporary name beside `path` (created as open() would create
-    it: mode 0666 less the umask), flush it to disk, then rename it to `path`."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -11,6 +11,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from monitoring.profile import Profile
+from vigil.files import atomic_write
 from vigil.profiles import profile_version
 from vigil.repository import MANIFEST_FILE, ModelVersion, publish, read_manifest
 from vigil.tensors import TensorSpec
@@ -142,10 +143,10 @@ def _breast_cancer(root: Path, force: bool) -> ModelVersion:
     )
     frame = pd.DataFrame(x_train, columns=features)
     frame["target"] = y_train
-    # Written beside model.onnx after publish; a temp name keeps a half-written file invisible.
-    tmp = version.path / (REFERENCE_FILE + ".tmp")
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp, compression="snappy")
-    tmp.replace(version.path / REFERENCE_FILE)
+    # Written beside model.onnx after publish, atomically: never a half-written file.
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), sink, compression="snappy")
+    atomic_write(version.path / REFERENCE_FILE, sink.getvalue().to_pybytes())
     return version
 
 

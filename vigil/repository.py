@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from vigil.files import atomic_write
 from vigil.tensors import V2_TO_NUMPY, TensorSpec
 
 MODEL_FILE = "model.onnx"
@@ -234,7 +235,5 @@ def publish(
     version_dir.mkdir(parents=True, exist_ok=True)
     (version_dir / MODEL_FILE).write_bytes(onnx_bytes)
     # The manifest is written last: a version without one is not visible to scan().
-    tmp = version_dir / (MANIFEST_FILE + ".tmp")
-    tmp.write_text(manifest.to_yaml())
-    tmp.replace(version_dir / MANIFEST_FILE)
+    atomic_write(version_dir / MANIFEST_FILE, manifest.to_yaml().encode())
     return ModelVersion(version_dir, manifest)

@@ -20,7 +20,6 @@ import logging
 import os
 import re
 import secrets
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -29,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from vigil.files import atomic_write
 
 logger = logging.getLogger("vigil.tokens")
 
@@ -113,21 +114,12 @@ def read_tokens(path: Path) -> list[TokenRecord]:
 
 
 def _write_tokens(path: Path, records: list[TokenRecord]) -> None:
-    """Atomically: a 0600 temporary file beside it, then a rename (readers never see half)."""
+    """Atomically, with mode 0600 (readers never see half a file, nor other users any of it)."""
     text = _HEADER + yaml.safe_dump(
         {"version": FORMAT_VERSION, "tokens": [r.to_dict() for r in records]}, sort_keys=False
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mkstemp: mode 0600
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, text.encode(), mode=0o600)
 
 
 @contextlib.contextmanager
