@@ -49,7 +49,7 @@ from monitoring.report import drift_report_html, evenly_spaced, load_reference, 
 from monitoring.report_cache import ReportCache
 from monitoring.service import MonitorService, NotReady, ReportSource, UnknownModel
 from monitoring.settings import MonitorAppSettings, MonitorSettings
-from vigil.tokens import TokenVerifier
+from vigil.tokens import TokenVerifier, tokens_file
 from vigil.web import (
     BearerGuard,
     error_response,
@@ -58,7 +58,6 @@ from vigil.web import (
     node_addresses,
     open_access_check,
     serve_http_host,
-    tokens_path,
 )
 
 logger = logging.getLogger("vigil.monitor")
@@ -80,7 +79,7 @@ class Monitor:
 
     def __init__(self, args: dict[str, Any]) -> None:
         self.args = MonitorAppSettings(**args)
-        self.tokens = TokenVerifier(tokens_path(self.args.tokens_file, self.args.model_repository))
+        self.tokens = TokenVerifier(tokens_file(self.args.tokens_file, self.args.model_repository))
         open_access_check(self.args.auth, self.tokens, serve_http_host())
         self.settings = MonitorSettings()
         self.service = MonitorService(self.args, self.settings, time.time())

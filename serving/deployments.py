@@ -34,7 +34,7 @@ from serving.runtime import OnnxModel
 from serving.sampling import SampleBuffer
 from serving.settings import BatchSettings, ServerSettings
 from vigil import repository
-from vigil.tokens import TokenVerifier
+from vigil.tokens import TokenVerifier, tokens_file
 from vigil.web import (
     JSON,
     OPEN,
@@ -46,7 +46,6 @@ from vigil.web import (
     node_addresses,
     open_access_check,
     serve_http_host,
-    tokens_path,
 )
 
 logger = logging.getLogger("vigil.server")
@@ -97,7 +96,7 @@ class ModelServer:
     def __init__(self, settings: dict[str, Any]) -> None:
         self.settings = ServerSettings(**settings)
         self.tokens = TokenVerifier(
-            tokens_path(self.settings.tokens_file, self.settings.model_repository)
+            tokens_file(self.settings.tokens_file, self.settings.model_repository)
         )
         open_access_check(self.settings.auth, self.tokens, serve_http_host())
         found = repository.scan(self.settings.model_repository, self.settings.models)

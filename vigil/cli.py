@@ -100,12 +100,12 @@ def _tokens_file(args: argparse.Namespace) -> Path:
     """--file, else VIGIL_TOKENS_FILE (read by the serving settings), else tokens.yaml beside
     the model repository: the same file the running apps use."""
     from serving.settings import ServerSettings
-    from vigil.web import tokens_path
+    from vigil.tokens import tokens_file
 
     if args.file:
         return Path(args.file)
     settings = ServerSettings(model_repository=Path(args.models_dir))
-    return tokens_path(settings.tokens_file, settings.model_repository)
+    return tokens_file(settings.tokens_file, settings.model_repository)
 
 
 def _tokens_create(args: argparse.Namespace) -> int:

@@ -58,8 +58,13 @@ class TokenRecord:
         return {"name": self.name, "scopes": scopes, "sha256": self.sha256, "created": self.created}
 
 
-def default_tokens_file(model_repository: str | os.PathLike[str]) -> Path:
-    """tokens.yaml beside the model repository folder (not inside it: it is no model)."""
+def tokens_file(
+    configured: str | os.PathLike[str] | None, model_repository: str | os.PathLike[str]
+) -> Path:
+    """The tokens file in use: the configured one, else tokens.yaml beside the model repository
+    folder (not inside it: it is no model)."""
+    if configured:
+        return Path(configured).expanduser()
     return Path(model_repository).expanduser().resolve().parent / DEFAULT_FILE_NAME
 
 

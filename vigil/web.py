@@ -10,7 +10,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -19,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from vigil.tokens import Decision, TokenVerifier, default_tokens_file
+from vigil.tokens import Decision, TokenVerifier
 
 logger = logging.getLogger("vigil.web")
 
@@ -175,7 +174,3 @@ def _header(scope: Scope, name: bytes) -> str | None:
             return value.decode("latin-1")
     return None
 
-
-def tokens_path(configured: Path | None, model_repository: Path) -> Path:
-    """The tokens file an app uses: the configured one, else tokens.yaml beside the repository."""
-    return Path(configured).expanduser() if configured else default_tokens_file(model_repository)

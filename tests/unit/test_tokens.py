@@ -15,10 +15,10 @@ from vigil.tokens import (
     TokensFileError,
     TokenVerifier,
     create_token,
-    default_tokens_file,
     parse_scopes,
     read_tokens,
     revoke_token,
+    tokens_file,
 )
 
 
@@ -91,7 +91,8 @@ def test_a_malformed_file_is_refused_with_where_and_why(tmp_path: Path, doc: str
 
 
 def test_the_default_file_sits_beside_the_model_repository(tmp_path: Path) -> None:
-    assert default_tokens_file(tmp_path / "models") == tmp_path.resolve() / "tokens.yaml"
+    assert tokens_file(None, tmp_path / "models") == tmp_path.resolve() / "tokens.yaml"
+    assert tokens_file("/etc/vigil/t.yaml", tmp_path / "models") == Path("/etc/vigil/t.yaml")
 
 
 # ---------------------------------------------------------------- checks
