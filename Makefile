@@ -17,6 +17,8 @@ export RAY_AUTH_MODE ?= token
 # node HAProxy learns of it at once, so Ctrl-C on `make serve` need not wait that long.
 export RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S ?= 2
 export PYTHONUNBUFFERED := 1
+# The Serve config `make serve` and `make deploy` run: `make serve CONFIG=my-serve.yaml`.
+CONFIG ?= configs/serve.yaml
 
 .PHONY: serve test bench bench-stall deploy stop models lint clean
 
@@ -38,9 +40,9 @@ models/breast_cancer/1/model.yaml models/mlp/1/model.yaml: | $(VENV)/.serve-inst
 
 models: models/breast_cancer/1/model.yaml models/mlp/1/model.yaml
 
-## serve: set up and run the service on http://127.0.0.1:8000 (Ctrl-C stops it)
+## serve: set up and run the service on http://127.0.0.1:8000 (Ctrl-C stops it); CONFIG=... for another config
 serve: $(VENV)/.serve-installed models
-	$(BIN)/serve run configs/serve.yaml
+	$(BIN)/serve run $(CONFIG)
 
 ## test: set up and run the whole test suite (unit, integration on a real Ray, scenarios)
 test: $(VENV)/.dev-installed
@@ -62,7 +64,7 @@ bench-stall: $(VENV)/.dev-installed
 deploy: $(VENV)/.serve-installed models
 	$(BIN)/ray get-auth-token --generate >/dev/null
 	$(BIN)/ray status >/dev/null 2>&1 || $(BIN)/ray start --head --disable-usage-stats
-	$(BIN)/serve deploy configs/serve.yaml
+	$(BIN)/serve deploy $(CONFIG)
 	$(BIN)/serve status
 
 ## stop: shut down what `make deploy` started

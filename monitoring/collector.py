@@ -17,10 +17,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from monitoring.latency import QUANTILES
+from monitoring.webhooks import OUTCOMES, SECONDS_BUCKETS, DeliveryStats
 from monitoring.window import ClosedWindow
 
 MV = ["model", "version"]
@@ -180,3 +186,56 @@ class MonitorCollector(Collector):
         for kind in VIOLATION_KINDS:
             count = sum(v.violation == kind for v in quality.violations)
             g["violations"].add_metric([*mv, kind], count)
+
+
+class AlertCollector(Collector):
+    """Alert states and webhook delivery, read at scrape time (on the monitor's window thread).
+
+    ``vigil_alert_firing`` has one series per (model, version, rule) the rules have judged or
+    that fires; delivery series exist per configured target (zeros included) and per target
+    that still has rows in the outbox.
+    """
+
+    def __init__(
+        self,
+        firing: Callable[[], Iterable[tuple[str, str, str, bool]]],
+        stats: DeliveryStats,
+        targets: Callable[[], Iterable[str]],
+    ) -> None:
+        self._firing = firing
+        self._stats = stats
+        self._targets = targets
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        firing = GaugeMetricFamily("vigil_alert_firing", "1 while the alert of this rule fires for "
+                                   "the model version, 0 when it does not.", labels=[*MV, "rule"])
+        for model, version, rule, on in self._firing():
+            firing.add_metric([model, version, rule], float(on))
+        yield firing
+        stats = self._stats
+        targets = sorted({*self._targets(), *stats.pending, *(t for t, _ in stats.attempts)})
+        attempts = CounterMetricFamily(
+            "vigil_webhook_deliveries_total", "Delivery attempts by outcome: delivered (2xx), "
+            "rejected (a status that is not retried: dead-lettered), http_error (408, 429, 5xx: "
+            "retried), timeout, connection_error.", labels=["target", "outcome"])
+        dead = CounterMetricFamily("vigil_webhook_dead_letters_total", "Deliveries given up "
+                                   "(refused, or out of attempts).", labels=["target"])
+        pending = GaugeMetricFamily("vigil_webhook_outbox_pending", "Deliveries waiting in the "
+                                    "outbox (first attempt or retry).", labels=["target"])
+        seconds = HistogramMetricFamily("vigil_webhook_delivery_seconds", "Duration of one "
+                                        "delivery attempt, any outcome.", labels=["target"])
+        for target in targets:
+            for outcome in OUTCOMES:
+                attempts.add_metric([target, outcome], stats.attempts.get((target, outcome), 0))
+            dead.add_metric([target], stats.dead_letters.get(target, 0))
+            pending.add_metric([target], stats.pending.get(target, 0))
+            counts = stats.seconds_buckets.get(target, [0] * (len(SECONDS_BUCKETS) + 1))
+            cumulative, buckets = 0, []
+            for bound, n in zip((*map(str, SECONDS_BUCKETS), "+Inf"), counts, strict=True):
+                cumulative += n
+                buckets.append((bound, cumulative))
+            seconds.add_metric([target], buckets, stats.seconds_sum.get(target, 0.0))
+        yield from (attempts, dead, pending, seconds)

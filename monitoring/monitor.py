@@ -13,6 +13,8 @@ HTTP, under the application's route prefix (``/monitor``):
     GET /v1/models/{m}/drift[?version=V][&windows=N]   latest window in full + last N summaries
     GET /v1/models/{m}/report[?version=V]     Evidently DataDriftPreset HTML of the last closed
                                               window with rows against the reference data
+    GET /v1/models/{m}/rows[?version=V]       that window's sampled rows as JSON columns (what
+                                              a retraining job adds to its data)
 
 Query parameters are checked by monitoring.queries. A report is built once per window
 (monitoring.report_cache: concurrent requests share one build, builds run one at a time) from at
@@ -43,12 +45,15 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from monitoring.collector import MonitorCollector
+from monitoring.alerts import AlertEngine
+from monitoring.collector import AlertCollector, MonitorCollector
+from monitoring.outbox import Outbox, outbox_file
 from monitoring.queries import BadQuery, accepts_gzip, parse_drift_query, parse_report_query
 from monitoring.report import drift_report_html, evenly_spaced, load_reference, reference_path
 from monitoring.report_cache import ReportCache
 from monitoring.service import MonitorService, NotReady, ReportSource, UnknownModel
 from monitoring.settings import MonitorAppSettings, MonitorSettings
+from monitoring.webhooks import ActiveTarget, Deliverer, DeliveryStats
 from vigil.tokens import TokenVerifier, tokens_file
 from vigil.web import (
     BearerGuard,
@@ -82,7 +87,14 @@ class Monitor:
         self.tokens = TokenVerifier(tokens_file(self.args.tokens_file, self.args.model_repository))
         open_access_check(self.args.auth, self.tokens, serve_http_host())
         self.settings = MonitorSettings()
-        self.service = MonitorService(self.args, self.settings, time.time())
+        self._loop: asyncio.AbstractEventLoop | None = None
+        outbox = Outbox(outbox_file(self.args.outbox_path, self.args.model_repository))
+        logger.info("alert state and webhook outbox: %s", outbox.path)
+        self.alerts = AlertEngine(outbox, self.args.public_url, time.time(), notify=self._wake_delivery)
+        self.service = MonitorService(self.args, self.settings, time.time(), alerts=self.alerts)
+        self.delivery_stats = DeliveryStats()
+        self.deliverer = Deliverer(outbox, self.delivery_stats)
+        self._delivery: asyncio.Task | None = None
         self._worker = ThreadPoolExecutor(
             1, thread_name_prefix="vigil-monitor", initializer=_yield_cpu_to_serving
         )
@@ -91,21 +103,31 @@ class Monitor:
         )
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(MonitorCollector(self.service.snapshots))
+        self.registry.register(AlertCollector(
+            self.alerts.firing, self.delivery_stats, lambda: list(self.deliverer.targets)
+        ))
         self._references: dict[tuple[str, str], dict] = {}  # read and written on the report thread
         self._reports = ReportCache()
         self._ticker: asyncio.Task | None = None
         self._start_ticker()
 
     def _start_ticker(self) -> None:
-        """The periodic task that closes time windows without traffic (started on the replica's
-        event loop; re-started by any later call should it have stopped)."""
-        if self._ticker is not None and not self._ticker.done():
-            return
+        """The periodic tasks: closing time windows without traffic, and webhook delivery
+        (started on the replica's event loop; re-started by any later call should they stop)."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        self._ticker = loop.create_task(self._tick_forever())
+        self._loop = loop
+        if self._ticker is None or self._ticker.done():
+            self._ticker = loop.create_task(self._tick_forever())
+        if self._delivery is None or self._delivery.done():
+            self._delivery = loop.create_task(self.deliverer.run())
+
+    def _wake_delivery(self) -> None:
+        """Events were committed (on the window thread): deliver now, not at the next poll."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.deliverer.wake)
 
     async def _tick_forever(self) -> None:
         while True:
@@ -121,8 +143,11 @@ class Monitor:
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """New window and drift settings, live; a setting that misfits a profile is refused."""
         settings = MonitorSettings.model_validate(user_config or {})
+        # Secrets come from the replica's environment; a target without one is refused.
+        targets = {t.name: ActiveTarget(t, tuple(t.secrets(os.environ))) for t in settings.webhooks}
         await self._on_worker(self.service.reconfigure, settings, time.time())
         self.settings = settings
+        self.deliverer.configure(targets)
         self._start_ticker()
         logger.info("monitor settings now %s", settings.model_dump(exclude_defaults=True))
 
@@ -193,6 +218,29 @@ class Monitor:
             return HTMLResponse(body, headers={**headers, "Content-Encoding": "gzip"})
         return HTMLResponse(await asyncio.to_thread(gzip.decompress, body), headers=headers)
 
+    async def rows(self, request: Request) -> Response:
+        """The sampled rows of the last closed window with rows, by profiled column."""
+        model = request.path_params["model"]
+        try:
+            query = parse_report_query(request.query_params.multi_items())
+            source = await self._on_worker(
+                self.service.report_source, model, query.version, time.time()
+            )
+        except BadQuery as exc:
+            return error_response(400, str(exc))
+        except UnknownModel as exc:
+            return error_response(404, str(exc))
+        except NotReady as exc:
+            return error_response(409, str(exc))
+        window = source.window
+        doc = {
+            "model": source.state.model, "version": source.state.version,
+            "window": {"index": window.index, "opened_at": window.opened_at,
+                       "closed_at": window.closed_at, "rows": window.rows},
+            "columns": {name: values.tolist() for name, values in source.rows.items()},
+        }
+        return await asyncio.to_thread(json_response, doc, headers={"X-Vigil-Window": str(window.index)})
+
     async def _on_report_worker(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._report_worker, fn, *args)
 
@@ -229,6 +277,7 @@ def build_asgi_app(monitor: Monitor) -> Starlette:
         Route("/v1/status", m.status, methods=["GET"]),
         Route("/v1/models/{model}/drift", m.drift, methods=["GET"]),
         Route("/v1/models/{model}/report", m.report, methods=["GET"]),
+        Route("/v1/models/{model}/rows", m.rows, methods=["GET"]),
     ]
     guard = Middleware(
         BearerGuard,

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from monitoring.alerts import AlertEngine
 from monitoring.collector import VersionSnapshot
 from monitoring.columns import ColumnLayout, layout_for
 from monitoring.drift import check_settings
@@ -112,9 +113,11 @@ class RateLimitedLog:
 class MonitorService:
     """Every monitored version of the repository, fed with sample batches."""
 
-    def __init__(self, app: MonitorAppSettings, settings: MonitorSettings, now: float) -> None:
+    def __init__(self, app: MonitorAppSettings, settings: MonitorSettings, now: float,
+                 alerts: AlertEngine | None = None) -> None:
         self.app = app
         self.settings = settings
+        self.alerts = alerts  # rules over closed windows; None: no alerting
         self.log = RateLimitedLog(app.log_interval_s)
         self.versions: dict[tuple[str, str], VersionState] = {}
         self.models: dict[str, list[str]] = {}  # model -> versions, oldest first
@@ -171,6 +174,11 @@ class MonitorService:
             closed += self._ingest_one(message, now)
         return closed
 
+    def _judge(self, state: VersionState, closed: list[ClosedWindow], now: float) -> None:
+        if self.alerts is not None:
+            for window in closed:
+                self.alerts.on_window(state.model, state.version, window, now)
+
     def _drop_whole(self, kind: str, rows: int, requests: int, where: str, why: str) -> None:
         self.unknown.messages_dropped[kind] += 1
         self.unknown.rows_dropped[kind] += rows
@@ -194,6 +202,8 @@ class MonitorService:
         inputs, outputs, rows = message.inputs, message.outputs, message.rows
         state.rows_received += rows
         state.requests_received += message.requests
+        if message.requests and self.alerts is not None:
+            self.alerts.request_seen(state.model, state.version, now)
         state.rows_dropped["replica"] += message.dropped_rows
         state.requests_dropped["replica"] += message.dropped_requests
         reason = state.mismatch(inputs, outputs) if inputs or outputs else None
@@ -212,18 +222,30 @@ class MonitorService:
         for window in closed:
             if window.error:
                 self.log.warning(f"eval:{where}", f"window {window.index} of {where}: {window.error}")
+        self._judge(state, closed, now)
         return closed
 
     def tick(self, now: float) -> list[ClosedWindow]:
-        """Close the time windows that are due, traffic or not."""
-        return [w for s in self.versions.values() if (w := s.window.tick(now)) is not None]
+        """Close the time windows that are due, traffic or not; judge the silence rules."""
+        closed = []
+        for state in self.versions.values():
+            if (window := state.window.tick(now)) is not None:
+                closed.append(window)
+                self._judge(state, [window], now)
+        if self.alerts is not None:
+            self.alerts.tick(self.versions, now)
+        return closed
 
     def reconfigure(self, settings: MonitorSettings, now: float) -> None:
-        """Apply new window and drift settings; refused (ValueError) if they misfit a profile."""
+        """Apply new window, drift and alert settings; refused (ValueError) if they misfit a
+        profile. Windows closed by the change are judged by the rules they opened under."""
         self._check(settings)
         self.settings = settings
         for state in self.versions.values():
-            state.window.reconfigure(settings, now)
+            if (window := state.window.reconfigure(settings, now)) is not None:
+                self._judge(state, [window], now)
+        if self.alerts is not None:
+            self.alerts.configure(settings.alerts, settings.webhooks, self.versions, now)
 
     # ------------------------------------------------------------------ reading
 
@@ -265,6 +287,7 @@ class MonitorService:
                 "opened_at": window.opened_at, "rows": window.rows, "requests": window.requests,
             },
             "windows_evaluated": window.closed,
+            "alerts": self.alerts.describe(state.model, state.version) if self.alerts else [],
             "latest": window.latest.to_dict(detail=True) if window.latest else None,
             "windows": [w.to_dict(detail=False) for w in history],
         }

@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from monitoring.alert_settings import AlertRule, WebhookTarget, check_unique
+
 DriftMethod = Literal["ks", "chisquare", "z", "wasserstein", "jensenshannon", "psi"]
 Correction = Literal["none", "bonferroni", "benjamini-hochberg"]
 ColumnKind = Literal["numeric", "categorical"]
@@ -122,11 +124,24 @@ class MonitorSettings(BaseModel):
         "with more fails (such a column is text or an id, not a category).",
     )
 
+    alerts: list[AlertRule] = Field(
+        default_factory=list,
+        max_length=1000,
+        description="Alert rules over closed windows (monitoring.alert_settings); each firing and "
+        "resolution becomes a signed event for the webhook targets.",
+    )
+    webhooks: list[WebhookTarget] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Where alert events are delivered (at least once, from the durable outbox).",
+    )
+
     @model_validator(mode="after")
     def _names_bounded(self) -> MonitorSettings:
         for name in (*self.overrides, *self.feature_types):
             if not 0 < len(name) <= _NAME_MAX:
                 raise ValueError(f"column names must have 1..{_NAME_MAX} characters: {name[:40]!r}")
+        check_unique(self.alerts, self.webhooks)
         return self
 
 
@@ -175,6 +190,20 @@ class MonitorAppSettings(BaseSettings):
     tokens_file: Path | None = Field(
         default=None,
         description="Tokens file (`vigil tokens`); unset: tokens.yaml beside model_repository.",
+    )
+    outbox_path: Path | None = Field(
+        default=None,
+        description="SQLite file (WAL mode) holding alert state and the webhook outbox; it must "
+        "outlive the replica (a volume on Kubernetes). Unset: vigil-outbox.sqlite beside "
+        "model_repository.",
+    )
+    public_url: str = Field(
+        default="http://127.0.0.1:8000/monitor",
+        min_length=8,
+        max_length=2048,
+        pattern=r"^https?://",
+        description="The monitor's address as receivers reach it: events link to "
+        "<public_url>/v1/models/<model>/drift and .../report, and name it as their source.",
     )
     log_interval_s: float = Field(
         default=10.0,

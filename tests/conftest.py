@@ -1,5 +1,6 @@
 """Test-wide setup: the Ray environment every test process needs, set before Ray is imported."""
 
+import base64
 import os
 import secrets
 import socket
@@ -31,6 +32,9 @@ _ENV = {
     "RAY_DEDUP_LOGS": "0",
     # Replicas behind HAProxy drain 30 s by default before stopping; nothing needs that here.
     "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+    # The webhook signing secret, in the environment Ray's workers inherit (as a user exports
+    # it before `make serve`); tests/integration/test_alerts.py names it in its targets.
+    "VIGIL_TEST_WEBHOOK_SECRET": "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode(),
 }
 for _key, _value in _ENV.items():
     os.environ.setdefault(_key, _value)

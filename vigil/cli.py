@@ -1,13 +1,19 @@
-"""The `vigil` command line: example models, the model repository, reference profiles, reports."""
+"""The `vigil` command line: example models, the model repository, reference profiles, reports,
+the webhook outbox."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from monitoring.outbox import Outbox
 
 
 def _examples_build(args: argparse.Namespace) -> int:
@@ -141,6 +147,230 @@ def _tokens_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- vigil webhooks
+
+_DELIVERY_STATES = ("pending", "delivered", "dead")  # monitoring.outbox.STATES, without importing it
+_EVERY = 1_000_000  # "no limit" for one event's deliveries
+
+
+def _outbox_path(args: argparse.Namespace) -> Path:
+    """--outbox, else VIGIL_OUTBOX_PATH (read by the monitor's settings), else
+    vigil-outbox.sqlite beside the model repository: the file the running monitor uses."""
+    from monitoring.outbox import outbox_file
+    from monitoring.settings import MonitorAppSettings
+
+    if args.outbox:
+        return Path(args.outbox).expanduser()
+    settings = MonitorAppSettings(model_repository=Path(args.models_dir))
+    return outbox_file(settings.outbox_path, settings.model_repository)
+
+
+def _with_outbox(command: Callable[[argparse.Namespace, Outbox], int]) -> Callable[..., int]:
+    """Open the existing outbox for `command`; a missing file is refused (exit 2), not created."""
+
+    def run(args: argparse.Namespace) -> int:
+        import sqlite3
+
+        from monitoring.outbox import Outbox
+
+        path = _outbox_path(args)
+        if not path.is_file():
+            return _refuse(f"no webhook outbox at {path} (the monitor creates it when it starts); "
+                           "name it with --outbox FILE or --models-dir DIR")
+        try:
+            outbox = Outbox(path)
+        except sqlite3.DatabaseError as exc:
+            raise RuntimeError(f"{path}: {exc}") from None
+        try:
+            return command(args, outbox)
+        finally:
+            outbox.close()
+
+    return run
+
+
+def _refuse(message: str, code: int = 2) -> int:
+    print(f"vigil: {message}", file=sys.stderr)
+    return code
+
+
+def _unknown_events(outbox: Outbox, event_ids: list[str]) -> int | None:
+    """Exit 1 with a message when some of these events are not in the outbox."""
+    missing = [i for i in event_ids if outbox.event(i) is None]
+    if missing:
+        return _refuse(f"no such event in {outbox.path}: {', '.join(missing)}", 1)
+    return None
+
+
+def _iso(ts: float | None) -> str:
+    from datetime import UTC, datetime
+
+    return "-" if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+def _short(text: str | None, width: int = 40) -> str:
+    if not text:
+        return "-"
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _webhooks_list(args: argparse.Namespace, outbox: Outbox) -> int:
+    import json
+
+    rows = outbox.deliveries(state=args.state, target=args.target, limit=args.limit)
+    if args.json:
+        for d in rows:
+            print(json.dumps(d.to_dict()))
+        return 0
+    if not rows:
+        filters = "".join(f" {k}={v}" for k, v in (("state", args.state), ("target", args.target))
+                          if v is not None)
+        print(f"no deliveries{filters and ' with' + filters} in {outbox.path}")
+        return 0
+    table = [("EVENT", "TYPE", "SUBJECT", "TARGET", "STATE", "ATTEMPTS", "STATUS", "LAST ERROR",
+              "CREATED")]
+    table += [(d.event_id, d.type, d.subject, d.target, d.state, str(d.attempts),
+               "-" if d.last_status is None else str(d.last_status), _short(d.last_error),
+               _iso(d.created_at)) for d in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def _webhooks_show(args: argparse.Namespace, outbox: Outbox) -> int:
+    import json
+
+    event = outbox.event(args.event_id)
+    if event is None:
+        return _refuse(f"no such event in {outbox.path}: {args.event_id}", 1)
+    print(json.dumps(event, indent=2, ensure_ascii=False))
+    deliveries = outbox.deliveries(event_id=args.event_id, limit=_EVERY)
+    print(f"\ndeliveries ({len(deliveries)}):")
+    for d in deliveries:
+        status = "-" if d.last_status is None else d.last_status
+        line = (f"  {d.target}: {d.state}, attempts {d.attempts}, last status {status}, "
+                f"last attempt {_iso(d.last_attempt_at)}")
+        line += (f", next attempt {_iso(d.next_attempt_at)}" if d.state == "pending"
+                 else f", done {_iso(d.done_at)}")
+        print(line)
+        if d.last_error:
+            print(f"    last error: {d.last_error}")
+    return 0
+
+
+def _webhooks_retry(args: argparse.Namespace, outbox: Outbox) -> int:
+    ids = list(dict.fromkeys(args.event_ids))
+    if ids and args.all_dead:
+        return _refuse("give event ids or --all-dead, not both")
+    if not ids and not args.all_dead:
+        return _refuse("name the events to retry, or --all-dead for every dead delivery")
+    if (code := _unknown_events(outbox, ids)) is not None:
+        return code
+    count = outbox.retry(event_ids=ids, target=args.target)
+    where = f" to {args.target}" if args.target else ""
+    print(f"re-queued {count} dead deliver{'y' if count == 1 else 'ies'}{where}; a running "
+          "monitor sends pending deliveries within about a second")
+    return 0
+
+
+def _webhooks_replay(args: argparse.Namespace, outbox: Outbox) -> int:
+    ids = list(dict.fromkeys(args.event_ids))
+    if (code := _unknown_events(outbox, ids)) is not None:
+        return code
+    plan: dict[str, list[str]] = {}
+    for event_id in ids:
+        if args.targets:
+            plan[event_id] = list(dict.fromkeys(args.targets))
+        else:
+            plan[event_id] = sorted({d.target for d in
+                                     outbox.deliveries(event_id=event_id, limit=_EVERY)})
+            if not plan[event_id]:
+                return _refuse(f"event {event_id} has no deliveries; name the targets with "
+                               "--target NAME")
+    total = 0
+    for event_id, targets in plan.items():
+        total += outbox.replay([event_id], targets)
+        print(f"{event_id}: pending again for {', '.join(targets)}")
+    print(f"re-queued {total} deliver{'y' if total == 1 else 'ies'}; a running monitor sends "
+          "pending deliveries within about a second")
+    return 0
+
+
+def _webhooks_secret(args: argparse.Namespace) -> int:
+    import base64
+    import secrets
+
+    print("whsec_" + base64.b64encode(secrets.token_bytes(32)).decode("ascii"))
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
+    return value
+
+
+def _webhooks_parser(commands: argparse._SubParsersAction) -> None:
+    sends = ("The running monitor sends pending deliveries within about a second; this command "
+             "sends nothing itself (it holds no webhook secret).")
+    webhooks = commands.add_parser(
+        "webhooks", help="the webhook outbox: list, show, retry and replay event deliveries",
+        description=f"The monitor's webhook outbox (SQLite). {sends}",
+    )
+    webhooks_cmd = webhooks.add_subparsers(dest="webhooks_command", required=True)
+
+    listing = webhooks_cmd.add_parser("list", help="deliveries, newest event first")
+    listing.add_argument("--state", choices=_DELIVERY_STATES, default=None)
+    listing.add_argument("--target", default=None, help="only deliveries to this target")
+    listing.add_argument("--limit", type=_positive_int, default=50,
+                         help="most deliveries shown (default: 50)")
+    listing.add_argument("--json", action="store_true", help="one JSON object a line")
+
+    show = webhooks_cmd.add_parser("show", help="an event as sent, and its deliveries")
+    show.add_argument("event_id", metavar="EVENT_ID")
+
+    retry = webhooks_cmd.add_parser(
+        "retry", help="dead deliveries pending again, with a fresh attempt budget",
+        description=f"Move dead deliveries back to pending with a fresh attempt budget. {sends}",
+    )
+    retry.add_argument("event_ids", nargs="*", metavar="EVENT_ID",
+                       help="events whose dead deliveries to retry")
+    retry.add_argument("--target", default=None, help="only deliveries to this target")
+    retry.add_argument("--all-dead", action="store_true",
+                       help="every dead delivery (of --target, if given) instead of named events")
+
+    replay = webhooks_cmd.add_parser(
+        "replay", help="send events again (same id and body), whatever their delivery state",
+        description="Queue events again, same id and body, for targets whatever their delivery "
+        f"state; a target that never had the event gets a delivery. {sends}",
+    )
+    replay.add_argument("event_ids", nargs="+", metavar="EVENT_ID")
+    replay.add_argument("--target", dest="targets", action="append", default=None,
+                        metavar="NAME", help="a target to replay to (repeatable; default: every "
+                        "target that has a delivery of the event)")
+
+    for sub, func in ((listing, _webhooks_list), (show, _webhooks_show),
+                      (retry, _webhooks_retry), (replay, _webhooks_replay)):
+        sub.add_argument("--outbox", default=None,
+                         help="outbox file (default: VIGIL_OUTBOX_PATH, else vigil-outbox.sqlite "
+                         "beside the model repository)")
+        sub.add_argument("--models-dir", default="models", help="model repository (default: models)")
+        sub.set_defaults(func=_with_outbox(func))
+
+    secret = webhooks_cmd.add_parser(
+        "secret", help="print a new signing secret (whsec_ + base64 of 32 random bytes)",
+        description="Print a new Standard Webhooks signing secret. Put it in the monitor's "
+        "environment, in the variable a target's secret_env names, and give it to the receiver.",
+    )
+    secret.set_defaults(func=_webhooks_secret)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vigil", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -193,6 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "the model repository)")
         sub.add_argument("--models-dir", default="models", help="model repository (default: models)")
         sub.set_defaults(func=func)
+
+    _webhooks_parser(commands)
 
     report = commands.add_parser("report", help="fetch the monitor's HTML drift report")
     report.add_argument("--model", required=True)

@@ -1,0 +1,100 @@
+"""Alert events as CloudEvents 1.0 (structured JSON mode), and their Standard Webhooks signature.
+
+An event is built once, stored in the outbox as the exact bytes sent, and sent with the same id
+(``webhook-id``) on every attempt and replay, so receivers deduplicate by it. The signature is
+made per attempt (``webhook-timestamp`` is the time of sending): HMAC-SHA256 over
+``{id}.{timestamp}.{body}`` with each of the target's keys, ``v1,<base64>`` space-separated.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from monitoring.alert_settings import AlertRule
+from monitoring.rules import AlertState, Transition, Verdict, most_drifted
+from monitoring.window import ClosedWindow
+
+CONTENT_TYPE = "application/cloudevents+json"
+RESOLVED = "vigil.alert.resolved"
+
+
+def rfc3339(unix_s: float) -> str:
+    return datetime.fromtimestamp(unix_s, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def alert_event(
+    *,
+    rule: AlertRule,
+    model: str,
+    version: str,
+    transition: Transition,
+    verdict: Verdict,
+    state: AlertState,
+    window: ClosedWindow | None,
+    public_url: str,
+    now: float,
+    reason: str | None = None,
+) -> dict[str, Any]:
+    """The CloudEvent of one firing or resolution (``reason`` says why a resolution came without
+    healthy windows, e.g. the rule was removed)."""
+    base = public_url.rstrip("/")
+    fired = rule.when.event_type
+    data: dict[str, Any] = {
+        "rule": rule.name,
+        "condition": rule.when.model_dump(exclude_none=True),
+        "model": model,
+        "version": version,
+        "status": "firing" if transition == "fire" else "resolved",
+        "fired_at": rfc3339(state.last_fired_at) if state.last_fired_at else None,
+        "window": None,
+        "verdict": verdict.detail,
+        "crossed": [
+            {"statistic": c.statistic, "value": c.value, "threshold": c.threshold,
+             **({"column": c.column} if c.column else {}), **({"method": c.method} if c.method else {})}
+            for c in verdict.crossed
+        ],
+        "top_features": most_drifted(window) if window is not None else [],
+        "links": {
+            "drift": f"{base}/v1/models/{model}/drift?version={version}",
+            "report": f"{base}/v1/models/{model}/report?version={version}",
+        },
+    }
+    if window is not None:
+        data["window"] = {"index": window.index, "start": rfc3339(window.opened_at),
+                          "end": rfc3339(window.closed_at), "rows": window.rows,
+                          "requests": window.requests}
+    if transition == "resolve":
+        data["resolves"] = fired
+        if reason:
+            data["reason"] = reason
+    return {
+        "specversion": "1.0",
+        "id": str(uuid.uuid4()),
+        "source": base,
+        "type": fired if transition == "fire" else RESOLVED,
+        "subject": f"{model}/{version}",
+        "time": rfc3339(now),
+        "datacontenttype": "application/json",
+        "data": data,
+    }
+
+
+def encode(event: dict[str, Any]) -> bytes:
+    return orjson.dumps(event)
+
+
+def signature(keys: Iterable[bytes], event_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` header: one ``v1,<base64 HMAC-SHA256>`` per key."""
+    signed = f"{event_id}.{timestamp}.".encode() + body
+    return " ".join(
+        "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+        for key in keys
+    )

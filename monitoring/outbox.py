@@ -1,0 +1,314 @@
+"""The durable outbox: alert state, events and their deliveries in one SQLite file (WAL mode).
+
+An event and one delivery row per target that wants it are committed, together with the alert
+state that produced them, before any attempt is made: a crash after the commit loses nothing, and
+a crash before it loses the firing too (the next window fires it again). Delivery rows move
+pending -> delivered, or pending -> dead after the last attempt (or a refusal); `retry` and
+`replay` (the `vigil webhooks` commands) move them back to pending.
+
+Each thread gets its own connection (SQLite connections are not shared across threads); writers
+take the lock with BEGIN IMMEDIATE and wait up to ``BUSY_TIMEOUT_MS`` for one another, so the
+monitor's window thread, its delivery thread and a `vigil webhooks` command may write at once.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from monitoring.rules import AlertState
+
+DEFAULT_FILE_NAME = "vigil-outbox.sqlite"
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 10_000
+DeliveryState = Literal["pending", "delivered", "dead"]
+STATES: tuple[DeliveryState, ...] = ("pending", "delivered", "dead")
+AlertKey = tuple[str, str, str]  # model, version, rule
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    id TEXT PRIMARY KEY,
+    type TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    event_id TEXT NOT NULL REFERENCES events(id),
+    target TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'dead')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_attempt_at REAL,
+    last_status INTEGER,
+    last_error TEXT,
+    done_at REAL,
+    PRIMARY KEY (event_id, target)
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, target, next_attempt_at);
+CREATE TABLE IF NOT EXISTS alerts (
+    model TEXT NOT NULL,
+    version TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    state TEXT NOT NULL,
+    PRIMARY KEY (model, version, rule)
+);
+"""
+
+
+def outbox_file(configured: str | Path | None, model_repository: str | Path) -> Path:
+    """The outbox in use: the configured file, else vigil-outbox.sqlite beside the model
+    repository folder (as the tokens file)."""
+    if configured:
+        return Path(configured).expanduser()
+    return Path(model_repository).expanduser().resolve().parent / DEFAULT_FILE_NAME
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One event's delivery to one target."""
+
+    event_id: str
+    target: str
+    state: DeliveryState
+    attempts: int
+    next_attempt_at: float
+    last_attempt_at: float | None
+    last_status: int | None
+    last_error: str | None
+    done_at: float | None
+    type: str = ""
+    subject: str = ""
+    created_at: float = 0.0
+    body: bytes = b""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "body"}
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """An event to commit: its CloudEvent fields, exact body, and the targets that want it."""
+
+    id: str
+    type: str
+    subject: str
+    created_at: float
+    body: bytes
+    targets: tuple[str, ...]
+
+
+class Outbox:
+    """One SQLite outbox file. Safe to use from several threads (a connection per thread)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        with self._write() as db:
+            # One statement at a time: executescript() would COMMIT the BEGIN IMMEDIATE first.
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                db.execute(statement)
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            if row is None:
+                db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) != SCHEMA_VERSION:
+                raise RuntimeError(f"{self.path}: outbox schema {row[0]}, this Vigil reads "
+                                   f"{SCHEMA_VERSION}")
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")  # a commit is on disk before delivery starts
+            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            db.row_factory = sqlite3.Row
+            self._local.db = db
+        return db
+
+    def close(self) -> None:
+        """Close this thread's connection (others close when their thread ends)."""
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    # ------------------------------------------------------------------ alert state
+
+    def load_alerts(self) -> dict[AlertKey, AlertState]:
+        rows = self._db.execute("SELECT model, version, rule, state FROM alerts").fetchall()
+        return {(r[0], r[1], r[2]): AlertState.from_dict(json.loads(r[3])) for r in rows}
+
+    def commit(self, alerts: Mapping[AlertKey, AlertState | None], events: Iterable[NewEvent]) -> None:
+        """Alert states (None: forget it) and new events with their deliveries, atomically."""
+        with self._write() as db:
+            for (model, version, rule), state in alerts.items():
+                if state is None:
+                    db.execute("DELETE FROM alerts WHERE model=? AND version=? AND rule=?",
+                               (model, version, rule))
+                else:
+                    db.execute("INSERT OR REPLACE INTO alerts VALUES (?, ?, ?, ?)",
+                               (model, version, rule, json.dumps(state.to_dict())))
+            for e in events:
+                db.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?)",
+                           (e.id, e.type, e.subject, e.created_at, e.body))
+                db.executemany(
+                    "INSERT INTO deliveries (event_id, target, state, next_attempt_at) "
+                    "VALUES (?, ?, 'pending', ?)",
+                    [(e.id, t, e.created_at) for t in e.targets],
+                )
+
+    # ------------------------------------------------------------------ delivery
+
+    def due(self, target: str, now: float, limit: int, skip: Iterable[str] = ()) -> list[Delivery]:
+        """Pending deliveries to `target` whose time has come, oldest first (not those in `skip`,
+        the event ids already in flight)."""
+        if limit <= 0:
+            return []
+        skip = list(skip)
+        marks = ",".join("?" * len(skip))
+        rows = self._db.execute(
+            f"SELECT d.*, e.type, e.subject, e.created_at, e.body FROM deliveries d "
+            f"JOIN events e ON e.id = d.event_id WHERE d.state = 'pending' AND d.target = ? "
+            f"AND d.next_attempt_at <= ? {'AND d.event_id NOT IN (' + marks + ')' if skip else ''} "
+            f"ORDER BY d.next_attempt_at, e.created_at LIMIT ?",
+            (target, now, *skip, limit),
+        ).fetchall()
+        return [_delivery(r) for r in rows]
+
+    def next_due(self, targets: Iterable[str]) -> float | None:
+        """The earliest next attempt among pending deliveries to these targets."""
+        names = list(targets)
+        if not names:
+            return None
+        row = self._db.execute(
+            f"SELECT MIN(next_attempt_at) FROM deliveries WHERE state = 'pending' "
+            f"AND target IN ({','.join('?' * len(names))})", names,
+        ).fetchone()
+        return row[0]
+
+    def record_attempt(
+        self,
+        event_id: str,
+        target: str,
+        *,
+        state: DeliveryState,
+        now: float,
+        status: int | None,
+        error: str | None,
+        next_attempt_at: float | None = None,
+    ) -> None:
+        """One attempt's result: delivered, dead, or pending again at next_attempt_at."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE deliveries SET state=?, attempts=attempts+1, last_attempt_at=?, "
+                "last_status=?, last_error=?, next_attempt_at=COALESCE(?, next_attempt_at), "
+                "done_at=? WHERE event_id=? AND target=? AND state='pending'",
+                (state, now, status, error, next_attempt_at,
+                 None if state == "pending" else now, event_id, target),
+            )
+
+    def counts(self) -> dict[tuple[str, DeliveryState], int]:
+        """(target, state) -> deliveries."""
+        rows = self._db.execute(
+            "SELECT target, state, COUNT(*) FROM deliveries GROUP BY target, state"
+        ).fetchall()
+        return {(r[0], r[1]): r[2] for r in rows}
+
+    # ------------------------------------------------------------------ operators (vigil webhooks)
+
+    def deliveries(
+        self,
+        *,
+        state: DeliveryState | None = None,
+        target: str | None = None,
+        event_id: str | None = None,
+        limit: int = 100,
+    ) -> list[Delivery]:
+        """Deliveries, newest event first, filtered."""
+        where, args = [], []
+        for column, value in (("d.state", state), ("d.target", target), ("d.event_id", event_id)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        sql = ("SELECT d.*, e.type, e.subject, e.created_at, e.body FROM deliveries d "
+               "JOIN events e ON e.id = d.event_id "
+               + (f"WHERE {' AND '.join(where)} " if where else "")
+               + "ORDER BY e.created_at DESC, d.target LIMIT ?")
+        return [_delivery(r) for r in self._db.execute(sql, (*args, limit)).fetchall()]
+
+    def event(self, event_id: str) -> dict[str, Any] | None:
+        """The stored CloudEvent (as sent), or None."""
+        row = self._db.execute("SELECT body FROM events WHERE id = ?", (event_id,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def retry(self, *, event_ids: Iterable[str] = (), target: str | None = None,
+              now: float | None = None) -> int:
+        """Dead deliveries (of these events, or all; to one target, or all) pending again, with
+        a fresh attempt budget. Returns how many."""
+        return self._requeue("state = 'dead'", event_ids, target, now)
+
+    def replay(self, event_ids: Iterable[str], targets: Iterable[str], now: float | None = None) -> int:
+        """Send these events again, same id and body, to these targets (whatever their delivery
+        state; a target that never had the event gets a new delivery). Returns how many."""
+        now = time.time() if now is None else now
+        ids, names = list(event_ids), list(targets)
+        with self._write() as db:
+            known = {r[0] for r in db.execute(
+                f"SELECT id FROM events WHERE id IN ({','.join('?' * len(ids))})", ids)}
+            missing = sorted(set(ids) - known)
+            if missing:
+                raise KeyError(f"no such event: {', '.join(missing)}")
+            for event_id in ids:
+                for target in names:
+                    db.execute(
+                        "INSERT INTO deliveries (event_id, target, state, next_attempt_at) "
+                        "VALUES (?, ?, 'pending', ?) ON CONFLICT (event_id, target) DO UPDATE SET "
+                        "state='pending', attempts=0, next_attempt_at=excluded.next_attempt_at, "
+                        "done_at=NULL",
+                        (event_id, target, now),
+                    )
+        return len(ids) * len(names)
+
+    def _requeue(self, condition: str, event_ids: Iterable[str], target: str | None,
+                 now: float | None) -> int:
+        now = time.time() if now is None else now
+        ids = list(event_ids)
+        where, args = [condition], []
+        if ids:
+            where.append(f"event_id IN ({','.join('?' * len(ids))})")
+            args += ids
+        if target is not None:
+            where.append("target = ?")
+            args.append(target)
+        with self._write() as db:
+            cur = db.execute(
+                "UPDATE deliveries SET state='pending', attempts=0, next_attempt_at=?, done_at=NULL "
+                f"WHERE {' AND '.join(where)}", (now, *args),
+            )
+            return cur.rowcount
+
+
+def _delivery(row: sqlite3.Row) -> Delivery:
+    return Delivery(**{k: row[k] for k in row.keys()})  # noqa: SIM118 - sqlite3.Row

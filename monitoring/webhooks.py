@@ -1,0 +1,224 @@
+"""Webhook delivery from the outbox: signed POSTs, at least once, retried with backoff and jitter.
+
+One asyncio task on the monitor's event loop; every outbox read and write runs on the deliverer's
+own thread, so delivery never waits on window evaluation and evaluation never waits on a
+receiver. Per target at most ``concurrency`` attempts are in flight. An attempt's outcome:
+
+- 2xx: delivered.
+- 408, 429 and 5xx, a timeout (the whole attempt, ``timeout_s``) or no connection: tried again
+  after ``backoff_s * 2**(attempt-1)`` seconds (capped at ``max_backoff_s``), times a random
+  factor in [0.5, 1) so that many failed events do not come back at once; a 429's Retry-After
+  (seconds or an HTTP date) is honoured, within the cap.
+- any other status (4xx, and 3xx: redirects are not followed): dead-lettered at once.
+- after ``max_attempts`` attempts: dead-lettered.
+
+Targets removed from the config keep their pending rows, untouched, until they come back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from monitoring.alert_settings import WebhookTarget
+from monitoring.events import CONTENT_TYPE, signature
+from monitoring.outbox import Delivery, Outbox
+
+logger = logging.getLogger("vigil.webhooks")
+USER_AGENT = "vigil-webhooks/1"
+POLL_S = 1.0  # longest sleep between looks at the outbox (`vigil webhooks retry` writes there)
+OUTCOMES = ("delivered", "rejected", "http_error", "timeout", "connection_error")
+SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+def verdict_for(status: int) -> str:
+    """'delivered', 'retry' or 'dead' for an HTTP answer."""
+    if 200 <= status < 300:
+        return "delivered"
+    if status in (408, 429) or status >= 500:
+        return "retry"
+    return "dead"
+
+
+def retry_after(value: str | None, now: float) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or HTTP date); None if absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - now, 0.0)
+
+
+def backoff(target: WebhookTarget, attempts: int, rng: random.Random) -> float:
+    """Delay before the next try after `attempts` failed ones: exponential, jittered, capped."""
+    delay = min(target.backoff_s * 2 ** (attempts - 1), target.max_backoff_s)
+    return delay * rng.uniform(0.5, 1.0)
+
+
+@dataclass
+class DeliveryStats:
+    """What the collector exports; written on the event loop, read at scrape time."""
+
+    attempts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (target, outcome)
+    dead_letters: Counter[str] = field(default_factory=Counter)
+    pending: dict[str, int] = field(default_factory=dict)
+    seconds_buckets: dict[str, list[int]] = field(default_factory=dict)  # per bucket, not cumulative
+    seconds_sum: Counter[str] = field(default_factory=Counter)
+
+    def observe(self, target: str, outcome: str, seconds: float) -> None:
+        self.attempts[(target, outcome)] += 1
+        counts = self.seconds_buckets.setdefault(target, [0] * (len(SECONDS_BUCKETS) + 1))
+        counts[next((i for i, b in enumerate(SECONDS_BUCKETS) if seconds <= b), -1)] += 1
+        self.seconds_sum[target] += seconds
+
+
+@dataclass(frozen=True)
+class ActiveTarget:
+    settings: WebhookTarget
+    keys: tuple[bytes, ...]
+
+
+class Deliverer:
+    """Sends the outbox's pending deliveries to the configured targets."""
+
+    def __init__(self, outbox: Outbox, stats: DeliveryStats, *, seed: int | None = None) -> None:
+        self.outbox = outbox
+        self.stats = stats
+        self.targets: dict[str, ActiveTarget] = {}
+        self._db = ThreadPoolExecutor(1, thread_name_prefix="vigil-outbox")
+        self._rng = random.Random(seed)
+        self._wake = asyncio.Event()
+        self._in_flight: dict[str, set[str]] = {}  # target -> event ids being attempted
+        self._tasks: set[asyncio.Task] = set()
+        self._client: httpx.AsyncClient | None = None
+
+    def configure(self, targets: dict[str, ActiveTarget]) -> None:
+        self.targets = dict(targets)
+        self.wake()
+
+    def wake(self) -> None:
+        """Look at the outbox now (call on the event loop)."""
+        self._wake.set()
+
+    async def _on_db(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._db, fn, *args)
+
+    async def run(self) -> None:
+        """Forever: start every due delivery a target has room for, then sleep until the next is
+        due, a wake-up, or POLL_S."""
+        self._client = httpx.AsyncClient(follow_redirects=False, headers={"user-agent": USER_AGENT})
+        try:
+            while True:
+                try:
+                    await self._pass()
+                    sleep = await self._until_next_due()
+                except Exception:
+                    logger.exception("webhook delivery pass failed")
+                    sleep = POLL_S
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=sleep)
+                except TimeoutError:
+                    pass
+        finally:
+            await self._client.aclose()
+
+    async def _pass(self) -> None:
+        now = time.time()
+        for name, target in list(self.targets.items()):
+            busy = self._in_flight.setdefault(name, set())
+            room = target.settings.concurrency - len(busy)
+            due = await self._on_db(self.outbox.due, name, now, room, tuple(busy))
+            for delivery in due:
+                busy.add(delivery.event_id)
+                task = asyncio.create_task(self._deliver(target, delivery))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        counts = await self._on_db(self.outbox.counts)
+        self.stats.pending = {t: n for (t, s), n in counts.items() if s == "pending"}
+
+    async def _until_next_due(self) -> float:
+        due = await self._on_db(self.outbox.next_due, list(self.targets))
+        if due is None:
+            return POLL_S
+        return min(max(due - time.time(), 0.01), POLL_S)
+
+    async def _deliver(self, target: ActiveTarget, delivery: Delivery) -> None:
+        name = target.settings.name
+        try:
+            state, status, error, after = await self._attempt(target, delivery)
+            attempts = delivery.attempts + 1
+            next_at = None
+            if state == "retry" and attempts >= target.settings.max_attempts:
+                state, error = "dead", f"{error}; gave up after {attempts} attempts"
+            if state == "retry":
+                delay = backoff(target.settings, attempts, self._rng)
+                if after is not None:
+                    delay = max(delay, after)
+                next_at = time.time() + min(delay, target.settings.max_backoff_s)
+            final = {"retry": "pending"}.get(state, state)
+            if final == "dead":
+                self.stats.dead_letters[name] += 1
+                logger.warning("webhook %s: event %s (%s) dead-lettered: %s",
+                               name, delivery.event_id, delivery.type, error)
+            await self._on_db(lambda: self.outbox.record_attempt(
+                delivery.event_id, name, state=final, now=time.time(), status=status,  # type: ignore[arg-type]
+                error=error, next_attempt_at=next_at,
+            ))
+        except Exception:
+            logger.exception("webhook %s: recording the attempt at %s failed", name, delivery.event_id)
+        finally:
+            self._in_flight.get(name, set()).discard(delivery.event_id)
+            self.wake()
+
+    async def _attempt(
+        self, target: ActiveTarget, delivery: Delivery
+    ) -> tuple[str, int | None, str | None, float | None]:
+        """One POST: (delivered|retry|dead, status, error, Retry-After seconds)."""
+        assert self._client is not None
+        settings = target.settings
+        stamp = int(time.time())
+        headers = {
+            "content-type": CONTENT_TYPE,
+            "webhook-id": delivery.event_id,
+            "webhook-timestamp": str(stamp),
+            "webhook-signature": signature(target.keys, delivery.event_id, stamp, delivery.body),
+        }
+        started = time.perf_counter()
+        status: int | None = None
+        after = None
+        try:
+            async with asyncio.timeout(settings.timeout_s):
+                response = await self._client.post(
+                    settings.url, content=delivery.body, headers=headers,
+                    timeout=httpx.Timeout(settings.timeout_s),
+                )
+            status = response.status_code
+            state = verdict_for(status)
+            outcome = {"delivered": "delivered", "retry": "http_error", "dead": "rejected"}[state]
+            error = None if state == "delivered" else f"HTTP {status}: {response.text[:200]}"
+            if status == 429:
+                after = retry_after(response.headers.get("retry-after"), time.time())
+        except TimeoutError:
+            state, outcome, error = "retry", "timeout", f"no answer within {settings.timeout_s} s"
+        except httpx.TimeoutException as exc:
+            state, outcome, error = "retry", "timeout", f"timed out: {type(exc).__name__}"
+        except httpx.HTTPError as exc:
+            state, outcome, error = "retry", "connection_error", f"{type(exc).__name__}: {exc}"
+        self.stats.observe(settings.name, outcome, time.perf_counter() - started)
+        return state, status, error, after
