@@ -73,7 +73,7 @@ stop:
 	-$(BIN)/ray stop
 
 lint: $(VENV)/.dev-installed
-	$(BIN)/ruff check serving monitoring tests load_tests
+	$(BIN)/ruff check serving monitoring vigil tests load_tests examples
 	$(BIN)/lint-imports
 
 clean:

@@ -1,0 +1,534 @@
+"""examples.retrain_receiver: signed CloudEvents in, deduplicated by id, and breast_cancer
+retrained on drift from the rows of a stand-in for the monitor's rows endpoint. No Ray."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import secrets
+import shutil
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+import pytest
+import uvicorn
+from standardwebhooks.webhooks import Webhook
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from examples.retrain_receiver import (
+    CLOUDEVENTS_JSON,
+    DRIFT_EVENT,
+    EventStore,
+    RetrainError,
+    build_app,
+    main,
+    window_rows,
+)
+from monitoring.profile import Profile
+from vigil.examples import REFERENCE_FILE, build_examples
+from vigil.repository import read_manifest, scan
+
+
+def _secret() -> str:
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+SECRET, ROTATED, STRANGER = _secret(), _secret(), _secret()
+TOKEN = "receiver-test-token"
+WINDOW_ROWS = 40
+
+
+@pytest.fixture(scope="module")
+def built_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """breast_cancer/1 (with reference.parquet and profile), built once for this module."""
+    root = tmp_path_factory.mktemp("receiver_models")
+    build_examples(root)
+    return root
+
+
+@pytest.fixture
+def models(built_models: Path, tmp_path: Path) -> Path:
+    """A repository of its own per test (retraining adds versions to it)."""
+    root = tmp_path / "models"
+    shutil.copytree(built_models / "breast_cancer" / "1", root / "breast_cancer" / "1")
+    return root
+
+
+class Served:
+    """An ASGI app served by uvicorn on a free port of 127.0.0.1, from a thread (lifespan on:
+    stopping it waits for the receiver's retraining jobs, as Ctrl-C does)."""
+
+    def __init__(self, app: Any) -> None:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [sock]}, daemon=True
+        )
+        self.thread.start()
+        wait_for(lambda: self.server.started or not self.thread.is_alive(), 10)
+        assert self.server.started, "uvicorn did not start"
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+@pytest.fixture
+def open_receiver(models: Path, tmp_path: Path) -> Iterator[Callable[..., httpx.Client]]:
+    """Start a receiver on the test's repository and state file; an httpx client to it."""
+    with ExitStack() as stack:
+
+        def start(
+            monitor_url: str = "http://127.0.0.1:9/monitor",
+            secrets: str = SECRET,
+            state: Path | None = None,
+        ) -> httpx.Client:
+            app = build_app(
+                models_dir=models,
+                monitor_url=monitor_url,
+                state_path=state or tmp_path / "state.sqlite",
+                secrets=secrets,
+                token=TOKEN,
+            )
+            served = Served(app)
+            stack.callback(served.close)
+            return stack.enter_context(httpx.Client(base_url=served.url, timeout=10))
+
+        yield start
+
+
+def cloud_event(
+    type_: str = "vigil.latency.slo_breached",
+    subject: str = "breast_cancer/1",
+    event_id: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "specversion": "1.0",
+        "id": event_id or str(uuid.uuid4()),
+        "source": "http://127.0.0.1:8000/monitor",
+        "type": type_,
+        "subject": subject,
+        "time": "2026-01-01T00:00:00.000Z",
+        "datacontenttype": "application/json",
+        "data": {
+            "model": "breast_cancer",
+            "version": subject.partition("/")[2],
+            "window": {"index": 3, "rows": WINDOW_ROWS},
+        },
+    }
+
+
+def signed(
+    event: dict[str, Any],
+    secret: str = SECRET,
+    when: datetime | None = None,
+    body: bytes | None = None,
+    content_type: str = CLOUDEVENTS_JSON,
+) -> dict[str, Any]:
+    """httpx keyword arguments of a POST signed as the monitor signs (Standard Webhooks)."""
+    body = json.dumps(event).encode() if body is None else body
+    when = when or datetime.now(UTC)
+    return {
+        "content": body,
+        "headers": {
+            "content-type": content_type,
+            "webhook-id": event["id"],
+            "webhook-timestamp": str(int(when.timestamp())),
+            "webhook-signature": Webhook(secret).sign(event["id"], when, body.decode()),
+        },
+    }
+
+
+def wait_for(check: Callable[[], Any], timeout_s: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if result := check():
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"not true within {timeout_s} s: {check}")
+
+
+def retrained(client: httpx.Client, event_id: str, final: bool = True) -> dict[str, Any] | None:
+    """The job outcome stored with the event (None while queued or running when final)."""
+    found = [e for e in client.get("/events").json() if e["id"] == event_id]
+    outcome = found[0]["retrained"] if found else None
+    if final and (outcome is None or outcome["status"] in ("queued", "running")):
+        return None
+    return outcome
+
+
+# --- signatures and events ---------------------------------------------------------------------
+
+
+def test_healthz(open_receiver):
+    assert open_receiver().get("/healthz").status_code == 200
+
+
+def test_a_signed_event_is_accepted_and_listed(open_receiver):
+    client = open_receiver()
+    event = cloud_event()
+    answer = client.post("/events", **signed(event))
+    assert answer.status_code == 200
+    assert answer.json() == {"accepted": True, "id": event["id"]}
+    [listed] = client.get("/events").json()
+    assert listed["id"] == event["id"]
+    assert (listed["type"], listed["subject"]) == (event["type"], event["subject"])
+    assert listed["deliveries"] == 1 and listed["retrained"] is None
+    assert listed["event"] == event and listed["received_at"].endswith("Z")
+
+
+def test_a_tampered_body_is_refused(open_receiver):
+    client = open_receiver()
+    event = cloud_event()
+    request = signed(event)
+    request["content"] = request["content"].replace(b"slo_breached", b"slo_breachez")
+    answer = client.post("/events", **request)
+    assert answer.status_code == 401
+    assert "signature" in answer.json()["error"]
+    assert client.get("/events").json() == []
+
+
+def test_a_timestamp_six_minutes_old_is_refused(open_receiver):
+    client = open_receiver()
+    old = datetime.now(UTC) - timedelta(minutes=6)
+    answer = client.post("/events", **signed(cloud_event(), when=old))
+    assert answer.status_code == 401
+    assert "too old" in answer.json()["error"]
+    assert client.get("/events").json() == []
+
+
+def test_another_secret_is_refused(open_receiver):
+    client = open_receiver()
+    answer = client.post("/events", **signed(cloud_event(), secret=STRANGER))
+    assert answer.status_code == 401
+    assert client.get("/events").json() == []
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"webhook-signature": "v1"}, {"webhook-signature": "garbage"}, {"webhook-id": ""}],
+    ids=["unsigned", "malformed", "no-comma", "no-id"],
+)
+def test_missing_or_malformed_signature_headers_are_refused(open_receiver, headers):
+    client = open_receiver()
+    request = signed(cloud_event())
+    if headers:
+        request["headers"].update(headers)
+    else:
+        request["headers"] = {"content-type": CLOUDEVENTS_JSON}
+    answer = client.post("/events", **request)
+    assert answer.status_code == 401
+    assert "error" in answer.json()
+
+
+def test_during_a_rotation_either_secret_verifies(open_receiver):
+    client = open_receiver(secrets=f"{ROTATED}, {SECRET}")
+    for secret in (SECRET, ROTATED):
+        assert client.post("/events", **signed(cloud_event(), secret=secret)).status_code == 200
+    assert client.post("/events", **signed(cloud_event(), secret=STRANGER)).status_code == 401
+    assert len(client.get("/events").json()) == 2
+
+
+def _not_cloudevents() -> list[Any]:
+    event = cloud_event()
+    wrong_id = cloud_event()
+    return [
+        pytest.param(
+            event, json.dumps({"hello": "world"}).encode(), CLOUDEVENTS_JSON, id="plain-json"
+        ),
+        pytest.param(event, b"not json", CLOUDEVENTS_JSON, id="not-json"),
+        pytest.param(event, json.dumps([event]).encode(), CLOUDEVENTS_JSON, id="batch"),
+        pytest.param(
+            event,
+            json.dumps({**event, "specversion": "0.3"}).encode(),
+            CLOUDEVENTS_JSON,
+            id="specversion",
+        ),
+        pytest.param(
+            event,
+            json.dumps({k: v for k, v in event.items() if k != "data"}).encode(),
+            CLOUDEVENTS_JSON,
+            id="no-data",
+        ),
+        pytest.param(
+            event,
+            json.dumps({**event, "subject": ""}).encode(),
+            CLOUDEVENTS_JSON,
+            id="empty-subject",
+        ),
+        pytest.param(event, json.dumps(event).encode(), "application/json", id="binary-mode"),
+        pytest.param(event, json.dumps(wrong_id).encode(), CLOUDEVENTS_JSON, id="id-mismatch"),
+    ]
+
+
+@pytest.mark.parametrize(("event", "body", "content_type"), _not_cloudevents())
+def test_a_signed_body_that_is_not_a_cloudevent_is_a_400(open_receiver, event, body, content_type):
+    client = open_receiver()
+    answer = client.post("/events", **signed(event, body=body, content_type=content_type))
+    assert answer.status_code == 400
+    assert answer.json()["error"]
+    assert client.get("/events").json() == []
+
+
+def test_an_oversized_body_is_a_413(open_receiver):
+    event = cloud_event()
+    event["data"]["padding"] = "x" * (1 << 20)
+    assert open_receiver().post("/events", **signed(event)).status_code == 413
+
+
+def test_a_duplicate_id_is_answered_and_counted_only(open_receiver):
+    client = open_receiver()
+    first, second = cloud_event(), cloud_event()
+    assert client.post("/events", **signed(first)).status_code == 200
+    assert client.post("/events", **signed(second)).status_code == 200
+    for deliveries in (2, 3):
+        again = client.post("/events", **signed(first))  # a retry: same id, new timestamp
+        assert again.status_code == 200
+        assert again.json() == {"duplicate": True, "id": first["id"], "deliveries": deliveries}
+    listed = client.get("/events").json()
+    assert [(e["id"], e["deliveries"]) for e in listed] == [(first["id"], 3), (second["id"], 1)]
+
+
+def test_the_state_file_outlives_the_receiver(open_receiver, tmp_path):
+    state = tmp_path / "kept.sqlite"
+    event = cloud_event()
+    assert open_receiver(state=state).post("/events", **signed(event)).status_code == 200
+    again = open_receiver(state=state).post("/events", **signed(event))
+    assert again.json()["duplicate"] is True
+
+
+# --- retraining ----------------------------------------------------------------------------------
+
+
+class StandInMonitorRows:
+    """A stand-in for the monitor's rows endpoint (GET /monitor/v1/models/{m}/rows, see
+    monitoring.monitor.Monitor.rows), served by uvicorn on 127.0.0.1 from a thread: the first
+    WINDOW_ROWS reference rows, shifted, with the outputs onnxruntime gives for them."""
+
+    def __init__(self, version_dir: Path, status: int = 200) -> None:
+        features = read_manifest(version_dir).metadata["feature_names"]
+        reference = pd.read_parquet(version_dir / REFERENCE_FILE)
+        x = (reference[features].to_numpy(np.float32)[:WINDOW_ROWS] * 1.3).astype(np.float32)
+        session = ort.InferenceSession(
+            str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"]
+        )
+        label, probabilities = session.run(["label", "probabilities"], {"input": x})
+        columns = {name: x[:, i].tolist() for i, name in enumerate(features)}
+        columns.update(
+            label=label.tolist(),
+            probabilities_0=probabilities[:, 0].tolist(),
+            probabilities_1=probabilities[:, 1].tolist(),
+        )
+        self.document = {
+            "model": "breast_cancer",
+            "version": "1",
+            "window": {"index": 3, "opened_at": 1.0, "closed_at": 61.0, "rows": WINDOW_ROWS},
+            "columns": columns,
+        }
+        self.status = status
+        self.gate = threading.Event()  # cleared: requests wait (the receiver must not)
+        self.gate.set()
+        self.calls: list[str] = []
+        self.served = Served(
+            Starlette(routes=[Route("/monitor/v1/models/{model}/rows", self.rows)])
+        )
+        self.url = f"{self.served.url}/monitor"
+
+    async def rows(self, request: Request) -> JSONResponse:
+        self.calls.append(str(request.url))
+        if request.headers.get("authorization") != f"Bearer {TOKEN}":
+            return JSONResponse({"error": "missing or invalid bearer token"}, status_code=401)
+        await asyncio.to_thread(self.gate.wait, 30)
+        if self.status != 200:
+            return JSONResponse(
+                {"error": "no closed window with sampled rows"}, status_code=self.status
+            )
+        model, version = request.path_params["model"], request.query_params.get("version")
+        if (model, version) != ("breast_cancer", "1"):
+            return JSONResponse({"error": f"unknown {model}/{version}"}, status_code=404)
+        return JSONResponse(self.document)
+
+    def close(self) -> None:
+        self.gate.set()
+        self.served.close()
+
+
+@pytest.fixture
+def monitor(models: Path) -> Iterator[StandInMonitorRows]:
+    stand_in = StandInMonitorRows(models / "breast_cancer" / "1")
+    yield stand_in
+    stand_in.close()
+
+
+def _versions(models: Path) -> list[str]:
+    return [v.manifest.version for v in scan(models)["breast_cancer"]]
+
+
+def test_drift_retrains_into_the_next_version(open_receiver, models, monitor):
+    client = open_receiver(monitor_url=monitor.url)
+    event = cloud_event(DRIFT_EVENT, "breast_cancer/1")
+    monitor.gate.clear()  # the monitor holds its answer: the receiver answers all the same
+    answer = client.post("/events", **signed(event))
+    assert answer.status_code == 202
+    assert answer.json() == {"accepted": True, "id": event["id"], "retraining": "breast_cancer/1"}
+    assert not (models / "breast_cancer" / "2").exists()
+    monitor.gate.set()
+
+    outcome = wait_for(lambda: retrained(client, event["id"]))
+    reference_rows = len(pd.read_parquet(models / "breast_cancer" / "1" / REFERENCE_FILE))
+    assert outcome["status"] == "published", outcome
+    assert outcome["version"] == "2"
+    assert (outcome["reference_rows"], outcome["window_rows"]) == (reference_rows, WINDOW_ROWS)
+    assert monitor.calls and monitor.calls[0].endswith("/v1/models/breast_cancer/rows?version=1")
+
+    new = models / "breast_cancer" / "2"
+    assert {"model.onnx", "model.yaml", "profile.json", "profile.npz", REFERENCE_FILE} <= {
+        p.name for p in new.iterdir()
+    }
+    assert not [p for p in (models / "breast_cancer").iterdir() if p.name.startswith(".")]
+    manifest = read_manifest(new)
+    assert manifest.metadata["trained_from_event"] == event["id"]
+    assert manifest.metadata["parent_version"] == "1"
+    assert manifest.metadata["window_rows"] == WINDOW_ROWS
+    assert manifest.max_batch_rows == read_manifest(models / "breast_cancer" / "1").max_batch_rows
+    frame = pd.read_parquet(new / REFERENCE_FILE)
+    assert len(frame) == reference_rows + WINDOW_ROWS
+    assert frame.columns[-1] == "target" and len(frame.columns) == 31
+    # The window's rows were labelled with the served model's predictions.
+    assert frame["target"].tolist()[-WINDOW_ROWS:] == monitor.document["columns"]["label"]
+    profile = Profile.load(new)
+    assert profile.rows == reference_rows + WINDOW_ROWS
+    assert profile.meta["outputs"] == "model" and "target" not in profile.names
+    # The published model serves: its bytes match model.yaml and onnxruntime runs them.
+    [v2] = [v for v in scan(models)["breast_cancer"] if v.manifest.version == "2"]
+    session = ort.InferenceSession(v2.read_verified_bytes(), providers=["CPUExecutionProvider"])
+    x = frame.drop(columns="target").to_numpy(np.float32)[:5]
+    label, probabilities = session.run(None, {"input": x})
+    assert label.shape == (5,) and probabilities.shape == (5, 2)
+
+    # The monitor delivers at least once: the same id again changes nothing.
+    again = client.post("/events", **signed(event))
+    assert again.status_code == 200 and again.json()["duplicate"] is True
+    time.sleep(0.3)
+    assert _versions(models) == ["1", "2"]
+    assert len(monitor.calls) == 1
+    [listed] = client.get("/events").json()
+    assert listed["deliveries"] == 2 and listed["retrained"]["version"] == "2"
+
+
+def test_two_drift_events_at_once_publish_two_versions(open_receiver, models, monitor):
+    client = open_receiver(monitor_url=monitor.url)
+    events = [cloud_event(DRIFT_EVENT, "breast_cancer/1") for _ in range(2)]
+    monitor.gate.clear()  # both jobs start before either gets rows
+    assert [client.post("/events", **signed(e)).status_code for e in events] == [202, 202]
+    monitor.gate.set()
+    outcomes = [wait_for(lambda e=e: retrained(client, e["id"])) for e in events]
+    assert sorted(o["version"] for o in outcomes) == ["2", "3"]
+    first, second = sorted(outcomes, key=lambda o: o["version"])
+    assert first["finished_at"] <= second["started_at"]  # one job at a time
+    assert _versions(models) == ["1", "2", "3"]
+    for event, outcome in zip(events, outcomes):
+        manifest = read_manifest(models / "breast_cancer" / outcome["version"])
+        assert manifest.metadata["trained_from_event"] == event["id"]
+
+
+def test_an_unreachable_monitor_is_recorded_and_nothing_is_published(open_receiver, models):
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    client = open_receiver(monitor_url=f"http://127.0.0.1:{port}/monitor")
+    event = cloud_event(DRIFT_EVENT, "breast_cancer/1")
+    assert client.post("/events", **signed(event)).status_code == 202
+    outcome = wait_for(lambda: retrained(client, event["id"]))
+    assert outcome["status"] == "failed"
+    assert "cannot be reached" in outcome["error"]
+    assert sorted(p.name for p in (models / "breast_cancer").iterdir()) == ["1"]
+
+
+@pytest.mark.parametrize("status", [409, 404])
+def test_a_monitor_without_rows_is_recorded_and_nothing_is_published(
+    open_receiver, models, monitor, status
+):
+    monitor.status = status
+    client = open_receiver(monitor_url=monitor.url)
+    event = cloud_event(DRIFT_EVENT, "breast_cancer/1")
+    assert client.post("/events", **signed(event)).status_code == 202
+    outcome = wait_for(lambda: retrained(client, event["id"]))
+    assert outcome["status"] == "failed"
+    assert f"answered {status}" in outcome["error"] and "no closed window" in outcome["error"]
+    assert sorted(p.name for p in (models / "breast_cancer").iterdir()) == ["1"]
+
+
+def test_drift_of_an_unknown_version_is_recorded_as_failed(open_receiver, models, monitor):
+    client = open_receiver(monitor_url=monitor.url)
+    event = cloud_event(DRIFT_EVENT, "breast_cancer/7")
+    assert client.post("/events", **signed(event)).status_code == 202
+    outcome = wait_for(lambda: retrained(client, event["id"]))
+    assert outcome["status"] == "failed" and "breast_cancer/7" in outcome["error"]
+    assert monitor.calls == []
+    assert _versions(models) == ["1"]
+
+
+def test_drift_of_another_model_is_only_recorded(open_receiver, models):
+    client = open_receiver()
+    answer = client.post("/events", **signed(cloud_event(DRIFT_EVENT, "mlp/1")))
+    assert answer.status_code == 200 and answer.json()["accepted"] is True
+    assert client.get("/events").json()[0]["retrained"] is None
+
+
+def test_window_rows_drop_unusable_rows_and_check_the_document():
+    features = ["a", "b"]
+    doc = {
+        "model": "breast_cancer",
+        "version": "1",
+        "columns": {
+            "a": [1.0, None, 3.0, 4.0, 1e39],
+            "b": [1.0, 2.0, 3.0, 4.0, 5.0],
+            "label": [0, 1, 2, 1, 0],
+        },
+    }
+    x, y, dropped = window_rows(doc, features, "1", classes=np.array([0, 1]))
+    assert x.dtype == np.float32 and x.tolist() == [[1.0, 1.0], [4.0, 4.0]]
+    assert y.tolist() == [0, 1] and dropped == 3
+    with pytest.raises(RetrainError, match="not breast_cancer/2"):
+        window_rows(doc, features, "2", classes=np.array([0, 1]))
+    with pytest.raises(RetrainError, match="lack"):
+        window_rows({**doc, "columns": {"a": []}}, features, "1", classes=np.array([0, 1]))
+    with pytest.raises(RetrainError, match="no usable rows"):
+        empty = {"a": [], "b": [], "label": []}
+        window_rows({**doc, "columns": empty}, features, "1", classes=np.array([0, 1]))
+
+
+def test_main_refuses_to_start_without_a_secret(models, monkeypatch, capsys):
+    monkeypatch.delenv("VIGIL_WEBHOOK_SECRET", raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--models-dir", str(models), "--state", str(models / "s.sqlite")])
+    assert exit_.value.code == 2
+    assert "VIGIL_WEBHOOK_SECRET" in capsys.readouterr().err
+
+
+def test_jobs_cut_short_by_a_restart_are_marked_interrupted(tmp_path):
+    path = tmp_path / "state.sqlite"
+    store = EventStore(path)
+    event = cloud_event(DRIFT_EVENT)
+    store.record(event, json.dumps(event), {"status": "queued", "parent_version": "1"})
+    store.close()
+    [listed] = EventStore(path).list()
+    assert listed["retrained"] == {"status": "interrupted", "parent_version": "1"}
