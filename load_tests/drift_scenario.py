@@ -51,7 +51,7 @@ def request_body(x: np.ndarray, payload: str) -> tuple[bytes, dict[str, str]]:
 
 
 def drift_doc(client: httpx.Client) -> dict[str, Any] | None:
-    response = client.get(f"/monitor/v1/models/{MODEL}/drift", params={"windows": 0})
+    response = client.get(f"/monitor/v1/models/{MODEL}/drift", params={"windows": 1})
     return response.json() if response.status_code == 200 else None
 
 
@@ -119,7 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=120.0, help="sending, per phase")
     parser.add_argument("--wait-seconds", type=float, default=90.0, help="for a window, per phase")
     parser.add_argument("--shift", type=float, default=3.0, help="in reference std")
-    parser.add_argument("--features", default=",".join(DEFAULT_SHIFTED))
+    parser.add_argument("--features", default=",".join(DEFAULT_SHIFTED),
+                        help="comma-separated features to shift, or 'all'")
+    parser.add_argument("--windows", type=int, default=2,
+                        help="monitor windows of rows each phase sends (at least 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
@@ -128,7 +131,10 @@ def main(argv: list[str] | None = None) -> int:
 
     frame = pd.read_parquet(Path(args.models_dir) / MODEL / "1" / "reference.parquet")
     features = [c for c in frame.columns if c != "target"]
-    shifted = [f.strip() for f in args.features.split(",") if f.strip()]
+    if args.windows < 1:
+        parser.error("--windows must be at least 1")
+    shifted = (features if args.features == "all"
+               else [f.strip() for f in args.features.split(",") if f.strip()])
     unknown = sorted(set(shifted) - set(features))
     if unknown:
         parser.error(f"unknown features {unknown}")
@@ -143,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"no monitor at {args.url}/monitor (is the monitor application deployed?)")
             return 2
         window_rows = (doc["settings"]["window"] or {}).get("rows") or 1000
-        per_phase = 2 * window_rows + args.rows_per_request
+        per_phase = args.windows * window_rows + args.rows_per_request
         rng = np.random.default_rng(args.seed)
         base = reference[rng.integers(0, len(reference), per_phase)]
         moved = reference[rng.integers(0, len(reference), per_phase)].copy()
