@@ -34,6 +34,7 @@ import re
 from collections.abc import Mapping
 from typing import Literal
 
+import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 EVENT_TYPES = (
@@ -241,6 +242,10 @@ class WebhookTarget(BaseModel):
     def _url(cls, url: str) -> str:
         if not re.match(r"^https?://[^\s/?#]+", url):
             raise ValueError(f"a webhook url must be http:// or https://: {url[:60]!r}")
+        try:  # what the deliverer's client will be asked to send to
+            httpx.URL(url)
+        except httpx.InvalidURL as exc:
+            raise ValueError(f"not a valid webhook url ({exc}): {url[:60]!r}") from None
         return url
 
     @field_validator("secret_env")

@@ -140,8 +140,9 @@ class AlertEngine:
         keys = set(self.states) | set(self.evaluations)
         return sorted((m, v, r, self.states.get((m, v, r), AlertState()).firing) for m, v, r in keys)
 
-    def describe(self, model: str, version: str) -> list[dict]:
-        """The rules watching this version, their state and latest verdict (drift JSON)."""
+    def describe(self, model: str, version: str, now: float) -> list[dict]:
+        """The rules watching this version, their state and latest verdict (drift JSON);
+        `cooldown_until` is set while a breach cannot fire again yet."""
         out = []
         for rule in self.rules:
             if not rule.watches(model, version):
@@ -150,11 +151,14 @@ class AlertEngine:
             state = self.states.get(key, AlertState())
             evaluation = self.evaluations.get(key)
             status = "firing" if state.firing else ("pending" if state.breaching else "ok")
+            cooling = (state.last_fired_at is not None and not state.firing
+                       and state.last_fired_at + rule.cooldown_s > now)
             out.append({
                 "rule": rule.name, "when": rule.when.model_dump(exclude_none=True),
                 "event_type": rule.when.event_type, "status": status,
                 "for_windows": rule.for_windows, "resolve_windows": rule.resolve_windows,
                 "cooldown_s": rule.cooldown_s, **state.to_dict(),
+                "cooldown_until": state.last_fired_at + rule.cooldown_s if cooling else None,
                 "latest": None if evaluation is None else
                 {**evaluation.verdict.to_dict(), "at": evaluation.at},
             })

@@ -53,7 +53,7 @@ def alert_event(
         "model": model,
         "version": version,
         "status": "firing" if transition == "fire" else "resolved",
-        "fired_at": rfc3339(state.last_fired_at) if state.last_fired_at else None,
+        "fired_at": None if state.last_fired_at is None else rfc3339(state.last_fired_at),
         "window": None,
         "verdict": verdict.detail,
         "crossed": [

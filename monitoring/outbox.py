@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     last_status INTEGER,
     last_error TEXT,
     done_at REAL,
+    round INTEGER NOT NULL DEFAULT 0,  -- +1 per retry or replay: a late attempt's result is stale
     PRIMARY KEY (event_id, target)
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, target, next_attempt_at);
@@ -85,6 +86,7 @@ class Delivery:
     last_status: int | None
     last_error: str | None
     done_at: float | None
+    round: int = 0  # bumped by retry and replay; record_attempt of an older round is ignored
     type: str = ""
     subject: str = ""
     created_at: float = 0.0
@@ -197,14 +199,22 @@ class Outbox:
         ).fetchall()
         return [_delivery(r) for r in rows]
 
-    def next_due(self, targets: Iterable[str]) -> float | None:
-        """The earliest next attempt among pending deliveries to these targets."""
+    def next_due(self, targets: Iterable[str],
+                 skip: Mapping[str, Iterable[str]] | None = None) -> float | None:
+        """The earliest next attempt among pending deliveries to these targets (not those in
+        `skip`: target -> the event ids already in flight to it)."""
         names = list(targets)
         if not names:
             return None
+        clauses, args = [], []
+        for name in names:
+            ids = list((skip or {}).get(name, ()))
+            clauses.append("(target = ?" + (
+                f" AND event_id NOT IN ({','.join('?' * len(ids))}))" if ids else ")"))
+            args += [name, *ids]
         row = self._db.execute(
-            f"SELECT MIN(next_attempt_at) FROM deliveries WHERE state = 'pending' "
-            f"AND target IN ({','.join('?' * len(names))})", names,
+            "SELECT MIN(next_attempt_at) FROM deliveries WHERE state = 'pending' "
+            f"AND ({' OR '.join(clauses)})", args,
         ).fetchone()
         return row[0]
 
@@ -218,15 +228,19 @@ class Outbox:
         status: int | None,
         error: str | None,
         next_attempt_at: float | None = None,
+        round: int | None = None,
     ) -> None:
-        """One attempt's result: delivered, dead, or pending again at next_attempt_at."""
+        """One attempt's result: delivered, dead, or pending again at next_attempt_at. With
+        `round` (the delivery's when the attempt started), a result for a delivery that was
+        retried or replayed meanwhile is dropped: the requeued delivery still goes out."""
         with self._write() as db:
             db.execute(
                 "UPDATE deliveries SET state=?, attempts=attempts+1, last_attempt_at=?, "
                 "last_status=?, last_error=?, next_attempt_at=COALESCE(?, next_attempt_at), "
-                "done_at=? WHERE event_id=? AND target=? AND state='pending'",
+                "done_at=? WHERE event_id=? AND target=? AND state='pending' "
+                "AND (? IS NULL OR round = ?)",
                 (state, now, status, error, next_attempt_at,
-                 None if state == "pending" else now, event_id, target),
+                 None if state == "pending" else now, event_id, target, round, round),
             )
 
     def counts(self) -> dict[tuple[str, DeliveryState], int]:
@@ -286,7 +300,7 @@ class Outbox:
                         "INSERT INTO deliveries (event_id, target, state, next_attempt_at) "
                         "VALUES (?, ?, 'pending', ?) ON CONFLICT (event_id, target) DO UPDATE SET "
                         "state='pending', attempts=0, next_attempt_at=excluded.next_attempt_at, "
-                        "done_at=NULL",
+                        "done_at=NULL, round=round+1",
                         (event_id, target, now),
                     )
         return len(ids) * len(names)
@@ -304,7 +318,8 @@ class Outbox:
             args.append(target)
         with self._write() as db:
             cur = db.execute(
-                "UPDATE deliveries SET state='pending', attempts=0, next_attempt_at=?, done_at=NULL "
+                "UPDATE deliveries SET state='pending', attempts=0, next_attempt_at=?, done_at=NULL, "
+                "round=round+1 "
                 f"WHERE {' AND '.join(where)}", (now, *args),
             )
             return cur.rowcount

@@ -287,7 +287,8 @@ class MonitorService:
                 "opened_at": window.opened_at, "rows": window.rows, "requests": window.requests,
             },
             "windows_evaluated": window.closed,
-            "alerts": self.alerts.describe(state.model, state.version) if self.alerts else [],
+            "alerts": self.alerts.describe(state.model, state.version, time.time())
+            if self.alerts else [],
             "latest": window.latest.to_dict(detail=True) if window.latest else None,
             "windows": [w.to_dict(detail=False) for w in history],
         }

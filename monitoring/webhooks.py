@@ -18,6 +18,7 @@ Targets removed from the config keep their pending rows, untouched, until they c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import logging
 import random
@@ -26,6 +27,7 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC
 from typing import Any
 
 import httpx
@@ -55,12 +57,14 @@ def retry_after(value: str | None, now: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # str.isdigit alone takes "²", which float refuses
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
+    if when.tzinfo is None:  # the asctime form (and -0000) name no zone: HTTP dates are GMT
+        when = when.replace(tzinfo=UTC)
     return max(when.timestamp() - now, 0.0)
 
 
@@ -124,18 +128,26 @@ class Deliverer:
         self._client = httpx.AsyncClient(follow_redirects=False, headers={"user-agent": USER_AGENT})
         try:
             while True:
+                # Cleared before the pass, not after it: a wake-up while it runs (an attempt
+                # finished, events committed) must not be lost.
+                self._wake.clear()
                 try:
                     await self._pass()
                     sleep = await self._until_next_due()
                 except Exception:
                     logger.exception("webhook delivery pass failed")
                     sleep = POLL_S
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=sleep)
-                except TimeoutError:
-                    pass
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancellation
+                # that arrives as the event is set, and the deliverer would never stop.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(sleep):
+                        await self._wake.wait()
         finally:
+            # Attempts end with the deliverer (their rows stay pending for the next start),
+            # rather than outliving it on a closed client.
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
             await self._client.aclose()
 
     async def _pass(self) -> None:
@@ -153,7 +165,11 @@ class Deliverer:
         self.stats.pending = {t: n for (t, s), n in counts.items() if s == "pending"}
 
     async def _until_next_due(self) -> float:
-        due = await self._on_db(self.outbox.next_due, list(self.targets))
+        # Attempts in flight are not due again, and a full target has no room for any: their
+        # end wakes the loop. (Counting them polled the outbox every 10 ms while they ran.)
+        skip = {name: tuple(self._in_flight.get(name, ())) for name, t in self.targets.items()
+                if len(self._in_flight.get(name, ())) < t.settings.concurrency}
+        due = await self._on_db(self.outbox.next_due, list(skip), skip)
         if due is None:
             return POLL_S
         return min(max(due - time.time(), 0.01), POLL_S)
@@ -178,7 +194,7 @@ class Deliverer:
                                name, delivery.event_id, delivery.type, error)
             await self._on_db(lambda: self.outbox.record_attempt(
                 delivery.event_id, name, state=final, now=time.time(), status=status,  # type: ignore[arg-type]
-                error=error, next_attempt_at=next_at,
+                error=error, next_attempt_at=next_at, round=delivery.round,
             ))
         except Exception:
             logger.exception("webhook %s: recording the attempt at %s failed", name, delivery.event_id)
@@ -219,6 +235,9 @@ class Deliverer:
         except httpx.TimeoutException as exc:
             state, outcome, error = "retry", "timeout", f"timed out: {type(exc).__name__}"
         except httpx.HTTPError as exc:
+            state, outcome, error = "retry", "connection_error", f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # noqa: BLE001 - e.g. httpx.InvalidURL: a failed attempt too,
+            # retried with backoff (not at once, in a loop) and dead-lettered in the end
             state, outcome, error = "retry", "connection_error", f"{type(exc).__name__}: {exc}"
         self.stats.observe(settings.name, outcome, time.perf_counter() - started)
         return state, status, error, after

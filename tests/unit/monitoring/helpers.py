@@ -125,3 +125,72 @@ class Case:
     reference: pd.DataFrame
     current: pd.DataFrame
     profile: Profile
+
+
+# ---------------------------------------------------------------- hand-built windows (alerting)
+
+
+def latency_of(count: int = 0, p99: float | None = None, error_ratio: float = 0.0):
+    """LatencyStats of `count` requests with this p99 and server error share."""
+    from monitoring.latency import LatencyStats
+
+    return LatencyStats(count=count, p50=p99, p95=p99, p99=p99, mean=p99, max=p99,
+                        errors=round(error_ratio * count), client_errors=0,
+                        error_ratio=error_ratio, client_error_ratio=0.0)
+
+
+def drift_of(name: str, score: float | None, *, method: str | None = "ks",
+             threshold: float | None = 0.05, drifted: bool = False, status: str = "tested",
+             role: str = "feature", kind: str = "numeric"):
+    """One ColumnDrift; `drifted` as given (the rules read it, not recompute it)."""
+    from monitoring.drift import ColumnDrift
+
+    return ColumnDrift(name=name, role=role, kind=kind, status=status, method=method,
+                       score=score, p_value_adjusted=score, threshold=threshold,
+                       drifted=drifted, reference_count=100, current_count=100,
+                       approximate=False)
+
+
+def quality_of_column(name: str, *, kind: str = "numeric", missing_ratio: float = 0.0,
+                      out_of_range_share: float = 0.0, unseen_share: float = 0.0,
+                      present: bool = True, error: str | None = None):
+    from monitoring.quality import ColumnQuality
+
+    return ColumnQuality(name=name, kind=kind, role="feature", present=present, rows=100,
+                         missing=round(100 * missing_ratio), missing_ratio=missing_ratio,
+                         non_finite=0, out_of_range=round(100 * out_of_range_share),
+                         out_of_range_share=out_of_range_share,
+                         unseen=round(100 * unseen_share), unseen_share=unseen_share,
+                         unseen_distinct=0, unseen_examples=(), error=error)
+
+
+def window_of(*, index: int = 1, rows: int = 200, features=(), outputs=(), quality=(),
+              drift_share: float = 0.5, latency=None, evaluated: bool = True,
+              error: str | None = None, opened_at: float = 1_700_000_000.0,
+              closed_at: float = 1_700_000_060.5):
+    """A ClosedWindow with these column results; the window-level drift numbers follow from
+    the features as monitoring.drift computes them (share = drifted / tested)."""
+    from monitoring.drift import DriftResult, WindowResult
+    from monitoring.quality import QualityResult
+    from monitoring.window import ClosedWindow
+
+    tested = [c for c in features if c.status == "tested"]
+    drifted = sum(c.drifted for c in tested)
+    share = drifted / len(tested) if tested else 0.0
+    tested_outputs = [c for c in outputs if c.status == "tested"]
+    drift = DriftResult(
+        features=tuple(features), outputs=tuple(outputs), tested=len(tested), drifted=drifted,
+        share_drifted=share, drift_share=drift_share,
+        dataset_drift=bool(tested) and share >= drift_share,
+        prediction_drift=any(c.drifted for c in tested_outputs) if tested_outputs else None,
+        correction="none",
+    )
+    result = None
+    if evaluated:
+        result = WindowResult(rows=rows, drift=drift,
+                              quality=QualityResult(rows=rows, columns=tuple(quality),
+                                                    violations=()))
+    stats = latency if latency is not None else latency_of()
+    return ClosedWindow(index=index, opened_at=opened_at, closed_at=closed_at, reason="time",
+                        rows=rows, requests=stats.count, latency=stats, result=result,
+                        error=error)
