@@ -265,3 +265,10 @@ class MemorySampler:
             row["peak_rss_mib"] = max(row["peak_rss_mib"], round(rss / 1024, 1))
             row["hwm_mib"] = round(hwm / 1024, 1)
         return out
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now (the OS's pick)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
