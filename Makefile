@@ -20,7 +20,7 @@ export PYTHONUNBUFFERED := 1
 # The Serve config `make serve` and `make deploy` run: `make serve CONFIG=my-serve.yaml`.
 CONFIG ?= configs/serve.yaml
 
-.PHONY: serve test bench bench-stall deploy stop models lint clean
+.PHONY: serve test bench bench-stall deploy stop models lint clean observe dashboards
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,17 +44,28 @@ models: models/breast_cancer/1/model.yaml models/mlp/1/model.yaml
 serve: $(VENV)/.serve-installed models
 	$(BIN)/serve run $(CONFIG)
 
+## observe: Prometheus on http://127.0.0.1:9090 scraping `make serve` with configs/prometheus
+## (installs the Debian package prometheus if missing; data in .observe/; Ctrl-C stops it)
+observe: $(VENV)/.serve-installed
+	bash configs/prometheus/observe.sh
+
+## dashboards: regenerate configs/grafana/vigil.json from vigil/dashboards.py (then
+## `.venv/bin/python -m tests.helm_chart` copies it and the rules into the chart)
+dashboards: $(VENV)/.dev-installed
+	$(BIN)/vigil dashboards build
+
 ## test: set up and run the whole test suite (unit, integration on a real Ray, scenarios)
 test: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest
 
 ## bench: the load benchmark (reference, plain Ray Serve, Vigil) on 127.0.0.1, the drift
-## evaluation benchmark (Vigil's window evaluation against Evidently's Report), and the stall
-## benchmark (one-row latency while 16 MiB invalid bodies arrive)
+## evaluation benchmark (Vigil's window evaluation against Evidently's Report), the stall
+## benchmark (one-row latency while 16 MiB invalid bodies arrive) and the alerting benchmark
 bench: $(VENV)/.dev-installed models
 	$(BIN)/python -m load_tests.bench
 	$(BIN)/python -m load_tests.bench_drift
 	$(BIN)/python -m load_tests.bench_stall
+	$(BIN)/python -m load_tests.bench_alerts
 
 ## bench-stall: only the stall benchmark (builds its own models)
 bench-stall: $(VENV)/.dev-installed

@@ -1,9 +1,12 @@
-"""Test-wide setup: the Ray environment every test process needs, set before Ray is imported."""
+"""Test-wide setup: the Ray environment every test process needs, set before Ray is imported;
+the Prometheus binaries for the tests that need them."""
 
 import base64
 import os
 import secrets
 import socket
+
+import pytest
 
 
 def _free_port() -> int:
@@ -38,3 +41,15 @@ _ENV = {
 }
 for _key, _value in _ENV.items():
     os.environ.setdefault(_key, _value)
+
+
+@pytest.fixture(scope="session")
+def prometheus_tools():
+    """prometheus and promtool, the Debian package installed first when either is missing
+    (tests/prometheus_tools.py); fails, saying what to do, when that cannot be done."""
+    from tests.prometheus_tools import ensure_prometheus
+
+    try:
+        return ensure_prometheus()
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)

@@ -1,5 +1,5 @@
 """The `vigil` command line: example models, the model repository, reference profiles, reports,
-the webhook outbox."""
+the webhook outbox, the Grafana dashboard."""
 
 from __future__ import annotations
 
@@ -73,6 +73,28 @@ def _report(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(body)
     print(f"wrote {len(body)} bytes to {out}")
+    return 0
+
+
+def _dashboards_build(args: argparse.Namespace) -> int:
+    try:
+        from vigil import dashboards
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("grafana_foundation_sdk"):
+            raise
+        return _refuse("building the dashboard needs grafana-foundation-sdk: "
+                       "pip install -e '.[observe]'", 1)
+    out = Path(args.out)
+    if args.check:
+        if dashboards.is_current(out):
+            print(f"{out} is up to date")
+            return 0
+        state = "differs from" if out.is_file() else "is missing; expected"
+        print(f"{out} {state} what vigil.dashboards generates; regenerate it with "
+              f"`{dashboards.REGENERATE} --out {out}` and commit the result", file=sys.stderr)
+        return 1
+    changed = dashboards.write(out)
+    print(f"{'wrote' if changed else 'unchanged:'} {out}")
     return 0
 
 
@@ -425,6 +447,20 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(func=func)
 
     _webhooks_parser(commands)
+
+    dashboards = commands.add_parser("dashboards", help="the Grafana dashboard, generated as code")
+    dashboards_cmd = dashboards.add_subparsers(dest="dashboards_command", required=True)
+    dbuild = dashboards_cmd.add_parser(
+        "build", help="write the Vigil dashboard JSON (needs the observe extra)",
+        description="Generate the Vigil Grafana dashboard from vigil.dashboards "
+        "(grafana-foundation-sdk) and write it as JSON.",
+    )
+    dbuild.add_argument("--out", default="configs/grafana/vigil.json",
+                        help="JSON file to write (default: configs/grafana/vigil.json)")
+    dbuild.add_argument("--check", action="store_true",
+                        help="write nothing; exit 1 when the file differs from what would be "
+                        "generated")
+    dbuild.set_defaults(func=_dashboards_build)
 
     report = commands.add_parser("report", help="fetch the monitor's HTML drift report")
     report.add_argument("--model", required=True)
