@@ -20,7 +20,7 @@ export PYTHONUNBUFFERED := 1
 # The Serve config `make serve` and `make deploy` run: `make serve CONFIG=my-serve.yaml`.
 CONFIG ?= configs/serve.yaml
 
-.PHONY: serve test bench bench-stall deploy stop models lint clean observe dashboards
+.PHONY: serve test bench bench-stall deploy stop models lint clean observe dashboards lock-gpu
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,11 @@ observe: $(VENV)/.serve-installed
 ## `.venv/bin/python -m tests.helm_chart` copies it and the rules into the chart)
 dashboards: $(VENV)/.dev-installed
 	$(BIN)/vigil dashboards build
+
+## lock-gpu: regenerate requirements/gpu.lock (the Dockerfile.gpu image's pins, with hashes)
+lock-gpu: | $(BIN)/python
+	$(PYTHON) -m venv /tmp/vigil-piptools && /tmp/vigil-piptools/bin/pip install -q pip-tools
+	/tmp/vigil-piptools/bin/pip-compile --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links --extra gpu -o requirements/gpu.lock pyproject.toml requirements/gpu.in
 
 ## test: set up and run the whole test suite (unit, integration on a real Ray, scenarios)
 test: $(VENV)/.dev-installed

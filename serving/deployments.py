@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version as package_version
 from typing import Any
 
+import ray
 from ray import serve
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -181,17 +182,19 @@ class ModelServer:
         return json_response({"name": name, "version": served.model.version, "ready": True})
 
     async def batching_state(self, request: Request) -> Response:
-        """Vigil extension: the live batching knobs, each version's declaration, and which
-        replica answered."""
+        """Vigil extension: the live batching knobs, each version's declaration and execution
+        providers, and which replica answered (with the accelerators Ray gave it)."""
         context = serve.get_replica_context()
         return json_response(
             {
                 "replica": context.replica_id.unique_id if context else None,
+                "accelerators": _accelerators() if context else {},
                 "batching": self.batching.model_dump(),
                 "models": {
                     f"{n}/{v}": {"declared_max_batch_rows": s.model.max_batch_rows,
                                  "max_batch_rows": s.batcher.max_rows,
-                                 "queued_rows": s.batcher.queued_rows}
+                                 "queued_rows": s.batcher.queued_rows,
+                                 "providers": s.model.providers}
                     for n, v, s in self.router
                 },
             }
@@ -344,6 +347,11 @@ class ModelServer:
             self.samples.record(model, version, elapsed, status)
         assert self.monitor_link is not None
         self.monitor_link.start()
+
+
+def _accelerators() -> dict[str, list[str]]:
+    """The accelerator ids Ray assigned to this replica, by kind ({"GPU": ["0"]})."""
+    return {k: v for k, v in ray.get_runtime_context().get_accelerator_ids().items() if v}
 
 
 def _content_length(request: Request) -> int | None:

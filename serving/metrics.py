@@ -1,7 +1,8 @@
-"""The serving replica's metrics, declared once per process (ray.serve.metrics, aggregated by Ray).
+"""The serving replica's metrics, declared once per process (ray.serve.metrics).
 
 Ray's exporter prefixes every name with `ray_`, so `vigil_request_duration_seconds` is scraped as
-`ray_vigil_request_duration_seconds`. Ray adds deployment, replica and application tags itself."""
+`ray_vigil_request_duration_seconds`. Ray adds deployment, replica and application tags itself and exports one series per replica:
+sum them in queries (configs/prometheus/recording_rules.yml does)."""
 
 from __future__ import annotations
 

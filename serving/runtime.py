@@ -76,14 +76,25 @@ class OnnxModel:
         options.intra_op_num_threads = settings.intra_op_threads
         options.inter_op_num_threads = settings.inter_op_threads
         options.graph_optimization_level = _OPT_LEVELS[settings.graph_optimization_level]
+        providers = select_providers(settings)
         self.session = ort.InferenceSession(
-            version.read_verified_bytes(), options, providers=select_providers(settings)
+            version.read_verified_bytes(), options, providers=providers
         )
-        if settings.require_gpu and "CUDAExecutionProvider" not in self.session.get_providers():
-            raise GpuUnavailable(
-                f"{self.name}/{self.version}: the CUDA provider failed to initialise "
-                "(see onnxruntime's log above) and runtime.require_gpu is set"
-            )
+        # What the session really runs on: onnxruntime-gpu offers CUDA even where it cannot load
+        # it (no driver, no GPU), and then quietly builds a CPU session.
+        self.providers: list[str] = self.session.get_providers()
+        if "CUDAExecutionProvider" not in self.providers:
+            if settings.require_gpu:
+                raise GpuUnavailable(
+                    f"{self.name}/{self.version}: the CUDA provider failed to initialise "
+                    "(see onnxruntime's log above) and runtime.require_gpu is set"
+                )
+            if any(isinstance(p, tuple) and p[0] == "CUDAExecutionProvider" for p in providers):
+                logger.warning(
+                    "%s/%s: onnxruntime offers CUDA but its provider failed to initialise (see "
+                    "onnxruntime's log above); serving on the CPU",
+                    self.name, self.version,
+                )
         self.inputs = {s.name: s for s in version.manifest.inputs}
         self.outputs = {s.name: s for s in version.manifest.outputs}
         self._check_signature()

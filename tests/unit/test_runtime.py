@@ -428,6 +428,53 @@ def test_require_gpu_without_cuda_in_the_list_refuses_the_model(
     assert "require_gpu" in str(info.value)
 
 
+def _fake_gpu_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fake of onnxruntime-gpu on a node without a usable GPU: it lists CUDA among its
+    providers (it was built with it) but cannot load it, so sessions come out on the CPU."""
+    listed = ["CUDAExecutionProvider", *ort.get_available_providers()]
+    monkeypatch.setattr(runtime.ort, "get_available_providers", lambda: listed)
+
+
+@cpu_only
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider':UserWarning")
+def test_cuda_offered_but_unusable_serves_on_cpu_and_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    example_versions: dict[str, ModelVersion],
+    cancer_rows: np.ndarray,
+) -> None:
+    _fake_gpu_package(monkeypatch)
+    settings = RuntimeSettings(providers=["cuda", "cpu"])
+    with caplog.at_level(logging.WARNING, logger="vigil.runtime"):
+        model = OnnxModel(example_versions["breast_cancer"], settings)
+    assert model.providers == ["CPUExecutionProvider"]
+    (warning,) = [r for r in caplog.records if r.name == "vigil.runtime"]
+    assert warning.getMessage() == (
+        "breast_cancer/1: onnxruntime offers CUDA but its provider failed to initialise (see "
+        "onnxruntime's log above); serving on the CPU"
+    )
+    np.testing.assert_array_equal(model.run({"input": cancer_rows})["label"], [0, 0, 1, 1, 1])
+
+
+@cpu_only
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider':UserWarning")
+def test_cuda_offered_but_unusable_with_require_gpu_refuses(
+    monkeypatch: pytest.MonkeyPatch, example_versions: dict[str, ModelVersion]
+) -> None:
+    _fake_gpu_package(monkeypatch)
+    settings = RuntimeSettings(providers=["cuda", "cpu"], require_gpu=True)
+    with pytest.raises(GpuUnavailable) as info:
+        OnnxModel(example_versions["mlp"], settings)
+    assert str(info.value) == (
+        "mlp/1: the CUDA provider failed to initialise (see onnxruntime's log above) and "
+        "runtime.require_gpu is set"
+    )
+
+
+def test_providers_report_what_the_session_runs_on(mlp: OnnxModel) -> None:
+    assert mlp.providers == mlp.session.get_providers()
+
+
 @pytest.mark.skipif(not HAS_CUDA, reason="needs onnxruntime's CUDA provider")
 def test_cuda_provider_options_when_available() -> None:
     settings = RuntimeSettings(
