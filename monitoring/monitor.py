@@ -193,16 +193,14 @@ class Monitor:
             return error_response(404, str(exc))
         return json_response(doc)
 
-    async def report(self, request: Request) -> Response:
-        model = request.path_params["model"]
+    async def _closed_window(self, request: Request) -> ReportSource | Response:
+        """The last closed window with rows that a report or rows request names, or the error
+        answer: 400 bad query, 404 unknown model or version, 409 no such window yet."""
         try:
             query = parse_report_query(request.query_params.multi_items())
-            source = await self._on_worker(
-                self.service.report_source, model, query.version, time.time()
-            )
-            slot, index = (source.state.model, source.state.version), source.window.index
-            body = await self._reports.get(
-                slot, index, lambda: self._on_report_worker(self._build_report, source)
+            return await self._on_worker(
+                self.service.report_source, request.path_params["model"], query.version,
+                time.time(),
             )
         except BadQuery as exc:
             return error_response(400, str(exc))
@@ -210,8 +208,20 @@ class Monitor:
             return error_response(404, str(exc))
         except NotReady as exc:
             return error_response(409, str(exc))
+
+    async def report(self, request: Request) -> Response:
+        source = await self._closed_window(request)
+        if isinstance(source, Response):
+            return source
+        slot, index = (source.state.model, source.state.version), source.window.index
+        try:
+            body = await self._reports.get(
+                slot, index, lambda: self._on_report_worker(self._build_report, source)
+            )
+        except NotReady as exc:  # the reference data is missing
+            return error_response(409, str(exc))
         except Exception:
-            logger.exception("report for %s failed", model)
+            logger.exception("report for %s/%s failed", *slot)
             return error_response(500, "internal error while building the report; see the monitor log")
         headers = {"X-Vigil-Window": str(index), "Vary": "Accept-Encoding"}
         if accepts_gzip(request.headers.get("accept-encoding")):
@@ -220,18 +230,9 @@ class Monitor:
 
     async def rows(self, request: Request) -> Response:
         """The sampled rows of the last closed window with rows, by profiled column."""
-        model = request.path_params["model"]
-        try:
-            query = parse_report_query(request.query_params.multi_items())
-            source = await self._on_worker(
-                self.service.report_source, model, query.version, time.time()
-            )
-        except BadQuery as exc:
-            return error_response(400, str(exc))
-        except UnknownModel as exc:
-            return error_response(404, str(exc))
-        except NotReady as exc:
-            return error_response(409, str(exc))
+        source = await self._closed_window(request)
+        if isinstance(source, Response):
+            return source
         window = source.window
         doc = {
             "model": source.state.model, "version": source.state.version,

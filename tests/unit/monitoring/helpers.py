@@ -194,3 +194,20 @@ def window_of(*, index: int = 1, rows: int = 200, features=(), outputs=(), quali
     return ClosedWindow(index=index, opened_at=opened_at, closed_at=closed_at, reason="time",
                         rows=rows, requests=stats.count, latency=stats, result=result,
                         error=error)
+
+
+def scrape(collector) -> tuple[dict, dict, str]:
+    """A collector's exposition as Prometheus parses it: (name, labels) -> value, name -> type,
+    and the text."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    text = generate_latest(registry).decode()
+    samples, types = {}, {}
+    for family in text_string_to_metric_families(text):
+        types[family.name] = family.type
+        for s in family.samples:
+            samples[(s.name, frozenset(s.labels.items()))] = s.value
+    return samples, types, text

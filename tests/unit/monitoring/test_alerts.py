@@ -9,8 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from monitoring.alert_settings import AlertRule, WebhookTarget
 from monitoring.alerts import AlertEngine
@@ -18,7 +16,7 @@ from monitoring.collector import AlertCollector
 from monitoring.outbox import Outbox
 from monitoring.rules import AlertState
 from monitoring.webhooks import SECONDS_BUCKETS, DeliveryStats
-from tests.unit.monitoring.helpers import drift_of, latency_of, window_of
+from tests.unit.monitoring.helpers import drift_of, latency_of, scrape, window_of
 
 IRIS = ("iris", "1")
 PUBLIC = "http://mon.example:8000/monitor"
@@ -239,18 +237,6 @@ def test_a_failed_commit_is_tried_again_by_the_next_verdict(outbox, caplog) -> N
 # ---------------------------------------------------------------- metrics
 
 
-def _scrape(collector: AlertCollector) -> tuple[dict, dict, str]:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)
-    text = generate_latest(registry).decode()
-    samples, types = {}, {}
-    for family in text_string_to_metric_families(text):
-        types[family.name] = family.type
-        for s in family.samples:
-            samples[(s.name, frozenset(s.labels.items()))] = s.value
-    return samples, types, text
-
-
 def _get(samples: dict, name: str, **labels: str) -> float | None:
     return samples.get((name, frozenset(labels.items())))
 
@@ -263,7 +249,7 @@ def test_alert_and_webhook_metrics() -> None:
     stats.dead_letters["b"] += 1
     stats.pending = {"a": 2, "old": 1}  # "old": no longer configured, rows left
     firing = [("iris", "1", "drift", True), ("iris", "1", "slow", False)]
-    s, types, text = _scrape(AlertCollector(lambda: firing, stats, lambda: ["a", "b", "c"]))
+    s, types, text = scrape(AlertCollector(lambda: firing, stats, lambda: ["a", "b", "c"]))
 
     assert _get(s, "vigil_alert_firing", model="iris", version="1", rule="drift") == 1.0
     assert _get(s, "vigil_alert_firing", model="iris", version="1", rule="slow") == 0.0
@@ -300,7 +286,7 @@ def test_alert_and_webhook_metrics() -> None:
 
 
 def test_metrics_without_alerts_or_targets() -> None:
-    s, types, _ = _scrape(AlertCollector(lambda: [], DeliveryStats(), lambda: []))
+    s, types, _ = scrape(AlertCollector(lambda: [], DeliveryStats(), lambda: []))
     assert s == {}
     assert set(types) == {"vigil_alert_firing", "vigil_webhook_deliveries",
                           "vigil_webhook_dead_letters", "vigil_webhook_outbox_pending",
@@ -310,7 +296,7 @@ def test_metrics_without_alerts_or_targets() -> None:
 def test_the_engine_feeds_the_firing_gauge(outbox) -> None:
     engine = _engine(outbox)
     engine.on_window("iris", "1", _window(1, DRIFTED), now=100.0)
-    s, _, _ = _scrape(AlertCollector(engine.firing, DeliveryStats(), lambda: ["all"]))
+    s, _, _ = scrape(AlertCollector(engine.firing, DeliveryStats(), lambda: ["all"]))
     assert _get(s, "vigil_alert_firing", model="iris", version="1", rule="drift") == 1.0
     assert _get(s, "vigil_alert_firing", model="iris", version="1", rule="slow") == 0.0
     assert json.loads(json.dumps(engine.describe("iris", "1", 0.0)))[0]["status"] == "firing"

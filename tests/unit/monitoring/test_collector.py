@@ -4,27 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from monitoring.collector import MonitorCollector, VersionSnapshot
 from monitoring.profile import build_profile
 from monitoring.settings import MonitorSettings
 from monitoring.window import TumblingWindow
+from tests.unit.monitoring.helpers import scrape
 
 NO_FACTS = (np.empty(0), np.empty(0, np.int16))
 ALLOWED_LABELS = {"model", "version", "feature", "method", "output", "quantile", "kind"}
 
 
 def _scrape(snapshots: list[VersionSnapshot]) -> tuple[dict, dict]:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(MonitorCollector(lambda: snapshots))
-    text = generate_latest(registry).decode()
-    samples, types = {}, {}
-    for family in text_string_to_metric_families(text):
-        types[family.name] = family.type
-        for s in family.samples:
-            samples[(s.name, frozenset(s.labels.items()))] = s.value
+    samples, types, _ = scrape(MonitorCollector(lambda: snapshots))
     return samples, types
 
 
