@@ -57,7 +57,7 @@ EventType = Literal[
 ]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-_SECRET_PREFIX = "whsec_"
+_SECRET_PREFIX = "whsec_"  # nosec B105 # a public prefix
 _MIN_SECRET_BYTES = 16  # Standard Webhooks asks for 24..64 random bytes; refuse the obviously weak
 
 

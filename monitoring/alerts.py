@@ -158,7 +158,8 @@ class AlertEngine:
                 "event_type": rule.when.event_type, "status": status,
                 "for_windows": rule.for_windows, "resolve_windows": rule.resolve_windows,
                 "cooldown_s": rule.cooldown_s, **state.to_dict(),
-                "cooldown_until": state.last_fired_at + rule.cooldown_s if cooling else None,
+                "cooldown_until": (state.last_fired_at + rule.cooldown_s  # type: ignore[operator]
+                                   if cooling else None),  # cooling: last_fired_at is set
                 "latest": None if evaluation is None else
                 {**evaluation.verdict.to_dict(), "at": evaluation.at},
             })

@@ -175,14 +175,14 @@ class MonitorCollector(Collector):
         g["share"].add_metric(mv, drift.share_drifted)
         g["dataset"].add_metric(mv, float(drift.dataset_drift))
         g["failed"].add_metric(mv, len(window.result.failed_columns))
-        for col in quality.columns:
-            if not col.present or col.error is not None:
+        for column in quality.columns:
+            if not column.present or column.error is not None:
                 continue
-            g["missing"].add_metric([*mv, col.name], col.missing_ratio)
-            if col.kind == "numeric":
-                g["range"].add_metric([*mv, col.name], col.out_of_range_share)
+            g["missing"].add_metric([*mv, column.name], column.missing_ratio)
+            if column.kind == "numeric":
+                g["range"].add_metric([*mv, column.name], column.out_of_range_share)
             else:
-                g["unseen"].add_metric([*mv, col.name], col.unseen_share)
+                g["unseen"].add_metric([*mv, column.name], column.unseen_share)
         for kind in VIOLATION_KINDS:
             count = sum(v.violation == kind for v in quality.violations)
             g["violations"].add_metric([*mv, kind], count)

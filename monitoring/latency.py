@@ -63,6 +63,11 @@ def latency_stats(latency_s: np.ndarray, status: np.ndarray) -> LatencyStats:
     count = int(codes.size)
     errors, client_errors, cancelled = count_statuses(codes)
     timed = latency[~np.isnan(latency)]
+    p50: float | None
+    p95: float | None
+    p99: float | None
+    mean: float | None
+    top: float | None
     if timed.size:
         p50, p95, p99 = (float(q) for q in np.quantile(timed, QUANTILES))
         mean, top = float(timed.mean()), float(timed.max())

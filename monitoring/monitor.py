@@ -251,17 +251,19 @@ class Monitor:
         key = (state.model, state.version)
         reference = self._references.get(key)
         if reference is None:
-            path = reference_path(state.profile, state.path)
+            # state.profile is not None: report_source() raised NotReady otherwise
+            path = reference_path(state.profile, state.path)  # type: ignore[arg-type]
             if path is None or not path.exists():
                 raise NotReady(f"the reference data of {key[0]}/{key[1]} is not available "
                                f"({path}); the report needs it")
-            reference = load_reference(path, state.profile.names, limit)
+            reference = load_reference(path, state.profile.names, limit)  # type: ignore[union-attr]
             self._references[key] = reference
         result = source.window.result
         drift_share = result.drift.drift_share if result else self.settings.drift_share
         started = time.perf_counter()
         html = drift_report_html(
-            state.profile, reference, evenly_spaced(source.rows, limit), drift_share=drift_share
+            state.profile, reference,  # type: ignore[arg-type]  # not None, as above
+            evenly_spaced(source.rows, limit), drift_share=drift_share,
         )
         body = gzip.compress(html.encode(), compresslevel=6)
         logger.info("report of %s/%s window %d: %d bytes of HTML, %d gzip-compressed, %.1f s",

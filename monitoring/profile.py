@@ -181,7 +181,8 @@ class Profile:
             arrays = {key: _readonly(npz[key]) for key in npz.files}
         columns = []
         for i, scalars in enumerate(meta["columns"]):
-            fields = {f: arrays.get(f"c{i}.{f}") for f in ("values", "unique_values", "unique_counts")}
+            fields: dict[str, Any] = {f: arrays.get(f"c{i}.{f}")
+                                      for f in ("values", "unique_values", "unique_counts")}
             columns.append(ColumnProfile(**scalars, **fields))
         return cls(
             tuple(columns),

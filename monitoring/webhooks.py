@@ -88,7 +88,7 @@ class DeliveryStats:
         self.attempts[(target, outcome)] += 1
         counts = self.seconds_buckets.setdefault(target, [0] * (len(SECONDS_BUCKETS) + 1))
         counts[next((i for i, b in enumerate(SECONDS_BUCKETS) if seconds <= b), -1)] += 1
-        self.seconds_sum[target] += seconds
+        self.seconds_sum[target] += seconds  # type: ignore[assignment]  # float sums
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ class Deliverer:
         self.stats = stats
         self.targets: dict[str, ActiveTarget] = {}
         self._db = ThreadPoolExecutor(1, thread_name_prefix="vigil-outbox")
-        self._rng = random.Random(seed)
+        self._rng = random.Random(seed)  # nosec B311 # retry jitter
         self._wake = asyncio.Event()
         self._in_flight: dict[str, set[str]] = {}  # target -> event ids being attempted
         self._tasks: set[asyncio.Task] = set()

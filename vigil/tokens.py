@@ -35,7 +35,7 @@ logger = logging.getLogger("vigil.tokens")
 
 SCOPES = ("infer", "monitor", "admin")
 FORMAT_VERSION = 1
-TOKEN_PREFIX = "vigil_"
+TOKEN_PREFIX = "vigil_"  # nosec B105 # a public prefix
 DEFAULT_FILE_NAME = "tokens.yaml"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
