@@ -44,7 +44,9 @@ pytestmark = [
 def models_dir(tmp_path_factory) -> Path:
     from vigil.examples import build_examples
 
-    models = tmp_path_factory.mktemp("lifecycle-models")
+    # A folder of its own: the session's tokens file lies beside the session's repository, in
+    # the shared temporary folder, and would turn auth on for this one too.
+    models = tmp_path_factory.mktemp("lifecycle") / "models"
     build_examples(models, progress=False)
     return models
 
