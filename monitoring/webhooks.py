@@ -82,13 +82,13 @@ class DeliveryStats:
     dead_letters: Counter[str] = field(default_factory=Counter)
     pending: dict[str, int] = field(default_factory=dict)
     seconds_buckets: dict[str, list[int]] = field(default_factory=dict)  # per bucket, not cumulative
-    seconds_sum: Counter[str] = field(default_factory=Counter)
+    seconds_sum: dict[str, float] = field(default_factory=dict)
 
     def observe(self, target: str, outcome: str, seconds: float) -> None:
         self.attempts[(target, outcome)] += 1
         counts = self.seconds_buckets.setdefault(target, [0] * (len(SECONDS_BUCKETS) + 1))
         counts[next((i for i, b in enumerate(SECONDS_BUCKETS) if seconds <= b), -1)] += 1
-        self.seconds_sum[target] += seconds  # type: ignore[assignment]  # float sums
+        self.seconds_sum[target] = self.seconds_sum.get(target, 0.0) + seconds
 
 
 @dataclass(frozen=True)
