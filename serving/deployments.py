@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version as package_version
@@ -12,6 +13,7 @@ from typing import Any
 import ray
 from ray import serve
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -19,7 +21,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from serving import codecs
-from serving.batching import RowBatcher
 from serving.metrics import UNKNOWN_MODEL, replica_metrics
 from serving.monitor_link import MonitorLink
 from serving.protocol import (
@@ -30,11 +31,14 @@ from serving.protocol import (
     ParsedRequest,
     PayloadTooLarge,
 )
-from serving.router import ModelRouter
+from serving.admin import Admin
+from serving.agreement import agreement
+from serving.follower import AliasFollower
+from serving.model_set import ModelSet, ServedModel
 from serving.runtime import OnnxModel
 from serving.sampling import SampleBuffer
 from serving.settings import BatchSettings, ServerSettings
-from vigil import repository
+from vigil.repository import RepositoryError
 from vigil.tokens import TokenVerifier, tokens_file
 from vigil.web import (
     JSON,
@@ -73,23 +77,6 @@ def serving_scope(path: str) -> str | None:
     return None
 
 
-class ServedModel:
-    """A loaded model version with its batcher."""
-
-    def __init__(self, model: OnnxModel, batching: BatchSettings, has_profile: bool) -> None:
-        self.model = model
-        # Rows are sampled only where the monitor has a reference to compare them with; every
-        # version still reports latency and status.
-        self.has_profile = has_profile
-        self.batcher = RowBatcher(
-            model.run,
-            batching,
-            declared_max_rows=model.max_batch_rows,
-            observer=replica_metrics().for_model(model.name, model.version),
-            thread_name=f"vigil-{model.name}-{model.version}",
-        )
-
-
 class ModelServer:
     """Loads the repository's models at start (the replica is ready once they are loaded) and
     answers the Open Inference Protocol. Batching knobs arrive through user_config."""
@@ -100,20 +87,17 @@ class ModelServer:
             tokens_file(self.settings.tokens_file, self.settings.model_repository)
         )
         open_access_check(self.settings.auth, self.tokens, serve_http_host())
-        found = repository.scan(self.settings.model_repository, self.settings.models)
-        batching = self.settings.batching
-        self.router: ModelRouter[ServedModel] = ModelRouter(
-            {
-                name: {
-                    v.manifest.version: ServedModel(
-                        OnnxModel(v, self.settings.runtime), batching, has_profile=v.has_profile
-                    )
-                    for v in versions
-                }
-                for name, versions in found.items()
-            }
-        )
-        self.batching = batching
+        if not self.settings.model_repository.is_dir():
+            raise RepositoryError(f"model repository {self.settings.model_repository} does not exist")
+        self.batching = self.settings.batching
+        self.models = ModelSet(self.settings.model_repository, self.settings.models,
+                               self.settings.runtime, self.batching)
+        # Aliases: read from the repository now, followed live after (every replica the same).
+        context = serve.get_replica_context()
+        replica = context.replica_id.to_full_id_str() if context else f"local-{os.getpid()}"
+        self.follower = AliasFollower(self.models, replica)
+        self.follower.start()
+        self.admin = Admin(self.models, self.follower.board, self.settings.alias_apply_timeout_s)
         self.metrics = replica_metrics()
         # Large bodies are decoded here, two at a time: off the event loop, and bounded.
         self._decoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vigil-decode")
@@ -126,13 +110,12 @@ class ModelServer:
                 sampling.max_rows_per_request,
             )
             self.monitor_link = MonitorLink(sampling, self.samples, self.metrics)
-        logger.info("serving %s", [f"{n}/{v}" for n, v, _ in self.router])
+        logger.info("serving %s", [f"{n}/{v}" for n, v, _ in self.models.router])
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply new batching knobs live; called by Serve on deploy without restarting."""
         self.batching = BatchSettings.model_validate(user_config or {})
-        for _, _, served in self.router:
-            served.batcher.reconfigure(self.batching)
+        self.models.reconfigure(self.batching)
         logger.info("batching now %s", self.batching.model_dump())
 
     def __serve_build_asgi_app__(self) -> Starlette:
@@ -143,8 +126,12 @@ class ModelServer:
         link = getattr(self, "monitor_link", None)
         if link is not None:
             link.stop()
-        for _, _, served in getattr(self, "router", ()):
-            served.batcher.close()
+        follower = getattr(self, "follower", None)
+        if follower is not None:
+            follower.stop()
+        models = getattr(self, "models", None)
+        if models is not None:
+            models.close()
         decoder = getattr(self, "_decoder", None)
         if decoder is not None:
             decoder.shutdown(wait=False, cancel_futures=True)
@@ -166,17 +153,30 @@ class ModelServer:
         name = request.path_params["model"]
         version = request.path_params.get("version")
         try:
-            served = self.router.resolve(name, version)
+            router = self.models.router
+            served = router.resolve(name, version).target if version else router.production(name)
         except InferenceError as exc:
             return error_response(exc.status_code, str(exc))
         meta = served.model.metadata()
-        meta["versions"] = [version] if version else self.router.versions(name)
+        meta["versions"] = [version] if version else router.versions(name)
+        manifest = served.model.manifest
+        routes = router.routes(name)
+        meta["parameters"] = {
+            "sha256": manifest.sha256,
+            "created": manifest.created,
+            "max_batch_rows": manifest.max_batch_rows,
+            "aliases": routes.aliases.roles(served.model.version, routes.published),
+            "lineage": manifest.lineage,
+            "metadata": manifest.metadata,
+        }
         return json_response(meta)
 
     async def model_ready(self, request: Request) -> Response:
         name = request.path_params["model"]
+        version = request.path_params.get("version")
         try:
-            served = self.router.resolve(name, request.path_params.get("version"))
+            router = self.models.router
+            served = router.resolve(name, version).target if version else router.production(name)
         except InferenceError as exc:
             return error_response(exc.status_code, str(exc))
         return json_response({"name": name, "version": served.model.version, "ready": True})
@@ -195,7 +195,7 @@ class ModelServer:
                                  "max_batch_rows": s.batcher.max_rows,
                                  "queued_rows": s.batcher.queued_rows,
                                  "providers": s.model.providers}
-                    for n, v, s in self.router
+                    for n, v, s in self.models.router
                 },
             }
         )
@@ -211,10 +211,15 @@ class ModelServer:
         # records it, with its own status and its latency.
         status = CANCELLED
         served: ServedModel | None = None
+        shadow: ServedModel | None = None
         inputs = results = None
+        rows = 0
         try:
             try:
-                served = self.router.resolve(name, request.path_params.get("version"))
+                route = self.models.router.resolve(
+                    name, request.path_params.get("version"), request.headers.get
+                )
+                served, shadow = route.target, route.shadow
                 model = served.model
                 model_label, version_label = model.name, model.version
                 header_length = codecs.parse_header_length(raw_header_length)
@@ -234,15 +239,39 @@ class ModelServer:
                 media_type = JSON if json_length is None else BINARY
                 status = 200
             except InferenceError as exc:
+                shadow = None
                 status, payload, media_type, headers = exc.status_code, error_body(str(exc)), JSON, None
             except Exception:
                 logger.exception("infer %s failed", name)
                 status, media_type, headers = 500, JSON, None
                 payload = error_body("internal error while running the model; see server log")
-            return Response(payload, status_code=status, media_type=media_type, headers=headers)
+            # The shadow gets a copy once the answer is sent: it never delays the client.
+            background = None
+            if shadow is not None and status == 200:
+                background = BackgroundTask(self._shadow, shadow, inputs, rows, results, protocol)
+            return Response(payload, status_code=status, media_type=media_type, headers=headers,
+                            background=background)
         finally:
             self._account(served, model_label, version_label, protocol, status,
                           time.perf_counter() - started, inputs, results)
+
+    async def _shadow(self, shadow: ServedModel, inputs: dict, rows: int, answered: dict,
+                      protocol: str) -> None:
+        """Run a request's inputs on the shadow version and account for it like any version's
+        request (latency, status, sampled rows), plus how often it agrees with production."""
+        started = time.perf_counter()
+        status, results, compared = 500, None, None
+        try:
+            conformed, rows = shadow.model.validate(inputs)
+            results = await shadow.batcher.submit(conformed, rows)
+            compared = agreement(answered, results)
+            status = 200
+        except InferenceError as exc:
+            status = exc.status_code
+        except Exception:
+            logger.exception("shadow %s/%s failed", shadow.model.name, shadow.model.version)
+        self._account(shadow, shadow.model.name, shadow.model.version, protocol, status,
+                      time.perf_counter() - started, inputs, results, compared)
 
     async def _receive(
         self, request: Request, model: OnnxModel, header_length: int | None
@@ -336,13 +365,14 @@ class ModelServer:
         elapsed: float,
         inputs: dict | None,
         results: dict | None,
+        agreed: tuple[int, int] | None = None,
     ) -> None:
         """Metrics and the monitor's sample for every request, answered or cancelled."""
         self.metrics.request_done(model, version, protocol, status, elapsed)
         if self.samples is None or served is None:
             return
         if status == 200 and served.has_profile:
-            self.samples.record(model, version, elapsed, status, inputs, results)
+            self.samples.record(model, version, elapsed, status, inputs, results, agreement=agreed)
         else:
             self.samples.record(model, version, elapsed, status)
         assert self.monitor_link is not None
@@ -379,6 +409,7 @@ def build_asgi_app(server: ModelServer) -> Starlette:
     bearer-token guard."""
     s = server
     routes = [
+        *s.admin.routes(),
         Route("/v2", s.server_metadata, methods=["GET"]),
         Route("/v2/health/live", s.live, methods=["GET"]),
         Route("/v2/health/ready", s.ready, methods=["GET"]),

@@ -75,6 +75,10 @@ class NotFound(InferenceError):
     status_code = 404
 
 
+class NotReady(InferenceError):
+    status_code = 503
+
+
 class PayloadTooLarge(InferenceError):
     status_code = 413
 

@@ -1,43 +1,115 @@
-"""Resolve a model name and optional version to a loaded model version."""
+"""Pick the loaded version that answers a request: an explicit version, or the model's aliases
+(production, a weighted and optionally sticky canary, a shadow that gets a copy)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import hashlib
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from serving.protocol import NotFound
+from serving.protocol import NotFound, NotReady
+from vigil.aliases import AliasState
 
 M = TypeVar("M")
 
 
+def sticky_share(model: str, key: str) -> float:
+    """Where a sticky routing key falls in [0, 1): the same key always lands in the same place,
+    and keys spread evenly, so a canary of weight w gets about w of the keys."""
+    digest = hashlib.blake2b(f"{model}\0{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
+@dataclass(frozen=True)
+class Route(Generic[M]):
+    """The version that answers, and the one that gets a copy afterwards (or None)."""
+
+    target: M
+    shadow: M | None = None
+
+
+@dataclass(frozen=True)
+class ModelRoutes(Generic[M]):
+    """One model's loaded versions (oldest first) and its aliases."""
+
+    versions: dict[str, M]
+    aliases: AliasState
+    published: tuple[str, ...] = ()  # every version on disk, retired ones included
+    production: str | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        order = self.published or tuple(self.versions)
+        object.__setattr__(self, "production", self.aliases.production_of(order))
+
+
 class ModelRouter(Generic[M]):
-    """The served models by name and version. A request without a version gets the default
-    version: the newest (numeric versions sort numerically)."""
+    """The served models by name. A request without a version goes to production, or to the
+    canary for its weight's share of requests; with a version, to exactly that version."""
 
-    def __init__(self, models: dict[str, dict[str, M]]) -> None:
-        # Versions arrive oldest first (repository.scan order); the last is the default.
-        self._models = {name: dict(versions) for name, versions in models.items() if versions}
-        self._default = {name: list(versions)[-1] for name, versions in self._models.items()}
+    def __init__(self, models: dict[str, ModelRoutes[M]],
+                 draw: Callable[[], float] = random.random) -> None:
+        self._models = dict(models)
+        self._draw = draw
 
-    def resolve(self, name: str, version: str | None = None) -> M:
-        versions = self._models.get(name)
-        if versions is None:
+    @classmethod
+    def plain(cls, models: dict[str, dict[str, M]]) -> ModelRouter[M]:
+        """Versions without aliases set: production is the newest (scan order: oldest first)."""
+        return cls({n: ModelRoutes(dict(v), AliasState(n)) for n, v in models.items() if v})
+
+    def routes(self, name: str) -> ModelRoutes[M]:
+        routes = self._models.get(name)
+        if routes is None:
             raise NotFound(f"model '{name}' is not served here; known models: {sorted(self._models)}")
-        if version is None or version == "":
-            return versions[self._default[name]]
-        model = versions.get(version)
-        if model is None:
-            raise NotFound(
-                f"model '{name}' has no version '{version}'; versions: {list(versions)}"
+        if routes.aliases.unloaded:
+            raise NotReady(
+                f"model '{name}' is unloaded; POST /v2/repository/models/{name}/load serves it again"
             )
-        return model
+        return routes
+
+    def resolve(self, name: str, version: str | None = None,
+                sticky: Callable[[str], str | None] | None = None) -> Route[M]:
+        """The route for a request. `sticky` looks a request header up by its (lower-case) name."""
+        routes = self.routes(name)
+        if version:
+            model = routes.versions.get(version)
+            if model is None:
+                raise NotFound(self._no_version(name, version, routes))
+            return Route(model)
+        aliases = routes.aliases
+        target = routes.production
+        canary = aliases.canary
+        if canary is not None and canary.version in routes.versions:
+            key = sticky(canary.sticky_header) if sticky and canary.sticky_header else None
+            share = sticky_share(name, key) if key is not None else self._draw()
+            if share < canary.weight:
+                target = canary.version
+        if target is None or target not in routes.versions:
+            raise NotReady(f"model '{name}' has no production version loaded here")
+        shadow = routes.versions.get(aliases.shadow) if aliases.shadow else None
+        return Route(routes.versions[target], shadow)
+
+    def production(self, name: str) -> M:
+        """The production version's model (what the model's metadata describes)."""
+        routes = self.routes(name)
+        if routes.production is None or routes.production not in routes.versions:
+            raise NotReady(f"model '{name}' has no production version loaded here")
+        return routes.versions[routes.production]
+
+    @staticmethod
+    def _no_version(name: str, version: str, routes: ModelRoutes[M]) -> str:
+        if version in routes.aliases.retired:
+            return f"model '{name}' version '{version}' is retired; versions: {list(routes.versions)}"
+        return f"model '{name}' has no version '{version}'; versions: {list(routes.versions)}"
 
     def versions(self, name: str) -> list[str]:
-        if name not in self._models:
-            raise NotFound(f"model '{name}' is not served here; known models: {sorted(self._models)}")
-        return list(self._models[name])
+        return list(self.routes(name).versions)
+
+    def models(self) -> dict[str, ModelRoutes[M]]:
+        return dict(self._models)
 
     def __iter__(self) -> Iterator[tuple[str, str, M]]:
-        for name, versions in self._models.items():
-            for version, model in versions.items():
+        for name, routes in self._models.items():
+            for version, model in routes.versions.items():
                 yield name, version, model

@@ -168,6 +168,13 @@ class ServerSettings(BaseSettings):
         description="Tokens file (`vigil tokens`); unset: tokens.yaml beside model_repository. "
         "Re-read when it changes, no restart needed. Environment: VIGIL_TOKENS_FILE.",
     )
+    alias_apply_timeout_s: float = Field(
+        default=30.0,
+        gt=0.0,
+        le=600.0,
+        description="How long an alias change (promote, canary, rollback...) waits for every "
+        "replica to serve it before answering converged: false.",
+    )
     runtime: RuntimeSettings = Field(
         default_factory=RuntimeSettings, description="How onnxruntime sessions are created."
     )

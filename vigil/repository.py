@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import os
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, UTC
 from pathlib import Path
@@ -11,7 +15,6 @@ from typing import Any
 
 import yaml
 
-from vigil.files import atomic_write
 from vigil.tensors import V2_TO_NUMPY, TensorSpec
 
 MODEL_FILE = "model.onnx"
@@ -44,6 +47,9 @@ class VersionManifest:
     created: str
     platform: str = "onnxruntime_onnx"
     metadata: dict[str, Any] = field(default_factory=dict)
+    # Where the version came from: who published it and when, the source file's digest, training
+    # data, code commit, parameters, evaluation figures (free-form beyond those keys).
+    lineage: dict[str, Any] = field(default_factory=dict)
     # Most rows of several requests that may run together (Triton's max_batch_size). 0: the
     # model is never stacked with another request, because nothing says its rows are
     # independent (a sum or cumulative sum over the batch axis would mix clients' data).
@@ -70,6 +76,7 @@ class VersionManifest:
             "inputs": [_spec_to_dict(s) for s in self.inputs],
             "outputs": [_spec_to_dict(s) for s in self.outputs],
             "metadata": self.metadata,
+            "lineage": self.lineage,
         }
         return yaml.safe_dump(doc, sort_keys=False)
 
@@ -160,6 +167,7 @@ def read_manifest(version_dir: Path) -> VersionManifest:
             inputs=tuple(_spec_from_dict(s, f"{path} inputs") for s in doc["inputs"]),
             outputs=tuple(_spec_from_dict(s, f"{path} outputs") for s in doc["outputs"]),
             metadata=dict(doc.get("metadata") or {}),
+            lineage=dict(doc.get("lineage") or {}),
             max_batch_rows=max_batch_rows,
         )
     except KeyError as exc:
@@ -210,8 +218,15 @@ def publish(
     metadata: dict[str, Any] | None = None,
     created: datetime | None = None,
     max_batch_rows: int = 0,
+    lineage: dict[str, Any] | None = None,
+    extra_files: dict[str, bytes] | None = None,
 ) -> ModelVersion:
-    """Write a new version. Versions are immutable: an existing one with other bytes is refused."""
+    """Write a new version. Versions are immutable: an existing one with other bytes is refused.
+
+    The version is written in a hidden folder beside its final place and renamed into it, so a
+    half-written version is never visible. Publishing never moves traffic: when the model had
+    versions and no production alias yet (the newest one served), production is pinned to that
+    newest one first."""
     for label in (name, version):
         if not valid_name(label):
             raise RepositoryError(f"invalid name {label!r}: letters, digits, '.', '_', '-' only")
@@ -231,9 +246,52 @@ def publish(
         created=(created or datetime.now(UTC)).isoformat(timespec="seconds"),
         metadata=metadata or {},
         max_batch_rows=max_batch_rows,
+        lineage=lineage or {},
     )
-    version_dir.mkdir(parents=True, exist_ok=True)
-    (version_dir / MODEL_FILE).write_bytes(onnx_bytes)
-    # The manifest is written last: a version without one is not visible to scan().
-    atomic_write(version_dir / MANIFEST_FILE, manifest.to_yaml().encode())
+    model_dir = root / name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    _pin_production(root, name)
+    staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=model_dir))
+    try:
+        for file_name, data in {MODEL_FILE: onnx_bytes, **(extra_files or {})}.items():
+            _write_synced(staging / file_name, data)
+        _write_synced(staging / MANIFEST_FILE, manifest.to_yaml().encode())
+        os.chmod(staging, 0o755)
+        try:
+            os.rename(staging, version_dir)  # atomic; fails if the version appeared meanwhile
+        except OSError as exc:
+            raise RepositoryError(f"{name}/{version} already exists") from exc
+        _fsync_dir(model_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
     return ModelVersion(version_dir, manifest)
+
+
+def _pin_production(root: Path, name: str) -> None:
+    from vigil import aliases  # aliases imports nothing of this module's users
+
+    if not any((p / MANIFEST_FILE).exists() for p in (root / name).iterdir() if p.is_dir()):
+        return  # the first version: nothing serves yet
+    published = [v.manifest.version for v in scan(root, [name])[name]]
+    current = aliases.read_aliases(root, name).production_of(published)
+    if current is not None:
+        aliases.change(
+            root, name,
+            lambda s: s if s.production else dataclasses.replace(s, production=current),
+        )
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

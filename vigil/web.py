@@ -25,6 +25,7 @@ logger = logging.getLogger("vigil.web")
 JSON = "application/json"
 ScopeRule = Callable[[str], str | None]  # path inside the app -> scope it needs; "" when open
 OPEN = ""  # what a ScopeRule returns for a route anyone may call (health probes)
+ACTOR_KEY = "vigil_actor"  # request.state entry naming who made the request
 
 
 def json_response(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -149,6 +150,8 @@ class BearerGuard:
                 "ask its operator for a token",
             )
         if decision.allowed:
+            # Who asked, for the audit log: the token's name, else the local client's address.
+            scope.setdefault("state", {})[ACTOR_KEY] = actor_name(decision, scope)
             await self.app(scope, receive, send)
             return
         if self.on_reject is not None:
@@ -166,6 +169,20 @@ class BearerGuard:
         client = scope.get("client")
         host = client[0] if client else None
         return host is not None and (is_loopback(host) or host in self.local_hosts)
+
+
+def actor_name(decision: Decision, scope: Scope) -> str:
+    """The name changes are recorded under: the token's, or `local:<address>` for a caller the
+    server lets in without a token (its own host)."""
+    if decision.token_name is not None:
+        return decision.token_name
+    client = scope.get("client")
+    return f"local:{client[0] if client else 'unknown'}"
+
+
+def request_actor(scope: Scope) -> str:
+    """The actor BearerGuard recorded for this request ('anonymous' when auth is off)."""
+    return str(scope.get("state", {}).get(ACTOR_KEY, "anonymous"))
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -46,6 +46,7 @@ def test_publish_writes_model_and_manifest(tmp_path: Path) -> None:
         "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 3], "allow_non_finite": False}],
         "outputs": [{"name": "y", "datatype": "INT64", "shape": [-1]}],
         "metadata": {"task": "t", "classes": ["a", "b"]},
+        "lineage": {},
     }
     assert read_manifest(version.path) == version.manifest
     assert version.read_verified_bytes() == b"onnx-1"
@@ -265,3 +266,20 @@ def test_scan_of_the_built_examples(example_root: Path) -> None:
         assert isinstance(version, ModelVersion)
         assert version.manifest.version == "1"
         assert hashlib.sha256(version.read_verified_bytes()).hexdigest() == version.manifest.sha256
+
+
+def test_publish_is_atomic_and_carries_lineage_and_extra_files(tmp_path: Path) -> None:
+    version = _publish(tmp_path, lineage={"published_by": "ci", "source_sha256": "ab"},
+                       extra_files={"profile.json": b"{}"})
+    assert read_manifest(version.path).lineage == {"published_by": "ci", "source_sha256": "ab"}
+    assert (version.path / "profile.json").read_bytes() == b"{}"
+    # Nothing but the version folder is left in the model's folder: no staging folder.
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["1"]
+
+
+def test_a_version_folder_without_manifest_is_refused_not_overwritten(tmp_path: Path) -> None:
+    (tmp_path / "m" / "1").mkdir(parents=True)
+    (tmp_path / "m" / "1" / "junk").write_bytes(b"x")
+    with pytest.raises(RepositoryError, match="m/1 already exists"):
+        _publish(tmp_path)
+    assert [p.name for p in (tmp_path / "m").iterdir() if p.name.startswith(".")] == []

@@ -1,4 +1,5 @@
-"""ModelRouter: the default version is the newest, explicit versions, 404 for unknown ones."""
+"""ModelRouter: production (the newest without aliases), explicit versions, 404 for unknown ones,
+the weighted and sticky canary, the shadow, retired and unloaded models."""
 
 from __future__ import annotations
 
@@ -6,15 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from serving.protocol import NotFound, TensorSpec
+from serving.protocol import NotFound, NotReady, TensorSpec
 from vigil.repository import publish, scan
-from serving.router import ModelRouter
+from serving.router import ModelRouter, ModelRoutes, sticky_share
+from vigil.aliases import AliasState, Canary
 
 
 @pytest.fixture
 def router() -> ModelRouter[str]:
     # Versions arrive oldest first, as repository.scan gives them.
-    return ModelRouter(
+    return ModelRouter.plain(
         {
             "mlp": {"1": "mlp-1", "2": "mlp-2", "10": "mlp-10"},
             "breast_cancer": {"1": "bc-1"},
@@ -24,15 +26,15 @@ def router() -> ModelRouter[str]:
 
 
 def test_default_version_is_the_newest(router: ModelRouter[str]) -> None:
-    assert router.resolve("mlp") == "mlp-10"
-    assert router.resolve("mlp", None) == "mlp-10"
-    assert router.resolve("mlp", "") == "mlp-10"
-    assert router.resolve("breast_cancer") == "bc-1"
+    assert router.resolve("mlp").target == "mlp-10"
+    assert router.resolve("mlp", None).target == "mlp-10"
+    assert router.resolve("mlp", "").target == "mlp-10"
+    assert router.resolve("breast_cancer").target == "bc-1"
 
 
 def test_explicit_version(router: ModelRouter[str]) -> None:
-    assert router.resolve("mlp", "1") == "mlp-1"
-    assert router.resolve("mlp", "2") == "mlp-2"
+    assert router.resolve("mlp", "1").target == "mlp-1"
+    assert router.resolve("mlp", "2").target == "mlp-2"
     assert router.versions("mlp") == ["1", "2", "10"]
 
 
@@ -73,8 +75,67 @@ def test_router_over_a_scanned_repository(tmp_path: Path) -> None:
     for version in ("10", "2", "9"):
         publish(tmp_path, "m", version, version.encode(), spec, spec)
     found = scan(tmp_path)
-    router = ModelRouter(
+    router = ModelRouter.plain(
         {name: {v.manifest.version: v for v in versions} for name, versions in found.items()}
     )
-    assert router.resolve("m").manifest.version == "10"  # numeric order, not "9" > "10"
+    assert router.resolve("m").target.manifest.version == "10"  # numeric order, not "9" > "10"
     assert router.versions("m") == ["2", "9", "10"]
+
+
+def _routes(aliases: AliasState, versions=("1", "2", "3")) -> ModelRoutes[str]:
+    return ModelRoutes({v: f"m-{v}" for v in versions}, aliases, tuple(versions))
+
+
+def test_production_alias_wins_over_the_newest() -> None:
+    router = ModelRouter({"m": _routes(AliasState("m", production="2"))})
+    assert router.resolve("m").target == "m-2"
+    assert router.production("m") == "m-2"
+    assert router.resolve("m", "3").target == "m-3"  # explicit versions are still served
+
+
+def test_canary_takes_its_weight_by_the_draw() -> None:
+    draws = iter([0.05, 0.0999, 0.1, 0.5])
+    state = AliasState("m", production="1", canary=Canary("2", 0.1))
+    router = ModelRouter({"m": _routes(state)}, draw=lambda: next(draws))
+    assert [router.resolve("m").target for _ in range(4)] == ["m-2", "m-2", "m-1", "m-1"]
+    assert router.resolve("m", "1").target == "m-1"  # an explicit version never draws
+
+
+def test_sticky_canary_keeps_each_key_on_one_version() -> None:
+    state = AliasState("m", production="1", canary=Canary("2", 0.3, "x-user"))
+    router = ModelRouter({"m": _routes(state)}, draw=lambda: 0.0)  # the draw would say canary
+    headers = {f"u{i}": f"user-{i}" for i in range(2000)}
+    first = {k: router.resolve("m", None, {"x-user": v}.get).target for k, v in headers.items()}
+    again = {k: router.resolve("m", None, {"x-user": v}.get).target for k, v in headers.items()}
+    assert first == again
+    share = sum(t == "m-2" for t in first.values()) / len(first)
+    assert 0.27 < share < 0.33  # 0.3 +- 3 sigma of a binomial over 2000 keys
+    for key, value in headers.items():
+        assert (sticky_share("m", value) < 0.3) == (first[key] == "m-2")
+    # Without the header the request draws.
+    assert router.resolve("m", None, {}.get).target == "m-2"
+
+
+def test_shadow_comes_with_production_and_canary_answers() -> None:
+    state = AliasState("m", production="1", shadow="3")
+    route = ModelRouter({"m": _routes(state)}).resolve("m")
+    assert (route.target, route.shadow) == ("m-1", "m-3")
+    assert ModelRouter({"m": _routes(state)}).resolve("m", "1").shadow is None
+
+
+def test_retired_version_and_unloaded_model() -> None:
+    state = AliasState("m", production="1", retired=frozenset({"2"}))
+    router = ModelRouter({"m": _routes(state, ("1", "3"))})
+    with pytest.raises(NotFound, match="version '2' is retired"):
+        router.resolve("m", "2")
+    unloaded = ModelRouter({"m": _routes(AliasState("m", unloaded=True))})
+    with pytest.raises(NotReady) as info:
+        unloaded.resolve("m")
+    assert info.value.status_code == 503
+    assert "unloaded; POST /v2/repository/models/m/load" in str(info.value)
+
+
+def test_production_not_loaded_is_not_ready() -> None:
+    router = ModelRouter({"m": _routes(AliasState("m", production="9"))})
+    with pytest.raises(NotReady, match="no production version loaded"):
+        router.resolve("m")

@@ -1,0 +1,76 @@
+"""Keeps one replica's models in step with the repository's aliases: a thread that long-polls the
+alias board, reloads when told, and reports the generation it serves."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import ray
+
+from serving.model_set import ModelSet
+from vigil.alias_board import board, board_key
+
+logger = logging.getLogger("vigil.follower")
+POLL_S = 30.0  # one idle long-poll call per this many seconds; a change wakes it at once
+
+
+class AliasFollower:
+    """Owns the replica's ModelSet refreshes after start. Blocking Ray calls run on its own
+    thread, so the replica's event loop never waits on them."""
+
+    def __init__(self, models: ModelSet, replica_id: str) -> None:
+        self.models = models
+        self.replica_id = replica_id
+        self.key = board_key(models.root)
+        self.board: Any = board()
+        self._stop = threading.Event()
+        # The board's generation is read before the repository: a change that lands in between
+        # is seen again on the first wait, never missed.
+        self.generation: int = ray.get(self.board.generation.remote(self.key), timeout=60)
+        models.refresh()
+        self._thread = threading.Thread(target=self._follow, name="vigil-aliases", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _follow(self) -> None:
+        known = self.generation
+        self._ack(known)
+        while not self._stop.is_set():
+            try:
+                latest = ray.get(self.board.wait.remote(self.key, known, POLL_S),
+                                 timeout=POLL_S + 30)
+            except Exception:  # noqa: BLE001 - board restarting, Ray busy: try again shortly
+                if self._stop.wait(1.0):
+                    return
+                logger.warning("alias board unreachable; retrying", exc_info=True)
+                try:
+                    self.board = board()
+                except Exception:  # noqa: BLE001
+                    pass
+                continue
+            if latest == known:
+                continue
+            try:
+                self.models.refresh()
+            except Exception:  # noqa: BLE001 - a broken repository must not stop following
+                logger.exception("refreshing models after alias change %d failed", latest)
+            known = latest
+            self.generation = latest
+            self._ack(latest)
+
+    def _ack(self, generation: int) -> None:
+        try:
+            ray.get(self.board.ack.remote(self.key, self.replica_id, generation), timeout=30)
+        except Exception:  # noqa: BLE001
+            logger.warning("could not report generation %d to the alias board", generation,
+                           exc_info=True)
+
+    def stop(self) -> None:
+        self._stop.set()
+        try:
+            self.board.forget.remote(self.key, self.replica_id)
+        except Exception:  # noqa: BLE001 - Ray shutting down
+            pass

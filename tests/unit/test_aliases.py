@@ -1,0 +1,186 @@
+"""Aliases: every transition and what it refuses, atomic persistence under a lock, the audit log
+that model_ops.apply writes beside them."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from vigil import aliases, audit, model_ops
+from vigil.aliases import AliasError, AliasState, Canary
+from vigil.repository import publish, scan
+from vigil.tensors import TensorSpec
+
+PUBLISHED = ["1", "2", "3"]
+SPEC = (TensorSpec("x", "FP32", (-1, 2)),)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    root = tmp_path / "models"
+    for v in PUBLISHED:
+        publish(root, "m", v, f"bytes-{v}".encode(), SPEC, SPEC)
+    return root
+
+
+def test_default_production_is_the_newest_live_version() -> None:
+    assert AliasState("m").production_of(PUBLISHED) == "3"
+    assert AliasState("m", retired=frozenset({"3"})).production_of(PUBLISHED) == "2"
+    assert AliasState("m", production="1").production_of(PUBLISHED) == "1"
+    assert AliasState("m").production_of([]) is None
+
+
+def test_promote_remembers_the_previous_and_ends_a_canary_on_it() -> None:
+    state = AliasState("m", production="1", canary=Canary("2", 0.1), shadow="2")
+    after = aliases.promote(state, PUBLISHED, "2")
+    assert (after.production, after.previous, after.canary, after.shadow) == ("2", ("1",), None, None)
+    again = aliases.promote(after, PUBLISHED, "2")
+    assert again.previous == ("1",)  # promoting production again changes nothing
+
+
+def test_rollback_goes_back_and_skips_retired() -> None:
+    state = AliasState("m", production="3", previous=("1", "2"), retired=frozenset({"2"}))
+    after = aliases.rollback(state, PUBLISHED)
+    assert (after.production, after.previous) == ("1", ())
+    with pytest.raises(AliasError, match="no earlier production version") as info:
+        aliases.rollback(after, PUBLISHED)
+    assert info.value.status == 409
+
+
+@pytest.mark.parametrize(
+    ("call", "status", "says"),
+    [
+        (lambda s: aliases.promote(s, PUBLISHED, "9"), 404, "has no version '9'"),
+        (lambda s: aliases.promote(s, PUBLISHED, "0"), 404, "has no version '0'"),
+        (lambda s: aliases.set_canary(s, PUBLISHED, "2", 0.0), 400, "above 0 and below 1"),
+        (lambda s: aliases.set_canary(s, PUBLISHED, "2", 1.0), 400, "above 0 and below 1"),
+        (lambda s: aliases.set_canary(s, PUBLISHED, "1", 0.5), 409, "already production"),
+        (lambda s: aliases.set_canary(s, PUBLISHED, "2", 0.5, "bad header"), 400, "not an HTTP header"),
+        (lambda s: aliases.set_canary(s, PUBLISHED, "4r", 0.5), 404, "has no version"),
+        (lambda s: aliases.set_shadow(s, PUBLISHED, "1"), 409, "is production"),
+        (lambda s: aliases.retire(s, PUBLISHED, "1"), 409, "is production"),
+        (lambda s: aliases.retire(s, PUBLISHED, "2"), 409, "is canary"),
+        (lambda s: aliases.retire(s, PUBLISHED, "3"), 409, "is shadow"),
+        (lambda s: aliases.promote(s, PUBLISHED + ["4"], "4"), 409, "is retired"),
+    ],
+)
+def test_refused_changes_say_why(call, status: int, says: str) -> None:
+    state = AliasState("m", production="1", canary=Canary("2", 0.1), shadow="3",
+                       retired=frozenset({"4"}))
+    with pytest.raises(AliasError, match=says) as info:
+        call(state)
+    assert info.value.status == status
+
+
+def test_canary_header_is_kept_lower_case() -> None:
+    after = aliases.set_canary(AliasState("m", production="1"), PUBLISHED, "2", 0.25, "X-User")
+    assert after.canary == Canary("2", 0.25, "x-user")
+
+
+def test_state_round_trips_through_its_file(repo: Path) -> None:
+    before, after = aliases.change(
+        repo, "m", lambda s: aliases.set_canary(aliases.promote(s, PUBLISHED, "2"), PUBLISHED,
+                                                "3", 0.2, "x-user"))
+    assert after.generation == before.generation + 1
+    assert aliases.read_aliases(repo, "m") == after
+    doc = json.loads((repo / "m" / "aliases.json").read_text())
+    assert doc["production"] == "2" and doc["canary"] == {
+        "version": "3", "weight": 0.2, "sticky_header": "x-user"}
+    # No change, no write: the generation stays.
+    same = aliases.change(repo, "m", lambda s: s)
+    assert same == (after, after)
+
+
+def test_publishing_pins_production_to_what_served_before(repo: Path) -> None:
+    # The fixture published 1, 2, 3 with no alias: each publish pinned the one before.
+    assert aliases.read_aliases(repo, "m").production == "1"
+    publish(repo, "m", "4", b"bytes-4", SPEC, SPEC)
+    assert aliases.read_aliases(repo, "m").production == "1"
+    assert [v.manifest.version for v in scan(repo)["m"]] == ["1", "2", "3", "4"]
+
+
+def test_unknown_model_and_malformed_file(repo: Path) -> None:
+    with pytest.raises(AliasError, match="not in the repository") as info:
+        aliases.change(repo, "nope", lambda s: s)
+    assert info.value.status == 404
+    (repo / "m" / "aliases.json").write_text("{not json")
+    with pytest.raises(AliasError, match="not JSON") as info:
+        aliases.read_aliases(repo, "m")
+    assert info.value.status == 500
+
+
+def test_concurrent_writers_lose_no_change(repo: Path) -> None:
+    """Each writer adds one retired version under the lock: every one of them is kept."""
+    for v in range(4, 24):
+        publish(repo, "m", str(v), f"b{v}".encode(), SPEC, SPEC)
+    published = [str(v) for v in range(1, 24)]
+
+    def retire(v: str) -> None:
+        aliases.change(repo, "m", lambda s: aliases.retire(s, published, v))
+
+    threads = [threading.Thread(target=retire, args=(str(v),)) for v in range(4, 24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    state = aliases.read_aliases(repo, "m")
+    assert state.retired == {str(v) for v in range(4, 24)}
+    assert state.generation == 1 + 20  # the publish pin, then one per writer
+
+
+def test_apply_writes_aliases_and_one_audit_line_per_change(repo: Path) -> None:
+    change = model_ops.apply(repo, "m", "promote", actor="ci", reason="better AUC", version="2")
+    assert (change.from_version, change.to_version) == ("1", "2")
+    model_ops.apply(repo, "m", "canary", actor="ci", version="3", weight=0.1)
+    model_ops.apply(repo, "m", "canary_cleared", actor="vigil-monitor", reason="errors")
+    model_ops.apply(repo, "m", "rollback", actor="ops", reason="pager")
+    noop = model_ops.apply(repo, "m", "promote", actor="ops", version="1")
+    assert noop.entry is None  # 1 is production already: nothing written
+    entries = list(audit.entries(repo, "m"))
+    assert [(e["actor"], e["action"], e["from_version"], e["to_version"]) for e in entries] == [
+        ("ci", "promote", "1", "2"),
+        ("ci", "canary", None, "3"),
+        ("vigil-monitor", "canary_cleared", "3", None),
+        ("ops", "rollback", "2", "1"),
+    ]
+    assert entries[0]["reason"] == "better AUC"
+    assert [e["generation"] for e in entries] == [2, 3, 4, 5]
+    assert all(e["time"].endswith("+00:00") for e in entries)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "says"),
+    [
+        ({"action": "launch"}, 400, "unknown action"),
+        ({"action": "promote"}, 400, "promote needs a version"),
+        ({"action": "canary", "version": "2"}, 400, "canary needs a weight"),
+        ({"action": "canary_cleared"}, 409, "has no canary"),
+        ({"action": "shadow_cleared"}, 409, "has no shadow"),
+        ({"action": "promote", "version": "2", "reason": "x" * 2001}, 400, "longer than 2000"),
+    ],
+)
+def test_apply_refuses_bad_requests(repo: Path, kwargs: dict, status: int, says: str) -> None:
+    with pytest.raises(AliasError, match=says) as info:
+        model_ops.apply(repo, "m", actor="ci", **kwargs)
+    assert info.value.status == status
+    assert list(audit.entries(repo, "m")) == []
+
+
+def test_apply_to_an_unknown_model_is_404(repo: Path) -> None:
+    with pytest.raises(AliasError) as info:
+        model_ops.apply(repo, "ghost", "rollback", actor="ci")
+    assert info.value.status == 404
+
+
+def test_audit_skips_a_torn_last_line(repo: Path) -> None:
+    model_ops.apply(repo, "m", "promote", actor="ci", version="2")
+    with (repo / "audit.jsonl").open("ab") as f:
+        f.write(b'{"time": "2026-')
+    assert len(list(audit.entries(repo))) == 1
+    model_ops.apply(repo, "m", "rollback", actor="ci")  # starts a fresh line after the torn one
+    assert [e["action"] for e in audit.entries(repo)] == ["promote", "rollback"]
+    with pytest.raises(ValueError, match="unknown audit action"):
+        audit.record(repo, actor="x", action="delete", model="m")

@@ -1,0 +1,127 @@
+"""One alias change, the same from every door: the server's admin routes, the CLI without a
+server, the monitor's automatic rollback. Checks it, writes the aliases and the audit entry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vigil import aliases, audit, repository
+from vigil.aliases import AliasError, AliasState
+
+# action -> whether it needs a version
+ACTIONS = {
+    "promote": True,
+    "rollback": False,
+    "canary": True,
+    "canary_cleared": False,
+    "shadow": True,
+    "shadow_cleared": False,
+    "retire": True,
+    "load": False,
+    "unload": False,
+}
+
+
+@dataclass(frozen=True)
+class Change:
+    """What an action did: the aliases before and after, and the audit entry (None when the
+    action changed nothing)."""
+
+    action: str
+    before: AliasState
+    after: AliasState
+    from_version: str | None
+    to_version: str | None
+    entry: dict[str, Any] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.after.model,
+            "action": self.action,
+            "from_version": self.from_version,
+            "to_version": self.to_version,
+            "changed": self.entry is not None,
+            "generation": self.after.generation,
+            "aliases": self.after.to_dict(),
+        }
+
+
+def published_versions(root: Path, model: str) -> list[str]:
+    """The model's versions on disk, oldest first (404 AliasError for an unknown model)."""
+    try:
+        return [v.manifest.version for v in repository.scan(Path(root), [model])[model]]
+    except repository.RepositoryError as exc:
+        raise AliasError(str(exc), 404) from exc
+
+
+def apply(
+    root: Path,
+    model: str,
+    action: str,
+    *,
+    actor: str,
+    reason: str = "",
+    version: str | None = None,
+    weight: float | None = None,
+    sticky_header: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> Change:
+    """Apply `action` to the model's aliases; raises AliasError (with its HTTP status)."""
+    if action not in ACTIONS:
+        raise AliasError(f"unknown action {action!r}; one of {sorted(ACTIONS)}", 400)
+    if ACTIONS[action] and not version:
+        raise AliasError(f"{action} needs a version", 400)
+    if len(reason) > 2000:
+        raise AliasError("reason is longer than 2000 characters", 400)
+    published = published_versions(root, model)
+
+    def edit(state: AliasState) -> AliasState:
+        if action == "promote":
+            return aliases.promote(state, published, str(version))
+        if action == "rollback":
+            return aliases.rollback(state, published)
+        if action == "canary":
+            if weight is None:
+                raise AliasError("canary needs a weight", 400)
+            return aliases.set_canary(state, published, str(version), weight, sticky_header)
+        if action == "canary_cleared":
+            if state.canary is None:
+                raise AliasError(f"model '{model}' has no canary", 409)
+            return aliases.clear_canary(state)
+        if action == "shadow":
+            return aliases.set_shadow(state, published, str(version))
+        if action == "shadow_cleared":
+            if state.shadow is None:
+                raise AliasError(f"model '{model}' has no shadow", 409)
+            return aliases.clear_shadow(state)
+        if action == "retire":
+            return aliases.retire(state, published, str(version))
+        return aliases.set_loaded(state, action == "load")
+
+    before, after = aliases.change(Path(root), model, edit)
+    from_version, to_version = _versions(action, before, after, published, version)
+    entry = None
+    if after != before:
+        entry = audit.record(
+            Path(root), actor=actor, action=action, model=model, from_version=from_version,
+            to_version=to_version, reason=reason, generation=after.generation, details=details,
+        )
+    return Change(action, before, after, from_version, to_version, entry)
+
+
+def _versions(action: str, before: AliasState, after: AliasState, published: list[str],
+              version: str | None) -> tuple[str | None, str | None]:
+    """The from and to versions the audit log records for an action."""
+    if action in ("promote", "rollback"):
+        return before.production_of(published), after.production_of(published)
+    if action in ("canary", "canary_cleared"):
+        old = before.canary.version if before.canary else None
+        new = after.canary.version if after.canary else None
+        return old, new
+    if action in ("shadow", "shadow_cleared"):
+        return before.shadow, after.shadow
+    if action == "retire":
+        return version, None
+    return None, None
