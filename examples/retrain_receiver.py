@@ -96,7 +96,7 @@ from vigil.examples import (
 )
 from vigil.files import atomic_write
 from vigil.profiles import profile_version
-from vigil.repository import MANIFEST_FILE, publish, read_manifest, valid_name
+from vigil.repository import MANIFEST_FILE, pin_production, publish, read_manifest, valid_name
 
 logger = logging.getLogger("vigil.retrain_receiver")
 
@@ -428,6 +428,8 @@ class Retrainer:
             profile_version(
                 staged.path, staged.path / REFERENCE_FILE, outputs_from_model=True, progress=False
             )
+            # Production stays where it is: the new version waits for validate and promote.
+            pin_production(self.models_dir, MODEL)
             os.rename(staged.path, claimed)  # replaces the empty folder (POSIX rename)
         except BaseException:
             with suppress(OSError):

@@ -30,7 +30,7 @@ _ALIAS_ROUTES = {
     "load": (None, "load"),
     "unload": (None, "unload"),
 }
-_FIELDS = {"version", "weight", "sticky_header", "reason", "parameters"}
+_FIELDS = {"version", "weight", "sticky_header", "reason", "force", "parameters"}
 
 
 class BadAdminRequest(Exception):
@@ -131,6 +131,9 @@ class Admin:
                 raise BadAdminRequest("'weight' must be a number")
             reason = _opt_str(body, "reason") or ""
             sticky = _opt_str(body, "sticky_header")
+            force = body.get("force", False)
+            if not isinstance(force, bool):
+                raise BadAdminRequest("'force' must be true or false")
         except BadAdminRequest as exc:
             return error_response(400, str(exc))
         async with self._serial:
@@ -149,6 +152,7 @@ class Admin:
                     model_ops.apply, self.models.root, name, chosen,
                     actor=request_actor(request.scope), reason=reason, version=version,
                     weight=None if weight is None else float(weight), sticky_header=sticky,
+                    force=force,
                 )
             except AliasError as exc:
                 return error_response(exc.status, str(exc))

@@ -1,5 +1,5 @@
-"""The `vigil` command line: example models, the model repository, reference profiles, reports,
-the webhook outbox, the Grafana dashboard."""
+"""The `vigil` command line: example models, model versions (vigil.models_cli), reference
+profiles, reports, tokens, the webhook outbox, the Grafana dashboard."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from vigil import models_cli
 
 if TYPE_CHECKING:
     from monitoring.outbox import Outbox
@@ -52,11 +51,13 @@ def _report(args: argparse.Namespace) -> int:
     import urllib.parse
     import urllib.request
 
+    from vigil.model_client import client_auth
+
     query = f"?{urllib.parse.urlencode({'version': args.version})}" if args.version else ""
     model = urllib.parse.quote(args.model, safe="")
     url = f"{args.monitor_url.rstrip('/')}/monitor/v1/models/{model}/report{query}"
     # The monitor keeps reports gzip-compressed (about a quarter of the page's size).
-    request = urllib.request.Request(url, headers={**_client_auth(), "Accept-Encoding": "gzip"})
+    request = urllib.request.Request(url, headers={**client_auth(), "Accept-Encoding": "gzip"})
     try:
         with urllib.request.urlopen(request, timeout=args.timeout) as response:  # nosec B310 # the user's URL
             body = response.read()
@@ -95,32 +96,6 @@ def _dashboards_build(args: argparse.Namespace) -> int:
         return 1
     changed = dashboards.write(out)
     print(f"{'wrote' if changed else 'unchanged:'} {out}")
-    return 0
-
-
-class ClientSettings(BaseSettings):
-    """What the CLI needs from the environment to call a running server."""
-
-    model_config = SettingsConfigDict(env_prefix="VIGIL_", extra="ignore")
-
-    token: SecretStr | None = Field(
-        default=None, description="Bearer token sent to the server (VIGIL_TOKEN)."
-    )
-
-
-def _client_auth() -> dict[str, str]:
-    token = ClientSettings().token
-    return {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
-
-
-def _models_list(args: argparse.Namespace) -> int:
-    from vigil.repository import scan
-
-    for name, versions in scan(Path(args.models_dir)).items():
-        for version in versions:
-            m = version.manifest
-            sig = ", ".join(f"{s.name}:{s.datatype}{list(s.shape)}" for s in m.inputs)
-            print(f"{name}/{m.version}  inputs: {sig}  sha256={m.sha256[:12]}")
     return 0
 
 
@@ -405,11 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     _progress_flag(build)
     build.set_defaults(func=_examples_build)
 
-    models = commands.add_parser("models", help="the model repository")
-    models_cmd = models.add_subparsers(dest="models_command", required=True)
-    listing = models_cmd.add_parser("list", help="list models, versions and signatures")
-    listing.add_argument("--models-dir", default="models")
-    listing.set_defaults(func=_models_list)
+    models_cli.add_parser(commands)
 
     profile = commands.add_parser("profile", help="reference profiles for drift monitoring")
     profile_cmd = profile.add_subparsers(dest="profile_command", required=True)

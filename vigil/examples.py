@@ -18,6 +18,8 @@ from vigil.tensors import TensorSpec
 
 VERSION = "1"
 REFERENCE_FILE = "reference.parquet"
+# The held-out rows (the test split) the model gate (vigil.model_gate) judges versions by.
+HOLDOUT_FILE = "holdout.parquet"
 # Pinned so the bytes do not change with the installed onnx/skl2onnx defaults and so that
 # onnxruntime releases back to 1.14 can load them (opset 17 <-> IR 8).
 OPSET = 17
@@ -86,7 +88,7 @@ def _existing(
 
 
 def _breast_cancer(root: Path, force: bool) -> ModelVersion:
-    if (found := _existing(root, "breast_cancer", force, (REFERENCE_FILE,))) is not None:
+    if (found := _existing(root, "breast_cancer", force, (REFERENCE_FILE, HOLDOUT_FILE))) is not None:
         return found
     # Imported here: the serving path must not need the training stack.
     import pandas as pd
@@ -138,15 +140,20 @@ def _breast_cancer(root: Path, force: bool) -> ModelVersion:
             "training_rows": len(y_train),
             "test_accuracy": accuracy,
             "source": "sklearn.datasets.load_breast_cancer",
+            "evaluation": {"data": HOLDOUT_FILE, "target": "target", "task": "classification",
+                           "output": "probabilities", "margin": 0.01},
         },
         max_batch_rows=BREAST_CANCER_MAX_BATCH_ROWS,
     )
-    frame = pd.DataFrame(x_train, columns=features)
-    frame["target"] = y_train
     # Written beside model.onnx after publish, atomically: never a half-written file.
-    sink = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), sink, compression="snappy")
-    atomic_write(version.path / REFERENCE_FILE, sink.getvalue().to_pybytes())
+    for file_name, (x_part, y_part) in {REFERENCE_FILE: (x_train, y_train),
+                                        HOLDOUT_FILE: (x_test, y_test)}.items():
+        frame = pd.DataFrame(x_part, columns=features)
+        frame["target"] = y_part
+        sink = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), sink,
+                       compression="snappy")
+        atomic_write(version.path / file_name, sink.getvalue().to_pybytes())
     return version
 
 

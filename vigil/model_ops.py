@@ -9,6 +9,7 @@ from typing import Any
 
 from vigil import aliases, audit, repository
 from vigil.aliases import AliasError, AliasState
+from vigil.repository import VersionManifest
 
 # action -> whether it needs a version
 ACTIONS = {
@@ -48,6 +49,31 @@ class Change:
         }
 
 
+def gate_passed(manifest: VersionManifest) -> bool:
+    """Whether the version's recorded model-gate verdict (vigil.model_gate) passed, for these very
+    bytes."""
+    verdict = manifest.lineage.get("validation")
+    return (isinstance(verdict, dict) and verdict.get("passed") is True
+            and verdict.get("sha256") == manifest.sha256)
+
+
+def _check_gate(root: Path, model: str, version: str, force: bool, reason: str) -> None:
+    """promote takes only a version that passed the gate, unless forced with a reason."""
+    if force:
+        if not reason.strip():
+            raise AliasError("a forced promotion needs a reason (it goes to the audit log)", 400)
+        return
+    found = {v.manifest.version: v for v in repository.scan(Path(root), [model])[model]}
+    if version in found and not gate_passed(found[version].manifest):
+        verdict = found[version].manifest.lineage.get("validation")
+        why = "has not been validated" if not isinstance(verdict, dict) else (
+            "failed the model gate" if not verdict.get("passed")
+            else "was validated for other bytes")
+        raise AliasError(
+            f"{model}/{version} {why}: run `vigil models validate {model} {version}`, or force "
+            "the promotion with a reason", 409)
+
+
 def published_versions(root: Path, model: str) -> list[str]:
     """The model's versions on disk, oldest first (404 AliasError for an unknown model)."""
     try:
@@ -67,8 +93,10 @@ def apply(
     weight: float | None = None,
     sticky_header: str | None = None,
     details: dict[str, Any] | None = None,
+    force: bool = False,
 ) -> Change:
-    """Apply `action` to the model's aliases; raises AliasError (with its HTTP status)."""
+    """Apply `action` to the model's aliases; raises AliasError (with its HTTP status).
+    `force` lets promote take a version that has not passed the model gate (reason required)."""
     if action not in ACTIONS:
         raise AliasError(f"unknown action {action!r}; one of {sorted(ACTIONS)}", 400)
     if ACTIONS[action] and not version:
@@ -76,6 +104,11 @@ def apply(
     if len(reason) > 2000:
         raise AliasError("reason is longer than 2000 characters", 400)
     published = published_versions(root, model)
+    current = aliases.read_aliases(Path(root), model).production_of(published)
+    if action == "promote" and version != current:
+        _check_gate(root, model, str(version), force, reason)
+        if force:
+            details = {**(details or {}), "forced": True}
 
     def edit(state: AliasState) -> AliasState:
         if action == "promote":

@@ -250,7 +250,7 @@ def publish(
     )
     model_dir = root / name
     model_dir.mkdir(parents=True, exist_ok=True)
-    _pin_production(root, name)
+    pin_production(root, name)
     staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=model_dir))
     try:
         for file_name, data in {MODEL_FILE: onnx_bytes, **(extra_files or {})}.items():
@@ -268,7 +268,9 @@ def publish(
     return ModelVersion(version_dir, manifest)
 
 
-def _pin_production(root: Path, name: str) -> None:
+def pin_production(root: Path, name: str) -> None:
+    """Before a new version appears: a model served without a production alias (its newest
+    version) gets that newest one pinned, so the new version takes no traffic until promoted."""
     from vigil import aliases  # aliases imports nothing of this module's users
 
     if not any((p / MANIFEST_FILE).exists() for p in (root / name).iterdir() if p.is_dir()):

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tests.integration.conftest import create_token, wait_for
-from vigil import aliases
+from vigil import aliases, model_gate
 from vigil.repository import publish, scan
 
 MODEL = "vm"
@@ -29,13 +29,18 @@ WRONG = "vigil_" + "w" * 43
 
 @pytest.fixture(scope="module")
 def vm(vigil):
-    """vm/1..4: breast_cancer's graph under four versions; production pinned to 1 by publishing."""
+    """vm/1..4: breast_cancer's graph under four versions, with its profile and held-out set;
+    production pinned to 1 by publishing; 2 passed the model gate."""
     source = scan(vigil.models_dir, ["breast_cancer"])["breast_cancer"][0]
     data = source.model_file.read_bytes()
     m = source.manifest
+    extra = {f: (source.path / f).read_bytes()
+             for f in ("profile.json", "profile.npz", "holdout.parquet")}
     for v in ("1", "2", "3", "4"):
-        publish(vigil.models_dir, MODEL, v, data, m.inputs, m.outputs,
-                lineage={"published_by": "tests", "source_sha256": m.sha256, "params": {"v": v}})
+        publish(vigil.models_dir, MODEL, v, data, m.inputs, m.outputs, metadata=m.metadata,
+                lineage={"published_by": "tests", "source_sha256": m.sha256, "params": {"v": v}},
+                extra_files=extra)
+    assert model_gate.validate(vigil.models_dir, MODEL, "2", actor="tests")["passed"]
     answer = _admin(vigil, "load")
     assert answer["converged"], answer
     assert len(answer["replicas"]) == 2
@@ -213,6 +218,22 @@ def test_shadow_runs_a_copy_and_answers_come_from_production(vm) -> None:
         assert text  # the monitor answers while the shadow runs
     finally:
         _admin(vm, "shadow")
+
+
+def test_promote_needs_the_gate_or_a_forced_reason(vm) -> None:
+    refused = _admin(vm, "promote", expect=409, version="3")
+    assert "has not been validated" in refused["error"]
+    no_reason = _admin(vm, "promote", expect=400, version="3", force=True)
+    assert "needs a reason" in no_reason["error"]
+    forced = _admin(vm, "promote", version="3", force=True, reason="hotfix")
+    try:
+        assert forced["converged"] and forced["to_version"] == "3"
+        last = httpx.get(f"{vm.base_url}/v2/repository/models/{MODEL}/history",
+                         headers=vm.auth, timeout=30).json()["entries"][-1]
+        assert (last["action"], last["reason"], last["details"]) == (
+            "promote", "hotfix", {"forced": True})
+    finally:
+        _admin(vm, "rollback")
 
 
 def test_retire_releases_a_version_and_refuses_aliases_on_it(vm) -> None:

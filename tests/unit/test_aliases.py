@@ -132,7 +132,8 @@ def test_concurrent_writers_lose_no_change(repo: Path) -> None:
 
 
 def test_apply_writes_aliases_and_one_audit_line_per_change(repo: Path) -> None:
-    change = model_ops.apply(repo, "m", "promote", actor="ci", reason="better AUC", version="2")
+    change = model_ops.apply(repo, "m", "promote", actor="ci", reason="better AUC", version="2",
+                             force=True)
     assert (change.from_version, change.to_version) == ("1", "2")
     model_ops.apply(repo, "m", "canary", actor="ci", version="3", weight=0.1)
     model_ops.apply(repo, "m", "canary_cleared", actor="vigil-monitor", reason="errors")
@@ -160,6 +161,8 @@ def test_apply_writes_aliases_and_one_audit_line_per_change(repo: Path) -> None:
         ({"action": "canary_cleared"}, 409, "has no canary"),
         ({"action": "shadow_cleared"}, 409, "has no shadow"),
         ({"action": "promote", "version": "2", "reason": "x" * 2001}, 400, "longer than 2000"),
+        ({"action": "promote", "version": "2"}, 409, "has not been validated"),
+        ({"action": "promote", "version": "2", "force": True}, 400, "forced promotion needs a reason"),
     ],
 )
 def test_apply_refuses_bad_requests(repo: Path, kwargs: dict, status: int, says: str) -> None:
@@ -176,7 +179,7 @@ def test_apply_to_an_unknown_model_is_404(repo: Path) -> None:
 
 
 def test_audit_skips_a_torn_last_line(repo: Path) -> None:
-    model_ops.apply(repo, "m", "promote", actor="ci", version="2")
+    model_ops.apply(repo, "m", "promote", actor="ci", version="2", force=True, reason="test")
     with (repo / "audit.jsonl").open("ab") as f:
         f.write(b'{"time": "2026-')
     assert len(list(audit.entries(repo))) == 1

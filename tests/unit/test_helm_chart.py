@@ -300,7 +300,9 @@ def test_the_monitor_and_its_outbox_live_on_the_head(rendered, variant):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_the_repository_is_a_shared_claim_mounted_read_only(rendered, variant):
+def test_the_repository_is_a_shared_claim_mounted_read_write(rendered, variant):
+    """Read-write: the admin routes and the monitor's canary rollback write aliases.json and
+    the audit log into it."""
     objects = rendered[variant]
     config = serve_config(objects)
     repository = Path(app(config, "vigil")["args"]["model_repository"])
@@ -308,11 +310,11 @@ def test_the_repository_is_a_shared_claim_mounted_read_only(rendered, variant):
     claims = set()
     for pod in pod_templates(objects).values():
         mount = mounts_by_volume(pod)["model-repository"]
-        assert mount["readOnly"] is True
+        assert not mount.get("readOnly")
         assert repository.is_relative_to(mount["mountPath"]) and repository != Path(
             mount["mountPath"])  # a subfolder: the volume's root may hold lost+found
         volume = volumes(pod)["model-repository"]["persistentVolumeClaim"]
-        assert volume["readOnly"] is True
+        assert not volume.get("readOnly")
         claims.add(volume["claimName"])
     (claim,) = claims
     pvc = next(o for o in objects if o["kind"] == "PersistentVolumeClaim"

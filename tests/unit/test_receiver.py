@@ -3,6 +3,8 @@ retrained on drift from the rows of a stand-in for the monitor's rows endpoint. 
 
 from __future__ import annotations
 
+from vigil.aliases import LOCK_FILE, read_aliases
+
 import asyncio
 import base64
 import json
@@ -402,7 +404,11 @@ def test_drift_retrains_into_the_next_version(open_receiver, models, monitor):
     assert {"model.onnx", "model.yaml", "profile.json", "profile.npz", REFERENCE_FILE} <= {
         p.name for p in new.iterdir()
     }
-    assert not [p for p in (models / "breast_cancer").iterdir() if p.name.startswith(".")]
+    # No staging folder left behind (the aliases' lock file stays: it is reused).
+    assert [p.name for p in (models / "breast_cancer").iterdir() if p.name.startswith(".")] == [
+        LOCK_FILE]
+    # Production was pinned to 1 before 2 appeared: the new version waits for a promote.
+    assert read_aliases(models, "breast_cancer").production == "1"
     manifest = read_manifest(new)
     assert manifest.metadata["trained_from_event"] == event["id"]
     assert manifest.metadata["parent_version"] == "1"

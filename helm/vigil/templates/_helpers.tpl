@@ -191,7 +191,6 @@ seccompProfile:
 - name: model-repository
   persistentVolumeClaim:
     claimName: {{ include "vigil.repositoryClaim" . }}
-    readOnly: true
 {{- if eq .Values.auth.mode "tokens" }}
 - name: tokens
   secret:
@@ -211,7 +210,6 @@ seccompProfile:
   mountPath: /dev/shm
 - name: model-repository
   mountPath: {{ .Values.modelRepository.mountPath }}
-  readOnly: true
 {{- if eq .Values.auth.mode "tokens" }}
 - name: tokens
   mountPath: {{ .Values.auth.mountPath }}

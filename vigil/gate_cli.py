@@ -1,0 +1,64 @@
+"""`vigil models validate NAME V`: the model gate from the command line (vigil.model_gate).
+
+Runs where the repository is (a CI job, the publisher's host): it loads the version with
+onnxruntime and scores it and production on the held-out set. Exit 0 passed, 1 failed, 2 could
+not run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from vigil.model_client import local_actor
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from vigil.model_gate import GateError, validate
+
+    try:
+        verdict = validate(
+            Path(args.repository), args.name, args.version,
+            actor=args.actor or local_actor(),
+            allow_signature_change=args.allow_signature_change,
+            holdout=None if args.holdout is None else Path(args.holdout),
+            margin=args.margin,
+        )
+    except GateError as exc:
+        print(f"vigil: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(verdict, indent=2))
+    else:
+        against = verdict["against"]
+        print(f"{args.name}/{args.version}: {'PASSED' if verdict['passed'] else 'FAILED'} the "
+              f"model gate" + (f" (against production {against})" if against else ""))
+        for check in verdict["checks"]:
+            print(f"  {'ok  ' if check['passed'] else 'FAIL'} {check['name']:<18} {check['detail']}")
+        print("  recorded in model.yaml (lineage.validation) and the audit log")
+    return 0 if verdict["passed"] else 1
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """`vigil models validate`."""
+    parser = sub.add_parser(
+        "validate", help="run the model gate on a version (promote requires it)",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("name")
+    parser.add_argument("version")
+    parser.add_argument("--repository", "--models-dir", dest="repository", default="models",
+                        help="model repository (default: models)")
+    parser.add_argument("--holdout", default=None, metavar="DATA",
+                        help="held-out set (.parquet, .csv, .npz) instead of the one model.yaml "
+                        "names (metadata.evaluation.data)")
+    parser.add_argument("--margin", type=float, default=None,
+                        help="how much worse than production is still accepted (accuracy/AUC: "
+                        "absolute; RMSE: a share); default: model.yaml's, else 0.01")
+    parser.add_argument("--allow-signature-change", action="store_true",
+                        help="declare that the signature differs from production's on purpose")
+    parser.add_argument("--actor", default=None, help="who validates (default: local:<os user>)")
+    parser.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    parser.set_defaults(func=_validate)
+    return parser
