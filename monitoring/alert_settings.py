@@ -12,6 +12,14 @@ and how many windows make it fire or resolve:
         for_windows: 2                # consecutive breaching windows before it fires
         resolve_windows: 2            # consecutive healthy windows before it resolves
         cooldown_s: 3600              # least time between two firings of this alert
+        action: notify                # or rollback_canary (below)
+
+A rule with ``action: rollback_canary`` is judged only on the version that is its model's canary
+when a window closes (vigil.aliases); when it fires, the monitor clears the canary (production
+takes all the traffic again, recorded in the audit log as the monitor's doing) and sends
+``vigil.model.rolled_back`` instead of the condition's own event. The alert does not stay
+firing: the canary it judged is gone, and a later canary of the same or another version is
+judged afresh.
 
 A webhook target says where events go and which secret signs them:
 
@@ -44,6 +52,8 @@ EVENT_TYPES = (
     "vigil.latency.slo_breached",
     "vigil.errors.rate_exceeded",
     "vigil.traffic.stopped",
+    "vigil.shadow.disagrees",
+    "vigil.model.rolled_back",
     "vigil.alert.resolved",
 )
 EventType = Literal[
@@ -53,8 +63,12 @@ EventType = Literal[
     "vigil.latency.slo_breached",
     "vigil.errors.rate_exceeded",
     "vigil.traffic.stopped",
+    "vigil.shadow.disagrees",
+    "vigil.model.rolled_back",
     "vigil.alert.resolved",
 ]
+ROLLED_BACK = "vigil.model.rolled_back"
+Action = Literal["notify", "rollback_canary"]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _SECRET_PREFIX = "whsec_"  # nosec B105 # a public prefix
@@ -101,6 +115,11 @@ class Condition(BaseModel):
         default=None, ge=0.0, lt=1.0, description="The window's share of server errors (status "
         ">= 500 or no answer) is above this."
     )
+    shadow_agreement_below: float | None = Field(
+        default=None, gt=0.0, le=1.0, description="The share of rows on which this version, run "
+        "as its model's shadow, agreed with production's answers is below this (min_rows: "
+        "fewer compared rows give no verdict)."
+    )
     no_traffic_for_s: float | None = Field(
         default=None, ge=1.0, le=30 * 86_400.0, description="No request reached the monitor for "
         "this many seconds (judged every tick, not per window)."
@@ -132,11 +151,14 @@ class Condition(BaseModel):
         return getattr(self, self.kind)
 
     @property
-    def family(self) -> Literal["drift", "quality", "requests", "traffic"]:
-        """What a window must hold for a verdict: sampled rows, requests, or nothing."""
+    def family(self) -> Literal["drift", "quality", "requests", "shadow", "traffic"]:
+        """What a window must hold for a verdict: sampled rows, requests, compared shadow rows,
+        or nothing."""
         kind = self.kind
         if kind in ("dataset_drift", "drift_share_at_least", "features_drifted", "prediction_drift"):
             return "drift"
+        if kind == "shadow_agreement_below":
+            return "shadow"
         if kind.endswith("_ratio_above") and kind != "error_ratio_above":
             return "quality"
         if kind == "no_traffic_for_s":
@@ -154,6 +176,7 @@ class Condition(BaseModel):
             "latency_p99_above_s": "vigil.latency.slo_breached",
             "error_ratio_above": "vigil.errors.rate_exceeded",
             "no_traffic_for_s": "vigil.traffic.stopped",
+            "shadow_agreement_below": "vigil.shadow.disagrees",
         }.get(self.kind, "vigil.data_quality.degraded")
 
 
@@ -170,7 +193,8 @@ class AlertRule(BaseModel):
     when: Condition = Field(description="The condition, exactly one.")
     min_rows: int = Field(
         default=100, ge=1, le=10_000_000, description="Drift and quality conditions: a window "
-        "with fewer sampled rows gives no verdict (neither breaching nor healthy)."
+        "with fewer sampled rows gives no verdict (neither breaching nor healthy); shadow "
+        "agreement: likewise, in rows compared with production."
     )
     min_requests: int = Field(
         default=10, ge=1, le=10_000_000, description="Latency and error conditions: a window "
@@ -186,6 +210,13 @@ class AlertRule(BaseModel):
         default=0.0, ge=0.0, le=30 * 86_400.0, description="Least time between two firings of "
         "this alert (same model, version and rule); a breach inside it fires once it has passed."
     )
+    action: Action = Field(
+        default="notify", description="'notify': send the condition's event to the webhook "
+        "targets (and its resolution). 'rollback_canary': judge only the version that is its "
+        "model's canary when a window closes, and when the rule fires clear that canary "
+        "(production takes all the traffic; audit log actor 'vigil-monitor (rule NAME)') and "
+        "send vigil.model.rolled_back instead; not for no_traffic_for_s."
+    )
 
     @field_validator("name")
     @classmethod
@@ -199,7 +230,15 @@ class AlertRule(BaseModel):
         if self.when.family == "traffic" and (self.for_windows, self.resolve_windows) != (1, 1):
             raise ValueError(f"rule {self.name!r}: no_traffic_for_s is judged continuously; "
                              "for_windows and resolve_windows do not apply (leave them at 1)")
+        if self.when.family == "traffic" and self.action == "rollback_canary":
+            raise ValueError(f"rule {self.name!r}: rollback_canary judges closed windows of a "
+                             "canary; no_traffic_for_s is not one of their conditions")
         return self
+
+    @property
+    def event_type(self) -> str:
+        """The CloudEvents type a firing of this rule sends."""
+        return ROLLED_BACK if self.action == "rollback_canary" else self.when.event_type
 
     def watches(self, model: str, version: str) -> bool:
         return self.model in ("*", model) and self.version in ("*", version)

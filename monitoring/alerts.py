@@ -5,16 +5,26 @@ Runs on the monitor's window thread (it is not thread-safe). Only a change that 
 a restart: firing or not, since when, the last firing (for the cooldown) and event; the counts of
 consecutive windows start again after a restart, as the windows themselves do. So a restart
 neither fires an alert again nor forgets one that fires.
+
+A rule whose action is ``rollback_canary`` is judged only on its model's canary (see
+monitoring.canary; on any other version its counts start again). When it fires, the canary is
+cleared and a ``vigil.model.rolled_back`` event is committed instead of the condition's own; the
+alert does not stay firing (its last firing is kept, for the cooldown), so the next canary is
+judged from scratch. When the canary cannot be cleared (gone already, replaced, an error) no
+event is sent and the alert does not fire; a failed change is tried again at the next breach.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from monitoring.alert_settings import AlertRule, WebhookTarget
-from monitoring.events import alert_event, encode
+from monitoring.canary import CanaryGuard
+from monitoring.events import alert_event, encode, rollback_event
 from monitoring.outbox import AlertKey, NewEvent, Outbox
 from monitoring.rules import AlertState, Transition, Verdict, advance, judge, judge_silence
 from monitoring.window import ClosedWindow
@@ -34,10 +44,15 @@ class AlertEngine:
     """Every (model, version, rule) alert of the monitored versions."""
 
     def __init__(self, outbox: Outbox, public_url: str, now: float,
-                 notify: Callable[[], None] | None = None) -> None:
+                 notify: Callable[[], None] | None = None, repository: Path | None = None,
+                 on_rollback: Callable[[str], None] | None = None) -> None:
+        """`repository`: the model repository whose canaries rollback rules judge and clear
+        (None: rollback rules judge nothing); `on_rollback(model)`: called after a canary was
+        cleared, to tell the serving replicas."""
         self.outbox = outbox
         self.public_url = public_url
         self.notify = notify or (lambda: None)  # called after events were committed
+        self.canaries = None if repository is None else CanaryGuard(repository, on_rollback)
         self.rules: list[AlertRule] = []
         self.targets: list[WebhookTarget] = []
         self.states: dict[AlertKey, AlertState] = outbox.load_alerts()
@@ -77,9 +92,27 @@ class AlertEngine:
         self.last_request[(model, version)] = now
 
     def on_window(self, model: str, version: str, window: ClosedWindow, now: float) -> None:
-        """Judge every rule watching this version on its newly closed window."""
+        """Judge every rule watching this version on its newly closed window (rollback rules
+        only when it is its model's canary)."""
         rules = [r for r in self.rules if r.when.family != "traffic" and r.watches(model, version)]
+        if any(r.action == "rollback_canary" for r in rules) and not self._is_canary(
+            model, version, now
+        ):
+            for rule in rules:
+                if rule.action == "rollback_canary":
+                    self._start_again((model, version, rule.name))
+            rules = [r for r in rules if r.action != "rollback_canary"]
         self._apply(model, version, [(r, judge(r, window)) for r in rules], window, now)
+
+    def _is_canary(self, model: str, version: str, now: float) -> bool:
+        return self.canaries is not None and self.canaries.canary(model, now) == version
+
+    def _start_again(self, key: AlertKey) -> None:
+        """Forget the consecutive counts of a rollback rule on a version that is not the canary
+        (now): a later canary deployment of it is judged from scratch."""
+        state = self.states.get(key)
+        if state is not None and (state.breaching or state.healthy):
+            self.states[key] = dataclasses.replace(state, breaching=0, healthy=0)
 
     def tick(self, versions: Iterable[tuple[str, str]], now: float) -> None:
         """Judge the silence rules (no request for N seconds) of every version."""
@@ -100,8 +133,14 @@ class AlertEngine:
         for rule, verdict in verdicts:
             key = (model, version, rule.name)
             self.evaluations[key] = Evaluation(verdict, now)
-            after, transition = advance(rule, self.states.get(key, AlertState()), verdict, now)
-            if transition is not None:
+            before = self.states.get(key, AlertState())
+            after, transition = advance(rule, before, verdict, now)
+            if transition == "fire" and rule.action == "rollback_canary":
+                after, event = self._roll_back(rule, key, before, after, verdict, window, now)
+                if event is not None:
+                    events.append(event)
+                    changes[key] = after
+            elif transition is not None:
                 event = self._event(rule, key, transition, verdict, after, window, now)
                 after = AlertState(**{**after.to_dict(), "last_event_id": event.id})
                 events.append(event)
@@ -116,6 +155,27 @@ class AlertEngine:
                 logger.exception("could not commit alerts of %s/%s to the outbox", model, version)
                 states = {k: v for k, v in states.items() if k not in changes}
         self.states.update(states)
+
+    def _roll_back(self, rule: AlertRule, key: AlertKey, before: AlertState, fired: AlertState,
+                   verdict: Verdict, window: ClosedWindow | None,
+                   now: float) -> tuple[AlertState, NewEvent | None]:
+        """A rollback rule fired: clear the canary. Returns the alert's state (not firing) and
+        the rolled_back event, or, when nothing was cleared, the state as if it had not fired
+        and no event."""
+        model, version, _ = key
+        done = None
+        if self.canaries is not None and self.canaries.canary(model, now) == version:
+            done = self.canaries.roll_back(rule, model, version, verdict, window, now)
+        if done is None:  # gone, replaced, or failed: not fired (a failed change retries)
+            return dataclasses.replace(fired, firing=False, since=None,
+                                       last_fired_at=before.last_fired_at), None
+        doc = rollback_event(rule=rule, model=model, version=version, production=done.production,
+                             generation=done.generation, reason=done.reason, verdict=verdict,
+                             window=window, public_url=self.public_url, now=now)
+        targets = tuple(t.name for t in self.targets if t.wants(doc["type"]))
+        event = NewEvent(doc["id"], doc["type"], doc["subject"], now, encode(doc), targets)
+        state = AlertState(firing=False, since=None, last_fired_at=now, last_event_id=event.id)
+        return state, event
 
     def _event(self, rule: AlertRule, key: AlertKey, transition: Transition, verdict: Verdict,
                state: AlertState, window: ClosedWindow | None, now: float,
@@ -155,7 +215,7 @@ class AlertEngine:
                        and state.last_fired_at + rule.cooldown_s > now)
             out.append({
                 "rule": rule.name, "when": rule.when.model_dump(exclude_none=True),
-                "event_type": rule.when.event_type, "status": status,
+                "action": rule.action, "event_type": rule.event_type, "status": status,
                 "for_windows": rule.for_windows, "resolve_windows": rule.resolve_windows,
                 "cooldown_s": rule.cooldown_s, **state.to_dict(),
                 "cooldown_until": (state.last_fired_at + rule.cooldown_s  # type: ignore[operator]

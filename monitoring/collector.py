@@ -54,6 +54,8 @@ class VersionSnapshot:
     rows_dropped: Mapping[str, int] = field(default_factory=dict)  # kind -> rows
     requests_dropped: Mapping[str, int] = field(default_factory=dict)  # kind -> requests
     messages_dropped: Mapping[str, int] = field(default_factory=dict)  # kind -> whole messages
+    rows_agreeing: int = 0  # shadow rows that agreed with production's answers
+    rows_compared: int = 0  # shadow rows compared with production's answers
 
 
 def _gauge(name: str, doc: str, extra: tuple[str, ...] = ()) -> GaugeMetricFamily:
@@ -112,6 +114,10 @@ class MonitorCollector(Collector):
                              ("kind",)),
             "time": _gauge("vigil_last_window_timestamp_seconds", "When the last window closed "
                            "(unix time)."),
+            "agreement": _gauge("vigil_shadow_agreement_ratio", "Share of the rows compared in "
+                                "the last window whose outputs, run on this version as its "
+                                "model's shadow, agreed with production's answer (no sample "
+                                "when the last window compared none)."),
         }
         c = {
             "rows_in": _counter("vigil_sample_rows_received_total", "Sampled rows received."),
@@ -127,6 +133,10 @@ class MonitorCollector(Collector):
             "messages_out": _counter("vigil_sample_messages_dropped_total", "Whole sample "
                                      "messages dropped, by kind as for rows.", ("kind",)),
             "windows": _counter("vigil_windows_evaluated_total", "Windows closed and evaluated."),
+            "compared": _counter("vigil_shadow_compared_rows_total", "Rows of this version's "
+                                 "runs as its model's shadow compared with production's answers."),
+            "agreeing": _counter("vigil_shadow_agreeing_rows_total", "Compared shadow rows whose "
+                                 "outputs agreed with production's answers."),
         }
         for snap in self._snapshot():
             self._add(snap, g, c)
@@ -144,6 +154,8 @@ class MonitorCollector(Collector):
         if snap.profile_loaded is None:
             return
         c["windows"].add_metric(mv, snap.windows_evaluated)
+        c["compared"].add_metric(mv, snap.rows_compared)
+        c["agreeing"].add_metric(mv, snap.rows_agreeing)
         g["profile"].add_metric(mv, float(snap.profile_loaded))
         g["open"].add_metric(mv, snap.current_rows)
         window = snap.latest
@@ -159,6 +171,8 @@ class MonitorCollector(Collector):
         g["errors"].add_metric([*mv, "server"], lat.error_ratio)
         g["errors"].add_metric([*mv, "client"], lat.client_error_ratio)
         g["errors"].add_metric([*mv, "cancelled"], lat.cancelled_ratio)
+        if window.shadow_agreement is not None:
+            g["agreement"].add_metric(mv, window.shadow_agreement)
         if window.result is None:
             return
         drift, quality = window.result.drift, window.result.quality

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from monitoring.alert_settings import AlertRule
+from monitoring.alert_settings import ROLLED_BACK, AlertRule
 from monitoring.rules import AlertState, Transition, Verdict, most_drifted
 from monitoring.window import ClosedWindow
 
@@ -56,11 +56,7 @@ def alert_event(
         "fired_at": None if state.last_fired_at is None else rfc3339(state.last_fired_at),
         "window": None,
         "verdict": verdict.detail,
-        "crossed": [
-            {"statistic": c.statistic, "value": c.value, "threshold": c.threshold,
-             **({"column": c.column} if c.column else {}), **({"method": c.method} if c.method else {})}
-            for c in verdict.crossed
-        ],
+        "crossed": _crossed(verdict),
         "top_features": most_drifted(window) if window is not None else [],
         "links": {
             "drift": f"{base}/v1/models/{model}/drift?version={version}",
@@ -85,6 +81,66 @@ def alert_event(
         "datacontenttype": "application/json",
         "data": data,
     }
+
+
+def rollback_event(
+    *,
+    rule: AlertRule,
+    model: str,
+    version: str,
+    production: str | None,
+    generation: int,
+    reason: str,
+    verdict: Verdict,
+    window: ClosedWindow | None,
+    public_url: str,
+    now: float,
+) -> dict[str, Any]:
+    """The CloudEvent of an automatic canary rollback (``vigil.model.rolled_back``): the canary
+    `version` of `model` was cleared; `production` takes all the traffic."""
+    base = public_url.rstrip("/")
+    data: dict[str, Any] = {
+        "model": model,
+        "version": version,
+        "production": production,
+        "action": "canary_cleared",
+        "generation": generation,
+        "rule": rule.name,
+        "condition": rule.when.model_dump(exclude_none=True),
+        "reason": reason,
+        "verdict": verdict.detail,
+        "crossed": _crossed(verdict),
+        "window": None,
+        "links": {
+            "drift": f"{base}/v1/models/{model}/drift?version={version}",
+            "report": f"{base}/v1/models/{model}/report?version={version}",
+        },
+    }
+    if window is not None:
+        data["window"] = {
+            "index": window.index, "start": rfc3339(window.opened_at),
+            "end": rfc3339(window.closed_at), "rows": window.rows, "requests": window.requests,
+            "error_ratio": window.latency.error_ratio, "latency_p99_s": window.latency.p99,
+            "shadow_agreement": window.shadow_agreement,
+        }
+    return {
+        "specversion": "1.0",
+        "id": str(uuid.uuid4()),
+        "source": base,
+        "type": ROLLED_BACK,
+        "subject": f"{model}/{version}",
+        "time": rfc3339(now),
+        "datacontenttype": "application/json",
+        "data": data,
+    }
+
+
+def _crossed(verdict: Verdict) -> list[dict[str, Any]]:
+    return [
+        {"statistic": c.statistic, "value": c.value, "threshold": c.threshold,
+         **({"column": c.column} if c.column else {}), **({"method": c.method} if c.method else {})}
+        for c in verdict.crossed
+    ]
 
 
 def encode(event: dict[str, Any]) -> bytes:

@@ -54,6 +54,7 @@ from monitoring.report_cache import ReportCache
 from monitoring.service import MonitorService, NotReady, ReportSource, UnknownModel
 from monitoring.settings import MonitorAppSettings, MonitorSettings
 from monitoring.webhooks import ActiveTarget, Deliverer, DeliveryStats
+from vigil.alias_board import board, board_key
 from vigil.tokens import TokenVerifier, tokens_file
 from vigil.web import (
     BearerGuard,
@@ -90,7 +91,10 @@ class Monitor:
         self._loop: asyncio.AbstractEventLoop | None = None
         outbox = Outbox(outbox_file(self.args.outbox_path, self.args.model_repository))
         logger.info("alert state and webhook outbox: %s", outbox.path)
-        self.alerts = AlertEngine(outbox, self.args.public_url, time.time(), notify=self._wake_delivery)
+        self.alerts = AlertEngine(outbox, self.args.public_url, time.time(),
+                                  notify=self._wake_delivery,
+                                  repository=self.args.model_repository,
+                                  on_rollback=self._aliases_changed)
         self.service = MonitorService(self.args, self.settings, time.time(), alerts=self.alerts)
         self.delivery_stats = DeliveryStats()
         self.deliverer = Deliverer(outbox, self.delivery_stats)
@@ -128,6 +132,19 @@ class Monitor:
         """Events were committed (on the window thread): deliver now, not at the next poll."""
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self.deliverer.wake)
+
+    def _aliases_changed(self, model: str) -> None:
+        """A rollback rule cleared `model`'s canary (on the window thread): wake the serving
+        replicas of this repository through the alias board, fire and forget. A failure is
+        logged (the replicas then serve the old aliases until the next change reaches them)."""
+        key = board_key(self.args.model_repository)
+
+        def done(future: Any) -> None:
+            if (exc := future.exception()) is not None:
+                logger.error("the alias board did not take the news of %s's rollback: %s",
+                             model, exc)
+
+        board().bump.remote(key).future().add_done_callback(done)
 
     async def _tick_forever(self) -> None:
         while True:

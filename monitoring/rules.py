@@ -1,7 +1,8 @@
 """Alert rules as pure functions: a verdict on one closed window, and the alert's state machine.
 
 A verdict is breached (True), healthy (False) or none (None: the window cannot say, e.g. fewer
-sampled rows than ``min_rows`` for a drift condition, no profile, no request for a latency one).
+sampled rows than ``min_rows`` for a drift condition, no profile, no request for a latency one,
+fewer compared rows than ``min_rows`` for a shadow agreement one).
 A none verdict leaves the counts as they were: it neither brings an alert closer to firing nor
 to resolving.
 
@@ -94,6 +95,8 @@ def judge(rule: AlertRule, window: ClosedWindow) -> Verdict:
         raise ValueError("silence rules are judged by judge_silence, not per window")
     if family == "requests":
         verdict = _judge_requests(rule, window)
+    elif family == "shadow":
+        verdict = _judge_shadow(rule, window)
     elif window.result is None:
         why = window.error or "no reference profile"
         verdict = Verdict(None, f"no drift or quality statistics: {why}")
@@ -127,6 +130,20 @@ def _judge_requests(rule: AlertRule, window: ClosedWindow) -> Verdict:
     assert when.error_ratio_above is not None
     c = Crossed("error_ratio", stats.error_ratio, when.error_ratio_above)
     return _compare(c, c.value > c.threshold, "error ratio")
+
+
+def _judge_shadow(rule: AlertRule, window: ClosedWindow) -> Verdict:
+    ratio, threshold = window.shadow_agreement, rule.when.shadow_agreement_below
+    assert threshold is not None
+    if ratio is None or window.compared_rows < rule.min_rows:
+        return Verdict(None, f"{window.compared_rows} rows compared with production, fewer "
+                       f"than min_rows {rule.min_rows}")
+    c = Crossed("shadow_agreement", ratio, threshold)
+    breached = ratio < threshold
+    relation = "below" if breached else "at or above"
+    return Verdict(breached, f"shadow agreement {ratio:.4g} ({window.agreeing_rows} of "
+                   f"{window.compared_rows} rows) {relation} {threshold:.4g}",
+                   (c,) if breached else ())
 
 
 def _compare(crossed: Crossed, breached: bool, what: str) -> Verdict:

@@ -3,11 +3,14 @@
 Replicas send vigil.messages.SampleMessage values. A message the monitor cannot read (not a
 SampleMessage, another schema version, malformed fields) is dropped whole and counted under model
 "_unknown" with its reason as kind; so is one for a model version not in the repository (kind
-"unknown_version"). A readable message's rows are kept when its tensors fit the version's column
-layout (monitoring.columns); otherwise they are dropped and counted (kind "schema") while its
-request facts still count (the latency of a request does not depend on its tensors). Every drop
-gets a rate-limited log line saying why. Not thread-safe: the monitor calls it from one worker
-thread.
+"unknown_version"). A version published after the monitor started is picked up when its first
+samples arrive: the monitor looks for <repository>/<model>/<version>/model.yaml and loads it like
+the others, looking at most once per DISCOVER_INTERVAL_S per (model, version), so a flood of
+samples naming what does not exist costs a dictionary lookup each. A readable message's rows are
+kept when its tensors fit the version's column layout (monitoring.columns); otherwise they are
+dropped and counted (kind "schema") while its request facts still count (the latency of a
+request does not depend on its tensors). Every drop gets a rate-limited log line saying why.
+Not thread-safe: the monitor calls it from one worker thread.
 """
 
 from __future__ import annotations
@@ -31,10 +34,20 @@ from monitoring.profile import Profile
 from monitoring.settings import MonitorAppSettings, MonitorSettings
 from monitoring.window import ClosedWindow, TumblingWindow, settings_for
 from vigil.messages import SampleMessage, UnreadableMessage, read_message
-from vigil.repository import ModelVersion, VersionManifest, scan
+from vigil.repository import (
+    MANIFEST_FILE,
+    ModelVersion,
+    RepositoryError,
+    VersionManifest,
+    read_manifest,
+    scan,
+    valid_name,
+)
 
 logger = logging.getLogger("vigil.monitor")
 UNKNOWN_MODEL = "_unknown"  # the label of drops for versions the monitor does not know
+DISCOVER_INTERVAL_S = 5.0  # least time between two looks for one unknown (model, version)
+MAX_LOOKED = 10_000  # unknown (model, version) names remembered for the rate limit
 
 
 class UnknownModel(LookupError):
@@ -59,6 +72,8 @@ class VersionState:
     window: TumblingWindow
     rows_received: int = 0
     requests_received: int = 0
+    rows_agreeing: int = 0  # shadow rows that agreed with production, since the start
+    rows_compared: int = 0
     rows_dropped: Counter[str] = field(default_factory=Counter)
     requests_dropped: Counter[str] = field(default_factory=Counter)
     messages_dropped: Counter[str] = field(default_factory=Counter)  # whole messages, by kind
@@ -77,6 +92,7 @@ class VersionState:
             latest=self.window.latest, windows_evaluated=self.window.closed,
             current_rows=self.window.rows, rows_received=self.rows_received,
             requests_received=self.requests_received, rows_dropped=dict(self.rows_dropped),
+            rows_agreeing=self.rows_agreeing, rows_compared=self.rows_compared,
             requests_dropped=dict(self.requests_dropped),
             messages_dropped=dict(self.messages_dropped),
         )
@@ -94,6 +110,8 @@ class ReportSource:
 class RateLimitedLog:
     """At most one warning per key and interval; the next line says how many were held back."""
 
+    MAX_KEYS = 10_000  # keys remembered; past it, those whose interval has passed are forgotten
+
     def __init__(self, interval_s: float) -> None:
         self.interval_s = interval_s
         self._last: dict[str, float] = {}
@@ -105,6 +123,11 @@ class RateLimitedLog:
         if last is not None and now - last < self.interval_s:
             self._held[key] += 1
             return
+        if last is None and len(self._last) >= self.MAX_KEYS:  # many distinct keys: bounded
+            self._last = {k: t for k, t in self._last.items() if now - t < self.interval_s}
+            if len(self._last) >= self.MAX_KEYS:
+                self._last.clear()
+            self._held = Counter({k: n for k, n in self._held.items() if k in self._last})
         held = self._held.pop(key, 0)
         self._last[key] = now
         logger.warning("%s%s", message, f" ({held} more like it held back)" if held else "")
@@ -121,6 +144,7 @@ class MonitorService:
         self.log = RateLimitedLog(app.log_interval_s)
         self.versions: dict[tuple[str, str], VersionState] = {}
         self.models: dict[str, list[str]] = {}  # model -> versions, oldest first
+        self._looked: dict[tuple[str, str], float] = {}  # unknown version -> when looked for
         for name, found in scan(app.model_repository, app.models).items():
             self.models[name] = [v.manifest.version for v in found]
             for v in found:
@@ -131,7 +155,9 @@ class MonitorService:
             TumblingWindow(None, settings, now),
         )
 
-    def _load(self, version: ModelVersion, now: float) -> VersionState:
+    def _load(self, version: ModelVersion, now: float, check: bool = False) -> VersionState:
+        """The version's state; `check`: a profile the current settings misfit is not used
+        (at start the settings are refused instead: see _check)."""
         manifest = version.manifest
         signature = [(s.name, s.shape) for s in manifest.inputs], [(s.name, s.shape) for s in manifest.outputs]
         try:
@@ -141,7 +167,10 @@ class MonitorService:
         profile, status = None, "no profile"
         if version.has_profile:
             try:
-                profile, layout = _usable_profile(Profile.load(version.path), manifest)
+                usable, usable_layout = _usable_profile(Profile.load(version.path), manifest)
+                if check:
+                    check_settings(usable, settings_for(usable, self.settings))
+                profile, layout = usable, usable_layout
                 status = "loaded"
             except Exception as exc:  # noqa: BLE001 - a bad profile must not stop latency, errors
                 status = f"unusable profile: {exc}"
@@ -190,9 +219,47 @@ class MonitorService:
             f"dropped {where} ({rows} sampled rows, {requests} requests): {why}",
         )
 
+    def _discover(self, model: str, version: str, now: float) -> VersionState | None:
+        """A version published since the monitor started, loaded; None when there is none
+        (or it was looked for less than DISCOVER_INTERVAL_S ago, or cannot be loaded)."""
+        key = (model, version)
+        last = self._looked.get(key)
+        if last is not None and 0.0 <= now - last < DISCOVER_INTERVAL_S:
+            return None
+        if len(self._looked) >= MAX_LOOKED:
+            self._looked = {k: t for k, t in self._looked.items()
+                            if 0.0 <= now - t < DISCOVER_INTERVAL_S}
+            if len(self._looked) >= MAX_LOOKED:
+                self._looked.clear()
+        self._looked[key] = now
+        if self.app.models is not None and model not in self.app.models:
+            return None
+        if not (valid_name(model) and valid_name(version)):
+            return None
+        path = Path(self.app.model_repository) / model / version
+        if not (path / MANIFEST_FILE).is_file():
+            return None
+        try:
+            manifest = read_manifest(path)
+            if (manifest.name, manifest.version) != key:
+                raise RepositoryError(f"{path}: manifest says {manifest.name}/{manifest.version}")
+            state = self._load(ModelVersion(path, manifest), now, check=True)
+        except Exception as exc:  # noqa: BLE001 - a bad version must not stop the others
+            self.log.warning(f"discover:{model}/{version}", f"cannot monitor {model}/{version}, "
+                             f"published since the monitor started: {exc}")
+            return None
+        del self._looked[key]
+        self.versions[key] = state
+        self.models[model] = sorted([*self.models.get(model, []), version], key=_version_order)
+        logger.info("%s/%s was published since the monitor started: monitored from now on",
+                    model, version)
+        return state
+
     def _ingest_one(self, message: SampleMessage, now: float) -> list[ClosedWindow]:
         where = f"{message.model}/{message.version}"
         state = self.versions.get((message.model, message.version))
+        if state is None:
+            state = self._discover(message.model, message.version, now)
         if state is None:
             self._drop_whole(
                 "unknown_version", message.rows, message.requests, f"samples of {where}",
@@ -202,6 +269,8 @@ class MonitorService:
         inputs, outputs, rows = message.inputs, message.outputs, message.rows
         state.rows_received += rows
         state.requests_received += message.requests
+        state.rows_agreeing += message.agreeing_rows
+        state.rows_compared += message.compared_rows
         if message.requests and self.alerts is not None:
             self.alerts.request_seen(state.model, state.version, now)
         state.rows_dropped["replica"] += message.dropped_rows
@@ -217,7 +286,8 @@ class MonitorService:
             split = state.layout.split(inputs, outputs)
             columns = {name: split[name] for name in state.profile.names if name in split}
         closed = state.window.add(
-            columns, rows, message.latency_s, message.status.astype(np.int64), now
+            columns, rows, message.latency_s, message.status.astype(np.int64), now,
+            agreement=(message.agreeing_rows, message.compared_rows),
         )
         for window in closed:
             if window.error:
@@ -305,6 +375,11 @@ class MonitorService:
             raise NotReady(f"no closed window with sampled rows for {state.model}/{state.version} "
                            f"yet: {window.closes_when(now)}")
         return ReportSource(state, window.last_rows_window, window.last_rows)
+
+
+def _version_order(version: str) -> tuple[int, int, str]:
+    """Versions sorted as the repository lists them: numeric ones numerically, after others."""
+    return (1, int(version), "") if version.isdigit() else (0, 0, version)
 
 
 def _usable_profile(profile: Profile, manifest: VersionManifest) -> tuple[Profile, ColumnLayout]:

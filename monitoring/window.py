@@ -5,7 +5,8 @@ when it holds ``rows`` sampled rows (capped by ``buffer_rows``) or when ``second
 since it opened, whichever comes first; with no traffic a time window still closes (``tick``),
 empty, with a defined result. Rows of a batch beyond the window's bound roll into the next
 window, so one batch may close several. The request facts (latency, status) of a batch belong to
-the window open when it arrives.
+the window open when it arrives, as do its shadow agreement counts (rows of this version's runs as
+its model's shadow that agreed with production's answers, of those compared).
 
 Memory: at most the window's row bound of rows (copied per column, never views of a caller's
 batch), plus the rows of the last closed window that had rows (for the human-facing report; never
@@ -48,6 +49,13 @@ class ClosedWindow:
     latency: LatencyStats
     result: WindowResult | None  # None without a profile, or when evaluation failed
     error: str | None = None  # why evaluation failed
+    agreeing_rows: int = 0  # shadow rows that agreed with production (of compared_rows)
+    compared_rows: int = 0  # shadow rows compared with production's answers
+
+    @property
+    def shadow_agreement(self) -> float | None:
+        """Share of compared shadow rows that agreed with production; None: none compared."""
+        return self.agreeing_rows / self.compared_rows if self.compared_rows else None
 
     def to_dict(self, detail: bool = True) -> dict[str, Any]:
         """JSON-ready form; without detail, the per-column lists are left out. `error`: why the
@@ -58,6 +66,9 @@ class ClosedWindow:
             "reason": self.reason, "rows": self.rows, "requests": self.requests,
             "latency": dataclasses.asdict(self.latency), "drift": None, "quality": None,
             "error": self.error, "failed_columns": {},
+            "shadow_agreement": {"ratio": self.shadow_agreement,
+                                 "agreeing_rows": self.agreeing_rows,
+                                 "compared_rows": self.compared_rows},
         }
         if self.result is None:
             return doc
@@ -116,6 +127,7 @@ class TumblingWindow:
         self._errors = self._client_errors = self._cancelled = self._timed = 0
         self._latency_sum = 0.0
         self._latency_max: float | None = None
+        self._agreeing = self._compared = 0
 
     @property
     def row_limit(self) -> int | None:
@@ -145,13 +157,20 @@ class TumblingWindow:
         latency_s: np.ndarray,
         status: np.ndarray,
         now: float,
+        agreement: tuple[int, int] = (0, 0),
     ) -> list[ClosedWindow]:
         """One sample batch: `rows` sampled rows (their 1-D `columns`, or None to count them
-        only) and the facts of its requests. Returns the windows this closed, oldest first."""
+        only), the facts of its requests and its shadow `agreement` (agreeing, compared rows).
+        Returns the windows this closed, oldest first."""
+        agreeing, compared = agreement
+        if not 0 <= agreeing <= compared:
+            raise ValueError(f"agreement {agreement!r}: expected 0 <= agreeing <= compared")
         closed = []
         if (due := self.tick(now)) is not None:
             closed.append(due)
         self._add_facts(np.asarray(latency_s, np.float64).ravel(), np.asarray(status).ravel())
+        self._agreeing += agreeing
+        self._compared += compared
         start = 0
         limit = self.row_limit
         while start < rows:
@@ -174,7 +193,8 @@ class TumblingWindow:
     def reconfigure(self, settings: MonitorSettings, now: float) -> ClosedWindow | None:
         """New settings from now on. A window with anything in it closes first under the old
         ones, so every window is evaluated under one setting; an empty one restarts its clock."""
-        closed = self._close(now, "reconfigure") if self.rows or self.requests else None
+        closed = (self._close(now, "reconfigure")
+                  if self.rows or self.requests or self._compared else None)
         if closed is None:
             self._open(now)
         self.settings = settings_for(self.profile, settings)
@@ -235,6 +255,7 @@ class TumblingWindow:
         closed = ClosedWindow(
             index=self.closed, opened_at=self.opened_at, closed_at=now, reason=reason,
             rows=self.rows, requests=self.requests, latency=stats, result=result, error=error,
+            agreeing_rows=self._agreeing, compared_rows=self._compared,
         )
         self.history.append(closed)
         if rows is not None:

@@ -373,8 +373,8 @@ class ModelServer:
             return
         if status == 200 and served.has_profile:
             self.samples.record(model, version, elapsed, status, inputs, results, agreement=agreed)
-        else:
-            self.samples.record(model, version, elapsed, status)
+        else:  # a shadow without a profile still reports how often it agrees
+            self.samples.record(model, version, elapsed, status, agreement=agreed)
         assert self.monitor_link is not None
         self.monitor_link.start()
 

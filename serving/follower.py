@@ -51,15 +51,16 @@ class AliasFollower:
                 except Exception:  # noqa: BLE001
                     pass
                 continue
-            if latest == known:
-                continue
+            # A quiet poll re-reads too (once per POLL_S): a notice that never came (the board
+            # restarted, a bump lost) delays a change by at most that long.
             try:
                 self.models.refresh()
             except Exception:  # noqa: BLE001 - a broken repository must not stop following
                 logger.exception("refreshing models after alias change %d failed", latest)
-            known = latest
-            self.generation = latest
-            self._ack(latest)
+            if latest != known:
+                known = latest
+                self.generation = latest
+                self._ack(latest)
 
     def _ack(self, generation: int) -> None:
         try:

@@ -20,6 +20,8 @@ class _VersionBuffer:
     status: np.ndarray = field(init=False)
     facts: int = 0  # facts written since the last drain (may exceed max_requests: ring)
     dropped_rows: int = 0
+    agreeing_rows: int = 0  # shadow rows that agreed with production, since the last drain
+    compared_rows: int = 0
 
     def __post_init__(self) -> None:
         self.latency = np.zeros(self.max_requests, dtype=np.float64)
@@ -64,13 +66,23 @@ class SampleBuffer:
         status: int,
         inputs: Tensors | None = None,
         outputs: Tensors | None = None,
+        agreement: tuple[int, int] | None = None,
     ) -> None:
-        """One request's facts, and its rows when given and sampled."""
+        """One request's facts, and its rows when given and sampled. `agreement`: for a run
+        as the model's shadow, (agreeing, compared) rows of its outputs against production's
+        answer (serving.agreement); summed until the next drain, whatever rows are sampled."""
+        if agreement is not None:
+            agreeing, compared = (int(n) for n in agreement)
+            if not 0 <= agreeing <= compared:
+                raise ValueError(f"agreement {agreement!r}: expected 0 <= agreeing <= compared")
         buf = self._buffer(model, version)
         slot = buf.facts % self.max_requests
         buf.latency[slot] = latency_s
         buf.status[slot] = status
         buf.facts += 1
+        if agreement is not None:
+            buf.agreeing_rows += agreeing
+            buf.compared_rows += compared
         if inputs is None or outputs is None:
             return
         rows = _common_rows(inputs, outputs)
@@ -136,10 +148,11 @@ class SampleBuffer:
                 SampleMessage(
                     model, version, inputs, outputs, latency, status,
                     dropped_rows=buf.dropped_rows, dropped_requests=dropped_requests,
+                    agreeing_rows=buf.agreeing_rows, compared_rows=buf.compared_rows,
                 )
             )
             buf.chunks.clear()
-            buf.rows = buf.facts = buf.dropped_rows = 0
+            buf.rows = buf.facts = buf.dropped_rows = buf.agreeing_rows = buf.compared_rows = 0
         return batches
 
 

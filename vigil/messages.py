@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: agreeing_rows and compared_rows (shadow agreement)
 
 Tensors = dict[str, np.ndarray]
 
@@ -26,7 +26,9 @@ class SampleMessage:
 
     ``inputs`` and ``outputs`` hold the sampled rows stacked along axis 0 (copies, never views of
     a request's arrays); ``latency_s`` (float64 seconds) and ``status`` (HTTP status, 499 for a
-    request cancelled before it was answered) have one entry per request, sampled or not."""
+    request cancelled before it was answered) have one entry per request, sampled or not.
+    ``agreeing_rows`` of ``compared_rows`` are the rows of this version's requests (it runs as a
+    model's shadow) whose outputs agreed with production's answer (serving.agreement)."""
 
     model: str
     version: str
@@ -36,6 +38,8 @@ class SampleMessage:
     status: np.ndarray
     dropped_rows: int = 0  # sampled rows the replica dropped since its last flush (buffer full)
     dropped_requests: int = 0  # request facts the replica dropped (buffer full)
+    agreeing_rows: int = 0  # shadow rows whose outputs agreed with production's
+    compared_rows: int = 0  # shadow rows compared with production's (agreeing ones included)
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -68,10 +72,12 @@ def read_message(raw: Any) -> SampleMessage:
     if not isinstance(raw, SampleMessage):
         raise UnreadableMessage("not_a_message", f"expected a SampleMessage, got {type(raw).__name__}")
     rows, requests = _claimed_size(raw)
-    if raw.schema_version != SCHEMA_VERSION:
+    # getattr: a message pickled by a replica of another release may lack fields of this one
+    schema_version = getattr(raw, "schema_version", None)
+    if schema_version != SCHEMA_VERSION:
         raise UnreadableMessage(
             "schema_version",
-            f"schema version {raw.schema_version!r}; this monitor reads {SCHEMA_VERSION}",
+            f"schema version {schema_version!r}; this monitor reads {SCHEMA_VERSION}",
             rows, requests,
         )
     problem = _problem(raw)
@@ -85,10 +91,12 @@ def _problem(m: SampleMessage) -> str | None:
         value = getattr(m, field)
         if not isinstance(value, str) or not value:
             return f"{field} must be a non-empty string, got {value!r}"
-    for field in ("dropped_rows", "dropped_requests"):
+    for field in ("dropped_rows", "dropped_requests", "agreeing_rows", "compared_rows"):
         value = getattr(m, field)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             return f"{field} must be a non-negative integer, got {value!r}"
+    if m.agreeing_rows > m.compared_rows:
+        return f"{m.agreeing_rows} agreeing rows of only {m.compared_rows} compared"
     if not isinstance(m.latency_s, np.ndarray) or m.latency_s.ndim != 1 or m.latency_s.dtype.kind != "f":
         return "latency_s must be a 1-D float array"
     if not isinstance(m.status, np.ndarray) or m.status.ndim != 1 or m.status.dtype.kind not in "iu":

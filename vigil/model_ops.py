@@ -122,6 +122,9 @@ def apply(
         if action == "canary_cleared":
             if state.canary is None:
                 raise AliasError(f"model '{model}' has no canary", 409)
+            if version is not None and state.canary.version != version:
+                # The caller judged another canary (an operator swapped it meanwhile).
+                raise AliasError(f"the canary of '{model}' is {state.canary.version}, not {version}")
             return aliases.clear_canary(state)
         if action == "shadow":
             return aliases.set_shadow(state, published, str(version))

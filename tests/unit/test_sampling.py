@@ -1,6 +1,7 @@
 """The replica's sample buffer: bounded, never blocking, counting what it drops."""
 
 import numpy as np
+import pytest
 
 from serving.sampling import SampleBuffer
 
@@ -119,3 +120,27 @@ def test_rows_of_another_width_are_dropped_and_counted_not_stacked():
     assert batch.inputs["input"].shape == (2, 1)
     assert batch.dropped_rows == 3
     assert len(batch.latency_s) == 2  # its latency and status still count
+
+
+def test_shadow_agreement_is_summed_per_version_until_the_drain():
+    buf = SampleBuffer(sample_rate=0.0, max_rows=10, max_requests=10)  # no row sampled
+    buf.record("m", "2", 0.002, 200, _rows(0, 4), {"y": np.zeros(4)}, agreement=(3, 4))
+    buf.record("m", "2", 0.003, 200, agreement=(0, 2))
+    buf.record("m", "2", 0.001, 500)  # a failed shadow run: nothing compared
+    buf.record("m", "1", 0.001, 200, _rows(0, 1), {"y": np.zeros(1)})  # production
+    batches = {b.version: b for b in buf.drain()}
+    assert (batches["2"].agreeing_rows, batches["2"].compared_rows) == (3, 6)
+    assert batches["2"].requests == 3 and batches["2"].rows == 0
+    assert (batches["1"].agreeing_rows, batches["1"].compared_rows) == (0, 0)
+    buf.record("m", "2", 0.002, 200, agreement=(np.int64(1), np.int64(1)))
+    (batch,) = buf.drain()
+    assert (batch.agreeing_rows, batch.compared_rows) == (1, 1)  # counted anew, as ints
+    assert type(batch.agreeing_rows) is int
+
+
+def test_an_impossible_agreement_is_refused_before_anything_is_recorded():
+    buf = SampleBuffer(sample_rate=1.0, max_rows=10, max_requests=10)
+    for bad in ((3, 2), (-1, 2)):
+        with pytest.raises(ValueError, match="expected 0 <= agreeing <= compared"):
+            buf.record("m", "2", 0.001, 200, agreement=bad)
+    assert buf.drain() == []

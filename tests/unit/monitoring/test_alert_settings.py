@@ -20,7 +20,8 @@ KEY = bytes(range(32))
 SECRET = "whsec_" + base64.b64encode(KEY).decode()
 CHOICES = ("dataset_drift", "drift_share_at_least", "features_drifted", "prediction_drift",
            "missing_ratio_above", "out_of_range_ratio_above", "unseen_category_ratio_above",
-           "latency_p99_above_s", "error_ratio_above", "no_traffic_for_s")
+           "latency_p99_above_s", "error_ratio_above", "shadow_agreement_below",
+           "no_traffic_for_s")
 
 
 def _rule(**kw) -> AlertRule:
@@ -82,6 +83,7 @@ def test_a_traffic_rule_is_judged_continuously() -> None:
         ({"latency_p99_above_s": 0.5}, "vigil.latency.slo_breached", "requests"),
         ({"error_ratio_above": 0.05}, "vigil.errors.rate_exceeded", "requests"),
         ({"no_traffic_for_s": 600}, "vigil.traffic.stopped", "traffic"),
+        ({"shadow_agreement_below": 0.9}, "vigil.shadow.disagrees", "shadow"),
     ],
 )
 def test_every_condition_has_its_event_type_and_family(when, event_type, family) -> None:
@@ -90,6 +92,24 @@ def test_every_condition_has_its_event_type_and_family(when, event_type, family)
     assert (condition.kind, condition.value) == (kind, value)
     assert (condition.event_type, condition.family) == (event_type, family)
     assert condition.event_type in EVENT_TYPES
+
+
+def test_action_is_notify_or_rollback_canary() -> None:
+    assert _rule().action == "notify" and _rule().event_type == "vigil.drift.detected"
+    rollback = _rule(when={"error_ratio_above": 0.05}, action="rollback_canary")
+    assert rollback.event_type == "vigil.model.rolled_back" and rollback.event_type in EVENT_TYPES
+    with pytest.raises(ValidationError, match="'notify' or 'rollback_canary'"):
+        _rule(action="rollback")
+    with pytest.raises(ValidationError, match="no_traffic_for_s is not one of their conditions"):
+        _rule(when={"no_traffic_for_s": 60}, action="rollback_canary")
+    assert "vigil.model.rolled_back" in _target(events=["vigil.model.rolled_back"]).events
+
+
+@pytest.mark.parametrize("bad", [0.0, 1.5, -0.1])
+def test_shadow_agreement_below_is_a_share(bad) -> None:
+    assert Condition(shadow_agreement_below=1.0).value == 1.0
+    with pytest.raises(ValidationError, match="shadow_agreement_below"):
+        Condition(shadow_agreement_below=bad)
 
 
 def test_names_are_validated() -> None:

@@ -173,8 +173,8 @@ def test_for_windows_and_describe(outbox) -> None:
     engine.on_window("iris", "1", _window(5, DRIFTED), now=100.0)
     (pending,) = engine.describe("iris", "1", 100.0)
     assert pending == {
-        "rule": "drift", "when": {"dataset_drift": True}, "event_type": "vigil.drift.detected",
-        "status": "pending", "for_windows": 2, "resolve_windows": 1, "cooldown_s": 60.0,
+        "rule": "drift", "when": {"dataset_drift": True}, "action": "notify",
+        "event_type": "vigil.drift.detected", "status": "pending", "for_windows": 2, "resolve_windows": 1, "cooldown_s": 60.0,
         "firing": False, "since": None, "last_fired_at": None, "last_event_id": None,
         "breaching": 1, "healthy": 0, "cooldown_until": None,
         "latest": {"window": 5, "breached": True,

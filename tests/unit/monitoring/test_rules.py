@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -185,6 +187,23 @@ def test_request_conditions_need_no_profile_and_ignore_min_rows() -> None:
     window = window_of(rows=0, evaluated=False, latency=latency_of(10, p99=2.0, error_ratio=0.5))
     assert judge(_rule({"latency_p99_above_s": 1.0}), window).breached is True
     assert judge(_rule({"error_ratio_above": 0.2}), window).breached is True
+
+
+def test_shadow_agreement_below() -> None:
+    rule = _rule({"shadow_agreement_below": 0.9}, min_rows=50)
+    low = dataclasses.replace(window_of(index=4, evaluated=False), agreeing_rows=88,
+                              compared_rows=100)
+    assert judge(rule, low) == Verdict(
+        True, "shadow agreement 0.88 (88 of 100 rows) below 0.9",
+        (Crossed("shadow_agreement", 0.88, 0.9),), window=4)
+    fine = dataclasses.replace(low, agreeing_rows=90)
+    assert judge(rule, fine) == Verdict(
+        False, "shadow agreement 0.9 (90 of 100 rows) at or above 0.9", window=4)
+    few = dataclasses.replace(low, agreeing_rows=0, compared_rows=49)
+    assert (judge(rule, few).breached, judge(rule, few).detail) == \
+        (None, "49 rows compared with production, fewer than min_rows 50")
+    none = window_of(index=5)  # production traffic only
+    assert judge(rule, none).detail == "0 rows compared with production, fewer than min_rows 50"
 
 
 def test_a_real_window_is_judged() -> None:

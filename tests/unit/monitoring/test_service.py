@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -88,13 +89,18 @@ def test_batches_that_do_not_fit_are_dropped_and_counted(service, cancer_rows, c
     ("message", "kind", "why"),
     [
         (None, "not_a_message", "expected a SampleMessage, got dict"),
-        (dict(schema_version=SCHEMA_VERSION + 1), "schema_version", "schema version 2; this "
-         "monitor reads 1"),
+        (dict(schema_version=SCHEMA_VERSION + 1), "schema_version",
+         f"schema version {SCHEMA_VERSION + 1}; this monitor reads {SCHEMA_VERSION}"),
+        ("v1", "schema_version", f"schema version None; this monitor reads {SCHEMA_VERSION}"),
         (dict(status=np.array([200, 200])), "malformed", "1 latencies but 2 status codes"),
         (dict(status=np.array([200.0])), "malformed", "status must be a 1-D integer array"),
         (dict(latency_s=np.array([-1.0])), "malformed", "negative latencies"),
         (dict(model=""), "malformed", "model must be a non-empty string"),
         (dict(dropped_rows=-3), "malformed", "dropped_rows must be a non-negative integer"),
+        (dict(compared_rows=-1), "malformed", "compared_rows must be a non-negative integer"),
+        (dict(agreeing_rows=True), "malformed", "agreeing_rows must be a non-negative integer"),
+        (dict(agreeing_rows=5, compared_rows=4), "malformed",
+         "5 agreeing rows of only 4 compared"),
         (dict(inputs={"input": np.zeros((3, 30))}, outputs={"label": np.zeros(2)}), "malformed",
          "tensors disagree on the number of rows: [2, 3]"),
     ],
@@ -105,6 +111,10 @@ def test_unreadable_messages_are_dropped_with_their_reason(
     caplog.set_level(logging.WARNING, "vigil.monitor")
     if message is None:  # the plain dict an older replica would have sent
         raw = {"model": "breast_cancer", "version": "1", "inputs": {}, "outputs": {}}
+    elif message == "v1":  # unpickled from a schema 1 replica: its 9 fields, no agreement
+        base = _cancer(cancer_rows[:4])
+        raw = SampleMessage.__new__(SampleMessage)
+        raw.__setstate__([*(getattr(base, f) for f in base.__slots__[:8]), 1])
     else:
         base = _cancer(cancer_rows[:4])
         raw = SampleMessage(**{**{f: getattr(base, f) for f in base.__slots__}, **message})
@@ -196,3 +206,125 @@ def test_rate_limited_log_holds_back_repeats(caplog) -> None:
     log.interval_s = 0.0
     log.warning("k", "same thing")
     assert caplog.records[-1].getMessage() == "same thing (2 more like it held back)"
+
+
+def _mlp(n_rows: int, **extra) -> SampleMessage:
+    x = np.zeros((n_rows, 256), np.float32)
+    outputs = {"logits": np.zeros((n_rows, 10), np.float32),
+               "probabilities": np.zeros((n_rows, 10), np.float32)}
+    return _batch("mlp", {"input": x}, outputs, **extra)
+
+
+def test_shadow_agreement_is_summed_per_window_and_exported(service) -> None:
+    from monitoring.collector import MonitorCollector
+    from tests.unit.monitoring.helpers import scrape
+
+    assert service.ingest([_mlp(40, agreeing_rows=30, compared_rows=40),
+                           _mlp(0, agreeing_rows=0, compared_rows=10)], now=1.0) == []
+    (first,) = service.ingest([_mlp(60, agreeing_rows=54, compared_rows=60)], now=2.0)
+    assert (first.agreeing_rows, first.compared_rows, first.shadow_agreement) == (84, 110, 84 / 110)
+    (second,) = service.ingest([_mlp(100)], now=3.0)  # production traffic only: nothing compared
+    assert (second.compared_rows, second.shadow_agreement) == (0, None)
+    doc = service.drift_doc("mlp", windows=2)
+    assert [w["shadow_agreement"] for w in doc["windows"]] == [
+        {"ratio": 84 / 110, "agreeing_rows": 84, "compared_rows": 110},
+        {"ratio": None, "agreeing_rows": 0, "compared_rows": 0},
+    ]
+    samples, types, _ = scrape(MonitorCollector(service.snapshots))
+    mv = frozenset({"model": "mlp", "version": "1"}.items())
+    assert ("vigil_shadow_agreement_ratio", mv) not in samples  # the latest window compared none
+    assert samples[("vigil_shadow_compared_rows_total", mv)] == 110
+    assert samples[("vigil_shadow_agreeing_rows_total", mv)] == 84
+    assert types["vigil_shadow_compared_rows"] == "counter"
+    service.ingest([_mlp(100, agreeing_rows=1, compared_rows=4)], now=4.0)
+    samples, types, _ = scrape(MonitorCollector(service.snapshots))
+    assert samples[("vigil_shadow_agreement_ratio", mv)] == 0.25
+    assert types["vigil_shadow_agreement_ratio"] == "gauge"
+
+
+def _publish_copy(root: Path, model: str, source: str, version: str) -> None:
+    """A new version with the bytes (and profile) of another: what `vigil publish` would write."""
+    target = root / model / version
+    shutil.copytree(root / model / source, target)
+    manifest = target / "model.yaml"
+    manifest.write_text(manifest.read_text().replace(f"version: '{source}'", f"version: '{version}'"))
+
+
+@pytest.fixture
+def own_root(example_root: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "models"
+    shutil.copytree(example_root, root)
+    return root
+
+
+def test_a_version_published_later_is_monitored_from_its_first_samples(own_root, cancer_rows,
+                                                                        caplog) -> None:
+    caplog.set_level(logging.INFO, "vigil.monitor")
+    service = MonitorService(MonitorAppSettings(model_repository=own_root), SETTINGS, now=0.0)
+    _publish_copy(own_root, "breast_cancer", "1", "2")
+    (closed,) = service.ingest([_cancer(cancer_rows, version="2")], now=1.0)
+    state = service.state("breast_cancer")  # the newest
+    assert (state.version, state.profile_status, state.rows_received) == ("2", "loaded", 100)
+    assert closed.result.drift.tested == 30
+    assert service.models["breast_cancer"] == ["1", "2"]
+    assert service.drift_doc("breast_cancer")["versions"] == ["1", "2"]
+    assert "unknown_version" not in service.unknown.messages_dropped
+    assert "breast_cancer/2 was published since the monitor started" in caplog.text
+
+
+def test_unknown_versions_are_looked_for_at_most_every_5_s(own_root, cancer_rows) -> None:
+    service = MonitorService(MonitorAppSettings(model_repository=own_root), SETTINGS, now=0.0)
+    service.ingest([_cancer(cancer_rows[:5], version="3")], now=10.0)  # not there: looked for
+    _publish_copy(own_root, "breast_cancer", "1", "3")
+    service.ingest([_cancer(cancer_rows[:5], version="3")] * 2, now=14.9)  # too soon to look
+    assert service.unknown.messages_dropped["unknown_version"] == 3
+    assert ("breast_cancer", "3") not in service.versions
+    service.ingest([_cancer(cancer_rows[:5], version="3")], now=15.0)
+    assert service.state("breast_cancer", "3").rows_received == 5
+    assert service.unknown.messages_dropped["unknown_version"] == 3
+
+
+def test_names_that_cannot_be_versions_are_never_looked_up(own_root, cancer_rows) -> None:
+    service = MonitorService(MonitorAppSettings(model_repository=own_root, models=["mlp"]),
+                             SETTINGS, now=0.0)
+    _publish_copy(own_root, "breast_cancer", "1", "2")
+    for model, version in (("breast_cancer", "2"), ("mlp", "../breast_cancer/1"), ("mlp", "..")):
+        message = dataclasses.replace(_cancer(cancer_rows[:2]), model=model, version=version)
+        service.ingest([message], now=1.0)
+    assert sorted(service.versions) == [("mlp", "1")]  # breast_cancer is not monitored here
+    assert service.unknown.messages_dropped["unknown_version"] == 3
+
+
+def test_a_later_version_that_cannot_be_read_is_dropped_and_logged(own_root, cancer_rows,
+                                                                   caplog) -> None:
+    caplog.set_level(logging.WARNING, "vigil.monitor")
+    service = MonitorService(MonitorAppSettings(model_repository=own_root), SETTINGS, now=0.0)
+    broken = own_root / "breast_cancer" / "2"
+    broken.mkdir()
+    (broken / "model.yaml").write_text("name: breast_cancer\nversion: '7'\n")
+    service.ingest([_cancer(cancer_rows[:2], version="2")], now=1.0)
+    assert service.unknown.messages_dropped["unknown_version"] == 1
+    assert "cannot monitor breast_cancer/2, published since the monitor started" in caplog.text
+
+
+def test_a_later_profile_the_settings_misfit_is_not_used(own_root, cancer_rows) -> None:
+    settings = MonitorSettings(window={"rows": 100, "seconds": None},
+                               overrides={"label": {"method": "ks"}})  # label: categorical
+    service = MonitorService(MonitorAppSettings(model_repository=own_root, models=["mlp"]),
+                             settings, now=0.0)
+    service.app = MonitorAppSettings(model_repository=own_root)  # breast_cancer from now on
+    service.ingest([_cancer(cancer_rows[:2])], now=1.0)
+    state = service.state("breast_cancer", "1")
+    assert state.profile is None and state.profile_status.startswith("unusable profile: ")
+    assert "ks needs a numeric column" in state.profile_status
+    assert state.window.rows == 2  # its rows and latency still count
+
+
+def test_rate_limited_log_remembers_a_bounded_number_of_keys(caplog, monkeypatch) -> None:
+    caplog.set_level(logging.WARNING, "vigil.monitor")
+    monkeypatch.setattr(RateLimitedLog, "MAX_KEYS", 3)
+    log = RateLimitedLog(interval_s=3600)
+    for i in range(10):  # distinct keys, all inside the interval
+        log.warning(f"k{i}", f"line {i}")
+    assert len(log._last) <= 3
+    assert [r.getMessage() for r in caplog.records] == [f"line {i}" for i in range(10)]
