@@ -50,8 +50,14 @@ Retraining (one job at a time, so two drift events never publish the same versio
 5. The outcome (new version and rows used, or the error) is logged and stored with the event.
    If the monitor cannot be reached or has no rows (404, 409), nothing is published.
 
-Serving and the monitor read the repository when they start: redeploy
-(`serve deploy configs/serve.yaml`, or restart `make serve`) to serve the new version.
+The new version takes no traffic (publishing pins production first): gate it and start a canary,
+
+    vigil models validate breast_cancer N && vigil models canary breast_cancer N --weight 0.1
+
+Forwarding instead of retraining here (--forward-to-github OWNER/REPO, token in $GITHUB_TOKEN):
+each verified event becomes a GitHub `repository_dispatch` with the CloudEvent type as its
+event type, which starts .github/workflows/retrain.yml (retrain, gate, canary). An event GitHub
+does not accept is answered 502 and not recorded, so the monitor's outbox retries it.
 """
 
 from __future__ import annotations
@@ -233,6 +239,10 @@ class EventStore:
             ).fetchone()
         return int(row[0])
 
+    def seen(self, event_id: str) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM events WHERE id = ?", (event_id,)).fetchone() is not None
+
     def set_retrained(self, event_id: str, outcome: Mapping[str, Any]) -> None:
         with self._lock:
             self._db.execute(
@@ -265,6 +275,48 @@ class EventStore:
 
 
 # --- retraining ----------------------------------------------------------------------------------
+
+
+class GitHubDispatch:
+    """Forwards events to GitHub's repository_dispatch API (POST /repos/{repo}/dispatches)."""
+
+    def __init__(self, repo: str, token: str, api_url: str = "https://api.github.com",
+                 timeout_s: float = 10.0) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+", repo) or any(
+            part.strip(".") == "" for part in repo.split("/")
+        ):
+            raise ValueError(f"--forward-to-github {repo!r}: expected OWNER/REPO")
+        if not token:
+            raise ValueError("forwarding to GitHub needs a token in $GITHUB_TOKEN")
+        self.url = f"{api_url.rstrip('/')}/repos/{repo}/dispatches"
+        self.token = token
+        self.timeout_s = timeout_s
+
+    def payload(self, event: Mapping[str, Any]) -> dict[str, Any]:
+        """GitHub takes at most 10 top-level client_payload keys: the event's essentials."""
+        data = event.get("data") if isinstance(event.get("data"), dict) else {}
+        return {
+            "event_type": event["type"],
+            "client_payload": {
+                "id": event["id"], "type": event["type"], "subject": event.get("subject"),
+                "time": event.get("time"), "model": data.get("model"),
+                "version": data.get("version"), "source": event.get("source"),
+            },
+        }
+
+    def send(self, event: Mapping[str, Any]) -> str | None:
+        """None when GitHub accepted the dispatch, else why not."""
+        headers = {"Authorization": f"Bearer {self.token}",
+                   "Accept": "application/vnd.github+json",
+                   "X-GitHub-Api-Version": "2022-11-28"}
+        try:
+            answer = httpx.post(self.url, json=self.payload(event), headers=headers,
+                                timeout=self.timeout_s)
+        except httpx.HTTPError as exc:
+            return f"{type(exc).__name__}: {exc}"
+        if answer.status_code == 204:
+            return None
+        return f"GitHub answered {answer.status_code}: {answer.text[:200]}"
 
 
 class RetrainError(Exception):
@@ -543,8 +595,10 @@ def build_app(
     state_path: str | Path,
     secrets: str | None = None,
     token: str | None = None,
+    forward: GitHubDispatch | None = None,
 ) -> Starlette:
-    """The receiver. `secrets` and `token` default to $VIGIL_WEBHOOK_SECRET and $VIGIL_TOKEN."""
+    """The receiver. `secrets` and `token` default to $VIGIL_WEBHOOK_SECRET and $VIGIL_TOKEN.
+    With `forward`, events go to GitHub's repository_dispatch instead of a local retraining."""
     verifiers = load_secrets(os.environ.get(SECRET_ENV) if secrets is None else secrets)
     token = (os.environ.get(TOKEN_ENV) or None) if token is None else token
     store = EventStore(state_path)
@@ -571,6 +625,8 @@ def build_app(
             event = parse_event(body, headers.get("content-type"), headers["webhook-id"])
         except BadEvent as exc:
             return _error(400, str(exc))
+        if forward is not None:
+            return await _forwarded(event, body)
         parent = drift_version(event)
         queued = {"status": "queued", "parent_version": parent} if parent else None
         deliveries = await asyncio.to_thread(store.record, event, body.decode(), queued)
@@ -589,6 +645,25 @@ def build_app(
             {"accepted": True, "id": event["id"], "retraining": f"{MODEL}/{parent}"},
             status_code=202,
         )
+
+    forwarding = asyncio.Lock()  # seen -> send -> record as one step: one dispatch per id
+
+    async def _forwarded(event: dict[str, Any], body: bytes) -> JSONResponse:
+        async with forwarding:
+            return await _forward_once(event, body)
+
+    async def _forward_once(event: dict[str, Any], body: bytes) -> JSONResponse:
+        assert forward is not None
+        if await asyncio.to_thread(store.seen, event["id"]):
+            deliveries = await asyncio.to_thread(store.record, event, body.decode())
+            return JSONResponse({"duplicate": True, "id": event["id"], "deliveries": deliveries})
+        why = await asyncio.to_thread(forward.send, event)
+        if why is not None:  # not recorded: the monitor's retry forwards it again
+            logger.warning("event %s not forwarded: %s", event["id"], why)
+            return _error(502, f"forwarding to GitHub failed: {why}")
+        await asyncio.to_thread(store.record, event, body.decode(), {"status": "forwarded"})
+        logger.info("event %s (%s) forwarded to %s", event["id"], event["type"], forward.url)
+        return JSONResponse({"accepted": True, "id": event["id"], "forwarded": True})
 
     async def list_events(request: Request) -> JSONResponse:
         return JSONResponse(await asyncio.to_thread(store.list))
@@ -645,6 +720,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=Path("receiver-state.sqlite"),
         help="SQLite file of received events (default: receiver-state.sqlite)",
     )
+    parser.add_argument(
+        "--forward-to-github",
+        default=None,
+        metavar="OWNER/REPO",
+        help="forward each event to GitHub's repository_dispatch (token in $GITHUB_TOKEN) "
+        "instead of retraining here: .github/workflows/retrain.yml takes it from there",
+    )
+    parser.add_argument(
+        "--github-api-url", default="https://api.github.com", help=argparse.SUPPRESS
+    )
     args = parser.parse_args(argv)
     if not (args.models_dir / MODEL).is_dir():
         parser.error(f"{args.models_dir / MODEL} does not exist (run `make models` first)")
@@ -652,8 +737,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
+        forward = None
+        if args.forward_to_github:
+            forward = GitHubDispatch(args.forward_to_github, os.environ.get("GITHUB_TOKEN", ""),
+                                     args.github_api_url)
         app = build_app(
-            models_dir=args.models_dir, monitor_url=args.monitor_url, state_path=args.state
+            models_dir=args.models_dir, monitor_url=args.monitor_url, state_path=args.state,
+            forward=forward,
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -247,7 +247,7 @@ class ModelServer:
                 payload = error_body("internal error while running the model; see server log")
             # The shadow gets a copy once the answer is sent: it never delays the client.
             background = None
-            if shadow is not None and status == 200:
+            if shadow is not None and status == 200 and inputs is not None and results is not None:
                 background = BackgroundTask(self._shadow, shadow, inputs, rows, results, protocol)
             return Response(payload, status_code=status, media_type=media_type, headers=headers,
                             background=background)

@@ -48,8 +48,8 @@ class AliasFollower:
                 logger.warning("alias board unreachable; retrying", exc_info=True)
                 try:
                     self.board = board()
-                except Exception:  # noqa: BLE001
-                    pass
+                except Exception:  # noqa: BLE001 - Ray still busy: the next round tries again
+                    logger.debug("alias board not available yet", exc_info=True)
                 continue
             # A quiet poll re-reads too (once per POLL_S): a notice that never came (the board
             # restarted, a bump lost) delays a change by at most that long.
@@ -73,5 +73,5 @@ class AliasFollower:
         self._stop.set()
         try:
             self.board.forget.remote(self.key, self.replica_id)
-        except Exception:  # noqa: BLE001 - Ray shutting down
-            pass
+        except Exception:  # noqa: BLE001 - Ray shutting down: the board drops dead replicas
+            logger.debug("could not tell the alias board this replica stops", exc_info=True)

@@ -256,7 +256,8 @@ def publish(
         for file_name, data in {MODEL_FILE: onnx_bytes, **(extra_files or {})}.items():
             _write_synced(staging / file_name, data)
         _write_synced(staging / MANIFEST_FILE, manifest.to_yaml().encode())
-        os.chmod(staging, 0o755)
+        # mkdtemp makes it 0700; a version is read by every replica and the monitor.
+        os.chmod(staging, 0o755)  # nosec B103 # a folder of public model files
         try:
             os.rename(staging, version_dir)  # atomic; fails if the version appeared meanwhile
         except OSError as exc:

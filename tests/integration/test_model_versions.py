@@ -385,3 +385,62 @@ def test_the_audit_log_is_beside_the_aliases(vm) -> None:
     path: Path = vm.models_dir / "audit.jsonl"
     assert path.exists()
     assert (vm.models_dir / MODEL / "aliases.json").exists()
+
+
+def _failing_graph() -> bytes:
+    """A version that fails at run time (reshapes 30 values into 7 rows): every request it
+    answers is a 500, the error ratio the shipped canary-errors rule watches."""
+    from onnx import TensorProto, helper
+
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [7, -1])
+    node = helper.make_node("Reshape", ["input", "shape"], ["label"])
+    graph = helper.make_graph(
+        [node], "failing", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 30])],
+        [helper.make_tensor_value_info("label", TensorProto.FLOAT, [7, None])], [shape])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                             ir_version=8).SerializeToString()
+
+
+@pytest.mark.slow
+def test_a_failing_canary_is_rolled_back_by_the_monitor(vm) -> None:
+    """The shipped canary-errors rule: a canary answering 500s is rolled back within a window
+    (60 s), audited as the monitor, announced as vigil.model.rolled_back; production serves on."""
+    import sqlite3
+
+    from vigil.tensors import TensorSpec
+
+    publish(vm.models_dir, MODEL, "6", _failing_graph(),
+            (TensorSpec("input", "FP32", (-1, 30)),), (TensorSpec("label", "FP32", (7, -1)),))
+    assert _admin(vm, "load")["converged"]
+    _admin(vm, "canary", version="6", weight=0.5, reason="test: a broken build")
+    statuses: Counter = Counter()
+    deadline = time.monotonic() + 120
+    while aliases.read_aliases(vm.models_dir, MODEL).canary is not None:
+        assert time.monotonic() < deadline, f"canary not rolled back; statuses {statuses}"
+        for _ in range(10):
+            r = httpx.post(f"{vm.base_url}/v2/models/{MODEL}/infer", json=BODY,
+                           headers=vm.auth, timeout=30)
+            statuses[(r.status_code, r.json().get("model_version"))] += 1
+        time.sleep(0.5)
+    assert statuses[(500, None)] > 0 and statuses[(200, "1")] > 0
+    last = next(e for e in reversed(list(audit_entries(vm.models_dir))) if e["model"] == MODEL)
+    assert (last["action"], last["from_version"], last["to_version"]) == (
+        "canary_cleared", "6", None)
+    assert last["actor"] == "vigil-monitor (rule canary-errors)", last
+    assert "error" in last["reason"]
+    # Every replica serves without the canary (the monitor told them): production answers all.
+    wait_for(lambda: set(asyncio.run(_versions_of(vm, 100))) == {"1"}, 30, "production only")
+    outbox = sqlite3.connect(vm.models_dir.parent / "vigil-outbox.sqlite")
+    try:
+        subjects = [s for (s,) in outbox.execute(
+            "SELECT subject FROM events WHERE type = 'vigil.model.rolled_back'")]
+    finally:
+        outbox.close()
+    assert any(MODEL in s for s in subjects), subjects
+    _admin(vm, "retire", version="6")
+
+
+def audit_entries(root: Path):
+    from vigil import audit
+
+    return audit.entries(root)

@@ -1,5 +1,6 @@
 """examples.retrain_receiver: signed CloudEvents in, deduplicated by id, and breast_cancer
-retrained on drift from the rows of a stand-in for the monitor's rows endpoint. No Ray."""
+retrained on drift from the rows of a stand-in for the monitor's rows endpoint, or forwarded to a
+stand-in for GitHub's repository_dispatch API. No Ray."""
 
 from __future__ import annotations
 
@@ -29,13 +30,14 @@ import uvicorn
 from standardwebhooks.webhooks import Webhook
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from examples.retrain_receiver import (
     CLOUDEVENTS_JSON,
     DRIFT_EVENT,
     EventStore,
+    GitHubDispatch,
     RetrainError,
     build_app,
     main,
@@ -101,6 +103,7 @@ def open_receiver(models: Path, tmp_path: Path) -> Iterator[Callable[..., httpx.
             monitor_url: str = "http://127.0.0.1:9/monitor",
             secrets: str = SECRET,
             state: Path | None = None,
+            forward: GitHubDispatch | None = None,
         ) -> httpx.Client:
             app = build_app(
                 models_dir=models,
@@ -108,6 +111,7 @@ def open_receiver(models: Path, tmp_path: Path) -> Iterator[Callable[..., httpx.
                 state_path=state or tmp_path / "state.sqlite",
                 secrets=secrets,
                 token=TOKEN,
+                forward=forward,
             )
             served = Served(app)
             stack.callback(served.close)
@@ -538,3 +542,146 @@ def test_jobs_cut_short_by_a_restart_are_marked_interrupted(tmp_path):
     store.close()
     [listed] = EventStore(path).list()
     assert listed["retrained"] == {"status": "interrupted", "parent_version": "1"}
+
+
+# --- forwarding to GitHub ------------------------------------------------------------------------
+
+GITHUB_TOKEN = "ghp-receiver-test"
+
+
+class StandInGitHub:
+    """A stand-in for GitHub's REST API, which cannot be reached from here: POST
+    /repos/{owner}/{repo}/dispatches (repository_dispatch) recorded and answered `status`
+    (204, as GitHub accepts one), served by uvicorn on 127.0.0.1 from a thread."""
+
+    def __init__(self, status: int = 204) -> None:
+        self.status = status
+        self.dispatches: list[dict[str, Any]] = []
+        self.served = Served(
+            Starlette(routes=[
+                Route("/repos/{owner}/{repo}/dispatches", self.dispatch, methods=["POST"])
+            ])
+        )
+        self.url = self.served.url
+
+    async def dispatch(self, request: Request) -> Response:
+        self.dispatches.append({
+            "repo": f"{request.path_params['owner']}/{request.path_params['repo']}",
+            "headers": dict(request.headers),
+            "body": json.loads(await request.body()),
+        })
+        if self.status == 204:
+            return Response(status_code=204)
+        return JSONResponse({"message": "Server Error"}, status_code=self.status)
+
+    def close(self) -> None:
+        self.served.close()
+
+
+@pytest.fixture
+def github() -> Iterator[StandInGitHub]:
+    stand_in = StandInGitHub()
+    yield stand_in
+    stand_in.close()
+
+
+def _forward(github: StandInGitHub) -> GitHubDispatch:
+    return GitHubDispatch("octo/vigil", GITHUB_TOKEN, api_url=github.url)
+
+
+def test_forwarding_sends_a_drift_event_to_githubs_repository_dispatch(
+    open_receiver, models, monitor, github
+):
+    client = open_receiver(monitor_url=monitor.url, forward=_forward(github))
+    event = cloud_event(DRIFT_EVENT, "breast_cancer/1")
+    answer = client.post("/events", **signed(event))
+    assert answer.status_code == 200
+    assert answer.json() == {"accepted": True, "id": event["id"], "forwarded": True}
+
+    [dispatch] = github.dispatches
+    assert dispatch["repo"] == "octo/vigil"
+    assert dispatch["headers"]["authorization"] == f"Bearer {GITHUB_TOKEN}"
+    assert dispatch["headers"]["accept"] == "application/vnd.github+json"
+    assert dispatch["headers"]["content-type"] == "application/json"
+    body = dispatch["body"]
+    assert set(body) == {"event_type", "client_payload"}
+    assert body["event_type"] == DRIFT_EVENT
+    payload = body["client_payload"]
+    assert len(payload) <= 10  # GitHub refuses a client_payload of more top-level keys
+    assert (payload["id"], payload["model"], payload["version"]) == (
+        event["id"], "breast_cancer", "1")
+    assert (payload["type"], payload["subject"]) == (DRIFT_EVENT, "breast_cancer/1")
+
+    # Nothing is retrained here: no job, no call to the monitor, no new version.
+    assert client.get("/healthz").json()["retraining_jobs"] == 0
+    [listed] = client.get("/events").json()
+    assert listed["retrained"] == {"status": "forwarded"}
+
+    # The monitor delivers at least once: the same id again is a duplicate, not a dispatch.
+    again = client.post("/events", **signed(event))
+    assert again.status_code == 200
+    assert again.json() == {"duplicate": True, "id": event["id"], "deliveries": 2}
+    assert len(github.dispatches) == 1
+
+    # Any other verified event is forwarded with its own type (retrain.yml ignores it).
+    other = cloud_event()
+    assert client.post("/events", **signed(other)).json()["forwarded"] is True
+    assert [d["body"]["event_type"] for d in github.dispatches] == [DRIFT_EVENT, other["type"]]
+
+    time.sleep(0.3)
+    assert monitor.calls == []
+    assert _versions(models) == ["1"]
+
+
+def test_an_event_github_refuses_is_a_502_and_forwarded_on_redelivery(
+    open_receiver, models, github
+):
+    github.status = 500
+    client = open_receiver(forward=_forward(github))
+    event = cloud_event(DRIFT_EVENT, "breast_cancer/1")
+    answer = client.post("/events", **signed(event))
+    assert answer.status_code == 502
+    assert "500" in answer.json()["error"]
+    assert client.get("/events").json() == []  # not recorded: a redelivery is not a duplicate
+
+    github.status = 204
+    again = client.post("/events", **signed(event))  # the outbox's retry: same id
+    assert again.status_code == 200
+    assert again.json() == {"accepted": True, "id": event["id"], "forwarded": True}
+    assert [d["body"]["client_payload"]["id"] for d in github.dispatches] == [event["id"]] * 2
+    [listed] = client.get("/events").json()
+    assert listed["deliveries"] == 1 and listed["retrained"] == {"status": "forwarded"}
+    assert _versions(models) == ["1"]
+
+
+def test_github_out_of_reach_is_a_502(open_receiver):
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    forward = GitHubDispatch("octo/vigil", GITHUB_TOKEN, api_url=f"http://127.0.0.1:{port}")
+    client = open_receiver(forward=forward)
+    answer = client.post("/events", **signed(cloud_event(DRIFT_EVENT, "breast_cancer/1")))
+    assert answer.status_code == 502
+    assert client.get("/events").json() == []
+
+
+@pytest.mark.parametrize("repo", ["vigil", "octo/vigil/extra", "/vigil", "octo/", "octo/vi gil",
+                                  "octo/vigil;rm", ""])
+def test_github_dispatch_refuses_a_repo_not_owner_slash_repo(repo):
+    with pytest.raises(ValueError, match="OWNER/REPO"):
+        GitHubDispatch(repo, GITHUB_TOKEN)
+
+
+def test_github_dispatch_refuses_an_empty_token():
+    with pytest.raises(ValueError, match="GITHUB_TOKEN"):
+        GitHubDispatch("octo/vigil", "")
+
+
+def test_main_refuses_to_forward_without_a_github_token(models, monkeypatch, capsys):
+    monkeypatch.setenv("VIGIL_WEBHOOK_SECRET", SECRET)
+    monkeypatch.delenv("GITHUB_TOKEN", raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--models-dir", str(models), "--state", str(models / "s.sqlite"),
+              "--forward-to-github", "octo/vigil"])
+    assert exit_.value.code == 2
+    assert "GITHUB_TOKEN" in capsys.readouterr().err

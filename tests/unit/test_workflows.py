@@ -206,3 +206,88 @@ def test_lock_is_complete_and_satisfies_pyproject(lock: str, extras: tuple[str, 
     assert "--generate-hashes" in header
     for extra in extras:
         assert f"--extra={extra}" in header
+
+
+# ---------------------------------------------------------------- the model gate and retraining
+
+MODEL_GATE = ROOT / ".github" / "workflows" / "model-gate.yml"
+RETRAIN = ROOT / ".github" / "workflows" / "retrain.yml"
+
+
+@pytest.fixture(scope="module")
+def model_gate() -> dict[str, Any]:
+    return yaml.safe_load(MODEL_GATE.read_text())
+
+
+@pytest.fixture(scope="module")
+def retrain() -> dict[str, Any]:
+    return yaml.safe_load(RETRAIN.read_text())
+
+
+def steps_running(job: dict[str, Any], text: str) -> list[int]:
+    """The indexes of the job's steps whose run script contains `text`."""
+    return [i for i, step in enumerate(job["steps"]) if text in step.get("run", "")]
+
+
+@pytest.mark.parametrize("path", [MODEL_GATE, RETRAIN], ids=lambda p: p.name)
+def test_gate_and_retrain_workflows_are_read_only(path: Path) -> None:
+    workflow = yaml.safe_load(path.read_text())
+    assert path in WORKFLOWS
+    assert workflow["permissions"] == {"contents": "read"}
+    for name, job in workflow["jobs"].items():
+        assert job.get("permissions", {"contents": "read"}) == {"contents": "read"}, name
+
+
+@pytest.mark.parametrize("path", [MODEL_GATE, RETRAIN], ids=lambda p: p.name)
+def test_no_run_script_splices_event_fields(path: Path) -> None:
+    """Script injection: what the event carries reaches a shell only through env."""
+    workflow = yaml.safe_load(path.read_text())
+    for job in workflow["jobs"].values():
+        for script in run_lines(job):
+            assert not re.search(r"\$\{\{\s*github\.event", script), script
+
+
+def test_model_gate_runs_on_pull_requests_that_touch_models(model_gate: dict[str, Any]) -> None:
+    on = triggers(model_gate)
+    assert set(on) == {"pull_request"}
+    paths = on["pull_request"]["paths"]
+    assert paths and all(p.startswith("models/") for p in paths)
+    assert model_gate["env"]["MODEL_REPOSITORY"] == "models"
+
+
+def test_model_gate_passes_the_base_sha_to_the_script_through_env(
+    model_gate: dict[str, Any],
+) -> None:
+    (job,) = model_gate["jobs"].values()
+    (index,) = steps_running(job, ".ci/model-gate")
+    step = job["steps"][index]
+    names = [k for k, v in step.get("env", {}).items()
+             if re.fullmatch(r"\$\{\{\s*github\.event\.pull_request\.base\.sha\s*\}\}", v)]
+    assert len(names) == 1, step.get("env")
+    script = step["run"]
+    assert "${{" not in script
+    assert re.search(rf'\.ci/model-gate\s+"\${names[0]}"', script), script
+    # The diff against the base needs the base's history in the clone.
+    assert uses(job, "actions/checkout").get("with", {}).get("fetch-depth") == 0
+
+
+def test_retrain_runs_on_the_drift_dispatches_only(retrain: dict[str, Any]) -> None:
+    on = triggers(retrain)
+    assert set(on) == {"repository_dispatch"}
+    assert sorted(on["repository_dispatch"]["types"]) == [
+        "vigil.drift.detected", "vigil.prediction_drift.detected"]
+
+
+def test_retrain_retrains_then_gates_then_starts_a_canary(retrain: dict[str, Any]) -> None:
+    (job,) = retrain["jobs"].values()
+    (trained,) = steps_running(job, "-m examples.retrain")
+    (gated,) = steps_running(job, "vigil models validate")
+    (canary,) = steps_running(job, "vigil models canary")
+    assert trained < gated < canary
+    # A failed gate stops the job before the canary: no always() or failure() override.
+    for index in (gated, canary):
+        condition = str(job["steps"][index].get("if", ""))
+        assert "always()" not in condition and "failure()" not in condition, condition
+    # The event's fields arrive in the retraining step's environment.
+    env = job["steps"][trained]["env"]
+    assert any("github.event.client_payload.version" in str(v) for v in env.values()), env

@@ -1,0 +1,44 @@
+"""Retrain breast_cancer from a drifted version, once, from the command line: what
+.github/workflows/retrain.yml runs for a `vigil.drift.detected` dispatch (then the model gate and
+a canary), and the same job the example receiver runs on its own.
+
+    VIGIL_TOKEN=... python -m examples.retrain --models-dir models \\
+        --monitor-url http://127.0.0.1:8000/monitor --version 1 [--event-id ID]
+
+Prints the outcome as JSON on stdout ({"version": "2", ...}); exit 1 when nothing was published
+(the monitor has no rows, the version is unknown), with the reason on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from examples.retrain_receiver import TOKEN_ENV, RetrainError, Retrainer
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m examples.retrain", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models-dir", type=Path, default=Path("models"))
+    parser.add_argument("--monitor-url", default="http://127.0.0.1:8000/monitor")
+    parser.add_argument("--version", required=True, help="the drifted version to start from")
+    parser.add_argument("--event-id", default="manual",
+                        help="the CloudEvent id that asked for it (recorded in the metadata)")
+    args = parser.parse_args(argv)
+    retrainer = Retrainer(args.models_dir, args.monitor_url, os.environ.get(TOKEN_ENV) or None)
+    try:
+        outcome = retrainer.retrain(args.event_id, args.version)
+    except RetrainError as exc:
+        print(f"retrain: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(outcome))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
