@@ -38,7 +38,7 @@ from serving.model_set import ModelSet, ServedModel
 from serving.runtime import OnnxModel
 from serving.sampling import SampleBuffer
 from serving.settings import BatchSettings, ServerSettings
-from vigil.repository import RepositoryError
+from vigil.repository import RepositoryError, read_manifest
 from vigil.tokens import TokenVerifier, tokens_file
 from vigil.web import (
     JSON,
@@ -159,7 +159,11 @@ class ModelServer:
             return error_response(exc.status_code, str(exc))
         meta = served.model.metadata()
         meta["versions"] = [version] if version else router.versions(name)
-        manifest = served.model.manifest
+        # Lineage grows after load (the model gate's verdict): read model.yaml as it is now.
+        try:
+            manifest = await asyncio.to_thread(read_manifest, served.version.path)
+        except RepositoryError:
+            manifest = served.model.manifest
         routes = router.routes(name)
         meta["parameters"] = {
             "sha256": manifest.sha256,

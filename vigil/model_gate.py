@@ -168,6 +168,8 @@ def _evaluation(candidate: ModelVersion, production: ModelVersion | None,
         doc = version.manifest.metadata.get("evaluation")
         if isinstance(doc, dict) and (doc.get("data") or holdout):
             data = Path(holdout) if holdout else version.path / str(doc["data"])
+            if version is candidate and production is not None and not data.exists():
+                continue  # inherited from production, whose folder holds the file
             task = doc.get("task", "classification")
             if task not in ("classification", "regression"):
                 raise GateError(f"evaluation.task must be classification or regression, not {task!r}")

@@ -113,7 +113,7 @@ def _publish(args: argparse.Namespace) -> int:
             training_data=None if args.training_data is None else Path(args.training_data),
             code_commit=args.code_commit or current_commit(Path.cwd()),
             params=params, metrics=metrics, max_model_bytes=args.max_model_bytes,
-            progress=args.progress,
+            progress=args.progress, inherit_metadata=args.inherit_metadata,
         )
     except PublishError as exc:
         return _refuse(str(exc))
@@ -498,6 +498,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     publish.add_argument("--actor", default=None,
                          help="who publishes, for the lineage and the audit log "
                          "(default: local:<os user>)")
+    publish.add_argument("--inherit-metadata", action=argparse.BooleanOptionalAction,
+                         default=True, help="take production's feature names, classes, task and "
+                         "held-out set (metadata.evaluation) for a new version of a served model "
+                         "(default: on; --meta overrides a key)")
     publish.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                          help="show a progress bar while profiling (default: on a terminal, "
                          "for large data)")

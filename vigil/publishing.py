@@ -68,12 +68,15 @@ def publish_file(
     metrics: dict[str, Any] | None = None,
     max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES,
     progress: bool | None = None,
+    inherit_metadata: bool = True,
 ) -> Published:
     """Publish the ONNX file `source` as `name`/`version` (default: the next whole number) in the
     repository `root`. Everything is checked before anything is written; PublishError says what
     was refused. `max_batch_rows` (1 or more) declares that rows of several requests may share a
     run; None: never. With `reference`, the version's reference profile is inside it from the
-    moment it becomes visible."""
+    moment it becomes visible. A new version of a served model takes production's descriptive
+    metadata (INHERITED_METADATA: feature names, classes, the gate's held-out set) unless
+    `inherit_metadata` is off; `metadata` overrides it key by key."""
     root, source = Path(root), Path(source)
     for label, value in (("model name", name), ("version", version)):
         if value is not None and not repository.valid_name(value):
@@ -113,6 +116,11 @@ def publish_file(
         lineage["params"] = params
     if metrics is not None:
         lineage["metrics"] = metrics
+    if inherit_metadata:
+        inherited, parent = _production_metadata(root, name)
+        if parent is not None:
+            metadata = {**inherited, **(metadata or {})}
+            lineage["metadata_from"] = f"{name}/{parent}"
     try:  # the manifest checks max_batch_rows against the signature before anything is written
         manifest = VersionManifest(
             name=name, version=version, sha256=sha, inputs=inputs, outputs=outputs,
@@ -141,6 +149,24 @@ def publish_file(
         details={"sha256": sha, "source_file": source.name},
     )
     return Published(written, entry, profile_rows)
+
+
+INHERITED_METADATA = ("task", "feature_names", "classes", "evaluation")
+
+
+def _production_metadata(root: Path, name: str) -> tuple[dict[str, Any], str | None]:
+    """The descriptive metadata of the model's production version, and which version that is."""
+    from vigil.aliases import read_aliases
+
+    try:
+        versions = {v.manifest.version: v for v in repository.scan(root, [name])[name]}
+    except RepositoryError:
+        return {}, None  # a new model
+    parent = read_aliases(root, name).production_of(list(versions))
+    if parent is None:
+        return {}, None
+    meta = versions[parent].manifest.metadata
+    return {k: meta[k] for k in INHERITED_METADATA if k in meta}, parent
 
 
 def next_version(root: Path, name: str) -> str:

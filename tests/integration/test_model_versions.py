@@ -263,6 +263,7 @@ def test_history_names_the_token_and_metadata_carries_lineage(vm) -> None:
                 last["reason"]) == ("tests", "promote", "1", "2", "lineage check")
         meta = vm.get(f"/v2/models/{MODEL}/versions/2").json()
         assert meta["parameters"]["lineage"]["params"] == {"v": "2"}
+        assert meta["parameters"]["lineage"]["validation"]["passed"] is True
         assert meta["parameters"]["aliases"] == ["production"]
         assert len(meta["parameters"]["sha256"]) == 64
         assert vm.get(f"/v2/models/{MODEL}").json()["parameters"]["aliases"] == ["production"]

@@ -167,3 +167,16 @@ def test_unknown_version_and_missing_holdout(repo: Path, tmp_path: Path) -> None
     with pytest.raises(model_gate.GateError, match="does not exist"):
         model_gate.validate(repo, "breast_cancer", "1", actor="ci", holdout=tmp_path / "no.csv")
     assert [v.manifest.version for v in scan(repo)["breast_cancer"]] == ["1"]
+
+
+def test_a_version_inheriting_production_metadata_is_judged_on_productions_holdout(
+        repo: Path) -> None:
+    """Published with production's metadata.evaluation but without its own held-out file: the
+    gate reads production's file (the one both are compared on)."""
+    one = repo / "breast_cancer" / "1"
+    publish(repo, "breast_cancer", "2", _trained(columns=None), BREAST_CANCER_INPUTS,
+            BREAST_CANCER_OUTPUTS, metadata=read_manifest(one).metadata,
+            extra_files={f: (one / f).read_bytes() for f in ("profile.json", "profile.npz")})
+    assert not (repo / "breast_cancer" / "2" / HOLDOUT_FILE).exists()
+    verdict = model_gate.validate(repo, "breast_cancer", "2", actor="ci")
+    assert verdict["passed"], verdict["checks"]

@@ -446,3 +446,25 @@ def test_publishing_imports_onnxruntime_only_when_it_publishes() -> None:
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+def test_a_new_version_takes_productions_descriptive_metadata(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_server: str
+) -> None:
+    source = _save(double_graph(), tmp_path / "double.onnx")
+    repo = tmp_path / "repo"
+    evaluation = '{"data": "holdout.parquet", "target": "y"}'
+    assert _publish(capsys, repo, no_server, str(source), "--name", "m", "--meta",
+                    'feature_names=["a", "b"]', "--meta", f"evaluation={evaluation}",
+                    "--meta", "training_rows=10")[0] == 0
+    assert _publish(capsys, repo, no_server, str(source), "--name", "m", "--meta",
+                    "task=regression")[0] == 0
+    two = yaml.safe_load((repo / "m" / "2" / "model.yaml").read_text())
+    # Descriptive keys come along, facts about version 1's training do not; --meta wins.
+    assert two["metadata"] == {"feature_names": ["a", "b"], "evaluation": json.loads(evaluation),
+                               "task": "regression"}
+    assert two["lineage"]["metadata_from"] == "m/1"
+    assert _publish(capsys, repo, no_server, str(source), "--name", "m",
+                    "--no-inherit-metadata")[0] == 0
+    three = yaml.safe_load((repo / "m" / "3" / "model.yaml").read_text())
+    assert three["metadata"] == {} and "metadata_from" not in three["lineage"]
