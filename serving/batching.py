@@ -15,6 +15,8 @@ import numpy as np
 from serving.settings import BatchSettings
 
 Tensors = dict[str, np.ndarray]
+RUN_TIME_WEIGHT = 0.2  # of the newest run in the moving average of run times
+INLINE_MAX_ROWS = 64  # a larger request may run far longer than the average: never inline
 
 
 class BatchObserver(Protocol):
@@ -70,6 +72,8 @@ class RowBatcher:
         self._arrival = asyncio.Event()
         self._worker: asyncio.Task | None = None
         self._last_batch_requests = 0
+        self._mean_run_s: float | None = None  # unknown until a run on the thread was timed
+        self._alone_running = 0
 
     def reconfigure(self, settings: BatchSettings) -> None:
         """Takes effect from the next batch; queued requests are kept."""
@@ -88,6 +92,8 @@ class RowBatcher:
 
     async def submit(self, inputs: Tensors, rows: int) -> Tensors:
         """Run one request's inputs (already validated); returns its own outputs."""
+        if rows <= INLINE_MAX_ROWS and self._can_run_inline():
+            return self._run_inline(inputs, rows)
         if rows >= self.max_rows:
             return await self._run_alone(inputs, rows)
         loop = asyncio.get_running_loop()
@@ -101,10 +107,44 @@ class RowBatcher:
             self._worker = loop.create_task(self._work())
         return await pending.future
 
+    def _can_run_inline(self) -> bool:
+        """Nothing queued or running, and the model is fast: a thread hop would cost more than
+        the run, and no other request can be waiting on this event loop for it."""
+        limit = self.settings.inline_below_s
+        return (
+            limit > 0
+            and self._mean_run_s is not None
+            and self._mean_run_s < limit
+            and not self._queue
+            and self._alone_running == 0
+            and (self._worker is None or self._worker.done())
+        )
+
+    def _run_inline(self, inputs: Tensors, rows: int) -> Tensors:
+        started = time.perf_counter()
+        try:
+            return self._run(inputs)
+        finally:
+            elapsed = time.perf_counter() - started
+            self._note_run(elapsed)
+            if self._observer:
+                self._observer.request_queued(0.0)
+                self._observer.batch_ran(rows, 1, elapsed)
+
+    def _note_run(self, seconds: float) -> None:
+        """The moving average of run times that decides whether runs may go inline."""
+        mean = self._mean_run_s
+        self._mean_run_s = seconds if mean is None else mean + RUN_TIME_WEIGHT * (seconds - mean)
+
     async def _run_alone(self, inputs: Tensors, rows: int) -> Tensors:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        outputs = await loop.run_in_executor(self._executor, self._run, inputs)
+        self._alone_running += 1
+        try:
+            outputs = await loop.run_in_executor(self._executor, self._run, inputs)
+        finally:
+            self._alone_running -= 1
+        self._note_run(time.perf_counter() - started)
         if self._observer:
             self._observer.request_queued(0.0)
             self._observer.batch_ran(rows, 1, time.perf_counter() - started)
@@ -175,6 +215,7 @@ class RowBatcher:
         rows = sum(p.rows for p in batch)
         try:
             results = await loop.run_in_executor(self._executor, self._run_stacked, batch)
+            self._note_run(time.perf_counter() - now)
         except Exception as exc:  # noqa: BLE001 - any model failure is retried per request
             if len(batch) == 1:
                 _settle(batch[0].future, exception=exc)

@@ -67,6 +67,15 @@ class BatchSettings(BaseModel):
     enabled: bool = Field(
         default=True, description="Stack concurrent requests; off runs each request alone."
     )
+    inline_below_s: float = Field(
+        default=0.0005,
+        ge=0.0,
+        le=0.01,
+        description="A request that finds no batch queued or running runs on the replica's "
+        "event loop itself (no hop to the batch thread and back) while the version's recent runs "
+        "took less than this (a moving average): for a fast model the hop costs more than the "
+        "run. 0: every run on the batch thread.",
+    )
 
 
 class SamplingSettings(BaseModel):

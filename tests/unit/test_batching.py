@@ -464,3 +464,96 @@ def test_a_cancelled_request_is_skipped(mlp: OnnxModel) -> None:
     assert batcher.queued_rows == 0
     for i in (0, 2, 3):
         _assert_exact(results[i], mlp.run({"input": requests[i]}))
+
+
+# ---------------------------------------------------------------- inline runs
+
+
+def _thread_recording(run: Callable[[Tensors], Tensors], delay_s: float = 0.0):
+    import threading
+
+    threads: list[str] = []
+
+    def wrapped(inputs: Tensors) -> Tensors:
+        threads.append(threading.current_thread().name)
+        if delay_s:
+            time.sleep(delay_s)
+        return run(inputs)
+
+    return wrapped, threads
+
+
+def test_a_fast_model_runs_lone_requests_inline_after_its_first_timed_run(cancer: OnnxModel) -> None:
+    run, threads = _thread_recording(cancer.run)
+    batcher, recorder = _batcher(run, declared=1024)
+    x = _rows(30, [1])[0]
+
+    async def go() -> list[Tensors]:
+        return [await batcher.submit({"input": x}, 1) for _ in range(10)]
+
+    answers = _go(go)
+    assert threads[0].startswith("vigil-batch")  # the first run is timed on the batch thread
+    # Once the moving average is under inline_below_s (the first run, with onnxruntime's
+    # warm-up, may keep it above for a run or two): no hop, the event loop's own thread.
+    assert threads[-5:] == ["MainThread"] * 5
+    for got in answers:
+        _assert_exact(got, cancer.run({"input": x}))
+    assert recorder.batches == [(1, 1)] * 10 and len(recorder.waits) == 10
+    batcher.close()
+
+
+def test_a_slow_model_never_runs_inline(cancer: OnnxModel) -> None:
+    run, threads = _thread_recording(cancer.run, delay_s=0.002)  # 2 ms > inline_below_s
+    batcher, _ = _batcher(run, declared=1024)
+    x = _rows(30, [1])[0]
+
+    async def go() -> None:
+        for _ in range(4):
+            await batcher.submit({"input": x}, 1)
+
+    _go(go)
+    assert all(t.startswith("vigil-batch") for t in threads)
+    batcher.close()
+
+
+@pytest.mark.parametrize("settings", [{"inline_below_s": 0.0}, {}])
+def test_inline_is_off_when_disabled_or_for_large_requests(cancer: OnnxModel, settings) -> None:
+    run, threads = _thread_recording(cancer.run)
+    batcher, _ = _batcher(run, declared=1024, **settings)
+    rows = 1 if settings else 65  # disabled; or more than INLINE_MAX_ROWS rows
+
+    async def go() -> None:
+        for x in _rows(30, [rows] * 4):
+            await batcher.submit({"input": x}, rows)
+
+    _go(go)
+    assert all(t.startswith("vigil-batch") for t in threads)
+    batcher.close()
+
+
+def test_concurrent_requests_still_batch_when_the_model_is_fast(cancer: OnnxModel) -> None:
+    """Inline only when nothing is queued or running: a burst still shares runs."""
+    run, threads = _thread_recording(cancer.run)
+    batcher, recorder = _batcher(run, declared=1024)
+    xs = _rows(30, [1] * 33)
+
+    async def go() -> list[Tensors]:
+        await batcher.submit({"input": xs[0]}, 1)  # timed: the model is known to be fast
+        holder = asyncio.get_running_loop().create_future()
+
+        async def one(x: np.ndarray) -> Tensors:
+            await holder  # all start together
+            return await batcher.submit({"input": x}, 1)
+
+        tasks = [asyncio.create_task(one(x)) for x in xs[1:]]
+        await asyncio.sleep(0)
+        holder.set_result(None)
+        return await asyncio.gather(*tasks)
+
+    answers = _go(go)
+    for x, got in zip(xs[1:], answers):
+        _assert_exact(got, cancer.run({"input": x}))
+    # The first of the burst runs inline; the rest queue behind nothing running... and share runs.
+    assert len(recorder.batches) < 1 + 32
+    assert sum(rows for rows, _ in recorder.batches) == 33
+    batcher.close()
