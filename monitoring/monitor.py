@@ -66,6 +66,7 @@ from vigil.web import (
     serve_http_host,
 )
 
+MAX_TICK_SLEEP_S = 60.0  # the longest the ticker sleeps, whatever the windows say
 logger = logging.getLogger("vigil.monitor")
 
 
@@ -113,6 +114,7 @@ class Monitor:
         self._references: dict[tuple[str, str], dict] = {}  # read and written on the report thread
         self._reports = ReportCache()
         self._ticker: asyncio.Task | None = None
+        self._tick_wake = asyncio.Event()
         self._start_ticker()
 
     def _start_ticker(self) -> None:
@@ -147,12 +149,27 @@ class Monitor:
         board().bump.remote(key).future().add_done_callback(done)
 
     async def _tick_forever(self) -> None:
+        """Close time windows when they are due. Without silence rules it sleeps until the
+        earliest window's deadline (an idle monitor wakes once per window, not every tick_s);
+        a reconfigure, which may shorten windows, wakes it."""
         while True:
-            await asyncio.sleep(self.args.tick_s)
+            try:
+                await asyncio.wait_for(self._tick_wake.wait(), self._tick_delay())
+            except TimeoutError:
+                pass
+            self._tick_wake.clear()
             try:
                 await self._on_worker(self.service.tick, time.time())
             except Exception:
                 logger.exception("closing time windows failed")
+
+    def _tick_delay(self) -> float:
+        if self.service.needs_ticks():
+            return self.args.tick_s
+        deadline = self.service.next_deadline()
+        if deadline is None:
+            return MAX_TICK_SLEEP_S
+        return min(max(deadline - time.time(), self.args.tick_s), MAX_TICK_SLEEP_S)
 
     async def _on_worker(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
@@ -165,6 +182,7 @@ class Monitor:
         await self._on_worker(self.service.reconfigure, settings, time.time())
         self.settings = settings
         self.deliverer.configure(targets)
+        self._tick_wake.set()  # windows or rules may have changed: recompute the next tick
         self._start_ticker()
         logger.info("monitor settings now %s", settings.model_dump(exclude_defaults=True))
 

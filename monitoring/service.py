@@ -306,6 +306,21 @@ class MonitorService:
             self.alerts.tick(self.versions, now)
         return closed
 
+    def next_deadline(self) -> float | None:
+        """When the earliest open time window is due to close (None: no window closes by time).
+        With silence rules the engine must be asked continuously, so the caller ticks anyway."""
+        due = [
+            state.window.opened_at + seconds
+            for state in list(self.versions.values())
+            if (seconds := state.window.settings.window.seconds) is not None
+        ]
+        return min(due, default=None)
+
+    def needs_ticks(self) -> bool:
+        """Whether rules judge silence (no request for N seconds), which needs a steady tick."""
+        return self.alerts is not None and any(
+            r.when.family == "traffic" for r in self.alerts.rules)
+
     def reconfigure(self, settings: MonitorSettings, now: float) -> None:
         """Apply new window, drift and alert settings; refused (ValueError) if they misfit a
         profile. Windows closed by the change are judged by the rules they opened under."""

@@ -38,30 +38,35 @@ class MonitorLink:
             self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def _loop(self) -> None:
+        """Flush every flush_interval_s while requests arrive; once a flush finds nothing new,
+        the loop ends (an idle replica does no work) and the next request starts it again."""
         while True:
             await asyncio.sleep(self.settings.flush_interval_s)
             try:
-                self.flush()
+                if not self.flush():
+                    return
             except Exception:  # the flush loop must outlive any single failure
                 logger.exception("sample flush failed")
 
-    def flush(self) -> None:
+    def flush(self) -> bool:
+        """Send what the buffer holds; False when it held nothing."""
         batches = self.buffer.drain()
         for batch in batches:
             if batch.dropped_rows:
                 self._count_dropped(batch, batch.dropped_rows, "buffer_full")
         if not batches:
-            return
+            return False
         if self._in_flight is not None and not self._in_flight.done():
             for batch in batches:
                 self._count_dropped(batch, batch.rows, "monitor_busy")
-            return
+            return True
         handle = self._monitor_handle()
         if handle is None:
             for batch in batches:
                 self._count_dropped(batch, batch.rows, "monitor_unavailable")
-            return
+            return True
         self._in_flight = asyncio.get_running_loop().create_task(self._send(handle, batches))
+        return True
 
     async def _send(self, handle, batches: list[SampleMessage]) -> None:
         try:

@@ -328,3 +328,15 @@ def test_rate_limited_log_remembers_a_bounded_number_of_keys(caplog, monkeypatch
         log.warning(f"k{i}", f"line {i}")
     assert len(log._last) <= 3
     assert [r.getMessage() for r in caplog.records] == [f"line {i}" for i in range(10)]
+
+
+def test_next_deadline_is_the_earliest_time_window_to_close(example_root: Path) -> None:
+    """The ticker sleeps until then: an idle monitor wakes once per window, not every tick."""
+    timed = MonitorSettings(window={"rows": 100, "seconds": 60})
+    service = MonitorService(MonitorAppSettings(model_repository=example_root), timed, now=0.0)
+    assert service.next_deadline() == 60.0  # every window opened at now=0.0
+    closed = service.tick(61.0)
+    assert closed and service.next_deadline() == 121.0
+    assert service.needs_ticks() is False  # no alert engine here: no silence rules
+    rows_only = MonitorService(MonitorAppSettings(model_repository=example_root), SETTINGS, 0.0)
+    assert rows_only.next_deadline() is None  # no window closes by time
