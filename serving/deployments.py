@@ -96,6 +96,10 @@ class ModelServer:
         context = serve.get_replica_context()
         replica = context.replica_id.to_full_id_str() if context else f"local-{os.getpid()}"
         self.follower = AliasFollower(self.models, replica)
+        missing = set(self.settings.models or ()) - set(self.models.published)
+        if missing:
+            raise RepositoryError(
+                f"models not found in {self.settings.model_repository}: {sorted(missing)}")
         self.follower.start()
         self.admin = Admin(self.models, self.follower.board, self.settings.alias_apply_timeout_s)
         self.metrics = replica_metrics()

@@ -26,9 +26,11 @@ class AliasFollower:
         self.key = board_key(models.root)
         self.board: Any = board()
         self._stop = threading.Event()
-        # The board's generation is read before the repository: a change that lands in between
-        # is seen again on the first wait, never missed.
-        self.generation: int = ray.get(self.board.generation.remote(self.key), timeout=60)
+        # Registered (at the board's generation) before the repository is read: a change bumped
+        # after this waits for this replica too, and one bumped before was written before the
+        # read below, so it is never missed.
+        self.generation: int = ray.get(self.board.register.remote(self.key, replica_id),
+                                       timeout=60)
         models.refresh()
         self._thread = threading.Thread(target=self._follow, name="vigil-aliases", daemon=True)
 
@@ -56,7 +58,11 @@ class AliasFollower:
             try:
                 self.models.refresh()
             except Exception:  # noqa: BLE001 - a broken repository must not stop following
+                # Not acknowledged: whoever made the change hears this replica is behind.
                 logger.exception("refreshing models after alias change %d failed", latest)
+                if self._stop.wait(1.0):
+                    return
+                continue
             if latest != known:
                 known = latest
                 self.generation = latest

@@ -12,7 +12,7 @@ from pathlib import Path
 from serving.batching import RowBatcher
 from serving.metrics import replica_metrics
 from serving.router import ModelRouter, ModelRoutes
-from serving.runtime import OnnxModel
+from serving.runtime import GpuUnavailable, OnnxModel
 from serving.settings import BatchSettings, RuntimeSettings
 from vigil import repository
 from vigil.aliases import AliasState, read_aliases
@@ -77,8 +77,8 @@ class ModelSet:
         that are newly served and release those no longer served. Blocking (sessions are built
         here): call it on a worker thread once the replica runs."""
         with self._lock:
-            found = repository.scan(self.root, self.only) if self.root.is_dir() else {}
             current = self.router.models()
+            found, broken = self._scan()
             if models is None:
                 wanted = set(found) | set(current)
             else:  # the named models, and any model that vanished from disk
@@ -88,11 +88,18 @@ class ModelSet:
                 n: r for n, r in current.items() if n not in wanted
             }
             for name in sorted(wanted):
+                if name in broken:  # unreadable now: keep serving what was loaded
+                    if name in current:
+                        routes[name] = current[name]
+                    continue
                 if name not in found:  # gone from disk: release it
                     done.released += [f"{name}/{v}" for v in current[name].versions]
                     continue
                 routes[name] = self._refresh_model(name, found[name], current.get(name), done)
-            self.published = {n: [v.manifest.version for v in vs] for n, vs in found.items()}
+            self.published = {
+                **{n: v for n, v in self.published.items() if n in broken},
+                **{n: [v.manifest.version for v in vs] for n, vs in found.items()},
+            }
             old = self.router
             self.router = ModelRouter(routes)
         self._release(old, done.released)
@@ -100,6 +107,33 @@ class ModelSet:
             logger.info("models: loaded %s, released %s, failed %s",
                         done.loaded, done.released, sorted(done.failed))
         return done
+
+    def _scan(self) -> tuple[dict[str, list[ModelVersion]], set[str]]:
+        """The repository model by model: one malformed version makes only its model unreadable
+        (logged, and its loaded versions kept), never the whole repository."""
+        if not self.root.is_dir():
+            return {}, set()
+        names = sorted(p.name for p in self.root.iterdir()
+                       if p.is_dir() and repository.valid_name(p.name))
+        found: dict[str, list[ModelVersion]] = {}
+        broken: set[str] = set()
+        for name in names:
+            if self.only is not None and name not in self.only:
+                continue
+            try:
+                versions = repository.scan(self.root, [name]).get(name)
+            except RepositoryError as exc:
+                if "not found" in str(exc):  # a folder without any version yet
+                    continue
+                broken.add(name)
+                self.failed[(name, "*")] = str(exc)
+                logger.error("model %s cannot be read; its loaded versions keep serving: %s",
+                             name, exc)
+                continue
+            self.failed.pop((name, "*"), None)
+            if versions:
+                found[name] = versions
+        return found, broken
 
     def _refresh_model(self, name: str, versions: list[ModelVersion],
                        current: ModelRoutes[ServedModel] | None,
@@ -117,6 +151,8 @@ class ModelSet:
                 continue
             try:
                 loaded[label] = self._load(v)
+            except GpuUnavailable:
+                raise  # the replica's configuration, not this version: the replica must not start
             except (RepositoryError, RuntimeError, OSError, ValueError) as exc:
                 # The previous versions keep serving; the index says why this one does not.
                 self.failed[(name, label)] = str(exc)

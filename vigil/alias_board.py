@@ -55,6 +55,13 @@ class _Board:
             pass
         return self._generation.get(key, 0)
 
+    def register(self, key: str, replica: str) -> int:
+        """A replica starts following `key`: counted from now on, at the current generation
+        (which it is about to read). Returns that generation."""
+        generation = self._generation.get(key, 0)
+        self._acked.setdefault(key, {})[replica] = generation
+        return generation
+
     def ack(self, key: str, replica: str, generation: int) -> None:
         acked = self._acked.setdefault(key, {})
         acked[replica] = max(generation, acked.get(replica, 0))

@@ -104,8 +104,11 @@ def apply(
     if len(reason) > 2000:
         raise AliasError("reason is longer than 2000 characters", 400)
     published = published_versions(root, model)
-    current = aliases.read_aliases(Path(root), model).production_of(published)
-    if action == "promote" and version != current:
+    state = aliases.read_aliases(Path(root), model)
+    current = state.production_of(published)
+    # A retired or unknown version is refused by the change itself, with that reason.
+    if (action == "promote" and version != current and version in published
+            and version not in state.retired):
         _check_gate(root, model, str(version), force, reason)
         if force:
             details = {**(details or {}), "forced": True}

@@ -131,6 +131,7 @@ def test_promote_and_rollback_under_load_fail_nothing(vm) -> None:
         promoted_at = time.monotonic()
         assert promote["converged"] and promote["to_version"] == "2", promote
         time.sleep(10)
+        rollback_sent = time.monotonic()  # from here on, either version may answer
         back = _admin(vm, "rollback", reason="test: back")
         rolled_back_at = time.monotonic()
         assert back["converged"] and back["to_version"] == "1", back
@@ -139,10 +140,10 @@ def test_promote_and_rollback_under_load_fail_nothing(vm) -> None:
     failed = [a for a in answers if a[1] != 200]
     assert not failed, failed[:5]
     assert len(answers) > 1000
-    after_promote = [v for t, _, v in answers if promoted_at < t < rolled_back_at - 0.5]
+    after_promote = [v for t, _, v in answers if promoted_at < t < rollback_sent]
     after_rollback = [v for t, _, v in answers if t > rolled_back_at]
-    assert after_promote and set(after_promote) == {"2"}
-    assert after_rollback and set(after_rollback) == {"1"}
+    assert after_promote and Counter(after_promote) == {"2": len(after_promote)}
+    assert after_rollback and Counter(after_rollback) == {"1": len(after_rollback)}
     assert promote["applied_s"] < 1.0 and back["applied_s"] < 1.0
 
 
