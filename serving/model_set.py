@@ -3,6 +3,7 @@ in whole when they change, released when retired or unloaded."""
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import threading
 from collections.abc import Callable
@@ -43,6 +44,21 @@ class ServedModel:
     def close(self) -> None:
         """Stop the batcher's thread; the session goes with the last reference to this object."""
         self.batcher.close()
+
+    def release(self) -> None:
+        """Close, free the onnxruntime session now, and hand the freed heap back to the OS:
+        glibc keeps freed arenas otherwise, and a replica that cycled through many versions
+        would look as large as one that holds them all."""
+        self.close()
+        self.model.session = None  # type: ignore[assignment]
+        _trim_heap()
+
+
+def _trim_heap() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
 
 
 @dataclass
@@ -188,7 +204,7 @@ class ModelSet:
         gone = set(labels)
         for name, version, served in old:
             if f"{name}/{version}" in gone:
-                timer = threading.Timer(RELEASE_GRACE_S, served.close)
+                timer = threading.Timer(RELEASE_GRACE_S, served.release)
                 timer.daemon = True
                 timer.start()
 
