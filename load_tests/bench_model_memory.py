@@ -37,7 +37,6 @@ the numbers; 2 when the server could not start; 130 on Ctrl-C.
 from __future__ import annotations
 
 import argparse
-import signal
 import statistics
 import sys
 import time
@@ -46,9 +45,10 @@ from typing import Any
 
 import orjson
 
-from load_tests import procs, report
+from load_tests import procs
 from load_tests.targets import REPO_ROOT, RayPorts, StartError
 from load_tests.versions_server import (
+    begin_run,
     MONITOR_TITLE,
     VersionsServer,
     first_version,
@@ -306,10 +306,6 @@ def render(samples: list[dict[str, Any]], summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _on_signal(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m load_tests.bench_model_memory",
@@ -356,12 +352,7 @@ def main(argv: list[str] | None = None) -> int:
             "settle-s 6-60, budget-s 30-1800"
         )
 
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGHUP, _on_signal)
-    subreaper = procs.become_subreaper()
-    started = time.monotonic()
-    info = report.machine_info(None, REPO_ROOT)
-    info["cpu_busy_at_start"] = round(procs.cpu_busy_fraction(1.0), 3)
+    subreaper, started, info = begin_run()
     server = VersionsServer("memory", PORTS, keep_logs=args.keep_logs)
     exit_code, samples = 0, []
     notes: list[str] = []  # facts of the run worth reading

@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import multiprocessing
 import os
-import signal
 import statistics
 import sys
 import time
@@ -41,10 +40,11 @@ from typing import Any
 import numpy as np
 import orjson
 
-from load_tests import procs, report
+from load_tests import procs
 from load_tests.bench_stall import CpuMeter
 from load_tests.targets import HOST, REPO_ROOT, RayPorts, StartError
 from load_tests.versions_server import (
+    begin_run,
     VersionsServer,
     first_version,
     infer_body,
@@ -536,10 +536,6 @@ def match_server_niceness(server: VersionsServer) -> int | None:
     return nice
 
 
-def _on_signal(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m load_tests.bench_rollback",
@@ -568,12 +564,7 @@ def main(argv: list[str] | None = None) -> int:
             "bounds: concurrency 1-256, duration 5-300 s, rounds >= 1, interval 0.5 s to duration/3"
         )
 
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGHUP, _on_signal)
-    subreaper = procs.become_subreaper()
-    started = time.monotonic()
-    info = report.machine_info(None, REPO_ROOT)
-    info["cpu_busy_at_start"] = round(procs.cpu_busy_fraction(1.0), 3)
+    subreaper, started, info = begin_run()
     server = VersionsServer("rollback", PORTS, keep_logs=args.keep_logs)
     pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
     exit_code, windows, facts = 0, [], {}

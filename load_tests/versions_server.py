@@ -253,3 +253,25 @@ class VersionsServer:
         procs.reap()
         shutil.rmtree(self.work, ignore_errors=True)
         return notes
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def begin_run() -> tuple[bool, float, dict[str, Any]]:
+    """What both version benchmarks do first: SIGTERM/SIGHUP end the run like Ctrl-C (so the
+    cluster is stopped), become the subreaper of what Ray leaves, and note the machine.
+    Returns (subreaper, monotonic start, machine info)."""
+    import signal
+
+    from load_tests import report
+    from load_tests.targets import REPO_ROOT
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGHUP, _on_signal)
+    subreaper = procs.become_subreaper()
+    started = time.monotonic()
+    info = report.machine_info(None, REPO_ROOT)
+    info["cpu_busy_at_start"] = round(procs.cpu_busy_fraction(1.0), 3)
+    return subreaper, started, info

@@ -303,16 +303,6 @@ def _webhooks_secret(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
-    return value
-
-
 def _webhooks_parser(commands: argparse._SubParsersAction) -> None:
     sends = ("The running monitor sends pending deliveries within about a second; this command "
              "sends nothing itself (it holds no webhook secret).")
@@ -325,7 +315,7 @@ def _webhooks_parser(commands: argparse._SubParsersAction) -> None:
     listing = webhooks_cmd.add_parser("list", help="deliveries, newest event first")
     listing.add_argument("--state", choices=_DELIVERY_STATES, default=None)
     listing.add_argument("--target", default=None, help="only deliveries to this target")
-    listing.add_argument("--limit", type=_positive_int, default=50,
+    listing.add_argument("--limit", type=models_cli.positive_int, default=50,
                          help="most deliveries shown (default: 50)")
     listing.add_argument("--json", action="store_true", help="one JSON object a line")
 

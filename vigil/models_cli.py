@@ -433,7 +433,8 @@ def _print_table(rows: Sequence[Sequence[str]]) -> None:
 # ------------------------------------------------------------------ the parser
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
     try:
         value = int(text)
     except ValueError:
@@ -493,7 +494,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                          help="training parameters, a JSON object (or @FILE)")
     publish.add_argument("--metrics", default=None, metavar="JSON",
                          help="evaluation figures, a JSON object (or @FILE)")
-    publish.add_argument("--max-model-bytes", type=_positive_int, default=2 * 1024**3,
+    publish.add_argument("--max-model-bytes", type=positive_int, default=2 * 1024**3,
                          metavar="N", help="refuse larger files (default: 2 GiB)")
     publish.add_argument("--actor", default=None,
                          help="who publishes, for the lineage and the audit log "
@@ -518,7 +519,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
     history = sub.add_parser("history", help="the audit log of a model's changes")
     history.add_argument("name")
-    history.add_argument("--limit", type=_positive_int, default=None,
+    history.add_argument("--limit", type=positive_int, default=None,
                          help="only the newest N entries")
     history.set_defaults(func=_history)
 
