@@ -218,6 +218,14 @@ def _stop_and_measure(case: str, run: _Run, ports: set[int], log: Path) -> float
     return stopped_s
 
 
+def _sigint_as_at_a_terminal() -> None:
+    """make as a terminal or a CI runner starts it, whatever this test process inherited: a
+    suite started in the background by a non-interactive shell (`make test &`) has SIGINT
+    ignored, and a make that inherits that ignores SIGINT itself (then the "SIGINT to make" cases
+    test nothing). vigil.lifecycle handles the ignored case on its own."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _kill_what_is_left(run: _Run) -> None:
     for pid, _ in run.left():
         try:
@@ -251,7 +259,7 @@ def test_lifecycle_stops_a_stubborn_command_and_its_orphans(case, tmp_path):
         make = subprocess.Popen(["make", "-s", "run", f"PY={sys.executable}"], cwd=tmp_path,
                                 env={**os.environ, "PYTHONPATH": str(ROOT)},
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=_sigint_as_at_a_terminal)
     run = _Run(make)
     try:
         deadline = time.monotonic() + 30
@@ -278,7 +286,8 @@ def _start_make_serve(config: Path, port: int, log: Path) -> tuple[_Run, float]:
         started = time.monotonic()
         with log.open("wb") as out:
             make = subprocess.Popen(command, cwd=ROOT, env=_env(), stdin=subprocess.DEVNULL,
-                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                    preexec_fn=_sigint_as_at_a_terminal)
         run = _Run(make)
         try:
             while not (_answers(f"{base}/v2/models/mlp/ready")
