@@ -90,9 +90,11 @@ class RowBatcher:
             return 0
         return min(self.declared_max_rows, self.settings.max_batch_rows)
 
-    async def submit(self, inputs: Tensors, rows: int) -> Tensors:
-        """Run one request's inputs (already validated); returns its own outputs."""
-        if rows <= INLINE_MAX_ROWS and self._can_run_inline():
+    async def submit(self, inputs: Tensors, rows: int, alone: bool = True) -> Tensors:
+        """Run one request's inputs (already validated); returns its own outputs. `alone`: the
+        caller has no other request in flight (only then may it run inline: under concurrent
+        load, requests must meet in the queue to share runs)."""
+        if alone and rows <= INLINE_MAX_ROWS and self._can_run_inline():
             return self._run_inline(inputs, rows)
         if rows >= self.max_rows:
             return await self._run_alone(inputs, rows)

@@ -90,6 +90,7 @@ class ModelServer:
         if not self.settings.model_repository.is_dir():
             raise RepositoryError(f"model repository {self.settings.model_repository} does not exist")
         self.batching = self.settings.batching
+        self._in_flight = 0  # inference requests this replica is handling now
         self.models = ModelSet(self.settings.model_repository, self.settings.models,
                                self.settings.runtime, self.batching)
         # Aliases: read from the repository now, followed live after (every replica the same).
@@ -218,6 +219,7 @@ class ModelServer:
         # Ray's request_timeout_s runs out, Ray cancels this task and the finally below still
         # records it, with its own status and its latency.
         status = CANCELLED
+        self._in_flight += 1
         served: ServedModel | None = None
         shadow: ServedModel | None = None
         inputs = results = None
@@ -236,7 +238,8 @@ class ModelServer:
                     wanted = [(n, parsed.binary_output_default) for n in model.output_names]
                 else:
                     wanted = [(o.name, o.binary) for o in parsed.outputs]
-                results = await served.batcher.submit(inputs, rows)
+                results = await served.batcher.submit(inputs, rows,
+                                                      alone=self._in_flight == 1)
                 payload, json_length = codecs.encode_response(
                     model.name,
                     model.version,
@@ -260,6 +263,7 @@ class ModelServer:
             return Response(payload, status_code=status, media_type=media_type, headers=headers,
                             background=background)
         finally:
+            self._in_flight -= 1
             self._account(served, model_label, version_label, protocol, status,
                           time.perf_counter() - started, inputs, results)
 

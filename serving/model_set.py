@@ -50,7 +50,7 @@ class ServedModel:
         glibc keeps freed arenas otherwise, and a replica that cycled through many versions
         would look as large as one that holds them all."""
         self.close()
-        self.model.session = None  # type: ignore[assignment]
+        self.model.session = None
         _trim_heap()
 
 

@@ -532,7 +532,8 @@ def test_inline_is_off_when_disabled_or_for_large_requests(cancer: OnnxModel, se
 
 
 def test_concurrent_requests_still_batch_when_the_model_is_fast(cancer: OnnxModel) -> None:
-    """Inline only when nothing is queued or running: a burst still shares runs."""
+    """A caller with other requests in flight (the replica knows) never runs inline: a burst
+    still meets in the queue and shares runs."""
     run, threads = _thread_recording(cancer.run)
     batcher, recorder = _batcher(run, declared=1024)
     xs = _rows(30, [1] * 33)
@@ -543,7 +544,7 @@ def test_concurrent_requests_still_batch_when_the_model_is_fast(cancer: OnnxMode
 
         async def one(x: np.ndarray) -> Tensors:
             await holder  # all start together
-            return await batcher.submit({"input": x}, 1)
+            return await batcher.submit({"input": x}, 1, alone=False)
 
         tasks = [asyncio.create_task(one(x)) for x in xs[1:]]
         await asyncio.sleep(0)
@@ -553,7 +554,7 @@ def test_concurrent_requests_still_batch_when_the_model_is_fast(cancer: OnnxMode
     answers = _go(go)
     for x, got in zip(xs[1:], answers):
         _assert_exact(got, cancer.run({"input": x}))
-    # The first of the burst runs inline; the rest queue behind nothing running... and share runs.
+    assert all(t.startswith("vigil-batch") for t in threads[1:])
     assert len(recorder.batches) < 1 + 32
     assert sum(rows for rows, _ in recorder.batches) == 33
     batcher.close()
