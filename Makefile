@@ -20,7 +20,7 @@ export PYTHONUNBUFFERED := 1
 # The Serve config `make serve` and `make deploy` run: `make serve CONFIG=my-serve.yaml`.
 CONFIG ?= configs/serve.yaml
 
-.PHONY: serve test bench bench-stall deploy stop models lint clean observe dashboards lock-gpu lock sbom install-locked
+.PHONY: serve test bench bench-stall bench-versions bench-peers deploy stop models lint clean observe dashboards lock-gpu lock sbom install-locked
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -87,16 +87,34 @@ test: $(VENV)/.dev-installed
 
 ## bench: the load benchmark (reference, plain Ray Serve, Vigil) on 127.0.0.1, the drift
 ## evaluation benchmark (Vigil's window evaluation against Evidently's Report), the stall
-## benchmark (one-row latency while 16 MiB invalid bodies arrive) and the alerting benchmark
+## benchmark (one-row latency while 16 MiB invalid bodies arrive), the alerting benchmark and
+## the model-version benchmarks (bench-versions)
 bench: $(VENV)/.dev-installed models
 	$(BIN)/python -m load_tests.bench
 	$(BIN)/python -m load_tests.bench_drift
 	$(BIN)/python -m load_tests.bench_stall
 	$(BIN)/python -m load_tests.bench_alerts
+	$(BIN)/python -m load_tests.bench_rollback
+	$(BIN)/python -m load_tests.bench_model_memory
+	$(BIN)/python -m load_tests.bench_idle
+
+## bench-versions: only the model-version benchmarks (build their own models): promote/rollback
+## under load (load_tests/results/rollback.json) and replica memory across publish/promote/
+## rollback/retire cycles (load_tests/results/model_memory.json)
+bench-versions: $(VENV)/.dev-installed
+	$(BIN)/python -m load_tests.bench_rollback
+	$(BIN)/python -m load_tests.bench_model_memory
 
 ## bench-stall: only the stall benchmark (builds its own models)
 bench-stall: $(VENV)/.dev-installed
 	$(BIN)/python -m load_tests.bench_stall
+
+## bench-peers: Vigil side by side with MLServer, LitServe and BentoML (with and without batching,
+## each in its own venv under ~/.cache/vigil-bench-peers, installed from PyPI on first use), plain
+## Ray Serve and the bare reference: one table with ratios to the reference and to the best peer,
+## and load_tests/results/peers.json; BENCH_PEERS_ARGS="--quick" or "--only mlserver,vigil"
+bench-peers: $(VENV)/.dev-installed
+	$(BIN)/python -m load_tests.bench_peers $(BENCH_PEERS_ARGS)
 
 ## deploy: start a local Ray cluster and `serve deploy` the config onto it
 deploy: $(VENV)/.serve-installed models
