@@ -9,6 +9,10 @@ BIN := $(VENV)/bin
 # replicas is Ray Serve's fastest HTTP path (see README, "Ingress").
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_SERVE_ENABLE_HA_PROXY ?= 1
+# Ray's per-request HTTP metrics from HAProxy are a log line per request that HAProxy's Python
+# manager parses (14% of a core at 1,100 req/s here); Vigil's replicas count every request
+# themselves (vigil_request_duration_seconds) and HAProxy's own exporter (:9101) stays on.
+export RAY_SERVE_HAPROXY_METRICS_ENABLED ?= 0
 export RAY_USAGE_STATS_ENABLED := 0
 # One auth mode for `ray start`, `serve run` and `serve deploy`: a cluster that `serve run` started
 # with token auth otherwise refuses a later `serve deploy`.

@@ -181,6 +181,8 @@ class RayCluster:
                     filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])
                 ),
                 "RAY_SERVE_ENABLE_HA_PROXY": "1" if self.ha_proxy else "0",
+                # As the Makefile ships it (README, "Speed").
+                "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
                 # Everything HAProxy-mode Serve would otherwise put at fixed, shared places.
                 "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(haproxy / "haproxy.cfg"),
                 "RAY_SERVE_HAPROXY_SOCKET_PATH": str(haproxy / "admin.sock"),

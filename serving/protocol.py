@@ -128,12 +128,14 @@ def fit_datatype(name: str, values: np.ndarray, datatype: str) -> np.ndarray:
     """`values` as the floating-point `datatype`, refusing finite values that the narrower type
     cannot hold (1e39 as FP32 would become inf): a BadRequest naming the input."""
     target = V2_TO_NUMPY[datatype]
-    with np.errstate(over="ignore"):
-        out = values.astype(target, copy=False)
-    if out is values or not out.size:
-        return out
+    if values.dtype == target or not values.size:
+        return values.astype(target, copy=False)
     if values.dtype.kind == "f" and values.dtype.itemsize <= target.itemsize:
-        return out  # widening is exact
+        return values.astype(target)  # widening is exact
+    if values.dtype.kind == "f" and abs(values).max() <= np.finfo(target).max:
+        return values.astype(target)  # all finite and in range: the common case, one pass
+    with np.errstate(over="ignore"):
+        out = values.astype(target)
     overflow = np.isinf(out)
     if values.dtype.kind == "f":
         overflow &= np.isfinite(values)  # an Inf sent as Inf is no overflow

@@ -8,6 +8,7 @@ every interface are covered as well as the front door.
 from __future__ import annotations
 
 import ipaddress
+from functools import lru_cache
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -47,6 +48,7 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, message.get(exc.status_code, str(exc.detail)))
 
 
+@lru_cache(maxsize=1024)  # asked for every request's client address: parse each once
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True

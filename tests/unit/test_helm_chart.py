@@ -426,6 +426,7 @@ def test_every_container_runs_as_non_root_on_a_read_only_root(rendered, variant)
 def test_ray_containers_get_the_makefiles_environment(rendered, variant):
     for pod in pod_templates(rendered[variant]).values():
         assert env(pod)["RAY_SERVE_ENABLE_HA_PROXY"]["value"] == "1"
+        assert env(pod)["RAY_SERVE_HAPROXY_METRICS_ENABLED"]["value"] == "0"
         assert env(pod)["RAY_USAGE_STATS_ENABLED"]["value"] == "0"
     assert one(rendered[variant], "RayService")["spec"]["rayClusterConfig"]["authOptions"] == {
         "mode": "token"}

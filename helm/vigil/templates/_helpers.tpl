@@ -162,6 +162,9 @@ seccompProfile:
 {{- define "vigil.rayEnv" -}}
 - name: RAY_SERVE_ENABLE_HA_PROXY
   value: {{ ternary "1" "0" .Values.ray.haProxy | quote }}
+# Ray's per-request ingress metrics cost a parsed log line per request; Vigil counts requests.
+- name: RAY_SERVE_HAPROXY_METRICS_ENABLED
+  value: "0"
 - name: RAY_USAGE_STATS_ENABLED
   value: "0"
 - name: PYTHONUNBUFFERED
