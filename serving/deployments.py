@@ -306,7 +306,7 @@ class ModelServer:
         if declared is None:  # chunked: no length to judge the header by until the end
             body = await _read(request, s.max_body_bytes, None, "request body")
             header, binary = codecs.split_body(body, header_length)
-            parsed = self._judge(model, header, len(binary))
+            parsed, rows = self._judge(model, header, len(binary))
         else:
             if header_length > declared:
                 raise BadRequest(
@@ -317,50 +317,54 @@ class ModelServer:
                 raise PayloadTooLarge(
                     f"request body of {declared} bytes exceeds the limit of {s.max_body_bytes}"
                 )
-            parsed, body = await self._read_judging(request, model, header_length, declared)
+            parsed, rows, body = await self._read_judging(
+                request, model, header_length, declared
+            )
             binary = memoryview(body)[header_length:]
         return await self._decode_maybe_off_loop(
-            len(body), self._decode_binary, model, parsed, binary
+            len(body), self._decode_binary, model, parsed, rows, binary
         )
 
     async def _read_judging(
         self, request: Request, model: OnnxModel, header_length: int, declared: int
-    ) -> tuple[ParsedRequest, bytearray]:
+    ) -> tuple[ParsedRequest, int, bytearray]:
         """The body of Content-Length `declared`, its header judged as soon as it has arrived:
         a request the model cannot take is refused without reading the rest (the server
         discards it)."""
         body = bytearray()
-        parsed: ParsedRequest | None = None
+        judged: tuple[ParsedRequest, int] | None = None
         async for chunk in request.stream():
             body += chunk
             if len(body) > declared:
                 raise BadRequest(f"request body is longer than its Content-Length {declared}")
-            if parsed is None and len(body) >= header_length:
-                parsed = self._judge(model, bytes(body[:header_length]), declared - header_length)
-        if len(body) != declared or parsed is None:
+            if judged is None and len(body) >= header_length:
+                judged = self._judge(model, bytes(body[:header_length]), declared - header_length)
+        if len(body) != declared or judged is None:
             raise BadRequest(f"request body ended after {len(body)} of {declared} bytes")
-        return parsed, body
+        return *judged, body
 
     def _judge(
         self, model: OnnxModel, header: bytes | bytearray, binary_length: int
-    ) -> ParsedRequest:
-        """The JSON header parsed, and what it declares checked against the signature."""
+    ) -> tuple[ParsedRequest, int]:
+        """The JSON header parsed, and what it declares checked against the signature; with
+        the request's row count."""
         parsed = codecs.parse_header(header, binary_length)
-        model.check_declared((d.name, d.datatype, d.shape) for d in parsed.inputs)
+        rows = model.check_declared((d.name, d.datatype, d.shape) for d in parsed.inputs)
         if parsed.outputs is not None:
             model.select_outputs([o.name for o in parsed.outputs])
-        return parsed
+        return parsed, rows
 
     def _decode_json(self, model: OnnxModel, body: bytearray) -> tuple[ParsedRequest, dict, int]:
-        parsed = self._judge(model, body, 0)
-        return self._decode_binary(model, parsed, b"")
+        parsed, rows = self._judge(model, body, 0)
+        return self._decode_binary(model, parsed, rows, b"")
 
     def _decode_binary(
-        self, model: OnnxModel, parsed: ParsedRequest, binary: memoryview | bytes
+        self, model: OnnxModel, parsed: ParsedRequest, rows: int, binary: memoryview | bytes
     ) -> tuple[ParsedRequest, dict, int]:
+        # decode_inputs builds each array with exactly the name, datatype and shape the header
+        # declared, which _judge has checked: conform them without checking them again.
         raw = codecs.decode_inputs(parsed, binary, self.settings.max_bytes_elements)
-        inputs, rows = model.validate(raw)
-        return parsed, inputs, rows
+        return parsed, model.conform(raw), rows
 
     async def _decode_maybe_off_loop(self, size: int, decode: Any, *args: Any) -> Any:
         if size <= LARGE_BODY_BYTES:

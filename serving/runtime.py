@@ -176,7 +176,12 @@ class OnnxModel:
         casts (refusing values that overflow the model's float type), UTF-8 text for BYTES, and
         finiteness where the model forbids NaN and Inf. Returns them and the row count."""
         rows = self.check_declared((n, _datatype_of(a), a.shape) for n, a in inputs.items())
-        return {name: self._conform(self.inputs[name], a) for name, a in inputs.items()}, rows
+        return self.conform(inputs), rows
+
+    def conform(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Arrays whose names, datatypes and shapes check_declared has passed, converted as
+        validate converts them."""
+        return {name: self._conform(self.inputs[name], a) for name, a in inputs.items()}
 
     def _conform(self, spec: TensorSpec, array: np.ndarray) -> np.ndarray:
         if _datatype_of(array) != spec.datatype:

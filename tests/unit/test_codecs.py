@@ -24,6 +24,7 @@ from serving.codecs import (
     parse_request,
 )
 from serving.protocol import V2_TO_NUMPY, BadRequest, InferenceRequest, RequestedOutput
+from serving.runtime import _datatype_of
 
 DATATYPES = sorted(V2_TO_NUMPY)
 _LEN = struct.Struct("<I")
@@ -768,6 +769,23 @@ def test_property_round_trip(tensors: list[tuple[str, np.ndarray, bool, bool]]) 
     _, arrays = parse_response(payload, json_length)
     for name, _, expected, _ in named:
         assert_same(arrays[name], expected)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tensors=st.lists(_tensor(), min_size=1, max_size=4))
+def test_property_decoded_arrays_are_exactly_what_the_header_declared(
+    tensors: list[tuple[str, np.ndarray, bool, bool]],
+) -> None:
+    """The server checks a request's signature once, from its header, and only conforms the
+    decoded arrays: each must carry the declared datatype and shape, as the check saw them."""
+    named = [(f"in{i}", d, a, b_in) for i, (d, a, b_in, _) in enumerate(tensors)]
+    body, header_length = request_body(named)
+    parsed, binary = parse_request(body, header_length)
+    arrays = decode_inputs(parsed, binary)
+    assert list(arrays) == [d.name for d in parsed.inputs]
+    for declared in parsed.inputs:
+        assert arrays[declared.name].shape == tuple(declared.shape)
+        assert _datatype_of(arrays[declared.name]) == declared.datatype
 
 
 @settings(max_examples=300, deadline=None)
