@@ -50,6 +50,7 @@ from vigil.web import (
     json_response,
     node_addresses,
     open_access_check,
+    route_path,
     serve_http_host,
 )
 
@@ -464,7 +465,7 @@ class InferFastPath:
         self.handler = handler
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        params = (infer_path_params(scope["path"], scope.get("root_path", ""))
+        params = (infer_path_params(route_path(scope))
                   if scope["type"] == "http" and scope["method"] == "POST" else None)
         if params is None:
             await self.app(scope, receive, send)
@@ -474,11 +475,10 @@ class InferFastPath:
         await response(scope, receive, send)
 
 
-def infer_path_params(path: str, root_path: str = "") -> dict[str, str] | None:
-    """{'model': ..., ['version': ...]} for /v2/models/{model}[/versions/{version}]/infer,
-    matched as Starlette's routes match it (no segment empty); None for any other path."""
-    if root_path and path.startswith(root_path):
-        path = path[len(root_path):]
+def infer_path_params(path: str) -> dict[str, str] | None:
+    """{'model': ..., ['version': ...]} for /v2/models/{model}[/versions/{version}]/infer (a
+    route_path), matched as Starlette's routes match it (no segment empty); None for any other
+    path."""
     parts = path.split("/")
     if len(parts) == 5 and parts[4] == "infer":
         params = {"model": parts[3]}

@@ -8,9 +8,9 @@ every interface are covered as well as the front door.
 from __future__ import annotations
 
 import ipaddress
-from functools import lru_cache
 import logging
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -134,11 +134,7 @@ class BearerGuard:
         if scope["type"] != "http" or self.auth == "none":
             await self.app(scope, receive, send)
             return
-        path = scope["path"]
-        root = scope.get("root_path", "")
-        if root and path.startswith(root):
-            path = path[len(root):] or "/"
-        needed = self.scope_for(path)
+        needed = self.scope_for(route_path(scope))
         if needed == OPEN:
             await self.app(scope, receive, send)
             return
@@ -171,6 +167,16 @@ class BearerGuard:
         client = scope.get("client")
         host = client[0] if client else None
         return host is not None and (is_loopback(host) or host in self.local_hosts)
+
+
+def route_path(scope: Scope) -> str:
+    """The request's path as the app's routes see it: inside the app's prefix (root_path),
+    stripped as Starlette strips it."""
+    path = scope["path"]
+    root = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root):] or "/"
+    return path
 
 
 def actor_name(decision: Decision, scope: Scope) -> str:

@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from serving.deployments import InferFastPath, infer_path_params
+from vigil.web import route_path
 
 INFER_ROUTES = ("/v2/models/{model}/infer", "/v2/models/{model}/versions/{version}/infer")
 
@@ -50,8 +51,10 @@ def test_paths_taken_are_those_the_routes_match(path: str, expected: dict | None
 
 
 def test_root_path_is_stripped_as_starlette_does() -> None:
-    assert infer_path_params("/prefix/v2/models/m/infer", "/prefix") == {"model": "m"}
-    assert infer_path_params("/v2/models/m/infer", "/prefix") == {"model": "m"}
+    inside = {"path": "/prefix/v2/models/m/infer", "root_path": "/prefix"}
+    outside = {"path": "/v2/models/m/infer", "root_path": "/prefix"}
+    assert infer_path_params(route_path(inside)) == {"model": "m"}
+    assert infer_path_params(route_path(outside)) == {"model": "m"}
 
 
 async def _handler(request: Request) -> JSONResponse:
