@@ -45,18 +45,18 @@ models/breast_cancer/1/model.yaml models/mlp/1/model.yaml: | $(VENV)/.serve-inst
 models: models/breast_cancer/1/model.yaml models/mlp/1/model.yaml
 
 ## serve: set up and run the service on http://127.0.0.1:8000 (Ctrl-C stops it); CONFIG=... for another config
-# vigil.lifecycle runs `serve run` in a session of its own: SIGINT or SIGTERM, to make alone or to
+# vigil.tools.lifecycle runs `serve run` in a session of its own: SIGINT or SIGTERM, to make alone or to
 # its process group (Ctrl-C, CI runners), stops it and every process it started (Ray's daemons and
 # workers, HAProxy) within 11 s, usually 6 (README, "Stopping").
 serve: $(VENV)/.serve-installed models
-	exec $(BIN)/python -m vigil.lifecycle -- $(BIN)/serve run $(CONFIG)
+	exec $(BIN)/python -m vigil.tools.lifecycle -- $(BIN)/serve run $(CONFIG)
 
 ## observe: Prometheus on http://127.0.0.1:9090 scraping `make serve` with configs/prometheus
 ## (installs the Debian package prometheus if missing; data in .observe/; Ctrl-C stops it)
 observe: $(VENV)/.serve-installed
 	bash configs/prometheus/observe.sh
 
-## dashboards: regenerate configs/grafana/vigil.json from vigil/dashboards.py (then
+## dashboards: regenerate configs/grafana/vigil.json from vigil/tools/dashboards.py (then
 ## `.venv/bin/python -m tests.helm_chart` copies it and the rules into the chart)
 dashboards: $(VENV)/.dev-installed
 	$(BIN)/vigil dashboards build

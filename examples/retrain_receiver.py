@@ -42,7 +42,7 @@ Retraining (one job at a time, so two drift events never publish the same versio
    true outcomes (or human labels) before retraining. This example shows the plumbing.
 3. The rows are appended to the version's reference data (reference.parquet: the features and
    ``target``), a StandardScaler + LogisticRegression is trained on it (float32) and converted
-   to ONNX as vigil.examples builds breast_cancer/1.
+   to ONNX as vigil.tools.examples builds breast_cancer/1.
 4. The model is published as the next integer version, with that training frame as its
    reference.parquet and its drift profile. The version is assembled in a hidden staging folder
    and renamed into place, so a scan of the repository sees all of it or none of it.
@@ -91,7 +91,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from vigil.examples import (
+from vigil.tools.examples import (
     BREAST_CANCER_INPUTS,
     BREAST_CANCER_MAX_BATCH_ROWS,
     BREAST_CANCER_OUTPUTS,
@@ -100,9 +100,9 @@ from vigil.examples import (
     REFERENCE_FILE,
     _serialize,
 )
-from vigil.files import atomic_write
-from vigil.profiles import profile_version
-from vigil.repository import MANIFEST_FILE, pin_production, publish, read_manifest, valid_name
+from vigil.core.files import atomic_write
+from vigil.tools.profiles import profile_version
+from vigil.core.repository import MANIFEST_FILE, pin_production, publish, read_manifest, valid_name
 
 logger = logging.getLogger("vigil.retrain_receiver")
 
@@ -476,7 +476,7 @@ class Retrainer:
             table = pa.Table.from_pandas(frame, preserve_index=False)
             pq.write_table(table, sink, compression="snappy")
             atomic_write(staged.path / REFERENCE_FILE, sink.getvalue().to_pybytes())
-            # As vigil.examples does: `target` is not an input, the outputs are the model's own.
+            # As vigil.tools.examples does: `target` is not an input, the outputs are the model's own.
             profile_version(
                 staged.path, staged.path / REFERENCE_FILE, outputs_from_model=True, progress=False
             )
@@ -544,7 +544,7 @@ def window_rows(
 
 def train(x: np.ndarray, y: np.ndarray) -> tuple[bytes, float]:
     """The ONNX bytes of StandardScaler + LogisticRegression fitted on (x, y), converted as
-    vigil.examples converts breast_cancer/1, and its accuracy on (x, y)."""
+    vigil.tools.examples converts breast_cancer/1, and its accuracy on (x, y)."""
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType, Int64TensorType
     from sklearn.linear_model import LogisticRegression

@@ -49,9 +49,9 @@ from monitoring.outbox import Outbox
 from monitoring.service import MonitorService
 from monitoring.settings import MonitorAppSettings, MonitorSettings
 from monitoring.webhooks import ActiveTarget, Deliverer, DeliveryStats
-from vigil.examples import build_examples
-from vigil.messages import SampleMessage
-from vigil.repository import read_manifest
+from vigil.tools.examples import build_examples
+from vigil.core.messages import SampleMessage
+from vigil.core.repository import read_manifest
 
 DEFAULT_OUT = Path("load_tests/results/bench_alerts.json")
 SECRET_ENV = "VIGIL_BENCH_WEBHOOK_SECRET"

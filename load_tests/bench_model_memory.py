@@ -6,7 +6,7 @@ Order: `vigil examples build` into a temp dir; a private Ray cluster with HAProx
 ports, configs/serve.yaml deployed (2 ModelServer replicas) on that repository; then --cycles
 cycles, each for breast_cancer and for mlp (9.5 MB of weights: its sessions dominate):
 
-    publish the version-1 bytes again as the next version   (vigil.repository.publish)
+    publish the version-1 bytes again as the next version   (vigil.core.repository.publish)
     POST .../load                  every replica builds a session for it
     POST .../promote {version}     (with force and a reason: the copies carry no model-gate
                                     verdict, and mlp has no held-out set to earn one)
@@ -56,7 +56,7 @@ from load_tests.versions_server import (
     log,
     publish_copy,
 )
-from vigil.repository import ModelVersion
+from vigil.core.repository import ModelVersion
 
 MODELS = ("breast_cancer", "mlp")
 TARGET_GROWTH = 0.10

@@ -5,7 +5,7 @@
 Order: `vigil examples build` into a temp dir; a private Ray cluster with HAProxy on its own
 ports, configs/serve.yaml deployed (2 ModelServer replicas) on that repository; breast_cancer's
 ONNX bytes (and its profile and held-out files) published again as version 2, passed through the
-model gate (vigil.model_gate, as `vigil models validate` does), POST .../load; then --rounds
+model gate (vigil.tools.model_gate, as `vigil models validate` does), POST .../load; then --rounds
 rounds, each one baseline window and one change window of --duration s (order alternating
 between rounds, so drift of a shared machine touches both alike). In every window a child
 process runs --concurrency clients (asyncio, one keep-alive connection each, 1-row JSON,

@@ -95,7 +95,7 @@ def model_bytes(path: Path) -> bytes:
         return path.read_bytes()
     if path != DEFAULT_MODEL:
         raise SystemExit(f"no model at {path}")
-    from vigil.examples import _mlp  # the example, without the breast_cancer one's converters
+    from vigil.tools.examples import _mlp  # the example, without the breast_cancer one's converters
 
     with tempfile.TemporaryDirectory() as tmp:
         print(f"{path} not found: building the mlp example in a temporary folder")

@@ -8,7 +8,8 @@ from pathlib import Path
 import onnxruntime as ort
 
 from serving import codecs
-from serving.protocol import ONNX_TO_V2, BadRequest, InferenceError
+from serving.protocol import BadRequest, InferenceError
+from vigil.core.tensors import ONNX_TO_V2
 
 
 @dataclass(frozen=True)

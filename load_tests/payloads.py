@@ -10,7 +10,8 @@ import numpy as np
 import orjson
 
 from load_tests.onnx_models import BareModel
-from serving.protocol import HEADER_LENGTH, V2_TO_NUMPY
+from serving.protocol import HEADER_LENGTH
+from vigil.core.tensors import V2_TO_NUMPY
 
 JSON_TYPE = "application/json"
 BINARY_TYPE = "application/octet-stream"

@@ -25,8 +25,8 @@ from load_tests.targets import (
     replica_ids,
     vigil_config,
 )
-from vigil import repository as repo
-from vigil.repository import MANIFEST_FILE, MODEL_FILE, ModelVersion
+from vigil.core import repository as repo
+from vigil.core.repository import MANIFEST_FILE, MODEL_FILE, ModelVersion
 
 REPLICA_TITLE = "ServeReplica:vigil:ModelServer"
 MONITOR_TITLE = "ServeReplica:monitor:Monitor"
@@ -109,7 +109,7 @@ def validate_for_promotion(repository: Path, model: str, version: str) -> dict[s
     """Run the model gate on `version` as `vigil models validate` does (the verdict goes into its
     lineage, where promote reads it). Returns {"passed", "failed_checks"}; a version that does not
     pass needs `force` (and a reason) to be promoted."""
-    from vigil import model_gate
+    from vigil.tools import model_gate
 
     verdict = model_gate.validate(repository, model, version, actor="load_tests")
     return {

@@ -15,7 +15,7 @@ and how many windows make it fire or resolve:
         action: notify                # or rollback_canary (below)
 
 A rule with ``action: rollback_canary`` is judged only on the version that is its model's canary
-when a window closes (vigil.aliases); when it fires, the monitor clears the canary (production
+when a window closes (vigil.core.aliases); when it fires, the monitor clears the canary (production
 takes all the traffic again, recorded in the audit log as the monitor's doing) and sends
 ``vigil.model.rolled_back`` instead of the condition's own event. The alert does not stay
 firing: the canary it judged is gone, and a later canary of the same or another version is

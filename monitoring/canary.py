@@ -1,10 +1,10 @@
 """Automatic canary rollback: which version is each model's canary, and clearing it when a
 rollback rule fires for it.
 
-The canary is read from the repository's aliases (vigil.aliases), at most once per
+The canary is read from the repository's aliases (vigil.core.aliases), at most once per
 ``ALIASES_TTL_S`` per model while windows close, and once more, fresh, right before a rollback,
 so a canary an operator cleared or replaced meanwhile is never the one cleared. The change goes
-through vigil.model_ops like every other (aliases and audit log), with the monitor as its actor;
+through vigil.core.model_ops like every other (aliases and audit log), with the monitor as its actor;
 then ``on_rollback(model)`` tells the serving replicas (the Monitor deployment passes a callback
 that bumps the alias board; this module knows no Ray). Runs on the monitor's window thread.
 """
@@ -21,13 +21,13 @@ from typing import Any
 from monitoring.alert_settings import AlertRule
 from monitoring.rules import Crossed, Verdict
 from monitoring.window import ClosedWindow
-from vigil import model_ops
-from vigil.aliases import AliasError, read_aliases
+from vigil.core import model_ops
+from vigil.core.aliases import AliasError, read_aliases
 
 logger = logging.getLogger("vigil.alerts")
 ALIASES_TTL_S = 1.0  # longest time a model's canary is taken from the cache
 ACTOR = "vigil-monitor"
-MAX_REASON_CHARS = 2000  # what vigil.model_ops accepts
+MAX_REASON_CHARS = 2000  # what vigil.core.model_ops accepts
 MAX_FIGURES = 5  # crossed statistics a reason names
 
 

@@ -33,7 +33,7 @@ MV = ["model", "version"]
 VIOLATION_KINDS = ("missing_column", "wrong_dtype", "wrong_shape", "unexpected_column")
 # Why samples were dropped: at the replica (buffer full); rows whose tensors misfit the version's
 # layout; whole messages for a version not monitored, or that the monitor cannot read
-# (vigil.messages.UnreadableMessage.REASONS).
+# (vigil.core.messages.UnreadableMessage.REASONS).
 DROP_KINDS = (
     "replica", "schema", "unknown_version", "not_a_message", "schema_version", "malformed"
 )

@@ -39,32 +39,22 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from ray import serve
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from monitoring.alerts import AlertEngine
 from monitoring.collector import AlertCollector, MonitorCollector
-from monitoring.outbox import Outbox, outbox_file
+from monitoring.outbox import Outbox
 from monitoring.queries import BadQuery, accepts_gzip, parse_drift_query, parse_report_query
 from monitoring.report import drift_report_html, evenly_spaced, load_reference, reference_path
 from monitoring.report_cache import ReportCache
 from monitoring.service import MonitorService, NotReady, ReportSource, UnknownModel
 from monitoring.settings import MonitorAppSettings, MonitorSettings
 from monitoring.webhooks import ActiveTarget, Deliverer, DeliveryStats
-from vigil.alias_board import board, board_key
-from vigil.tokens import TokenVerifier, tokens_file
-from vigil.web import (
-    BearerGuard,
-    error_response,
-    http_error,
-    json_response,
-    node_addresses,
-    open_access_check,
-    serve_http_host,
-)
+from vigil.adapters.alias_board import board, board_key
+from vigil.adapters.boot import Door, web_app
+from vigil.adapters.web import error_response, json_response
 
 MAX_TICK_SLEEP_S = 60.0  # the longest the ticker sleeps, whatever the windows say
 logger = logging.getLogger("vigil.monitor")
@@ -86,11 +76,10 @@ class Monitor:
 
     def __init__(self, args: dict[str, Any]) -> None:
         self.args = MonitorAppSettings(**args)
-        self.tokens = TokenVerifier(tokens_file(self.args.tokens_file, self.args.model_repository))
-        open_access_check(self.args.auth, self.tokens, serve_http_host())
+        self.door = Door.open(self.args)  # refuses to start open beyond its own host
         self.settings = MonitorSettings()
         self._loop: asyncio.AbstractEventLoop | None = None
-        outbox = Outbox(outbox_file(self.args.outbox_path, self.args.model_repository))
+        outbox = Outbox(self.args.outbox_file())
         logger.info("alert state and webhook outbox: %s", outbox.path)
         self.alerts = AlertEngine(outbox, self.args.public_url, time.time(),
                                   notify=self._wake_delivery,
@@ -307,6 +296,12 @@ class Monitor:
         return body
 
 
+def monitor_scope(path: str) -> str:
+    """The token scope a route of the monitor needs: scraping needs `metrics` (which `monitor`
+    also grants), everything else here reads sampled data or its statistics: `monitor`."""
+    return "metrics" if path == "/metrics" else "monitor"
+
+
 def build_asgi_app(monitor: Monitor) -> Starlette:
     """Routes relative to the application's route prefix, bound to one Monitor."""
     m = monitor
@@ -317,16 +312,7 @@ def build_asgi_app(monitor: Monitor) -> Starlette:
         Route("/v1/models/{model}/report", m.report, methods=["GET"]),
         Route("/v1/models/{model}/rows", m.rows, methods=["GET"]),
     ]
-    guard = Middleware(
-        BearerGuard,
-        verifier=m.tokens,
-        scope_for=lambda path: "monitor",  # everything here: metrics, drift, reports
-        auth=m.args.auth,
-        local_hosts=node_addresses(),
-    )
-    return Starlette(
-        routes=routes, middleware=[guard], exception_handlers={HTTPException: http_error}
-    )
+    return web_app(routes, [m.door.guard(monitor_scope)])
 
 
 

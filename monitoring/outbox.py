@@ -25,7 +25,6 @@ from typing import Any, Literal
 
 from monitoring.rules import AlertState
 
-DEFAULT_FILE_NAME = "vigil-outbox.sqlite"
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 10_000
 DeliveryState = Literal["pending", "delivered", "dead"]
@@ -63,14 +62,6 @@ CREATE TABLE IF NOT EXISTS alerts (
     PRIMARY KEY (model, version, rule)
 );
 """
-
-
-def outbox_file(configured: str | Path | None, model_repository: str | Path) -> Path:
-    """The outbox in use: the configured file, else vigil-outbox.sqlite beside the model
-    repository folder (as the tokens file)."""
-    if configured:
-        return Path(configured).expanduser()
-    return Path(model_repository).expanduser().resolve().parent / DEFAULT_FILE_NAME
 
 
 @dataclass(frozen=True)

@@ -38,8 +38,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from vigil.files import atomic_write
-from vigil.repository import PROFILE_JSON, PROFILE_NPZ
+from vigil.core.files import atomic_write
+from vigil.core.repository import PROFILE_JSON, PROFILE_NPZ
 
 Kind = Literal["numeric", "categorical"]
 Role = Literal["feature", "output"]

@@ -3,7 +3,7 @@
 Feature columns are the model's input tensor columns (monitoring.columns); other columns in the
 file (a target, ids) are ignored. Output columns come from running the model on the reference
 features (``model_outputs``: a function the caller supplies, so that monitoring never loads a
-model itself; vigil.profiles gives it serving's runtime) or, failing that, from the file when it
+model itself; vigil.tools.profiles gives it serving's runtime) or, failing that, from the file when it
 holds every output column. The profile records its data
 file, the tensor -> column layout and the model's sha256 in ``Profile.meta``; it records no
 clock time, so building twice from the same data gives the same profile.
@@ -21,7 +21,7 @@ import numpy as np
 from monitoring.columns import TensorColumns, layout_for, tensor_columns
 from monitoring.profile import Profile, build_profile, load_data
 from monitoring.settings import MonitorSettings
-from vigil.repository import read_manifest
+from vigil.core.repository import read_manifest
 
 Tensors = dict[str, np.ndarray]
 ModelOutputs = Callable[[Tensors], Tensors]  # one chunk of input tensors -> every output tensor

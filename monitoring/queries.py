@@ -4,7 +4,7 @@ Pure functions over the decoded query pairs and header values, so every rule is 
 server. A query a route cannot take raises ``BadQuery`` (HTTP 400) saying what is wrong:
 
 - ``windows``: ASCII digits only, 1..100000 (not "0", "-1", "1.5", "1e3", " 5", "²", empty);
-- ``version``: a version label as the model repository accepts one (vigil.repository: a letter
+- ``version``: a version label as the model repository accepts one (vigil.core.repository: a letter
   or digit, then letters, digits, '.', '_', '-'; at most 128 characters); whether that version
   exists is the route's question (404);
 - a parameter given twice, or one the route does not take, is refused by name.
@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from vigil.repository import valid_name
+from vigil.core.repository import valid_name
 
 MAX_WINDOWS = 100_000
 DRIFT_PARAMETERS = frozenset({"version", "windows"})

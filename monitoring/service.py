@@ -1,6 +1,6 @@
 """The monitor's state without Ray: served versions, their profiles and windows, sample intake.
 
-Replicas send vigil.messages.SampleMessage values. A message the monitor cannot read (not a
+Replicas send vigil.core.messages.SampleMessage values. A message the monitor cannot read (not a
 SampleMessage, another schema version, malformed fields) is dropped whole and counted under model
 "_unknown" with its reason as kind; so is one for a model version not in the repository (kind
 "unknown_version"). A version published after the monitor started is picked up when its first
@@ -33,8 +33,8 @@ from monitoring.drift import check_settings
 from monitoring.profile import Profile
 from monitoring.settings import MonitorAppSettings, MonitorSettings
 from monitoring.window import ClosedWindow, TumblingWindow, settings_for
-from vigil.messages import SampleMessage, UnreadableMessage, read_message
-from vigil.repository import (
+from vigil.core.messages import SampleMessage, UnreadableMessage, read_message
+from vigil.core.repository import (
     MANIFEST_FILE,
     ModelVersion,
     RepositoryError,
@@ -42,6 +42,7 @@ from vigil.repository import (
     read_manifest,
     scan,
     valid_name,
+    version_order,
 )
 
 logger = logging.getLogger("vigil.monitor")
@@ -250,7 +251,7 @@ class MonitorService:
             return None
         del self._looked[key]
         self.versions[key] = state
-        self.models[model] = sorted([*self.models.get(model, []), version], key=_version_order)
+        self.models[model] = sorted([*self.models.get(model, []), version], key=version_order)
         logger.info("%s/%s was published since the monitor started: monitored from now on",
                     model, version)
         return state
@@ -390,11 +391,6 @@ class MonitorService:
             raise NotReady(f"no closed window with sampled rows for {state.model}/{state.version} "
                            f"yet: {window.closes_when(now)}")
         return ReportSource(state, window.last_rows_window, window.last_rows)
-
-
-def _version_order(version: str) -> tuple[int, int, str]:
-    """Versions sorted as the repository lists them: numeric ones numerically, after others."""
-    return (1, int(version), "") if version.isdigit() else (0, 0, version)
 
 
 def _usable_profile(profile: Profile, manifest: VersionManifest) -> tuple[Profile, ColumnLayout]:

@@ -6,14 +6,15 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from monitoring.alert_settings import AlertRule, WebhookTarget, check_unique
+from vigil.core.settings import AppSettings, beside_repository
 
 DriftMethod = Literal["ks", "chisquare", "z", "wasserstein", "jensenshannon", "psi"]
 Correction = Literal["none", "bonferroni", "benjamini-hochberg"]
 ColumnKind = Literal["numeric", "categorical"]
 
+OUTBOX_FILE_NAME = "vigil-outbox.sqlite"
 _NAME_MAX = 256  # longest column name accepted in the mappings below
 _COLUMNS_MAX = 10_000  # most columns a mapping may name
 
@@ -145,21 +146,12 @@ class MonitorSettings(BaseModel):
         return self
 
 
-class MonitorAppSettings(BaseSettings):
-    """The monitor application's `args` in serve.yaml (fixed for a replica's life; the
-    MonitorSettings above arrive as the deployment's user_config and change live). Environment
-    variables prefixed VIGIL_ fill unset fields (VIGIL_TOKENS_FILE); explicit args win."""
+class MonitorAppSettings(AppSettings):
+    """The monitor application's `args` in serve.yaml: the shared fields (vigil.core.settings)
+    and its own, fixed for a replica's life (the MonitorSettings above arrive as the
+    deployment's user_config and change live). Environment variables prefixed VIGIL_ fill unset
+    fields (VIGIL_TOKENS_FILE, VIGIL_OUTBOX_PATH); explicit args win."""
 
-    model_config = SettingsConfigDict(env_prefix="VIGIL_", extra="forbid", frozen=True)
-
-    model_repository: Path = Field(
-        default=Path("models"),
-        description="Model repository whose versions (and their profile.json) are monitored; "
-        "relative to where the application is built.",
-    )
-    models: list[str] | None = Field(
-        default=None, max_length=_COLUMNS_MAX, description="Models to monitor; unset: all."
-    )
     tick_s: float = Field(
         default=1.0,
         ge=0.01,
@@ -181,22 +173,16 @@ class MonitorAppSettings(BaseSettings):
         "report, evenly spaced: bounds its run time (seconds of CPU) and memory. Above 1000 "
         "reference rows Evidently picks distance tests, as monitoring.drift does.",
     )
-    auth: Literal["tokens", "none"] = Field(
-        default="tokens",
-        description="'tokens': every route needs a bearer token with the 'monitor' scope from "
-        "tokens_file; without that file the monitor is open to its own host only, and refuses to "
-        "start on a non-loopback HTTP host. 'none': open to anyone (logged as a warning).",
-    )
-    tokens_file: Path | None = Field(
-        default=None,
-        description="Tokens file (`vigil tokens`); unset: tokens.yaml beside model_repository.",
-    )
     outbox_path: Path | None = Field(
         default=None,
         description="SQLite file (WAL mode) holding alert state and the webhook outbox; it must "
         "outlive the replica (a volume on Kubernetes). Unset: vigil-outbox.sqlite beside "
         "model_repository.",
     )
+    def outbox_file(self) -> Path:
+        """The outbox in use: outbox_path, else vigil-outbox.sqlite beside the repository."""
+        return beside_repository(self.outbox_path, self.model_repository, OUTBOX_FILE_NAME)
+
     public_url: str = Field(
         default="http://127.0.0.1:8000/monitor",
         min_length=8,

@@ -13,11 +13,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from serving.model_set import ModelSet
-from vigil import audit, model_ops
-from vigil.alias_board import board_key
-from vigil.aliases import AliasError
-from vigil.repository import RepositoryError, valid_name
-from vigil.web import error_response, json_response, request_actor
+from vigil.core import audit, model_ops
+from vigil.adapters.alias_board import board_key
+from vigil.core.aliases import AliasError
+from vigil.core.repository import RepositoryError, valid_name
+from vigil.adapters.web import error_response, json_response, request_actor
 
 MAX_ADMIN_BODY = 64 * 1024
 # action in the URL -> (action when the body names a version, action when it names none)

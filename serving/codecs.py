@@ -19,15 +19,14 @@ import numpy as np
 import orjson
 
 from serving.protocol import (
-    V2_TO_NUMPY,
     BadRequest,
     DeclaredInput,
     InferenceRequest,
     ParsedRequest,
     RequestedOutput,
-    element_size,
     fit_datatype,
 )
+from vigil.core.tensors import V2_TO_NUMPY, element_size
 
 _MAX_DIMS = 16
 _LENGTH_PREFIX = struct.Struct("<I")

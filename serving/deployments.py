@@ -14,7 +14,6 @@ import ray
 from ray import serve
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
-from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
@@ -38,21 +37,9 @@ from serving.model_set import ModelSet, ServedModel
 from serving.runtime import OnnxModel
 from serving.sampling import SampleBuffer
 from serving.settings import BatchSettings, ServerSettings
-from vigil.repository import RepositoryError, read_manifest
-from vigil.tokens import TokenVerifier, tokens_file
-from vigil.web import (
-    JSON,
-    OPEN,
-    BearerGuard,
-    error_body,
-    error_response,
-    http_error,
-    json_response,
-    node_addresses,
-    open_access_check,
-    route_path,
-    serve_http_host,
-)
+from vigil.core.repository import RepositoryError, read_manifest
+from vigil.adapters.boot import Door, web_app
+from vigil.adapters.web import JSON, OPEN, error_body, error_response, json_response, route_path
 
 logger = logging.getLogger("vigil.server")
 
@@ -84,10 +71,7 @@ class ModelServer:
 
     def __init__(self, settings: dict[str, Any]) -> None:
         self.settings = ServerSettings(**settings)
-        self.tokens = TokenVerifier(
-            tokens_file(self.settings.tokens_file, self.settings.model_repository)
-        )
-        open_access_check(self.settings.auth, self.tokens, serve_http_host())
+        self.door = Door.open(self.settings)  # refuses to start open beyond its own host
         if not self.settings.model_repository.is_dir():
             raise RepositoryError(f"model repository {self.settings.model_repository} does not exist")
         self.batching = self.settings.batching
@@ -439,19 +423,8 @@ def build_asgi_app(server: ModelServer) -> Starlette:
         Route("/v2/models/{model}/versions/{version}/ready", s.model_ready, methods=["GET"]),
         *s.admin.routes(),
     ]
-    guard = Middleware(
-        BearerGuard,
-        verifier=s.tokens,
-        scope_for=serving_scope,
-        auth=s.settings.auth,
-        local_hosts=node_addresses(),
-        on_reject=s.metrics.auth_rejected,
-    )
-    fast_path = Middleware(InferFastPath, handler=s.infer)
-    return Starlette(
-        routes=routes, middleware=[guard, fast_path],
-        exception_handlers={HTTPException: http_error},
-    )
+    guard = s.door.guard(serving_scope, on_reject=s.metrics.auth_rejected)
+    return web_app(routes, [guard, Middleware(InferFastPath, handler=s.infer)])
 
 
 class InferFastPath:

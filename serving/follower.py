@@ -10,7 +10,7 @@ from typing import Any
 import ray
 
 from serving.model_set import ModelSet
-from vigil.alias_board import board, board_key
+from vigil.adapters.alias_board import board, board_key
 
 logger = logging.getLogger("vigil.follower")
 POLL_S = 30.0  # one idle long-poll call per this many seconds; a change wakes it at once

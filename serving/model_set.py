@@ -15,9 +15,9 @@ from serving.metrics import replica_metrics
 from serving.router import ModelRouter, ModelRoutes
 from serving.runtime import GpuUnavailable, OnnxModel
 from serving.settings import BatchSettings, RuntimeSettings
-from vigil import repository
-from vigil.aliases import AliasState, read_aliases
-from vigil.repository import ModelVersion, RepositoryError
+from vigil.core import repository
+from vigil.core.aliases import AliasState, read_aliases
+from vigil.core.repository import ModelVersion, RepositoryError
 
 logger = logging.getLogger("vigil.models")
 RELEASE_GRACE_S = 5.0

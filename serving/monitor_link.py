@@ -11,7 +11,7 @@ from ray import serve
 from serving.metrics import ReplicaMetrics
 from serving.sampling import SampleBuffer
 from serving.settings import SamplingSettings
-from vigil.messages import SampleMessage
+from vigil.core.messages import SampleMessage
 
 logger = logging.getLogger("vigil.monitor_link")
 

@@ -1,4 +1,5 @@
-"""The Open Inference Protocol (KServe V2) vocabulary: datatypes, errors and request shapes."""
+"""The Open Inference Protocol (KServe V2) vocabulary: errors, request shapes and the binary
+extension's header (the datatype tables are vigil.core.tensors', shared with every floor)."""
 
 from __future__ import annotations
 
@@ -7,53 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from vigil.tensors import V2_TO_NUMPY
-from vigil.tensors import TensorSpec as TensorSpec  # re-exported: part of the wire vocabulary
-
-NUMPY_TO_V2: dict[np.dtype, str] = {v: k for k, v in V2_TO_NUMPY.items()}
-
-# ONNX tensor element types as onnxruntime names them -> V2 datatype.
-ONNX_TO_V2: dict[str, str] = {
-    "tensor(bool)": "BOOL",
-    "tensor(int8)": "INT8",
-    "tensor(int16)": "INT16",
-    "tensor(int32)": "INT32",
-    "tensor(int64)": "INT64",
-    "tensor(uint8)": "UINT8",
-    "tensor(uint16)": "UINT16",
-    "tensor(uint32)": "UINT32",
-    "tensor(uint64)": "UINT64",
-    "tensor(float16)": "FP16",
-    "tensor(float)": "FP32",
-    "tensor(double)": "FP64",
-    "tensor(string)": "BYTES",
-}
-
-# Casts accepted beyond an exact match: numpy's "safe" casts (no value can change), plus
-# FP64 -> FP32, because most clients produce float64 by default for float32 models.
-EXTRA_CASTS: frozenset[tuple[str, str]] = frozenset({("FP64", "FP32")})
+from vigil.core.tensors import V2_TO_NUMPY
 
 # Binary tensor data extension header (KServe V2 / Triton).
 HEADER_LENGTH = "inference-header-content-length"
 SERVER_EXTENSIONS = ("binary_tensor_data", "model_repository_versions")
-
-
-def element_size(datatype: str) -> int | None:
-    """Bytes per element for fixed-size datatypes; None for BYTES."""
-    if datatype == "BYTES":
-        return None
-    return V2_TO_NUMPY[datatype].itemsize
-
-
-def can_cast(source: str, target: str) -> bool:
-    """Whether a tensor of `source` datatype may be fed to an input declared as `target`."""
-    if source == target:
-        return True
-    if source == "BYTES" or target == "BYTES":
-        return False
-    if (source, target) in EXTRA_CASTS:
-        return True
-    return bool(np.can_cast(V2_TO_NUMPY[source], V2_TO_NUMPY[target], casting="safe"))
 
 
 class InferenceError(Exception):

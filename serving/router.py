@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from serving.protocol import NotFound, NotReady
-from vigil.aliases import AliasState
+from vigil.core.aliases import AliasState
 
 M = TypeVar("M")
 

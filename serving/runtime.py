@@ -7,19 +7,20 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
-from serving.protocol import (
-    NUMPY_TO_V2,
-    ONNX_TO_V2,
-    V2_TO_NUMPY,
-    BadRequest,
-    TensorSpec,
-    can_cast,
-    fit_datatype,
-)
+try:
+    import onnxruntime as ort
+except ImportError as exc:  # said here, where a session is needed, not on importing serving
+    raise ImportError(
+        "Vigil's serving runtime needs an onnxruntime build and none is installed. Install "
+        "exactly one flavour: pip install 'vigil[cpu]' (onnxruntime) or pip install "
+        "'vigil[gpu]' (onnxruntime-gpu, CUDA); the two conflict."
+    ) from exc
+
+from serving.protocol import BadRequest, fit_datatype
 from serving.settings import RuntimeSettings
-from vigil.repository import ModelVersion, RepositoryError
+from vigil.core.repository import ModelVersion, RepositoryError
+from vigil.core.tensors import NUMPY_TO_V2, ONNX_TO_V2, V2_TO_NUMPY, TensorSpec, can_cast
 
 logger = logging.getLogger("vigil.runtime")
 
@@ -30,6 +31,15 @@ _OPT_LEVELS = {
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
 _warned_cuda_fallback = False
+
+
+def cpu_session(model_bytes: bytes) -> Any:
+    """A one-thread CPU session of a model's bytes, onnxruntime's warnings left out: how the
+    command line reads a file it publishes or judges (the servers build theirs in OnnxModel)."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: callers say what failed
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
 
 
 class GpuUnavailable(RuntimeError):

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vigil.messages import SampleMessage, Tensors
+from vigil.core.messages import SampleMessage, Tensors
 
 
 @dataclass

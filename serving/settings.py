@@ -1,12 +1,13 @@
-"""Typed, bounded settings for a serving replica; the only module that reads the environment."""
+"""Typed, bounded settings for a serving replica; with vigil.core.settings, the only place a replica
+reads the environment."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from vigil.core.settings import AppSettings
 
 MiB = 1024 * 1024
 
@@ -128,23 +129,12 @@ class SamplingSettings(BaseModel):
     )
 
 
-class ServerSettings(BaseSettings):
-    """Everything one serving replica needs. Environment variables prefixed VIGIL_ fill unset
-    fields (nested with '__', e.g. VIGIL_RUNTIME__PROVIDERS='["cuda","cpu"]'); explicit
-    application args (serve.yaml `args`) win."""
+class ServerSettings(AppSettings):
+    """Everything one serving replica needs: the shared fields (vigil.core.settings) and its own.
+    Environment variables prefixed VIGIL_ fill unset fields (nested with '__', e.g.
+    VIGIL_RUNTIME__PROVIDERS='["cuda","cpu"]'); explicit application args (serve.yaml `args`)
+    win."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="VIGIL_", env_nested_delimiter="__", extra="forbid", frozen=True
-    )
-
-    model_repository: Path = Field(
-        default=Path("models"),
-        description="Folder laid out as <name>/<version>/model.onnx + model.yaml. Relative paths "
-        "resolve against the working directory of the process that builds the application.",
-    )
-    models: list[str] | None = Field(
-        default=None, description="Names of the models to load; unset loads every model found."
-    )
     max_body_bytes: int = Field(
         default=64 * MiB,
         ge=1024,
@@ -165,17 +155,6 @@ class ServerSettings(BaseSettings):
         le=100_000_000,
         description="Most elements of one BYTES tensor in a request (413 above): each becomes a "
         "Python object, so this bounds the work one request can ask for.",
-    )
-    auth: Literal["tokens", "none"] = Field(
-        default="tokens",
-        description="'tokens': routes other than health need a bearer token from tokens_file; "
-        "without that file the server is open to its own host only, and refuses to start on a "
-        "non-loopback HTTP host. 'none': everything open to anyone (logged as a warning).",
-    )
-    tokens_file: Path | None = Field(
-        default=None,
-        description="Tokens file (`vigil tokens`); unset: tokens.yaml beside model_repository. "
-        "Re-read when it changes, no restart needed. Environment: VIGIL_TOKENS_FILE.",
     )
     alias_apply_timeout_s: float = Field(
         default=30.0,

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from vigil.tensors import TensorSpec
+from vigil.core.tensors import TensorSpec
 
 OPSET = 17
 IR_VERSION = 8

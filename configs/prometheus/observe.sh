@@ -6,7 +6,7 @@
 #
 # Prometheus's bearer token for the monitor is .observe/prometheus.token: when a tokens file
 # is in use (VIGIL_TOKENS_FILE, else tokens.yaml beside models/), a token named `prometheus`
-# with the `monitor` scope is created once (`vigil tokens create prometheus --scopes monitor`);
+# with the `metrics` scope is created once (`vigil tokens create prometheus --scopes metrics`);
 # without a tokens file the file stays empty (Vigil answers its own host without tokens).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -23,8 +23,8 @@ mkdir -p "$STATE/data"
 chmod 700 "$STATE"
 if [ -f "$TOKENS_FILE" ]; then
     if [ ! -s "$TOKEN_FILE" ]; then
-        echo "observe: creating a monitor-scope token for Prometheus in $TOKENS_FILE"
-        if ! out=$("$VIGIL" tokens create prometheus --scopes monitor --file "$TOKENS_FILE" 2>&1); then
+        echo "observe: creating a metrics-scope token for Prometheus in $TOKENS_FILE"
+        if ! out=$("$VIGIL" tokens create prometheus --scopes metrics --file "$TOKENS_FILE" 2>&1); then
             echo "$out" >&2
             echo "observe: a token named 'prometheus' exists but $TOKEN_FILE is empty: either" \
                 "write that token into $TOKEN_FILE, or run '$VIGIL tokens revoke prometheus'" \

@@ -110,7 +110,7 @@ def vigil(tmp_path_factory) -> VigilCluster:
     import ray
     from ray import serve
 
-    from vigil.examples import build_examples
+    from vigil.tools.examples import build_examples
 
     models_dir = tmp_path_factory.mktemp("models")
     build_examples(models_dir)
@@ -166,7 +166,7 @@ def client(vigil: VigilCluster):
 def publish_test_models(models_dir: Path) -> None:
     """The models no version may batch, and the slow one (tests/graphs.py), undeclared."""
     from tests.graphs import COUPLED_MODELS, SLOW_MODEL
-    from vigil.repository import publish
+    from vigil.core.repository import publish
 
     for name, (builder, inputs, outputs) in {**COUPLED_MODELS, "slow": SLOW_MODEL}.items():
         publish(models_dir, name, "1", builder().SerializeToString(), inputs, outputs)

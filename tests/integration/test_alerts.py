@@ -31,12 +31,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from monitoring.outbox import Outbox, outbox_file
+from monitoring.outbox import Outbox
+from monitoring.settings import MonitorAppSettings
 from tests.conftest import _free_port
 from tests.integration.conftest import ROOT, wait_for
 from tests.integration.test_monitor import _batch, _monitor_app, _wait_until_no_samples_arrive
 from tests.local_http import serving
-from vigil.repository import read_manifest
+from vigil.core.repository import read_manifest
 
 pytestmark = pytest.mark.slow
 ROWS = 100
@@ -135,7 +136,7 @@ def alerting(vigil, tmp_path_factory):
         vigil.deploy(config)
         wait_for(lambda: [a["rule"] for a in _drift(vigil)["alerts"]] == [RULE], 180,
                  "the monitor running the test's rules", 1.0)
-        outbox = Outbox(outbox_file(None, vigil.models_dir))
+        outbox = Outbox(MonitorAppSettings(model_repository=vigil.models_dir).outbox_file())
         try:
             yield SimpleNamespace(windows=windows, receiver=receiver, hits=hits, outbox=outbox,
                                   workdir=workdir, handle=handle)
@@ -251,7 +252,7 @@ def test_events_wait_for_a_receiver_that_is_down(vigil, alerting):
     assert all(e["deliveries"] >= 1 for e in events)
     # A replay sends the same id again: the receiver's deduplication sees it once.
     replayed = pending[0].event_id
-    from vigil.cli import main
+    from vigil.tools.cli import main
 
     assert main(["webhooks", "replay", replayed, "--target", "receiver",
                  "--outbox", str(alerting.outbox.path)]) == 0
@@ -281,7 +282,7 @@ def test_500_hang_and_410_are_retried_retried_and_dead_lettered(vigil, alerting)
         assert _metric(vigil, "vigil_webhook_dead_letters_total", target=target) >= 1
 
     # `vigil webhooks retry` puts a dead letter back: one more attempt, dead again.
-    from vigil.cli import main
+    from vigil.tools.cli import main
 
     assert main(["webhooks", "retry", eid, "--target", "gone",
                  "--outbox", str(alerting.outbox.path)]) == 0

@@ -30,7 +30,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def placement(tmp_path_factory) -> dict:
-    from vigil.examples import build_examples
+    from vigil.tools.examples import build_examples
 
     models_dir = tmp_path_factory.mktemp("gpu-models")
     build_examples(models_dir)

@@ -1,6 +1,6 @@
 """Stopping `make serve` stops everything it started (issue 10, item 4).
 
-A real `make serve` (the Makefile's recipe: vigil.lifecycle around `serve run`) in a process
+A real `make serve` (the Makefile's recipe: vigil.tools.lifecycle around `serve run`) in a process
 group of its own, on its own ports and its own local Ray (RAY_ADDRESS=local: never the test
 session's Ray nor a developer's `ray start` cluster), serving example models built into a temp
 dir. Once both apps answer, every process of the run is recorded (make's descendants and every
@@ -9,7 +9,7 @@ listen on; then a signal goes to make's process group (what a terminal's Ctrl-C,
 supervisors send) or to make alone. Within 15 s every one of those processes must be gone,
 together with any they started meanwhile, and none of the ports may be listening.
 
-The fast tests run vigil.lifecycle the same way around a command that ignores SIGINT and leaves
+The fast tests run vigil.tools.lifecycle the same way around a command that ignores SIGINT and leaves
 an orphan in a session of its own, without Ray: the grace period, SIGTERM/SIGKILL of leftovers,
 and SIGINT to make alone (which make neither passes on nor stops waiting for)."""
 
@@ -42,7 +42,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory) -> Path:
-    from vigil.examples import build_examples
+    from vigil.tools.examples import build_examples
 
     # A folder of its own: the session's tokens file lies beside the session's repository, in
     # the shared temporary folder, and would turn auth on for this one too.
@@ -186,7 +186,7 @@ CASES = {
     "SIGTERM to make": (False, signal.SIGTERM),
     # `timeout`, docker stop on a shell, a runner's escalation.
     "SIGTERM to the group": (True, signal.SIGTERM),
-    # make neither passes SIGINT on nor stops waiting: vigil.lifecycle watches make for it.
+    # make neither passes SIGINT on nor stops waiting: vigil.tools.lifecycle watches make for it.
     "SIGINT to make": (False, signal.SIGINT),
 }
 
@@ -222,7 +222,7 @@ def _sigint_as_at_a_terminal() -> None:
     """make as a terminal or a CI runner starts it, whatever this test process inherited: a
     suite started in the background by a non-interactive shell (`make test &`) has SIGINT
     ignored, and a make that inherits that ignores SIGINT itself (then the "SIGINT to make" cases
-    test nothing). vigil.lifecycle handles the ignored case on its own."""
+    test nothing). vigil.tools.lifecycle handles the ignored case on its own."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
@@ -253,7 +253,7 @@ def test_lifecycle_stops_a_stubborn_command_and_its_orphans(case, tmp_path):
     orphan in another session is SIGTERMed (SIGKILLed) with it after the grace period."""
     (tmp_path / "stubborn.py").write_text(_STUBBORN)
     (tmp_path / "Makefile").write_text(
-        "run:\n\texec $(PY) -m vigil.lifecycle --grace 1 --kill-after 1 -- $(PY) stubborn.py\n")
+        "run:\n\texec $(PY) -m vigil.tools.lifecycle --grace 1 --kill-after 1 -- $(PY) stubborn.py\n")
     log = tmp_path / "make.log"
     with log.open("wb") as out:
         make = subprocess.Popen(["make", "-s", "run", f"PY={sys.executable}"], cwd=tmp_path,
@@ -263,7 +263,7 @@ def test_lifecycle_stops_a_stubborn_command_and_its_orphans(case, tmp_path):
     run = _Run(make)
     try:
         deadline = time.monotonic() + 30
-        # make, vigil.lifecycle, the command, its two sleeps
+        # make, vigil.tools.lifecycle, the command, its two sleeps
         while not (tmp_path / "started").exists() or len(run.left()) < 5:
             assert make.poll() is None and time.monotonic() < deadline, _tail(log)
             time.sleep(0.1)

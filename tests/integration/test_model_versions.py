@@ -18,8 +18,9 @@ import httpx
 import pytest
 
 from tests.integration.conftest import create_token, wait_for
-from vigil import aliases, model_gate
-from vigil.repository import publish, scan
+from vigil.core import aliases
+from vigil.tools import model_gate
+from vigil.core.repository import publish, scan
 
 MODEL = "vm"
 ROW = [0.5] * 30
@@ -411,7 +412,7 @@ def test_a_failing_canary_is_rolled_back_by_the_monitor(vm) -> None:
     (60 s), audited as the monitor, announced as vigil.model.rolled_back; production serves on."""
     import sqlite3
 
-    from vigil.tensors import TensorSpec
+    from vigil.core.tensors import TensorSpec
 
     publish(vm.models_dir, MODEL, "6", _failing_graph(),
             (TensorSpec("input", "FP32", (-1, 30)),), (TensorSpec("label", "FP32", (7, -1)),))
@@ -445,6 +446,6 @@ def test_a_failing_canary_is_rolled_back_by_the_monitor(vm) -> None:
 
 
 def audit_entries(root: Path):
-    from vigil import audit
+    from vigil.core import audit
 
     return audit.entries(root)

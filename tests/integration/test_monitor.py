@@ -18,8 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from ray.serve.schema import ServeDeploySchema
 
 from monitoring.settings import MonitorAppSettings, MonitorSettings
-from vigil.messages import SampleMessage
-from vigil.repository import read_manifest
+from vigil.core.messages import SampleMessage
+from vigil.core.repository import read_manifest
 from tests.integration.conftest import SERVE_CONFIG, wait_for
 
 SHIFTED = ["mean radius", "mean texture", "worst area"]  # moved by 3 reference std each
@@ -284,7 +284,7 @@ def test_report_describes_the_last_closed_window_and_is_built_once(vigil, monito
 
 @pytest.mark.slow
 def test_report_cli_writes_evidently_html(vigil, monitor, tmp_path: Path, monkeypatch):
-    from vigil.cli import main
+    from vigil.tools.cli import main
 
     monkeypatch.setenv("VIGIL_TOKEN", vigil.token)  # what the CLI sends as its bearer token
     out = tmp_path / "report.html"

@@ -51,7 +51,7 @@ from tests.prometheus_tools import (
     selectors,
     split_top_level_or,
 )
-from vigil.repository import read_manifest
+from vigil.core.repository import read_manifest
 
 pytestmark = pytest.mark.slow
 
@@ -187,7 +187,7 @@ def observed_vigil(vigil):
 
 
 def test_every_rule_alert_and_panel_returns_data(observed_vigil, prometheus_tools, tmp_path):
-    from vigil.tokens import revoke_token
+    from vigil.core.tokens import revoke_token
 
     vigil = observed_vigil
     token = create_token(TOKEN_NAME, "monitor", vigil.models_dir)

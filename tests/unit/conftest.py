@@ -19,9 +19,9 @@ from tests.graphs import (
     identity_graph,
     reduce_sum_graph,
 )
-from vigil.examples import build_examples
-from vigil.repository import ModelVersion, publish, scan
-from vigil.tensors import TensorSpec
+from vigil.tools.examples import build_examples
+from vigil.core.repository import ModelVersion, publish, scan
+from vigil.core.tensors import TensorSpec
 
 
 @pytest.fixture(scope="session")

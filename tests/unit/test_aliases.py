@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from vigil import aliases, audit, model_ops
-from vigil.aliases import AliasError, AliasState, Canary
-from vigil.repository import publish, scan
-from vigil.tensors import TensorSpec
+from vigil.core import aliases, audit, model_ops
+from vigil.core.aliases import AliasError, AliasState, Canary
+from vigil.core.repository import publish, scan
+from vigil.core.tensors import TensorSpec
 
 PUBLISHED = ["1", "2", "3"]
 SPEC = (TensorSpec("x", "FP32", (-1, 2)),)

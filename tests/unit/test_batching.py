@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 
 from serving.batching import RowBatcher, Tensors
-from serving.protocol import TensorSpec
+from vigil.core.tensors import TensorSpec
 from serving.runtime import OnnxModel
 from serving.settings import BatchSettings
 from tests.graphs import COUPLED_MODELS

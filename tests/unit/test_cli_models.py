@@ -21,12 +21,12 @@ from starlette.routing import Route
 from tests.conftest import _free_port
 from tests.graphs import double_graph, identity_graph
 from tests.local_http import serving
-from vigil import audit, model_ops
-from vigil.aliases import AliasError, read_aliases
-from vigil.cli import main
-from vigil.model_client import LocalModels, local_actor
-from vigil.repository import publish, read_manifest
-from vigil.tensors import TensorSpec
+from vigil.core import audit, model_ops
+from vigil.core.aliases import AliasError, read_aliases
+from vigil.tools.cli import main
+from vigil.tools.model_client import LocalModels, local_actor
+from vigil.core.repository import publish, read_manifest
+from vigil.core.tensors import TensorSpec
 
 SPEC = (TensorSpec("x", "FP32", (-1, -1)),)
 OUT = (TensorSpec("y", "FP32", (-1, -1)),)
@@ -283,7 +283,7 @@ def test_promote_force_reaches_the_gate_with_its_reason(
 class StandInAdminServer:
     """A STAND-IN for Vigil's admin API (the real one runs on Ray Serve and has its own
     integration tests): the documented routes and answers, over the repository through
-    vigil.model_ops, with bearer tokens `admin-token` (admin), `infer-token` (infer) and
+    vigil.core.model_ops, with bearer tokens `admin-token` (admin), `infer-token` (infer) and
     `both-token`. Records each request; `converged` False makes changes report replicas behind."""
 
     TOKENS = {"admin-token": {"admin"}, "infer-token": {"infer"},
@@ -368,7 +368,7 @@ class StandInAdminServer:
 
     @staticmethod
     def _answer(make: Any) -> Response:
-        from vigil.model_client import ModelsError
+        from vigil.tools.model_client import ModelsError
 
         try:
             return JSONResponse(make())

@@ -10,7 +10,7 @@ import pytest
 
 from monitoring.alert_settings import secret_key
 from monitoring.outbox import STATES, NewEvent, Outbox
-from vigil.cli import _DELIVERY_STATES, main
+from vigil.tools.cli import _DELIVERY_STATES, main
 
 CREATED = 1_700_000_000.0  # 2023-11-14T22:13:20+00:00
 

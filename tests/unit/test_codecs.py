@@ -23,7 +23,8 @@ from serving.codecs import (
     parse_header_length,
     parse_request,
 )
-from serving.protocol import V2_TO_NUMPY, BadRequest, InferenceRequest, RequestedOutput
+from serving.protocol import BadRequest, InferenceRequest, RequestedOutput
+from vigil.core.tensors import V2_TO_NUMPY
 from serving.runtime import _datatype_of
 
 DATATYPES = sorted(V2_TO_NUMPY)

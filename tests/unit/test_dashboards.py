@@ -1,4 +1,4 @@
-"""vigil.dashboards: the committed Grafana JSON is what the module generates, its variables, its
+"""vigil.tools.dashboards: the committed Grafana JSON is what the module generates, its variables, its
 panels, and every metric its queries name exists somewhere we can point at."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import pytest
 
 pytest.importorskip("grafana_foundation_sdk", reason="needs the observe extra")
 
-from vigil import dashboards  # noqa: E402
-from vigil.cli import main  # noqa: E402
+from vigil.tools import dashboards  # noqa: E402
+from vigil.tools.cli import main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "configs" / "grafana" / "vigil.json"
@@ -260,12 +260,12 @@ def test_check_fails_after_a_change_and_build_repairs_it(
 def test_without_the_sdk_the_command_says_what_to_install(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import vigil
+    import vigil.tools
 
     for name in [n for n in sys.modules if n.split(".")[0] == "grafana_foundation_sdk"]:
         monkeypatch.setitem(sys.modules, name, None)  # None: the import fails as if not installed
-    monkeypatch.delitem(sys.modules, "vigil.dashboards")
-    monkeypatch.delattr(vigil, "dashboards")
+    monkeypatch.delitem(sys.modules, "vigil.tools.dashboards")
+    monkeypatch.delattr(vigil.tools, "dashboards")
     assert main(["dashboards", "build", "--out", str(tmp_path / "x.json")]) == 1
     assert ".[observe]" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()

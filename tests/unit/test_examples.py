@@ -14,9 +14,9 @@ from sklearn.datasets import load_breast_cancer
 from sklearn.model_selection import train_test_split
 
 from monitoring.profile import Profile
-from serving.protocol import TensorSpec
-from vigil.examples import REFERENCE_FILE, build_examples
-from vigil.repository import PROFILE_JSON, RepositoryError, scan
+from vigil.core.tensors import TensorSpec
+from vigil.tools.examples import REFERENCE_FILE, build_examples
+from vigil.core.repository import PROFILE_JSON, RepositoryError, scan
 
 
 @pytest.fixture(scope="module")

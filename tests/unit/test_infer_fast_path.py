@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from serving.deployments import InferFastPath, infer_path_params
-from vigil.web import route_path
+from vigil.adapters.web import route_path
 
 INFER_ROUTES = ("/v2/models/{model}/infer", "/v2/models/{model}/versions/{version}/infer")
 

@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 import yaml
 
-from vigil import audit, model_gate, model_ops
-from vigil.aliases import AliasError
-from vigil.examples import BREAST_CANCER_INPUTS, BREAST_CANCER_OUTPUTS, HOLDOUT_FILE
-from vigil.repository import MANIFEST_FILE, publish, read_manifest, scan
+from vigil.core import audit, model_ops
+
+from vigil.tools import model_gate
+from vigil.core.aliases import AliasError
+from vigil.tools.examples import BREAST_CANCER_INPUTS, BREAST_CANCER_OUTPUTS, HOLDOUT_FILE
+from vigil.core.repository import MANIFEST_FILE, publish, read_manifest, scan
 
 
 def _trained(columns: int | None, shuffle: bool = False) -> bytes:
@@ -135,7 +137,7 @@ def test_a_validated_version_whose_bytes_changed_is_refused(repo: Path) -> None:
 
 
 def test_a_changed_signature_must_be_declared(repo: Path) -> None:
-    from vigil.tensors import TensorSpec
+    from vigil.core.tensors import TensorSpec
 
     spec_in = (TensorSpec("input", "FP32", (-1, 30)),)
     spec_out = (TensorSpec("output", "FP32", (-1, 30)),)

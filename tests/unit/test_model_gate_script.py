@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.unit.test_model_gate import _trained
-from vigil.examples import BREAST_CANCER_INPUTS, BREAST_CANCER_OUTPUTS, HOLDOUT_FILE
-from vigil.repository import publish, read_manifest
+from vigil.tools.examples import BREAST_CANCER_INPUTS, BREAST_CANCER_OUTPUTS, HOLDOUT_FILE
+from vigil.core.repository import publish, read_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / ".ci" / "model-gate"

@@ -12,9 +12,9 @@ from serving.protocol import NotFound
 from serving.runtime import GpuUnavailable
 from serving.settings import BatchSettings, RuntimeSettings
 from tests.graphs import identity_graph
-from vigil import model_ops
-from vigil.repository import MANIFEST_FILE, publish
-from vigil.tensors import TensorSpec
+from vigil.core import model_ops
+from vigil.core.repository import MANIFEST_FILE, publish
+from vigil.core.tensors import TensorSpec
 
 SPEC = [("x", "FP32", (-1, 2))]
 INPUTS = (TensorSpec("x", "FP32", (-1, 2)),)
@@ -78,7 +78,7 @@ def test_a_tampered_version_is_not_loaded_and_the_others_serve(repo: Path) -> No
     models = _set(repo)
     assert models.router.versions("m") == ["1", "2", "3"]
     assert "does not match" in models.failed[("m", "4")]
-    from vigil.repository import RepositoryError
+    from vigil.core.repository import RepositoryError
 
     with pytest.raises(RepositoryError, match="does not match"):
         models.check_loadable("m", "4")

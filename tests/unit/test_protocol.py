@@ -1,19 +1,13 @@
-"""The V2 vocabulary: the datatype table, safe casts, element sizes, errors, request shapes."""
+"""The V2 vocabulary (vigil.core.tensors' datatype tables, safe casts, element sizes; serving.protocol's
+errors and fitting), one table each."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from serving.protocol import (
-    NUMPY_TO_V2,
-    ONNX_TO_V2,
-    V2_TO_NUMPY,
-    BadRequest,
-    TensorSpec,
-    can_cast,
-    fit_datatype,
-)
+from serving.protocol import BadRequest, fit_datatype
+from vigil.core.tensors import NUMPY_TO_V2, ONNX_TO_V2, V2_TO_NUMPY, TensorSpec, can_cast
 
 ALL = sorted(V2_TO_NUMPY)
 

@@ -1,4 +1,4 @@
-"""`vigil models publish` and vigil.publishing: an ONNX file checked, its signature read by
+"""`vigil models publish` and vigil.tools.publishing: an ONNX file checked, its signature read by
 onnxruntime, its lineage and reference profile written with it, audited; every refusal with its
 exit code and message, and nothing written when refused."""
 
@@ -20,9 +20,9 @@ from onnx import TensorProto, helper, numpy_helper
 from monitoring.profile import Profile
 from tests.conftest import _free_port
 from tests.graphs import IR_VERSION, OPSET, double_graph, fixed_pair_graph, identity_graph
-from vigil.cli import main
-from vigil.model_client import local_actor
-from vigil.publishing import PublishError, count_rows, next_version, publish_file
+from vigil.tools.cli import main
+from vigil.tools.model_client import local_actor
+from vigil.tools.publishing import PublishError, count_rows, next_version, publish_file
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -422,8 +422,8 @@ class NoOnnxRuntime(importlib.abc.MetaPathFinder):
         return None
 
 sys.meta_path.insert(0, NoOnnxRuntime())
-import vigil.cli, vigil.models_cli, vigil.model_client
-assert vigil.cli.main(["models", "list", "--url", sys.argv[1], "--repository", sys.argv[2]]) == 0
+import vigil.tools.cli, vigil.tools.models_cli, vigil.tools.model_client
+assert vigil.tools.cli.main(["models", "list", "--url", sys.argv[1], "--repository", sys.argv[2]]) == 0
 assert not any(m == "onnxruntime" or m.startswith("onnxruntime.") for m in sys.modules)
 print("models commands run without onnxruntime")
 """
@@ -440,7 +440,7 @@ def test_the_models_commands_import_without_onnxruntime(tmp_path: Path, no_serve
 
 
 def test_publishing_imports_onnxruntime_only_when_it_publishes() -> None:
-    code = ("import sys, vigil.publishing; "
+    code = ("import sys, vigil.tools.publishing; "
             "print(any(m.startswith('onnxruntime') or m == 'onnx' for m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                             text=True, timeout=120)

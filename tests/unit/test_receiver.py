@@ -4,7 +4,7 @@ stand-in for GitHub's repository_dispatch API. No Ray."""
 
 from __future__ import annotations
 
-from vigil.aliases import LOCK_FILE, read_aliases
+from vigil.core.aliases import LOCK_FILE, read_aliases
 
 import asyncio
 import base64
@@ -44,8 +44,8 @@ from examples.retrain_receiver import (
     window_rows,
 )
 from monitoring.profile import Profile
-from vigil.examples import REFERENCE_FILE, build_examples
-from vigil.repository import read_manifest, scan
+from vigil.tools.examples import REFERENCE_FILE, build_examples
+from vigil.core.repository import read_manifest, scan
 
 
 def _secret() -> str:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serving.protocol import TensorSpec
-from vigil.repository import (
+from vigil.core.tensors import TensorSpec
+from vigil.core.repository import (
     MANIFEST_FILE,
     MODEL_FILE,
     ModelVersion,

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.unit.test_receiver import TOKEN, WINDOW_ROWS, StandInMonitorRows
-from vigil.aliases import read_aliases
-from vigil.repository import read_manifest
+from vigil.core.aliases import read_aliases
+from vigil.core.repository import read_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 

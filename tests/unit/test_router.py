@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from serving.protocol import NotFound, NotReady, TensorSpec
-from vigil.repository import publish, scan
+from serving.protocol import NotFound, NotReady
+from vigil.core.tensors import TensorSpec
+from vigil.core.repository import publish, scan
 from serving.router import ModelRouter, ModelRoutes, sticky_share
-from vigil.aliases import AliasState, Canary
+from vigil.core.aliases import AliasState, Canary
 
 
 @pytest.fixture

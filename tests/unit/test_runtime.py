@@ -11,8 +11,9 @@ import pytest
 from sklearn.datasets import load_breast_cancer
 
 from serving import runtime
-from serving.protocol import BadRequest, TensorSpec
-from vigil.repository import ModelVersion, RepositoryError
+from serving.protocol import BadRequest
+from vigil.core.tensors import TensorSpec
+from vigil.core.repository import ModelVersion, RepositoryError
 from serving.runtime import GpuUnavailable, OnnxModel, select_providers
 from serving.settings import RuntimeSettings
 

@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vigil.cli import main
-from vigil.tokens import (
+from vigil.core.settings import AppSettings
+from vigil.tools.cli import main
+from vigil.core.tokens import (
     TokensFileError,
     TokenVerifier,
     create_token,
     parse_scopes,
     read_tokens,
     revoke_token,
-    tokens_file,
 )
 
 
@@ -91,8 +91,10 @@ def test_a_malformed_file_is_refused_with_where_and_why(tmp_path: Path, doc: str
 
 
 def test_the_default_file_sits_beside_the_model_repository(tmp_path: Path) -> None:
-    assert tokens_file(None, tmp_path / "models") == tmp_path.resolve() / "tokens.yaml"
-    assert tokens_file("/etc/vigil/t.yaml", tmp_path / "models") == Path("/etc/vigil/t.yaml")
+    beside = AppSettings(model_repository=tmp_path / "models").tokens_path()
+    assert beside == tmp_path.resolve() / "tokens.yaml"
+    named = AppSettings(model_repository=tmp_path / "models", tokens_file="/etc/vigil/t.yaml")
+    assert named.tokens_path() == Path("/etc/vigil/t.yaml")
 
 
 # ---------------------------------------------------------------- checks
@@ -126,10 +128,12 @@ def test_check_allows_the_scope_and_refuses_the_rest(tokens) -> None:
     assert issued["infer"] not in verifier.check(f"Bearer {issued['infer']}x", "infer").message
 
 
-def test_without_a_file_nothing_is_enforced_until_one_appears(tmp_path: Path) -> None:
+def test_without_a_file_no_token_is_valid_until_one_appears(tmp_path: Path) -> None:
+    """Without a file the verifier is not enabled (the guard then admits its own host only)
+    and its check grants nothing; a file created later is noticed without a restart."""
     path = tmp_path / "tokens.yaml"
     verifier = TokenVerifier(path, recheck_s=0.0)
-    assert not verifier.enabled and verifier.check(None, "infer").allowed
+    assert not verifier.enabled and not verifier.check(None, "infer").allowed
     token = create_token(path, "late", frozenset({"infer"}))
     assert verifier.enabled  # noticed without a restart
     assert not verifier.check(None, "infer").allowed
@@ -155,7 +159,7 @@ def test_rechecks_are_rate_limited(tokens) -> None:
 
 
 def test_a_vanished_or_broken_file_keeps_the_last_tokens(tokens, caplog) -> None:
-    caplog.set_level(logging.ERROR, "vigil.tokens")
+    caplog.set_level(logging.ERROR, "vigil.core.tokens")
     path, issued = tokens
     verifier = TokenVerifier(path, recheck_s=0.0)
     path.write_text("version: [\n")
@@ -191,3 +195,42 @@ def test_cli_honours_vigil_tokens_file(tmp_path: Path, capsys, monkeypatch) -> N
     assert main(["tokens", "create", "ci", "--scopes", "admin"]) == 0
     assert [r.name for r in read_tokens(path)] == ["ci"]
     assert str(path) in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- scopes: least privilege
+
+
+@pytest.mark.parametrize(
+    ("scopes", "grants"),
+    [
+        ("metrics", {"metrics"}),
+        ("monitor", {"monitor", "metrics"}),  # as before `metrics` existed: a monitor token scrapes
+        ("infer", {"infer"}),
+        ("admin", {"admin"}),  # admin changes versions; it reads no sampled rows, scrapes nothing
+        ("infer,metrics", {"infer", "metrics"}),
+    ],
+)
+def test_each_scope_grants_itself_and_only_what_it_implies(
+    tmp_path: Path, scopes: str, grants: set[str]
+) -> None:
+    path = tmp_path / "tokens.yaml"
+    token = create_token(path, "t", parse_scopes(scopes))
+    verifier = TokenVerifier(path)
+    for scope in ("metrics", "infer", "monitor", "admin"):
+        decision = verifier.check(f"Bearer {token}", scope)
+        assert decision.allowed is (scope in grants), (scopes, scope)
+        if not decision.allowed:
+            assert decision.status == 403 and f"lacks the {scope!r} scope" in decision.message
+
+
+def test_a_tokens_file_from_before_the_metrics_scope_keeps_its_rights(tmp_path: Path) -> None:
+    """A file written when the scopes were infer, monitor and admin reads the same: nothing it
+    granted breaks and nothing widens (a monitor token still scrapes, and reads no more)."""
+    path = tmp_path / "tokens.yaml"
+    digest = hashlib.sha256(b"vigil_old").hexdigest()
+    path.write_text(f"version: 1\ntokens:\n  - {{name: prom, scopes: [monitor], sha256: {digest}}}\n")
+    verifier = TokenVerifier(path)
+    assert verifier.check("Bearer vigil_old", "metrics").allowed
+    assert verifier.check("Bearer vigil_old", "monitor").allowed
+    assert not verifier.check("Bearer vigil_old", "admin").allowed
+    assert not verifier.check("Bearer vigil_old", "infer").allowed

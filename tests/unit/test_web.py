@@ -18,8 +18,8 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from serving.deployments import serving_scope
-from vigil.tokens import TokenVerifier, create_token
-from vigil.web import (
+from vigil.core.tokens import TokenVerifier, create_token
+from vigil.adapters.web import (
     OPEN,
     AuthConfigError,
     BearerGuard,
@@ -123,17 +123,41 @@ def test_is_loopback(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
 
 
+def _unanswered() -> str:
+    raise TimeoutError("Serve's controller did not answer within 30 s")
+
+
+@pytest.mark.parametrize("host", [_unanswered, lambda: "None", lambda: "", lambda: "my-host"])
+def test_doubt_about_where_the_server_listens_refuses_to_start(tmp_path: Path, host) -> None:
+    """No tokens file and no certain loopback host: the server does not start (it once started
+    open when Serve's controller timed out, as if on loopback)."""
+    with pytest.raises(AuthConfigError, match="tokens create") as info:
+        open_access_check("tokens", TokenVerifier(tmp_path / "tokens.yaml"), host)
+    if host is _unanswered:
+        assert "where this server listens is unknown (TimeoutError" in str(info.value)
+
+
+def test_no_tokens_file_grants_nothing_to_a_token_check(tmp_path: Path) -> None:
+    """The verifier itself never grants a route when no tokens file is in force: who may come
+    in without a token is the guard's explicit choice (its own host only)."""
+    verifier = TokenVerifier(tmp_path / "absent.yaml")
+    decision = verifier.check("Bearer vigil_anything", "admin")
+    assert not decision.allowed and decision.status == 401
+
+
 def test_an_open_server_refuses_to_start_off_loopback(tmp_path: Path, caplog) -> None:
-    caplog.set_level(logging.WARNING, "vigil.web")
+    caplog.set_level(logging.WARNING, "vigil.adapters.web")
     absent = TokenVerifier(tmp_path / "tokens.yaml")
-    open_access_check("tokens", absent, "127.0.0.1")  # a laptop: fine
+    open_access_check("tokens", absent, lambda: "127.0.0.1")  # a laptop: fine
     with pytest.raises(AuthConfigError) as info:
-        open_access_check("tokens", absent, "0.0.0.0")
-    assert "HTTP host 0.0.0.0 is not loopback and there is no tokens file" in str(info.value)
+        open_access_check("tokens", absent, lambda: "0.0.0.0")
+    assert "HTTP host '0.0.0.0' is not loopback and there is no tokens file" in str(info.value)
     assert "auth: none" in str(info.value)
     create_token(tmp_path / "tokens.yaml", "ci", frozenset({"infer"}))
-    open_access_check("tokens", TokenVerifier(tmp_path / "tokens.yaml"), "0.0.0.0")  # tokens: fine
-    open_access_check("none", absent, "0.0.0.0")  # explicit opt-out: starts, and says so
+    verifier = TokenVerifier(tmp_path / "tokens.yaml")
+    open_access_check("tokens", verifier, lambda: "0.0.0.0")  # tokens: fine
+    open_access_check("tokens", verifier, _unanswered)  # with tokens, the host is not asked
+    open_access_check("none", absent, _unanswered)  # explicit opt-out: starts, and says so
     assert any("auth: none" in r.getMessage() and r.levelname == "WARNING"
                for r in caplog.records)
 

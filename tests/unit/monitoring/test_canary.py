@@ -1,5 +1,5 @@
 """Automatic canary rollback: rollback rules judge only the canary, clear it through
-vigil.model_ops (aliases and audit log), send one vigil.model.rolled_back event and tell the
+vigil.core.model_ops (aliases and audit log), send one vigil.model.rolled_back event and tell the
 replicas; a canary already gone, production, and a later canary deployment, over a real
 repository and outbox."""
 
@@ -18,10 +18,10 @@ from monitoring.canary import CanaryGuard, rollback_reason
 from monitoring.outbox import Outbox
 from monitoring.rules import AlertState, Crossed, Verdict
 from tests.unit.monitoring.helpers import drift_of, latency_of, window_of
-from vigil import audit, model_ops
-from vigil.aliases import read_aliases
-from vigil.repository import publish
-from vigil.tensors import TensorSpec
+from vigil.core import audit, model_ops
+from vigil.core.aliases import read_aliases
+from vigil.core.repository import publish
+from vigil.core.tensors import TensorSpec
 
 PUBLIC = "http://mon.example:8000/monitor"
 ERRORS = AlertRule(name="canary-errors", when={"error_ratio_above": 0.05}, min_requests=20,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vigil.cli import main
+from vigil.tools.cli import main
 
 
 class _Monitor(BaseHTTPRequestHandler):

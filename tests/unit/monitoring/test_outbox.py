@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from monitoring.outbox import DEFAULT_FILE_NAME, NewEvent, Outbox, outbox_file
+from monitoring.outbox import NewEvent, Outbox
+from monitoring.settings import OUTBOX_FILE_NAME, MonitorAppSettings
 from monitoring.rules import AlertState
 
 KEY = ("iris", "1", "drift")
@@ -31,8 +32,10 @@ def outbox(tmp_path: Path) -> Iterator[Outbox]:
 
 
 def test_outbox_file() -> None:
-    assert outbox_file("~/x.sqlite", "/srv/models") == Path("~/x.sqlite").expanduser()
-    assert outbox_file(None, "/srv/models") == Path("/srv") / DEFAULT_FILE_NAME
+    named = MonitorAppSettings(model_repository="/srv/models", outbox_path="~/x.sqlite")
+    assert named.outbox_file() == Path("~/x.sqlite").expanduser()
+    beside = MonitorAppSettings(model_repository="/srv/models").outbox_file()
+    assert beside == Path("/srv") / OUTBOX_FILE_NAME
 
 
 def test_a_commit_stores_state_events_and_deliveries(outbox: Outbox) -> None:

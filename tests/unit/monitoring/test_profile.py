@@ -15,7 +15,7 @@ import pytest
 
 from monitoring.drift import compute_drift
 from monitoring.profile import Profile, build_profile, load_data
-from vigil.repository import PROFILE_JSON, PROFILE_NPZ
+from vigil.core.repository import PROFILE_JSON, PROFILE_NPZ
 from tests.unit.monitoring.helpers import Case, as_window
 
 

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 
 from monitoring.profile import Profile
-from vigil.repository import PROFILE_JSON, PROFILE_NPZ
+from vigil.core.repository import PROFILE_JSON, PROFILE_NPZ
 from monitoring.profile_builder import build_version_profile
-from vigil.cli import main
-from vigil.profiles import profile_version
-from vigil.tensors import TensorSpec
+from vigil.tools.cli import main
+from vigil.tools.profiles import profile_version
+from vigil.core.tensors import TensorSpec
 
 
 def test_examples_build_the_breast_cancer_profile(example_root: Path) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from monitoring.service import MonitorService, NotReady, RateLimitedLog, UnknownModel
 from monitoring.settings import MonitorAppSettings, MonitorSettings
-from vigil.messages import SCHEMA_VERSION, SampleMessage
+from vigil.core.messages import SCHEMA_VERSION, SampleMessage
 
 SETTINGS = MonitorSettings(window={"rows": 100, "seconds": None})
 

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vigil import aliases, audit, repository
-from vigil.aliases import AliasError, AliasState
-from vigil.repository import VersionManifest
+from vigil.core import aliases, audit, repository
+from vigil.core.aliases import AliasError, AliasState
+from vigil.core.repository import VersionManifest
 
 # action -> whether it needs a version
 ACTIONS = {
@@ -50,7 +50,7 @@ class Change:
 
 
 def gate_passed(manifest: VersionManifest) -> bool:
-    """Whether the version's recorded model-gate verdict (vigil.model_gate) passed, for these very
+    """Whether the version's recorded model-gate verdict (vigil.tools.model_gate) passed, for these very
     bytes."""
     verdict = manifest.lineage.get("validation")
     return (isinstance(verdict, dict) and verdict.get("passed") is True

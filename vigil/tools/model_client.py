@@ -15,8 +15,8 @@ from typing import Any, Protocol
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from vigil import audit, model_ops, repository
-from vigil.aliases import AliasError, read_aliases
+from vigil.core import audit, model_ops, repository
+from vigil.core.aliases import AliasError, read_aliases
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -180,7 +180,7 @@ def _error_text(raw: bytes) -> str:
 
 
 class LocalModels:
-    """The repository at `root`, read and changed in place (vigil.model_ops), as `actor`."""
+    """The repository at `root`, read and changed in place (vigil.core.model_ops), as `actor`."""
 
     def __init__(self, root: Path, actor: str) -> None:
         self.root = Path(root)

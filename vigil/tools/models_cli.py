@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from vigil import gate_cli
-from vigil.model_client import (
+from vigil.tools import gate_cli
+from vigil.tools.model_client import (
     DEFAULT_URL,
     LocalModels,
     Models,
@@ -98,7 +98,7 @@ def _answering(handler: _Handler) -> _Handler:
 
 
 def _publish(args: argparse.Namespace) -> int:
-    from vigil.publishing import PublishError, current_commit, publish_file
+    from vigil.tools.publishing import PublishError, current_commit, publish_file
 
     try:
         metadata = _pairs(args.meta)
@@ -145,7 +145,7 @@ def _publish(args: argparse.Namespace) -> int:
 def _load_published(args: argparse.Namespace, model: str) -> tuple[dict[str, Any] | None, int]:
     """Ask the server at --url to load the model's versions again, so that its replicas have
     the new one; never a model an operator unloaded. Returns its answer and the exit code."""
-    from vigil.aliases import read_aliases
+    from vigil.core.aliases import read_aliases
 
     quiet = args.json
     # The repository was just written here: its aliases say whether the model is unloaded (the
@@ -172,7 +172,7 @@ def _load_published(args: argparse.Namespace, model: str) -> tuple[dict[str, Any
 
 def _pairs(items: list[str]) -> dict[str, Any]:
     """--meta KEY=VALUE: VALUE as JSON when it is JSON (numbers, lists), else as text."""
-    from vigil.publishing import PublishError
+    from vigil.tools.publishing import PublishError
 
     out: dict[str, Any] = {}
     for item in items:
@@ -188,7 +188,7 @@ def _pairs(items: list[str]) -> dict[str, Any]:
 
 def _json_object(flag: str, text: str | None) -> dict[str, Any] | None:
     """A JSON object given inline, or read from a file as @PATH."""
-    from vigil.publishing import PublishError
+    from vigil.tools.publishing import PublishError
 
     if text is None:
         return None
@@ -227,7 +227,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from vigil.aliases import AliasState
+    from vigil.core.aliases import AliasState
 
     def both(models: Models) -> dict[str, Any]:
         doc = models.aliases(args.name)

@@ -19,9 +19,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from vigil.tokens import Decision, TokenVerifier
+from vigil.core.tokens import Decision, TokenVerifier
 
-logger = logging.getLogger("vigil.web")
+logger = logging.getLogger("vigil.adapters.web")
 
 JSON = "application/json"
 ScopeRule = Callable[[str], str | None]  # path inside the app -> scope it needs; "" when open
@@ -59,39 +59,45 @@ def is_loopback(host: str) -> bool:
 
 
 class AuthConfigError(RuntimeError):
-    """The replica must not start with this auth configuration."""
+    """The replica must not start with this auth configuration; the message says what to do."""
 
 
-def open_access_check(auth: str, verifier: TokenVerifier, http_host: str | None) -> None:
-    """Refuse to start an open server on a non-loopback host (no tokens file and no explicit
-    `auth: none`); warn when the config opts out of auth."""
+_FIX = ("create one with `vigil tokens create NAME --scopes infer`, point VIGIL_TOKENS_FILE or the "
+        "app's tokens_file at it, or set `auth: none` in the app's args to serve openly")
+
+
+def open_access_check(auth: str, verifier: TokenVerifier, http_host: Callable[[], str]) -> None:
+    """Refuse to start a server without a tokens file (and without an explicit `auth: none`)
+    unless it is sure to listen on loopback: `http_host()` names the host Serve binds, and any
+    doubt (a host that is not loopback, or no answer) refuses. With `auth: none`, warn."""
     if auth == "none":
-        logger.warning(
-            "auth: none -- every route is open to anyone who can reach this server (HTTP host %s)",
-            http_host,
+        logger.warning("auth: none -- every route is open to anyone who can reach this server")
+        return
+    if verifier.enabled:
+        return
+    try:
+        host = http_host()
+    except Exception as exc:  # noqa: BLE001 - whatever the reason, doubt refuses
+        raise AuthConfigError(
+            f"there is no tokens file ({verifier.path}) and where this server listens is unknown "
+            f"({type(exc).__name__}: {exc}), so it may be reachable from other hosts: {_FIX}"
+        ) from exc
+    if not is_loopback(host):
+        raise AuthConfigError(
+            f"HTTP host {host!r} is not loopback and there is no tokens file ({verifier.path}): "
+            f"{_FIX}"
         )
-        return
-    if verifier.enabled or http_host is None or is_loopback(http_host):
-        return
-    raise AuthConfigError(
-        f"HTTP host {http_host} is not loopback and there is no tokens file ({verifier.path}): "
-        "create one with `vigil tokens create NAME --scopes infer`, point VIGIL_TOKENS_FILE or "
-        "the app's tokens_file at it, or set `auth: none` in the app's args to serve openly"
-    )
 
 
-def serve_http_host() -> str | None:
-    """The host Ray Serve's HTTP ingress binds (http_options.host), asked of Serve's controller;
-    None outside a Serve replica."""
+def serve_http_host() -> str:
+    """The host Ray Serve's HTTP ingress binds (http_options.host), asked of Serve's controller.
+    Raises when the controller cannot be asked or does not answer within 30 s."""
     import ray
     from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 
-    try:
-        controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
-        return str(ray.get(controller.get_http_config.remote(), timeout=30).host)
-    except Exception:  # noqa: BLE001 - not inside Serve: nothing to compare with
-        logger.warning("could not ask Serve's controller for its HTTP host", exc_info=True)
-        return None
+    controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    config: Any = ray.get(controller.get_http_config.remote(), timeout=30)
+    return str(config.host)
 
 
 def node_addresses() -> frozenset[str]:

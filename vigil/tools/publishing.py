@@ -16,9 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING, Any
 
-from serving.protocol import ONNX_TO_V2
-from vigil import audit, repository
-from vigil.repository import (
+from vigil.core import audit, repository
+from vigil.core.repository import (
     MANIFEST_FILE,
     MAX_BATCH_ROWS,
     MODEL_FILE,
@@ -28,7 +27,7 @@ from vigil.repository import (
     RepositoryError,
     VersionManifest,
 )
-from vigil.tensors import TensorSpec
+from vigil.core.tensors import ONNX_TO_V2, TensorSpec
 
 if TYPE_CHECKING:
     import onnx
@@ -156,7 +155,7 @@ INHERITED_METADATA = ("task", "feature_names", "classes", "evaluation")
 
 def _production_metadata(root: Path, name: str) -> tuple[dict[str, Any], str | None]:
     """The descriptive metadata of the model's production version, and which version that is."""
-    from vigil.aliases import read_aliases
+    from vigil.core.aliases import read_aliases
 
     try:
         versions = {v.manifest.version: v for v in repository.scan(root, [name])[name]}
@@ -204,7 +203,8 @@ def signature(
     """(inputs, outputs) of the model as onnxruntime loads it, after refusing external data.
     Shapes use -1 for symbolic or unknown dimensions."""
     import onnx
-    import onnxruntime as ort
+
+    from serving.runtime import cpu_session
 
     try:
         proto: onnx.ModelProto | None = onnx.load_model_from_string(onnx_bytes)
@@ -213,12 +213,9 @@ def signature(
         proto, parse_error = None, str(exc) or type(exc).__name__
     if proto is not None:
         _refuse_external_data(source, proto)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: the refusal below carries the reason
-    options.intra_op_num_threads = 1
     try:
         # From the bytes, as serving/runtime.py loads a version: nothing else is read.
-        session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+        session = cpu_session(onnx_bytes)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
         raise PublishError(f"{source} is not a model onnxruntime can load: {exc}") from None
     if proto is None:
@@ -322,7 +319,7 @@ def _reference_profile(
     progress: bool | None,
 ) -> tuple[dict[str, bytes], int]:
     """Build the profile in a scratch copy of the version; returns its files' bytes and rows."""
-    from vigil.profiles import profile_version  # needs onnxruntime and the monitoring stack
+    from vigil.tools.profiles import profile_version  # needs onnxruntime and the monitoring stack
 
     if not reference.is_file():
         raise PublishError(f"reference data {reference}: no such file")

@@ -9,7 +9,7 @@ from monitoring.profile_builder import Tensors, build_version_profile
 from serving.protocol import InferenceError
 from serving.runtime import OnnxModel
 from serving.settings import RuntimeSettings
-from vigil.repository import ModelVersion, read_manifest
+from vigil.core.repository import ModelVersion, read_manifest
 
 
 def profile_version(

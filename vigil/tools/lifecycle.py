@@ -1,6 +1,6 @@
 """Run a command (`serve run`) so that stopping it stops everything it started.
 
-`make serve` runs `python -m vigil.lifecycle -- serve run CONFIG`. Stopping `serve run` directly
+`make serve` runs `python -m vigil.tools.lifecycle -- serve run CONFIG`. Stopping `serve run` directly
 goes wrong in ways that depend on who sends which signal:
 
 * A signal to the whole process group (CI runners, supervisors, `timeout`, a terminal's Ctrl-C)
@@ -51,7 +51,7 @@ _HURRY_AFTER_S = 1.0  # a repeated signal sooner than this is the same stop sent
 
 def _say(message: str) -> None:
     try:
-        print(f"vigil.lifecycle: {message}", file=sys.stderr, flush=True)
+        print(f"vigil.tools.lifecycle: {message}", file=sys.stderr, flush=True)
     except (OSError, ValueError):
         pass
 
@@ -285,7 +285,7 @@ def _signal(pid: int, sig: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m vigil.lifecycle",
+        prog="python -m vigil.tools.lifecycle",
         description="Run COMMAND in its own session; on SIGINT/SIGTERM/SIGHUP stop it and "
         "everything it started.",
     )
@@ -301,10 +301,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("no command given")
     supervisor = Supervisor(command, args.grace, args.kill_after)
     code = supervisor.run()
-    if supervisor.stop.received:
+    signum = supervisor.stop.signum
+    if supervisor.stop.received and signum is not None:
         # Die by the signal, as a shell expects of a command stopped by one.
-        signal.signal(supervisor.stop.signum, signal.SIG_DFL)
-        os.kill(os.getpid(), supervisor.stop.signum)
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
     return code
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from vigil.tensors import V2_TO_NUMPY, TensorSpec
+from vigil.core.tensors import V2_TO_NUMPY, TensorSpec
 
 MODEL_FILE = "model.onnx"
 # A version folder may also hold its reference profile (written by monitoring.profile).
@@ -197,8 +197,9 @@ def _parse_manifest(path: Path) -> VersionManifest:
         raise RepositoryError(f"{path}: missing field {exc}") from exc
 
 
-def _version_key(name: str) -> tuple[int, int, str]:
-    # Numeric versions sort numerically and above any non-numeric label.
+def version_order(name: str) -> tuple[int, int, str]:
+    """The sort key of version labels, oldest first: numeric versions numerically, and above any
+    non-numeric label (which sort by name)."""
     return (1, int(name), "") if name.isdigit() else (0, 0, name)
 
 
@@ -213,7 +214,7 @@ def scan(root: Path, only: list[str] | None = None) -> dict[str, list[ModelVersi
         versions = []
         for version_dir in sorted(
             (p for p in model_dir.iterdir() if p.is_dir() and valid_name(p.name)),
-            key=lambda p: _version_key(p.name),
+            key=lambda p: version_order(p.name),
         ):
             if not (version_dir / MANIFEST_FILE).exists():
                 continue
@@ -295,7 +296,7 @@ def publish(
 def pin_production(root: Path, name: str) -> None:
     """Before a new version appears: a model served without a production alias (its newest
     version) gets that newest one pinned, so the new version takes no traffic until promoted."""
-    from vigil import aliases  # aliases imports nothing of this module's users
+    from vigil.core import aliases  # aliases imports nothing of this module's users
 
     if not any((p / MANIFEST_FILE).exists() for p in (root / name).iterdir() if p.is_dir()):
         return  # the first version: nothing serves yet

@@ -12,16 +12,14 @@ the current state does not allow).
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from vigil.files import atomic_write
+from vigil.core.files import atomic_write, locked
 
 ALIASES_FILE = "aliases.json"
 LOCK_FILE = ".aliases.lock"
@@ -157,12 +155,8 @@ def _locked(root: Path, model: str) -> Iterator[None]:
     model_dir = Path(root) / model
     if not model_dir.is_dir():
         raise AliasError(f"model '{model}' is not in the repository {root}", 404)
-    fd = os.open(model_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with locked(model_dir / LOCK_FILE):
         yield
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
 def change(

@@ -11,21 +11,21 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from monitoring.profile import Profile
-from vigil.files import atomic_write
-from vigil.profiles import profile_version
-from vigil.repository import MANIFEST_FILE, ModelVersion, publish, read_manifest
-from vigil.tensors import TensorSpec
+from vigil.core.files import atomic_write
+from vigil.tools.profiles import profile_version
+from vigil.core.repository import MANIFEST_FILE, ModelVersion, publish, read_manifest
+from vigil.core.tensors import TensorSpec
 
 VERSION = "1"
 REFERENCE_FILE = "reference.parquet"
-# The held-out rows (the test split) the model gate (vigil.model_gate) judges versions by.
+# The held-out rows (the test split) the model gate (vigil.tools.model_gate) judges versions by.
 HOLDOUT_FILE = "holdout.parquet"
 # Pinned so the bytes do not change with the installed onnx/skl2onnx defaults and so that
 # onnxruntime releases back to 1.14 can load them (opset 17 <-> IR 8).
 OPSET = 17
 ML_OPSET = 3
 IR_VERSION = 8
-PRODUCER = "vigil.examples"
+PRODUCER = "vigil.tools.examples"
 # Both examples are row-wise (each output row depends only on its input row), so they declare
 # batching; the deployment's user_config.max_batch_rows caps it further at run time.
 BREAST_CANCER_MAX_BATCH_ROWS = 1024

@@ -8,13 +8,14 @@ interleave and an acknowledged change is on disk.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from vigil.core.files import locked
 
 AUDIT_FILE = "audit.jsonl"
 ACTIONS = (
@@ -56,16 +57,12 @@ def record(
     if details:
         entry["details"] = details
     line = json.dumps(entry, separators=(",", ":"), default=str).encode() + b"\n"
-    fd = os.open(audit_path(root), os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with locked(audit_path(root), os.O_RDWR | os.O_APPEND) as fd:
         size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":
             line = b"\n" + line  # a writer died mid-line: start a fresh one
         os.write(fd, line)
         os.fsync(fd)
-    finally:
-        os.close(fd)
     return entry
 
 

@@ -8,16 +8,21 @@ The file is YAML, written atomically with mode 0600 by `vigil tokens` and read b
 
 A token is shown once, when it is created; only its digest is stored, so a leaked file reveals no
 token. Checks hash the presented token and compare it with every stored digest in constant time.
+
+Scopes, least privilege first (SCOPES): `metrics` scrapes the monitor's Prometheus endpoint and
+nothing else; `infer` runs models and reads their metadata; `monitor` reads what the monitor has
+seen (drift JSON, HTML reports, sampled rows, status, the replicas' batching state) and, as
+before `metrics` existed, scrapes; `admin` changes model versions and aliases. A scope grants only
+what IMPLIED says besides itself: files written before `metrics` existed keep every right they had
+(a `monitor` token still scrapes) and gain none.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import hmac
 import logging
-import os
 import re
 import secrets
 import time
@@ -29,14 +34,15 @@ from typing import Any
 
 import yaml
 
-from vigil.files import atomic_write
+from vigil.core.files import atomic_write, locked
 
-logger = logging.getLogger("vigil.tokens")
+logger = logging.getLogger("vigil.core.tokens")
 
-SCOPES = ("infer", "monitor", "admin")
+SCOPES = ("metrics", "infer", "monitor", "admin")
+# scope -> the other scopes it grants; nothing else is implied
+IMPLIED: dict[str, frozenset[str]] = {"monitor": frozenset({"metrics"})}
 FORMAT_VERSION = 1
 TOKEN_PREFIX = "vigil_"  # nosec B105 # a public prefix
-DEFAULT_FILE_NAME = "tokens.yaml"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 _HEADER = "# Vigil bearer tokens (`vigil tokens`): names, scopes and SHA-256 digests, never tokens.\n"
@@ -57,15 +63,9 @@ class TokenRecord:
         scopes = [s for s in SCOPES if s in self.scopes]
         return {"name": self.name, "scopes": scopes, "sha256": self.sha256, "created": self.created}
 
-
-def tokens_file(
-    configured: str | os.PathLike[str] | None, model_repository: str | os.PathLike[str]
-) -> Path:
-    """The tokens file in use: the configured one, else tokens.yaml beside the model repository
-    folder (not inside it: it is no model)."""
-    if configured:
-        return Path(configured).expanduser()
-    return Path(model_repository).expanduser().resolve().parent / DEFAULT_FILE_NAME
+    def grants(self, scope: str) -> bool:
+        """Whether this token may call a route that needs `scope`."""
+        return scope in self.scopes or any(scope in IMPLIED.get(s, ()) for s in self.scopes)
 
 
 def digest(token: str) -> str:
@@ -131,9 +131,7 @@ def _write_tokens(path: Path, records: list[TokenRecord]) -> None:
 def _locked(path: Path) -> Iterator[list[TokenRecord]]:
     """The records under an exclusive lock, so two `vigil tokens` runs never lose an update."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock = path.with_name(f".{path.name}.lock")
-    with open(lock, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    with locked(path.with_name(f".{path.name}.lock")):
         yield read_tokens(path) if path.exists() else []
 
 
@@ -224,11 +222,13 @@ class TokenVerifier:
             self.refresh()
 
     def check(self, authorization: str | None, scope: str | None) -> Decision:
-        """Whether an Authorization header value grants `scope` (None: any valid token)."""
+        """Whether an Authorization header value grants `scope` (None: any valid token). With no
+        tokens file read, nothing is granted: who may call without a token is the caller's
+        decision (vigil.adapters.web.BearerGuard), never a default of this check."""
         self._maybe_refresh()
         records = self._records
         if records is None:
-            return Decision(True)
+            return Decision(False, 401, f"no tokens file ({self.path}) is in force: no token is valid")
         token = _bearer_token(authorization)
         if token is None:
             return Decision(False, 401, "this route needs a bearer token (Authorization: Bearer ...)")
@@ -239,7 +239,7 @@ class TokenVerifier:
                 match = record
         if match is None:
             return Decision(False, 401, "the bearer token is not valid")
-        if scope is not None and scope not in match.scopes:
+        if scope is not None and not match.grants(scope):
             return Decision(
                 False, 403, f"token {match.name!r} lacks the {scope!r} scope this route needs",
                 match.name,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from grafana_foundation_sdk.builders import common as cb
 from grafana_foundation_sdk.builders import dashboard as db
@@ -24,7 +25,7 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import dashboard as dm
 
-from vigil.panels import (
+from vigil.tools.panels import (
     DS, MV, NO_DRIFT_DRIFT, OK_FIRING, RATE, Q, common, distribution, graph, quantiles, rate,
     row, select, single, thresholds, timeline,
 )
@@ -302,7 +303,7 @@ def traffic_split() -> db.Row:
 ROWS = (traffic, batching, ray_serve, gpu, drift, quality, alerts, traffic_split)
 
 
-def _variables() -> list[db.QueryVariable | db.DatasourceVariable]:
+def _variables() -> list[Any]:
     def labels(name: str, label: str, query: str, description: str) -> db.QueryVariable:
         return (db.QueryVariable(name).label(label).description(description).datasource(DS)
                 .query(query).refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
@@ -346,7 +347,7 @@ def build() -> dict:
                 "ONNX model serving on Ray Serve and its drift monitor: traffic, batching, Ray "
                 "Serve, GPU, drift, data quality, alerts and webhooks, canary traffic. Needs the "
                 "recording rules of configs/prometheus/recording_rules.yml. Generated "
-                f"by vigil.dashboards ({REGENERATE}); edit the module, not this JSON.")
+                f"by vigil.tools.dashboards ({REGENERATE}); edit the module, not this JSON.")
             .tags(["vigil", "ray-serve", "ml-monitoring"]).timezone("browser").refresh("30s")
             .time("now-1h", "now").tooltip(dm.DashboardCursorSync.CROSSHAIR).editable()
             .variables(_variables()).annotation(_alert_annotation()))

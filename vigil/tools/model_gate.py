@@ -25,9 +25,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from vigil import aliases, audit, repository
-from vigil.files import atomic_write
-from vigil.repository import MANIFEST_FILE, ModelVersion, RepositoryError
+from vigil.core import aliases, audit, repository
+from vigil.core.files import atomic_write
+from vigil.core.repository import MANIFEST_FILE, ModelVersion, RepositoryError
 
 DEFAULT_MARGIN = 0.01
 
@@ -70,7 +70,8 @@ def validate(root: Path, name: str, version: str, *, actor: str,
     candidate = versions[version]
     state = aliases.read_aliases(root, name)
     production_label = state.production_of(list(versions))
-    production = versions.get(production_label) if production_label != version else None
+    production = (versions.get(production_label)
+                  if production_label is not None and production_label != version else None)
 
     checks: list[Check] = []
     session = _load_check(candidate, checks)
@@ -112,12 +113,9 @@ def validate(root: Path, name: str, version: str, *, actor: str,
 
 
 def _session(version: ModelVersion) -> Any:
-    import onnxruntime as ort  # the gate runs in the CLI, never in the monitor
+    from serving.runtime import cpu_session  # the gate runs in the CLI, never in the monitor
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    return ort.InferenceSession(version.read_verified_bytes(), options,
-                                providers=["CPUExecutionProvider"])
+    return cpu_session(version.read_verified_bytes())
 
 
 def _load_check(version: ModelVersion, checks: list[Check]) -> Any:
@@ -212,7 +210,7 @@ def _quality(session: Any, version: ModelVersion, x: np.ndarray, y: np.ndarray,
     if len(inputs) != 1 or len(inputs[0].shape) != 2:
         raise GateError(f"{version.manifest.name}/{version.manifest.version}: the quality check "
                         "needs a model with one 2-D input")
-    from vigil.tensors import V2_TO_NUMPY
+    from vigil.core.tensors import V2_TO_NUMPY
 
     feed = {inputs[0].name: x.astype(V2_TO_NUMPY[inputs[0].datatype])}
     names = [o.name for o in session.get_outputs()]

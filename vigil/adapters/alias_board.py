@@ -1,6 +1,6 @@
 """Telling every serving replica that a model's aliases changed, and knowing when all did.
 
-The aliases themselves live in the repository (vigil.aliases); this named Ray actor only carries
+The aliases themselves live in the repository (vigil.core.aliases); this named Ray actor only carries
 the news. Each replica keeps one long-poll call open on it (`wait`), so a change reaches every
 replica at once and an idle server does no work; each replica then reports the generation it
 serves (`ack`), and whoever made the change waits for every live replica (`wait_applied`)
@@ -95,14 +95,15 @@ def _alive(replica: str) -> bool:
     return True
 
 
-AliasBoard = ray.remote(num_cpus=0, max_concurrency=1000)(_Board)
+AliasBoard = ray.remote(_Board)
 
 
 def board() -> Any:
     """The cluster's board actor, created by whoever asks first. Detached: it must outlive the
     replica that happened to create it."""
-    return AliasBoard.options(  # type: ignore[attr-defined]
-        name=BOARD_NAME, namespace=BOARD_NAMESPACE, lifetime="detached", get_if_exists=True
+    return AliasBoard.options(
+        num_cpus=0, max_concurrency=1000, name=BOARD_NAME, namespace=BOARD_NAMESPACE,
+        lifetime="detached", get_if_exists=True,
     ).remote()
 
 

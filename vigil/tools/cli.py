@@ -1,4 +1,4 @@
-"""The `vigil` command line: example models, model versions (vigil.models_cli), reference
+"""The `vigil` command line: example models, model versions (vigil.tools.models_cli), reference
 profiles, reports, tokens, the webhook outbox, the Grafana dashboard."""
 
 from __future__ import annotations
@@ -9,14 +9,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vigil import models_cli
+from vigil.tools import models_cli
 
 if TYPE_CHECKING:
     from monitoring.outbox import Outbox
 
 
 def _examples_build(args: argparse.Namespace) -> int:
-    from vigil.examples import build_examples
+    from vigil.tools.examples import build_examples
 
     for version in build_examples(Path(args.models_dir), force=args.force, progress=args.progress):
         m = version.manifest
@@ -26,7 +26,7 @@ def _examples_build(args: argparse.Namespace) -> int:
 
 
 def _profile_build(args: argparse.Namespace) -> int:
-    from vigil.profiles import profile_version
+    from vigil.tools.profiles import profile_version
 
     version_dir = Path(args.models_dir) / args.model / args.version
     if not version_dir.is_dir():
@@ -51,7 +51,7 @@ def _report(args: argparse.Namespace) -> int:
     import urllib.parse
     import urllib.request
 
-    from vigil.model_client import client_auth
+    from vigil.tools.model_client import client_auth
 
     query = f"?{urllib.parse.urlencode({'version': args.version})}" if args.version else ""
     model = urllib.parse.quote(args.model, safe="")
@@ -79,7 +79,7 @@ def _report(args: argparse.Namespace) -> int:
 
 def _dashboards_build(args: argparse.Namespace) -> int:
     try:
-        from vigil import dashboards
+        from vigil.tools import dashboards
     except ModuleNotFoundError as exc:
         if not (exc.name or "").startswith("grafana_foundation_sdk"):
             raise
@@ -91,7 +91,7 @@ def _dashboards_build(args: argparse.Namespace) -> int:
             print(f"{out} is up to date")
             return 0
         state = "differs from" if out.is_file() else "is missing; expected"
-        print(f"{out} {state} what vigil.dashboards generates; regenerate it with "
+        print(f"{out} {state} what vigil.tools.dashboards generates; regenerate it with "
               f"`{dashboards.REGENERATE} --out {out}` and commit the result", file=sys.stderr)
         return 1
     changed = dashboards.write(out)
@@ -102,17 +102,15 @@ def _dashboards_build(args: argparse.Namespace) -> int:
 def _tokens_file(args: argparse.Namespace) -> Path:
     """--file, else VIGIL_TOKENS_FILE (read by the serving settings), else tokens.yaml beside
     the model repository: the same file the running apps use."""
-    from serving.settings import ServerSettings
-    from vigil.tokens import tokens_file
+    from vigil.core.settings import AppSettings
 
     if args.file:
         return Path(args.file)
-    settings = ServerSettings(model_repository=Path(args.models_dir))
-    return tokens_file(settings.tokens_file, settings.model_repository)
+    return AppSettings(model_repository=Path(args.models_dir)).tokens_path()
 
 
 def _tokens_create(args: argparse.Namespace) -> int:
-    from vigil.tokens import create_token, parse_scopes
+    from vigil.core.tokens import create_token, parse_scopes
 
     path = _tokens_file(args)
     token = create_token(path, args.name, parse_scopes(args.scopes))
@@ -123,7 +121,7 @@ def _tokens_create(args: argparse.Namespace) -> int:
 
 
 def _tokens_list(args: argparse.Namespace) -> int:
-    from vigil.tokens import read_tokens
+    from vigil.core.tokens import read_tokens
 
     path = _tokens_file(args)
     records = read_tokens(path) if path.exists() else []
@@ -136,7 +134,7 @@ def _tokens_list(args: argparse.Namespace) -> int:
 
 
 def _tokens_revoke(args: argparse.Namespace) -> int:
-    from vigil.tokens import revoke_token
+    from vigil.core.tokens import revoke_token
 
     path = _tokens_file(args)
     revoke_token(path, args.name)
@@ -153,13 +151,11 @@ _EVERY = 1_000_000  # "no limit" for one event's deliveries
 def _outbox_path(args: argparse.Namespace) -> Path:
     """--outbox, else VIGIL_OUTBOX_PATH (read by the monitor's settings), else
     vigil-outbox.sqlite beside the model repository: the file the running monitor uses."""
-    from monitoring.outbox import outbox_file
     from monitoring.settings import MonitorAppSettings
 
     if args.outbox:
         return Path(args.outbox).expanduser()
-    settings = MonitorAppSettings(model_repository=Path(args.models_dir))
-    return outbox_file(settings.outbox_path, settings.model_repository)
+    return MonitorAppSettings(model_repository=Path(args.models_dir)).outbox_file()
 
 
 def _with_outbox(command: Callable[[argparse.Namespace, Outbox], int]) -> Callable[..., int]:
@@ -389,13 +385,15 @@ def build_parser() -> argparse.ArgumentParser:
     _progress_flag(pbuild)
     pbuild.set_defaults(func=_profile_build)
 
-    tokens = commands.add_parser("tokens", help="scoped bearer tokens (infer, monitor, admin)")
+    tokens = commands.add_parser("tokens", help="scoped bearer tokens (metrics, infer, monitor, admin)")
     tokens_cmd = tokens.add_subparsers(dest="tokens_command", required=True)
     create = tokens_cmd.add_parser("create", help="create a token; it is printed once, last")
     create.add_argument("name", help="a name for the token (letters, digits, '.', '_', '-')")
     create.add_argument("--scopes", required=True,
-                        help="comma-separated: infer (inference, metadata, readiness), monitor "
-                        "(/monitor, /v2/vigil), admin (model operations)")
+                        help="comma-separated: metrics (scraping /monitor/metrics only), infer "
+                        "(inference, metadata, readiness), monitor (drift, reports, sampled rows, "
+                        "status under /monitor and /v2/vigil; scraping too), admin (model "
+                        "operations)")
     listing_tokens = tokens_cmd.add_parser("list", help="list token names and scopes")
     revoke = tokens_cmd.add_parser("revoke", help="revoke a token by name")
     revoke.add_argument("name")
@@ -413,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     dashboards_cmd = dashboards.add_subparsers(dest="dashboards_command", required=True)
     dbuild = dashboards_cmd.add_parser(
         "build", help="write the Vigil dashboard JSON (needs the observe extra)",
-        description="Generate the Vigil Grafana dashboard from vigil.dashboards "
+        description="Generate the Vigil Grafana dashboard from vigil.tools.dashboards "
         "(grafana-foundation-sdk) and write it as JSON.",
     )
     dbuild.add_argument("--out", default="configs/grafana/vigil.json",

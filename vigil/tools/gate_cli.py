@@ -1,4 +1,4 @@
-"""`vigil models validate NAME V`: the model gate from the command line (vigil.model_gate).
+"""`vigil models validate NAME V`: the model gate from the command line (vigil.tools.model_gate).
 
 Runs where the repository is (a CI job, the publisher's host): it loads the version with
 onnxruntime and scores it and production on the held-out set. Exit 0 passed, 1 failed, 2 could
@@ -11,11 +11,11 @@ import json
 import sys
 from pathlib import Path
 
-from vigil.model_client import local_actor
+from vigil.tools.model_client import local_actor
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from vigil.model_gate import GateError, validate
+    from vigil.tools.model_gate import GateError, validate
 
     try:
         verdict = validate(
