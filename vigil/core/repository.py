@@ -280,15 +280,9 @@ def publish(
         max_batch_rows=max_batch_rows,
         lineage=lineage or {},
     )
-    model_dir = root / name
-    model_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=model_dir))
+    files = {MODEL_FILE: onnx_bytes, **(extra_files or {})}
+    staging = _stage(root / name, version, {**files, MANIFEST_FILE: manifest.to_yaml().encode()})
     try:
-        for file_name, data in {MODEL_FILE: onnx_bytes, **(extra_files or {})}.items():
-            _write_synced(staging / file_name, data)
-        _write_synced(staging / MANIFEST_FILE, manifest.to_yaml().encode())
-        # mkdtemp makes it 0700; a version is read by every replica and the monitor.
-        os.chmod(staging, 0o755)  # nosec B103 # a folder of public model files
         try:
             with locked(root / PUBLISH_LOCK):  # publishers, one at a time
                 pin_production(root, name)
@@ -297,11 +291,26 @@ def publish(
             if (same := _same_version(version_dir, sha)) is not None:
                 return same  # a racing publisher wrote these very bytes
             raise VersionExists(_taken(name, version, version_dir)) from None
-        _fsync_dir(model_dir)
+        _fsync_dir(root / name)
     finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)  # gone once moved; a leftover otherwise
     return ModelVersion(version_dir, manifest)
+
+
+def _stage(model_dir: Path, version: str, files: dict[str, bytes]) -> Path:
+    """A hidden folder beside the version's place (a name scan skips), holding `files`, each
+    synced to disk."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=model_dir))
+    try:
+        for file_name, data in files.items():
+            _write_synced(staging / file_name, data)
+        # mkdtemp makes it 0700; a version is read by every replica and the monitor.
+        os.chmod(staging, 0o755)  # nosec B103 # a folder of public model files
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return staging
 
 
 def _same_version(version_dir: Path, sha: str) -> ModelVersion | None:
