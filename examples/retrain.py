@@ -5,8 +5,9 @@ a canary), and the same job the example receiver runs on its own.
     VIGIL_TOKEN=... python -m examples.retrain --models-dir models \\
         --monitor-url http://127.0.0.1:8000/monitor --version 1 [--event-id ID]
 
-Prints the outcome as JSON on stdout ({"version": "2", ...}); exit 1 when nothing was published
-(the monitor has no rows, the version is unknown), with the reason on stderr.
+Publishes through vigil.tools.publishing, audited as ``<actor>:<event id>`` (--actor, default
+retrain). Prints the outcome as JSON on stdout ({"version": "2", ...}); exit 1 when nothing was
+published (the monitor has no rows, the version is unknown), with the reason on stderr.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from examples.retrain_receiver import TOKEN_ENV, RetrainError, Retrainer
+from examples.retraining import TOKEN_ENV, RetrainError, Retrainer
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -29,8 +30,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--version", required=True, help="the drifted version to start from")
     parser.add_argument("--event-id", default="manual",
                         help="the CloudEvent id that asked for it (recorded in the metadata)")
+    parser.add_argument("--actor", default="retrain",
+                        help="who publishes, in the audit log as ACTOR:EVENT_ID (default: retrain)")
     args = parser.parse_args(argv)
-    retrainer = Retrainer(args.models_dir, args.monitor_url, os.environ.get(TOKEN_ENV) or None)
+    retrainer = Retrainer(args.models_dir, args.monitor_url, os.environ.get(TOKEN_ENV) or None,
+                          actor=args.actor)
     try:
         outcome = retrainer.retrain(args.event_id, args.version)
     except RetrainError as exc:

@@ -1,10 +1,9 @@
-"""examples.retrain_receiver: signed CloudEvents in, deduplicated by id, and breast_cancer
-retrained on drift from the rows of a stand-in for the monitor's rows endpoint, or forwarded to a
-stand-in for GitHub's repository_dispatch API. No Ray."""
+"""examples.retrain_receiver: signed CloudEvents in, deduplicated by id, read back only with the
+receiver's token, and breast_cancer retrained on drift from the rows of a stand-in for the
+monitor's rows endpoint and published through vigil.tools.publishing, or forwarded to a stand-in
+for GitHub's repository_dispatch API. No Ray."""
 
 from __future__ import annotations
-
-from vigil.core.aliases import LOCK_FILE, read_aliases
 
 import asyncio
 import base64
@@ -16,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,19 +33,22 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from examples.retrain_receiver import (
+from examples.receiver_events import (
     CLOUDEVENTS_JSON,
     DRIFT_EVENT,
+    MAX_ID_CHARS,
+    READ_TOKEN_ENV,
     EventStore,
-    GitHubDispatch,
-    RetrainError,
-    build_app,
-    main,
-    window_rows,
+    ReadAccess,
+    Refusal,
 )
+from examples.retrain_receiver import GitHubDispatch, Receiver, build_app, main
+from examples.retraining import RetrainError, Retrainer, Trained, train, window_rows
 from monitoring.profile import Profile
-from vigil.tools.examples import REFERENCE_FILE, build_examples
+from vigil.core import audit
+from vigil.core.aliases import LOCK_FILE, read_aliases
 from vigil.core.repository import read_manifest, scan
+from vigil.tools.examples import REFERENCE_FILE, build_examples
 
 
 def _secret() -> str:
@@ -53,7 +56,8 @@ def _secret() -> str:
 
 
 SECRET, ROTATED, STRANGER = _secret(), _secret(), _secret()
-TOKEN = "receiver-test-token"
+TOKEN = "receiver-test-token"  # the receiver's token to the monitor
+READ_TOKEN = "receiver-read-token-" + secrets.token_hex(8)  # a reader's token to the receiver
 WINDOW_ROWS = 40
 
 
@@ -104,6 +108,7 @@ def open_receiver(models: Path, tmp_path: Path) -> Iterator[Callable[..., httpx.
             secrets: str = SECRET,
             state: Path | None = None,
             forward: GitHubDispatch | None = None,
+            read_token: str | None = READ_TOKEN,
         ) -> httpx.Client:
             app = build_app(
                 models_dir=models,
@@ -111,11 +116,14 @@ def open_receiver(models: Path, tmp_path: Path) -> Iterator[Callable[..., httpx.
                 state_path=state or tmp_path / "state.sqlite",
                 secrets=secrets,
                 token=TOKEN,
+                read_token=read_token,
                 forward=forward,
             )
             served = Served(app)
             stack.callback(served.close)
-            return stack.enter_context(httpx.Client(base_url=served.url, timeout=10))
+            reader = {"Authorization": f"Bearer {READ_TOKEN}"}  # sent by every request
+            return stack.enter_context(httpx.Client(base_url=served.url, timeout=10,
+                                                    headers=reader))
 
         yield start
 
@@ -417,6 +425,12 @@ def test_drift_retrains_into_the_next_version(open_receiver, models, monitor):
     assert manifest.metadata["trained_from_event"] == event["id"]
     assert manifest.metadata["parent_version"] == "1"
     assert manifest.metadata["window_rows"] == WINDOW_ROWS
+    # Published by vigil.tools.publishing: lineage and an audit entry naming the event.
+    assert manifest.lineage["published_by"] == f"receiver:{event['id']}"
+    assert manifest.lineage["metrics"] == {"training_accuracy": outcome["training_accuracy"]}
+    [entry] = [e for e in audit.entries(models, "breast_cancer") if e["action"] == "publish"]
+    assert (entry["actor"], entry["to_version"]) == (f"receiver:{event['id']}", "2")
+    assert entry["details"]["sha256"] == manifest.sha256
     assert manifest.max_batch_rows == read_manifest(models / "breast_cancer" / "1").max_batch_rows
     frame = pd.read_parquet(new / REFERENCE_FILE)
     assert len(frame) == reference_rows + WINDOW_ROWS
@@ -685,3 +699,160 @@ def test_main_refuses_to_forward_without_a_github_token(models, monkeypatch, cap
               "--forward-to-github", "octo/vigil"])
     assert exit_.value.code == 2
     assert "GITHUB_TOKEN" in capsys.readouterr().err
+
+
+# --- reading what is stored ----------------------------------------------------------------------
+
+
+def _events_url(client: httpx.Client) -> str:
+    return str(client.base_url.join("/events"))
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [None, f"Basic {READ_TOKEN}", "Bearer", f"Bearer {READ_TOKEN}x", f"Bearer {TOKEN}"],
+    ids=["none", "basic", "empty", "wrong", "the-monitors-token"],
+)
+def test_reading_events_takes_the_receivers_own_token(open_receiver, authorization):
+    """GET /events without the read token (none, another scheme, an empty or a wrong one, the
+    token the receiver sends to the monitor): 401 with WWW-Authenticate and nothing stored in
+    the body. With it: the events."""
+    client = open_receiver()
+    event = cloud_event()
+    assert client.post("/events", **signed(event)).status_code == 200
+    headers = {} if authorization is None else {"Authorization": authorization}
+    answer = httpx.get(_events_url(client), headers=headers, timeout=10)
+    assert answer.status_code == 401
+    assert answer.headers["www-authenticate"].startswith('Bearer realm="vigil-receiver"')
+    assert set(answer.json()) == {"error"} and event["id"] not in answer.text
+    allowed = httpx.get(_events_url(client), headers={"Authorization": f"Bearer {READ_TOKEN}"},
+                        timeout=10)
+    assert [e["id"] for e in allowed.json()] == [event["id"]]
+
+
+def test_without_a_read_token_nothing_is_read_and_health_stays_open(open_receiver, monkeypatch):
+    """No VIGIL_RECEIVER_TOKEN: every GET /events is a 401 that says how to turn reading on,
+    whatever token is sent; /healthz answers, with counts only."""
+    monkeypatch.delenv(READ_TOKEN_ENV, raising=False)
+    client = open_receiver(read_token=None)
+    assert client.post("/events", **signed(cloud_event())).status_code == 200
+    answer = client.get("/events")  # the client sends READ_TOKEN: nothing matches it
+    assert answer.status_code == 401 and READ_TOKEN_ENV in answer.json()["error"]
+    assert answer.headers["www-authenticate"] == 'Bearer realm="vigil-receiver"'
+    health = httpx.get(str(client.base_url.join("/healthz")), timeout=10)
+    assert health.json() == {"status": "ok", "retraining_jobs": 0, "stored_events": 1}
+
+
+def test_a_short_read_token_is_refused_at_start(models, monkeypatch, capsys):
+    monkeypatch.setenv("VIGIL_WEBHOOK_SECRET", SECRET)
+    monkeypatch.setenv(READ_TOKEN_ENV, "short")
+    with pytest.raises(SystemExit) as exit_:
+        main(["--models-dir", str(models), "--state", str(models / "s.sqlite")])
+    assert exit_.value.code == 2
+    assert f"{READ_TOKEN_ENV} is shorter than 16" in capsys.readouterr().err
+
+
+def test_read_access_alone():
+    """The token's digest compared: the right bearer passes; anything else is a 401 Refusal."""
+    access = ReadAccess(READ_TOKEN)
+    access.check(f"Bearer {READ_TOKEN}")
+    access.check(f"bearer {READ_TOKEN}")  # the scheme is case-insensitive (RFC 7235)
+    for wrong in (None, "", READ_TOKEN, f"Bearer {READ_TOKEN[:-1]}"):
+        with pytest.raises(Refusal) as refused:
+            access.check(wrong)
+        assert refused.value.status == 401 and "WWW-Authenticate" in refused.value.headers
+
+
+def test_an_event_id_over_256_characters_is_a_400(open_receiver):
+    """The id is the dedup key and part of the audit's actor: a longer one is refused."""
+    client = open_receiver()
+    answer = client.post("/events", **signed(cloud_event(event_id="x" * (MAX_ID_CHARS + 1))))
+    assert answer.status_code == 400 and f"over {MAX_ID_CHARS}" in answer.json()["error"]
+    assert client.get("/events").json() == []
+
+
+def test_the_store_keeps_the_newest_events_and_unfinished_jobs(tmp_path):
+    """With max_events 3, twenty more events leave the count flat at 3 (plus a job still
+    queued, which is kept until it finishes); the newest are the ones kept."""
+    store = EventStore(tmp_path / "state.sqlite", max_events=3)
+    queued = cloud_event(DRIFT_EVENT)
+    store.record(queued, json.dumps(queued), {"status": "queued", "parent_version": "1"})
+    events = [cloud_event() for _ in range(20)]
+    counts = []
+    for event in events:
+        store.record(event, json.dumps(event))
+        counts.append(store.count())
+    assert counts[2:] == [4] * 18
+    assert [e["id"] for e in store.list()] == [queued["id"], *(e["id"] for e in events[-3:])]
+    store.set_retrained(queued["id"], {"status": "published", "version": "2"})
+    latest = cloud_event()
+    store.record(latest, json.dumps(latest))
+    assert [e["id"] for e in store.list()] == [*(e["id"] for e in events[-2:]), latest["id"]]
+    store.close()
+
+
+# --- the receiver's parts, without HTTP ----------------------------------------------------------
+
+
+def test_the_receivers_parts_work_alone(models, tmp_path):
+    """Verifying, recording, listing and health on a Receiver, with a real SQLite store and no
+    server: a bad signature is a 401 Refusal, a drift event names the version to retrain, a
+    repeated id is counted, and reading takes the token."""
+    receiver = Receiver.from_environment(
+        models_dir=models, monitor_url="http://127.0.0.1:9/monitor",
+        state_path=tmp_path / "state.sqlite", secrets=SECRET, token=TOKEN, read_token=READ_TOKEN,
+    )
+    event, drift = cloud_event(), cloud_event(DRIFT_EVENT)
+    request = signed(event)
+    assert receiver.verified_event(request["content"], request["headers"], "test") == event
+    forged = {**request["headers"], "webhook-signature": signed(event, STRANGER)["headers"][
+        "webhook-signature"]}
+    with pytest.raises(Refusal) as refused:
+        receiver.verified_event(request["content"], forged, "test")
+    assert refused.value.status == 401
+
+    reply, parent = receiver.record(event, request["content"])
+    assert (reply.status, reply.body, parent) == (200, {"accepted": True, "id": event["id"]}, None)
+    reply, parent = receiver.record(drift, json.dumps(drift).encode())
+    assert (reply.status, parent) == (202, "1")
+    reply, parent = receiver.record(event, request["content"])
+    assert (reply.body["deliveries"], parent) == (2, None)
+
+    with pytest.raises(Refusal):
+        receiver.events(None)
+    assert [e["id"] for e in receiver.events(f"Bearer {READ_TOKEN}")] == [event["id"], drift["id"]]
+    assert receiver.health() == {"status": "ok", "retraining_jobs": 0, "stored_events": 2}
+    asyncio.run(receiver.close())
+
+
+# --- publishing through vigil.tools.publishing ---------------------------------------------------
+
+
+def _trained(retrainer: Retrainer, seed: int) -> Trained:
+    """A model trained on a random 90% of breast_cancer/1's reference rows: other bytes per seed."""
+    parent = retrainer.parent("1")
+    frame = parent.reference.sample(frac=0.9, random_state=seed).reset_index(drop=True)
+    onnx_bytes, accuracy = train(frame[parent.features].to_numpy(np.float32),
+                                 frame["target"].to_numpy(np.int64))
+    metadata = {"feature_names": parent.features, "seed": seed}
+    return Trained(onnx_bytes, frame, metadata, {"training_accuracy": accuracy})
+
+
+def test_racing_retrainers_each_publish_their_own_version(models):
+    """Three retrainers with locks of their own (as three processes would be) publish at once,
+    into a repository where an empty folder 2 was left by an earlier claim: 2 stays empty, and
+    3, 4 and 5 each hold one of the three models (a number taken by another is skipped), each
+    with its reference.parquet and one audit entry."""
+    (models / "breast_cancer" / "2").mkdir()
+    retrainers = [Retrainer(models, "http://127.0.0.1:9/monitor", TOKEN) for _ in range(3)]
+    models_to_publish = [_trained(r, seed) for seed, r in enumerate(retrainers)]
+    with ThreadPoolExecutor(3) as pool:
+        published = list(pool.map(lambda pair: pair[0].publish(pair[1], f"test:{id(pair[1])}"),
+                                   zip(retrainers, models_to_publish)))
+    assert sorted(v.manifest.version for v in published) == ["3", "4", "5"]
+    for version, trained in zip(published, models_to_publish):
+        assert version.read_verified_bytes() == trained.onnx_bytes
+        assert len(pd.read_parquet(version.path / REFERENCE_FILE)) == len(trained.frame)
+    assert list((models / "breast_cancer" / "2").iterdir()) == []
+    publishes = [e["to_version"] for e in audit.entries(models) if e["action"] == "publish"]
+    assert sorted(publishes) == ["3", "4", "5"]

@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
-from vigil.core.tensors import TensorSpec
+from vigil.core import exclusive
 from vigil.core.repository import (
     MANIFEST_FILE,
     MODEL_FILE,
     ModelVersion,
     RepositoryError,
+    VersionExists,
     publish,
     read_manifest,
     scan,
     valid_name,
 )
+from vigil.core.tensors import TensorSpec
 
 INPUTS = (TensorSpec("x", "FP32", (-1, 3), allow_non_finite=False),)
 OUTPUTS = (TensorSpec("y", "INT64", (-1,)),)
@@ -283,3 +288,80 @@ def test_a_version_folder_without_manifest_is_refused_not_overwritten(tmp_path: 
     with pytest.raises(RepositoryError, match="m/1 already exists"):
         _publish(tmp_path)
     assert [p.name for p in (tmp_path / "m").iterdir() if p.name.startswith(".")] == []
+
+
+# --- the exclusive create: a version appears once, never over a folder already there ----------
+
+
+BOTH_WAYS = pytest.mark.parametrize(
+    "fallback", [False, True], ids=["renameat2", "check-then-rename"]
+)
+
+
+@BOTH_WAYS
+def test_either_way_an_empty_folder_is_refused(
+    tmp_path: Path, fallback: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An empty m/1 already there: VersionExists, naming the folder without model.yaml, with
+    the kernel's renameat2 and with the check and rename under the publish lock that stand in
+    where libc lacks it (such a libc, which this host's is not, is the fake)."""
+    if fallback:
+        monkeypatch.setattr(exclusive, "_renameat2", lambda: None)
+    (tmp_path / "m" / "1").mkdir(parents=True)
+    with pytest.raises(VersionExists, match="m/1 already exists as a folder without model.yaml"):
+        _publish(tmp_path)
+    assert list((tmp_path / "m" / "1").iterdir()) == []
+    assert [p.name for p in (tmp_path / "m").iterdir() if p.is_dir()] == ["1"]  # no staging
+
+
+def _race(root: str, data: bytes, start: Any, results: Any, fallback: bool) -> None:
+    """One racing publisher (its own process): waits at the barrier, publishes m/1."""
+    if fallback:
+        exclusive._renameat2 = lambda: None  # type: ignore[assignment]
+    start.wait(30)
+    try:
+        _publish(Path(root), data=data)
+    except VersionExists as exc:
+        results.put(("refused", data, str(exc)))
+    else:
+        results.put(("published", data, ""))
+
+
+@BOTH_WAYS
+def test_racing_publishers_of_one_version_have_one_winner(tmp_path: Path, fallback: bool) -> None:
+    """Six processes publish m/1 with six different bytes at once. Into a free m/1: exactly one
+    publishes, five get VersionExists, and m/1 holds the winner's bytes and manifest. Into an
+    empty m/1 left by an earlier claim: all six get VersionExists and the folder stays empty."""
+    context = multiprocessing.get_context("spawn")
+    for claimed in (False, True):
+        root = tmp_path / f"claimed-{claimed}"
+        if claimed:
+            (root / "m" / "1").mkdir(parents=True)
+        start, results = context.Barrier(6), context.Queue()
+        racers = [
+            context.Process(target=_race, args=(str(root), f"bytes-{i}".encode(), start, results,
+                                                fallback))
+            for i in range(6)
+        ]
+        for racer in racers:
+            racer.start()
+        outcomes = [results.get(timeout=60) for _ in racers]
+        for racer in racers:
+            racer.join(30)
+        won = [data for kind, data, _ in outcomes if kind == "published"]
+        if claimed:  # the claim is nobody's version: every publisher is refused
+            assert won == [] and list((root / "m" / "1").iterdir()) == []
+            continue
+        assert len(won) == 1, outcomes
+        assert (root / "m" / "1" / MODEL_FILE).read_bytes() == won[0]
+        assert read_manifest(root / "m" / "1").sha256 == hashlib.sha256(won[0]).hexdigest()
+        assert [p.name for p in (root / "m").iterdir() if p.is_dir()] == ["1"]  # no staging
+
+
+def test_racing_publishers_of_the_same_bytes_both_get_the_version(tmp_path: Path) -> None:
+    """Publishing is idempotent for the same bytes, a race included: the loser of the rename
+    returns the winner's version instead of refusing it."""
+    with ThreadPoolExecutor(4) as pool:
+        versions = list(pool.map(lambda _: _publish(tmp_path), range(4)))
+    assert {v.manifest.sha256 for v in versions} == {hashlib.sha256(b"onnx-1").hexdigest()}
+    assert [p.name for p in (tmp_path / "m").iterdir() if p.is_dir()] == ["1"]

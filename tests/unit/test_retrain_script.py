@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.unit.test_receiver import TOKEN, WINDOW_ROWS, StandInMonitorRows
+from vigil.core import audit
 from vigil.core.aliases import read_aliases
 from vigil.core.repository import read_manifest
 
@@ -54,7 +55,7 @@ def _versions(models: Path) -> list[str]:
 
 def test_retrains_the_drifted_version_into_the_next_one(models, monitor):
     done = retrain("--models-dir", str(models), "--monitor-url", monitor.url, "--version", "1",
-                   "--event-id", "evt-42")
+                   "--event-id", "evt-42", "--actor", "github:retrain#7")
     assert done.returncode == 0, done.stderr
     outcome = json.loads(done.stdout)
     assert outcome["version"] == "2"
@@ -66,6 +67,10 @@ def test_retrains_the_drifted_version_into_the_next_one(models, monitor):
     assert manifest.metadata["parent_version"] == "1"
     # The new version takes no traffic: production stays on 1 until the gate and a promote.
     assert read_aliases(models, "breast_cancer").production == "1"
+    # Published through vigil.tools.publishing: audited, with the event in the actor.
+    [entry] = [e for e in audit.entries(models, "breast_cancer") if e["action"] == "publish"]
+    assert (entry["actor"], entry["to_version"]) == ("github:retrain#7:evt-42", "2")
+    assert manifest.lineage["published_by"] == "github:retrain#7:evt-42"
 
 
 def test_an_unknown_version_exits_1_and_publishes_nothing(models, monitor):

@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from vigil.core.exclusive import move_exclusive
+from vigil.core.files import locked
 from vigil.core.tensors import V2_TO_NUMPY, TensorSpec
 
 MODEL_FILE = "model.onnx"
@@ -23,6 +25,9 @@ PROFILE_JSON = "profile.json"
 PROFILE_NPZ = "profile.npz"
 MAX_BATCH_ROWS = 1_000_000
 MANIFEST_FILE = "model.yaml"
+# Beside the models: held by a publisher while production is pinned and its version moved into
+# place (publishing is rare; one lock for the repository keeps the models' folders clean).
+PUBLISH_LOCK = ".publish.lock"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # used with fullmatch: no "1\n"
 
 
@@ -33,6 +38,11 @@ def valid_name(label: str) -> bool:
 
 class RepositoryError(Exception):
     """The repository or one of its versions is malformed; the message says where."""
+
+
+class VersionExists(RepositoryError):
+    """The version's place is taken: by a version with other bytes, or by a folder that is no
+    published version (being written, or claimed): versions are never written over."""
 
 
 @dataclass(frozen=True)
@@ -247,20 +257,18 @@ def publish(
 ) -> ModelVersion:
     """Write a new version. Versions are immutable: an existing one with other bytes is refused.
 
-    The version is written in a hidden folder beside its final place and renamed into it, so a
-    half-written version is never visible. Publishing never moves traffic: when the model had
-    versions and no production alias yet (the newest one served), production is pinned to that
-    newest one first."""
+    The version is written in a hidden folder beside its final place and moved into it by an
+    exclusive rename (vigil.core.exclusive), so a half-written version is never visible and
+    anything already at that place, an empty folder included, makes it VersionExists. Publishing
+    never moves traffic: when the model had versions and no production alias yet (the newest one
+    served), production is pinned to that newest one just before the new one appears."""
     for label in (name, version):
         if not valid_name(label):
             raise RepositoryError(f"invalid name {label!r}: letters, digits, '.', '_', '-' only")
     version_dir = root / name / version
     sha = hashlib.sha256(onnx_bytes).hexdigest()
-    if (version_dir / MANIFEST_FILE).exists():
-        existing = read_manifest(version_dir)
-        if existing.sha256 != sha:
-            raise RepositoryError(f"{name}/{version} already exists with other contents")
-        return ModelVersion(version_dir, existing)
+    if (same := _same_version(version_dir, sha)) is not None:
+        return same
     manifest = VersionManifest(  # checked before anything is written
         name=name,
         version=version,
@@ -272,25 +280,60 @@ def publish(
         max_batch_rows=max_batch_rows,
         lineage=lineage or {},
     )
-    model_dir = root / name
+    files = {MODEL_FILE: onnx_bytes, **(extra_files or {})}
+    staging = _stage(root / name, version, {**files, MANIFEST_FILE: manifest.to_yaml().encode()})
+    try:
+        try:
+            with locked(root / PUBLISH_LOCK):  # publishers, one at a time
+                pin_production(root, name)
+                move_exclusive(staging, version_dir)
+        except FileExistsError:
+            if (same := _same_version(version_dir, sha)) is not None:
+                return same  # a racing publisher wrote these very bytes
+            raise VersionExists(_taken(name, version, version_dir)) from None
+        _fsync_dir(root / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone once moved; a leftover otherwise
+    return ModelVersion(version_dir, manifest)
+
+
+def _stage(model_dir: Path, version: str, files: dict[str, bytes]) -> Path:
+    """A hidden folder beside the version's place (a name scan skips), holding `files`, each
+    synced to disk."""
     model_dir.mkdir(parents=True, exist_ok=True)
-    pin_production(root, name)
     staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=model_dir))
     try:
-        for file_name, data in {MODEL_FILE: onnx_bytes, **(extra_files or {})}.items():
+        for file_name, data in files.items():
             _write_synced(staging / file_name, data)
-        _write_synced(staging / MANIFEST_FILE, manifest.to_yaml().encode())
         # mkdtemp makes it 0700; a version is read by every replica and the monitor.
         os.chmod(staging, 0o755)  # nosec B103 # a folder of public model files
-        try:
-            os.rename(staging, version_dir)  # atomic; fails if the version appeared meanwhile
-        except OSError as exc:
-            raise RepositoryError(f"{name}/{version} already exists") from exc
-        _fsync_dir(model_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return ModelVersion(version_dir, manifest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return staging
+
+
+def _same_version(version_dir: Path, sha: str) -> ModelVersion | None:
+    """The version already published at `version_dir` with these bytes; None when there is
+    none; VersionExists when it holds other bytes."""
+    if not (version_dir / MANIFEST_FILE).exists():
+        return None
+    existing = read_manifest(version_dir)
+    if existing.sha256 != sha:
+        raise VersionExists(
+            f"{existing.name}/{existing.version} already exists with other contents"
+        )
+    return ModelVersion(version_dir, existing)
+
+
+def _taken(name: str, version: str, version_dir: Path) -> str:
+    if (version_dir / MANIFEST_FILE).exists():
+        return f"{name}/{version} already exists"
+    return (
+        f"{name}/{version} already exists as a folder without {MANIFEST_FILE} ({version_dir}): "
+        "a version being written or a claim; remove it if nothing writes it, or publish "
+        "another version"
+    )
 
 
 def pin_production(root: Path, name: str) -> None:
@@ -298,8 +341,10 @@ def pin_production(root: Path, name: str) -> None:
     version) gets that newest one pinned, so the new version takes no traffic until promoted."""
     from vigil.core import aliases  # aliases imports nothing of this module's users
 
-    if not any((p / MANIFEST_FILE).exists() for p in (root / name).iterdir() if p.is_dir()):
-        return  # the first version: nothing serves yet
+    if not any(
+        valid_name(p.name) and (p / MANIFEST_FILE).exists() for p in (root / name).iterdir()
+    ):
+        return  # the first version: nothing serves yet (a staging folder is no version)
     published = [v.manifest.version for v in scan(root, [name])[name]]
     current = aliases.read_aliases(root, name).production_of(published)
     if current is not None:

@@ -1,0 +1,292 @@
+"""The example's retraining job: breast_cancer retrained from a drifted version's reference data
+and the monitor's window rows, and published as the next version through Vigil's publishing."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import numpy as np
+
+from examples.receiver_events import MODEL, EventStore, now
+from vigil.core.files import atomic_write
+from vigil.core.repository import MANIFEST_FILE, ModelVersion, read_manifest
+from vigil.tools.examples import (
+    BREAST_CANCER_INPUTS,
+    BREAST_CANCER_MAX_BATCH_ROWS,
+    BREAST_CANCER_OUTPUTS,
+    ML_OPSET,
+    OPSET,
+    REFERENCE_FILE,
+    _serialize,
+)
+from vigil.tools.publishing import PublishError, publish_file, next_version
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+logger = logging.getLogger("vigil.retrain_receiver")
+
+TOKEN_ENV = "VIGIL_TOKEN"
+TARGET = "target"  # the label column of reference.parquet
+PREDICTED = "label"  # the model's predicted class in the monitor's rows
+MONITOR_TIMEOUT_S = 30.0
+PUBLISH_TRIES = 5  # next versions tried when another publisher takes each one first
+
+
+class RetrainError(Exception):
+    """Retraining stopped before publishing; the message says why (stored with the event)."""
+
+
+@dataclass(frozen=True)
+class Parent:
+    """The drifted version to start from: its feature names and reference data, checked."""
+
+    version: str
+    manifest_metadata: dict[str, Any]
+    features: list[str]
+    reference: pd.DataFrame
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A retrained model: its ONNX bytes, the frame it was trained on and the figures."""
+
+    onnx_bytes: bytes
+    frame: pd.DataFrame
+    metadata: dict[str, Any]
+    outcome: dict[str, Any]
+
+
+class Retrainer:
+    """Retrains breast_cancer from a drifted version's reference data and window rows. `actor`
+    names the publisher in the audit log, with the event's id: '<actor>:<event id>'."""
+
+    def __init__(self, models_dir: Path, monitor_url: str, token: str | None,
+                 timeout_s: float = MONITOR_TIMEOUT_S, actor: str = "receiver") -> None:
+        self.models_dir = Path(models_dir)
+        self.monitor_url = monitor_url.rstrip("/")
+        self.token = token
+        self.timeout_s = timeout_s
+        self.actor = actor
+        self._lock = threading.Lock()  # one job at a time: each takes the next version
+
+    def run(self, event_id: str, parent: str, store: EventStore) -> dict[str, Any]:
+        """One job (on a worker thread): retrain, and store and log the outcome."""
+        with self._lock:
+            started_at, started = now(), time.perf_counter()
+            store.set_retrained(event_id, {"status": "running", "started_at": started_at})
+            try:
+                outcome: dict[str, Any] = {"status": "published", **self.retrain(event_id, parent)}
+                logger.info("event %s: published %s/%s from %s/%s (%d reference + %d window rows)",
+                            event_id, MODEL, outcome["version"], MODEL, parent,
+                            outcome["reference_rows"], outcome["window_rows"])
+            except RetrainError as exc:
+                outcome = {"status": "failed", "error": str(exc)}
+                logger.warning("event %s: %s/%s not retrained: %s", event_id, MODEL, parent, exc)
+            except Exception as exc:
+                logger.exception("event %s: retraining %s/%s failed", event_id, MODEL, parent)
+                outcome = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+            outcome.update(started_at=started_at, finished_at=now(),
+                           seconds=round(time.perf_counter() - started, 3))
+            store.set_retrained(event_id, outcome)
+            return outcome
+
+    def retrain(self, event_id: str, parent: str) -> dict[str, Any]:
+        """Retrain from `parent` and publish the next version; its outcome (RetrainError when
+        nothing was published)."""
+        start = self.parent(parent)
+        doc = self.fetch_rows(parent)
+        trained = retrained_model(start, doc, event_id)
+        version = self.publish(trained, f"{self.actor}:{event_id}")
+        return {"version": version.manifest.version, **trained.outcome}
+
+    def parent(self, version: str) -> Parent:
+        """The drifted version, refused unless it has the example's signature, 30 feature names
+        and its reference data beside it."""
+        import pandas as pd
+
+        version_dir = self.models_dir / MODEL / version
+        if not (version_dir / MANIFEST_FILE).exists():
+            raise RetrainError(f"{MODEL}/{version} is not in {self.models_dir}")
+        manifest = read_manifest(version_dir)
+        if (manifest.inputs, manifest.outputs) != (BREAST_CANCER_INPUTS, BREAST_CANCER_OUTPUTS):
+            raise RetrainError(f"{MODEL}/{version} does not have the example's inputs and outputs")
+        features = manifest.metadata.get("feature_names")
+        width = BREAST_CANCER_INPUTS[0].shape[1]
+        if not isinstance(features, list) or len(features) != width:
+            raise RetrainError(f"{MODEL}/{version} has no {width} metadata.feature_names")
+        try:
+            reference = pd.read_parquet(version_dir / REFERENCE_FILE)
+        except (OSError, ValueError) as exc:
+            raise RetrainError(f"the reference data of {MODEL}/{version}: {exc}") from None
+        missing = [c for c in (*features, TARGET) if c not in reference.columns]
+        if missing:
+            raise RetrainError(f"{version_dir / REFERENCE_FILE} lacks columns {missing[:3]}")
+        return Parent(version, dict(manifest.metadata), [str(f) for f in features], reference)
+
+    def fetch_rows(self, version: str) -> dict[str, Any]:
+        """The monitor's rows of the version's last closed window."""
+        url = f"{self.monitor_url}/v1/models/{MODEL}/rows"
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        try:
+            with httpx.Client(timeout=self.timeout_s, follow_redirects=False) as client:
+                answer = client.get(url, params={"version": version}, headers=headers)
+        except httpx.HTTPError as exc:
+            raise RetrainError(
+                f"the monitor at {url} cannot be reached: {type(exc).__name__}: {exc}"
+            ) from None
+        if answer.status_code != 200:
+            try:
+                why = answer.json()["error"]
+            except (ValueError, KeyError, TypeError):
+                why = answer.text[:200]
+            raise RetrainError(f"the monitor answered {answer.status_code} for the rows of "
+                               f"{MODEL}/{version}: {why}")
+        try:
+            doc: dict[str, Any] = answer.json()
+        except ValueError:
+            raise RetrainError("the monitor's rows are not JSON") from None
+        return doc
+
+    def publish(self, trained: Trained, actor: str) -> ModelVersion:
+        """Publish `trained` as the next whole-number version with vigil.tools.publishing
+        (signature from onnxruntime, lineage, reference profile, audit entry by `actor`). A
+        number another publisher takes first is skipped for the next one."""
+        with tempfile.TemporaryDirectory(prefix="vigil-retrain-") as scratch:
+            source, reference = Path(scratch) / "model.onnx", Path(scratch) / REFERENCE_FILE
+            source.write_bytes(trained.onnx_bytes)
+            trained.frame.to_parquet(reference, index=False, compression="snappy")
+            for _ in range(PUBLISH_TRIES):
+                version = next_version(self.models_dir, MODEL)
+                try:
+                    published = publish_file(
+                        self.models_dir, source, MODEL, actor=actor, version=version,
+                        reference=reference, outputs_from_model=True,
+                        max_batch_rows=BREAST_CANCER_MAX_BATCH_ROWS, metadata=trained.metadata,
+                        metrics={"training_accuracy": trained.outcome["training_accuracy"]},
+                        progress=False,
+                    ).version
+                except PublishError as exc:
+                    if self._taken_by_another(version, trained.onnx_bytes):
+                        logger.info("%s/%s was taken meanwhile: the next one", MODEL, version)
+                        continue
+                    raise RetrainError(f"publishing {MODEL}/{version}: {exc}") from None
+                keep_reference(published, reference)
+                return published
+        raise RetrainError(f"{PUBLISH_TRIES} versions in a row were taken by other publishers")
+
+    def _taken_by_another(self, version: str, onnx_bytes: bytes) -> bool:
+        """Whether `version` now exists with other bytes (or as a folder without manifest)."""
+        version_dir = self.models_dir / MODEL / version
+        if not version_dir.exists():
+            return False
+        if not (version_dir / MANIFEST_FILE).exists():
+            return True
+        return read_manifest(version_dir).sha256 != hashlib.sha256(onnx_bytes).hexdigest()
+
+
+def keep_reference(version: ModelVersion, reference: Path) -> None:
+    """The training frame as the version's reference.parquet, which the next retraining starts
+    from; written after the version appears, as vigil.tools.examples writes breast_cancer/1's,
+    unless publishing already put it there."""
+    if not (version.path / REFERENCE_FILE).exists():
+        atomic_write(version.path / REFERENCE_FILE, reference.read_bytes(), 0o644)
+
+
+def retrained_model(parent: Parent, doc: Any, event_id: str) -> Trained:
+    """The model trained on the parent's reference data plus the window's pseudo-labelled rows,
+    with the metadata that says where it came from."""
+    import pandas as pd
+
+    ref_x = parent.reference[parent.features].to_numpy(np.float32)
+    ref_y = parent.reference[TARGET].to_numpy(np.int64)
+    win_x, win_y, dropped = window_rows(doc, parent.features, parent.version,
+                                        classes=np.unique(ref_y))
+    x, y = np.concatenate([ref_x, win_x]), np.concatenate([ref_y, win_y])
+    onnx_bytes, accuracy = train(x, y)
+    frame = pd.DataFrame(x, columns=parent.features)
+    frame[TARGET] = y
+    window = doc.get("window") or {}
+    meta = parent.manifest_metadata
+    metadata = {
+        "task": meta.get("task", "binary classification"),
+        "feature_names": parent.features,
+        **({"classes": meta["classes"]} if "classes" in meta else {}),
+        "training_rows": len(y),
+        "training_accuracy": accuracy,  # on its training rows, pseudo-labels included
+        "source": f"{MODEL}/{parent.version} reference data + monitor window rows, pseudo-labelled",
+        "labels": f"window rows carry {MODEL}/{parent.version}'s own predictions, not ground truth",
+        "trained_from_event": event_id,
+        "parent_version": parent.version,
+        "window_index": window.get("index"),
+        "window_rows": len(win_y),
+        "window_rows_dropped": dropped,
+    }
+    outcome = {"reference_rows": len(ref_y), "window_rows": len(win_y),
+               "window_rows_dropped": dropped, "window_index": window.get("index"),
+               "training_accuracy": accuracy}
+    return Trained(onnx_bytes, frame, metadata, outcome)
+
+
+def window_rows(
+    doc: Any, features: Sequence[str], version: str, classes: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """(features as float32, pseudo-labels, rows dropped) from the monitor's rows document.
+    The label of each row is the served model's prediction: there is no ground truth."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("columns"), dict):
+        raise RetrainError("the monitor's rows have no 'columns'")
+    if (doc.get("model"), doc.get("version")) != (MODEL, version):
+        raise RetrainError(f"the monitor sent rows of {doc.get('model')}/{doc.get('version')}, "
+                           f"not {MODEL}/{version}")
+    columns = doc["columns"]
+    missing = [c for c in (*features, PREDICTED) if c not in columns]
+    if missing:
+        raise RetrainError(f"the window's rows lack the columns {missing[:3]}")
+    wanted = [columns[c] for c in (*features, PREDICTED)]
+    if not all(isinstance(v, list) for v in wanted) or len({len(v) for v in wanted}) != 1:
+        raise RetrainError("the window's columns are not lists of one length")
+    try:
+        # None (a non-finite value in JSON) becomes NaN here and drops its row below.
+        x = np.array(wanted[:-1], dtype=np.float64).T
+        predicted = np.array(wanted[-1], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise RetrainError("the window's columns are not numeric") from None
+    with np.errstate(over="ignore"):
+        x32 = x.astype(np.float32)
+    keep = np.isfinite(x32).all(axis=1) & np.isin(predicted, classes)
+    if not keep.any():
+        raise RetrainError(f"the window has no usable rows ({len(predicted)} rows, none finite "
+                           f"with a predicted class in {classes.tolist()})")
+    return x32[keep], predicted[keep].astype(np.int64), int((~keep).sum())
+
+
+def train(x: np.ndarray, y: np.ndarray) -> tuple[bytes, float]:
+    """The ONNX bytes of StandardScaler + LogisticRegression fitted on (x, y), converted as
+    vigil.tools.examples converts breast_cancer/1, and its accuracy on (x, y)."""
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType, Int64TensorType
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    clf = LogisticRegression(max_iter=1000)
+    pipe = Pipeline([("scaler", StandardScaler()), ("classifier", clf)]).fit(x, y)
+    proto = convert_sklearn(
+        pipe,
+        name=MODEL,
+        initial_types=[("input", FloatTensorType([None, x.shape[1]]))],
+        final_types=[("label", Int64TensorType([None])),
+                     ("probabilities", FloatTensorType([None, 2]))],
+        options={id(clf): {"zipmap": False}},
+        target_opset={"": OPSET, "ai.onnx.ml": ML_OPSET},
+    )
+    return _serialize(proto), float(round(pipe.score(x, y), 4))
