@@ -160,6 +160,8 @@ class VersionsServer:
         self.client = httpx.Client(base_url=f"http://{HOST}:{ports.http}", timeout=120)
         self.replicas: list[str] = []
         self.notes: list[str] = []
+        # The Monitor's user_config instead of configs/serve.yaml's (None: as shipped).
+        self.monitor_user_config: dict[str, Any] | None = None
 
     def start(self) -> Path:
         # A developer's tokens file would switch auth on for the replicas (through Ray's env).
@@ -188,6 +190,8 @@ class VersionsServer:
         config = vigil_config(self.ports, batching_enabled=True)
         for app in config["applications"]:
             app.setdefault("args", {})["model_repository"] = str(self.repository)
+            if app["name"] == "monitor" and self.monitor_user_config is not None:
+                app["deployments"][0]["user_config"] = self.monitor_user_config
         self.cluster.deploy(config, "vigil.yaml")
         self.replicas = replica_ids(self.cluster.wait_running("vigil"))
         log(f"Vigil up in {time.monotonic() - started:.0f}s, {len(self.replicas)} replicas")

@@ -42,6 +42,7 @@ from vigil.core.repository import read_manifest
 pytestmark = pytest.mark.slow
 ROWS = 100
 SECRET_ENV = "VIGIL_TEST_WEBHOOK_SECRET"
+READ_TOKEN = "alerts-test-read-token-0123456789"  # the receiver's GET /events token
 RULE = "bc-drift"
 
 
@@ -54,7 +55,8 @@ class ReceiverProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        env = {**os.environ, "VIGIL_WEBHOOK_SECRET": os.environ[SECRET_ENV], "VIGIL_TOKEN": self.token}
+        env = {**os.environ, "VIGIL_WEBHOOK_SECRET": os.environ[SECRET_ENV], "VIGIL_TOKEN": self.token,
+               "VIGIL_RECEIVER_TOKEN": READ_TOKEN}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "examples.retrain_receiver", "--port", str(self.port),
              "--models-dir", str(self.workdir / "models"), "--monitor-url", self.monitor_url,
@@ -72,7 +74,8 @@ class ReceiverProcess:
             self.proc = None
 
     def events(self) -> list[dict]:
-        return httpx.get(f"{self.url}/events", timeout=10).json()
+        return httpx.get(f"{self.url}/events", timeout=10,
+                         headers={"Authorization": f"Bearer {READ_TOKEN}"}).json()
 
 
 def _failing_app(hits: dict[str, list[str]]) -> Starlette:
