@@ -105,6 +105,10 @@ def test_publish_records_signature_digest_lineage_profile_and_audit(
     assert profile.rows == 6
     assert profile.meta is not None and profile.meta["model_sha256"] == doc["sha256"]
     assert profile.meta["outputs"] == "model"
+    # The reference data travels with the version, named relatively, under its digest.
+    assert (version_dir / "reference.npz").read_bytes() == reference.read_bytes()
+    assert (profile.meta["data"], profile.meta["data_sha256"]) == (
+        "reference.npz", hashlib.sha256(reference.read_bytes()).hexdigest())
     assert sorted(os.listdir(repo / "m")) == ["1"]  # no staging folder left behind
 
     (entry,) = [json.loads(line) for line in (repo / "audit.jsonl").read_text().splitlines()]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import re
 import subprocess
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,9 +19,6 @@ from vigil.core import audit, repository
 from vigil.core.repository import (
     MANIFEST_FILE,
     MAX_BATCH_ROWS,
-    MODEL_FILE,
-    PROFILE_JSON,
-    PROFILE_NPZ,
     ModelVersion,
     RepositoryError,
     VersionManifest,
@@ -318,24 +314,20 @@ def _reference_profile(
     manifest: VersionManifest, onnx_bytes: bytes, reference: Path, outputs_from_model: bool,
     progress: bool | None,
 ) -> tuple[dict[str, bytes], int]:
-    """Build the profile in a scratch copy of the version; returns its files' bytes and rows."""
-    from vigil.tools.profiles import profile_version  # needs onnxruntime and the monitoring stack
+    """The version's profile and the copy of its reference data, built before it is written;
+    returns their files' bytes and the profile's rows."""
+    from vigil.tools.profiles import profile_unwritten  # needs onnxruntime and monitoring
 
     if not reference.is_file():
         raise PublishError(f"reference data {reference}: no such file")
-    with tempfile.TemporaryDirectory(prefix="vigil-publish-") as scratch:
-        version_dir = Path(scratch)
-        (version_dir / MODEL_FILE).write_bytes(onnx_bytes)
-        (version_dir / MANIFEST_FILE).write_text(manifest.to_yaml())
-        try:
-            profile = profile_version(
-                version_dir, reference.resolve(), outputs_from_model=outputs_from_model,
-                progress=progress,
-            )
-        except (ValueError, KeyError, OSError, RepositoryError) as exc:
-            raise PublishError(f"reference data {reference}: {exc}") from None
-        files = {f: (version_dir / f).read_bytes() for f in (PROFILE_JSON, PROFILE_NPZ)}
-    return files, profile.rows
+    try:
+        profiled = profile_unwritten(
+            manifest, onnx_bytes, reference, outputs_from_model=outputs_from_model,
+            progress=progress,
+        )
+    except (ValueError, KeyError, OSError, RepositoryError) as exc:
+        raise PublishError(f"reference data {reference}: {exc}") from None
+    return profiled.files, profiled.profile.rows
 
 
 def describe_training_data(path: Path) -> dict[str, Any]:
