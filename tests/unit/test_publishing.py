@@ -20,6 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 from monitoring.profile import Profile
 from tests.conftest import _free_port
 from tests.graphs import IR_VERSION, OPSET, double_graph, fixed_pair_graph, identity_graph
+from tests.without_onnxruntime import run_without_onnxruntime
 from vigil.tools.cli import main
 from vigil.tools.model_client import local_actor
 from vigil.tools.publishing import PublishError, count_rows, next_version, publish_file
@@ -49,6 +50,16 @@ def _save(proto: onnx.ModelProto, path: Path) -> Path:
 def _publish(capsys: pytest.CaptureFixture[str], repo: Path, url: str, *argv: str
              ) -> tuple[int, str, str]:
     return _run(capsys, "models", "publish", *argv, "--repository", str(repo), "--url", url)
+
+
+def _one_node_model(node: onnx.NodeProto, name: str, inputs: onnx.ValueInfoProto,
+                    outputs: onnx.ValueInfoProto, initializer: list[onnx.TensorProto] | None = None
+                    ) -> onnx.ModelProto:
+    """A model of one node, left unchecked by onnx: publishing is what must refuse it."""
+    graph = helper.make_graph([node], name, [inputs], [outputs], initializer=initializer)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    proto.ir_version = IR_VERSION
+    return proto
 
 
 def _nothing_written(repo: Path, name: str = "m") -> None:
@@ -224,13 +235,11 @@ def test_a_file_that_is_not_onnx_is_refused_with_onnxruntimes_reason(
 def test_a_graph_onnxruntime_cannot_run_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], no_server: str
 ) -> None:
-    graph = helper.make_graph(
-        [helper.make_node("NoSuchOperator", ["x"], ["y"])], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N"])],
+    proto = _one_node_model(
+        helper.make_node("NoSuchOperator", ["x"], ["y"]), "g",
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N"]),
+        helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N"]),
     )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    proto.ir_version = IR_VERSION
     source = _save(proto, tmp_path / "m.onnx")
     err = _refused(capsys, tmp_path / "repo", no_server, str(source), "--name", "m")
     assert "is not a model onnxruntime can load" in err and "NoSuchOperator" in err
@@ -254,14 +263,11 @@ def test_a_file_over_the_limit_is_refused_before_it_is_read(
 def _with_external_data(tmp_path: Path, location: str) -> Path:
     """A graph whose one initializer claims its data is at `location`."""
     weight = numpy_helper.from_array(np.full(4, 2.0, np.float32), "w")
-    graph = helper.make_graph(
-        [helper.make_node("Mul", ["x", "w"], ["y"])], "external",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
-        initializer=[weight],
+    proto = _one_node_model(
+        helper.make_node("Mul", ["x", "w"], ["y"]), "external",
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
+        helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4]), initializer=[weight],
     )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    proto.ir_version = IR_VERSION
     tensor = proto.graph.initializer[0]
     raw = tensor.raw_data
     tensor.ClearField("raw_data")
@@ -386,13 +392,11 @@ def test_a_missing_training_data_file_is_refused(
 
 
 def test_tensors_vigil_cannot_serve_are_refused(tmp_path: Path) -> None:
-    graph = helper.make_graph(
-        [helper.make_node("SequenceConstruct", ["x"], ["s"])], "seq",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N"])],
-        [helper.make_tensor_sequence_value_info("s", TensorProto.FLOAT, ["N"])],
+    proto = _one_node_model(
+        helper.make_node("SequenceConstruct", ["x"], ["s"]), "seq",
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N"]),
+        helper.make_tensor_sequence_value_info("s", TensorProto.FLOAT, ["N"]),
     )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    proto.ir_version = IR_VERSION
     source = _save(proto, tmp_path / "seq.onnx")
     with pytest.raises(PublishError, match=r"output 's' is seq\(tensor\(float\)\); Vigil serves "
                                            r"tensors of BOOL, BYTES, .* only"):
@@ -401,13 +405,11 @@ def test_tensors_vigil_cannot_serve_are_refused(tmp_path: Path) -> None:
 
 
 def test_an_input_without_a_shape_is_refused(tmp_path: Path) -> None:
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])], "rankless",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    proto = _one_node_model(
+        helper.make_node("Identity", ["x"], ["y"]), "rankless",
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, None),
+        helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
     )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    proto.ir_version = IR_VERSION
     source = _save(proto, tmp_path / "rankless.onnx")
     with pytest.raises(PublishError, match="input 'x' has no shape in the graph"):
         publish_file(tmp_path / "repo", source, "m", actor="t")
@@ -416,16 +418,7 @@ def test_an_input_without_a_shape_is_refused(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ imports
 
 
-_WITHOUT_ONNXRUNTIME = """
-import importlib.abc, sys
-
-class NoOnnxRuntime(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "onnxruntime" or name.startswith("onnxruntime."):
-            raise ImportError("onnxruntime is hidden for this test")
-        return None
-
-sys.meta_path.insert(0, NoOnnxRuntime())
+_MODELS_COMMANDS = """
 import vigil.tools.cli, vigil.tools.models_cli, vigil.tools.model_client
 assert vigil.tools.cli.main(["models", "list", "--url", sys.argv[1], "--repository", sys.argv[2]]) == 0
 assert not any(m == "onnxruntime" or m.startswith("onnxruntime.") for m in sys.modules)
@@ -435,10 +428,7 @@ print("models commands run without onnxruntime")
 
 def test_the_models_commands_import_without_onnxruntime(tmp_path: Path, no_server: str) -> None:
     (tmp_path / "repo").mkdir()
-    result = subprocess.run(
-        [sys.executable, "-c", _WITHOUT_ONNXRUNTIME, no_server, str(tmp_path / "repo")],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )
+    result = run_without_onnxruntime(_MODELS_COMMANDS, no_server, str(tmp_path / "repo"))
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip().endswith("models commands run without onnxruntime")
 
