@@ -87,11 +87,12 @@ def test_the_report_builds_from_the_moved_version(moved: Path, example_root: Pat
 
 
 @pytest.fixture
-def monitor_url(moved: Path, example_root: Path) -> Iterator[tuple[str, str]]:
+def monitor_url(moved: Path, example_root: Path, request: pytest.FixtureRequest
+                ) -> Iterator[tuple[str, str]]:
     """The monitor, without Ray, over the moved repository (token auth), one closed window of
     bc/1 with rows, served over HTTP on 127.0.0.1. Yields (url, monitor token)."""
     repo = moved.parents[1]
-    token = create_token(repo.parent / "tokens.yaml", "ops", frozenset({"monitor"}))
+    token = create_token(repo.parent / "tokens.yaml", request.node.name[:64], frozenset({"monitor"}))
     monitor = Monitor({"model_repository": str(repo)})
     monitor.service.reconfigure(MonitorSettings(window={"rows": WINDOW_ROWS, "seconds": None}),
                                 now=0.0)
