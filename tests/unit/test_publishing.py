@@ -462,3 +462,20 @@ def test_a_new_version_takes_productions_descriptive_metadata(
                     "--no-inherit-metadata")[0] == 0
     three = yaml.safe_load((repo / "m" / "3" / "model.yaml").read_text())
     assert three["metadata"] == {} and "metadata_from" not in three["lineage"]
+
+
+def test_inputs_named_finite_refuse_non_finite_values(tmp_path: Path) -> None:
+    """finite_inputs marks inputs that refuse NaN and infinities (as the examples declare
+    theirs; a graph cannot say it), so a publisher that builds versions of such a model (the
+    retrain receiver) keeps its signature; a name that is not an input is refused."""
+    source = _save(identity_graph([("a", "FP32", (-1, 2)), ("b", "FP32", (-1,))]),
+                   tmp_path / "two.onnx")
+    done = publish_file(tmp_path / "repo", source, "m", actor="t", finite_inputs=["a"])
+    assert [(s.name, s.allow_non_finite) for s in done.version.manifest.inputs] == [
+        ("a", False), ("b", True)]
+    doc = yaml.safe_load((done.version.path / "model.yaml").read_text())
+    assert doc["inputs"][0]["allow_non_finite"] is False
+    with pytest.raises(PublishError, match=r"finite inputs \['c'\] are not inputs of the model "
+                                           r"\(its inputs: a, b\)"):
+        publish_file(tmp_path / "repo", source, "m", actor="t", finite_inputs=["c"])
+    assert next_version(tmp_path / "repo", "m") == "2"

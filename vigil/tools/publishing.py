@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import re
 import subprocess
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ from vigil.core.repository import (
     RepositoryError,
     VersionManifest,
 )
+from vigil.core.tensors import TensorSpec
 from vigil.tools.model_file import PublishError, read_model_file, signature
 
 if TYPE_CHECKING:
@@ -62,6 +64,7 @@ class PublishRequest:
     max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES
     progress: bool | None = None
     inherit_metadata: bool = True
+    finite_inputs: tuple[str, ...] = ()
 
 
 def publish_file(
@@ -82,6 +85,7 @@ def publish_file(
     max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES,
     progress: bool | None = None,
     inherit_metadata: bool = True,
+    finite_inputs: Iterable[str] = (),
 ) -> Published:
     """Publish the ONNX file `source` as `name`/`version` (default: the next whole number) in the
     repository `root`. Everything is checked before anything is written; PublishError says what
@@ -89,14 +93,15 @@ def publish_file(
     run; None: never. With `reference`, the version's reference profile and a copy of the data
     are inside it from the moment it becomes visible. A new version of a served model takes
     production's descriptive metadata (INHERITED_METADATA: feature names, classes, the gate's
-    held-out set) unless `inherit_metadata` is off; `metadata` overrides it key by key."""
+    held-out set) unless `inherit_metadata` is off; `metadata` overrides it key by key. Inputs
+    named in `finite_inputs` refuse NaN and infinities (TensorSpec.allow_non_finite off)."""
     return publish_request(PublishRequest(
         Path(root), Path(source), name, actor, version=version,
         reference=None if reference is None else Path(reference),
         outputs_from_model=outputs_from_model, max_batch_rows=max_batch_rows, metadata=metadata,
         training_data=None if training_data is None else Path(training_data),
         code_commit=code_commit, params=params, metrics=metrics, max_model_bytes=max_model_bytes,
-        progress=progress, inherit_metadata=inherit_metadata,
+        progress=progress, inherit_metadata=inherit_metadata, finite_inputs=tuple(finite_inputs),
     ))
 
 
@@ -108,6 +113,7 @@ def publish_request(request: PublishRequest) -> Published:
     onnx_bytes = read_model_file(request.source, request.max_model_bytes)
     sha = hashlib.sha256(onnx_bytes).hexdigest()
     inputs, outputs = signature(request.source, onnx_bytes)
+    inputs = _finite(inputs, request.finite_inputs)
     published_at = datetime.now(UTC)
     lineage = _lineage(request, sha, published_at)
     metadata, parent = _metadata(request)
@@ -149,6 +155,15 @@ def _check_arguments(request: PublishRequest) -> None:
     commit = request.code_commit
     if commit is not None and not _COMMIT.fullmatch(commit):
         raise PublishError(f"code commit {commit!r} is not a git commit id (7 to 64 hex digits)")
+
+
+def _finite(inputs: tuple[TensorSpec, ...], names: tuple[str, ...]) -> tuple[TensorSpec, ...]:
+    """The inputs, those in `names` refusing non-finite values; a name not an input is refused."""
+    unknown = sorted(set(names) - {s.name for s in inputs})
+    if unknown:
+        raise PublishError(f"finite inputs {unknown} are not inputs of the model (its inputs: "
+                           f"{', '.join(s.name for s in inputs)})")
+    return tuple(replace(s, allow_non_finite=False) if s.name in names else s for s in inputs)
 
 
 def _refuse_existing(root: Path, name: str, version: str) -> None:
