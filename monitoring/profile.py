@@ -34,7 +34,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 import numpy as np
 
@@ -192,20 +192,30 @@ class Profile:
         )
 
 
+# The reference data formats load_data reads (never a pickle).
+DATA_SUFFIXES = (".parquet", ".pq", ".csv", ".npz")
+
+
 def load_data(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """Read reference data from .parquet, .csv or .npz (no pickles) into 1-D arrays by column."""
-    path = Path(path)
-    suffix = path.suffix.lower()
+    return parse_data(path, Path(path).suffix)
+
+
+def parse_data(source: str | os.PathLike[str] | IO[bytes], suffix: str) -> dict[str, np.ndarray]:
+    """Reference data from a file or a binary stream, read as its suffix says (see load_data)."""
+    suffix = suffix.lower()
+    if suffix not in DATA_SUFFIXES:
+        raise ValueError(
+            f"unsupported reference data format {suffix!r}: use .parquet, .csv or .npz"
+        )
     if suffix == ".npz":
-        with np.load(path, allow_pickle=False) as npz:
+        with np.load(source, allow_pickle=False) as npz:
             return {key: np.asarray(npz[key]) for key in npz.files}
     import pandas as pd  # only for reading files; the statistics never need it
 
-    if suffix in (".parquet", ".pq"):
-        return _from_frame(pd.read_parquet(path))
     if suffix == ".csv":
-        return _from_frame(pd.read_csv(path))
-    raise ValueError(f"unsupported reference data format {suffix!r}: use .parquet, .csv or .npz")
+        return _from_frame(pd.read_csv(source))
+    return _from_frame(pd.read_parquet(source))
 
 
 def build_profile(

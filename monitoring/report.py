@@ -9,6 +9,8 @@ fonts). Column types are the profile's, so Evidently picks the same tests as mon
 
 from __future__ import annotations
 
+import hashlib
+import io
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,27 +18,90 @@ from typing import Any
 
 import numpy as np
 
-from monitoring.profile import Profile, load_data
+from monitoring.profile import Profile, parse_data
 
+
+class ReferenceUnavailable(ValueError):
+    """A version's reference data cannot be read: the message says why and what to do."""
 
 
 def reference_path(profile: Profile, version_dir: str | Path) -> Path | None:
-    """The data file the profile was built from (recorded by monitoring.profile_builder)."""
+    """The data file the profile was built from: inside the version, by the name the profile
+    records (monitoring.profile_builder copies data from outside in), or for a profile built
+    before versions carried their data, the absolute path it recorded, which may not exist on
+    this host. None when the profile records no file, or a relative one leaving the version."""
     data = (profile.meta or {}).get("data")
     if not data:
         return None
     path = Path(data)
-    return path if path.is_absolute() else Path(version_dir) / path
+    if path.is_absolute():
+        return path
+    version_dir = Path(version_dir)
+    inside = version_dir / path
+    if ".." in path.parts or not inside.resolve().is_relative_to(version_dir.resolve()):
+        return None
+    return inside
 
 
 def load_reference(
-    path: str | Path, columns: Sequence[str], max_rows: int
+    path: str | Path, columns: Sequence[str], max_rows: int, *, sha256: str | None = None
 ) -> dict[str, np.ndarray]:
     """The reference columns that the file holds (a model's outputs usually are not in it), at
-    most `max_rows` of them (see evenly_spaced)."""
-    data = load_data(path)
+    most `max_rows` of them (see evenly_spaced). With `sha256`, bytes of another digest are
+    refused (ReferenceUnavailable); the digest and the columns are of the same bytes."""
+    path = Path(path)
+    raw = path.read_bytes()
+    if sha256 is not None and hashlib.sha256(raw).hexdigest() != sha256:
+        raise ReferenceUnavailable(
+            f"{path.name} does not match the sha256 its profile records: the version's files "
+            "changed after it was profiled; publish it again, or rebuild its profile with "
+            "`vigil profile build`"
+        )
+    data = parse_data(io.BytesIO(raw), path.suffix)
     kept = {c: np.asarray(data[c]) for c in columns if c in data and np.ndim(data[c]) == 1}
     return evenly_spaced(kept, max_rows)
+
+
+def version_reference(
+    profile: Profile, version_dir: str | Path, max_rows: int
+) -> dict[str, np.ndarray]:
+    """The profiled columns of the reference data of the version in `version_dir`, checked
+    against the sha256 its profile records. ReferenceUnavailable says why they cannot be read:
+    no data recorded, a name leaving the version, a file missing (an older profile's absolute
+    path on another host), or other bytes."""
+    meta = profile.meta or {}
+    model, version = str(meta.get("model", "?")), str(meta.get("version", "?"))
+    label = f"{model}/{version}"
+    rebuild = _REBUILD.format(model=model, version=version)
+    path = reference_path(profile, version_dir)
+    if path is None:
+        raise ReferenceUnavailable(_no_reference(label, meta.get("data"), rebuild))
+    if not path.is_file():
+        raise ReferenceUnavailable(_missing_reference(label, Path(str(meta["data"])), rebuild))
+    try:
+        return load_reference(path, profile.names, max_rows, sha256=meta.get("data_sha256"))
+    except ReferenceUnavailable as exc:
+        raise ReferenceUnavailable(f"the reference data of {label}: {exc}") from None
+
+
+_REBUILD = ("rebuild the profile where the version is served: `vigil profile build --model {model} "
+            "--version {version} --data FILE` copies the data into the version")
+
+
+def _no_reference(label: str, data: Any, rebuild: str) -> str:
+    if not data:
+        return f"the profile of {label} records no reference data file; {rebuild}"
+    return (f"the profile of {label} names its reference data {data!r}, outside the version's "
+            f"folder: refused; {rebuild}")
+
+
+def _missing_reference(label: str, recorded: Path, rebuild: str) -> str:
+    if recorded.is_absolute():
+        return (f"the profile of {label} names its reference data by an absolute path, {recorded}, "
+                "which is not on this host: it was profiled before versions carried their "
+                f"reference data, so the file stayed where the profile was built; {rebuild}")
+    return (f"{label} lacks its reference data {recorded} (its profile names it): the version's "
+            f"folder is incomplete; publish it again, or {rebuild}")
 
 
 def evenly_spaced(columns: Mapping[str, np.ndarray], max_rows: int) -> dict[str, np.ndarray]:

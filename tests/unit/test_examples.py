@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -15,7 +16,7 @@ from sklearn.model_selection import train_test_split
 
 from monitoring.profile import Profile
 from vigil.core.tensors import TensorSpec
-from vigil.tools.examples import REFERENCE_FILE, build_examples
+from vigil.tools.examples import HOLDOUT_FILE, REFERENCE_FILE, _serialize, build_examples, serialize
 from vigil.core.repository import PROFILE_JSON, RepositoryError, scan
 
 
@@ -156,3 +157,35 @@ def test_an_unusable_profile_is_rebuilt(built: Path, tmp_path: Path) -> None:
     build_examples(root)
     assert Profile.load(profile_json.parent).rows == 426
     assert profile_json.read_bytes() == (built / "breast_cancer" / "1" / PROFILE_JSON).read_bytes()
+
+
+def test_the_version_is_written_whole_with_its_data_and_profile(built: Path) -> None:
+    """breast_cancer/1 is one publish: model, reference data, held-out set and profile appear
+    together (they were added one by one after the version was visible), and the profile names
+    the data by its name inside the version, with its sha256."""
+    version_dir = built / "breast_cancer" / "1"
+    assert sorted(p.name for p in version_dir.iterdir()) == [
+        HOLDOUT_FILE, "model.onnx", "model.yaml", PROFILE_JSON, "profile.npz", REFERENCE_FILE]
+    meta = Profile.load(version_dir).meta or {}
+    digest = hashlib.sha256((version_dir / REFERENCE_FILE).read_bytes()).hexdigest()
+    assert (meta["data"], meta["data_sha256"]) == (REFERENCE_FILE, digest)
+
+
+def test_a_version_an_older_build_left_incomplete_is_rebuilt_whole(built: Path, tmp_path: Path
+                                                                     ) -> None:
+    """A breast_cancer/1 with its model but without the held-out set (an interrupted older
+    build) is not reused: it is built again, whole, to the same bytes."""
+    root = tmp_path / "models"
+    shutil.copytree(built, root)
+    version_dir = root / "breast_cancer" / "1"
+    (version_dir / HOLDOUT_FILE).unlink()
+    (version_dir / "leftover.txt").write_text("from an interrupted build")
+    build_examples(root)
+    assert not (version_dir / "leftover.txt").exists()
+    for name in (HOLDOUT_FILE, REFERENCE_FILE, PROFILE_JSON):
+        assert (version_dir / name).read_bytes() == (built / "breast_cancer" / "1" / name
+                                                     ).read_bytes()
+
+
+def test_serialize_keeps_the_name_the_receiver_imports() -> None:
+    assert _serialize is serialize

@@ -20,6 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 from monitoring.profile import Profile
 from tests.conftest import _free_port
 from tests.graphs import IR_VERSION, OPSET, double_graph, fixed_pair_graph, identity_graph
+from tests.without_onnxruntime import run_without_onnxruntime
 from vigil.tools.cli import main
 from vigil.tools.model_client import local_actor
 from vigil.tools.publishing import PublishError, count_rows, next_version, publish_file
@@ -49,6 +50,16 @@ def _save(proto: onnx.ModelProto, path: Path) -> Path:
 def _publish(capsys: pytest.CaptureFixture[str], repo: Path, url: str, *argv: str
              ) -> tuple[int, str, str]:
     return _run(capsys, "models", "publish", *argv, "--repository", str(repo), "--url", url)
+
+
+def _one_node_model(node: onnx.NodeProto, name: str, inputs: onnx.ValueInfoProto,
+                    outputs: onnx.ValueInfoProto, initializer: list[onnx.TensorProto] | None = None
+                    ) -> onnx.ModelProto:
+    """A model of one node, left unchecked by onnx: publishing is what must refuse it."""
+    graph = helper.make_graph([node], name, [inputs], [outputs], initializer=initializer)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    proto.ir_version = IR_VERSION
+    return proto
 
 
 def _nothing_written(repo: Path, name: str = "m") -> None:
@@ -92,8 +103,8 @@ def test_publish_records_signature_digest_lineage_profile_and_audit(
     assert lineage["published_at"] == doc["created"]
     assert lineage["source_file"] == "double.onnx"
     assert lineage["source_sha256"] == doc["sha256"]
-    assert lineage["training_data"] == {
-        "file": str(training.resolve()),
+    assert lineage["training_data"] == {  # named, not located: no path of the publisher's
+        "file": "train.csv",
         "sha256": hashlib.sha256(training.read_bytes()).hexdigest(),
         "rows": 3,
     }
@@ -105,6 +116,10 @@ def test_publish_records_signature_digest_lineage_profile_and_audit(
     assert profile.rows == 6
     assert profile.meta is not None and profile.meta["model_sha256"] == doc["sha256"]
     assert profile.meta["outputs"] == "model"
+    # The reference data travels with the version, named relatively, under its digest.
+    assert (version_dir / "reference.npz").read_bytes() == reference.read_bytes()
+    assert (profile.meta["data"], profile.meta["data_sha256"]) == (
+        "reference.npz", hashlib.sha256(reference.read_bytes()).hexdigest())
     assert sorted(os.listdir(repo / "m")) == ["1"]  # no staging folder left behind
 
     (entry,) = [json.loads(line) for line in (repo / "audit.jsonl").read_text().splitlines()]
@@ -220,13 +235,11 @@ def test_a_file_that_is_not_onnx_is_refused_with_onnxruntimes_reason(
 def test_a_graph_onnxruntime_cannot_run_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], no_server: str
 ) -> None:
-    graph = helper.make_graph(
-        [helper.make_node("NoSuchOperator", ["x"], ["y"])], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N"])],
+    proto = _one_node_model(
+        helper.make_node("NoSuchOperator", ["x"], ["y"]), "g",
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N"]),
+        helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N"]),
     )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    proto.ir_version = IR_VERSION
     source = _save(proto, tmp_path / "m.onnx")
     err = _refused(capsys, tmp_path / "repo", no_server, str(source), "--name", "m")
     assert "is not a model onnxruntime can load" in err and "NoSuchOperator" in err
@@ -250,14 +263,11 @@ def test_a_file_over_the_limit_is_refused_before_it_is_read(
 def _with_external_data(tmp_path: Path, location: str) -> Path:
     """A graph whose one initializer claims its data is at `location`."""
     weight = numpy_helper.from_array(np.full(4, 2.0, np.float32), "w")
-    graph = helper.make_graph(
-        [helper.make_node("Mul", ["x", "w"], ["y"])], "external",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
-        initializer=[weight],
+    proto = _one_node_model(
+        helper.make_node("Mul", ["x", "w"], ["y"]), "external",
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
+        helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4]), initializer=[weight],
     )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    proto.ir_version = IR_VERSION
     tensor = proto.graph.initializer[0]
     raw = tensor.raw_data
     tensor.ClearField("raw_data")
@@ -382,13 +392,11 @@ def test_a_missing_training_data_file_is_refused(
 
 
 def test_tensors_vigil_cannot_serve_are_refused(tmp_path: Path) -> None:
-    graph = helper.make_graph(
-        [helper.make_node("SequenceConstruct", ["x"], ["s"])], "seq",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N"])],
-        [helper.make_tensor_sequence_value_info("s", TensorProto.FLOAT, ["N"])],
+    proto = _one_node_model(
+        helper.make_node("SequenceConstruct", ["x"], ["s"]), "seq",
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N"]),
+        helper.make_tensor_sequence_value_info("s", TensorProto.FLOAT, ["N"]),
     )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    proto.ir_version = IR_VERSION
     source = _save(proto, tmp_path / "seq.onnx")
     with pytest.raises(PublishError, match=r"output 's' is seq\(tensor\(float\)\); Vigil serves "
                                            r"tensors of BOOL, BYTES, .* only"):
@@ -397,13 +405,11 @@ def test_tensors_vigil_cannot_serve_are_refused(tmp_path: Path) -> None:
 
 
 def test_an_input_without_a_shape_is_refused(tmp_path: Path) -> None:
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])], "rankless",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    proto = _one_node_model(
+        helper.make_node("Identity", ["x"], ["y"]), "rankless",
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, None),
+        helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
     )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    proto.ir_version = IR_VERSION
     source = _save(proto, tmp_path / "rankless.onnx")
     with pytest.raises(PublishError, match="input 'x' has no shape in the graph"):
         publish_file(tmp_path / "repo", source, "m", actor="t")
@@ -412,16 +418,7 @@ def test_an_input_without_a_shape_is_refused(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ imports
 
 
-_WITHOUT_ONNXRUNTIME = """
-import importlib.abc, sys
-
-class NoOnnxRuntime(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "onnxruntime" or name.startswith("onnxruntime."):
-            raise ImportError("onnxruntime is hidden for this test")
-        return None
-
-sys.meta_path.insert(0, NoOnnxRuntime())
+_MODELS_COMMANDS = """
 import vigil.tools.cli, vigil.tools.models_cli, vigil.tools.model_client
 assert vigil.tools.cli.main(["models", "list", "--url", sys.argv[1], "--repository", sys.argv[2]]) == 0
 assert not any(m == "onnxruntime" or m.startswith("onnxruntime.") for m in sys.modules)
@@ -431,10 +428,7 @@ print("models commands run without onnxruntime")
 
 def test_the_models_commands_import_without_onnxruntime(tmp_path: Path, no_server: str) -> None:
     (tmp_path / "repo").mkdir()
-    result = subprocess.run(
-        [sys.executable, "-c", _WITHOUT_ONNXRUNTIME, no_server, str(tmp_path / "repo")],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )
+    result = run_without_onnxruntime(_MODELS_COMMANDS, no_server, str(tmp_path / "repo"))
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip().endswith("models commands run without onnxruntime")
 
@@ -468,3 +462,20 @@ def test_a_new_version_takes_productions_descriptive_metadata(
                     "--no-inherit-metadata")[0] == 0
     three = yaml.safe_load((repo / "m" / "3" / "model.yaml").read_text())
     assert three["metadata"] == {} and "metadata_from" not in three["lineage"]
+
+
+def test_inputs_named_finite_refuse_non_finite_values(tmp_path: Path) -> None:
+    """finite_inputs marks inputs that refuse NaN and infinities (as the examples declare
+    theirs; a graph cannot say it), so a publisher that builds versions of such a model (the
+    retrain receiver) keeps its signature; a name that is not an input is refused."""
+    source = _save(identity_graph([("a", "FP32", (-1, 2)), ("b", "FP32", (-1,))]),
+                   tmp_path / "two.onnx")
+    done = publish_file(tmp_path / "repo", source, "m", actor="t", finite_inputs=["a"])
+    assert [(s.name, s.allow_non_finite) for s in done.version.manifest.inputs] == [
+        ("a", False), ("b", True)]
+    doc = yaml.safe_load((done.version.path / "model.yaml").read_text())
+    assert doc["inputs"][0]["allow_non_finite"] is False
+    with pytest.raises(PublishError, match=r"finite inputs \['c'\] are not inputs of the model "
+                                           r"\(its inputs: a, b\)"):
+        publish_file(tmp_path / "repo", source, "m", actor="t", finite_inputs=["c"])
+    assert next_version(tmp_path / "repo", "m") == "2"

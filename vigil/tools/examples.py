@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +15,20 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from monitoring.profile import Profile
-from vigil.core.files import atomic_write
-from vigil.tools.profiles import profile_version
-from vigil.core.repository import MANIFEST_FILE, ModelVersion, publish, read_manifest
+from monitoring.profile_builder import reference_file
+from vigil.core.repository import (
+    MANIFEST_FILE,
+    ModelVersion,
+    VersionManifest,
+    publish,
+    read_manifest,
+)
 from vigil.core.tensors import TensorSpec
+from vigil.tools.profiles import profile_version
+from vigil.tools.publishing import write_version
 
 VERSION = "1"
-REFERENCE_FILE = "reference.parquet"
+REFERENCE_FILE = reference_file(".parquet")  # the training split, as any version holds it
 # The held-out rows (the test split) the model gate (vigil.tools.model_gate) judges versions by.
 HOLDOUT_FILE = "holdout.parquet"
 # Pinned so the bytes do not change with the installed onnx/skl2onnx defaults and so that
@@ -47,27 +58,22 @@ MLP_OUTPUTS = (
 def build_examples(
     root: Path, force: bool = False, progress: bool | None = None
 ) -> list[ModelVersion]:
-    """Build breast_cancer/1 (with its reference profile) and mlp/1 (no profile: the monitor
-    keeps only its latency and errors) under root; existing versions and profiles are kept
-    unless force."""
+    """Build breast_cancer/1 (with its reference data, held-out set and reference profile, all
+    inside the version) and mlp/1 (no profile: the monitor keeps only its latency and errors)
+    under root; existing versions are kept unless force (a profile of an older format is
+    rebuilt)."""
     root = Path(root)
-    cancer = _breast_cancer(root, force)
-    _reference_profile(cancer, progress)
+    cancer = _breast_cancer(root, force, progress)
+    if not _loads(cancer):
+        profile_version(cancer.path, cancer.path / REFERENCE_FILE, outputs_from_model=True,
+                        progress=progress)
     return [cancer, _mlp(root, force)]
-
-
-def _reference_profile(version: ModelVersion, progress: bool | None) -> None:
-    """profile.json + profile.npz beside the version, from its reference.parquet (the `target`
-    column is not an input, so it is left out) with the outputs the model gives on it."""
-    if version.has_profile and _loads(version):
-        return
-    profile_version(
-        version.path, version.path / REFERENCE_FILE, outputs_from_model=True, progress=progress
-    )
 
 
 def _loads(version: ModelVersion) -> bool:
     """Whether the version's profile can be used (one of an older format is rebuilt)."""
+    if not version.has_profile:
+        return False
     try:
         Profile.load(version.path)
     except (ValueError, OSError, KeyError):
@@ -78,22 +84,61 @@ def _loads(version: ModelVersion) -> bool:
 def _existing(
     root: Path, name: str, force: bool, extra: tuple[str, ...] = ()
 ) -> ModelVersion | None:
-    """The published version to reuse, or None after clearing the way for a rebuild."""
+    """The published version to reuse, or None after clearing the way for a rebuild: with
+    `force`, or when an older build left the version without the `extra` files it now holds
+    (they are written with the version, never added to one)."""
     version_dir = root / name / VERSION
-    if force:
+    complete = all((version_dir / f).exists() for f in (MANIFEST_FILE, *extra))
+    if force or not complete:
         shutil.rmtree(version_dir, ignore_errors=True)
         return None
-    complete = all((version_dir / f).exists() for f in (MANIFEST_FILE, *extra))
-    return ModelVersion(version_dir, read_manifest(version_dir)) if complete else None
+    return ModelVersion(version_dir, read_manifest(version_dir))
 
 
-def _breast_cancer(root: Path, force: bool) -> ModelVersion:
+@dataclass(frozen=True)
+class _Trained:
+    """The breast cancer classifier and the data it was trained and tested on."""
+
+    onnx_bytes: bytes
+    features: list[str]
+    classes: list[str]
+    splits: dict[str, tuple[np.ndarray, np.ndarray]]  # file name -> (x, y): reference, held-out
+    accuracy: float
+
+
+def _breast_cancer(root: Path, force: bool, progress: bool | None) -> ModelVersion:
     if (found := _existing(root, "breast_cancer", force, (REFERENCE_FILE, HOLDOUT_FILE))) is not None:
         return found
+    trained = _train_breast_cancer()
+    manifest = VersionManifest(
+        name="breast_cancer", version=VERSION, sha256=hashlib.sha256(trained.onnx_bytes).hexdigest(),
+        inputs=BREAST_CANCER_INPUTS, outputs=BREAST_CANCER_OUTPUTS,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        metadata={
+            "task": "binary classification",
+            "feature_names": trained.features,
+            "classes": trained.classes,
+            "training_rows": len(trained.splits[REFERENCE_FILE][1]),
+            "test_accuracy": trained.accuracy,
+            "source": "sklearn.datasets.load_breast_cancer",
+            "evaluation": {"data": HOLDOUT_FILE, "target": "target", "task": "classification",
+                           "output": "probabilities", "margin": 0.01},
+        },
+        max_batch_rows=BREAST_CANCER_MAX_BATCH_ROWS,
+    )
+    frames = {name: _parquet(trained.features, x, y) for name, (x, y) in trained.splits.items()}
+    # The version appears whole: model, reference data, held-out set and profile at once.
+    with tempfile.TemporaryDirectory(prefix="vigil-examples-") as scratch:
+        reference = Path(scratch) / REFERENCE_FILE
+        reference.write_bytes(frames[REFERENCE_FILE])
+        return write_version(
+            root, manifest, trained.onnx_bytes, reference=reference, outputs_from_model=True,
+            progress=progress, extra_files={HOLDOUT_FILE: frames[HOLDOUT_FILE]},
+        ).version
+
+
+def _train_breast_cancer() -> _Trained:
     # Imported here: the serving path must not need the training stack.
-    import pandas as pd
-    import pyarrow as pa
-    import pyarrow.parquet as pq
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType, Int64TensorType
     from sklearn.datasets import load_breast_cancer
@@ -103,7 +148,6 @@ def _breast_cancer(root: Path, force: bool) -> ModelVersion:
     from sklearn.preprocessing import StandardScaler
 
     data = load_breast_cancer()
-    features = [str(n) for n in data.feature_names]
     # Train on float32 so the reference set is exactly what the model saw and what it serves.
     x = data.data.astype(np.float32)
     y = data.target.astype(np.int64)
@@ -112,8 +156,6 @@ def _breast_cancer(root: Path, force: bool) -> ModelVersion:
     )
     clf = LogisticRegression(max_iter=1000)
     pipe = Pipeline([("scaler", StandardScaler()), ("classifier", clf)]).fit(x_train, y_train)
-    accuracy = float(round(pipe.score(x_test, y_test), 4))
-
     proto = convert_sklearn(
         pipe,
         name="breast_cancer",  # skl2onnx names the graph with a random uuid otherwise
@@ -126,35 +168,25 @@ def _breast_cancer(root: Path, force: bool) -> ModelVersion:
         # A ceiling: skl2onnx emits the lowest opsets the graph needs (today 9 and ml 1).
         target_opset={"": OPSET, "ai.onnx.ml": ML_OPSET},
     )
-    version = publish(
-        root,
-        "breast_cancer",
-        VERSION,
-        _serialize(proto),
-        BREAST_CANCER_INPUTS,
-        BREAST_CANCER_OUTPUTS,
-        metadata={
-            "task": "binary classification",
-            "feature_names": features,
-            "classes": [str(c) for c in data.target_names],
-            "training_rows": len(y_train),
-            "test_accuracy": accuracy,
-            "source": "sklearn.datasets.load_breast_cancer",
-            "evaluation": {"data": HOLDOUT_FILE, "target": "target", "task": "classification",
-                           "output": "probabilities", "margin": 0.01},
-        },
-        max_batch_rows=BREAST_CANCER_MAX_BATCH_ROWS,
+    return _Trained(
+        serialize(proto), [str(n) for n in data.feature_names],
+        [str(c) for c in data.target_names],
+        {REFERENCE_FILE: (x_train, y_train), HOLDOUT_FILE: (x_test, y_test)},
+        float(round(pipe.score(x_test, y_test), 4)),
     )
-    # Written beside model.onnx after publish, atomically: never a half-written file.
-    for file_name, (x_part, y_part) in {REFERENCE_FILE: (x_train, y_train),
-                                        HOLDOUT_FILE: (x_test, y_test)}.items():
-        frame = pd.DataFrame(x_part, columns=features)
-        frame["target"] = y_part
-        sink = pa.BufferOutputStream()
-        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), sink,
-                       compression="snappy")
-        atomic_write(version.path / file_name, sink.getvalue().to_pybytes())
-    return version
+
+
+def _parquet(features: list[str], x: np.ndarray, y: np.ndarray) -> bytes:
+    """Features and `target` as snappy parquet bytes (the same rows, the same bytes)."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    frame = pd.DataFrame(x, columns=features)
+    frame["target"] = y
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), sink, compression="snappy")
+    return bytes(sink.getvalue().to_pybytes())
 
 
 def _mlp(root: Path, force: bool) -> ModelVersion:
@@ -197,7 +229,7 @@ def _mlp(root: Path, force: bool) -> ModelVersion:
         root,
         "mlp",
         VERSION,
-        _serialize(proto),
+        serialize(proto),
         MLP_INPUTS,
         MLP_OUTPUTS,
         metadata={"task": "synthetic throughput benchmark", "hidden_layers": list(MLP_HIDDEN)},
@@ -205,10 +237,14 @@ def _mlp(root: Path, force: bool) -> ModelVersion:
     )
 
 
-def _serialize(proto: onnx.ModelProto) -> bytes:
-    # Pin the header fields that otherwise follow the installed library versions.
+def serialize(proto: onnx.ModelProto) -> bytes:
+    """The model's bytes, checked, with the header fields that otherwise follow the installed
+    library versions pinned: the same graph, the same bytes."""
     proto.ir_version = IR_VERSION
     proto.producer_name = PRODUCER
     proto.producer_version = "1"
     onnx.checker.check_model(proto, full_check=True)
     return proto.SerializeToString(deterministic=True)
+
+
+_serialize = serialize  # the receiver's name for it until it imports `serialize`

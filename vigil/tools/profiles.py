@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from monitoring.profile import Profile
@@ -9,7 +11,15 @@ from monitoring.profile_builder import Tensors, build_version_profile
 from serving.protocol import InferenceError
 from serving.runtime import OnnxModel
 from serving.settings import RuntimeSettings
-from vigil.core.repository import ModelVersion, read_manifest
+from vigil.core.repository import (
+    MANIFEST_FILE,
+    MODEL_FILE,
+    PROFILE_JSON,
+    PROFILE_NPZ,
+    ModelVersion,
+    VersionManifest,
+    read_manifest,
+)
 
 
 def profile_version(
@@ -19,8 +29,9 @@ def profile_version(
     outputs_from_model: bool = False,
     progress: bool | None = None,
 ) -> Profile:
-    """Build and save the profile of the version in `version_dir` from `data_path`; with
-    `outputs_from_model`, its output columns are the model's answers on the reference features."""
+    """Build and save the profile of the version in `version_dir` from `data_path` (copied into
+    the version when it lies outside); with `outputs_from_model`, its output columns are the
+    model's answers on the reference features."""
     version_dir = Path(version_dir)
     model_outputs = None
     if outputs_from_model:
@@ -36,3 +47,34 @@ def profile_version(
     return build_version_profile(
         version_dir, data_path, model_outputs=model_outputs, progress=progress
     )
+
+
+@dataclass(frozen=True)
+class UnwrittenProfile:
+    """The reference profile of a version not yet written, and the files that carry it."""
+
+    profile: Profile
+    files: dict[str, bytes]  # profile.json, profile.npz and the reference data, by name inside
+
+
+def profile_unwritten(
+    manifest: VersionManifest,
+    onnx_bytes: bytes,
+    data_path: Path,
+    *,
+    outputs_from_model: bool = False,
+    progress: bool | None = None,
+) -> UnwrittenProfile:
+    """Profile `data_path` for the version that `manifest` and `onnx_bytes` will be, in a
+    scratch copy of it, so that the profile and its data are published with the version and it
+    is never visible without them."""
+    with tempfile.TemporaryDirectory(prefix="vigil-profile-") as scratch:
+        version_dir = Path(scratch)
+        (version_dir / MODEL_FILE).write_bytes(onnx_bytes)
+        (version_dir / MANIFEST_FILE).write_text(manifest.to_yaml())
+        profile = profile_version(
+            version_dir, data_path, outputs_from_model=outputs_from_model, progress=progress
+        )
+        names = (PROFILE_JSON, PROFILE_NPZ, str((profile.meta or {})["data"]))
+        files = {name: (version_dir / name).read_bytes() for name in names}
+    return UnwrittenProfile(profile, files)

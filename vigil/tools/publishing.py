@@ -1,5 +1,6 @@
-"""Publishing an ONNX file as a new model version: the file checked and loaded, its signature
-read from the graph, its lineage and reference profile written with it, atomically, and audited.
+"""Publishing an ONNX file as a new model version: the file checked (vigil.tools.model_file),
+its lineage, its reference profile and a copy of the reference data written with it, atomically,
+and audited. The version needs nothing outside its folder.
 
 onnx and onnxruntime are imported when a file is published, never when this module is imported.
 """
@@ -9,36 +10,29 @@ from __future__ import annotations
 import hashlib
 import re
 import subprocess
-import tempfile
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vigil.core import audit, repository
 from vigil.core.repository import (
     MANIFEST_FILE,
     MAX_BATCH_ROWS,
-    MODEL_FILE,
-    PROFILE_JSON,
-    PROFILE_NPZ,
     ModelVersion,
     RepositoryError,
     VersionManifest,
 )
-from vigil.core.tensors import ONNX_TO_V2, TensorSpec
+from vigil.core.tensors import TensorSpec
+from vigil.tools.model_file import PublishError, read_model_file, signature
 
 if TYPE_CHECKING:
-    import onnx
+    from vigil.tools.profiles import UnwrittenProfile
 
 DEFAULT_MAX_MODEL_BYTES = 2 * 1024**3  # protobuf's own limit for one serialized model
 _CHUNK = 1024 * 1024
 _COMMIT = re.compile(r"[0-9a-fA-F]{7,64}")  # SHA-1 or SHA-256 object names, abbreviated or not
-
-
-class PublishError(ValueError):
-    """A file or an argument that cannot be published; the message says which and why."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +42,29 @@ class Published:
     version: ModelVersion
     entry: dict[str, Any]
     profile_rows: int | None  # rows of the reference profile, None without --reference
+
+
+@dataclass(frozen=True)
+class PublishRequest:
+    """What publish_file was asked to publish (see its arguments)."""
+
+    root: Path
+    source: Path
+    name: str
+    actor: str
+    version: str | None = None
+    reference: Path | None = None
+    outputs_from_model: bool = False
+    max_batch_rows: int | None = None
+    metadata: dict[str, Any] | None = None
+    training_data: Path | None = None
+    code_commit: str | None = None
+    params: dict[str, Any] | None = None
+    metrics: dict[str, Any] | None = None
+    max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES
+    progress: bool | None = None
+    inherit_metadata: bool = True
+    finite_inputs: tuple[str, ...] = ()
 
 
 def publish_file(
@@ -68,86 +85,163 @@ def publish_file(
     max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES,
     progress: bool | None = None,
     inherit_metadata: bool = True,
+    finite_inputs: Iterable[str] = (),
 ) -> Published:
     """Publish the ONNX file `source` as `name`/`version` (default: the next whole number) in the
     repository `root`. Everything is checked before anything is written; PublishError says what
     was refused. `max_batch_rows` (1 or more) declares that rows of several requests may share a
-    run; None: never. With `reference`, the version's reference profile is inside it from the
-    moment it becomes visible. A new version of a served model takes production's descriptive
-    metadata (INHERITED_METADATA: feature names, classes, the gate's held-out set) unless
-    `inherit_metadata` is off; `metadata` overrides it key by key."""
-    root, source = Path(root), Path(source)
-    for label, value in (("model name", name), ("version", version)):
+    run; None: never. With `reference`, the version's reference profile and a copy of the data
+    are inside it from the moment it becomes visible. A new version of a served model takes
+    production's descriptive metadata (INHERITED_METADATA: feature names, classes, the gate's
+    held-out set) unless `inherit_metadata` is off; `metadata` overrides it key by key. Inputs
+    named in `finite_inputs` refuse NaN and infinities (TensorSpec.allow_non_finite off)."""
+    return publish_request(PublishRequest(
+        Path(root), Path(source), name, actor, version=version,
+        reference=None if reference is None else Path(reference),
+        outputs_from_model=outputs_from_model, max_batch_rows=max_batch_rows, metadata=metadata,
+        training_data=None if training_data is None else Path(training_data),
+        code_commit=code_commit, params=params, metrics=metrics, max_model_bytes=max_model_bytes,
+        progress=progress, inherit_metadata=inherit_metadata, finite_inputs=tuple(finite_inputs),
+    ))
+
+
+def publish_request(request: PublishRequest) -> Published:
+    """publish_file's work: check, read, describe, write, audit (in that order)."""
+    _check_arguments(request)
+    version = request.version or next_version(request.root, request.name)
+    _refuse_existing(request.root, request.name, version)
+    onnx_bytes = read_model_file(request.source, request.max_model_bytes)
+    sha = hashlib.sha256(onnx_bytes).hexdigest()
+    inputs, outputs = signature(request.source, onnx_bytes)
+    inputs = _finite(inputs, request.finite_inputs)
+    published_at = datetime.now(UTC)
+    lineage = _lineage(request, sha, published_at)
+    metadata, parent = _metadata(request)
+    if parent is not None:
+        lineage["metadata_from"] = f"{request.name}/{parent}"
+    try:  # the manifest checks max_batch_rows against the signature before anything is written
+        manifest = VersionManifest(
+            name=request.name, version=version, sha256=sha, inputs=inputs, outputs=outputs,
+            created=published_at.isoformat(timespec="seconds"), metadata=metadata,
+            lineage=lineage, max_batch_rows=request.max_batch_rows or 0,
+        )
+    except RepositoryError as exc:
+        raise PublishError(f"{exc} (publish it without --max-batch-rows)") from None
+    written = write_version(
+        request.root, manifest, onnx_bytes, reference=request.reference,
+        outputs_from_model=request.outputs_from_model, progress=request.progress,
+    )
+    entry = audit.record(
+        request.root, actor=request.actor, action="publish", model=request.name,
+        to_version=version, details={"sha256": sha, "source_file": request.source.name},
+    )
+    return Published(written.version, entry, written.profile_rows)
+
+
+def _check_arguments(request: PublishRequest) -> None:
+    """Refuse names, batch sizes and commit ids that cannot be published."""
+    for label, value in (("model name", request.name), ("version", request.version)):
         if value is not None and not repository.valid_name(value):
             raise PublishError(
                 f"invalid {label} {value!r}: 1 to 128 letters, digits, '.', '_', '-', "
                 "starting with a letter or digit"
             )
-    if max_batch_rows is not None and not 1 <= max_batch_rows <= MAX_BATCH_ROWS:
+    rows = request.max_batch_rows
+    if rows is not None and not 1 <= rows <= MAX_BATCH_ROWS:
         raise PublishError(
             f"--max-batch-rows must be from 1 to {MAX_BATCH_ROWS} (rows of several requests "
-            f"stacked into one run), not {max_batch_rows}"
+            f"stacked into one run), not {rows}"
         )
-    if code_commit is not None and not _COMMIT.fullmatch(code_commit):
-        raise PublishError(f"code commit {code_commit!r} is not a git commit id (7 to 64 hex digits)")
-    version = version or next_version(root, name)
+    commit = request.code_commit
+    if commit is not None and not _COMMIT.fullmatch(commit):
+        raise PublishError(f"code commit {commit!r} is not a git commit id (7 to 64 hex digits)")
+
+
+def _finite(inputs: tuple[TensorSpec, ...], names: tuple[str, ...]) -> tuple[TensorSpec, ...]:
+    """The inputs, those in `names` refusing non-finite values; a name not an input is refused."""
+    unknown = sorted(set(names) - {s.name for s in inputs})
+    if unknown:
+        raise PublishError(f"finite inputs {unknown} are not inputs of the model (its inputs: "
+                           f"{', '.join(s.name for s in inputs)})")
+    return tuple(replace(s, allow_non_finite=False) if s.name in names else s for s in inputs)
+
+
+def _refuse_existing(root: Path, name: str, version: str) -> None:
     if (root / name / version / MANIFEST_FILE).exists():
         raise PublishError(
             f"{name}/{version} already exists in {root}: versions are immutable; publish this "
             f"file as a new version (the next free one is {next_version(root, name)})"
         )
 
-    onnx_bytes = read_model_file(source, max_model_bytes)
-    sha = hashlib.sha256(onnx_bytes).hexdigest()
-    inputs, outputs = signature(source, onnx_bytes)
-    published_at = datetime.now(UTC)
+
+def _lineage(request: PublishRequest, sha: str, published_at: datetime) -> dict[str, Any]:
+    """Where the version came from: who published which file when, from what data and code.
+    Files are named, never located: a reader needs their digest, not the publisher's paths."""
     lineage: dict[str, Any] = {
-        "published_by": actor,
+        "published_by": request.actor,
         "published_at": published_at.isoformat(timespec="seconds"),
-        "source_file": source.name,
+        "source_file": request.source.name,
         "source_sha256": sha,
     }
-    if training_data is not None:
-        lineage["training_data"] = describe_training_data(training_data)
-    if code_commit is not None:
-        lineage["code_commit"] = code_commit.lower()
-    if params is not None:
-        lineage["params"] = params
-    if metrics is not None:
-        lineage["metrics"] = metrics
-    if inherit_metadata:
-        inherited, parent = _production_metadata(root, name)
-        if parent is not None:
-            metadata = {**inherited, **(metadata or {})}
-            lineage["metadata_from"] = f"{name}/{parent}"
-    try:  # the manifest checks max_batch_rows against the signature before anything is written
-        manifest = VersionManifest(
-            name=name, version=version, sha256=sha, inputs=inputs, outputs=outputs,
-            created=published_at.isoformat(timespec="seconds"), metadata=metadata or {},
-            lineage=lineage, max_batch_rows=max_batch_rows or 0,
-        )
-    except RepositoryError as exc:
-        raise PublishError(f"{exc} (publish it without --max-batch-rows)") from None
+    if request.training_data is not None:
+        lineage["training_data"] = describe_training_data(request.training_data)
+    if request.code_commit is not None:
+        lineage["code_commit"] = request.code_commit.lower()
+    if request.params is not None:
+        lineage["params"] = request.params
+    if request.metrics is not None:
+        lineage["metrics"] = request.metrics
+    return lineage
 
-    extra: dict[str, bytes] = {}
+
+def _metadata(request: PublishRequest) -> tuple[dict[str, Any], str | None]:
+    """The version's metadata: production's descriptive keys overridden by the request's, key
+    by key; and production's version, where they came from (None: nothing inherited)."""
+    own = dict(request.metadata or {})
+    if not request.inherit_metadata:
+        return own, None
+    inherited, parent = _production_metadata(request.root, request.name)
+    return ({**inherited, **own}, parent) if parent is not None else (own, None)
+
+
+@dataclass(frozen=True)
+class Written:
+    """A version written by write_version, and the rows of its profile (None without one)."""
+
+    version: ModelVersion
+    profile_rows: int | None
+
+
+def write_version(
+    root: Path,
+    manifest: VersionManifest,
+    onnx_bytes: bytes,
+    *,
+    reference: Path | None = None,
+    outputs_from_model: bool = False,
+    progress: bool | None = None,
+    extra_files: dict[str, bytes] | None = None,
+) -> Written:
+    """Write the version that `manifest` describes, atomically: the model, `extra_files` and,
+    with `reference`, its profile and a copy of that data, so that the version needs nothing
+    outside its folder. The profile is built first; PublishError says what was refused."""
+    files = dict(extra_files or {})
     profile_rows = None
     if reference is not None:
-        extra, profile_rows = _reference_profile(
-            manifest, onnx_bytes, reference, outputs_from_model, progress
-        )
+        profiled = _reference_profile(manifest, onnx_bytes, reference, outputs_from_model,
+                                      progress)
+        files.update(profiled.files)
+        profile_rows = profiled.profile.rows
     try:
-        written = repository.publish(
-            root, name, version, onnx_bytes, inputs, outputs, metadata=manifest.metadata,
-            created=published_at, max_batch_rows=manifest.max_batch_rows, lineage=lineage,
-            extra_files=extra,
+        version = repository.publish(
+            root, manifest.name, manifest.version, onnx_bytes, manifest.inputs,
+            manifest.outputs, metadata=manifest.metadata,
+            created=datetime.fromisoformat(manifest.created),
+            max_batch_rows=manifest.max_batch_rows, lineage=manifest.lineage, extra_files=files,
         )
     except RepositoryError as exc:
         raise PublishError(str(exc)) from None
-    entry = audit.record(
-        root, actor=actor, action="publish", model=name, to_version=version,
-        details={"sha256": sha, "source_file": source.name},
-    )
-    return Published(written, entry, profile_rows)
+    return Written(version, profile_rows)
 
 
 INHERITED_METADATA = ("task", "feature_names", "classes", "evaluation")
@@ -177,165 +271,22 @@ def next_version(root: Path, name: str) -> str:
     return str(max(numbers, default=0) + 1)
 
 
-def read_model_file(source: Path, max_bytes: int) -> bytes:
-    """The file's bytes; one over `max_bytes` is refused before it is read."""
-    if not source.exists():
-        raise PublishError(f"{source}: no such file")
-    if not source.is_file():
-        raise PublishError(f"{source} is not a file")
-    size = source.stat().st_size
-    if size > max_bytes:
-        raise PublishError(
-            f"{source} is {size} bytes, above the limit of {max_bytes} (--max-model-bytes)"
-        )
-    with source.open("rb") as f:
-        data = f.read(max_bytes + 1)  # the file may have grown since stat
-    if len(data) > max_bytes:
-        raise PublishError(f"{source} grew above the limit of {max_bytes} bytes while being read")
-    if not data:
-        raise PublishError(f"{source} is empty, not an ONNX model")
-    return data
-
-
-def signature(
-    source: Path, onnx_bytes: bytes
-) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
-    """(inputs, outputs) of the model as onnxruntime loads it, after refusing external data.
-    Shapes use -1 for symbolic or unknown dimensions."""
-    import onnx
-
-    from serving.runtime import cpu_session
-
-    try:
-        proto: onnx.ModelProto | None = onnx.load_model_from_string(onnx_bytes)
-        parse_error = ""
-    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends
-        proto, parse_error = None, str(exc) or type(exc).__name__
-    if proto is not None:
-        _refuse_external_data(source, proto)
-    try:
-        # From the bytes, as serving/runtime.py loads a version: nothing else is read.
-        session = cpu_session(onnx_bytes)
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
-        raise PublishError(f"{source} is not a model onnxruntime can load: {exc}") from None
-    if proto is None:
-        raise PublishError(f"{source} is not an ONNX model onnx can parse: {parse_error}")
-    declared = {v.name: v for v in (*proto.graph.input, *proto.graph.output)}
-    return (
-        tuple(_spec("input", a, declared) for a in session.get_inputs()),
-        tuple(_spec("output", a, declared) for a in session.get_outputs()),
-    )
-
-
-def _spec(kind: str, arg: Any, declared: dict[str, onnx.ValueInfoProto]) -> TensorSpec:
-    datatype = ONNX_TO_V2.get(arg.type)
-    if datatype is None:
-        raise PublishError(
-            f"{kind} '{arg.name}' is {arg.type}; Vigil serves tensors of "
-            f"{', '.join(sorted(ONNX_TO_V2.values()))} only"
-        )
-    info = declared.get(arg.name)
-    if info is not None and not info.type.tensor_type.HasField("shape"):
-        raise PublishError(
-            f"{kind} '{arg.name}' has no shape in the graph (unknown rank): give it one, with "
-            "symbolic names for the dimensions that vary"
-        )
-    shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in arg.shape)
-    return TensorSpec(arg.name, datatype, shape)
-
-
-def _refuse_external_data(source: Path, proto: onnx.ModelProto) -> None:
-    """Refuse tensors kept outside the file. Locations that leave the file's folder (absolute,
-    '..', a link that resolves elsewhere) are named as such; the others are refused too, because
-    a version is loaded from its model.onnx bytes alone, verified against their sha256."""
-    import onnx
-
-    base = source.parent
-    external: list[tuple[str, str]] = []
-    for tensor in _all_tensors(proto):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            entries = {e.key: e.value for e in tensor.external_data}
-            external.append((tensor.name, entries.get("location", "")))
-    if not external:
-        return
-    for tensor_name, location in external:
-        if _escapes(location, base):
-            raise PublishError(
-                f"{source}: tensor '{tensor_name}' keeps its data at '{location}', outside the "
-                f"model file's folder {base.resolve()}; refused (a model must not read other "
-                "files)"
-            )
-    shown = ", ".join(sorted({loc for _, loc in external}))
-    raise PublishError(
-        f"{source} keeps tensor data in external files ({shown}); Vigil loads a version from its "
-        "model.onnx bytes alone, checked against the sha256 in model.yaml, so inline the data "
-        "first: onnx.save(onnx.load(path), new_path, save_as_external_data=False) (a model above "
-        "protobuf's 2 GiB limit cannot be inlined and cannot be served)"
-    )
-
-
-def _escapes(location: str, base: Path) -> bool:
-    posix, windows = PurePosixPath(location), PureWindowsPath(location)
-    if not location or posix.is_absolute() or windows.is_absolute() or windows.drive:
-        return True
-    if ".." in posix.parts or ".." in windows.parts:
-        return True
-    return not (base / location).resolve().is_relative_to(base.resolve())
-
-
-def _all_tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
-    """Every tensor stored in the model: initializers, sparse ones, and node attributes in the
-    graph, its subgraphs and the model's functions."""
-    yield from _graph_tensors(proto.graph)
-    for function in proto.functions:
-        yield from _node_tensors(function.node)
-
-
-def _graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
-    yield from graph.initializer
-    for sparse in graph.sparse_initializer:
-        yield sparse.values
-        yield sparse.indices
-    yield from _node_tensors(graph.node)
-
-
-def _node_tensors(nodes: Iterable[onnx.NodeProto]) -> Iterator[onnx.TensorProto]:
-    for node in nodes:
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                yield attr.t
-            yield from attr.tensors
-            if attr.HasField("sparse_tensor"):
-                yield attr.sparse_tensor.values
-                yield attr.sparse_tensor.indices
-            if attr.HasField("g"):
-                yield from _graph_tensors(attr.g)
-            for graph in attr.graphs:
-                yield from _graph_tensors(graph)
-
-
 def _reference_profile(
     manifest: VersionManifest, onnx_bytes: bytes, reference: Path, outputs_from_model: bool,
     progress: bool | None,
-) -> tuple[dict[str, bytes], int]:
-    """Build the profile in a scratch copy of the version; returns its files' bytes and rows."""
-    from vigil.tools.profiles import profile_version  # needs onnxruntime and the monitoring stack
+) -> UnwrittenProfile:
+    """The version's profile and the copy of its reference data, built before it is written."""
+    from vigil.tools.profiles import profile_unwritten  # needs onnxruntime and monitoring
 
     if not reference.is_file():
         raise PublishError(f"reference data {reference}: no such file")
-    with tempfile.TemporaryDirectory(prefix="vigil-publish-") as scratch:
-        version_dir = Path(scratch)
-        (version_dir / MODEL_FILE).write_bytes(onnx_bytes)
-        (version_dir / MANIFEST_FILE).write_text(manifest.to_yaml())
-        try:
-            profile = profile_version(
-                version_dir, reference.resolve(), outputs_from_model=outputs_from_model,
-                progress=progress,
-            )
-        except (ValueError, KeyError, OSError, RepositoryError) as exc:
-            raise PublishError(f"reference data {reference}: {exc}") from None
-        files = {f: (version_dir / f).read_bytes() for f in (PROFILE_JSON, PROFILE_NPZ)}
-    return files, profile.rows
+    try:
+        return profile_unwritten(
+            manifest, onnx_bytes, reference, outputs_from_model=outputs_from_model,
+            progress=progress,
+        )
+    except (ValueError, KeyError, OSError, RepositoryError) as exc:
+        raise PublishError(f"reference data {reference}: {exc}") from None
 
 
 def describe_training_data(path: Path) -> dict[str, Any]:
@@ -347,7 +298,8 @@ def describe_training_data(path: Path) -> dict[str, Any]:
     with path.open("rb") as f:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
-    doc: dict[str, Any] = {"file": str(path.resolve()), "sha256": digest.hexdigest()}
+    # The file's name, not the publisher's path to it: the digest is what identifies it.
+    doc: dict[str, Any] = {"file": path.name, "sha256": digest.hexdigest()}
     try:
         rows = count_rows(path)
     except (ValueError, OSError, KeyError) as exc:

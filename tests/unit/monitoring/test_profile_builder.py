@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from monitoring.profile import Profile
 from vigil.core.repository import PROFILE_JSON, PROFILE_NPZ
 from monitoring.profile_builder import build_version_profile
+from monitoring.report import version_reference
 from vigil.tools.cli import main
 from vigil.tools.profiles import profile_version
 from vigil.core.tensors import TensorSpec
@@ -69,8 +71,48 @@ def test_columns_follow_the_naming_rule_and_outputs_come_from_the_model(two_inpu
     profile = profile_version(two_inputs.path, data, outputs_from_model=True)
     assert profile.names == ("a_0", "a_1", "b", "a_out_0", "a_out_1", "b_out")
     assert profile.column("a_out_1").values.tolist() == [4.0, 5.0, 6.0]
-    assert profile.meta["data"] == str(data.resolve())  # outside the version: absolute
+    assert profile.meta["data"] == "reference.csv"  # outside the version: copied in
     assert Profile.load(two_inputs.path).names == profile.names
+
+
+def test_data_from_outside_is_copied_into_the_version_under_its_digest(two_inputs, tmp_path):
+    """`vigil profile build` with data outside the version (it once recorded the absolute path,
+    so the version depended on the builder's file): the data is copied in as
+    reference.<format>, the profile names it relatively with its sha256, and the version's
+    report still reads it once the outside file is gone."""
+    data = tmp_path / "elsewhere" / "Ref.CSV"
+    data.parent.mkdir()
+    pd.DataFrame({"a_0": [1.0, 2.0], "a_1": [3.0, 4.0], "b": [5.0, 6.0]}).to_csv(data, index=False)
+    raw = data.read_bytes()
+    profile = build_version_profile(two_inputs.path, data)
+    assert (profile.meta["data"], profile.meta["data_sha256"]) == (
+        "reference.csv", hashlib.sha256(raw).hexdigest())
+    assert (two_inputs.path / "reference.csv").read_bytes() == raw
+    shutil.rmtree(data.parent)
+    reference = version_reference(Profile.load(two_inputs.path), two_inputs.path, max_rows=10)
+    assert reference["a_1"].tolist() == [3.0, 4.0]
+
+
+def test_data_inside_the_version_keeps_its_name_and_is_not_copied(two_inputs) -> None:
+    """Data already in the version's folder is named relatively, as it is: no second copy."""
+    data = two_inputs.path / "rows" / "mine.npz"
+    data.parent.mkdir()
+    np.savez(data, a=np.ones((3, 2), np.float32), b=np.zeros(3, np.float32))
+    profile = build_version_profile(two_inputs.path, data)
+    assert (profile.meta["data"], profile.meta["data_sha256"]) == (
+        "rows/mine.npz", hashlib.sha256(data.read_bytes()).hexdigest())
+    assert not list(two_inputs.path.glob("reference.*"))
+
+
+def test_a_refused_build_writes_nothing_into_the_version(two_inputs, tmp_path) -> None:
+    """Data that does not fit the model (a feature column missing) is refused before anything
+    is written: neither the data's copy nor a profile lands in the version."""
+    data = tmp_path / "ref.csv"
+    pd.DataFrame({"a_0": [1.0], "b": [2.0]}).to_csv(data, index=False)
+    before = sorted(p.name for p in two_inputs.path.iterdir())
+    with pytest.raises(ValueError, match="lacks 1 column"):
+        build_version_profile(two_inputs.path, data)
+    assert sorted(p.name for p in two_inputs.path.iterdir()) == before
 
 
 def test_outputs_and_tensors_can_come_from_the_file(two_inputs, tmp_path) -> None:
