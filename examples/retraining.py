@@ -17,7 +17,6 @@ import httpx
 import numpy as np
 
 from examples.receiver_events import MODEL, EventStore, now
-from vigil.core.files import atomic_write
 from vigil.core.repository import MANIFEST_FILE, ModelVersion, read_manifest
 from vigil.tools.examples import (
     BREAST_CANCER_INPUTS,
@@ -26,7 +25,7 @@ from vigil.tools.examples import (
     ML_OPSET,
     OPSET,
     REFERENCE_FILE,
-    _serialize,
+    serialize,
 )
 from vigil.tools.publishing import PublishError, publish_file, next_version
 
@@ -173,15 +172,14 @@ class Retrainer:
                         reference=reference, outputs_from_model=True,
                         max_batch_rows=BREAST_CANCER_MAX_BATCH_ROWS, metadata=trained.metadata,
                         metrics={"training_accuracy": trained.outcome["training_accuracy"]},
-                        progress=False,
+                        progress=False, finite_inputs=["input"],
                     ).version
                 except PublishError as exc:
                     if self._taken_by_another(version, trained.onnx_bytes):
                         logger.info("%s/%s was taken meanwhile: the next one", MODEL, version)
                         continue
                     raise RetrainError(f"publishing {MODEL}/{version}: {exc}") from None
-                keep_reference(published, reference)
-                return published
+                return published  # with the training frame inside it as reference.parquet
         raise RetrainError(f"{PUBLISH_TRIES} versions in a row were taken by other publishers")
 
     def _taken_by_another(self, version: str, onnx_bytes: bytes) -> bool:
@@ -192,14 +190,6 @@ class Retrainer:
         if not (version_dir / MANIFEST_FILE).exists():
             return True
         return read_manifest(version_dir).sha256 != hashlib.sha256(onnx_bytes).hexdigest()
-
-
-def keep_reference(version: ModelVersion, reference: Path) -> None:
-    """The training frame as the version's reference.parquet, which the next retraining starts
-    from; written after the version appears, as vigil.tools.examples writes breast_cancer/1's,
-    unless publishing already put it there."""
-    if not (version.path / REFERENCE_FILE).exists():
-        atomic_write(version.path / REFERENCE_FILE, reference.read_bytes(), 0o644)
 
 
 def retrained_model(parent: Parent, doc: Any, event_id: str) -> Trained:
@@ -289,4 +279,4 @@ def train(x: np.ndarray, y: np.ndarray) -> tuple[bytes, float]:
         options={id(clf): {"zipmap": False}},
         target_opset={"": OPSET, "ai.onnx.ml": ML_OPSET},
     )
-    return _serialize(proto), float(round(pipe.score(x, y), 4))
+    return serialize(proto), float(round(pipe.score(x, y), 4))

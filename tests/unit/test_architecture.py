@@ -9,19 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.without_onnxruntime import run_without_onnxruntime
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # Runs in a fresh interpreter where importing onnxruntime fails, as on a node without it.
 _WITHOUT_ONNXRUNTIME = """
-import importlib.abc, sys
-
-class NoOnnxRuntime(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "onnxruntime" or name.startswith("onnxruntime."):
-            raise ImportError("onnxruntime is hidden for this test")
-        return None
-
-sys.meta_path.insert(0, NoOnnxRuntime())
 try:
     import onnxruntime  # noqa: F401
 except ImportError:
@@ -44,10 +37,7 @@ def test_import_contracts_are_kept():
 
 
 def test_the_monitor_imports_without_onnxruntime():
-    result = subprocess.run(
-        [sys.executable, "-c", _WITHOUT_ONNXRUNTIME], cwd=ROOT, capture_output=True, text=True,
-        timeout=120,
-    )
+    result = run_without_onnxruntime(_WITHOUT_ONNXRUNTIME)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip().endswith("monitor imports without onnxruntime")
 
@@ -109,15 +99,6 @@ def test_importing_any_module_starts_nothing() -> None:
 
 
 _TOKENS_WITHOUT_ONNXRUNTIME = """
-import importlib.abc, sys
-
-class NoOnnxRuntime(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "onnxruntime" or name.startswith("onnxruntime."):
-            raise ImportError("onnxruntime is hidden for this test")
-        return None
-
-sys.meta_path.insert(0, NoOnnxRuntime())
 from vigil.tools.cli import main
 assert main(["tokens", "create", "ci", "--scopes", "metrics", "--models-dir", sys.argv[1]]) == 0
 assert main(["tokens", "list", "--models-dir", sys.argv[1]]) == 0
@@ -130,10 +111,7 @@ print("vigil tokens runs without onnxruntime")
 def test_vigil_tokens_runs_on_a_host_without_onnxruntime(tmp_path: Path) -> None:
     """`vigil tokens` touches no model: it imports neither serving nor Ray nor onnxruntime (it
     once imported serving.settings, whose package refused to import without onnxruntime)."""
-    result = subprocess.run(
-        [sys.executable, "-c", _TOKENS_WITHOUT_ONNXRUNTIME, str(tmp_path / "models")], cwd=ROOT,
-        capture_output=True, text=True, timeout=120,
-    )
+    result = run_without_onnxruntime(_TOKENS_WITHOUT_ONNXRUNTIME, str(tmp_path / "models"))
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip().endswith("vigil tokens runs without onnxruntime")
     assert (tmp_path / "tokens.yaml").is_file()

@@ -16,7 +16,7 @@ from sklearn.model_selection import train_test_split
 
 from monitoring.profile import Profile
 from vigil.core.tensors import TensorSpec
-from vigil.tools.examples import HOLDOUT_FILE, REFERENCE_FILE, _serialize, build_examples, serialize
+from vigil.tools.examples import HOLDOUT_FILE, REFERENCE_FILE, build_examples
 from vigil.core.repository import PROFILE_JSON, RepositoryError, scan
 
 
@@ -185,7 +185,3 @@ def test_a_version_an_older_build_left_incomplete_is_rebuilt_whole(built: Path, 
     for name in (HOLDOUT_FILE, REFERENCE_FILE, PROFILE_JSON):
         assert (version_dir / name).read_bytes() == (built / "breast_cancer" / "1" / name
                                                      ).read_bytes()
-
-
-def test_serialize_keeps_the_name_the_receiver_imports() -> None:
-    assert _serialize is serialize

@@ -247,4 +247,3 @@ def serialize(proto: onnx.ModelProto) -> bytes:
     return proto.SerializeToString(deterministic=True)
 
 
-_serialize = serialize  # the receiver's name for it until it imports `serialize`
