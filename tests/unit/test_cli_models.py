@@ -150,8 +150,12 @@ def test_a_change_the_repository_refuses_exits_1_and_changes_nothing(
 @pytest.mark.parametrize(("argv", "message"), [
     (("canary", "m", "2"), "a canary needs --weight"),
     (("canary", "m"), "name the canary version (canary NAME VERSION --weight W), or --off"),
-    (("canary", "m", "2", "--off"), "canary NAME --off takes no version, --weight or "
-                                    "--sticky-header"),
+    (("canary", "m", "2", "--off"), "canary NAME --off takes no version, --weight, "
+                                    "--sticky-header or --force"),
+    (("canary", "m", "--off", "--force", "--reason", "r"), "canary NAME --off takes no version"),
+    (("canary", "m", "2", "--weight", "0.1", "--force"),
+     "canary --force needs --reason: why the model gate is bypassed goes to the audit log"),
+    (("promote", "m", "2", "--force"), "promote --force needs --reason"),
     (("shadow", "m"), "name the shadow version (shadow NAME VERSION), or --off"),
     (("shadow", "m", "2", "--off"), "shadow NAME --off takes no version"),
 ])
@@ -267,6 +271,22 @@ def test_promote_force_reaches_the_gate_with_its_reason(
     assert entry["reason"] == "hotfix" and entry["details"] == {"forced": True}
 
 
+def test_canary_force_with_a_reason_goes_to_the_repository(
+    repo: Path, no_server: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`canary --force --reason` of a version that never passed the gate changes the aliases
+    and records the reason; --force without --reason changed nothing (exit 2, above)."""
+    publish(repo, "m", "4", identity_graph([("x", "FP32", (-1, -1))]).SerializeToString(),
+            SPEC, (TensorSpec("x_out", "FP32", (-1, -1)),))  # never validated
+    code, out, _ = _offline(capsys, repo, no_server, "canary", "m", "4", "--weight", "0.1",
+                            "--force", "--reason", "hotfix under watch")
+    assert code == 0 and out.startswith("m: canary 4 takes 0.1 of unversioned requests")
+    canary = read_aliases(repo, "m").canary
+    assert canary is not None and (canary.version, canary.weight) == ("4", 0.1)
+    (entry,) = [e for e in audit.entries(repo, "m") if e["action"] == "canary"]
+    assert entry["reason"] == "hotfix under watch"
+
+
 # ------------------------------------------------------------------ a stand-in server
 
 
@@ -295,7 +315,8 @@ def test_changes_go_to_the_server_with_the_documented_bodies(
     for argv in (("canary", "m", "3", "--weight", "0.2", "--sticky-header", "h"),
                  ("canary", "m", "--off"), ("shadow", "m", "1"), ("shadow", "m", "--off"),
                  ("rollback", "m"), ("retire", "m", "3"), ("unload", "m"), ("load", "m"),
-                 ("promote", "m", "2", "--force", "--reason", "now")):
+                 ("promote", "m", "2", "--force", "--reason", "now"),
+                 ("canary", "m", "1", "--weight", "0.5", "--force", "--reason", "watched")):
         assert _online(capsys, url, *argv)[0] == 0, argv
     assert [(path.rsplit("/", 1)[1], body) for _, path, body in server.requests] == [
         ("promote", {"version": "2", "reason": "r"}),
@@ -308,6 +329,8 @@ def test_changes_go_to_the_server_with_the_documented_bodies(
         ("unload", {}),
         ("load", {}),
         ("promote", {"version": "2", "reason": "now", "force": True}),
+        ("canary", {"version": "1", "weight": 0.5, "sticky_header": None, "reason": "watched",
+                    "force": True}),
     ]
     assert {e["actor"] for e in audit.entries(repo, "m")} == {"admin-token"}
 

@@ -174,6 +174,9 @@ def _change(args: argparse.Namespace, action: str, version: str | None = None,
             weight: float | None = None, sticky_header: str | None = None) -> int:
     reason = getattr(args, "reason", "") or ""
     force = bool(getattr(args, "force", False))
+    if force and not reason.strip():
+        return refuse(f"{action} --force needs --reason: why the model gate is bypassed goes to "
+                      "the audit log")
     answer = _ask(
         args,
         lambda m: m.change(args.name, action, version=version, weight=weight,
@@ -209,8 +212,10 @@ def _unload(args: argparse.Namespace) -> int:
 
 def _canary(args: argparse.Namespace) -> int:
     if args.off:
-        if args.version is not None or args.weight is not None or args.sticky_header:
-            return refuse("canary NAME --off takes no version, --weight or --sticky-header")
+        if (args.version is not None or args.weight is not None or args.sticky_header
+                or args.force):
+            return refuse("canary NAME --off takes no version, --weight, --sticky-header or "
+                          "--force")
         return _change(args, "canary_cleared")
     if args.version is None:
         return refuse("name the canary version (canary NAME VERSION --weight W), or --off")
@@ -266,6 +271,7 @@ _CANARY_ARGS = (
     arg("--sticky-header", default=None, metavar="HEADER",
         help="requests with the same value of this header go to the same side"),
     arg("--off", action="store_true", help="end the canary"),
+    _force("send traffic to"),
 )
 
 _COMMANDS: tuple[Entry, ...] = (
