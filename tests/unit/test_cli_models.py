@@ -435,16 +435,21 @@ def test_an_error_without_a_json_body_is_shown_as_text(capsys: pytest.CaptureFix
 # ------------------------------------------------------------------ publish and the server
 
 
+def _publish(capsys: pytest.CaptureFixture[str], url: str, repo: Path, source: Path, name: str,
+             proto: Any) -> tuple[int, str, str]:
+    """Write `proto` to `source`, then `vigil models publish` it as `name`."""
+    source.write_bytes(proto.SerializeToString())
+    return _run(capsys, "models", "publish", str(source), "--name", name, "--url", url,
+                "--repository", str(repo))
+
+
 def test_publish_asks_a_running_server_to_load_the_model(
     stand_in: tuple[StandInAdminServer, str], repo: Path, tmp_path: Path,
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     server, url = stand_in
     monkeypatch.setenv("VIGIL_TOKEN", "admin-token")
-    source = tmp_path / "m4.onnx"
-    source.write_bytes(double_graph().SerializeToString())
-    code, out, err = _run(capsys, "models", "publish", str(source), "--name", "m", "--url", url,
-                          "--repository", str(repo))
+    code, out, err = _publish(capsys, url, repo, tmp_path / "m4.onnx", "m", double_graph())
     assert (code, err) == (0, "")
     assert out.splitlines()[-2:] == [f"{url}: m reloaded",
                                      "  applied by all 2 replica(s) in 0.05 s"]
@@ -460,10 +465,7 @@ def test_publish_leaves_an_unloaded_model_unloaded(
     server, url = stand_in
     monkeypatch.setenv("VIGIL_TOKEN", "admin-token")
     model_ops.apply(repo, "m", "unload", actor="ops")
-    source = tmp_path / "m4.onnx"
-    source.write_bytes(double_graph().SerializeToString())
-    code, out, _ = _run(capsys, "models", "publish", str(source), "--name", "m", "--url", url,
-                        "--repository", str(repo))
+    code, out, _ = _publish(capsys, url, repo, tmp_path / "m4.onnx", "m", double_graph())
     assert code == 0
     assert out.splitlines()[-1] == "m is unloaded, so it stays so; `vigil models load m` " \
                                    "serves it again"
@@ -477,10 +479,8 @@ def test_publish_that_the_server_will_not_load_exits_1_after_writing(
 ) -> None:
     _, url = stand_in
     monkeypatch.setenv("VIGIL_TOKEN", "infer-token")
-    source = tmp_path / "ids.onnx"
-    source.write_bytes(identity_graph([("t", "INT64", (-1,))]).SerializeToString())
-    code, out, err = _run(capsys, "models", "publish", str(source), "--name", "ids", "--url", url,
-                          "--repository", str(repo))
+    code, out, err = _publish(capsys, url, repo, tmp_path / "ids.onnx", "ids",
+                              identity_graph([("t", "INT64", (-1,))]))
     assert code == 1
     assert out.startswith("published ids/1 -> ")
     assert err.startswith("vigil: published, but the server did not load it: POST "
