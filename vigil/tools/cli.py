@@ -82,9 +82,8 @@ def _dashboards_build(args: argparse.Namespace) -> int:
             print(f"{out} is up to date")
             return 0
         state = "differs from" if out.is_file() else "is missing; expected"
-        print(f"{out} {state} what vigil.tools.dashboards generates; regenerate it with "
-              f"`{dashboards.REGENERATE} --out {out}` and commit the result", file=sys.stderr)
-        return 1
+        return _refuse(f"{out} {state} what vigil.tools.dashboards generates; regenerate it "
+                       f"with `{dashboards.REGENERATE} --out {out}` and commit the result", 1)
     changed = dashboards.write(out)
     print(f"{'wrote' if changed else 'unchanged:'} {out}")
     return 0

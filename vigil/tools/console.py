@@ -8,14 +8,19 @@ from collections.abc import Sequence
 from typing import Any
 
 
-def refuse(message: str, code: int = 2) -> int:
-    """Say why on stderr as `vigil: ...` and return the exit code (2: a bad command line)."""
+def say(message: str) -> None:
+    """A notice on stderr, as `vigil: ...` (stdout stays the command's answer)."""
     print(f"vigil: {message}", file=sys.stderr)
+
+
+def refuse(message: str, code: int = 2) -> int:
+    """Say why, and return the exit code (2: a bad command line)."""
+    say(message)
     return code
 
 
 def warn(message: str) -> None:
-    print(f"vigil: warning: {message}", file=sys.stderr)
+    say(f"warning: {message}")
 
 
 def print_json(doc: Any) -> None:

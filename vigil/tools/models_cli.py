@@ -10,14 +10,13 @@ that cannot be published; 3 a change the server saved but not every replica appl
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from vigil.tools import gate_cli, publish_cli
 from vigil.tools.argtable import Arg, Command, Entry, Handler, add_commands, arg, positive_int
-from vigil.tools.console import one_line, print_json, print_table, refuse
+from vigil.tools.console import one_line, print_json, print_table, refuse, say
 from vigil.tools.model_client import (
     DEFAULT_URL,
     LocalModels,
@@ -57,12 +56,11 @@ def _ask(args: argparse.Namespace, op: Callable[[Models], T], *, changes: bool =
         raise ModelsError(f"no server at {args.url}, and in the repository {root}: {exc}",
                           exc.status) from None
     if changes:
-        print(f"vigil: no server at {args.url}: changed the repository {root} directly (as "
-              f"{actor}); running servers see the change when they next read the repository "
-              "(at start, or on `vigil models load NAME` against them)", file=sys.stderr)
+        say(f"no server at {args.url}: changed the repository {root} directly (as {actor}); "
+            "running servers see the change when they next read the repository (at start, or "
+            "on `vigil models load NAME` against them)")
     else:
-        print(f"vigil: no server at {args.url}: read the repository {root} directly",
-              file=sys.stderr)
+        say(f"no server at {args.url}: read the repository {root} directly")
     return result
 
 
