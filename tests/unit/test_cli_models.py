@@ -1,10 +1,9 @@
 """`vigil models` list, show, history and the alias changes: against a server over real HTTP (a
-stand-in for the admin API, named as such below), and, when nothing listens at --url, against
+stand-in for the admin API, tests.unit.cli_support), and, when nothing listens at --url, against
 the repository itself."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import socket
@@ -15,47 +14,38 @@ from typing import Any
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
-from tests.conftest import _free_port
 from tests.graphs import double_graph, identity_graph
 from tests.local_http import serving
+from tests.unit.cli_support import (
+    SPEC,
+    StandInAdminServer,
+    nowhere,
+    run_cli,
+    validated_repo,
+)
 from vigil.core import audit, model_ops
-from vigil.core.aliases import AliasError, read_aliases
-from vigil.tools.cli import main
-from vigil.tools.model_client import LocalModels, local_actor
+from vigil.core.aliases import read_aliases
 from vigil.core.repository import publish, read_manifest
 from vigil.core.tensors import TensorSpec
-
-SPEC = (TensorSpec("x", "FP32", (-1, -1)),)
-OUT = (TensorSpec("y", "FP32", (-1, -1)),)
+from vigil.tools.model_client import local_actor
 
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
     """Model `m` with versions 1, 2 and 3, each recorded as having passed the model gate;
     production stays on 1 (publishing pins it there)."""
-    root = tmp_path / "repo"
-    data = double_graph().SerializeToString()
-    passed = {"passed": True, "sha256": hashlib.sha256(data).hexdigest()}
-    for version in ("1", "2", "3"):
-        publish(root, "m", version, data, SPEC, OUT,
-                lineage={"published_by": "ci", "source_file": f"m{version}.onnx",
-                         "validation": passed})
-    return root
+    return validated_repo(tmp_path / "repo")
 
 
 @pytest.fixture
 def no_server() -> str:
-    return f"http://127.0.0.1:{_free_port()}"
+    return nowhere()
 
 
-def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+_run = run_cli
 
 
 def _offline(capsys: pytest.CaptureFixture[str], repo: Path, url: str, *argv: str
@@ -160,8 +150,12 @@ def test_a_change_the_repository_refuses_exits_1_and_changes_nothing(
 @pytest.mark.parametrize(("argv", "message"), [
     (("canary", "m", "2"), "a canary needs --weight"),
     (("canary", "m"), "name the canary version (canary NAME VERSION --weight W), or --off"),
-    (("canary", "m", "2", "--off"), "canary NAME --off takes no version, --weight or "
-                                    "--sticky-header"),
+    (("canary", "m", "2", "--off"), "canary NAME --off takes no version, --weight, "
+                                    "--sticky-header or --force"),
+    (("canary", "m", "--off", "--force", "--reason", "r"), "canary NAME --off takes no version"),
+    (("canary", "m", "2", "--weight", "0.1", "--force"),
+     "canary --force needs --reason: why the model gate is bypassed goes to the audit log"),
+    (("promote", "m", "2", "--force"), "promote --force needs --reason"),
     (("shadow", "m"), "name the shadow version (shadow NAME VERSION), or --off"),
     (("shadow", "m", "2", "--off"), "shadow NAME --off takes no version"),
 ])
@@ -277,105 +271,23 @@ def test_promote_force_reaches_the_gate_with_its_reason(
     assert entry["reason"] == "hotfix" and entry["details"] == {"forced": True}
 
 
+def test_canary_force_with_a_reason_goes_to_the_repository(
+    repo: Path, no_server: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`canary --force --reason` of a version that never passed the gate changes the aliases
+    and records the reason; --force without --reason changed nothing (exit 2, above)."""
+    publish(repo, "m", "4", identity_graph([("x", "FP32", (-1, -1))]).SerializeToString(),
+            SPEC, (TensorSpec("x_out", "FP32", (-1, -1)),))  # never validated
+    code, out, _ = _offline(capsys, repo, no_server, "canary", "m", "4", "--weight", "0.1",
+                            "--force", "--reason", "hotfix under watch")
+    assert code == 0 and out.startswith("m: canary 4 takes 0.1 of unversioned requests")
+    canary = read_aliases(repo, "m").canary
+    assert canary is not None and (canary.version, canary.weight) == ("4", 0.1)
+    (entry,) = [e for e in audit.entries(repo, "m") if e["action"] == "canary"]
+    assert entry["reason"] == "hotfix under watch"
+
+
 # ------------------------------------------------------------------ a stand-in server
-
-
-class StandInAdminServer:
-    """A STAND-IN for Vigil's admin API (the real one runs on Ray Serve and has its own
-    integration tests): the documented routes and answers, over the repository through
-    vigil.core.model_ops, with bearer tokens `admin-token` (admin), `infer-token` (infer) and
-    `both-token`. Records each request; `converged` False makes changes report replicas behind."""
-
-    TOKENS = {"admin-token": {"admin"}, "infer-token": {"infer"},
-              "both-token": {"admin", "infer"}}
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.converged = True
-        self.requests: list[tuple[str, str, Any]] = []
-        prefix = "/v2/repository/models/{model}"
-        self.app = Starlette(routes=[
-            Route("/v2/repository/index", self.index, methods=["POST"]),
-            Route(f"{prefix}/aliases", self.aliases, methods=["GET"]),
-            Route(f"{prefix}/history", self.history, methods=["GET"]),
-            Route(f"{prefix}/{{action}}", self.change, methods=["POST"]),
-            Route("/v2/models/{model}/versions/{version}", self.version, methods=["GET"]),
-        ])
-
-    async def _guard(self, request: Request, scope: str) -> Response | None:
-        body = await request.body()
-        self.requests.append((request.method, request.url.path,
-                              json.loads(body) if body else None))
-        header = request.headers.get("authorization", "")
-        token = header.removeprefix("Bearer ")
-        if token not in self.TOKENS:
-            return JSONResponse({"error": "missing or unknown bearer token"}, 401)
-        if scope not in self.TOKENS[token]:
-            return JSONResponse({"error": f"token {token!r} lacks the {scope!r} scope this "
-                                          "route needs"}, 403)
-        return None
-
-    def _local(self, request: Request) -> LocalModels:
-        token = request.headers["authorization"].removeprefix("Bearer ")
-        return LocalModels(self.root, token)
-
-    async def index(self, request: Request) -> Response:
-        if (refused := await self._guard(request, "admin")) is not None:
-            return refused
-        rows = self._local(request).index()
-        return JSONResponse([{**r, "state": "READY"} for r in rows])
-
-    async def aliases(self, request: Request) -> Response:
-        if (refused := await self._guard(request, "admin")) is not None:
-            return refused
-        return self._answer(lambda: self._local(request).aliases(request.path_params["model"]))
-
-    async def history(self, request: Request) -> Response:
-        if (refused := await self._guard(request, "admin")) is not None:
-            return refused
-        model = request.path_params["model"]
-        return self._answer(lambda: {"model": model,
-                                     "entries": self._local(request).history(model)})
-
-    async def version(self, request: Request) -> Response:
-        if (refused := await self._guard(request, "infer")) is not None:
-            return refused
-        p = request.path_params
-        return self._answer(lambda: self._local(request).version(p["model"], p["version"]))
-
-    async def change(self, request: Request) -> Response:
-        if (refused := await self._guard(request, "admin")) is not None:
-            return refused
-        body = self.requests[-1][2] or {}
-        action = request.path_params["action"]
-        if action in ("canary", "shadow") and body.get("version") is None:
-            action += "_cleared"
-        token = request.headers["authorization"].removeprefix("Bearer ")
-
-        def apply() -> dict[str, Any]:
-            done = model_ops.apply(
-                self.root, request.path_params["model"], action, actor=token,
-                reason=body.get("reason", ""), version=body.get("version"),
-                weight=body.get("weight"), sticky_header=body.get("sticky_header"),
-                force=body.get("force", False),
-            ).to_dict()
-            generation = done["generation"]
-            replicas = {"r1": generation, "r2": generation if self.converged else generation - 1}
-            return {**done, "converged": self.converged, "replicas": replicas,
-                    "behind": [] if self.converged else ["r2"], "applied_s": 0.05}
-
-        return self._answer(apply)
-
-    @staticmethod
-    def _answer(make: Any) -> Response:
-        from vigil.tools.model_client import ModelsError
-
-        try:
-            return JSONResponse(make())
-        except AliasError as exc:
-            return JSONResponse({"error": str(exc)}, exc.status)
-        except ModelsError as exc:
-            return JSONResponse({"error": str(exc)}, exc.status)
 
 
 @pytest.fixture
@@ -403,7 +315,8 @@ def test_changes_go_to_the_server_with_the_documented_bodies(
     for argv in (("canary", "m", "3", "--weight", "0.2", "--sticky-header", "h"),
                  ("canary", "m", "--off"), ("shadow", "m", "1"), ("shadow", "m", "--off"),
                  ("rollback", "m"), ("retire", "m", "3"), ("unload", "m"), ("load", "m"),
-                 ("promote", "m", "2", "--force", "--reason", "now")):
+                 ("promote", "m", "2", "--force", "--reason", "now"),
+                 ("canary", "m", "1", "--weight", "0.5", "--force", "--reason", "watched")):
         assert _online(capsys, url, *argv)[0] == 0, argv
     assert [(path.rsplit("/", 1)[1], body) for _, path, body in server.requests] == [
         ("promote", {"version": "2", "reason": "r"}),
@@ -416,6 +329,8 @@ def test_changes_go_to_the_server_with_the_documented_bodies(
         ("unload", {}),
         ("load", {}),
         ("promote", {"version": "2", "reason": "now", "force": True}),
+        ("canary", {"version": "1", "weight": 0.5, "sticky_header": None, "reason": "watched",
+                    "force": True}),
     ]
     assert {e["actor"] for e in audit.entries(repo, "m")} == {"admin-token"}
 
@@ -520,16 +435,21 @@ def test_an_error_without_a_json_body_is_shown_as_text(capsys: pytest.CaptureFix
 # ------------------------------------------------------------------ publish and the server
 
 
+def _publish(capsys: pytest.CaptureFixture[str], url: str, repo: Path, source: Path, name: str,
+             proto: Any) -> tuple[int, str, str]:
+    """Write `proto` to `source`, then `vigil models publish` it as `name`."""
+    source.write_bytes(proto.SerializeToString())
+    return _run(capsys, "models", "publish", str(source), "--name", name, "--url", url,
+                "--repository", str(repo))
+
+
 def test_publish_asks_a_running_server_to_load_the_model(
     stand_in: tuple[StandInAdminServer, str], repo: Path, tmp_path: Path,
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     server, url = stand_in
     monkeypatch.setenv("VIGIL_TOKEN", "admin-token")
-    source = tmp_path / "m4.onnx"
-    source.write_bytes(double_graph().SerializeToString())
-    code, out, err = _run(capsys, "models", "publish", str(source), "--name", "m", "--url", url,
-                          "--repository", str(repo))
+    code, out, err = _publish(capsys, url, repo, tmp_path / "m4.onnx", "m", double_graph())
     assert (code, err) == (0, "")
     assert out.splitlines()[-2:] == [f"{url}: m reloaded",
                                      "  applied by all 2 replica(s) in 0.05 s"]
@@ -545,10 +465,7 @@ def test_publish_leaves_an_unloaded_model_unloaded(
     server, url = stand_in
     monkeypatch.setenv("VIGIL_TOKEN", "admin-token")
     model_ops.apply(repo, "m", "unload", actor="ops")
-    source = tmp_path / "m4.onnx"
-    source.write_bytes(double_graph().SerializeToString())
-    code, out, _ = _run(capsys, "models", "publish", str(source), "--name", "m", "--url", url,
-                        "--repository", str(repo))
+    code, out, _ = _publish(capsys, url, repo, tmp_path / "m4.onnx", "m", double_graph())
     assert code == 0
     assert out.splitlines()[-1] == "m is unloaded, so it stays so; `vigil models load m` " \
                                    "serves it again"
@@ -562,10 +479,8 @@ def test_publish_that_the_server_will_not_load_exits_1_after_writing(
 ) -> None:
     _, url = stand_in
     monkeypatch.setenv("VIGIL_TOKEN", "infer-token")
-    source = tmp_path / "ids.onnx"
-    source.write_bytes(identity_graph([("t", "INT64", (-1,))]).SerializeToString())
-    code, out, err = _run(capsys, "models", "publish", str(source), "--name", "ids", "--url", url,
-                          "--repository", str(repo))
+    code, out, err = _publish(capsys, url, repo, tmp_path / "ids.onnx", "ids",
+                              identity_graph([("t", "INT64", (-1,))]))
     assert code == 1
     assert out.startswith("published ids/1 -> ")
     assert err.startswith("vigil: published, but the server did not load it: POST "

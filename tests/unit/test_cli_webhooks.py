@@ -10,6 +10,7 @@ import pytest
 
 from monitoring.alert_settings import secret_key
 from monitoring.outbox import STATES, NewEvent, Outbox
+from tests.unit.cli_support import run_cli
 from vigil.tools.cli import _DELIVERY_STATES, main
 
 CREATED = 1_700_000_000.0  # 2023-11-14T22:13:20+00:00
@@ -53,11 +54,7 @@ def _rows(path: Path, **filters: str) -> dict[tuple[str, str], object]:
         outbox.close()
 
 
-def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+_run = run_cli
 
 
 def test_state_choices_are_the_outbox_states() -> None:

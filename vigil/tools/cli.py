@@ -9,7 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vigil.tools import models_cli
+from vigil.tools import models_cli, tokens_cli
+from vigil.tools.argtable import MODELS_DIR, Command, Entry, add_commands, arg
+from vigil.tools.console import one_line
+from vigil.tools.console import refuse as _refuse
 
 if TYPE_CHECKING:
     from monitoring.outbox import Outbox
@@ -45,31 +48,19 @@ def _profile_build(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    import gzip
-    import json
-    import urllib.error
     import urllib.parse
-    import urllib.request
 
-    from vigil.tools.model_client import client_auth
+    from vigil.tools.server_client import ServerClient, url_refusal
 
+    if (why := url_refusal(args.monitor_url, args.insecure)) is not None:
+        return _refuse(why)
     query = f"?{urllib.parse.urlencode({'version': args.version})}" if args.version else ""
     model = urllib.parse.quote(args.model, safe="")
-    url = f"{args.monitor_url.rstrip('/')}/monitor/v1/models/{model}/report{query}"
-    # The monitor keeps reports gzip-compressed (about a quarter of the page's size).
-    request = urllib.request.Request(url, headers={**client_auth(), "Accept-Encoding": "gzip"})
-    try:
-        with urllib.request.urlopen(request, timeout=args.timeout) as response:  # nosec B310 # the user's URL
-            body = response.read()
-            if response.headers.get("Content-Encoding") == "gzip":
-                body = gzip.decompress(body)
-    except urllib.error.HTTPError as exc:
-        detail = exc.read().decode(errors="replace")
-        try:
-            detail = json.loads(detail)["error"]
-        except (ValueError, KeyError, TypeError):
-            pass
-        raise RuntimeError(f"{url} answered {exc.code}: {detail}") from None
+    monitor = ServerClient(args.monitor_url, args.timeout, insecure=args.insecure)
+    # The monitor keeps reports gzip-compressed (about a quarter of the page's size); the
+    # client decompresses them.
+    body = monitor.send("GET", f"/monitor/v1/models/{model}/report{query}",
+                        headers={"Accept-Encoding": "gzip"})
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(body)
@@ -91,60 +82,19 @@ def _dashboards_build(args: argparse.Namespace) -> int:
             print(f"{out} is up to date")
             return 0
         state = "differs from" if out.is_file() else "is missing; expected"
-        print(f"{out} {state} what vigil.tools.dashboards generates; regenerate it with "
-              f"`{dashboards.REGENERATE} --out {out}` and commit the result", file=sys.stderr)
-        return 1
+        return _refuse(f"{out} {state} what vigil.tools.dashboards generates; regenerate it "
+                       f"with `{dashboards.REGENERATE} --out {out}` and commit the result", 1)
     changed = dashboards.write(out)
     print(f"{'wrote' if changed else 'unchanged:'} {out}")
     return 0
 
 
-def _tokens_file(args: argparse.Namespace) -> Path:
-    """--file, else VIGIL_TOKENS_FILE (read by the serving settings), else tokens.yaml beside
-    the model repository: the same file the running apps use."""
-    from vigil.core.settings import AppSettings
-
-    if args.file:
-        return Path(args.file)
-    return AppSettings(model_repository=Path(args.models_dir)).tokens_path()
-
-
-def _tokens_create(args: argparse.Namespace) -> int:
-    from vigil.core.tokens import create_token, parse_scopes
-
-    path = _tokens_file(args)
-    token = create_token(path, args.name, parse_scopes(args.scopes))
-    print(f"created token {args.name!r} with scopes {args.scopes} in {path} (only its SHA-256 is "
-          "stored); it is shown once, here:")
-    print(token)
-    return 0
-
-
-def _tokens_list(args: argparse.Namespace) -> int:
-    from vigil.core.tokens import read_tokens
-
-    path = _tokens_file(args)
-    records = read_tokens(path) if path.exists() else []
-    if not records:
-        print(f"no tokens in {path}")
-    for r in records:
-        print(f"{r.name}  scopes={','.join(sorted(r.scopes))}  created={r.created}  "
-              f"sha256={r.sha256[:12]}")
-    return 0
-
-
-def _tokens_revoke(args: argparse.Namespace) -> int:
-    from vigil.core.tokens import revoke_token
-
-    path = _tokens_file(args)
-    revoke_token(path, args.name)
-    print(f"revoked token {args.name!r} in {path}; running servers refuse it within a second")
-    return 0
-
-
 # ---------------------------------------------------------------------- vigil webhooks
 
-_DELIVERY_STATES = ("pending", "delivered", "dead")  # monitoring.outbox.STATES, without importing it
+# monitoring.outbox.STATES, written here: argparse formats the choices when the parser is built,
+# and importing monitoring.outbox brings scipy (about 0.7 s) into every `vigil` command.
+# tests/unit/test_cli_webhooks.py holds the two equal; tests/unit/test_cli_startup.py the cost.
+_DELIVERY_STATES = ("pending", "delivered", "dead")
 _EVERY = 1_000_000  # "no limit" for one event's deliveries
 
 
@@ -182,11 +132,6 @@ def _with_outbox(command: Callable[[argparse.Namespace, Outbox], int]) -> Callab
     return run
 
 
-def _refuse(message: str, code: int = 2) -> int:
-    print(f"vigil: {message}", file=sys.stderr)
-    return code
-
-
 def _unknown_events(outbox: Outbox, event_ids: list[str]) -> int | None:
     """Exit 1 with a message when some of these events are not in the outbox."""
     missing = [i for i in event_ids if outbox.event(i) is None]
@@ -202,10 +147,7 @@ def _iso(ts: float | None) -> str:
 
 
 def _short(text: str | None, width: int = 40) -> str:
-    if not text:
-        return "-"
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 3] + "..."
+    return one_line(text, width) or "-"
 
 
 def _webhooks_list(args: argparse.Namespace, outbox: Outbox) -> int:
@@ -354,89 +296,59 @@ def _webhooks_parser(commands: argparse._SubParsersAction) -> None:
     secret.set_defaults(func=_webhooks_secret)
 
 
+# ---------------------------------------------------------------------- the parser
+
+_PROGRESS = arg("--progress", action=argparse.BooleanOptionalAction, default=None,
+                help="show a progress bar (default: on a terminal, for large builds)")
+_EXAMPLES = Command("examples", "the bundled example models", sub=(
+    Command("build", "build breast_cancer/1 and mlp/1", _examples_build, (
+        MODELS_DIR, arg("--force", action="store_true", help="rebuild versions that exist"),
+        _PROGRESS)),
+))
+
+_PROFILE = Command("profile", "reference profiles for drift monitoring", sub=(
+    Command("build", "profile reference data beside a model version (profile.json + .npz)",
+            _profile_build, (
+                arg("--model", required=True),
+                arg("--version", required=True),
+                arg("--data", required=True, help="reference data: .parquet, .csv or .npz"),
+                MODELS_DIR,
+                arg("--outputs-from-model", action=argparse.BooleanOptionalAction,
+                    default=False, help="run the model on the reference features for the "
+                    "output columns (prediction drift); without it, outputs are profiled only "
+                    "when the data holds them"),
+                _PROGRESS)),
+))
+
+_DASHBOARDS = Command("dashboards", "the Grafana dashboard, generated as code", sub=(
+    Command("build", "write the Vigil dashboard JSON (needs the observe extra)",
+            _dashboards_build, (
+                arg("--out", default="configs/grafana/vigil.json",
+                    help="JSON file to write (default: configs/grafana/vigil.json)"),
+                arg("--check", action="store_true", help="write nothing; exit 1 when the file "
+                    "differs from what would be generated"),
+            ), description="Generate the Vigil Grafana dashboard from vigil.tools.dashboards "
+            "(grafana-foundation-sdk) and write it as JSON."),
+))
+
+_REPORT = Command("report", "fetch the monitor's HTML drift report", _report, (
+    arg("--model", required=True),
+    arg("--version", default=None, help="default: the newest"),
+    arg("--out", required=True, help="HTML file to write"),
+    arg("--monitor-url", default="http://127.0.0.1:8000",
+        help="where the server runs; its bearer token comes from VIGIL_TOKEN"),
+    models_cli.INSECURE_ARG,
+    arg("--timeout", type=float, default=120.0, help="seconds (default: 120)"),
+))
+
+_TOP: tuple[Entry, ...] = (_EXAMPLES, models_cli.add_parser, _PROFILE, tokens_cli.COMMAND,
+                           _webhooks_parser, _DASHBOARDS, _REPORT)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vigil", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    examples = commands.add_parser("examples", help="the bundled example models")
-    examples_cmd = examples.add_subparsers(dest="examples_command", required=True)
-    build = examples_cmd.add_parser("build", help="build breast_cancer/1 and mlp/1")
-    build.add_argument("--models-dir", default="models", help="model repository (default: models)")
-    build.add_argument("--force", action="store_true", help="rebuild versions that exist")
-    _progress_flag(build)
-    build.set_defaults(func=_examples_build)
-
-    models_cli.add_parser(commands)
-
-    profile = commands.add_parser("profile", help="reference profiles for drift monitoring")
-    profile_cmd = profile.add_subparsers(dest="profile_command", required=True)
-    pbuild = profile_cmd.add_parser(
-        "build", help="profile reference data beside a model version (profile.json + .npz)"
-    )
-    pbuild.add_argument("--model", required=True)
-    pbuild.add_argument("--version", required=True)
-    pbuild.add_argument("--data", required=True, help="reference data: .parquet, .csv or .npz")
-    pbuild.add_argument("--models-dir", default="models", help="model repository (default: models)")
-    pbuild.add_argument(
-        "--outputs-from-model", action=argparse.BooleanOptionalAction, default=False,
-        help="run the model on the reference features for the output columns (prediction "
-        "drift); without it, outputs are profiled only when the data holds them",
-    )
-    _progress_flag(pbuild)
-    pbuild.set_defaults(func=_profile_build)
-
-    tokens = commands.add_parser("tokens", help="scoped bearer tokens (metrics, infer, monitor, admin)")
-    tokens_cmd = tokens.add_subparsers(dest="tokens_command", required=True)
-    create = tokens_cmd.add_parser("create", help="create a token; it is printed once, last")
-    create.add_argument("name", help="a name for the token (letters, digits, '.', '_', '-')")
-    create.add_argument("--scopes", required=True,
-                        help="comma-separated: metrics (scraping /monitor/metrics only), infer "
-                        "(inference, metadata, readiness), monitor (drift, reports, sampled rows, "
-                        "status under /monitor and /v2/vigil; scraping too), admin (model "
-                        "operations)")
-    listing_tokens = tokens_cmd.add_parser("list", help="list token names and scopes")
-    revoke = tokens_cmd.add_parser("revoke", help="revoke a token by name")
-    revoke.add_argument("name")
-    for sub, func in ((create, _tokens_create), (listing_tokens, _tokens_list),
-                      (revoke, _tokens_revoke)):
-        sub.add_argument("--file", default=None,
-                         help="tokens file (default: VIGIL_TOKENS_FILE, else tokens.yaml beside "
-                         "the model repository)")
-        sub.add_argument("--models-dir", default="models", help="model repository (default: models)")
-        sub.set_defaults(func=func)
-
-    _webhooks_parser(commands)
-
-    dashboards = commands.add_parser("dashboards", help="the Grafana dashboard, generated as code")
-    dashboards_cmd = dashboards.add_subparsers(dest="dashboards_command", required=True)
-    dbuild = dashboards_cmd.add_parser(
-        "build", help="write the Vigil dashboard JSON (needs the observe extra)",
-        description="Generate the Vigil Grafana dashboard from vigil.tools.dashboards "
-        "(grafana-foundation-sdk) and write it as JSON.",
-    )
-    dbuild.add_argument("--out", default="configs/grafana/vigil.json",
-                        help="JSON file to write (default: configs/grafana/vigil.json)")
-    dbuild.add_argument("--check", action="store_true",
-                        help="write nothing; exit 1 when the file differs from what would be "
-                        "generated")
-    dbuild.set_defaults(func=_dashboards_build)
-
-    report = commands.add_parser("report", help="fetch the monitor's HTML drift report")
-    report.add_argument("--model", required=True)
-    report.add_argument("--version", default=None, help="default: the newest")
-    report.add_argument("--out", required=True, help="HTML file to write")
-    report.add_argument("--monitor-url", default="http://127.0.0.1:8000",
-                        help="where the server runs; its bearer token comes from VIGIL_TOKEN")
-    report.add_argument("--timeout", type=float, default=120.0, help="seconds (default: 120)")
-    report.set_defaults(func=_report)
+    add_commands(parser.add_subparsers(dest="command", required=True), _TOP)
     return parser
-
-
-def _progress_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--progress", action=argparse.BooleanOptionalAction, default=None,
-        help="show a progress bar (default: on a terminal, for large builds)",
-    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -444,8 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except Exception as exc:  # noqa: BLE001 - a CLI answers with a message, not a traceback
-        print(f"vigil: {exc}", file=sys.stderr)
-        return 1
+        return _refuse(str(exc), 1)
 
 
 if __name__ == "__main__":

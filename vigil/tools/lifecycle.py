@@ -23,8 +23,10 @@ the first skips the rest of the grace period. It then dies by the signal it got 
 and exits with the command's status. Should the supervisor itself be SIGKILLed, the command gets
 SIGINT from the kernel (PR_SET_PDEATHSIG) and still takes its clean path.
 
-Linux only (/proc, prctl). No dependencies beyond the standard library: it starts in
-milliseconds and stays out of the served applications' imports.
+Linux only (prctl, and /proc for the one thing psutil does not tell: which signals a process
+catches). Beyond the standard library it needs only psutil (the process tree, sessions and
+states), so it starts in a few tens of milliseconds and stays out of the served applications'
+imports.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import psutil  # type: ignore[import-untyped]  # no stubs in the venv (types-psutil)
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
@@ -74,49 +78,40 @@ def _interrupt_when_parent_dies() -> None:
     _prctl(_PR_SET_PDEATHSIG, signal.SIGINT)
 
 
-def _stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, ppid, session id) of a process; None when it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return fields[0], int(fields[1]), int(fields[3])  # state, ppid, (pgrp,) session
-
-
-def _processes() -> dict[int, tuple[str, int, int]]:
-    """pid -> (state, ppid, session id) for every process."""
-    table = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (stat := _stat(int(entry.name))) is not None:
-            table[int(entry.name)] = stat
-    return table
+_GONE = (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)  # exited, whatever is left of them
 
 
 def comm(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
+        return psutil.Process(pid).name()
+    except psutil.Error:
         return "?"
+
+
+def _session(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:  # gone
+        return None
 
 
 def run_processes(session: int) -> list[int]:
     """Every live process of the run: this process's descendants (all of them, orphans
     included, while it is a subreaper) and every process in the command's session."""
-    table = _processes()
-    children: dict[int, list[int]] = {}
-    for pid, (_, ppid, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    found, stack = set(), [os.getpid()]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.add(child)
-            stack.append(child)
-    found |= {pid for pid, (_, _, sid) in table.items() if sid == session}
-    found.discard(os.getpid())
-    return sorted(pid for pid in found if table[pid][0] not in "ZX")
+    me = os.getpid()
+    try:
+        ours = {child.pid for child in psutil.Process(me).children(recursive=True)}
+    except psutil.Error:
+        ours = set()
+    return sorted(
+        proc.pid for proc in psutil.process_iter(["status"])
+        if proc.pid != me and proc.info["status"] not in _GONE
+        and (proc.pid in ours or _session(proc.pid) == session)
+    )
 
 
 def _caught_signals(pid: int) -> set[int]:
+    """The signals `pid` has a handler for (SigCgt: psutil does not read it)."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("SigCgt:"):
@@ -164,7 +159,7 @@ class _ParentWatch:
             return "parent exited", signal.SIGTERM
         if self.watched:
             lost = self.watched - _caught_signals(self.ppid)
-            if lost and _stat(self.ppid) is not None:
+            if lost and psutil.pid_exists(self.ppid):
                 signum = min(lost)
                 return f"make got {signal.Signals(signum).name}", signum
         return None

@@ -4,37 +4,18 @@ answers, the model repository itself. Both answer in the server's JSON shapes.""
 from __future__ import annotations
 
 import getpass
-import json
 import os
-import urllib.error
 import urllib.parse
-import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
-
 from vigil.core import audit, model_ops, repository
 from vigil.core.aliases import AliasError, read_aliases
+from vigil.core.repository import VersionManifest
+from vigil.tools.server_client import ServerClient, ServerError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-
-
-class ClientSettings(BaseSettings):
-    """What the CLI needs from the environment to call a running server."""
-
-    model_config = SettingsConfigDict(env_prefix="VIGIL_", extra="ignore")
-
-    token: SecretStr | None = Field(
-        default=None, description="Bearer token sent to the server (VIGIL_TOKEN)."
-    )
-
-
-def client_auth() -> dict[str, str]:
-    """The Authorization header for VIGIL_TOKEN; none when it is unset."""
-    token = ClientSettings().token
-    return {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
 
 
 def local_actor() -> str:
@@ -44,14 +25,6 @@ def local_actor() -> str:
     except (KeyError, OSError):  # no name for this uid (a bare container)
         user = f"uid{os.getuid()}"
     return f"local:{user}"
-
-
-class NoServer(ConnectionError):
-    """Nothing listens at the URL (connection refused): the one case that falls back."""
-
-    def __init__(self, url: str) -> None:
-        super().__init__(f"no server at {url}")
-        self.url = url
 
 
 class ModelsError(Exception):
@@ -82,101 +55,107 @@ class Models(Protocol):
     ) -> dict[str, Any]: ...
 
 
-# action -> (route under /v2/repository/models/{m}/, the body's fields besides reason)
-_ROUTES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "promote": ("promote", ("version",)),
-    "rollback": ("rollback", ()),
-    "canary": ("canary", ("version", "weight", "sticky_header")),
-    "canary_cleared": ("canary", ("version",)),
-    "shadow": ("shadow", ("version",)),
-    "shadow_cleared": ("shadow", ("version",)),
-    "retire": ("retire", ("version",)),
-    "load": ("load", ()),
-    "unload": ("unload", ()),
+@dataclass(frozen=True)
+class Endpoint:
+    """A route of the server's API: method, path template and the token scope it needs."""
+
+    method: str
+    path: str
+    scope: str
+
+    def at(self, **labels: str) -> str:
+        return self.path.format(**{k: urllib.parse.quote(v, safe="") for k, v in labels.items()})
+
+
+INDEX = Endpoint("POST", "/v2/repository/index", "admin")
+ALIASES = Endpoint("GET", "/v2/repository/models/{model}/aliases", "admin")
+HISTORY = Endpoint("GET", "/v2/repository/models/{model}/history", "admin")
+VERSION = Endpoint("GET", "/v2/models/{model}/versions/{version}", "infer")
+CHANGE = Endpoint("POST", "/v2/repository/models/{model}/{route}", "admin")
+
+
+@dataclass(frozen=True)
+class ActionRoute:
+    """Where an alias action goes: its route under /v2/repository/models/{model}/ and the body
+    fields it sends besides `reason` (which load and unload do not take) and `force`."""
+
+    route: str
+    fields: tuple[str, ...] = ()
+    takes_reason: bool = True
+
+
+ACTION_ROUTES: dict[str, ActionRoute] = {
+    "promote": ActionRoute("promote", ("version",)),
+    "rollback": ActionRoute("rollback"),
+    "canary": ActionRoute("canary", ("version", "weight", "sticky_header")),
+    "canary_cleared": ActionRoute("canary", ("version",)),
+    "shadow": ActionRoute("shadow", ("version",)),
+    "shadow_cleared": ActionRoute("shadow", ("version",)),
+    "retire": ActionRoute("retire", ("version",)),
+    "load": ActionRoute("load", takes_reason=False),
+    "unload": ActionRoute("unload", takes_reason=False),
 }
-_NO_REASON = ("load", "unload")  # their body is {}
 
 
 class ServerModels:
-    """The admin API of the server at `url` (scope `admin`; a version's metadata needs
-    `infer`). Connection refused raises NoServer; any answer but 2xx raises ModelsError."""
+    """The admin API of the server at `url` (each Endpoint names its scope). Connection refused
+    raises NoServer; any answer but 2xx raises ModelsError. A token that would go in clear to
+    another host raises RefusedURL unless `insecure`."""
 
-    def __init__(self, url: str, headers: dict[str, str], timeout: float) -> None:
-        self.url = url.rstrip("/")
-        self.headers = headers
-        self.timeout = timeout
+    def __init__(self, url: str, timeout: float, *, insecure: bool = False) -> None:
+        self.client = ServerClient(url, timeout, insecure=insecure)
+        self.url = self.client.url
 
     def index(self) -> list[dict[str, Any]]:
-        return list(self._call("POST", "/v2/repository/index", {}))
+        return list(self._call(INDEX, {}))
 
     def aliases(self, model: str) -> dict[str, Any]:
-        return dict(self._call("GET", f"/v2/repository/models/{_q(model)}/aliases"))
+        return dict(self._call(ALIASES, model=model))
 
     def version(self, model: str, version: str) -> dict[str, Any]:
-        return dict(self._call("GET", f"/v2/models/{_q(model)}/versions/{_q(version)}"))
+        return dict(self._call(VERSION, model=model, version=version))
 
     def history(self, model: str) -> list[dict[str, Any]]:
-        return list(self._call("GET", f"/v2/repository/models/{_q(model)}/history")["entries"])
+        return list(self._call(HISTORY, model=model)["entries"])
 
     def change(
         self, model: str, action: str, *, version: str | None = None,
         weight: float | None = None, sticky_header: str | None = None, reason: str = "",
         force: bool = False,
     ) -> dict[str, Any]:
-        route, fields = _ROUTES[action]
+        target = ACTION_ROUTES[action]
         values = {"version": version, "weight": weight, "sticky_header": sticky_header}
-        body: dict[str, Any] = {f: values[f] for f in fields}
-        if action not in _NO_REASON:
+        body: dict[str, Any] = {f: values[f] for f in target.fields}
+        if target.takes_reason:
             body["reason"] = reason
-        if force:  # sent only when asked: a promotion past the model gate
+        if force:  # sent only when asked: live traffic for a version past the model gate
             body["force"] = True
-        return dict(self._call("POST", f"/v2/repository/models/{_q(model)}/{route}", body))
+        return dict(self._call(CHANGE, body, model=model, route=target.route))
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        url = self.url + path
-        data = None if body is None else json.dumps(body).encode()
-        headers = {**self.headers, "Accept": "application/json"}
-        if data is not None:
-            headers["Content-Type"] = "application/json"
-        request = urllib.request.Request(url, data=data, headers=headers, method=method)
+    def _call(self, endpoint: Endpoint, body: dict[str, Any] | None = None, **labels: str) -> Any:
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # nosec B310 # the user's URL
-                raw = response.read()
-        except urllib.error.HTTPError as exc:
-            status = exc.code
-            raise ModelsError(
-                f"{method} {url} answered {status}: {_error_text(exc.read())}", status,
-                "infer" if path.startswith("/v2/models/") else "admin",
-            ) from None
-        except urllib.error.URLError as exc:
-            if isinstance(exc.reason, ConnectionRefusedError):
-                raise NoServer(self.url) from None
-            if isinstance(exc.reason, TimeoutError):
-                raise ModelsError(f"{method} {url}: no answer within {self.timeout:g} s "
-                                  "(--timeout)", 504) from None
-            raise ModelsError(f"{method} {url}: {exc.reason}", 503) from None
-        except TimeoutError:
-            raise ModelsError(f"{method} {url}: no answer within {self.timeout:g} s "
-                              "(--timeout)", 504) from None
-        except OSError as exc:  # the connection dropped mid-answer
-            raise ModelsError(f"{method} {url}: {exc}", 503) from None
-        try:
-            return json.loads(raw)
-        except ValueError:
-            raise ModelsError(f"{method} {url} answered with something other than JSON: "
-                              f"{raw[:200]!r}", 502) from None
+            return self.client.json(endpoint.method, endpoint.at(**labels), body)
+        except ServerError as exc:
+            raise ModelsError(str(exc), exc.status, endpoint.scope) from None
 
 
-def _q(label: str) -> str:
-    return urllib.parse.quote(label, safe="")
-
-
-def _error_text(raw: bytes) -> str:
-    text = raw.decode(errors="replace")
-    try:
-        return str(json.loads(text)["error"])
-    except (ValueError, KeyError, TypeError):
-        return text.strip()[:500] or "(no body)"
+def version_metadata(manifest: VersionManifest, roles: list[str]) -> dict[str, Any]:
+    """A version's V2 metadata as the server gives it, with Vigil's parameters."""
+    return {
+        "name": manifest.name,
+        "versions": [manifest.version],
+        "platform": manifest.platform,
+        "inputs": [s.to_metadata() for s in manifest.inputs],
+        "outputs": [s.to_metadata() for s in manifest.outputs],
+        "parameters": {
+            "sha256": manifest.sha256,
+            "created": manifest.created,
+            "max_batch_rows": manifest.max_batch_rows,
+            "aliases": roles,
+            "lineage": manifest.lineage,
+            "metadata": manifest.metadata,
+        },
+    }
 
 
 class LocalModels:
@@ -233,21 +212,7 @@ class LocalModels:
             roles = read_aliases(self.root, model).roles(version, published)
         except (repository.RepositoryError, AliasError) as exc:
             raise ModelsError(str(exc), getattr(exc, "status", 500)) from None
-        return {
-            "name": model,
-            "versions": [version],
-            "platform": manifest.platform,
-            "inputs": [s.to_metadata() for s in manifest.inputs],
-            "outputs": [s.to_metadata() for s in manifest.outputs],
-            "parameters": {
-                "sha256": manifest.sha256,
-                "created": manifest.created,
-                "max_batch_rows": manifest.max_batch_rows,
-                "aliases": roles,
-                "lineage": manifest.lineage,
-                "metadata": manifest.metadata,
-            },
-        }
+        return version_metadata(manifest, roles)
 
     def history(self, model: str) -> list[dict[str, Any]]:
         found = list(audit.entries(self.root, model))
