@@ -18,6 +18,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from serving.deployments import serving_scope
+from vigil.core.hosts import is_loopback
 from vigil.core.tokens import TokenVerifier, create_token
 from vigil.adapters.web import (
     OPEN,
@@ -25,7 +26,7 @@ from vigil.adapters.web import (
     BearerGuard,
     error_body,
     http_error,
-    is_loopback,
+
     open_access_check,
 )
 

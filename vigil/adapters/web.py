@@ -7,10 +7,8 @@ every interface are covered as well as the front door.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import Callable
-from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -19,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from vigil.core.hosts import is_loopback
 from vigil.core.tokens import Decision, TokenVerifier
 
 logger = logging.getLogger("vigil.adapters.web")
@@ -46,16 +45,6 @@ async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     message = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed here"}
     return error_response(exc.status_code, message.get(exc.status_code, str(exc.detail)))
-
-
-@lru_cache(maxsize=1024)  # asked for every request's client address: parse each once
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class AuthConfigError(RuntimeError):

@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from vigil.core.hosts import is_loopback
 from vigil.tools.console import error_text, warn
 
 INSECURE_FLAG = "--insecure"
@@ -64,7 +65,7 @@ def check_url(url: str, *, sends_token: bool, insecure: bool) -> str | None:
         raise RefusedURL(f"{url}: not a URL ({exc})") from None
     if parsed.scheme not in ("http", "https") or not host:
         raise RefusedURL(f"{url}: expected an http:// or https:// URL with a host")
-    if not sends_token or parsed.scheme == "https" or _is_loopback(host):
+    if not sends_token or parsed.scheme == "https" or is_loopback(host):
         return None
     clear = (f"the bearer token in VIGIL_TOKEN would go in clear (plain http) to {host}, "
              "which is not this host")
@@ -84,12 +85,6 @@ def url_refusal(url: str, insecure: bool) -> str | None:
     if warning:
         warn(warning)
     return None
-
-
-def _is_loopback(host: str) -> bool:
-    from vigil.adapters.web import is_loopback  # Starlette: loaded only for this check
-
-    return is_loopback(host)
 
 
 class ServerClient:
