@@ -1,11 +1,17 @@
 """The documentation (issue 21): the generated reference pages are what the code gives, and a
-stale or missing one fails the check."""
+stale or missing one fails the check; `mkdocs build --strict` passes, and fails on a link to a
+missing page, an unknown anchor or a page left out of the navigation; the README stays short with
+the two commands on top; the quick start has the blocks tests/integration/test_quickstart.py runs
+against a real `make serve`."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,11 +19,13 @@ import pytest
 from pydantic import Field
 
 from serving.settings import BatchSettings
+from tests.docs_blocks import ROOT, blocks, expanded, section
 from vigil.tools import reference_docs
 from vigil.tools.reference_settings import SECTIONS, model_section, nested_models
 
-ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = ROOT / "docs" / "reference"
+README = ROOT / "README.md"
+MKDOCS = Path(sys.executable).with_name("mkdocs")
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +123,72 @@ def test_every_condition_and_event_type_is_on_the_alerts_page(pages: dict[str, s
         row = next(line for line in pages["alerts.md"].splitlines()
                    if line.startswith(f"| `{event}` |"))
         assert "nothing yet" not in row, row
+
+
+# ---------------------------------------------------------------- the site
+
+
+def _build(config_dir: Path, site: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(MKDOCS), "build", "--strict", "-f", str(config_dir / "mkdocs.yml"), "-d", str(site)],
+        cwd=config_dir, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
+
+
+def test_the_site_builds_strict_with_every_page(tmp_path: Path) -> None:
+    result = _build(ROOT, tmp_path / "site")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for page in ("getting-started", "reference/configuration", "reference/http-api"):
+        assert (tmp_path / "site" / page / "index.html").is_file(), page
+    quick = (tmp_path / "site" / "getting-started" / "index.html").read_text()
+    assert "tritonclient" in quick and "--8&lt;--" not in quick  # the README's snippet, included
+
+
+def test_a_broken_link_an_unknown_anchor_or_a_page_off_the_nav_fails_the_build(
+    tmp_path: Path,
+) -> None:
+    """A copy of the docs with three faults: the strict build fails and names each."""
+    copy = tmp_path / "copy"
+    shutil.copytree(ROOT / "docs", copy / "docs")
+    shutil.copy(ROOT / "mkdocs.yml", copy)
+    shutil.copy(README, copy)
+    index = copy / "docs" / "index.md"
+    index.write_text(index.read_text() + "\n[gone](no-such-page.md), "
+                     "[nowhere](security.md#no-such-section)\n")
+    (copy / "docs" / "stray.md").write_text("# Not in the navigation\n")
+
+    result = _build(copy, tmp_path / "site")
+    out = result.stdout + result.stderr
+    assert result.returncode != 0
+    for fault in ("no-such-page.md", "#no-such-section", "stray.md"):
+        assert fault in out, (fault, out)
+
+
+# ---------------------------------------------------------------- README and the quick start
+
+
+def test_readme_is_short_and_opens_with_the_two_commands() -> None:
+    text = README.read_text()
+    assert len(text.splitlines()) <= 150
+    first = blocks(text)[0]
+    assert [line.split("#")[0].strip() for line in first.code.splitlines()] == [
+        "make serve", "make test"]
+
+
+def test_readme_links_to_pages_that_exist() -> None:
+    targets = re.findall(r"\]\((docs/[^)#]+)(?:#[^)]*)?\)", README.read_text())
+    assert len(targets) >= 12
+    for target in targets:
+        assert (ROOT / target).exists(), target
+
+
+def test_the_quick_start_shows_the_readme_blocks_with_answers_to_check() -> None:
+    page = expanded(ROOT / "docs" / "getting-started.md")
+    runnable = [b for b in blocks(section(page, "First requests"))
+                if b.lang in ("bash", "python") and not b.runs_make()]
+    assert [b.lang for b in runnable] == ["bash", "python"]
+    curl, triton = runnable
+    assert curl.expected() == ['{"model_name":"breast_cancer","model_version":"1","id":"first",'
+                               '"outputs":[{"name":"label",']
+    assert triton.expected() == ["(4, 10)"]
