@@ -3,10 +3,11 @@ and the generated Grafana dashboard."""
 
 from __future__ import annotations
 
+import collections.abc
 import inspect
 import json
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -50,11 +51,15 @@ def replica_metrics() -> list[MetricDoc]:
 
 
 def _empty(hint: Any) -> Any:
-    """An empty source for a collector's constructor argument: a callable that returns nothing,
-    or the argument's class built without arguments (a stats holder)."""
-    if typing.get_origin(hint) is typing.get_origin(Callable[[], None]):
-        return lambda: ()
-    return hint()
+    """An empty source for a collector's constructor argument: a callable that returns an empty
+    value of its return type, or the argument's own class built without arguments."""
+    if typing.get_origin(hint) is collections.abc.Callable:
+        value = _empty(typing.get_args(hint)[-1])
+        return lambda: value
+    origin = typing.get_origin(hint) or hint
+    if isinstance(origin, type) and issubclass(origin, collections.abc.Iterable):
+        return ()  # nothing to report: no versions, no firing alerts, no targets
+    return hint()  # a stats or state holder, empty by default
 
 
 def collectors(module: ModuleType) -> Iterator[Any]:
