@@ -24,7 +24,7 @@ export PYTHONUNBUFFERED := 1
 # The Serve config `make serve` and `make deploy` run: `make serve CONFIG=my-serve.yaml`.
 CONFIG ?= configs/serve.yaml
 
-.PHONY: serve test bench bench-stall bench-versions bench-peers deploy stop models lint clean observe dashboards lock-gpu lock sbom install-locked
+.PHONY: serve test bench bench-stall bench-versions bench-peers deploy stop models lint clean observe dashboards lock-gpu lock sbom install-locked docs docs-serve
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,18 @@ observe: $(VENV)/.serve-installed
 ## `.venv/bin/python -m tests.helm_chart` copies it and the rules into the chart)
 dashboards: $(VENV)/.dev-installed
 	$(BIN)/vigil dashboards build
+
+# NO_MKDOCS_2_WARNING: Material prints a banner about its end of life on every build otherwise.
+## docs: write docs/reference from the code (python -m vigil.tools.reference_docs), then build the
+## documentation site into site/ with `mkdocs build --strict` (a broken link, anchor or snippet fails)
+docs: $(VENV)/.dev-installed
+	$(BIN)/python -m vigil.tools.reference_docs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+## docs-serve: the same site on http://127.0.0.1:8001 (not 8000: `make serve`'s), rebuilt as pages change
+docs-serve: $(VENV)/.dev-installed
+	$(BIN)/python -m vigil.tools.reference_docs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:8001
 
 ## install-locked: .venv with exactly requirements/dev.lock (hash-checked, no resolver), then Vigil
 ## itself without deps; marks .venv set up, so `make lint` and `make sbom` use it as it is (CI)
