@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 
 # Ray keeps a single node on 127.0.0.1 only with this set; HAProxy with direct ingress to the
-# replicas is Ray Serve's fastest HTTP path (see README, "Ingress").
+# replicas is Ray Serve's fastest HTTP path (see docs/deploying.md, "Ingress").
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_SERVE_ENABLE_HA_PROXY ?= 1
 # Ray's per-request HTTP metrics from HAProxy are a log line per request that HAProxy's Python
@@ -47,7 +47,7 @@ models: models/breast_cancer/1/model.yaml models/mlp/1/model.yaml
 ## serve: set up and run the service on http://127.0.0.1:8000 (Ctrl-C stops it); CONFIG=... for another config
 # vigil.tools.lifecycle runs `serve run` in a session of its own: SIGINT or SIGTERM, to make alone or to
 # its process group (Ctrl-C, CI runners), stops it and every process it started (Ray's daemons and
-# workers, HAProxy) within 11 s, usually 6 (README, "Stopping").
+# workers, HAProxy) within 11 s, usually 6 (docs/operations.md, "Stopping").
 serve: $(VENV)/.serve-installed models
 	exec $(BIN)/python -m vigil.tools.lifecycle -- $(BIN)/serve run $(CONFIG)
 

@@ -181,7 +181,7 @@ class RayCluster:
                     filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])
                 ),
                 "RAY_SERVE_ENABLE_HA_PROXY": "1" if self.ha_proxy else "0",
-                # As the Makefile ships it (README, "Speed").
+                # As the Makefile ships it (docs/performance.md).
                 "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
                 # Everything HAProxy-mode Serve would otherwise put at fixed, shared places.
                 "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(haproxy / "haproxy.cfg"),
