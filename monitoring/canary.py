@@ -32,6 +32,7 @@ from monitoring.outbox import HeldEvent, Outbox
 from monitoring.rules import Crossed, Verdict
 from monitoring.window import ClosedWindow
 from vigil.core import audit, model_ops
+from vigil.core.actions import AliasAction
 from vigil.core.aliases import AliasError, read_aliases
 
 logger = logging.getLogger("vigil.alerts")
@@ -109,7 +110,7 @@ class CanaryGuard:
 
         try:
             published = model_ops.published_versions(self.repository, model)
-            model_ops.apply(self.repository, model, "canary_cleared",
+            model_ops.apply(self.repository, model, AliasAction.CANARY_CLEARED,
                             actor=f"{ACTOR} (rule {rule.name})", reason=reason, version=version,
                             details=details, prepare=prepare)
         except AliasError as exc:  # cleared or replaced between the read and the change
