@@ -191,3 +191,21 @@ def test_history_is_a_bounded_tail(server: Server) -> None:
     assert server.call("GET", "/v2/repository/models/no%20such/history").status_code == 400
     assert server.call("GET", "/v2/repository/nowhere").json() == {
         "error": "no route /v2/repository/nowhere"}
+
+
+def test_a_board_an_older_vigil_started_still_takes_changes(server: Server) -> None:
+    """The board is detached and outlives a redeploy: one without `status` is asked its
+    generation instead (before: every change would have been a 500 until it was killed)."""
+
+    class Older:
+        def __init__(self, board: _Board) -> None:
+            self.board = board
+
+        def __getattr__(self, name: str) -> Any:
+            if name == "status":
+                raise AttributeError(name)
+            return getattr(self.board, name)
+
+    server.handle.board = Older(server.board)
+    answer = server.change("shadow", version="3")
+    assert answer.status_code == 200, answer.text

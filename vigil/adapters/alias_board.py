@@ -183,7 +183,10 @@ class BoardLink:
 
     async def ready(self) -> int:
         """The board's generation, once it answers and knows at least one replica."""
-        status = await self._call("status")
+        try:
+            status = await self._call("status")
+        except AttributeError:  # a board an older Vigil started (detached, it outlives deploys)
+            return int(await self._call("generation"))
         if not status["followers"]:
             raise BoardUnavailable("the alias board knows no replica yet (it restarted; the "
                                    "replicas reconnect within seconds): nothing changed, try "
