@@ -167,10 +167,10 @@ class ModelLock:
         return None
 
     def write_note(self, kind: str, generation: int) -> None:
-        data = f"{kind} {generation}\n".encode()
+        # Not fsynced: it is read after a process dies (the page cache keeps it), and an fsync
+        # would double the cost of a change.
         os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, data, 0)
-        os.fsync(self.fd)
+        os.pwrite(self.fd, f"{kind} {generation}\n".encode(), 0)
 
     def clear(self) -> None:
         os.ftruncate(self.fd, 0)
