@@ -8,10 +8,13 @@ neither fires an alert again nor forgets one that fires.
 
 A rule whose action is ``rollback_canary`` is judged only on its model's canary (see
 monitoring.canary; on any other version its counts start again). When it fires, the canary is
-cleared and a ``vigil.model.rolled_back`` event is committed instead of the condition's own; the
-alert does not stay firing (its last firing is kept, for the cooldown), so the next canary is
-judged from scratch. When the canary cannot be cleared (gone already, replaced, an error) no
-event is sent and the alert does not fire; a failed change is tried again at the next breach.
+cleared and a ``vigil.model.rolled_back`` event is sent instead of the condition's own, written in
+the same step as the change: held in the outbox before it, released after it (with the alert's
+state), dropped if it failed, and reconciled against the audit log at start and after a release
+that failed, so it is never lost nor sent for a change that did not happen. The alert does not
+stay firing (its last firing is kept, for the cooldown), so the next canary is judged from
+scratch. When the canary cannot be cleared (gone already, replaced, an error) no event is sent
+and the alert does not fire; a failed change is tried again at the next breach.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from monitoring.alert_settings import AlertRule, WebhookTarget
-from monitoring.canary import CanaryGuard
+from monitoring.canary import CanaryGuard, RolledBack, settle_held
 from monitoring.events import alert_event, encode, rollback_event
 from monitoring.outbox import AlertKey, NewEvent, Outbox
 from monitoring.rules import AlertState, Transition, Verdict, advance, judge, judge_silence
@@ -61,6 +64,8 @@ class AlertEngine:
         self.last_request: dict[tuple[str, str], float] = {}
         self.events_committed = 0
         self._previous: list[AlertRule] = []  # the rules before the latest configure
+        self._unsettled = self.canaries is not None  # held rollback events may wait (a crash)
+        self._settle()
 
     def configure(self, rules: list[AlertRule], targets: list[WebhookTarget],
                   versions: Iterable[tuple[str, str]], now: float) -> None:
@@ -94,6 +99,7 @@ class AlertEngine:
     def on_window(self, model: str, version: str, window: ClosedWindow, now: float) -> None:
         """Judge every rule watching this version on its newly closed window (rollback rules
         only when it is its model's canary)."""
+        self._settle()
         rules = [r for r in self.rules if r.when.family != "traffic" and r.watches(model, version)]
         if any(r.action == "rollback_canary" for r in rules) and not self._is_canary(
             model, version, now
@@ -116,6 +122,7 @@ class AlertEngine:
 
     def tick(self, versions: Iterable[tuple[str, str]], now: float) -> None:
         """Judge the silence rules (no request for N seconds) of every version."""
+        self._settle()
         silence = [r for r in self.rules if r.when.family == "traffic"]
         if not silence:
             return
@@ -136,10 +143,7 @@ class AlertEngine:
             before = self.states.get(key, AlertState())
             after, transition = advance(rule, before, verdict, now)
             if transition == "fire" and rule.action == "rollback_canary":
-                after, event = self._roll_back(rule, key, before, after, verdict, window, now)
-                if event is not None:
-                    events.append(event)
-                    changes[key] = after
+                after = self._roll_back(rule, key, before, after, verdict, window, now)
             elif transition is not None:
                 event = self._event(rule, key, transition, verdict, after, window, now)
                 after = AlertState(**{**after.to_dict(), "last_event_id": event.id})
@@ -157,25 +161,71 @@ class AlertEngine:
         self.states.update(states)
 
     def _roll_back(self, rule: AlertRule, key: AlertKey, before: AlertState, fired: AlertState,
-                   verdict: Verdict, window: ClosedWindow | None,
-                   now: float) -> tuple[AlertState, NewEvent | None]:
-        """A rollback rule fired: clear the canary. Returns the alert's state (not firing) and
-        the rolled_back event, or, when nothing was cleared, the state as if it had not fired
-        and no event."""
+                   verdict: Verdict, window: ClosedWindow | None, now: float) -> AlertState:
+        """A rollback rule fired: clear the canary, its event held before the change and
+        released after it. Returns the alert's state (not firing; committed with the event), or,
+        when nothing was cleared, the state as if it had not fired."""
         model, version, _ = key
+        held: list[str] = []
+
+        def hold(done: RolledBack) -> None:
+            doc = rollback_event(rule=rule, model=model, version=version,
+                                 production=done.production, generation=done.generation,
+                                 reason=done.reason, verdict=verdict, window=window,
+                                 public_url=self.public_url, now=now)
+            doc["id"] = done.event_id  # the id the audit entry names
+            targets = tuple(t.name for t in self.targets if t.wants(doc["type"]))
+            event = NewEvent(doc["id"], doc["type"], doc["subject"], now, encode(doc), targets)
+            state = AlertState(firing=False, since=None, last_fired_at=now, last_event_id=event.id)
+            self.outbox.hold(event, {key: state}, {"model": model, "version": version,
+                                                   "generation": done.generation,
+                                                   "event_id": event.id})
+            held.append(event.id)
+
         done = None
         if self.canaries is not None and self.canaries.canary(model, now) == version:
-            done = self.canaries.roll_back(rule, model, version, verdict, window, now)
+            done = self.canaries.roll_back(rule, model, version, verdict, window, now, hold)
         if done is None:  # gone, replaced, or failed: not fired (a failed change retries)
+            for event_id in held:
+                self._drop(event_id)
             return dataclasses.replace(fired, firing=False, since=None,
-                                       last_fired_at=before.last_fired_at), None
-        doc = rollback_event(rule=rule, model=model, version=version, production=done.production,
-                             generation=done.generation, reason=done.reason, verdict=verdict,
-                             window=window, public_url=self.public_url, now=now)
-        targets = tuple(t.name for t in self.targets if t.wants(doc["type"]))
-        event = NewEvent(doc["id"], doc["type"], doc["subject"], now, encode(doc), targets)
-        state = AlertState(firing=False, since=None, last_fired_at=now, last_event_id=event.id)
-        return state, event
+                                       last_fired_at=before.last_fired_at)
+        try:
+            self.outbox.release(done.event_id)
+        except Exception:  # noqa: BLE001 - held: the next window's settling releases it
+            logger.exception("the rollback of %s/%s happened; releasing its event failed (it "
+                             "stays held and is released later)", model, version)
+            self._unsettled = True
+        else:
+            self.events_committed += 1
+            self.notify()
+        return AlertState(firing=False, since=None, last_fired_at=now,
+                          last_event_id=done.event_id)
+
+    def _drop(self, event_id: str) -> None:
+        try:
+            self.outbox.drop(event_id)
+        except Exception:  # noqa: BLE001 - held: settling drops it (its change never happened)
+            logger.exception("dropping held event %s failed", event_id)
+            self._unsettled = True
+
+    def _settle(self) -> None:
+        """Release the held rollback events whose change happened, drop the others (a crash or
+        a failed release between the change and the release)."""
+        if not self._unsettled or self.canaries is None:
+            return
+        try:
+            released = settle_held(self.outbox, self.canaries.repository)
+        except Exception:  # noqa: BLE001 - tried again at the next window
+            logger.exception("settling held rollback events failed")
+            return
+        self._unsettled = False
+        for held in released:
+            self.states.update({k: v for k, v in held.alerts.items() if v is not None})
+            self.events_committed += 1
+            self.canaries.told(str(held.change["model"]))
+        if released:
+            self.notify()
 
     def _event(self, rule: AlertRule, key: AlertKey, transition: Transition, verdict: Verdict,
                state: AlertState, window: ClosedWindow | None, now: float,

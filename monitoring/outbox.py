@@ -156,21 +156,44 @@ class Outbox:
     def commit(self, alerts: Mapping[AlertKey, AlertState | None], events: Iterable[NewEvent]) -> None:
         """Alert states (None: forget it) and new events with their deliveries, atomically."""
         with self._write() as db:
-            for (model, version, rule), state in alerts.items():
-                if state is None:
-                    db.execute("DELETE FROM alerts WHERE model=? AND version=? AND rule=?",
-                               (model, version, rule))
-                else:
-                    db.execute("INSERT OR REPLACE INTO alerts VALUES (?, ?, ?, ?)",
-                               (model, version, rule, json.dumps(state.to_dict())))
-            for e in events:
-                db.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?)",
-                           (e.id, e.type, e.subject, e.created_at, e.body))
-                db.executemany(
-                    "INSERT INTO deliveries (event_id, target, state, next_attempt_at) "
-                    "VALUES (?, ?, 'pending', ?)",
-                    [(e.id, t, e.created_at) for t in e.targets],
-                )
+            _insert(db, alerts, events)
+
+    # Held events: an event about a change made elsewhere (a canary cleared in the repository) is
+    # committed held before the change, then released (deliverable) or dropped after it, so it
+    # is sent if and only if the change happened; a restart reconciles what is still held
+    # (monitoring.canary.settle_held). They wait in `meta` under "held:<id>": no new table, so
+    # files of either schema need no migration.
+
+    def hold(self, event: NewEvent, alerts: Mapping[AlertKey, AlertState | None],
+             change: Mapping[str, Any]) -> None:
+        """Commit `event` held, with the alert states its release commits and `change`, what
+        it announces (to reconcile against after a restart)."""
+        doc = {"event": {**event.__dict__, "body": event.body.decode(), "targets": event.targets},
+               "alerts": [[*key, None if st is None else st.to_dict()] for key, st in alerts.items()],
+               "change": dict(change)}
+        with self._write() as db:
+            db.execute("INSERT INTO meta VALUES (?, ?)", (_HELD + event.id, json.dumps(doc)))
+
+    def held(self) -> list[HeldEvent]:
+        rows = self._db.execute("SELECT value FROM meta WHERE key LIKE 'held:%' ORDER BY key")
+        return [_held(json.loads(r[0])) for r in rows.fetchall()]
+
+    def release(self, event_id: str) -> bool:
+        """The held event and its alert states committed as `commit` does, atomically; False
+        when it is not held (released or dropped already)."""
+        with self._write() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (_HELD + event_id,)).fetchone()
+            if row is None:
+                return False
+            held = _held(json.loads(row[0]))
+            _insert(db, held.alerts, [held.event])
+            db.execute("DELETE FROM meta WHERE key = ?", (_HELD + event_id,))
+        return True
+
+    def drop(self, event_id: str) -> None:
+        """Forget a held event: the change it announces did not happen."""
+        with self._write() as db:
+            db.execute("DELETE FROM meta WHERE key = ?", (_HELD + event_id,))
 
     # ------------------------------------------------------------------ delivery
 
@@ -320,3 +343,44 @@ class Outbox:
 
 def _delivery(row: sqlite3.Row) -> Delivery:
     return Delivery(**{k: row[k] for k in row.keys()})  # noqa: SIM118 - sqlite3.Row
+
+
+_HELD = "held:"
+
+
+@dataclass(frozen=True)
+class HeldEvent:
+    """An event committed held, the alert states its release commits, and what it announces."""
+
+    event: NewEvent
+    alerts: dict[AlertKey, AlertState | None]
+    change: dict[str, Any]
+
+
+def _held(doc: dict[str, Any]) -> HeldEvent:
+    e = doc["event"]
+    event = NewEvent(e["id"], e["type"], e["subject"], e["created_at"], e["body"].encode(),
+                     tuple(e["targets"]))
+    alerts = {(m, v, r): None if st is None else AlertState.from_dict(st)
+              for m, v, r, st in doc["alerts"]}
+    return HeldEvent(event, alerts, doc["change"])
+
+
+def _insert(db: sqlite3.Connection, alerts: Mapping[AlertKey, AlertState | None],
+            events: Iterable[NewEvent]) -> None:
+    """Alert states (None: forget it), and events with a pending delivery per target."""
+    for (model, version, rule), state in alerts.items():
+        if state is None:
+            db.execute("DELETE FROM alerts WHERE model=? AND version=? AND rule=?",
+                       (model, version, rule))
+        else:
+            db.execute("INSERT OR REPLACE INTO alerts VALUES (?, ?, ?, ?)",
+                       (model, version, rule, json.dumps(state.to_dict())))
+    for e in events:
+        db.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?)",
+                   (e.id, e.type, e.subject, e.created_at, e.body))
+        db.executemany(
+            "INSERT INTO deliveries (event_id, target, state, next_attempt_at) "
+            "VALUES (?, ?, 'pending', ?)",
+            [(e.id, t, e.created_at) for t in e.targets],
+        )

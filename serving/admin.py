@@ -1,5 +1,12 @@
 """The admin routes (scope `admin`): Triton's model repository extension and Vigil's alias
-changes, each applied to the repository, audited, and answered once every replica serves it."""
+changes, each applied to the repository with its audit line in one step, and answered once every
+replica serves it.
+
+The routes form one sub-application under /v2/repository whose errors are answered by exception
+handlers registered once (`HANDLERS`): a refused change with its status, a bad body 400, the
+alias board down or a change that could not be written 503 (saying whether the change was made),
+and anything else a JSON 500 (a bug).
+"""
 
 from __future__ import annotations
 
@@ -8,60 +15,58 @@ import time
 from typing import Any
 
 import orjson
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
 
 from serving.model_set import ModelSet
-from vigil.core import audit, model_ops
-from vigil.adapters.alias_board import board_key
-from vigil.core.aliases import AliasError
-from vigil.core.repository import RepositoryError, valid_name
+from vigil.adapters.alias_board import BoardLink, BoardUnavailable, board_key
+from vigil.adapters.boot import web_app
 from vigil.adapters.web import error_response, json_response, request_actor
+from vigil.core import audit, model_ops
+from vigil.core.actions import AliasAction
+from vigil.core.aliases import AliasError
+from vigil.core.model_ops import ChangeFailed, ChangeRequest
+from vigil.core.repository import RepositoryError, valid_name
 
 MAX_ADMIN_BODY = 64 * 1024
-# action in the URL -> (action when the body names a version, action when it names none)
-_ALIAS_ROUTES = {
-    "promote": ("promote", None),
-    "rollback": (None, "rollback"),
-    "canary": ("canary", "canary_cleared"),
-    "shadow": ("shadow", "shadow_cleared"),
-    "retire": ("retire", None),
-    "load": (None, "load"),
-    "unload": (None, "unload"),
-}
+HISTORY_LIMIT = 100  # entries a history call returns by default
+MAX_HISTORY_LIMIT = 1000
+PREFIX = "/v2/repository"
 _FIELDS = {"version", "weight", "sticky_header", "reason", "force", "parameters"}
 
 
 class BadAdminRequest(Exception):
-    """A body the admin routes cannot take (400)."""
+    """A request the admin routes cannot take (400)."""
 
 
 class Admin:
-    """Admin handlers bound to one replica's models, the board and the apply timeout."""
+    """Admin handlers bound to one replica's models, the board and the apply timeout. `board`
+    is a BoardLink, or a board actor handle (wrapped in one)."""
 
     def __init__(self, models: ModelSet, board: Any, apply_timeout_s: float) -> None:
         self.models = models
-        self.board = board
         self.key = board_key(models.root)
+        self.board = board if isinstance(board, BoardLink) else BoardLink(self.key, board)
         self.apply_timeout_s = apply_timeout_s
         self._serial = asyncio.Lock()  # one change at a time per replica: ordered audit lines
 
-    def routes(self) -> list[Route]:
-        return [
-            Route("/v2/repository/index", self.index, methods=["POST"]),
-            Route("/v2/repository/models/{model}/aliases", self.aliases, methods=["GET"]),
-            Route("/v2/repository/models/{model}/history", self.history, methods=["GET"]),
-            Route("/v2/repository/models/{model}/{action}", self.change, methods=["POST"]),
-        ]
+    def routes(self) -> list[BaseRoute]:
+        return [Mount(PREFIX, app=self.app())]
+
+    def app(self) -> Starlette:
+        return web_app([
+            Route("/index", self.index, methods=["POST"]),
+            Route("/models/{model}/aliases", self.aliases, methods=["GET"]),
+            Route("/models/{model}/history", self.history, methods=["GET"]),
+            Route("/models/{model}/{action}", self.change, methods=["POST"]),
+        ], [], handlers=HANDLERS)
 
     async def index(self, request: Request) -> Response:
         """Triton's repository index: every published version, READY where this replica
         serves it, else UNAVAILABLE with the reason."""
-        try:
-            body = await _body(request)
-        except BadAdminRequest as exc:
-            return error_response(400, str(exc))
+        body = await _body(request)
         ready_only = bool(body.get("ready", False))
         rows = []
         routes = self.models.router.models()
@@ -105,71 +110,85 @@ class Admin:
         })
 
     async def history(self, request: Request) -> Response:
-        name = request.path_params["model"]
-        if not valid_name(name):
-            return error_response(400, f"invalid model name {name!r}")
-        entries = await asyncio.to_thread(lambda: list(audit.entries(self.models.root, name)))
-        return json_response({"model": name, "entries": entries})
+        """The model's newest `limit` audit entries (default HISTORY_LIMIT, at most
+        MAX_HISTORY_LIMIT), oldest first; `more` says whether older ones exist."""
+        name = _model_name(request)
+        raw = request.query_params.get("limit", str(HISTORY_LIMIT))
+        if not raw.isdigit() or not 1 <= int(raw) <= MAX_HISTORY_LIMIT:
+            raise BadAdminRequest(f"limit must be an integer from 1 to {MAX_HISTORY_LIMIT}, "
+                                  f"not {raw!r}")
+        entries, more = await asyncio.to_thread(audit.tail, self.models.root, name, int(raw))
+        return json_response({"model": name, "entries": entries, "limit": int(raw),
+                              "more": more})
 
     async def change(self, request: Request) -> Response:
-        name, action = request.path_params["model"], request.path_params["action"]
-        if action not in _ALIAS_ROUTES:
-            return error_response(404, f"no route {request.url.path}")
-        if not valid_name(name):
-            return error_response(400, f"invalid model name {name!r}")
-        try:
-            body = await _body(request)
-            with_version, without = _ALIAS_ROUTES[action]
-            version = _opt_str(body, "version")
-            chosen = with_version if version is not None else without
-            if chosen is None:
-                raise BadAdminRequest(f"{action} needs a 'version'" if with_version
-                                      else f"{action} takes no 'version'")
-            weight = body.get("weight")
-            if weight is not None and (isinstance(weight, bool)
-                                       or not isinstance(weight, int | float)):
-                raise BadAdminRequest("'weight' must be a number")
-            reason = _opt_str(body, "reason") or ""
-            sticky = _opt_str(body, "sticky_header")
-            force = body.get("force", False)
-            if not isinstance(force, bool):
-                raise BadAdminRequest("'force' must be true or false")
-        except BadAdminRequest as exc:
-            return error_response(400, str(exc))
+        name = _model_name(request)
+        body = await _body(request)
+        change_request = _change_request(request.path_params["action"], body,
+                                         request_actor(request.scope), request.url.path)
         async with self._serial:
+            await self.board.ready()  # a board that cannot spread the change: nothing changes
+            await self._check_loadable(name, change_request)
+            change = await asyncio.to_thread(model_ops.run, self.models.root, name,
+                                             change_request)
             try:
-                published = await asyncio.to_thread(
-                    model_ops.published_versions, self.models.root, name)
-                if chosen in ("promote", "canary", "shadow") and version in published:
-                    # A version that cannot load here is refused before any alias moves.
-                    await asyncio.to_thread(self.models.check_loadable, name, str(version))
-            except AliasError as exc:
-                return error_response(exc.status, str(exc))
-            except RepositoryError as exc:
-                return error_response(409, f"{name}/{version} cannot be served: {exc}")
-            try:
-                change = await asyncio.to_thread(
-                    model_ops.apply, self.models.root, name, chosen,
-                    actor=request_actor(request.scope), reason=reason, version=version,
-                    weight=None if weight is None else float(weight), sticky_header=sticky,
-                    force=force,
-                )
-            except AliasError as exc:
-                return error_response(exc.status, str(exc))
-            spread = await self.spread()
+                spread = await self.spread()
+            except BoardUnavailable as exc:
+                raise BoardUnavailable(
+                    f"the {change.action} of {name} was made and audited (generation "
+                    f"{change.after.generation}), but the replicas could not be told: {exc}; "
+                    "they read it when they reconnect to the board (within seconds)") from exc
         return json_response({**change.to_dict(), **spread})
+
+    async def _check_loadable(self, name: str, request: ChangeRequest) -> None:
+        """A version that cannot load here is refused before any alias moves."""
+        if request.action not in (AliasAction.PROMOTE, AliasAction.CANARY, AliasAction.SHADOW):
+            return
+        published = await asyncio.to_thread(model_ops.published_versions, self.models.root, name)
+        if request.version in published:
+            try:
+                await asyncio.to_thread(self.models.check_loadable, name, str(request.version))
+            except RepositoryError as exc:
+                raise AliasError(f"{name}/{request.version} cannot be served: {exc}", 409) from exc
 
     async def spread(self) -> dict[str, Any]:
         """Tell every replica and wait until all serve the change (or apply_timeout_s passes)."""
         started = time.perf_counter()
-        generation = await self.board.bump.remote(self.key)
-        applied = await self.board.wait_applied.remote(self.key, generation, self.apply_timeout_s)
+        generation = await self.board.bump()
+        applied = await self.board.wait_applied(generation, self.apply_timeout_s)
         return {
             "converged": not applied["behind"],
             "replicas": applied["replicas"],
             "behind": applied["behind"],
             "applied_s": round(time.perf_counter() - started, 4),
         }
+
+
+def _model_name(request: Request) -> str:
+    name = request.path_params["model"]
+    if not valid_name(name):
+        raise BadAdminRequest(f"invalid model name {name!r}")
+    return str(name)
+
+
+def _change_request(route: str, body: dict[str, Any], actor: str, path: str) -> ChangeRequest:
+    """The body of POST .../{route} as a change request (404 for an unknown route)."""
+    version = _opt_str(body, "version")
+    try:
+        action = AliasAction.for_route(route, version is not None)
+    except KeyError:
+        raise AliasError(f"no route {path}", 404) from None
+    except ValueError as exc:
+        raise BadAdminRequest(str(exc)) from None
+    weight = body.get("weight")
+    if weight is not None and (isinstance(weight, bool) or not isinstance(weight, int | float)):
+        raise BadAdminRequest("'weight' must be a number")
+    force = body.get("force", False)
+    if not isinstance(force, bool):
+        raise BadAdminRequest("'force' must be true or false")
+    return ChangeRequest(action, actor, reason=_opt_str(body, "reason") or "", version=version,
+                         weight=None if weight is None else float(weight),
+                         sticky_header=_opt_str(body, "sticky_header"), force=force)
 
 
 async def _body(request: Request) -> dict[str, Any]:
@@ -201,3 +220,33 @@ def _opt_str(body: dict[str, Any], key: str) -> str | None:
     if not isinstance(value, str):
         raise BadAdminRequest(f"'{key}' must be a string")
     return value
+
+
+# ------------------------------------------------------------------ the answers to errors
+
+
+async def _refused(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, AliasError)
+    return error_response(exc.status, str(exc))
+
+
+async def _bad_request(request: Request, exc: Exception) -> Response:
+    return error_response(400, str(exc))
+
+
+async def _unavailable(request: Request, exc: Exception) -> Response:
+    """The board or the repository failed: 503, naming what, and whether the change was made."""
+    return error_response(503, str(exc), headers={"Retry-After": "2"})
+
+
+async def _bug(request: Request, exc: Exception) -> Response:
+    return error_response(500, f"internal error (a bug): {type(exc).__name__}: {exc}")
+
+
+HANDLERS = {
+    AliasError: _refused,
+    BadAdminRequest: _bad_request,
+    BoardUnavailable: _unavailable,
+    ChangeFailed: _unavailable,
+    Exception: _bug,
+}

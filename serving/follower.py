@@ -1,5 +1,8 @@
 """Keeps one replica's models in step with the repository's aliases: a thread that long-polls the
-alias board, reloads when told, and reports the generation it serves."""
+alias board, reloads when told, and reports the generation it serves. When the board fails (it
+died, Ray is busy) the thread reconnects every RETRY_S: to the board again (a fresh one if it
+died), registered anew, the repository re-read, so a change made meanwhile is served within
+seconds, not at the next quiet poll."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from vigil.adapters.alias_board import board, board_key
 
 logger = logging.getLogger("vigil.follower")
 POLL_S = 30.0  # one idle long-poll call per this many seconds; a change wakes it at once
+RETRY_S = 0.5  # how often a follower that lost the board tries to reconnect
 
 
 class AliasFollower:
@@ -44,17 +48,15 @@ class AliasFollower:
             try:
                 latest = ray.get(self.board.wait.remote(self.key, known, POLL_S),
                                  timeout=POLL_S + 30)
-            except Exception:  # noqa: BLE001 - board restarting, Ray busy: try again shortly
-                if self._stop.wait(1.0):
+            except Exception:  # noqa: BLE001 - the board died or Ray is busy: reconnect
+                logger.warning("alias board unreachable; reconnecting", exc_info=True)
+                reconnected = self._reconnect()
+                if reconnected is None:
                     return
-                logger.warning("alias board unreachable; retrying", exc_info=True)
-                try:
-                    self.board = board()
-                except Exception:  # noqa: BLE001 - Ray still busy: the next round tries again
-                    logger.debug("alias board not available yet", exc_info=True)
+                known = reconnected
                 continue
-            # A quiet poll re-reads too (once per POLL_S): a notice that never came (the board
-            # restarted, a bump lost) delays a change by at most that long.
+            # A quiet poll re-reads too (once per POLL_S): a notice that never came (a bump
+            # lost) delays a change by at most that long.
             try:
                 self.models.refresh()
             except Exception:  # noqa: BLE001 - a broken repository must not stop following
@@ -67,6 +69,25 @@ class AliasFollower:
                 known = latest
                 self.generation = latest
                 self._ack(latest)
+
+    def _reconnect(self) -> int | None:
+        """The board again (created afresh if it died), this replica registered on it, the
+        repository re-read after that and acknowledged; tried every RETRY_S until it works.
+        Returns the board's generation (None: the follower stopped)."""
+        while not self._stop.wait(RETRY_S):
+            try:
+                self.board = board()
+                generation: int = ray.get(
+                    self.board.register.remote(self.key, self.replica_id), timeout=30)
+                self.models.refresh()
+            except Exception:  # noqa: BLE001 - Ray still busy, repository unreadable: again
+                logger.debug("reconnecting to the alias board failed; retrying", exc_info=True)
+                continue
+            logger.info("reconnected to the alias board at generation %d", generation)
+            self.generation = generation
+            self._ack(generation)
+            return generation
+        return None
 
     def _ack(self, generation: int) -> None:
         try:

@@ -1,6 +1,8 @@
 """Model versions on the real server: publish, promote and rollback under load with no failed
 request, a tampered version refused while the old one serves, the canary's share and sticky
-routing, the shadow, retire, the audit log and lineage, and every admin route's auth.
+routing, the shadow, retire, the audit log and lineage, every admin route's auth, the model gate
+on canary and promote (forced with a reason, audited), and the alias board killed: a JSON 503,
+then changes work again within seconds without restarting replicas.
 
 The model `vm` is a copy of breast_cancer published as versions 1-4 into the session's
 repository; which version answered is the response's `model_version`."""
@@ -181,8 +183,11 @@ def test_a_tampered_version_is_refused_and_production_keeps_serving(vm) -> None:
         _admin(vm, "retire", version="5")
 
 
+FORCED = {"force": True, "reason": "test: 3 never passed the gate"}
+
+
 def test_canary_share_is_binomial_and_sticky_keys_stay_put(vm) -> None:
-    _admin(vm, "canary", version="3", weight=0.1)
+    _admin(vm, "canary", version="3", weight=0.1, **FORCED)
     try:
         versions = asyncio.run(_versions_of(vm, 5000, concurrency=32))
         share = Counter(versions)
@@ -193,7 +198,7 @@ def test_canary_share_is_binomial_and_sticky_keys_stay_put(vm) -> None:
     finally:
         _admin(vm, "canary")  # no version: cleared
 
-    _admin(vm, "canary", version="3", weight=0.5, sticky_header="X-User")
+    _admin(vm, "canary", version="3", weight=0.5, sticky_header="X-User", **FORCED)
     try:
         keys = [f"user-{i}" for i in range(100)]
         seen = asyncio.run(_versions_of(vm, 500, headers_of=lambda i: {"X-User": keys[i % 100]}))
@@ -235,13 +240,86 @@ def test_promote_needs_the_gate_or_a_forced_reason(vm) -> None:
         last = httpx.get(f"{vm.base_url}/v2/repository/models/{MODEL}/history",
                          headers=vm.auth, timeout=30).json()["entries"][-1]
         assert (last["action"], last["reason"], last["details"]) == (
-            "promote", "hotfix", {"forced": True})
+            "promote", "hotfix", {"forced": True, "gate": "has not been validated"})
     finally:
         _admin(vm, "rollback")
 
 
+def test_a_canary_of_an_unvalidated_version_needs_force_and_a_reason(vm) -> None:
+    """3 never passed the gate: a canary of 0.99 is refused (409), forced without a reason 400,
+    forced with one it goes live and is audited as forced; a shadow needs no verdict."""
+    refused = _admin(vm, "canary", expect=409, version="3", weight=0.99)
+    assert "3 has not been validated" in refused["error"]
+    assert aliases.read_aliases(vm.models_dir, MODEL).canary is None
+    no_reason = _admin(vm, "canary", expect=400, version="3", weight=0.99, force=True)
+    assert "a forced canary needs a reason" in no_reason["error"]
+    forced = _admin(vm, "canary", version="3", weight=0.5, force=True, reason="incident 12")
+    try:
+        assert forced["converged"] and forced["to_version"] == "3"
+        last = _history(vm)[-1]
+        assert (last["action"], last["reason"], last["details"]) == (
+            "canary", "incident 12", {"forced": True, "gate": "has not been validated"})
+    finally:
+        _admin(vm, "canary")
+    assert _admin(vm, "shadow", version="3")["converged"]
+    _admin(vm, "shadow")
+
+
+def _history(vigil, limit: int = 5) -> list[dict]:
+    response = httpx.get(f"{vigil.base_url}/v2/repository/models/{MODEL}/history",
+                         params={"limit": limit}, headers=vigil.auth, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()["entries"]
+
+
+def test_a_killed_alias_board_is_a_json_503_and_changes_work_again(vm) -> None:
+    """The board actor killed: the next change answers a JSON 503 and changes nothing; within
+    seconds, with the same replicas (no restart), changes converge on every replica again."""
+    import ray
+
+    replicas = vm.replica_actor_ids()
+    old = ray.get_actor("vigil-alias-board", namespace="vigil")
+    ray.kill(old)
+    wait_for(lambda: _dead(old), 30, "the board actor dead", 0.1)
+    before = aliases.read_aliases(vm.models_dir, MODEL)
+    failed = httpx.post(f"{vm.base_url}/v2/repository/models/{MODEL}/shadow",
+                        json={"version": "3"}, headers=vm.auth, timeout=60)
+    assert failed.status_code == 503, failed.text
+    assert "alias board" in failed.json()["error"]
+    assert aliases.read_aliases(vm.models_dir, MODEL) == before
+    answers: list[httpx.Response] = []
+
+    def shadow_converges() -> bool:
+        r = httpx.post(f"{vm.base_url}/v2/repository/models/{MODEL}/shadow",
+                       json={"version": "3"}, headers=vm.auth, timeout=60)
+        answers.append(r)
+        if r.status_code == 503:
+            return False
+        assert r.status_code == 200, r.text
+        return r.json()["converged"] and len(r.json()["replicas"]) == 2
+
+    started = time.monotonic()
+    wait_for(shadow_converges, 30, "changes converging after the board died", 0.5)
+    assert time.monotonic() - started < 20, [a.text for a in answers]
+    assert all(a.headers["content-type"] == "application/json" for a in answers)
+    assert aliases.read_aliases(vm.models_dir, MODEL).shadow == "3"
+    cleared = _admin(vm, "shadow")
+    assert cleared["converged"] and len(cleared["replicas"]) == 2
+    assert vm.replica_actor_ids() == replicas
+
+
+def _dead(handle) -> bool:
+    import ray
+
+    try:
+        ray.get(handle.generation.remote("probe"), timeout=5)
+    except ray.exceptions.RayActorError:
+        return True
+    return False
+
+
 def test_retire_releases_a_version_and_refuses_aliases_on_it(vm) -> None:
-    _admin(vm, "canary", version="3", weight=0.2)
+    _admin(vm, "canary", version="3", weight=0.2, **FORCED)
     refused = _admin(vm, "retire", expect=409, version="3")
     assert "is canary" in refused["error"]
     _admin(vm, "canary")
@@ -417,7 +495,7 @@ def test_a_failing_canary_is_rolled_back_by_the_monitor(vm) -> None:
     publish(vm.models_dir, MODEL, "6", _failing_graph(),
             (TensorSpec("input", "FP32", (-1, 30)),), (TensorSpec("label", "FP32", (7, -1)),))
     assert _admin(vm, "load")["converged"]
-    _admin(vm, "canary", version="6", weight=0.5, reason="test: a broken build")
+    _admin(vm, "canary", version="6", weight=0.5, reason="test: a broken build", force=True)
     statuses: Counter = Counter()
     deadline = time.monotonic() + 120
     while aliases.read_aliases(vm.models_dir, MODEL).canary is not None:

@@ -13,6 +13,7 @@ the current state does not allow).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -150,30 +151,81 @@ def read_aliases(root: Path, model: str) -> AliasState:
     return state
 
 
+@dataclass
+class ModelLock:
+    """A model's lock, held: its file also carries a note across a crash. ``pending G`` is
+    written before an audited change numbered G starts and cleared once its aliases are written;
+    found at the next lock, it tells whether that change was made (the aliases reached G) or
+    not (its audit line, if written, is void: ``void G`` until an audited change records it)."""
+
+    fd: int
+
+    def note(self) -> tuple[str, int] | None:
+        raw = os.pread(self.fd, 64, 0).decode(errors="replace").split()
+        if len(raw) == 2 and raw[0] in ("pending", "void") and raw[1].isdigit():
+            return raw[0], int(raw[1])
+        return None
+
+    def write_note(self, kind: str, generation: int) -> None:
+        # Not fsynced: it is read after a process dies (the page cache keeps it), and an fsync
+        # would double the cost of a change.
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{kind} {generation}\n".encode(), 0)
+
+    def clear(self) -> None:
+        os.ftruncate(self.fd, 0)
+
+    def settle(self, before: AliasState) -> int | None:
+        """The generation of a change a crash left unmade (None: none); the note says void
+        until `clear`."""
+        note = self.note()
+        if note is None:
+            return None
+        kind, generation = note
+        if kind == "pending" and before.generation >= generation:
+            self.clear()  # the aliases were written: only the clearing was missed
+            return None
+        if kind == "pending":
+            self.write_note("void", generation)
+        return generation
+
+
 @contextmanager
-def _locked(root: Path, model: str) -> Iterator[None]:
+def model_lock(root: Path, model: str) -> Iterator[ModelLock]:
+    """The model's exclusive lock (writers on one host, or on a shared filesystem with working
+    flock, never lose each other's changes); 404 AliasError for a model not in the repository."""
     model_dir = Path(root) / model
     if not model_dir.is_dir():
         raise AliasError(f"model '{model}' is not in the repository {root}", 404)
-    with locked(model_dir / LOCK_FILE):
-        yield
+    with locked(model_dir / LOCK_FILE) as fd:
+        yield ModelLock(fd)
+
+
+def next_generation(before: AliasState, void: int | None) -> int:
+    """The generation a change of `before` gets: past any number a void change took."""
+    return max(before.generation, void or 0) + 1
+
+
+def write_aliases(root: Path, state: AliasState) -> None:
+    """Replace the model's aliases file atomically (call under its lock)."""
+    data = json.dumps(state.to_dict(), indent=2).encode() + b"\n"
+    atomic_write(aliases_path(root, state.model), data, 0o644)
 
 
 def change(
     root: Path, model: str, edit: Callable[[AliasState], AliasState]
 ) -> tuple[AliasState, AliasState]:
-    """Apply `edit` to the model's aliases under an exclusive lock (writers on one host, or on a
-    shared filesystem with working flock, never lose each other's changes) and write the result
-    atomically with the generation bumped. Returns (before, after); an edit that changes nothing
-    writes nothing and returns the same state twice."""
-    with _locked(root, model):
+    """Apply `edit` to the model's aliases under its lock and write the result atomically with
+    the generation bumped, unaudited (publishing's pin; audited changes go through
+    vigil.core.model_ops). Returns (before, after); an edit that changes nothing writes nothing
+    and returns the same state twice."""
+    with model_lock(root, model) as lock:
         before = read_aliases(root, model)
         after = edit(before)
         if after == before:
             return before, before
-        after = replace(after, generation=before.generation + 1)
-        data = json.dumps(after.to_dict(), indent=2).encode() + b"\n"
-        atomic_write(aliases_path(root, model), data, 0o644)
+        after = replace(after, generation=next_generation(before, lock.settle(before)))
+        write_aliases(root, after)
         return before, after
 
 

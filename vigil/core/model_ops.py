@@ -1,28 +1,80 @@
 """One alias change, the same from every door: the server's admin routes, the CLI without a
-server, the monitor's automatic rollback. Checks it, writes the aliases and the audit entry."""
+server, the monitor's automatic rollback (and the coming rollout). Checks it, gates it, and
+writes the change and its audit line as one step.
+
+One step: under the model's lock the change is computed, then, holding the audit log's lock,
+its audit line is appended (fsynced) and the aliases file replaced (atomically). If either write
+fails, the line is taken back and the aliases stay as they were: neither happened, and the
+caller gets ChangeFailed (503, naming what failed). A change is never on disk unaudited. A
+process that dies between the two writes leaves a line for a change that was not made; the
+model's lock file notes the change as pending before the writes, so the next change of that
+model sees the aliases never reached that generation, numbers itself past it and records
+``void_generation`` in its details (vigil.core.aliases.ModelLock).
+
+The gate: an action that sends live traffic to a version (promote, canary; see
+vigil.core.actions) needs a verdict that counts under vigil.core.gate_policy, or `force` with a
+reason, audited as ``{"forced": true, "gate": why}``. Shadow, which answers no one, is not gated.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from vigil.core import aliases, audit, repository
+from vigil.core import aliases, audit, gate_policy, repository
+from vigil.core.actions import AliasAction, VersionUse
 from vigil.core.aliases import AliasError, AliasState
-from vigil.core.repository import VersionManifest
+from vigil.core.gate_policy import PolicyError
+from vigil.core.repository import ModelVersion
 
-# action -> whether it needs a version
-ACTIONS = {
-    "promote": True,
-    "rollback": False,
-    "canary": True,
-    "canary_cleared": False,
-    "shadow": True,
-    "shadow_cleared": False,
-    "retire": True,
-    "load": False,
-    "unload": False,
-}
+MAX_REASON_CHARS = 2000
+ACTIONS = tuple(AliasAction)
+
+
+class ChangeFailed(RuntimeError):
+    """The change could not be written; nothing changed (`status` 503)."""
+
+    status = 503
+
+
+@dataclass(frozen=True)
+class ChangeRequest:
+    """What a door asks for: the action, who asks and why, and the action's arguments.
+    `details` go to the audit entry; `force` takes a live-traffic action past the gate."""
+
+    action: AliasAction
+    actor: str
+    reason: str = ""
+    version: str | None = None
+    weight: float | None = None
+    sticky_header: str | None = None
+    details: dict[str, Any] | None = None
+    force: bool = False
+
+    @classmethod
+    def of(cls, action: AliasAction | str, **fields: Any) -> ChangeRequest:
+        """A request for an action named by its string (400 AliasError for an unknown one)."""
+        try:
+            known = AliasAction(action)
+        except ValueError:
+            raise AliasError(f"unknown action {action!r}; one of {sorted(a.value for a in ACTIONS)}",
+                             400) from None
+        return cls(known, **fields)
+
+    def check(self) -> None:
+        """400 AliasError for a request its action cannot take."""
+        spec = self.action.spec
+        if spec.version is VersionUse.REQUIRED and not self.version:
+            raise AliasError(f"{self.action} needs a version", 400)
+        if spec.weight and self.weight is None:
+            raise AliasError(f"{self.action} needs a weight", 400)
+        if len(self.reason) > MAX_REASON_CHARS:
+            raise AliasError(f"reason is longer than {MAX_REASON_CHARS} characters", 400)
+        if self.force and spec.live_traffic and not self.reason.strip():
+            raise AliasError(f"a forced {self.action} needs a reason (it goes to the audit log)",
+                             400)
 
 
 @dataclass(frozen=True)
@@ -30,7 +82,7 @@ class Change:
     """What an action did: the aliases before and after, and the audit entry (None when the
     action changed nothing)."""
 
-    action: str
+    action: AliasAction
     before: AliasState
     after: AliasState
     from_version: str | None
@@ -40,7 +92,7 @@ class Change:
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.after.model,
-            "action": self.action,
+            "action": str(self.action),
             "from_version": self.from_version,
             "to_version": self.to_version,
             "changed": self.entry is not None,
@@ -49,118 +101,190 @@ class Change:
         }
 
 
-def gate_passed(manifest: VersionManifest) -> bool:
-    """Whether the version's recorded model-gate verdict (vigil.tools.model_gate) passed, for these very
-    bytes."""
-    verdict = manifest.lineage.get("validation")
-    return (isinstance(verdict, dict) and verdict.get("passed") is True
-            and verdict.get("sha256") == manifest.sha256)
+# Called under the model's lock with the change about to be written; if it raises, nothing is.
+Prepare = Callable[[Change], None]
 
 
-def _check_gate(root: Path, model: str, version: str, force: bool, reason: str) -> None:
-    """promote takes only a version that passed the gate, unless forced with a reason."""
-    if force:
-        if not reason.strip():
-            raise AliasError("a forced promotion needs a reason (it goes to the audit log)", 400)
-        return
-    found = {v.manifest.version: v for v in repository.scan(Path(root), [model])[model]}
-    if version in found and not gate_passed(found[version].manifest):
-        verdict = found[version].manifest.lineage.get("validation")
-        why = "has not been validated" if not isinstance(verdict, dict) else (
-            "failed the model gate" if not verdict.get("passed")
-            else "was validated for other bytes")
-        raise AliasError(
-            f"{model}/{version} {why}: run `vigil models validate {model} {version}`, or force "
-            "the promotion with a reason", 409)
+def unmade_generation(root: Path, model: str) -> int | None:
+    """The generation of a change whose audit line a crash may have left without its aliases
+    (None: none); the next change records it void."""
+    with aliases.model_lock(root, model) as lock:
+        return lock.settle(aliases.read_aliases(root, model))
 
 
 def published_versions(root: Path, model: str) -> list[str]:
     """The model's versions on disk, oldest first (404 AliasError for an unknown model)."""
+    return list(_versions(root, model))
+
+
+def _versions(root: Path, model: str) -> dict[str, ModelVersion]:
     try:
-        return [v.manifest.version for v in repository.scan(Path(root), [model])[model]]
+        return {v.manifest.version: v for v in repository.scan(Path(root), [model])[model]}
     except repository.RepositoryError as exc:
         raise AliasError(str(exc), 404) from exc
 
 
-def apply(
-    root: Path,
-    model: str,
-    action: str,
-    *,
-    actor: str,
-    reason: str = "",
-    version: str | None = None,
-    weight: float | None = None,
-    sticky_header: str | None = None,
-    details: dict[str, Any] | None = None,
-    force: bool = False,
-) -> Change:
-    """Apply `action` to the model's aliases; raises AliasError (with its HTTP status).
-    `force` lets promote take a version that has not passed the model gate (reason required)."""
-    if action not in ACTIONS:
-        raise AliasError(f"unknown action {action!r}; one of {sorted(ACTIONS)}", 400)
-    if ACTIONS[action] and not version:
-        raise AliasError(f"{action} needs a version", 400)
-    if len(reason) > 2000:
-        raise AliasError("reason is longer than 2000 characters", 400)
-    published = published_versions(root, model)
-    state = aliases.read_aliases(Path(root), model)
+def apply(root: Path, model: str, action: AliasAction | str, *, actor: str, reason: str = "",
+          version: str | None = None, weight: float | None = None,
+          sticky_header: str | None = None, details: dict[str, Any] | None = None,
+          force: bool = False, prepare: Prepare | None = None) -> Change:
+    """`run` with the request's fields as arguments."""
+    request = ChangeRequest.of(action, actor=actor, reason=reason, version=version, weight=weight,
+                               sticky_header=sticky_header, details=details, force=force)
+    return run(root, model, request, prepare)
+
+
+def run(root: Path, model: str, request: ChangeRequest, prepare: Prepare | None = None) -> Change:
+    """Apply the request to the model's aliases and audit it, as one step; raises AliasError
+    (with its HTTP status) for a change that is not allowed, ChangeFailed when it could not be
+    written (nothing changed then)."""
+    request.check()
+    root = Path(root)
+    versions = _versions(root, model)
+    published = list(versions)
+    with aliases.model_lock(root, model) as lock:
+        before = aliases.read_aliases(root, model)
+        gate = _gate(root, model, request, before, versions)  # production cannot move meanwhile
+        after = _TRANSITIONS[request.action](before, _Context(request, published))
+        if after == before:
+            unchanged = _FROM_TO[request.action](before, before, published, request)
+            return Change(request.action, before, before, *unchanged, None)
+        void = lock.settle(before)
+        after = replace(after, generation=aliases.next_generation(before, void))
+        from_version, to_version = _FROM_TO[request.action](before, after, published, request)
+        details = {**(request.details or {}), **gate,
+                   **({"void_generation": void} if void is not None else {})}
+        entry = audit.make_entry(
+            actor=request.actor, action=request.action, model=model, from_version=from_version,
+            to_version=to_version, reason=request.reason, generation=after.generation,
+            details=details)
+        change = Change(request.action, before, after, from_version, to_version, entry)
+        if prepare is not None:
+            prepare(change)
+        _commit(root, lock, change)
+        return change
+
+
+def _commit(root: Path, lock: aliases.ModelLock, change: Change) -> None:
+    """The audit line, then the aliases, under the log's lock; neither if either fails."""
+    assert change.entry is not None
+    step = "the model's lock file"
+    try:
+        lock.write_note("pending", change.after.generation)
+        step = "the audit log"
+        with audit.appending(root) as log:
+            log.write(change.entry)
+            step = "aliases.json"
+            try:
+                aliases.write_aliases(root, change.after)
+            except BaseException:
+                log.take_back()
+                raise
+    except OSError as exc:
+        lock.clear()
+        raise ChangeFailed(
+            f"the {change.action} of {change.after.model} was not made (nothing changed): "
+            f"writing {step} failed: {exc}") from exc
+    lock.clear()
+
+
+def _gate(root: Path, model: str, request: ChangeRequest, state: AliasState,
+          versions: dict[str, ModelVersion]) -> dict[str, Any]:
+    """The audit details the gate adds ({} when it passed or does not apply); 409 AliasError
+    when it refuses and the request is not forced."""
+    version = request.version
+    published = list(versions)
     current = state.production_of(published)
-    # A retired or unknown version is refused by the change itself, with that reason.
-    if (action == "promote" and version != current and version in published
-            and version not in state.retired):
-        _check_gate(root, model, str(version), force, reason)
-        if force:
-            details = {**(details or {}), "forced": True}
-
-    def edit(state: AliasState) -> AliasState:
-        if action == "promote":
-            return aliases.promote(state, published, str(version))
-        if action == "rollback":
-            return aliases.rollback(state, published)
-        if action == "canary":
-            if weight is None:
-                raise AliasError("canary needs a weight", 400)
-            return aliases.set_canary(state, published, str(version), weight, sticky_header)
-        if action == "canary_cleared":
-            if state.canary is None:
-                raise AliasError(f"model '{model}' has no canary", 409)
-            if version is not None and state.canary.version != version:
-                # The caller judged another canary (an operator swapped it meanwhile).
-                raise AliasError(f"the canary of '{model}' is {state.canary.version}, not {version}")
-            return aliases.clear_canary(state)
-        if action == "shadow":
-            return aliases.set_shadow(state, published, str(version))
-        if action == "shadow_cleared":
-            if state.shadow is None:
-                raise AliasError(f"model '{model}' has no shadow", 409)
-            return aliases.clear_shadow(state)
-        if action == "retire":
-            return aliases.retire(state, published, str(version))
-        return aliases.set_loaded(state, action == "load")
-
-    before, after = aliases.change(Path(root), model, edit)
-    from_version, to_version = _versions(action, before, after, published, version)
-    entry = None
-    if after != before:
-        entry = audit.record(
-            Path(root), actor=actor, action=action, model=model, from_version=from_version,
-            to_version=to_version, reason=reason, generation=after.generation, details=details,
-        )
-    return Change(action, before, after, from_version, to_version, entry)
+    if (not request.action.spec.live_traffic or version not in versions
+            or version in state.retired or version == current):
+        return {}  # not gated, or refused (unknown, retired) or a no-op by the change itself
+    candidate = versions[version]
+    try:
+        policy = gate_policy.current(root, model, versions.get(current) if current else None)
+        why = gate_policy.refusal(candidate.manifest.lineage.get("validation"),
+                                  candidate.manifest.sha256, policy, current)
+    except PolicyError as exc:
+        why = f"cannot be judged, the gate's policy is unusable: {exc}"
+    if why is None:
+        return {}
+    if request.force:
+        return {"forced": True, "gate": why}
+    raise AliasError(
+        f"{model}/{version} {why}: run `vigil models validate {model} {version}`, or force the "
+        f"{request.action} with a reason", 409)
 
 
-def _versions(action: str, before: AliasState, after: AliasState, published: list[str],
-              version: str | None) -> tuple[str | None, str | None]:
-    """The from and to versions the audit log records for an action."""
-    if action in ("promote", "rollback"):
-        return before.production_of(published), after.production_of(published)
-    if action in ("canary", "canary_cleared"):
-        old = before.canary.version if before.canary else None
-        new = after.canary.version if after.canary else None
-        return old, new
-    if action in ("shadow", "shadow_cleared"):
-        return before.shadow, after.shadow
-    if action == "retire":
-        return version, None
-    return None, None
+# ---------------------------------------------------------------- the transitions, by action
+
+
+@dataclass(frozen=True)
+class _Context:
+    request: ChangeRequest
+    published: list[str]
+
+    @property
+    def version(self) -> str:
+        return str(self.request.version)
+
+
+def _canary(state: AliasState, c: _Context) -> AliasState:
+    assert c.request.weight is not None  # ChangeRequest.check
+    return aliases.set_canary(state, c.published, c.version, c.request.weight,
+                              c.request.sticky_header)
+
+
+def _clear_canary(state: AliasState, c: _Context) -> AliasState:
+    if state.canary is None:
+        raise AliasError(f"model '{state.model}' has no canary", 409)
+    if c.request.version is not None and state.canary.version != c.request.version:
+        # The caller judged another canary (an operator swapped it meanwhile).
+        raise AliasError(f"the canary of '{state.model}' is {state.canary.version}, "
+                         f"not {c.request.version}")
+    return aliases.clear_canary(state)
+
+
+def _clear_shadow(state: AliasState, c: _Context) -> AliasState:
+    if state.shadow is None:
+        raise AliasError(f"model '{state.model}' has no shadow", 409)
+    return aliases.clear_shadow(state)
+
+
+Transition = Callable[[AliasState, _Context], AliasState]
+_TRANSITIONS: dict[AliasAction, Transition] = {
+    AliasAction.PROMOTE: lambda s, c: aliases.promote(s, c.published, c.version),
+    AliasAction.ROLLBACK: lambda s, c: aliases.rollback(s, c.published),
+    AliasAction.CANARY: _canary,
+    AliasAction.CANARY_CLEARED: _clear_canary,
+    AliasAction.SHADOW: lambda s, c: aliases.set_shadow(s, c.published, c.version),
+    AliasAction.SHADOW_CLEARED: _clear_shadow,
+    AliasAction.RETIRE: lambda s, c: aliases.retire(s, c.published, c.version),
+    AliasAction.LOAD: lambda s, c: aliases.set_loaded(s, True),
+    AliasAction.UNLOAD: lambda s, c: aliases.set_loaded(s, False),
+}
+
+# The from and to versions the audit log records for an action.
+FromTo = Callable[[AliasState, AliasState, list[str], ChangeRequest], tuple[str | None, str | None]]
+
+
+def _production(before: AliasState, after: AliasState, published: list[str],
+                _: ChangeRequest) -> tuple[str | None, str | None]:
+    return before.production_of(published), after.production_of(published)
+
+
+def _canary_versions(before: AliasState, after: AliasState, _: list[str],
+                     __: ChangeRequest) -> tuple[str | None, str | None]:
+    return (before.canary.version if before.canary else None,
+            after.canary.version if after.canary else None)
+
+
+_FROM_TO: dict[AliasAction, FromTo] = {
+    AliasAction.PROMOTE: _production,
+    AliasAction.ROLLBACK: _production,
+    AliasAction.CANARY: _canary_versions,
+    AliasAction.CANARY_CLEARED: _canary_versions,
+    AliasAction.SHADOW: lambda b, a, p, r: (b.shadow, a.shadow),
+    AliasAction.SHADOW_CLEARED: lambda b, a, p, r: (b.shadow, a.shadow),
+    AliasAction.RETIRE: lambda b, a, p, r: (r.version, None),
+    AliasAction.LOAD: lambda b, a, p, r: (None, None),
+    AliasAction.UNLOAD: lambda b, a, p, r: (None, None),
+}

@@ -1,12 +1,18 @@
 """Automatic canary rollback: rollback rules judge only the canary, clear it through
 vigil.core.model_ops (aliases and audit log), send one vigil.model.rolled_back event and tell the
 replicas; a canary already gone, production, and a later canary deployment, over a real
-repository and outbox."""
+repository and outbox. The event is written in the same step as the change: a release that
+fails, a change that fails, and a monitor that dies in between lose nothing and send nothing
+for a change that was not made."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +29,7 @@ from vigil.core.aliases import read_aliases
 from vigil.core.repository import publish
 from vigil.core.tensors import TensorSpec
 
+ROOT = Path(__file__).resolve().parents[3]
 PUBLIC = "http://mon.example:8000/monitor"
 ERRORS = AlertRule(name="canary-errors", when={"error_ratio_above": 0.05}, min_requests=20,
                    action="rollback_canary")
@@ -49,7 +56,7 @@ def root(tmp_path: Path) -> Path:
     for version in ("1", "2"):
         publish(root, "iris", version, f"model {version}".encode(), *specs)
     model_ops.apply(root, "iris", "canary", actor="alice", version="2", weight=0.1,
-                    reason="try 2")
+                    reason="try 2", force=True)  # never validated: forced
     return root
 
 
@@ -202,7 +209,7 @@ def test_a_new_canary_deployment_is_judged_afresh(root, outbox) -> None:
     engine.on_window("iris", "2", window_of(index=2, rows=0, latency=SLOWLY), now=102.0)
     assert engine.states.get(("iris", "2", "canary-latency"), AlertState()).breaching == 0
     model_ops.apply(root, "iris", "canary", actor="alice", version="2", weight=0.2,
-                    reason="fixed, try again")
+                    reason="fixed, try again", force=True)
     engine.on_window("iris", "2", window_of(index=3, rows=0, latency=SLOWLY), now=104.0)
     assert read_aliases(root, "iris").canary.version == "2"  # 1 of the 2 windows it needs
     engine.on_window("iris", "2", window_of(index=4, rows=0, latency=SLOWLY), now=106.0)
@@ -272,3 +279,109 @@ def test_the_rolled_back_event_is_json_with_the_figures(root, outbox) -> None:
     assert json.loads(json.dumps(body)) == body
     assert set(body["data"]) == {"model", "version", "production", "action", "generation", "rule",
                                  "condition", "reason", "verdict", "crossed", "window", "links"}
+
+
+# ------------------------------------------------------------------ the event and the change: one step
+
+
+class FlakyOutbox(Outbox):
+    """A real outbox whose next write that would make a rolled_back event deliverable fails
+    once (SQLite refusing it: a full disk, a lock held too long), after the canary was cleared."""
+
+    failures = 1
+
+    def _fail_once(self) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise sqlite3.OperationalError("disk I/O error")
+
+    def commit(self, alerts, events) -> None:
+        if any(e.type == "vigil.model.rolled_back" for e in events):
+            self._fail_once()
+        super().commit(alerts, events)
+
+    def release(self, event_id: str) -> bool:
+        self._fail_once()
+        return super().release(event_id)
+
+
+def test_an_event_whose_release_fails_is_sent_later_not_lost(root, tmp_path) -> None:
+    """The canary is cleared, then writing its event fails: the event stays held and the next
+    window (or a restart) releases it. It was lost for good before."""
+    told = Told()
+    flaky = FlakyOutbox(tmp_path / "flaky.sqlite")
+    engine = _engine(flaky, root, told, rules=(ERRORS,))
+    engine.on_window("iris", "2", window_of(index=1, rows=0, latency=FAILING), now=100.0)
+    assert read_aliases(root, "iris").canary is None and len(_by_monitor(root)) == 1
+    assert _rolled_back(flaky) == [] and len(flaky.held()) == 1
+    engine.on_window("iris", "1", window_of(index=2, rows=0, latency=HEALTHY), now=160.0)
+    (event,) = _rolled_back(flaky)
+    assert flaky.held() == [] and event["id"] == _by_monitor(root)[0]["details"]["event_id"]
+    assert flaky.load_alerts()[("iris", "2", "canary-errors")].last_event_id == event["id"]
+    flaky.close()
+
+
+def test_a_restart_releases_what_a_failed_release_left_held(root, tmp_path) -> None:
+    told = Told()
+    path = tmp_path / "restart.sqlite"
+    flaky = FlakyOutbox(path)
+    _engine(flaky, root, told, rules=(ERRORS,)).on_window(
+        "iris", "2", window_of(index=1, rows=0, latency=FAILING), now=100.0)
+    flaky.close()
+    again = Outbox(path)
+    engine = _engine(again, root, told, rules=(ERRORS,))
+    assert len(_rolled_back(again)) == 1 and again.held() == []
+    assert engine.states[("iris", "2", "canary-errors")].last_fired_at == 100.0
+    assert told == ["iris", "iris"]  # told at the change, and again when released
+    again.close()
+
+
+def test_a_change_that_fails_after_its_event_was_held_sends_nothing(root, outbox) -> None:
+    """The audit log cannot be written: the canary stays, the held event is dropped."""
+    told = Told()
+    engine = _engine(outbox, root, told, rules=(ERRORS,))
+    (root / "audit.jsonl").rename(root / "audit.old")
+    (root / "audit.jsonl").mkdir()
+    engine.on_window("iris", "2", window_of(index=1, rows=0, latency=FAILING), now=100.0)
+    assert read_aliases(root, "iris").canary.version == "2"
+    assert outbox.held() == [] and _events(outbox) == [] and told == []
+
+
+_CRASH = """
+import os, sys
+from pathlib import Path
+from monitoring.outbox import Outbox
+from tests.unit.monitoring import test_canary as t
+from vigil.core import aliases
+
+class Dying(Outbox):
+    def release(self, event_id):
+        os._exit(3)  # the monitor dies after the change, before the release
+
+if sys.argv[2] == "before-aliases":
+    aliases.atomic_write = lambda *a, **k: os._exit(3)  # dies after the audit line
+engine = t._engine(Dying(sys.argv[3]), Path(sys.argv[1]), t.Told(), rules=(t.ERRORS,))
+engine.on_window("iris", "2", t.window_of(index=1, rows=0, latency=t.FAILING), now=100.0)
+"""
+
+
+@pytest.mark.parametrize(("when", "cleared"), [("after-change", True), ("before-aliases", False)])
+def test_a_monitor_that_dies_mid_rollback_sends_the_event_iff_the_change_happened(
+        root, tmp_path, when: str, cleared: bool) -> None:
+    """A real process death: after the change and before the release, the restarted monitor
+    sends the event once; after the audit line and before the aliases (the change not made),
+    it sends nothing, and the next change records the void line."""
+    path = tmp_path / "crash.sqlite"
+    done = subprocess.run([sys.executable, "-c", _CRASH, str(root), when, str(path)],
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 3
+    box = Outbox(path)
+    assert len(box.held()) == 1
+    _engine(box, root, Told(), rules=(ERRORS,))
+    assert box.held() == []
+    assert (read_aliases(root, "iris").canary is None) is cleared
+    assert len(_rolled_back(box)) == (1 if cleared else 0)
+    if not cleared:
+        later = model_ops.apply(root, "iris", "canary_cleared", actor="bob", reason="by hand")
+        assert later.entry["details"]["void_generation"] == later.after.generation - 1
+    box.close()
