@@ -26,13 +26,12 @@ from vigil.adapters.boot import web_app
 from vigil.adapters.web import error_response, json_response, request_actor
 from vigil.core import audit, model_ops
 from vigil.core.actions import AliasAction
+from vigil.core.audit import HISTORY_LIMIT, MAX_HISTORY_LIMIT
 from vigil.core.aliases import AliasError
 from vigil.core.model_ops import ChangeFailed, ChangeRequest
 from vigil.core.repository import RepositoryError, valid_name
 
 MAX_ADMIN_BODY = 64 * 1024
-HISTORY_LIMIT = 100  # entries a history call returns by default
-MAX_HISTORY_LIMIT = 1000
 PREFIX = "/v2/repository"
 _FIELDS = {"version", "weight", "sticky_header", "reason", "force", "parameters"}
 

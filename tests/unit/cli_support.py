@@ -51,11 +51,14 @@ def nowhere() -> str:
 
 
 def validated_repo(root: Path) -> Path:
-    """Model `m` with versions 1, 2 and 3, each recorded as having passed the model gate;
-    production stays on 1 (publishing pins it there)."""
+    """Model `m` with versions 1, 2 and 3, each recorded as having passed the model gate, with
+    no gate policy in force (none configured, no held-out set): 2 against production 1, 3
+    against 2 (as validated after 2 was promoted). Production stays on 1 (publishing pins it)."""
     data = double_graph().SerializeToString()
-    passed = {"passed": True, "sha256": hashlib.sha256(data).hexdigest()}
+    sha = hashlib.sha256(data).hexdigest()
+    against = {"1": None, "2": "1", "3": "2"}
     for version in ("1", "2", "3"):
+        passed = {"passed": True, "sha256": sha, "policy": None, "against": against[version]}
         publish(root, "m", version, data, SPEC, OUT,
                 lineage={"published_by": "ci", "source_file": f"m{version}.onnx",
                          "validation": passed})
@@ -116,8 +119,13 @@ class StandInAdminServer:
         if (refused := await self._guard(request, "admin")) is not None:
             return refused
         model = request.path_params["model"]
-        return self._answer(lambda: {"model": model,
-                                     "entries": self._local(request).history(model)})
+        limit = int(request.query_params.get("limit", "100"))
+
+        def answer() -> dict[str, Any]:
+            entries, more = self._local(request).history(model, limit)
+            return {"model": model, "entries": entries, "limit": limit, "more": more}
+
+        return self._answer(answer)
 
     async def version(self, request: Request) -> Response:
         if (refused := await self._guard(request, "infer")) is not None:

@@ -213,22 +213,22 @@ def test_list_show_and_history_without_a_server_read_the_repository(
 def test_json_output_without_a_server(
     repo: Path, no_server: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = _offline(capsys, repo, no_server, "promote", "m", "3", "--json")
+    code, out, err = _offline(capsys, repo, no_server, "promote", "m", "2", "--json")
     assert code == 0 and err == _changed_notice(no_server, repo)
     doc = json.loads(out)
     assert {k: doc[k] for k in ("model", "action", "from_version", "to_version", "changed",
                                 "generation")} == {
-        "model": "m", "action": "promote", "from_version": "1", "to_version": "3",
+        "model": "m", "action": "promote", "from_version": "1", "to_version": "2",
         "changed": True, "generation": 2,
     }
-    assert doc["aliases"]["production"] == "3" and doc["aliases"]["previous"] == ["1"]
+    assert doc["aliases"]["production"] == "2" and doc["aliases"]["previous"] == ["1"]
 
     listing = json.loads(_offline(capsys, repo, no_server, "list", "--json")[1])
-    assert listing[2] == {"name": "m", "version": "3", "state": "PUBLISHED", "reason": "",
+    assert listing[1] == {"name": "m", "version": "2", "state": "PUBLISHED", "reason": "",
                           "aliases": ["production"]}
     shown = json.loads(_offline(capsys, repo, no_server, "show", "m", "--json")[1])
     assert shown["aliases"]["published"] == ["1", "2", "3"]
-    assert shown["version"]["parameters"]["lineage"]["source_file"] == "m3.onnx"
+    assert shown["version"]["parameters"]["lineage"]["source_file"] == "m2.onnx"
     assert shown["version"]["parameters"]["aliases"] == ["production"]
     history = json.loads(_offline(capsys, repo, no_server, "history", "m", "--json")[1])
     assert [e["action"] for e in history] == ["promote"]
@@ -268,7 +268,8 @@ def test_promote_force_reaches_the_gate_with_its_reason(
                           "--reason", "hotfix")
     assert code == 0 and read_aliases(repo, "m").production == "4"
     (entry,) = [e for e in audit.entries(repo, "m") if e["action"] == "promote"]
-    assert entry["reason"] == "hotfix" and entry["details"] == {"forced": True}
+    assert entry["reason"] == "hotfix"
+    assert entry["details"] == {"forced": True, "gate": "has not been validated"}
 
 
 def test_canary_force_with_a_reason_goes_to_the_repository(
@@ -323,7 +324,7 @@ def test_changes_go_to_the_server_with_the_documented_bodies(
         ("canary", {"version": "3", "weight": 0.2, "sticky_header": "h", "reason": ""}),
         ("canary", {"version": None, "reason": ""}),
         ("shadow", {"version": "1", "reason": ""}),
-        ("shadow", {"version": None, "reason": ""}),
+        ("shadow", {"reason": ""}),
         ("rollback", {"reason": ""}),
         ("retire", {"version": "3", "reason": ""}),
         ("unload", {}),
@@ -341,14 +342,14 @@ def test_json_answers_from_the_server(
 ) -> None:
     _, url = stand_in
     monkeypatch.setenv("VIGIL_TOKEN", "both-token")
-    code, out, _ = _online(capsys, url, "promote", "m", "3", "--json")
+    code, out, _ = _online(capsys, url, "promote", "m", "2", "--json")
     doc = json.loads(out)
     assert code == 0 and doc["converged"] is True and doc["replicas"] == {"r1": 2, "r2": 2}
     listing = json.loads(_online(capsys, url, "list", "--json")[1])
     assert [(r["version"], r["state"], r["aliases"]) for r in listing] == [
-        ("1", "READY", []), ("2", "READY", []), ("3", "READY", ["production"])]
+        ("1", "READY", []), ("2", "READY", ["production"]), ("3", "READY", [])]
     shown = json.loads(_online(capsys, url, "show", "m", "--json")[1])
-    assert shown["version"]["versions"] == ["3"]
+    assert shown["version"]["versions"] == ["2"]
     entries = json.loads(_online(capsys, url, "history", "m", "--json")[1])
     assert [(e["actor"], e["action"]) for e in entries] == [("both-token", "promote")]
 
@@ -365,7 +366,7 @@ def test_a_change_not_every_replica_applied_exits_3(
     assert out == "m: production 1 -> 2 (generation 2)\n"
     assert err == ("vigil: m: the change is saved (generation 2), but 1 of 2 replica(s) had not "
                    "applied it after 0.05 s: r2; they serve as before until they catch up\n")
-    code, out, _ = _online(capsys, url, "promote", "m", "1", "--json")
+    code, out, _ = _online(capsys, url, "rollback", "m", "--json")
     assert code == 3 and json.loads(out)["behind"] == ["r2"]
 
 
@@ -486,3 +487,21 @@ def test_publish_that_the_server_will_not_load_exits_1_after_writing(
     assert err.startswith("vigil: published, but the server did not load it: POST "
                           f"{url}/v2/repository/models/ids/load answered 403: ")
     assert (repo / "ids" / "1" / "model.yaml").exists()
+
+
+def test_history_shows_the_newest_entries_and_says_when_older_ones_exist(
+    repo: Path, no_server: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`history` reads the log's tail (vigil.core.audit.tail): --limit N newest entries, a
+    note on stderr when older ones exist, and a limit above what a server returns is a usage
+    error (exit 2) before anything is read."""
+    for weight in ("0.1", "0.2", "0.3"):
+        assert _offline(capsys, repo, no_server, "canary", "m", "2", "--weight", weight)[0] == 0
+    code, out, err = _offline(capsys, repo, no_server, "history", "m", "--limit", "2")
+    assert code == 0 and len(out.splitlines()) == 3  # the header and two entries
+    assert "older entries exist: the newest 2 are shown" in err
+    code, out, err = _offline(capsys, repo, no_server, "history", "m", "--limit", "3")
+    assert code == 0 and "older entries exist" not in err
+    with pytest.raises(SystemExit) as exit_info:
+        _offline(capsys, repo, no_server, "history", "m", "--limit", "1001")
+    assert exit_info.value.code == 2 and "at most 1000" in capsys.readouterr().err

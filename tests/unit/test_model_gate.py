@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from vigil.core import audit, model_ops
+from vigil.core import audit, gate_policy, model_ops
 from vigil.core.aliases import AliasError
 from vigil.core.repository import MANIFEST_FILE, publish, read_manifest, scan
 from vigil.core.tensors import TensorSpec
@@ -443,3 +443,38 @@ def test_auc_columns_follow_the_labels_when_a_class_is_missing() -> None:
     assert model_gate.auc(scores, np.array([0, 0, 2, 2])) == pytest.approx(0.875, abs=1e-12)
     with pytest.raises(model_gate.GateError, match="cannot tell which"):
         model_gate.auc(scores, np.array(["a", "a", "b", "b"]))
+
+
+def test_a_published_version_carries_the_held_out_set_it_inherits(repo: Path) -> None:
+    """publish_file copies the held-out file that production's inherited `evaluation` names into
+    the new version: once that version is production, the gate's policy reads it from there
+    (before, the file stayed only in version 1's folder, and the next candidate could not be
+    judged: 'held-out set does not exist'). The policy, known by the file's digest, stays the
+    same policy."""
+    from vigil.tools.publishing import publish_file
+
+    one = repo / "breast_cancer" / "1"
+    before = gate_policy.current(repo, "breast_cancer", scan(repo)["breast_cancer"][0])
+    assert before is not None
+    publish_file(repo, one / "model.onnx", "breast_cancer", actor="ci", version="2")
+    two = repo / "breast_cancer" / "2"
+    assert (two / HOLDOUT_FILE).read_bytes() == (one / HOLDOUT_FILE).read_bytes()
+    assert read_manifest(two).metadata["evaluation"] == read_manifest(one).metadata["evaluation"]
+    model_ops.apply(repo, "breast_cancer", "promote", actor="ci", version="2", force=True,
+                    reason="the test's production")
+    publish_file(repo, one / "model.onnx", "breast_cancer", actor="ci", version="3",
+                 reference=one / "reference.parquet")
+    verdict = model_gate.validate(repo, "breast_cancer", "3", actor="ci")
+    assert verdict["passed"], verdict["checks"]
+    assert verdict["against"] == "2" and verdict["policy"]["digest"] == before.digest
+
+
+def test_a_version_naming_its_own_evaluation_gets_no_copy(repo: Path) -> None:
+    """Metadata the publisher gives replaces the inherited key, and nothing is copied for it
+    (the candidate's own evaluation is never the gate's policy while it is a candidate)."""
+    from vigil.tools.publishing import publish_file
+
+    one = repo / "breast_cancer" / "1"
+    publish_file(repo, one / "model.onnx", "breast_cancer", actor="ci", version="2",
+                 metadata={"evaluation": {"data": "mine.parquet", "margin": 1}})
+    assert not (repo / "breast_cancer" / "2" / HOLDOUT_FILE).exists()

@@ -150,6 +150,10 @@ def newest(root: Path, model: str | None = None) -> Iterator[dict[str, Any]]:
             end = start
 
 
+HISTORY_LIMIT = 100  # entries a history call returns by default
+MAX_HISTORY_LIMIT = 1000  # the most one call returns (older ones: read the file itself)
+
+
 def tail(root: Path, model: str, limit: int) -> tuple[list[dict[str, Any]], bool]:
     """The model's newest `limit` entries, oldest first, and whether older ones exist."""
     found: list[dict[str, Any]] = []

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from vigil.core import audit, model_ops, repository
+from vigil.core.actions import AliasAction, VersionUse
 from vigil.core.aliases import AliasError, read_aliases
 from vigil.core.repository import VersionManifest
 from vigil.tools.server_client import ServerClient, ServerError
@@ -46,7 +47,7 @@ class Models(Protocol):
 
     def version(self, model: str, version: str) -> dict[str, Any]: ...
 
-    def history(self, model: str) -> list[dict[str, Any]]: ...
+    def history(self, model: str, limit: int) -> tuple[list[dict[str, Any]], bool]: ...
 
     def change(
         self, model: str, action: str, *, version: str | None = None,
@@ -69,32 +70,25 @@ class Endpoint:
 
 INDEX = Endpoint("POST", "/v2/repository/index", "admin")
 ALIASES = Endpoint("GET", "/v2/repository/models/{model}/aliases", "admin")
-HISTORY = Endpoint("GET", "/v2/repository/models/{model}/history", "admin")
+HISTORY = Endpoint("GET", "/v2/repository/models/{model}/history?limit={limit}", "admin")
 VERSION = Endpoint("GET", "/v2/models/{model}/versions/{version}", "infer")
 CHANGE = Endpoint("POST", "/v2/repository/models/{model}/{route}", "admin")
 
 
-@dataclass(frozen=True)
-class ActionRoute:
-    """Where an alias action goes: its route under /v2/repository/models/{model}/ and the body
-    fields it sends besides `reason` (which load and unload do not take) and `force`."""
-
-    route: str
-    fields: tuple[str, ...] = ()
-    takes_reason: bool = True
-
-
-ACTION_ROUTES: dict[str, ActionRoute] = {
-    "promote": ActionRoute("promote", ("version",)),
-    "rollback": ActionRoute("rollback"),
-    "canary": ActionRoute("canary", ("version", "weight", "sticky_header")),
-    "canary_cleared": ActionRoute("canary", ("version",)),
-    "shadow": ActionRoute("shadow", ("version",)),
-    "shadow_cleared": ActionRoute("shadow", ("version",)),
-    "retire": ActionRoute("retire", ("version",)),
-    "load": ActionRoute("load", takes_reason=False),
-    "unload": ActionRoute("unload", takes_reason=False),
-}
+def change_body(action: AliasAction, *, version: str | None, weight: float | None,
+                sticky_header: str | None, reason: str, force: bool) -> dict[str, Any]:
+    """The admin route's body for `action`, from what the action takes (vigil.core.actions)."""
+    spec = action.spec
+    body: dict[str, Any] = {}
+    if spec.version is not VersionUse.NONE:
+        body["version"] = version
+    if spec.weight:
+        body.update(weight=weight, sticky_header=sticky_header)
+    if spec.reason:
+        body["reason"] = reason
+    if force:  # sent only when asked: live traffic for a version past the model gate
+        body["force"] = True
+    return body
 
 
 class ServerModels:
@@ -115,22 +109,19 @@ class ServerModels:
     def version(self, model: str, version: str) -> dict[str, Any]:
         return dict(self._call(VERSION, model=model, version=version))
 
-    def history(self, model: str) -> list[dict[str, Any]]:
-        return list(self._call(HISTORY, model=model)["entries"])
+    def history(self, model: str, limit: int) -> tuple[list[dict[str, Any]], bool]:
+        doc = self._call(HISTORY, model=model, limit=str(limit))
+        return list(doc["entries"]), bool(doc.get("more"))
 
     def change(
         self, model: str, action: str, *, version: str | None = None,
         weight: float | None = None, sticky_header: str | None = None, reason: str = "",
         force: bool = False,
     ) -> dict[str, Any]:
-        target = ACTION_ROUTES[action]
-        values = {"version": version, "weight": weight, "sticky_header": sticky_header}
-        body: dict[str, Any] = {f: values[f] for f in target.fields}
-        if target.takes_reason:
-            body["reason"] = reason
-        if force:  # sent only when asked: live traffic for a version past the model gate
-            body["force"] = True
-        return dict(self._call(CHANGE, body, model=model, route=target.route))
+        chosen = AliasAction(action)
+        body = change_body(chosen, version=version, weight=weight, sticky_header=sticky_header,
+                           reason=reason, force=force)
+        return dict(self._call(CHANGE, body, model=model, route=chosen.spec.route))
 
     def _call(self, endpoint: Endpoint, body: dict[str, Any] | None = None, **labels: str) -> Any:
         try:
@@ -214,11 +205,11 @@ class LocalModels:
             raise ModelsError(str(exc), getattr(exc, "status", 500)) from None
         return version_metadata(manifest, roles)
 
-    def history(self, model: str) -> list[dict[str, Any]]:
-        found = list(audit.entries(self.root, model))
+    def history(self, model: str, limit: int) -> tuple[list[dict[str, Any]], bool]:
+        found, more = audit.tail(self.root, model, limit)
         if not found:
             self._published(model)  # an unknown model is a 404, not an empty history
-        return found
+        return found, more
 
     def change(
         self, model: str, action: str, *, version: str | None = None,
@@ -230,7 +221,7 @@ class LocalModels:
                 self.root, model, action, actor=self.actor, reason=reason, version=version,
                 weight=weight, sticky_header=sticky_header, force=force,
             )
-        except AliasError as exc:
+        except (AliasError, model_ops.ChangeFailed) as exc:
             raise ModelsError(str(exc), exc.status) from None
         # Change.to_dict() without the server's converged/replicas/behind: no replica was asked.
         return done.to_dict()

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from vigil.core.audit import HISTORY_LIMIT, MAX_HISTORY_LIMIT
 from vigil.tools import gate_cli, publish_cli
 from vigil.tools.argtable import Arg, Command, Entry, Handler, add_commands, arg, positive_int
 from vigil.tools.console import one_line, print_json, print_table, refuse, say
@@ -147,10 +148,19 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def history_limit(text: str) -> int:
+    """argparse type: how many audit entries, 1 to MAX_HISTORY_LIMIT (what a server returns)."""
+    value = positive_int(text)
+    if value > MAX_HISTORY_LIMIT:
+        raise argparse.ArgumentTypeError(f"at most {MAX_HISTORY_LIMIT}: {value}")
+    return value
+
+
 def _history(args: argparse.Namespace) -> int:
-    entries = _ask(args, lambda m: m.history(args.name))
-    if args.limit is not None:
-        entries = entries[-args.limit:]
+    entries, more = _ask(args, lambda m: m.history(args.name, args.limit))
+    if more and not args.json:
+        say(f"older entries exist: the newest {len(entries)} are shown (--limit, at most "
+            f"{MAX_HISTORY_LIMIT}; older ones are in the repository's audit.jsonl)")
     if args.json:
         print_json(entries)
         return 0
@@ -280,8 +290,9 @@ _COMMANDS: tuple[Entry, ...] = (
             (_NAME, arg("version", nargs="?", default=None, help="default: the production "
                         "version"), *_COMMON)),
     Command("history", "the audit log of a model's changes", _history,
-            (_NAME, arg("--limit", type=positive_int, default=None,
-                        help="only the newest N entries"), *_COMMON)),
+            (_NAME, arg("--limit", type=history_limit, default=HISTORY_LIMIT,
+                        help=f"the newest N entries (default {HISTORY_LIMIT}, at most "
+                        f"{MAX_HISTORY_LIMIT})"), *_COMMON)),
     Command("promote", "make a version production", _promote,
             (_NAME, _VERSION, _force("promote"), _REASON, *_COMMON)),
     Command("canary", "send a share of traffic to a version, or --off", _canary,

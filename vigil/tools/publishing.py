@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vigil.core import audit, repository
+from vigil.core import audit, gate_policy, repository
 from vigil.core.repository import (
     MANIFEST_FILE,
     MAX_BATCH_ROWS,
@@ -130,6 +130,7 @@ def publish_request(request: PublishRequest) -> Published:
     written = write_version(
         request.root, manifest, onnx_bytes, reference=request.reference,
         outputs_from_model=request.outputs_from_model, progress=request.progress,
+        extra_files=_inherited_files(request, metadata, parent),
     )
     entry = audit.record(
         request.root, actor=request.actor, action="publish", model=request.name,
@@ -245,6 +246,26 @@ def write_version(
 
 
 INHERITED_METADATA = ("task", "feature_names", "classes", "evaluation")
+
+
+def _inherited_files(request: PublishRequest, metadata: dict[str, Any],
+                     parent: str | None) -> dict[str, bytes]:
+    """The held-out file that inherited `evaluation` names in production's folder, copied into
+    the new version under the same name: once the new version is production, the gate's policy
+    reads its own metadata (vigil.core.gate_policy), and a version needs nothing outside itself."""
+    evaluation = metadata.get("evaluation")
+    if (parent is None or not isinstance(evaluation, dict)
+            or "evaluation" in (request.metadata or {})):
+        return {}
+    data = evaluation.get("data")
+    if not isinstance(data, str) or "/" in data or "\\" in data:
+        return {}  # only a file beside production's model is copied; the gate judges the rest
+    base = Path(request.root) / request.name / parent
+    try:
+        path = gate_policy.confined(Path(request.root), base, data, f"{request.name}/{parent}")
+    except gate_policy.PolicyError:
+        return {}  # missing or outside: the gate says so when it runs
+    return {data: path.read_bytes()}
 
 
 def _production_metadata(root: Path, name: str) -> tuple[dict[str, Any], str | None]:
