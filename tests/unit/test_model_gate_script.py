@@ -156,3 +156,31 @@ def test_a_base_that_is_not_a_commit_fails_instead_of_passing(repo: tuple[GitRep
     assert done.returncode != 0, done.stdout
     assert "no version added" not in done.stdout
     assert "::error::" in done.stdout
+
+
+@pytest.mark.parametrize("edit", ["policy", "production_manifest", "held_out_data"])
+def test_a_version_added_with_a_weaker_yardstick_fails_before_it_is_judged(
+    repo: tuple[GitRepo, str], edit: str
+) -> None:
+    """The pull request that adds a version cannot also change what it is judged by: a gate.yaml
+    (margin 1 passes anything), production's model.yaml (its metadata.evaluation is the policy's
+    fallback) or production's held-out data. The job fails before validating, naming the file."""
+    git, base = repo
+    one = git.models / "breast_cancer" / "1"
+    if edit == "policy":
+        (git.models / "breast_cancer" / "gate.yaml").write_text("margin: 1\n")
+        touched = "models/breast_cancer/gate.yaml"
+    elif edit == "production_manifest":
+        text = (one / "model.yaml").read_text().replace("margin: 0.01", "margin: 1")
+        (one / "model.yaml").write_text(text + "\n")
+        touched = "models/breast_cancer/1/model.yaml"
+    else:
+        (one / HOLDOUT_FILE).write_bytes((one / HOLDOUT_FILE).read_bytes()[:-8])
+        touched = f"models/breast_cancer/1/{HOLDOUT_FILE}"
+    git.publish("2", _trained(columns=None, shuffle=True))  # a weak version the gate refuses
+    git.commit("a weak version, and a weaker yardstick")
+    done = git.gate(base)
+    assert done.returncode == 1, done.stdout
+    assert f"::error file={touched}::model gate: this change adds versions and also changes" \
+        in done.stdout
+    assert not (git.path / "gate-verdicts" / "breast_cancer-2.json").exists()
