@@ -18,13 +18,15 @@ Targets removed from the config keep their pending rows, untouched, until they c
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import email.utils
 import logging
 import random
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC
@@ -74,21 +76,58 @@ def backoff(target: WebhookTarget, attempts: int, rng: random.Random) -> float:
     return delay * rng.uniform(0.5, 1.0)
 
 
+@dataclass(frozen=True)
+class DeliverySnapshot:
+    """The delivery figures at one instant, copied: what one scrape exports."""
+
+    attempts: Mapping[tuple[str, str], int]  # (target, outcome) -> attempts
+    dead_letters: Mapping[str, int]
+    pending: Mapping[str, int]
+    seconds_buckets: Mapping[str, tuple[int, ...]]  # per bucket, not cumulative
+    seconds_sum: Mapping[str, float]
+
+
 @dataclass
 class DeliveryStats:
-    """What the collector exports; written on the event loop, read at scrape time."""
+    """What the collector exports. Attempts are recorded on the event loop, pending counts on
+    the deliverer's thread, and a scrape reads them on the monitor's worker thread: every write
+    goes through a method and every read through `snapshot()`, each under one lock (held for a
+    few dict operations), so a scrape sees each attempt whole (its count, bucket and seconds) or
+    not at all. The fields are the lock's to guard: read them only in tests, single-threaded."""
 
     attempts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (target, outcome)
     dead_letters: Counter[str] = field(default_factory=Counter)
     pending: dict[str, int] = field(default_factory=dict)
     seconds_buckets: dict[str, list[int]] = field(default_factory=dict)  # per bucket, not cumulative
     seconds_sum: dict[str, float] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def observe(self, target: str, outcome: str, seconds: float) -> None:
-        self.attempts[(target, outcome)] += 1
-        counts = self.seconds_buckets.setdefault(target, [0] * (len(SECONDS_BUCKETS) + 1))
-        counts[next((i for i, b in enumerate(SECONDS_BUCKETS) if seconds <= b), -1)] += 1
-        self.seconds_sum[target] = self.seconds_sum.get(target, 0.0) + seconds
+        """One attempt to `target`, its outcome and duration."""
+        bucket = bisect.bisect_left(SECONDS_BUCKETS, seconds)  # the first bound >= seconds
+        with self._lock:
+            self.attempts[(target, outcome)] += 1
+            counts = self.seconds_buckets.setdefault(target, [0] * (len(SECONDS_BUCKETS) + 1))
+            counts[bucket] += 1
+            self.seconds_sum[target] = self.seconds_sum.get(target, 0.0) + seconds
+
+    def dead_lettered(self, target: str) -> None:
+        with self._lock:
+            self.dead_letters[target] += 1
+
+    def set_pending(self, pending: Mapping[str, int]) -> None:
+        """Pending deliveries per target, as the outbox counted them."""
+        with self._lock:
+            self.pending = dict(pending)
+
+    def snapshot(self) -> DeliverySnapshot:
+        with self._lock:
+            return DeliverySnapshot(
+                attempts=dict(self.attempts), dead_letters=dict(self.dead_letters),
+                pending=dict(self.pending),
+                seconds_buckets={t: tuple(c) for t, c in self.seconds_buckets.items()},
+                seconds_sum=dict(self.seconds_sum),
+            )
 
 
 @dataclass(frozen=True)
@@ -162,7 +201,7 @@ class Deliverer:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
         counts = await self._on_db(self.outbox.counts)
-        self.stats.pending = {t: n for (t, s), n in counts.items() if s == "pending"}
+        self.stats.set_pending({t: n for (t, s), n in counts.items() if s == "pending"})
 
     async def _until_next_due(self) -> float:
         # Attempts in flight are not due again, and a full target has no room for any: their
@@ -189,7 +228,7 @@ class Deliverer:
                 next_at = time.time() + min(delay, target.settings.max_backoff_s)
             final = {"retry": "pending"}.get(state, state)
             if final == "dead":
-                self.stats.dead_letters[name] += 1
+                self.stats.dead_lettered(name)
                 logger.warning("webhook %s: event %s (%s) dead-lettered: %s",
                                name, delivery.event_id, delivery.type, error)
             await self._on_db(lambda: self.outbox.record_attempt(
