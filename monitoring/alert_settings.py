@@ -40,22 +40,11 @@ import base64
 import binascii
 import re
 from collections.abc import Mapping
-from typing import Literal
+from typing import Literal, get_args
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-EVENT_TYPES = (
-    "vigil.drift.detected",
-    "vigil.prediction_drift.detected",
-    "vigil.data_quality.degraded",
-    "vigil.latency.slo_breached",
-    "vigil.errors.rate_exceeded",
-    "vigil.traffic.stopped",
-    "vigil.shadow.disagrees",
-    "vigil.model.rolled_back",
-    "vigil.alert.resolved",
-)
 EventType = Literal[
     "vigil.drift.detected",
     "vigil.prediction_drift.detected",
@@ -67,10 +56,11 @@ EventType = Literal[
     "vigil.model.rolled_back",
     "vigil.alert.resolved",
 ]
+EVENT_TYPES: tuple[EventType, ...] = get_args(EventType)
 ROLLED_BACK = "vigil.model.rolled_back"
 Action = Literal["notify", "rollback_canary"]
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # with fullmatch: no "name\n"
+_ENV = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 _SECRET_PREFIX = "whsec_"  # nosec B105 # a public prefix
 _MIN_SECRET_BYTES = 16  # Standard Webhooks asks for 24..64 random bytes; refuse the obviously weak
 
@@ -221,7 +211,7 @@ class AlertRule(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, name: str) -> str:
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):
             raise ValueError(f"rule names are 1..64 letters, digits, '_', '.', '-': {name[:40]!r}")
         return name
 
@@ -272,7 +262,7 @@ class WebhookTarget(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, name: str) -> str:
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):
             raise ValueError(f"target names are 1..64 letters, digits, '_', '.', '-': {name[:40]!r}")
         return name
 
@@ -294,7 +284,7 @@ class WebhookTarget(BaseModel):
         if not 1 <= len(names) <= 2:
             raise ValueError("secret_env names one variable, or two while rotating")
         for name in names:
-            if not _ENV.match(name):
+            if not _ENV.fullmatch(name):
                 raise ValueError(f"not an environment variable name: {name[:40]!r}")
         return value
 

@@ -21,17 +21,18 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
-from monitoring.rules import AlertState
+if TYPE_CHECKING:  # imported where used: `vigil webhooks` reads STATES without the statistics
+    from monitoring.rules import AlertState
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 10_000
 DeliveryState = Literal["pending", "delivered", "dead"]
-STATES: tuple[DeliveryState, ...] = ("pending", "delivered", "dead")
+STATES: tuple[DeliveryState, ...] = get_args(DeliveryState)
 AlertKey = tuple[str, str, str]  # model, version, rule
 
-_SCHEMA = """
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
     id TEXT PRIMARY KEY,
@@ -43,7 +44,7 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE TABLE IF NOT EXISTS deliveries (
     event_id TEXT NOT NULL REFERENCES events(id),
     target TEXT NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'dead')),
+    state TEXT NOT NULL CHECK (state IN ({", ".join(f"'{s}'" for s in STATES)})),
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL NOT NULL,
     last_attempt_at REAL,
@@ -150,6 +151,8 @@ class Outbox:
     # ------------------------------------------------------------------ alert state
 
     def load_alerts(self) -> dict[AlertKey, AlertState]:
+        from monitoring.rules import AlertState  # numpy and scipy, which the CLI does without
+
         rows = self._db.execute("SELECT model, version, rule, state FROM alerts").fetchall()
         return {(r[0], r[1], r[2]): AlertState.from_dict(json.loads(r[3])) for r in rows}
 

@@ -113,8 +113,10 @@ def test_shadow_agreement_below_is_a_share(bad) -> None:
 
 
 def test_names_are_validated() -> None:
+    """A name with a trailing newline is refused too (it passed `^...$` with re.match, and
+    then named a metric label and an outbox key)."""
     assert _rule(name="drift.p99_v-2").name == "drift.p99_v-2"
-    for bad in ("", "-x", "has space", "a/b", "x" * 65):
+    for bad in ("", "-x", "has space", "a/b", "x" * 65, "drift\n"):
         with pytest.raises(ValidationError, match="rule names are 1..64"):
             _rule(name=bad)
         with pytest.raises(ValidationError, match="target names are 1..64"):
@@ -171,6 +173,8 @@ def test_secret_env_names_one_variable_or_two_while_rotating() -> None:
         _target(secret_env="1BAD")
     with pytest.raises(ValidationError, match="not an environment variable name"):
         _target(secret_env=["GOOD", "BAD-NAME"])
+    with pytest.raises(ValidationError, match="not an environment variable name"):
+        _target(secret_env="SECRET\n")
 
 
 def test_secrets_are_read_from_the_environment() -> None:
