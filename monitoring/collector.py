@@ -32,6 +32,7 @@ from prometheus_client.registry import Collector
 
 from monitoring.drift import ColumnDrift, WindowResult
 from monitoring.latency import QUANTILES
+from monitoring.outbox import OutboxSize
 from monitoring.quality import ColumnQuality, Violation
 from monitoring.webhooks import OUTCOMES, SECONDS_BUCKETS, DeliverySnapshot, DeliveryStats
 from monitoring.window import ClosedWindow
@@ -272,6 +273,17 @@ DEAD_LETTERS = Family("vigil_webhook_dead_letters_total", CounterMetricFamily, "
                       "out of attempts).", ("target",))
 PENDING = Family("vigil_webhook_outbox_pending", GaugeMetricFamily, "Deliveries waiting in the outbox (first "
                  "attempt or retry).", ("target",))
+OUTBOX_EVENTS = Family("vigil_webhook_outbox_events", GaugeMetricFamily, "Events held in the "
+                       "outbox (counted about once a minute).", ())
+OUTBOX_DELIVERIES = Family("vigil_webhook_outbox_deliveries", GaugeMetricFamily, "Delivery rows "
+                           "held in the outbox by state: pending, delivered, dead (counted about "
+                           "once a minute; retention deletes delivered and dead ones).",
+                           ("state",))
+OUTBOX_BYTES = Family("vigil_webhook_outbox_bytes", GaugeMetricFamily, "Size of the outbox file "
+                      "and its write-ahead log.", ())
+OUTBOX_PRUNED = Family("vigil_webhook_outbox_pruned_events_total", CounterMetricFamily,
+                       "Delivered and dead events deleted by the outbox's retention (since the "
+                       "file was created).", ())
 SECONDS = Family("vigil_webhook_delivery_seconds", HistogramMetricFamily, "Duration of one "
                  "delivery attempt, any outcome.", ("target",))
 
@@ -322,3 +334,37 @@ def _delivery_metrics(stats: DeliverySnapshot, configured: Iterable[str]) -> lis
             buckets.append((bound, cumulative))
         seconds.add_metric([target], buckets, stats.seconds_sum.get(target, 0.0))
     return [attempts, dead, pending, seconds]
+
+
+
+@dataclass(frozen=True)
+class Held:
+    """What the monitor holds, that grows with versions or time unless bounded."""
+
+    outbox: OutboxSize | None = None  # None until the deliverer first counted it
+
+
+class StateCollector(Collector):
+    """The size of the monitor's state (outbox rows and bytes), read at scrape time."""
+
+    def __init__(self, held: Callable[[], Held]) -> None:
+        self._held = held
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        yield from _outbox_metrics(self._held().outbox)
+
+
+def _outbox_metrics(size: OutboxSize | None) -> list[Metric]:
+    """The outbox's size families (no samples before it was first counted)."""
+    events, deliveries = OUTBOX_EVENTS.new(), OUTBOX_DELIVERIES.new()
+    size_bytes, pruned = OUTBOX_BYTES.new(), OUTBOX_PRUNED.new()
+    if size is not None:
+        events.add_metric([], size.events)
+        for state, rows in size.deliveries.items():
+            deliveries.add_metric([state], rows)
+        size_bytes.add_metric([], size.bytes)
+        pruned.add_metric([], size.pruned_events)
+    return [events, deliveries, size_bytes, pruned]

@@ -44,8 +44,8 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from monitoring.alerts import AlertEngine
-from monitoring.collector import AlertCollector, MonitorCollector
-from monitoring.outbox import Outbox
+from monitoring.collector import AlertCollector, Held, MonitorCollector, StateCollector
+from monitoring.outbox import Outbox, Retention
 from monitoring.queries import BadQuery, accepts_gzip, parse_drift_query, parse_report_query
 from monitoring.report import drift_report_html, evenly_spaced, load_reference, reference_path
 from monitoring.report_cache import ReportCache
@@ -87,7 +87,8 @@ class Monitor:
                                   on_rollback=self._aliases_changed)
         self.service = MonitorService(self.args, self.settings, time.time(), alerts=self.alerts)
         self.delivery_stats = DeliveryStats()
-        self.deliverer = Deliverer(outbox, self.delivery_stats)
+        self.deliverer = Deliverer(outbox, self.delivery_stats, retention=Retention(
+            self.args.outbox_retention_s, self.args.outbox_max_events))
         self._delivery: asyncio.Task | None = None
         self._worker = ThreadPoolExecutor(
             1, thread_name_prefix="vigil-monitor", initializer=_yield_cpu_to_serving
@@ -100,6 +101,7 @@ class Monitor:
         self.registry.register(AlertCollector(
             self.alerts.firing, self.delivery_stats, lambda: list(self.deliverer.targets)
         ))
+        self.registry.register(StateCollector(self._held))
         self._references: dict[tuple[str, str], dict] = {}  # read and written on the report thread
         self._reports = ReportCache()
         self._ticker: asyncio.Task | None = None
@@ -159,6 +161,10 @@ class Monitor:
         if deadline is None:
             return MAX_TICK_SLEEP_S
         return min(max(deadline - time.time(), self.args.tick_s), MAX_TICK_SLEEP_S)
+
+    def _held(self) -> Held:
+        """What the monitor holds (read at scrape time, on the worker thread)."""
+        return Held(outbox=self.delivery_stats.snapshot().outbox)
 
     async def _on_worker(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)

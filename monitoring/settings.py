@@ -179,6 +179,22 @@ class MonitorAppSettings(AppSettings):
         "outlive the replica (a volume on Kubernetes). Unset: vigil-outbox.sqlite beside "
         "model_repository.",
     )
+    outbox_retention_s: float = Field(
+        default=7 * 86_400.0,
+        ge=60.0,
+        le=366 * 86_400.0,
+        description="Delivered and dead events older than this (since created, and since their "
+        "last delivery finished) are deleted from the outbox with their deliveries, about once a "
+        "minute; pending ones never are. `vigil webhooks show` then says the event was pruned.",
+    )
+    outbox_max_events: int = Field(
+        default=100_000,
+        ge=100,
+        le=10_000_000,
+        description="Most events the outbox keeps: past it the oldest delivered and dead ones are "
+        "deleted, however recent (pending ones never, so a target down for long may hold more).",
+    )
+
     def outbox_file(self) -> Path:
         """The outbox in use: outbox_path, else vigil-outbox.sqlite beside the repository."""
         return beside_repository(self.outbox_path, self.model_repository, OUTBOX_FILE_NAME)

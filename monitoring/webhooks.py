@@ -13,6 +13,10 @@ receiver. Per target at most ``concurrency`` attempts are in flight. An attempt'
 - after ``max_attempts`` attempts: dead-lettered.
 
 Targets removed from the config keep their pending rows, untouched, until they come back.
+
+About once every ``MAINTAIN_S`` (and at start) the deliverer's thread applies the outbox's
+retention (monitoring.outbox) and counts its rows and bytes for the size metrics; a delivery pass
+itself only reads indexes over pending deliveries.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import bisect
 import contextlib
 import email.utils
 import logging
+import math
 import random
 import threading
 import time
@@ -36,11 +41,12 @@ import httpx
 
 from monitoring.alert_settings import WebhookTarget
 from monitoring.events import CONTENT_TYPE, signature
-from monitoring.outbox import Delivery, Outbox
+from monitoring.outbox import Delivery, Outbox, OutboxSize, Retention
 
 logger = logging.getLogger("vigil.webhooks")
 USER_AGENT = "vigil-webhooks/1"
 POLL_S = 1.0  # longest sleep between looks at the outbox (`vigil webhooks retry` writes there)
+MAINTAIN_S = 60.0  # how often retention runs and the outbox's size is counted
 OUTCOMES = ("delivered", "rejected", "http_error", "timeout", "connection_error")
 SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -85,6 +91,7 @@ class DeliverySnapshot:
     pending: Mapping[str, int]
     seconds_buckets: Mapping[str, tuple[int, ...]]  # per bucket, not cumulative
     seconds_sum: Mapping[str, float]
+    outbox: OutboxSize | None  # None until first counted
 
 
 @dataclass
@@ -100,6 +107,7 @@ class DeliveryStats:
     pending: dict[str, int] = field(default_factory=dict)
     seconds_buckets: dict[str, list[int]] = field(default_factory=dict)  # per bucket, not cumulative
     seconds_sum: dict[str, float] = field(default_factory=dict)
+    outbox: OutboxSize | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def observe(self, target: str, outcome: str, seconds: float) -> None:
@@ -120,13 +128,17 @@ class DeliveryStats:
         with self._lock:
             self.pending = dict(pending)
 
+    def set_outbox(self, size: OutboxSize) -> None:
+        with self._lock:
+            self.outbox = size
+
     def snapshot(self) -> DeliverySnapshot:
         with self._lock:
             return DeliverySnapshot(
                 attempts=dict(self.attempts), dead_letters=dict(self.dead_letters),
                 pending=dict(self.pending),
                 seconds_buckets={t: tuple(c) for t, c in self.seconds_buckets.items()},
-                seconds_sum=dict(self.seconds_sum),
+                seconds_sum=dict(self.seconds_sum), outbox=self.outbox,
             )
 
 
@@ -139,9 +151,13 @@ class ActiveTarget:
 class Deliverer:
     """Sends the outbox's pending deliveries to the configured targets."""
 
-    def __init__(self, outbox: Outbox, stats: DeliveryStats, *, seed: int | None = None) -> None:
+    def __init__(self, outbox: Outbox, stats: DeliveryStats, *, seed: int | None = None,
+                 retention: Retention | None = None) -> None:
+        """`retention`: what the outbox keeps of delivered and dead events (None: everything)."""
         self.outbox = outbox
         self.stats = stats
+        self.retention = retention
+        self._maintained_at = -math.inf
         self.targets: dict[str, ActiveTarget] = {}
         self._db = ThreadPoolExecutor(1, thread_name_prefix="vigil-outbox")
         self._rng = random.Random(seed)  # nosec B311 # retry jitter
@@ -172,6 +188,7 @@ class Deliverer:
                 self._wake.clear()
                 try:
                     await self._pass()
+                    await self._maintain_when_due()
                     sleep = await self._until_next_due()
                 except Exception:
                     logger.exception("webhook delivery pass failed")
@@ -200,8 +217,24 @@ class Deliverer:
                 task = asyncio.create_task(self._deliver(target, delivery))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
-        counts = await self._on_db(self.outbox.counts)
-        self.stats.set_pending({t: n for (t, s), n in counts.items() if s == "pending"})
+        self.stats.set_pending(await self._on_db(self.outbox.pending))
+
+    async def _maintain_when_due(self) -> None:
+        if time.monotonic() - self._maintained_at < MAINTAIN_S:
+            return
+        self._maintained_at = time.monotonic()  # a failure is not retried before MAINTAIN_S
+        try:
+            await self._on_db(self._maintain)
+        except Exception:
+            logger.exception("outbox retention or size count failed")
+
+    def _maintain(self) -> None:
+        """Retention, then the size metrics (on the deliverer's thread)."""
+        if self.retention is not None:
+            pruned = self.outbox.prune(self.retention, time.time())
+            if pruned:
+                logger.info("outbox retention: %d delivered or dead events pruned", pruned)
+        self.stats.set_outbox(self.outbox.size())
 
     async def _until_next_due(self) -> float:
         # Attempts in flight are not due again, and a full target has no room for any: their

@@ -244,3 +244,22 @@ def test_scrapes_while_attempts_are_recorded_see_whole_attempts() -> None:
         sys.setswitchinterval(interval)
     assert not errors, errors[0]
     assert scrapes > 0
+
+
+def test_outbox_size_metrics() -> None:
+    """Rows by state, events, bytes and the pruned total, once the deliverer has counted them;
+    no samples before."""
+    from monitoring.collector import Held, StateCollector
+    from monitoring.outbox import OutboxSize
+
+    s, types, _ = scrape(StateCollector(lambda: Held(outbox=None)))
+    assert not [k for k in s if k[0].startswith("vigil_webhook_outbox_")]
+    assert types["vigil_webhook_outbox_pruned_events"] == "counter"
+    assert types["vigil_webhook_outbox_bytes"] == "gauge"
+    size = OutboxSize(7, {"pending": 2, "delivered": 9, "dead": 1}, 40960, 120)
+    s, _, _ = scrape(StateCollector(lambda: Held(outbox=size)))
+    assert _get(s, "vigil_webhook_outbox_events") == 7
+    assert {st: _get(s, "vigil_webhook_outbox_deliveries", state=st)
+            for st in ("pending", "delivered", "dead")} == {"pending": 2, "delivered": 9, "dead": 1}
+    assert _get(s, "vigil_webhook_outbox_bytes") == 40960
+    assert _get(s, "vigil_webhook_outbox_pruned_events_total") == 120

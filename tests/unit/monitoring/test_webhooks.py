@@ -24,7 +24,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from monitoring.alert_settings import WebhookTarget
-from monitoring.outbox import Delivery, NewEvent, Outbox
+from monitoring.outbox import Delivery, NewEvent, Outbox, Retention
 from monitoring.webhooks import (
     SECONDS_BUCKETS,
     USER_AGENT,
@@ -221,12 +221,13 @@ def _row(outbox: Outbox, event_id: str = "evt-0", target: str = "t") -> Delivery
 
 
 def _deliver(outbox: Outbox, targets: list[ActiveTarget], done: Callable[[], bool],
-             timeout_s: float = 5.0, linger_s: float = 0.0) -> DeliveryStats:
+             timeout_s: float = 5.0, linger_s: float = 0.0,
+             retention: Retention | None = None) -> DeliveryStats:
     """Run a Deliverer until `done()` (then `linger_s` more), at most `timeout_s`."""
 
     async def main() -> DeliveryStats:
         stats = DeliveryStats()
-        deliverer = Deliverer(outbox, stats, seed=1)
+        deliverer = Deliverer(outbox, stats, seed=1, retention=retention)
         deliverer.configure({t.settings.name: t for t in targets})
         task = asyncio.create_task(deliverer.run())
         try:
@@ -461,3 +462,21 @@ def test_a_request_that_cannot_be_made_counts_as_a_failed_attempt(outbox, caplog
     assert (row.state, row.attempts, row.last_status) == ("dead", 2, None)
     assert row.last_error.startswith("InvalidURL: ")
     assert stats.attempts == {("t", "connection_error"): 2}
+
+
+def test_the_deliverer_applies_retention_and_counts_the_outbox(outbox, receiver, url,
+                                                               monkeypatch) -> None:
+    """Delivered events beyond the retention are pruned by the deliverer's own maintenance
+    (here at every pass), and the size it counts is what the stats export."""
+    import monitoring.webhooks as webhooks
+
+    monkeypatch.setattr(webhooks, "MAINTAIN_S", 0.0)
+    _commit(outbox, 3)
+    stats = _deliver(outbox, [_active("t", url)], lambda: outbox.pruning().events == 3,
+                     retention=Retention(max_age_s=0.0, max_events=1000), linger_s=0.05)
+    assert receiver.count() == 3 and outbox.deliveries() == []
+    assert outbox.pruned("evt-0") is not None
+    size = stats.snapshot().outbox
+    assert (size.events, dict(size.deliveries), size.pruned_events) == \
+        (0, {"pending": 0, "delivered": 0, "dead": 0}, 3)
+    assert size.bytes > 0
