@@ -337,15 +337,30 @@ def _delivery_metrics(stats: DeliverySnapshot, configured: Iterable[str]) -> lis
 
 
 
+VERSIONS = Family("vigil_monitored_versions", GaugeMetricFamily, "Model versions whose windows "
+                  "and statistics the monitor holds (the served ones).", ())
+RELEASED = Family("vigil_monitor_released_versions_total", CounterMetricFamily, "Versions whose "
+                  "monitor state was released because they are no longer served (retired, or "
+                  "their model unloaded).", ())
+REPORTS = Family("vigil_report_cache_reports", GaugeMetricFamily, "HTML reports kept in the "
+                 "report cache.", ())
+REPORT_BYTES = Family("vigil_report_cache_bytes", GaugeMetricFamily, "Bytes of the reports kept "
+                      "in the report cache (gzip-compressed; bounded by report_cache_bytes).", ())
+
+
 @dataclass(frozen=True)
 class Held:
-    """What the monitor holds, that grows with versions or time unless bounded."""
+    """What the monitor holds, that would grow with versions or time without its bound."""
 
+    versions: int = 0
+    released: int = 0
+    reports: int = 0  # in the report cache
+    report_bytes: int = 0
     outbox: OutboxSize | None = None  # None until the deliverer first counted it
 
 
 class StateCollector(Collector):
-    """The size of the monitor's state (outbox rows and bytes), read at scrape time."""
+    """The size of the monitor's state (versions, report cache, outbox), read at scrape time."""
 
     def __init__(self, held: Callable[[], Held]) -> None:
         self._held = held
@@ -354,7 +369,13 @@ class StateCollector(Collector):
         return []
 
     def collect(self) -> Iterator[Metric]:
-        yield from _outbox_metrics(self._held().outbox)
+        held = self._held()
+        for family, value in ((VERSIONS, held.versions), (RELEASED, held.released),
+                              (REPORTS, held.reports), (REPORT_BYTES, held.report_bytes)):
+            metric = family.new()
+            metric.add_metric([], value)
+            yield metric
+        yield from _outbox_metrics(held.outbox)
 
 
 def _outbox_metrics(size: OutboxSize | None) -> list[Metric]:

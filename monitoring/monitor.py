@@ -17,13 +17,18 @@ HTTP, under the application's route prefix (``/monitor``):
                                               a retraining job adds to its data)
 
 Query parameters are checked by monitoring.queries. A report is built once per window
-(monitoring.report_cache: concurrent requests share one build, builds run one at a time) from at
-most ``report_max_rows`` rows of each side, and kept gzip-compressed (Evidently's page is ~5.8 MB,
+(monitoring.report_cache: concurrent requests share one build, builds run one at a time, at most
+``report_cache_bytes`` kept) from at most ``report_max_rows`` rows of each side (the reference
+data of the last ``MAX_REFERENCES`` versions reported on is kept), and kept gzip-compressed (Evidently's page is ~5.8 MB,
 3.5 MB of it its JavaScript bundle; gzip makes it ~1.5 MB): sent as is to clients that accept gzip,
 decompressed for the others. The response header ``X-Vigil-Window`` names the window it describes.
 
 Errors are ``{"error": ...}``: 400 bad query, 404 unknown model/version/route, 409 no profile,
 reference or closed window with rows yet, 500 a bug (logged).
+
+State follows the versions served: after closing due windows the ticker asks the service to
+release versions no longer served (monitoring.service.sweep), then drops their reports and
+reference data here.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ from monitoring.collector import AlertCollector, Held, MonitorCollector, StateCo
 from monitoring.outbox import Outbox, Retention
 from monitoring.queries import BadQuery, accepts_gzip, parse_drift_query, parse_report_query
 from monitoring.report import drift_report_html, evenly_spaced, load_reference, reference_path
-from monitoring.report_cache import ReportCache
+from monitoring.report_cache import Recent, ReportCache
 from monitoring.service import MonitorService, NotReady, ReportSource, UnknownModel
 from monitoring.settings import MonitorAppSettings, MonitorSettings
 from monitoring.webhooks import ActiveTarget, Deliverer, DeliveryStats
@@ -57,6 +62,7 @@ from vigil.adapters.boot import Door, web_app
 from vigil.adapters.web import error_response, json_response
 
 MAX_TICK_SLEEP_S = 60.0  # the longest the ticker sleeps, whatever the windows say
+MAX_REFERENCES = 4  # reference data sets kept for reports (each report_max_rows rows at most)
 logger = logging.getLogger("vigil.monitor")
 
 
@@ -102,8 +108,10 @@ class Monitor:
             self.alerts.firing, self.delivery_stats, lambda: list(self.deliverer.targets)
         ))
         self.registry.register(StateCollector(self._held))
-        self._references: dict[tuple[str, str], dict] = {}  # read and written on the report thread
-        self._reports = ReportCache()
+        # Reference data of the versions reported on lately (on the report thread only).
+        self._references: Recent[tuple[str, str], dict] = Recent(MAX_REFERENCES)
+        self._reports = ReportCache(self.args.report_cache_bytes)  # on the event loop only
+        self._report_size = self._reports.size()  # copied on the loop for each scrape
         self._ticker: asyncio.Task | None = None
         self._tick_wake = asyncio.Event()
         self._start_ticker()
@@ -151,8 +159,16 @@ class Monitor:
             self._tick_wake.clear()
             try:
                 await self._on_worker(self.service.tick, time.time())
+                await self._release(await self._on_worker(self.service.sweep, time.time()))
             except Exception:
-                logger.exception("closing time windows failed")
+                logger.exception("closing time windows or releasing versions failed")
+
+    async def _release(self, versions: list[tuple[str, str]]) -> None:
+        """Forget the reports and reference data of versions the service released."""
+        if versions:
+            for version in versions:
+                self._reports.drop(version)
+            await self._on_report_worker(self._references.drop, versions)
 
     def _tick_delay(self) -> float:
         if self.service.needs_ticks():
@@ -164,7 +180,9 @@ class Monitor:
 
     def _held(self) -> Held:
         """What the monitor holds (read at scrape time, on the worker thread)."""
-        return Held(outbox=self.delivery_stats.snapshot().outbox)
+        return Held(versions=len(self.service.versions), released=self.service.released,
+                    reports=self._report_size.reports, report_bytes=self._report_size.bytes,
+                    outbox=self.delivery_stats.snapshot().outbox)
 
     async def _on_worker(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
@@ -192,6 +210,7 @@ class Monitor:
     # ------------------------------------------------------------------ HTTP
 
     async def metrics(self, request: Request) -> Response:
+        self._report_size = self._reports.size()  # the loop's to read; the scrape runs on the worker
         body = await self._on_worker(generate_latest, self.registry)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
@@ -287,7 +306,7 @@ class Monitor:
                 raise NotReady(f"the reference data of {key[0]}/{key[1]} is not available "
                                f"({path}); the report needs it")
             reference = load_reference(path, state.profile.names, limit)  # type: ignore[union-attr]
-            self._references[key] = reference
+            self._references.put(key, reference)
         result = source.window.result
         drift_share = result.drift.drift_share if result else self.settings.drift_share
         started = time.perf_counter()

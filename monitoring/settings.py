@@ -173,6 +173,14 @@ class MonitorAppSettings(AppSettings):
         "report, evenly spaced: bounds its run time (seconds of CPU) and memory. Above 1000 "
         "reference rows Evidently picks distance tests, as monitoring.drift does.",
     )
+    report_cache_bytes: int = Field(
+        default=64 * 2**20,
+        ge=8 * 2**20,
+        le=16 * 2**30,
+        description="Most bytes of gzip-compressed HTML reports kept (about 1.5 MB each, the "
+        "newest per model version); past it those read least recently are dropped and built "
+        "again when asked for.",
+    )
     outbox_path: Path | None = Field(
         default=None,
         description="SQLite file (WAL mode) holding alert state and the webhook outbox; it must "

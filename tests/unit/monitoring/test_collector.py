@@ -263,3 +263,14 @@ def test_outbox_size_metrics() -> None:
             for st in ("pending", "delivered", "dead")} == {"pending": 2, "delivered": 9, "dead": 1}
     assert _get(s, "vigil_webhook_outbox_bytes") == 40960
     assert _get(s, "vigil_webhook_outbox_pruned_events_total") == 120
+
+
+def test_state_metrics_say_what_the_monitor_holds() -> None:
+    from monitoring.collector import Held, StateCollector
+
+    s, types, _ = scrape(StateCollector(lambda: Held(versions=3, released=7, reports=2,
+                                                     report_bytes=3_000_000)))
+    assert (_get(s, "vigil_monitored_versions"), _get(s, "vigil_monitor_released_versions_total"),
+            _get(s, "vigil_report_cache_reports"), _get(s, "vigil_report_cache_bytes")) == \
+        (3, 7, 2, 3_000_000)
+    assert types["vigil_monitor_released_versions"] == "counter"
