@@ -39,7 +39,7 @@ from typing import Any
 
 import httpx
 
-from monitoring.alert_settings import WebhookTarget
+from monitoring.alert_settings import WebhookTarget, scrub
 from monitoring.events import CONTENT_TYPE, signature
 from monitoring.outbox import Delivery, Outbox, OutboxSize, Retention
 
@@ -312,4 +312,6 @@ class Deliverer:
             # retried with backoff (not at once, in a loop) and dead-lettered in the end
             state, outcome, error = "retry", "connection_error", f"{type(exc).__name__}: {exc}"
         self.stats.observe(settings.name, outcome, time.perf_counter() - started)
+        if error is not None:  # it may echo the URL (httpx, or the receiver's answer): logged
+            error = scrub(error, settings.url)  # and kept in the outbox, so shown redacted
         return state, status, error, after

@@ -110,6 +110,7 @@ class Answer:
     status: int = 204
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
+    echo_url: bool = False  # answer "no route for <the URL asked for>", as some servers do
 
 
 @dataclass
@@ -163,7 +164,10 @@ def _app(receiver: Receiver) -> Starlette:
                 await asyncio.sleep(answer.delay_s)
         finally:
             receiver.leave(generation)
-        return Response(b"gone" if answer.status == 410 else b"", answer.status, answer.headers)
+        body = b"gone" if answer.status == 410 else b""
+        if answer.echo_url:
+            body = f"no route for {request.url}".encode()
+        return Response(body, answer.status, answer.headers)
 
     return Starlette(routes=[Route("/hook", hook, methods=["POST"])])
 
@@ -480,3 +484,23 @@ def test_the_deliverer_applies_retention_and_counts_the_outbox(outbox, receiver,
     assert (size.events, dict(size.deliveries), size.pruned_events) == \
         (0, {"pending": 0, "delivered": 0, "dead": 0}, 3)
     assert size.bytes > 0
+
+
+def test_credentials_in_a_url_are_never_shown(outbox, receiver, url, caplog) -> None:
+    """A target URL with user:password and a query token, whose receiver echoes the URL in its
+    404: the dead letter kept in the outbox, the log line and the status dump show neither the
+    password nor the token, while the real URL was used (the receiver saw the token)."""
+    caplog.set_level("WARNING", "vigil.webhooks")
+    secret_url = url.replace("http://", "http://robot:hunter22-pw@") + "?token=s3cr3t-t0ken"
+    receiver.script = [Answer(404, echo_url=True)]
+    _commit(outbox, 1)
+    _deliver(outbox, [_active("t", secret_url)], _all(outbox, "dead"), linger_s=0.05)
+    assert receiver.received[0].headers["authorization"].startswith("Basic ")
+    row = _row(outbox)
+    assert row.last_error.startswith("HTTP 404: no route for http://127.0.0.1:")
+    assert row.last_error.endswith("/hook?token=***")
+    shown = [row.last_error, caplog.text, json.dumps(_settings("t", secret_url).model_dump()),
+             _settings("t", secret_url).model_dump_json()]
+    for text in shown:
+        assert "hunter22-pw" not in text and "s3cr3t-t0ken" not in text, text
+    assert "dead-lettered" in caplog.text
