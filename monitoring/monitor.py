@@ -38,11 +38,13 @@ import gzip
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from ray import serve
+from ray.serve.exceptions import RayServeException
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
@@ -215,11 +217,11 @@ class Monitor:
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     async def status(self, request: Request) -> Response:
-        context = serve.get_replica_context()
+        replica = _replica_id()
 
         def read() -> dict:
             return {
-                "replica": context.replica_id.unique_id if context else None,
+                "replica": replica,
                 "settings": self.settings.model_dump(mode="json"),
                 "args": self.args.model_dump(mode="json"),
                 "versions": [
@@ -233,42 +235,27 @@ class Monitor:
 
     async def drift(self, request: Request) -> Response:
         model = request.path_params["model"]
-        try:
-            query = parse_drift_query(request.query_params.multi_items())
-            doc = await self._on_worker(self.service.drift_doc, model, query.version, query.windows)
-        except BadQuery as exc:
-            return error_response(400, str(exc))
-        except UnknownModel as exc:
-            return error_response(404, str(exc))
+        query = parse_drift_query(request.query_params.multi_items())
+        doc = await self._on_worker(self.service.drift_doc, model, query.version, query.windows)
         return json_response(doc)
 
-    async def _closed_window(self, request: Request) -> ReportSource | Response:
-        """The last closed window with rows that a report or rows request names, or the error
-        answer: 400 bad query, 404 unknown model or version, 409 no such window yet."""
-        try:
-            query = parse_report_query(request.query_params.multi_items())
-            return await self._on_worker(
-                self.service.report_source, request.path_params["model"], query.version,
-                time.time(),
-            )
-        except BadQuery as exc:
-            return error_response(400, str(exc))
-        except UnknownModel as exc:
-            return error_response(404, str(exc))
-        except NotReady as exc:
-            return error_response(409, str(exc))
+    async def _closed_window(self, request: Request) -> ReportSource:
+        """The last closed window with rows that a report or rows request names (BadQuery,
+        UnknownModel, NotReady: answered by the app's handlers)."""
+        query = parse_report_query(request.query_params.multi_items())
+        return await self._on_worker(
+            self.service.report_source, request.path_params["model"], query.version, time.time(),
+        )
 
     async def report(self, request: Request) -> Response:
         source = await self._closed_window(request)
-        if isinstance(source, Response):
-            return source
         slot, index = (source.state.model, source.state.version), source.window.index
         try:
             body = await self._reports.get(
                 slot, index, lambda: self._on_report_worker(self._build_report, source)
             )
-        except NotReady as exc:  # the reference data is missing
-            return error_response(409, str(exc))
+        except NotReady:  # the reference data is missing: the app's handler answers 409
+            raise
         except Exception:
             logger.exception("report for %s/%s failed", *slot)
             return error_response(500, "internal error while building the report; see the monitor log")
@@ -280,8 +267,6 @@ class Monitor:
     async def rows(self, request: Request) -> Response:
         """The sampled rows of the last closed window with rows, by profiled column."""
         source = await self._closed_window(request)
-        if isinstance(source, Response):
-            return source
         window = source.window
         doc = {
             "model": source.state.model, "version": source.state.version,
@@ -321,10 +306,30 @@ class Monitor:
         return body
 
 
+def _replica_id() -> str | None:
+    """This Serve replica's id; None outside one (the app driven without Ray, in tests)."""
+    try:
+        context = serve.get_replica_context()
+    except RayServeException:
+        return None
+    return context.replica_id.unique_id if context else None
+
+
 def monitor_scope(path: str) -> str:
     """The token scope a route of the monitor needs: scraping needs `metrics` (which `monitor`
     also grants), everything else here reads sampled data or its statistics: `monitor`."""
     return "metrics" if path == "/metrics" else "monitor"
+
+
+def _answer(status: int) -> Callable[[Request, Exception], Awaitable[Response]]:
+    async def handle(request: Request, exc: Exception) -> Response:
+        return error_response(status, str(exc))
+
+    return handle
+
+
+# What a request that cannot be answered gets, registered once for every route.
+ERROR_STATUS: dict[type[Exception], int] = {BadQuery: 400, UnknownModel: 404, NotReady: 409}
 
 
 def build_asgi_app(monitor: Monitor) -> Starlette:
@@ -337,7 +342,8 @@ def build_asgi_app(monitor: Monitor) -> Starlette:
         Route("/v1/models/{model}/report", m.report, methods=["GET"]),
         Route("/v1/models/{model}/rows", m.rows, methods=["GET"]),
     ]
-    return web_app(routes, [m.door.guard(monitor_scope)])
+    handlers = {kind: _answer(status) for kind, status in ERROR_STATUS.items()}
+    return web_app(routes, [m.door.guard(monitor_scope)], handlers)
 
 
 
