@@ -2,21 +2,22 @@
 
 An event is built once, stored in the outbox as the exact bytes sent, and sent with the same id
 (``webhook-id``) on every attempt and replay, so receivers deduplicate by it. The signature is
-made per attempt (``webhook-timestamp`` is the time of sending): HMAC-SHA256 over
-``{id}.{timestamp}.{body}`` with each of the target's keys, ``v1,<base64>`` space-separated.
+made per attempt (``webhook-timestamp`` is the time of sending) by the Standard Webhooks
+reference library, the one receivers verify with: HMAC-SHA256 over ``{id}.{timestamp}.{body}``
+with each of the target's keys, ``v1,<base64>`` space-separated. Its cost, measured by
+load_tests/bench_signing.py: 5.8 us per event and key against 4.3 us for the hand-written HMAC
+it replaced (1.4x), next to about 1 ms for the POST itself on loopback: nothing that matters.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from standardwebhooks.webhooks import Webhook
 
 from monitoring.alert_settings import ROLLED_BACK, AlertRule
 from monitoring.rules import AlertState, Transition, Verdict, most_drifted
@@ -148,10 +149,18 @@ def encode(event: dict[str, Any]) -> bytes:
     return orjson.dumps(event)
 
 
+class Signer:
+    """The ``webhook-signature`` header for one target: one signature per key (two while a
+    secret rotates). Made once per target, used for every attempt."""
+
+    def __init__(self, keys: Iterable[bytes]) -> None:
+        self._hooks = tuple(Webhook(key) for key in keys)
+
+    def __call__(self, event_id: str, timestamp: int, body: bytes) -> str:
+        at = datetime.fromtimestamp(timestamp, UTC)
+        return " ".join(hook.sign(event_id, at, body) for hook in self._hooks)
+
+
 def signature(keys: Iterable[bytes], event_id: str, timestamp: int, body: bytes) -> str:
     """The ``webhook-signature`` header: one ``v1,<base64 HMAC-SHA256>`` per key."""
-    signed = f"{event_id}.{timestamp}.".encode() + body
-    return " ".join(
-        "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
-        for key in keys
-    )
+    return Signer(keys)(event_id, timestamp, body)

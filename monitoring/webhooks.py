@@ -40,7 +40,7 @@ from typing import Any
 import httpx
 
 from monitoring.alert_settings import WebhookTarget, scrub
-from monitoring.events import CONTENT_TYPE, signature
+from monitoring.events import CONTENT_TYPE, Signer
 from monitoring.outbox import Delivery, Outbox, OutboxSize, Retention
 
 logger = logging.getLogger("vigil.webhooks")
@@ -144,8 +144,14 @@ class DeliveryStats:
 
 @dataclass(frozen=True)
 class ActiveTarget:
+    """A configured target with its signing keys (from the monitor's environment)."""
+
     settings: WebhookTarget
     keys: tuple[bytes, ...]
+    sign: Signer = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sign", Signer(self.keys))  # once per target, not per attempt
 
 
 class Deliverer:
@@ -285,7 +291,7 @@ class Deliverer:
             "content-type": CONTENT_TYPE,
             "webhook-id": delivery.event_id,
             "webhook-timestamp": str(stamp),
-            "webhook-signature": signature(target.keys, delivery.event_id, stamp, delivery.body),
+            "webhook-signature": target.sign(delivery.event_id, stamp, delivery.body),
         }
         started = time.perf_counter()
         status: int | None = None
