@@ -16,6 +16,7 @@ drift JSON (``failed_columns``) says why.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -148,84 +149,129 @@ def _violations(result: WindowResult) -> Samples:
     return (((kind,), found[kind]) for kind in VIOLATION_KINDS)
 
 
-def _g(name: str, doc: str, needs: Needs, read: Callable[[Any], Samples],
-       *labels: str) -> VersionFamily:
-    return VersionFamily(Family(name, GaugeMetricFamily, doc, (*MV, *labels)), needs, read)
+def _gauge(name: str, doc: str, *labels: str) -> Family[GaugeMetricFamily]:
+    return Family(name, GaugeMetricFamily, doc, labels)
 
 
-def _c(name: str, doc: str, needs: Needs, read: Callable[[Any], Samples],
-       *labels: str) -> VersionFamily:
-    return VersionFamily(Family(name, CounterMetricFamily, doc, (*MV, *labels)), needs, read)
+def _counter(name: str, doc: str, *labels: str) -> Family[CounterMetricFamily]:
+    return Family(name, CounterMetricFamily, doc, labels)
+
+
+def _per_version(family: Family[GaugeMetricFamily] | Family[CounterMetricFamily], needs: Needs,
+                 read: Callable[[Any], Samples]) -> VersionFamily:
+    """`family` with one group of samples per model version: model and version label first."""
+    return VersionFamily(dataclasses.replace(family, labels=(*MV, *family.labels)), needs, read)
 
 
 # Every family of the per-version metrics, in the order they are exposed.
 VERSION_FAMILIES: tuple[VersionFamily, ...] = (
-    _g("vigil_profile_loaded", "1 when the version's reference profile is loaded (drift and "
-        "quality exported), 0 when it has none.", Needs.SERVED,
-        lambda s: _one(float(s.profile_loaded))),
-    _g("vigil_feature_drift_score", "Drift test score of a feature in the last window: "
-        "p-value (ks, chisquare, z) or distance.", Needs.RESULT,
-        lambda r: _tested(r.drift.features, drifted=False), "feature", "method"),
-    _g("vigil_feature_drifted", "1 when the feature drifted in the last window.", Needs.RESULT,
-        lambda r: _tested(r.drift.features, drifted=True), "feature", "method"),
-    _g("vigil_drift_share_ratio", "Share of tested features that drifted in the last window.",
+    _per_version(
+        _gauge("vigil_profile_loaded", "1 when the version's reference profile is loaded (drift "
+               "and quality exported), 0 when it has none."),
+        Needs.SERVED, lambda s: _one(float(s.profile_loaded))),
+    _per_version(
+        _gauge("vigil_feature_drift_score", "Drift test score of a feature in the last window: "
+               "p-value (ks, chisquare, z) or distance.", "feature", "method"),
+        Needs.RESULT, lambda r: _tested(r.drift.features, drifted=False)),
+    _per_version(
+        _gauge("vigil_feature_drifted", "1 when the feature drifted in the last window.",
+               "feature", "method"),
+        Needs.RESULT, lambda r: _tested(r.drift.features, drifted=True)),
+    _per_version(
+        _gauge("vigil_drift_share_ratio", "Share of tested features that drifted in the last "
+               "window."),
         Needs.RESULT, lambda r: _one(r.drift.share_drifted)),
-    _g("vigil_dataset_drift", "1 when the drifted share reached the configured drift_share "
-        "in the last window.", Needs.RESULT, lambda r: _one(float(r.drift.dataset_drift))),
-    _g("vigil_prediction_drift_score", "Drift test score of a model output column in the "
-        "last window.", Needs.RESULT, lambda r: _tested(r.drift.outputs, drifted=False),
-        "output", "method"),
-    _g("vigil_prediction_drifted", "1 when the output column drifted in the last window.",
-        Needs.RESULT, lambda r: _tested(r.drift.outputs, drifted=True),
-        "output", "method"),
-    _g("vigil_missing_ratio", "Share of missing values of a column in the last window.",
-        Needs.RESULT, lambda r: _quality(r, ("numeric", "categorical"),
-                                         lambda c: c.missing_ratio), "feature"),
-    _g("vigil_out_of_range_ratio", "Share of a numeric column's values outside the reference "
-        "range in the last window.", Needs.RESULT,
-        lambda r: _quality(r, ("numeric",), lambda c: c.out_of_range_share), "feature"),
-    _g("vigil_unseen_categories_ratio", "Share of a categorical column's values absent from "
-        "the reference in the last window.", Needs.RESULT,
-        lambda r: _quality(r, ("categorical",), lambda c: c.unseen_share), "feature"),
-    _g("vigil_schema_violation_columns", "Columns with a schema violation in the last window, "
-        "by kind.", Needs.RESULT, _violations, "kind"),
-    _g("vigil_failed_columns", "Columns whose drift test or quality statistics failed in the "
-        "last window (no score exported for them; the reason is in the drift JSON's "
-        "failed_columns).", Needs.RESULT, lambda r: _one(len(r.failed_columns))),
-    _g("vigil_window_rows", "Sampled rows in the last window.", Needs.WINDOW,
-        lambda w: _one(w.rows)),
-    _g("vigil_window_requests", "Requests in the last window.", Needs.WINDOW,
-        lambda w: _one(w.requests)),
-    _g("vigil_open_window_rows", "Sampled rows in the window still open.", Needs.SERVED,
-        lambda s: _one(s.current_rows)),
-    _g("vigil_window_latency_seconds", "Request latency quantile over the last window.",
-        Needs.WINDOW, _latency, "quantile"),
-    _g("vigil_window_error_ratio", "Share of requests in the last window that failed: kind "
-        "server (5xx, no answer), client (4xx but 499) or cancelled (499: the client went away "
-        "or the request timed out).", Needs.WINDOW, _errors, "kind"),
-    _g("vigil_last_window_timestamp_seconds", "When the last window closed (unix time).",
+    _per_version(
+        _gauge("vigil_dataset_drift", "1 when the drifted share reached the configured "
+               "drift_share in the last window."),
+        Needs.RESULT, lambda r: _one(float(r.drift.dataset_drift))),
+    _per_version(
+        _gauge("vigil_prediction_drift_score", "Drift test score of a model output column in the "
+               "last window.", "output", "method"),
+        Needs.RESULT, lambda r: _tested(r.drift.outputs, drifted=False)),
+    _per_version(
+        _gauge("vigil_prediction_drifted", "1 when the output column drifted in the last window.",
+               "output", "method"),
+        Needs.RESULT, lambda r: _tested(r.drift.outputs, drifted=True)),
+    _per_version(
+        _gauge("vigil_missing_ratio", "Share of missing values of a column in the last window.",
+               "feature"),
+        Needs.RESULT, lambda r: _quality(r, ("numeric", "categorical"), lambda c: c.missing_ratio)),
+    _per_version(
+        _gauge("vigil_out_of_range_ratio", "Share of a numeric column's values outside the "
+               "reference range in the last window.", "feature"),
+        Needs.RESULT, lambda r: _quality(r, ("numeric",), lambda c: c.out_of_range_share)),
+    _per_version(
+        _gauge("vigil_unseen_categories_ratio", "Share of a categorical column's values absent "
+               "from the reference in the last window.", "feature"),
+        Needs.RESULT, lambda r: _quality(r, ("categorical",), lambda c: c.unseen_share)),
+    _per_version(
+        _gauge("vigil_schema_violation_columns", "Columns with a schema violation in the last "
+               "window, by kind.", "kind"),
+        Needs.RESULT, _violations),
+    _per_version(
+        _gauge("vigil_failed_columns", "Columns whose drift test or quality statistics failed in "
+               "the last window (no score exported for them; the reason is in the drift JSON's "
+               "failed_columns)."),
+        Needs.RESULT, lambda r: _one(len(r.failed_columns))),
+    _per_version(
+        _gauge("vigil_window_rows", "Sampled rows in the last window."),
+        Needs.WINDOW, lambda w: _one(w.rows)),
+    _per_version(
+        _gauge("vigil_window_requests", "Requests in the last window."),
+        Needs.WINDOW, lambda w: _one(w.requests)),
+    _per_version(
+        _gauge("vigil_open_window_rows", "Sampled rows in the window still open."),
+        Needs.SERVED, lambda s: _one(s.current_rows)),
+    _per_version(
+        _gauge("vigil_window_latency_seconds", "Request latency quantile over the last window.",
+               "quantile"),
+        Needs.WINDOW, _latency),
+    _per_version(
+        _gauge("vigil_window_error_ratio", "Share of requests in the last window that failed: "
+               "kind server (5xx, no answer), client (4xx but 499) or cancelled (499: the client "
+               "went away or the request timed out).", "kind"),
+        Needs.WINDOW, _errors),
+    _per_version(
+        _gauge("vigil_last_window_timestamp_seconds", "When the last window closed (unix time)."),
         Needs.WINDOW, lambda w: _one(w.closed_at)),
-    _g("vigil_shadow_agreement_ratio", "Share of the rows compared in the last window whose "
-        "outputs, run on this version as its model's shadow, agreed with production's answer "
-        "(no sample when the last window compared none).", Needs.WINDOW, _agreement),
-    _c("vigil_sample_rows_received_total", "Sampled rows received.", Needs.NOTHING,
-        lambda s: _one(s.rows_received)),
-    _c("vigil_sample_requests_received_total", "Request facts (latency, status) received.",
+    _per_version(
+        _gauge("vigil_shadow_agreement_ratio", "Share of the rows compared in the last window "
+               "whose outputs, run on this version as its model's shadow, agreed with "
+               "production's answer (no sample when the last window compared none)."),
+        Needs.WINDOW, _agreement),
+    _per_version(
+        _counter("vigil_sample_rows_received_total", "Sampled rows received."),
+        Needs.NOTHING, lambda s: _one(s.rows_received)),
+    _per_version(
+        _counter("vigil_sample_requests_received_total", "Request facts (latency, status) "
+                 "received."),
         Needs.NOTHING, lambda s: _one(s.requests_received)),
-    _c("vigil_sample_rows_dropped_total", "Sampled rows dropped, by kind: replica (replica "
-        "buffer full), schema (did not match the version's signature or profile), "
-        "unknown_version, or why a message could not be read (not_a_message, schema_version, "
-        "malformed).", Needs.NOTHING, lambda s: _by_kind(s.rows_dropped), "kind"),
-    _c("vigil_sample_requests_dropped_total", "Request facts dropped, by kind as for rows.",
-        Needs.NOTHING, lambda s: _by_kind(s.requests_dropped), "kind"),
-    _c("vigil_sample_messages_dropped_total", "Whole sample messages dropped, by kind as for "
-        "rows.", Needs.NOTHING, lambda s: _by_kind(s.messages_dropped), "kind"),
-    _c("vigil_windows_evaluated_total", "Windows closed and evaluated.", Needs.SERVED,
-        lambda s: _one(s.windows_evaluated)),
-    _c("vigil_shadow_compared_rows_total", "Rows of this version's runs as its model's shadow "
-        "compared with production's answers.", Needs.SERVED, lambda s: _one(s.rows_compared)),
-    _c("vigil_shadow_agreeing_rows_total", "Compared shadow rows whose outputs agreed with "
-        "production's answers.", Needs.SERVED, lambda s: _one(s.rows_agreeing)),
+    _per_version(
+        _counter("vigil_sample_rows_dropped_total", "Sampled rows dropped, by kind: replica "
+                 "(replica buffer full), schema (did not match the version's signature or "
+                 "profile), unknown_version, or why a message could not be read (not_a_message, "
+                 "schema_version, malformed).", "kind"),
+        Needs.NOTHING, lambda s: _by_kind(s.rows_dropped)),
+    _per_version(
+        _counter("vigil_sample_requests_dropped_total", "Request facts dropped, by kind as for "
+                 "rows.", "kind"),
+        Needs.NOTHING, lambda s: _by_kind(s.requests_dropped)),
+    _per_version(
+        _counter("vigil_sample_messages_dropped_total", "Whole sample messages dropped, by kind "
+                 "as for rows.", "kind"),
+        Needs.NOTHING, lambda s: _by_kind(s.messages_dropped)),
+    _per_version(
+        _counter("vigil_windows_evaluated_total", "Windows closed and evaluated."),
+        Needs.SERVED, lambda s: _one(s.windows_evaluated)),
+    _per_version(
+        _counter("vigil_shadow_compared_rows_total", "Rows of this version's runs as its model's "
+                 "shadow compared with production's answers."),
+        Needs.SERVED, lambda s: _one(s.rows_compared)),
+    _per_version(
+        _counter("vigil_shadow_agreeing_rows_total", "Compared shadow rows whose outputs agreed "
+                 "with production's answers."),
+        Needs.SERVED, lambda s: _one(s.rows_agreeing)),
 )
 
 
@@ -264,28 +310,15 @@ class MonitorCollector(Collector):
         yield from metrics
 
 
-FIRING = Family("vigil_alert_firing", GaugeMetricFamily, "1 while the alert of this rule fires for the model "
-                "version, 0 when it does not.", (*MV, "rule"))
-DELIVERIES = Family("vigil_webhook_deliveries_total", CounterMetricFamily, "Delivery attempts by outcome: delivered "
-                    "(2xx), rejected (a status that is not retried: dead-lettered), http_error "
-                    "(408, 429, 5xx: retried), timeout, connection_error.", ("target", "outcome"))
-DEAD_LETTERS = Family("vigil_webhook_dead_letters_total", CounterMetricFamily, "Deliveries given up (refused, or "
-                      "out of attempts).", ("target",))
-PENDING = Family("vigil_webhook_outbox_pending", GaugeMetricFamily, "Deliveries waiting in the outbox (first "
-                 "attempt or retry).", ("target",))
-OUTBOX_EVENTS = Family("vigil_webhook_outbox_events", GaugeMetricFamily, "Events held in the "
-                       "outbox (counted about once a minute).", ())
-OUTBOX_DELIVERIES = Family("vigil_webhook_outbox_deliveries", GaugeMetricFamily, "Delivery rows "
-                           "held in the outbox by state: pending, delivered, dead (counted about "
-                           "once a minute; retention deletes delivered and dead ones).",
-                           ("state",))
-OUTBOX_BYTES = Family("vigil_webhook_outbox_bytes", GaugeMetricFamily, "Size of the outbox file "
-                      "and its write-ahead log.", ())
-OUTBOX_PRUNED = Family("vigil_webhook_outbox_pruned_events_total", CounterMetricFamily,
-                       "Delivered and dead events deleted by the outbox's retention (since the "
-                       "file was created).", ())
-SECONDS = Family("vigil_webhook_delivery_seconds", HistogramMetricFamily, "Duration of one "
-                 "delivery attempt, any outcome.", ("target",))
+FIRING = _gauge("vigil_alert_firing", "1 while the alert of this rule fires for the model "
+                "version, 0 when it does not.", *MV, "rule")
+DELIVERIES = _counter("vigil_webhook_deliveries_total", "Delivery attempts by outcome: delivered "
+                      "(2xx), rejected (a status that is not retried: dead-lettered), http_error "
+                      "(408, 429, 5xx: retried), timeout, connection_error.", "target", "outcome")
+DEAD_LETTERS = _counter("vigil_webhook_dead_letters_total", "Deliveries given up (refused, or out "
+                        "of attempts).", "target")
+PENDING = _gauge("vigil_webhook_outbox_pending", "Deliveries waiting in the outbox (first attempt "
+                 "or retry).", "target")
 
 
 class AlertCollector(Collector):
@@ -321,7 +354,9 @@ def _delivery_metrics(stats: DeliverySnapshot, configured: Iterable[str]) -> lis
     """The webhook delivery families of one consistent snapshot of the stats."""
     targets = sorted({*configured, *stats.pending, *(t for t, _ in stats.attempts)})
     attempts, dead, pending = DELIVERIES.new(), DEAD_LETTERS.new(), PENDING.new()
-    seconds = SECONDS.new()
+    # The one histogram, declared where it is filled.
+    seconds = HistogramMetricFamily("vigil_webhook_delivery_seconds", "Duration of one delivery "
+                                    "attempt, any outcome.", labels=["target"])
     for target in targets:
         for outcome in OUTCOMES:
             attempts.add_metric([target, outcome], stats.attempts.get((target, outcome), 0))
@@ -336,16 +371,23 @@ def _delivery_metrics(stats: DeliverySnapshot, configured: Iterable[str]) -> lis
     return [attempts, dead, pending, seconds]
 
 
-
-VERSIONS = Family("vigil_monitored_versions", GaugeMetricFamily, "Model versions whose windows "
-                  "and statistics the monitor holds (the served ones).", ())
-RELEASED = Family("vigil_monitor_released_versions_total", CounterMetricFamily, "Versions whose "
-                  "monitor state was released because they are no longer served (retired, or "
-                  "their model unloaded).", ())
-REPORTS = Family("vigil_report_cache_reports", GaugeMetricFamily, "HTML reports kept in the "
-                 "report cache.", ())
-REPORT_BYTES = Family("vigil_report_cache_bytes", GaugeMetricFamily, "Bytes of the reports kept "
-                      "in the report cache (gzip-compressed; bounded by report_cache_bytes).", ())
+VERSIONS = _gauge("vigil_monitored_versions", "Model versions whose windows and statistics the "
+                  "monitor holds (the served ones).")
+RELEASED = _counter("vigil_monitor_released_versions_total", "Versions whose monitor state was "
+                    "released because they are no longer served (retired, or their model "
+                    "unloaded).")
+REPORTS = _gauge("vigil_report_cache_reports", "HTML reports kept in the report cache.")
+REPORT_BYTES = _gauge("vigil_report_cache_bytes", "Bytes of the reports kept in the report cache "
+                      "(gzip-compressed; bounded by report_cache_bytes).")
+OUTBOX_EVENTS = _gauge("vigil_webhook_outbox_events", "Events held in the outbox (counted about "
+                       "once a minute).")
+OUTBOX_DELIVERIES = _gauge("vigil_webhook_outbox_deliveries", "Delivery rows held in the outbox "
+                           "by state: pending, delivered, dead (counted about once a minute; "
+                           "retention deletes delivered and dead ones).", "state")
+OUTBOX_BYTES = _gauge("vigil_webhook_outbox_bytes", "Size of the outbox file and its write-ahead "
+                      "log.")
+OUTBOX_PRUNED = _counter("vigil_webhook_outbox_pruned_events_total", "Delivered and dead events "
+                         "deleted by the outbox's retention (since the file was created).")
 
 
 @dataclass(frozen=True)

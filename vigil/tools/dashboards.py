@@ -275,22 +275,15 @@ def alerts() -> db.Row:
               "by target; `vigil webhooks retry --all-dead` sends them again.", "short",
               [Q(f"sum by (target) (increase(vigil_webhook_dead_letters_total{RATE}))",
                  "{{target}}")]),
-        graph("Monitor state held", "What the monitor holds that would grow with versions and "
-              "time without its bound: model versions whose windows it keeps (the served ones; "
-              "retired ones are released), reports in its cache, and the outbox's events and "
-              "delivery rows by state (retention deletes delivered and dead ones). Flat while "
-              "versions come and go.", "short", [
-                  Q("max(vigil_monitored_versions)", "versions held"),
-                  Q("max(vigil_report_cache_reports)", "reports cached"),
-                  Q("max(vigil_webhook_outbox_events)", "outbox events"),
-                  Q("max by (state) (vigil_webhook_outbox_deliveries)", "outbox {{state}}"),
+        graph("Outbox rows", "Events and delivery rows (by state) held in the webhook outbox: "
+              "its retention (outbox_retention_s, outbox_max_events) deletes delivered and dead "
+              "ones, so they stay flat; pending ones wait for their receiver.", "short", [
+                  Q("max(vigil_webhook_outbox_events)", "events"),
+                  Q("max by (state) (vigil_webhook_outbox_deliveries)", "deliveries {{state}}"),
               ], steps=True),
-        graph("Monitor state bytes", "Bytes of the report cache (bounded by report_cache_bytes) "
-              "and of the outbox file with its write-ahead log (bounded by the outbox's "
-              "retention).", "bytes", [
-                  Q("max(vigil_report_cache_bytes)", "report cache"),
-                  Q("max(vigil_webhook_outbox_bytes)", "outbox"),
-              ], steps=True),
+        graph("Outbox bytes", "Size of the webhook outbox file with its write-ahead log, flat "
+              "under the outbox's retention.", "bytes",
+              [Q("max(vigil_webhook_outbox_bytes)", "outbox")], steps=True),
     ])
 
 
