@@ -19,9 +19,9 @@ HTTP, under the application's route prefix (``/monitor``):
 Query parameters are checked by monitoring.queries. A report is built once per window
 (monitoring.report_cache: concurrent requests share one build, builds run one at a time, at most
 ``report_cache_bytes`` kept) from at most ``report_max_rows`` rows of each side (the reference
-data of the last ``MAX_REFERENCES`` versions reported on is kept), and kept gzip-compressed (Evidently's page is ~5.8 MB,
-3.5 MB of it its JavaScript bundle; gzip makes it ~1.5 MB): sent as is to clients that accept gzip,
-decompressed for the others. The response header ``X-Vigil-Window`` names the window it describes.
+data of the last ``MAX_REFERENCES`` versions reported on is kept), and kept gzip-compressed
+(Evidently's page is ~5.8 MB, 3.5 MB of it its JavaScript bundle; gzip makes it ~1.5 MB): sent
+as is to clients that accept gzip, decompressed for the others. The response header ``X-Vigil-Window`` names the window it describes.
 
 Errors are ``{"error": ...}``: 400 bad query, 404 unknown model/version/route, 409 no profile,
 reference or closed window with rows yet, 500 a bug (logged).
@@ -212,7 +212,7 @@ class Monitor:
     # ------------------------------------------------------------------ HTTP
 
     async def metrics(self, request: Request) -> Response:
-        self._report_size = self._reports.size()  # the loop's to read; the scrape runs on the worker
+        self._report_size = self._reports.size()  # read on the loop, its owner; scraped on the worker
         body = await self._on_worker(generate_latest, self.registry)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
