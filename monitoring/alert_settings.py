@@ -32,6 +32,9 @@ A webhook target says where events go and which secret signs them:
         max_attempts: 8
 
 The secrets themselves live in the Monitor's environment (``whsec_`` + base64), never here.
+A URL may still carry credentials (``user:password@``, a token in its query): wherever a URL is
+shown (logs, ``/v1/status``, validation errors, delivery errors and the outbox's dead letters)
+it is shown redacted (``redact_url``, ``scrub``); only the deliverer sends to the real one.
 """
 
 from __future__ import annotations
@@ -39,23 +42,20 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import urllib.parse
 from collections.abc import Mapping
-from typing import Literal
+from typing import Literal, get_args
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
-EVENT_TYPES = (
-    "vigil.drift.detected",
-    "vigil.prediction_drift.detected",
-    "vigil.data_quality.degraded",
-    "vigil.latency.slo_breached",
-    "vigil.errors.rate_exceeded",
-    "vigil.traffic.stopped",
-    "vigil.shadow.disagrees",
-    "vigil.model.rolled_back",
-    "vigil.alert.resolved",
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_serializer,
+    field_validator,
+    model_validator,
 )
+
 EventType = Literal[
     "vigil.drift.detected",
     "vigil.prediction_drift.detected",
@@ -67,12 +67,60 @@ EventType = Literal[
     "vigil.model.rolled_back",
     "vigil.alert.resolved",
 ]
+EVENT_TYPES: tuple[EventType, ...] = get_args(EventType)
 ROLLED_BACK = "vigil.model.rolled_back"
 Action = Literal["notify", "rollback_canary"]
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # with fullmatch: no "name\n"
+_ENV = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 _SECRET_PREFIX = "whsec_"  # nosec B105 # a public prefix
 _MIN_SECRET_BYTES = 16  # Standard Webhooks asks for 24..64 random bytes; refuse the obviously weak
+HIDDEN = "***"
+_MIN_SCRUBBED = 4  # a secret part shorter than this is not searched for alone in free text
+
+
+def redact_url(url: str) -> str:
+    """The URL as it may be shown: user and password, query values and the fragment replaced
+    by ``***`` (scheme, host, port, path and query names kept)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return HIDDEN
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = f"{HIDDEN}@{netloc.rpartition('@')[2]}"
+    query = "&".join(f"{name}={HIDDEN}" if sep else name
+                     for name, sep, _ in (p.partition("=") for p in parts.query.split("&") if p))
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query,
+                                    HIDDEN if parts.fragment else ""))
+
+
+def url_secrets(url: str) -> list[str]:
+    """The parts of a URL that may be secret, as they may appear in text (raw and decoded),
+    longest first: its userinfo, user, password, query values and fragment."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return [url]
+    found: set[str] = set()
+    if "@" in parts.netloc:
+        userinfo = parts.netloc.rpartition("@")[0]
+        found |= {userinfo, *userinfo.split(":", 1)}
+    if parts.query:
+        found |= {value for _, _, value in (p.partition("=") for p in parts.query.split("&"))}
+    if parts.fragment:
+        found.add(parts.fragment)
+    found |= {urllib.parse.unquote(part) for part in found}
+    return sorted((p for p in found if len(p) >= _MIN_SCRUBBED), key=len, reverse=True)
+
+
+def scrub(text: str, url: str) -> str:
+    """`text` (an error, a receiver's answer) with the URL redacted wherever it appears, and
+    each secret part of it too."""
+    for form in (url, urllib.parse.unquote(url)):
+        text = text.replace(form, redact_url(url))
+    for secret in url_secrets(url):
+        text = text.replace(secret, HIDDEN)
+    return text
 
 
 class Condition(BaseModel):
@@ -221,7 +269,7 @@ class AlertRule(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, name: str) -> str:
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):
             raise ValueError(f"rule names are 1..64 letters, digits, '_', '.', '-': {name[:40]!r}")
         return name
 
@@ -245,9 +293,10 @@ class AlertRule(BaseModel):
 
 
 class WebhookTarget(BaseModel):
-    """One receiver of events."""
+    """One receiver of events. Its URL is redacted in every dump (status, logs) and in
+    validation errors; `url` holds the real one, for the deliverer."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     name: str = Field(description="Unique among the targets; a metrics label and outbox key.")
     url: str = Field(min_length=8, max_length=2048, description="http(s) URL events are POSTed to.")
@@ -272,20 +321,26 @@ class WebhookTarget(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, name: str) -> str:
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):
             raise ValueError(f"target names are 1..64 letters, digits, '_', '.', '-': {name[:40]!r}")
         return name
 
     @field_validator("url")
     @classmethod
     def _url(cls, url: str) -> str:
+        shown = redact_url(url)[:60]
         if not re.match(r"^https?://[^\s/?#]+", url):
-            raise ValueError(f"a webhook url must be http:// or https://: {url[:60]!r}")
+            raise ValueError(f"a webhook url must be http:// or https://: {shown!r}")
         try:  # what the deliverer's client will be asked to send to
             httpx.URL(url)
         except httpx.InvalidURL as exc:
-            raise ValueError(f"not a valid webhook url ({exc}): {url[:60]!r}") from None
+            raise ValueError(f"not a valid webhook url ({scrub(str(exc), url)}): "
+                             f"{shown!r}") from None
         return url
+
+    @field_serializer("url")
+    def _shown(self, url: str) -> str:
+        return redact_url(url)
 
     @field_validator("secret_env")
     @classmethod
@@ -294,7 +349,7 @@ class WebhookTarget(BaseModel):
         if not 1 <= len(names) <= 2:
             raise ValueError("secret_env names one variable, or two while rotating")
         for name in names:
-            if not _ENV.match(name):
+            if not _ENV.fullmatch(name):
                 raise ValueError(f"not an environment variable name: {name[:40]!r}")
         return value
 

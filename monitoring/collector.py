@@ -1,6 +1,8 @@
 """The monitor's Prometheus collector: yields the latest window results at scrape time.
 
-Every metric the monitor exports is declared here, nowhere else. Names are ``vigil_<what>_<unit>``
+Every metric the monitor exports is declared here, nowhere else, once: a table of families
+(``VERSION_FAMILIES``: name, type, help, labels, what each reads from a version's snapshot; and
+the alert and delivery families below it). Names are ``vigil_<what>_<unit>``
 (booleans and scores have no unit); labels are model, version and at most one of feature,
 method, output, quantile, kind. Gauges describe the last closed window of each model version;
 counters (``_total``) count since the monitor started. A version whose window failed to evaluate,
@@ -14,8 +16,12 @@ drift JSON (``failed_columns``) says why.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+import dataclasses
+import enum
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar, get_args
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -25,12 +31,15 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from monitoring.drift import ColumnDrift, WindowResult
 from monitoring.latency import QUANTILES
-from monitoring.webhooks import OUTCOMES, SECONDS_BUCKETS, DeliveryStats
+from monitoring.outbox import OutboxSize
+from monitoring.quality import ColumnQuality, Violation
+from monitoring.webhooks import OUTCOMES, SECONDS_BUCKETS, DeliverySnapshot, DeliveryStats
 from monitoring.window import ClosedWindow
 
 MV = ["model", "version"]
-VIOLATION_KINDS = ("missing_column", "wrong_dtype", "wrong_shape", "unexpected_column")
+VIOLATION_KINDS: tuple[Violation, ...] = get_args(Violation)
 # Why samples were dropped: at the replica (buffer full); rows whose tensors misfit the version's
 # layout; whole messages for a version not monitored, or that the monitor cannot read
 # (vigil.core.messages.UnreadableMessage.REASONS).
@@ -58,12 +67,226 @@ class VersionSnapshot:
     rows_compared: int = 0  # shadow rows compared with production's answers
 
 
-def _gauge(name: str, doc: str, extra: tuple[str, ...] = ()) -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, doc, labels=[*MV, *extra])
+Samples = Iterable[tuple[Sequence[str], float]]  # (labels after model and version, value)
 
 
-def _counter(name: str, doc: str, extra: tuple[str, ...] = ()) -> CounterMetricFamily:
-    return CounterMetricFamily(name, doc, labels=[*MV, *extra])
+class Needs(enum.Enum):
+    """What a version's snapshot must hold for a family to have its samples."""
+
+    NOTHING = "any snapshot, the '_unknown' bucket of drops included"
+    SERVED = "a monitored version"
+    WINDOW = "a monitored version with a closed window (the family reads the window)"
+    RESULT = "... whose statistics were evaluated (the family reads the WindowResult)"
+
+
+M = TypeVar("M", GaugeMetricFamily, CounterMetricFamily, HistogramMetricFamily)
+
+
+@dataclass(frozen=True)
+class Family(Generic[M]):
+    """One metric family as exposed: name, type, help and label names."""
+
+    name: str
+    kind: type[M]
+    help: str
+    labels: tuple[str, ...]
+
+    def new(self) -> M:
+        """An empty family for one scrape."""
+        return self.kind(self.name, self.help, labels=list(self.labels))
+
+
+@dataclass(frozen=True)
+class VersionFamily:
+    """A family with one group of samples per model version, read from its snapshot (or its
+    latest window, or that window's result, as `needs` says)."""
+
+    family: Family[GaugeMetricFamily] | Family[CounterMetricFamily]
+    needs: Needs
+    read: Callable[[Any], Samples]
+
+
+def _one(value: float) -> Samples:
+    return (((), value),)
+
+
+def _by_kind(counts: Mapping[str, int]) -> Samples:
+    return (((kind,), counts.get(kind, 0)) for kind in DROP_KINDS)
+
+
+def _latency(window: ClosedWindow) -> Samples:
+    lat = window.latency
+    return (((str(q),), v) for q, v in zip(QUANTILES, (lat.p50, lat.p95, lat.p99), strict=True)
+            if v is not None)
+
+
+def _errors(window: ClosedWindow) -> Samples:
+    lat = window.latency
+    return ((("server",), lat.error_ratio), (("client",), lat.client_error_ratio),
+            (("cancelled",), lat.cancelled_ratio))
+
+
+def _agreement(window: ClosedWindow) -> Samples:
+    return () if window.shadow_agreement is None else _one(window.shadow_agreement)
+
+
+def _tested(columns: Iterable[ColumnDrift], drifted: bool) -> Samples:
+    """Each tested column's score, or its verdict (1.0 drifted, 0.0 not)."""
+    for c in columns:
+        if c.status == "tested":
+            yield (c.name, str(c.method)), float(c.drifted) if drifted else float(c.score or 0.0)
+
+
+def _quality(result: WindowResult, kinds: tuple[str, ...],
+             value: Callable[[ColumnQuality], float]) -> Samples:
+    """A ratio of every column of these kinds whose quality statistics hold."""
+    return (((c.name,), value(c)) for c in result.quality.columns
+            if c.present and c.error is None and c.kind in kinds)
+
+
+def _violations(result: WindowResult) -> Samples:
+    found = Counter(v.violation for v in result.quality.violations)
+    return (((kind,), found[kind]) for kind in VIOLATION_KINDS)
+
+
+def _gauge(name: str, doc: str, *labels: str) -> Family[GaugeMetricFamily]:
+    return Family(name, GaugeMetricFamily, doc, labels)
+
+
+def _counter(name: str, doc: str, *labels: str) -> Family[CounterMetricFamily]:
+    return Family(name, CounterMetricFamily, doc, labels)
+
+
+def _per_version(family: Family[GaugeMetricFamily] | Family[CounterMetricFamily], needs: Needs,
+                 read: Callable[[Any], Samples]) -> VersionFamily:
+    """`family` with one group of samples per model version: model and version label first."""
+    return VersionFamily(dataclasses.replace(family, labels=(*MV, *family.labels)), needs, read)
+
+
+# Every family of the per-version metrics, in the order they are exposed.
+VERSION_FAMILIES: tuple[VersionFamily, ...] = (
+    _per_version(
+        _gauge("vigil_profile_loaded", "1 when the version's reference profile is loaded (drift "
+               "and quality exported), 0 when it has none."),
+        Needs.SERVED, lambda s: _one(float(s.profile_loaded))),
+    _per_version(
+        _gauge("vigil_feature_drift_score", "Drift test score of a feature in the last window: "
+               "p-value (ks, chisquare, z) or distance.", "feature", "method"),
+        Needs.RESULT, lambda r: _tested(r.drift.features, drifted=False)),
+    _per_version(
+        _gauge("vigil_feature_drifted", "1 when the feature drifted in the last window.",
+               "feature", "method"),
+        Needs.RESULT, lambda r: _tested(r.drift.features, drifted=True)),
+    _per_version(
+        _gauge("vigil_drift_share_ratio", "Share of tested features that drifted in the last "
+               "window."),
+        Needs.RESULT, lambda r: _one(r.drift.share_drifted)),
+    _per_version(
+        _gauge("vigil_dataset_drift", "1 when the drifted share reached the configured "
+               "drift_share in the last window."),
+        Needs.RESULT, lambda r: _one(float(r.drift.dataset_drift))),
+    _per_version(
+        _gauge("vigil_prediction_drift_score", "Drift test score of a model output column in the "
+               "last window.", "output", "method"),
+        Needs.RESULT, lambda r: _tested(r.drift.outputs, drifted=False)),
+    _per_version(
+        _gauge("vigil_prediction_drifted", "1 when the output column drifted in the last window.",
+               "output", "method"),
+        Needs.RESULT, lambda r: _tested(r.drift.outputs, drifted=True)),
+    _per_version(
+        _gauge("vigil_missing_ratio", "Share of missing values of a column in the last window.",
+               "feature"),
+        Needs.RESULT, lambda r: _quality(r, ("numeric", "categorical"), lambda c: c.missing_ratio)),
+    _per_version(
+        _gauge("vigil_out_of_range_ratio", "Share of a numeric column's values outside the "
+               "reference range in the last window.", "feature"),
+        Needs.RESULT, lambda r: _quality(r, ("numeric",), lambda c: c.out_of_range_share)),
+    _per_version(
+        _gauge("vigil_unseen_categories_ratio", "Share of a categorical column's values absent "
+               "from the reference in the last window.", "feature"),
+        Needs.RESULT, lambda r: _quality(r, ("categorical",), lambda c: c.unseen_share)),
+    _per_version(
+        _gauge("vigil_schema_violation_columns", "Columns with a schema violation in the last "
+               "window, by kind.", "kind"),
+        Needs.RESULT, _violations),
+    _per_version(
+        _gauge("vigil_failed_columns", "Columns whose drift test or quality statistics failed in "
+               "the last window (no score exported for them; the reason is in the drift JSON's "
+               "failed_columns)."),
+        Needs.RESULT, lambda r: _one(len(r.failed_columns))),
+    _per_version(
+        _gauge("vigil_window_rows", "Sampled rows in the last window."),
+        Needs.WINDOW, lambda w: _one(w.rows)),
+    _per_version(
+        _gauge("vigil_window_requests", "Requests in the last window."),
+        Needs.WINDOW, lambda w: _one(w.requests)),
+    _per_version(
+        _gauge("vigil_open_window_rows", "Sampled rows in the window still open."),
+        Needs.SERVED, lambda s: _one(s.current_rows)),
+    _per_version(
+        _gauge("vigil_window_latency_seconds", "Request latency quantile over the last window.",
+               "quantile"),
+        Needs.WINDOW, _latency),
+    _per_version(
+        _gauge("vigil_window_error_ratio", "Share of requests in the last window that failed: "
+               "kind server (5xx, no answer), client (4xx but 499) or cancelled (499: the client "
+               "went away or the request timed out).", "kind"),
+        Needs.WINDOW, _errors),
+    _per_version(
+        _gauge("vigil_last_window_timestamp_seconds", "When the last window closed (unix time)."),
+        Needs.WINDOW, lambda w: _one(w.closed_at)),
+    _per_version(
+        _gauge("vigil_shadow_agreement_ratio", "Share of the rows compared in the last window "
+               "whose outputs, run on this version as its model's shadow, agreed with "
+               "production's answer (no sample when the last window compared none)."),
+        Needs.WINDOW, _agreement),
+    _per_version(
+        _counter("vigil_sample_rows_received_total", "Sampled rows received."),
+        Needs.NOTHING, lambda s: _one(s.rows_received)),
+    _per_version(
+        _counter("vigil_sample_requests_received_total", "Request facts (latency, status) "
+                 "received."),
+        Needs.NOTHING, lambda s: _one(s.requests_received)),
+    _per_version(
+        _counter("vigil_sample_rows_dropped_total", "Sampled rows dropped, by kind: replica "
+                 "(replica buffer full), schema (did not match the version's signature or "
+                 "profile), unknown_version, or why a message could not be read (not_a_message, "
+                 "schema_version, malformed).", "kind"),
+        Needs.NOTHING, lambda s: _by_kind(s.rows_dropped)),
+    _per_version(
+        _counter("vigil_sample_requests_dropped_total", "Request facts dropped, by kind as for "
+                 "rows.", "kind"),
+        Needs.NOTHING, lambda s: _by_kind(s.requests_dropped)),
+    _per_version(
+        _counter("vigil_sample_messages_dropped_total", "Whole sample messages dropped, by kind "
+                 "as for rows.", "kind"),
+        Needs.NOTHING, lambda s: _by_kind(s.messages_dropped)),
+    _per_version(
+        _counter("vigil_windows_evaluated_total", "Windows closed and evaluated."),
+        Needs.SERVED, lambda s: _one(s.windows_evaluated)),
+    _per_version(
+        _counter("vigil_shadow_compared_rows_total", "Rows of this version's runs as its model's "
+                 "shadow compared with production's answers."),
+        Needs.SERVED, lambda s: _one(s.rows_compared)),
+    _per_version(
+        _counter("vigil_shadow_agreeing_rows_total", "Compared shadow rows whose outputs agreed "
+                 "with production's answers."),
+        Needs.SERVED, lambda s: _one(s.rows_agreeing)),
+)
+
+
+def _source(needs: Needs, snap: VersionSnapshot) -> Any:
+    """What a family of these needs reads from this snapshot; None: it has no samples."""
+    if needs is Needs.NOTHING:
+        return snap
+    if snap.profile_loaded is None:  # the '_unknown' bucket: drops only
+        return None
+    if needs is Needs.SERVED:
+        return snap
+    window = snap.latest
+    if needs is Needs.WINDOW or window is None:
+        return window
+    return window.result
 
 
 class MonitorCollector(Collector):
@@ -76,130 +299,26 @@ class MonitorCollector(Collector):
         return []  # names vary with the models served: nothing to check at registration
 
     def collect(self) -> Iterator[Metric]:
-        g = {
-            "profile": _gauge("vigil_profile_loaded", "1 when the version's reference profile "
-                              "is loaded (drift and quality exported), 0 when it has none."),
-            "score": _gauge("vigil_feature_drift_score", "Drift test score of a feature in the "
-                            "last window: p-value (ks, chisquare, z) or distance.",
-                            ("feature", "method")),
-            "drifted": _gauge("vigil_feature_drifted", "1 when the feature drifted in the last "
-                              "window.", ("feature", "method")),
-            "share": _gauge("vigil_drift_share_ratio", "Share of tested features that drifted "
-                            "in the last window."),
-            "dataset": _gauge("vigil_dataset_drift", "1 when the drifted share reached the "
-                              "configured drift_share in the last window."),
-            "pscore": _gauge("vigil_prediction_drift_score", "Drift test score of a model output "
-                             "column in the last window.", ("output", "method")),
-            "pdrifted": _gauge("vigil_prediction_drifted", "1 when the output column drifted in "
-                               "the last window.", ("output", "method")),
-            "missing": _gauge("vigil_missing_ratio", "Share of missing values of a column in the "
-                              "last window.", ("feature",)),
-            "range": _gauge("vigil_out_of_range_ratio", "Share of a numeric column's values "
-                            "outside the reference range in the last window.", ("feature",)),
-            "unseen": _gauge("vigil_unseen_categories_ratio", "Share of a categorical column's "
-                             "values absent from the reference in the last window.", ("feature",)),
-            "violations": _gauge("vigil_schema_violation_columns", "Columns with a schema "
-                                 "violation in the last window, by kind.", ("kind",)),
-            "failed": _gauge("vigil_failed_columns", "Columns whose drift test or quality "
-                             "statistics failed in the last window (no score exported for them; "
-                             "the reason is in the drift JSON's failed_columns)."),
-            "rows": _gauge("vigil_window_rows", "Sampled rows in the last window."),
-            "requests": _gauge("vigil_window_requests", "Requests in the last window."),
-            "open": _gauge("vigil_open_window_rows", "Sampled rows in the window still open."),
-            "latency": _gauge("vigil_window_latency_seconds", "Request latency quantile over "
-                              "the last window.", ("quantile",)),
-            "errors": _gauge("vigil_window_error_ratio", "Share of requests in the last window "
-                             "that failed: kind server (5xx, no answer), client (4xx but 499) or "
-                             "cancelled (499: the client went away or the request timed out).",
-                             ("kind",)),
-            "time": _gauge("vigil_last_window_timestamp_seconds", "When the last window closed "
-                           "(unix time)."),
-            "agreement": _gauge("vigil_shadow_agreement_ratio", "Share of the rows compared in "
-                                "the last window whose outputs, run on this version as its "
-                                "model's shadow, agreed with production's answer (no sample "
-                                "when the last window compared none)."),
-        }
-        c = {
-            "rows_in": _counter("vigil_sample_rows_received_total", "Sampled rows received."),
-            "requests_in": _counter("vigil_sample_requests_received_total",
-                                    "Request facts (latency, status) received."),
-            "rows_out": _counter("vigil_sample_rows_dropped_total", "Sampled rows dropped, by "
-                                 "kind: replica (replica buffer full), schema (did not match the "
-                                 "version's signature or profile), unknown_version, or why a "
-                                 "message could not be read (not_a_message, schema_version, "
-                                 "malformed).", ("kind",)),
-            "requests_out": _counter("vigil_sample_requests_dropped_total", "Request facts "
-                                     "dropped, by kind as for rows.", ("kind",)),
-            "messages_out": _counter("vigil_sample_messages_dropped_total", "Whole sample "
-                                     "messages dropped, by kind as for rows.", ("kind",)),
-            "windows": _counter("vigil_windows_evaluated_total", "Windows closed and evaluated."),
-            "compared": _counter("vigil_shadow_compared_rows_total", "Rows of this version's "
-                                 "runs as its model's shadow compared with production's answers."),
-            "agreeing": _counter("vigil_shadow_agreeing_rows_total", "Compared shadow rows whose "
-                                 "outputs agreed with production's answers."),
-        }
+        metrics = [f.family.new() for f in VERSION_FAMILIES]
         for snap in self._snapshot():
-            self._add(snap, g, c)
-        yield from g.values()
-        yield from c.values()
+            mv = (snap.model, snap.version)
+            for family, metric in zip(VERSION_FAMILIES, metrics, strict=True):
+                source = _source(family.needs, snap)
+                if source is not None:
+                    for labels, value in family.read(source):
+                        metric.add_metric([*mv, *labels], value)
+        yield from metrics
 
-    def _add(self, snap: VersionSnapshot, g: dict, c: dict) -> None:
-        mv = [snap.model, snap.version]
-        for kind in DROP_KINDS:
-            c["rows_out"].add_metric([*mv, kind], snap.rows_dropped.get(kind, 0))
-            c["requests_out"].add_metric([*mv, kind], snap.requests_dropped.get(kind, 0))
-            c["messages_out"].add_metric([*mv, kind], snap.messages_dropped.get(kind, 0))
-        c["rows_in"].add_metric(mv, snap.rows_received)
-        c["requests_in"].add_metric(mv, snap.requests_received)
-        if snap.profile_loaded is None:
-            return
-        c["windows"].add_metric(mv, snap.windows_evaluated)
-        c["compared"].add_metric(mv, snap.rows_compared)
-        c["agreeing"].add_metric(mv, snap.rows_agreeing)
-        g["profile"].add_metric(mv, float(snap.profile_loaded))
-        g["open"].add_metric(mv, snap.current_rows)
-        window = snap.latest
-        if window is None:
-            return
-        g["rows"].add_metric(mv, window.rows)
-        g["requests"].add_metric(mv, window.requests)
-        g["time"].add_metric(mv, window.closed_at)
-        lat = window.latency
-        for q, value in zip(QUANTILES, (lat.p50, lat.p95, lat.p99), strict=True):
-            if value is not None:
-                g["latency"].add_metric([*mv, str(q)], value)
-        g["errors"].add_metric([*mv, "server"], lat.error_ratio)
-        g["errors"].add_metric([*mv, "client"], lat.client_error_ratio)
-        g["errors"].add_metric([*mv, "cancelled"], lat.cancelled_ratio)
-        if window.shadow_agreement is not None:
-            g["agreement"].add_metric(mv, window.shadow_agreement)
-        if window.result is None:
-            return
-        drift, quality = window.result.drift, window.result.quality
-        for col in drift.features:
-            if col.status == "tested":
-                labels = [*mv, col.name, str(col.method)]
-                g["score"].add_metric(labels, col.score)
-                g["drifted"].add_metric(labels, float(col.drifted))
-        for col in drift.outputs:
-            if col.status == "tested":
-                labels = [*mv, col.name, str(col.method)]
-                g["pscore"].add_metric(labels, col.score)
-                g["pdrifted"].add_metric(labels, float(col.drifted))
-        g["share"].add_metric(mv, drift.share_drifted)
-        g["dataset"].add_metric(mv, float(drift.dataset_drift))
-        g["failed"].add_metric(mv, len(window.result.failed_columns))
-        for column in quality.columns:
-            if not column.present or column.error is not None:
-                continue
-            g["missing"].add_metric([*mv, column.name], column.missing_ratio)
-            if column.kind == "numeric":
-                g["range"].add_metric([*mv, column.name], column.out_of_range_share)
-            else:
-                g["unseen"].add_metric([*mv, column.name], column.unseen_share)
-        for kind in VIOLATION_KINDS:
-            count = sum(v.violation == kind for v in quality.violations)
-            g["violations"].add_metric([*mv, kind], count)
+
+FIRING = _gauge("vigil_alert_firing", "1 while the alert of this rule fires for the model "
+                "version, 0 when it does not.", *MV, "rule")
+DELIVERIES = _counter("vigil_webhook_deliveries_total", "Delivery attempts by outcome: delivered "
+                      "(2xx), rejected (a status that is not retried: dead-lettered), http_error "
+                      "(408, 429, 5xx: retried), timeout, connection_error.", "target", "outcome")
+DEAD_LETTERS = _counter("vigil_webhook_dead_letters_total", "Deliveries given up (refused, or out "
+                        "of attempts).", "target")
+PENDING = _gauge("vigil_webhook_outbox_pending", "Deliveries waiting in the outbox (first attempt "
+                 "or retry).", "target")
 
 
 class AlertCollector(Collector):
@@ -224,32 +343,91 @@ class AlertCollector(Collector):
         return []
 
     def collect(self) -> Iterator[Metric]:
-        firing = GaugeMetricFamily("vigil_alert_firing", "1 while the alert of this rule fires for "
-                                   "the model version, 0 when it does not.", labels=[*MV, "rule"])
+        firing = FIRING.new()
         for model, version, rule, on in self._firing():
             firing.add_metric([model, version, rule], float(on))
         yield firing
-        stats = self._stats
-        targets = sorted({*self._targets(), *stats.pending, *(t for t, _ in stats.attempts)})
-        attempts = CounterMetricFamily(
-            "vigil_webhook_deliveries_total", "Delivery attempts by outcome: delivered (2xx), "
-            "rejected (a status that is not retried: dead-lettered), http_error (408, 429, 5xx: "
-            "retried), timeout, connection_error.", labels=["target", "outcome"])
-        dead = CounterMetricFamily("vigil_webhook_dead_letters_total", "Deliveries given up "
-                                   "(refused, or out of attempts).", labels=["target"])
-        pending = GaugeMetricFamily("vigil_webhook_outbox_pending", "Deliveries waiting in the "
-                                    "outbox (first attempt or retry).", labels=["target"])
-        seconds = HistogramMetricFamily("vigil_webhook_delivery_seconds", "Duration of one "
-                                        "delivery attempt, any outcome.", labels=["target"])
-        for target in targets:
-            for outcome in OUTCOMES:
-                attempts.add_metric([target, outcome], stats.attempts.get((target, outcome), 0))
-            dead.add_metric([target], stats.dead_letters.get(target, 0))
-            pending.add_metric([target], stats.pending.get(target, 0))
-            counts = stats.seconds_buckets.get(target, [0] * (len(SECONDS_BUCKETS) + 1))
-            cumulative, buckets = 0, []
-            for bound, n in zip((*map(str, SECONDS_BUCKETS), "+Inf"), counts, strict=True):
-                cumulative += n
-                buckets.append((bound, cumulative))
-            seconds.add_metric([target], buckets, stats.seconds_sum.get(target, 0.0))
-        yield from (attempts, dead, pending, seconds)
+        yield from _delivery_metrics(self._stats.snapshot(), self._targets())
+
+
+def _delivery_metrics(stats: DeliverySnapshot, configured: Iterable[str]) -> list[Metric]:
+    """The webhook delivery families of one consistent snapshot of the stats."""
+    targets = sorted({*configured, *stats.pending, *(t for t, _ in stats.attempts)})
+    attempts, dead, pending = DELIVERIES.new(), DEAD_LETTERS.new(), PENDING.new()
+    # The one histogram, declared where it is filled.
+    seconds = HistogramMetricFamily("vigil_webhook_delivery_seconds", "Duration of one delivery "
+                                    "attempt, any outcome.", labels=["target"])
+    for target in targets:
+        for outcome in OUTCOMES:
+            attempts.add_metric([target, outcome], stats.attempts.get((target, outcome), 0))
+        dead.add_metric([target], stats.dead_letters.get(target, 0))
+        pending.add_metric([target], stats.pending.get(target, 0))
+        counts = stats.seconds_buckets.get(target, (0,) * (len(SECONDS_BUCKETS) + 1))
+        cumulative, buckets = 0, []
+        for bound, n in zip((*map(str, SECONDS_BUCKETS), "+Inf"), counts, strict=True):
+            cumulative += n
+            buckets.append((bound, cumulative))
+        seconds.add_metric([target], buckets, stats.seconds_sum.get(target, 0.0))
+    return [attempts, dead, pending, seconds]
+
+
+VERSIONS = _gauge("vigil_monitored_versions", "Model versions whose windows and statistics the "
+                  "monitor holds (the served ones).")
+RELEASED = _counter("vigil_monitor_released_versions_total", "Versions whose monitor state was "
+                    "released because they are no longer served (retired, or their model "
+                    "unloaded).")
+REPORTS = _gauge("vigil_report_cache_reports", "HTML reports kept in the report cache.")
+REPORT_BYTES = _gauge("vigil_report_cache_bytes", "Bytes of the reports kept in the report cache "
+                      "(gzip-compressed; bounded by report_cache_bytes).")
+OUTBOX_EVENTS = _gauge("vigil_webhook_outbox_events", "Events held in the outbox (counted about "
+                       "once a minute).")
+OUTBOX_DELIVERIES = _gauge("vigil_webhook_outbox_deliveries", "Delivery rows held in the outbox "
+                           "by state: pending, delivered, dead (counted about once a minute; "
+                           "retention deletes delivered and dead ones).", "state")
+OUTBOX_BYTES = _gauge("vigil_webhook_outbox_bytes", "Size of the outbox file and its write-ahead "
+                      "log.")
+OUTBOX_PRUNED = _counter("vigil_webhook_outbox_pruned_events_total", "Delivered and dead events "
+                         "deleted by the outbox's retention (since the file was created).")
+
+
+@dataclass(frozen=True)
+class Held:
+    """What the monitor holds, that would grow with versions or time without its bound."""
+
+    versions: int = 0
+    released: int = 0
+    reports: int = 0  # in the report cache
+    report_bytes: int = 0
+    outbox: OutboxSize | None = None  # None until the deliverer first counted it
+
+
+class StateCollector(Collector):
+    """The size of the monitor's state (versions, report cache, outbox), read at scrape time."""
+
+    def __init__(self, held: Callable[[], Held]) -> None:
+        self._held = held
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        held = self._held()
+        for family, value in ((VERSIONS, held.versions), (RELEASED, held.released),
+                              (REPORTS, held.reports), (REPORT_BYTES, held.report_bytes)):
+            metric = family.new()
+            metric.add_metric([], value)
+            yield metric
+        yield from _outbox_metrics(held.outbox)
+
+
+def _outbox_metrics(size: OutboxSize | None) -> list[Metric]:
+    """The outbox's size families (no samples before it was first counted)."""
+    events, deliveries = OUTBOX_EVENTS.new(), OUTBOX_DELIVERIES.new()
+    size_bytes, pruned = OUTBOX_BYTES.new(), OUTBOX_PRUNED.new()
+    if size is not None:
+        events.add_metric([], size.events)
+        for state, rows in size.deliveries.items():
+            deliveries.add_metric([state], rows)
+        size_bytes.add_metric([], size.bytes)
+        pruned.add_metric([], size.pruned_events)
+    return [events, deliveries, size_bytes, pruned]

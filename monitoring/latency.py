@@ -26,12 +26,25 @@ QUANTILES = (0.5, 0.95, 0.99)
 CANCELLED = 499  # the status replicas record for a request cancelled before its answer
 
 
-def count_statuses(status: np.ndarray) -> tuple[int, int, int]:
-    """(errors, client errors, cancelled) among HTTP status codes, as defined above."""
+@dataclass(frozen=True)
+class StatusCounts:
+    """How many requests failed, by whose fault (see the definitions above)."""
+
+    errors: int = 0  # status >= 500 or < 100
+    client_errors: int = 0  # 400..498
+    cancelled: int = 0  # 499
+
+    def __add__(self, other: StatusCounts) -> StatusCounts:
+        return StatusCounts(self.errors + other.errors, self.client_errors + other.client_errors,
+                            self.cancelled + other.cancelled)
+
+
+def count_statuses(status: np.ndarray) -> StatusCounts:
+    """The failed requests among HTTP status codes, as defined above."""
     errors = int(np.count_nonzero((status >= 500) | (status < 100)))
     cancelled = int(np.count_nonzero(status == CANCELLED))
     client = int(np.count_nonzero((status >= 400) & (status < 500))) - cancelled
-    return errors, client, cancelled
+    return StatusCounts(errors, client, cancelled)
 
 
 @dataclass(frozen=True)
@@ -50,29 +63,28 @@ class LatencyStats:
     cancelled_ratio: float = 0.0
 
 
-def latency_stats(latency_s: np.ndarray, status: np.ndarray) -> LatencyStats:
-    """Statistics of one window: latency_s (float seconds) and status (int) per request, aligned."""
-    latency = np.asarray(latency_s, dtype=np.float64).ravel()
-    codes = np.asarray(status).ravel()
-    if latency.size != codes.size:
-        raise ValueError(f"{latency.size} latencies but {codes.size} status codes")
-    if codes.size and codes.dtype.kind not in "iu":
-        raise ValueError(f"status codes must be integers, got {codes.dtype}")
+def check_facts(latency: np.ndarray, status: np.ndarray) -> None:
+    """ValueError unless the facts are aligned, latencies not negative, status codes integers."""
+    if latency.size != status.size:
+        raise ValueError(f"{latency.size} latencies but {status.size} status codes")
+    if status.size and status.dtype.kind not in "iu":
+        raise ValueError(f"status codes must be integers, got {status.dtype}")
     if np.any(latency < 0):
         raise ValueError("latencies must not be negative")
-    count = int(codes.size)
-    errors, client_errors, cancelled = count_statuses(codes)
-    timed = latency[~np.isnan(latency)]
+
+
+def summarize(count: int, statuses: StatusCounts, timed: np.ndarray, mean: float | None,
+              top: float | None) -> LatencyStats:
+    """The statistics of `count` requests: their failures, the quantiles of `timed` (their
+    latencies, or a uniform sample of them; NaN left out), their mean and max latency. The one
+    place the ratios are computed."""
     p50: float | None
     p95: float | None
     p99: float | None
-    mean: float | None
-    top: float | None
     if timed.size:
         p50, p95, p99 = (float(q) for q in np.quantile(timed, QUANTILES))
-        mean, top = float(timed.mean()), float(timed.max())
     else:
-        p50 = p95 = p99 = mean = top = None
+        p50 = p95 = p99 = None
     return LatencyStats(
         count=count,
         p50=p50,
@@ -80,10 +92,20 @@ def latency_stats(latency_s: np.ndarray, status: np.ndarray) -> LatencyStats:
         p99=p99,
         mean=mean,
         max=top,
-        errors=errors,
-        client_errors=client_errors,
-        error_ratio=errors / count if count else 0.0,
-        client_error_ratio=client_errors / count if count else 0.0,
-        cancelled=cancelled,
-        cancelled_ratio=cancelled / count if count else 0.0,
+        errors=statuses.errors,
+        client_errors=statuses.client_errors,
+        error_ratio=statuses.errors / count if count else 0.0,
+        client_error_ratio=statuses.client_errors / count if count else 0.0,
+        cancelled=statuses.cancelled,
+        cancelled_ratio=statuses.cancelled / count if count else 0.0,
     )
+
+
+def latency_stats(latency_s: np.ndarray, status: np.ndarray) -> LatencyStats:
+    """Statistics of one window: latency_s (float seconds) and status (int) per request, aligned."""
+    latency = np.asarray(latency_s, dtype=np.float64).ravel()
+    codes = np.asarray(status).ravel()
+    check_facts(latency, codes)
+    timed = latency[~np.isnan(latency)]
+    mean, top = (float(timed.mean()), float(timed.max())) if timed.size else (None, None)
+    return summarize(int(codes.size), count_statuses(codes), timed, mean, top)

@@ -17,13 +17,18 @@ HTTP, under the application's route prefix (``/monitor``):
                                               a retraining job adds to its data)
 
 Query parameters are checked by monitoring.queries. A report is built once per window
-(monitoring.report_cache: concurrent requests share one build, builds run one at a time) from at
-most ``report_max_rows`` rows of each side, and kept gzip-compressed (Evidently's page is ~5.8 MB,
-3.5 MB of it its JavaScript bundle; gzip makes it ~1.5 MB): sent as is to clients that accept gzip,
-decompressed for the others. The response header ``X-Vigil-Window`` names the window it describes.
+(monitoring.report_cache: concurrent requests share one build, builds run one at a time, at most
+``report_cache_bytes`` kept) from at most ``report_max_rows`` rows of each side (the reference
+data of the last ``MAX_REFERENCES`` versions reported on is kept), and kept gzip-compressed
+(Evidently's page is ~5.8 MB, 3.5 MB of it its JavaScript bundle; gzip makes it ~1.5 MB): sent
+as is to clients that accept gzip, decompressed for the others. The response header ``X-Vigil-Window`` names the window it describes.
 
 Errors are ``{"error": ...}``: 400 bad query, 404 unknown model/version/route, 409 no profile,
 reference or closed window with rows yet, 500 a bug (logged).
+
+State follows the versions served: after closing due windows the ticker asks the service to
+release versions no longer served (monitoring.service.sweep), then drops their reports and
+reference data here.
 """
 
 from __future__ import annotations
@@ -33,22 +38,24 @@ import gzip
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from ray import serve
+from ray.serve.exceptions import RayServeException
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from monitoring.alerts import AlertEngine
-from monitoring.collector import AlertCollector, MonitorCollector
-from monitoring.outbox import Outbox
+from monitoring.collector import AlertCollector, Held, MonitorCollector, StateCollector
+from monitoring.outbox import Outbox, Retention
 from monitoring.queries import BadQuery, accepts_gzip, parse_drift_query, parse_report_query
 from monitoring.report import drift_report_html, evenly_spaced, load_reference, reference_path
-from monitoring.report_cache import ReportCache
+from monitoring.report_cache import Recent, ReportCache
 from monitoring.service import MonitorService, NotReady, ReportSource, UnknownModel
 from monitoring.settings import MonitorAppSettings, MonitorSettings
 from monitoring.webhooks import ActiveTarget, Deliverer, DeliveryStats
@@ -57,6 +64,7 @@ from vigil.adapters.boot import Door, web_app
 from vigil.adapters.web import error_response, json_response
 
 MAX_TICK_SLEEP_S = 60.0  # the longest the ticker sleeps, whatever the windows say
+MAX_REFERENCES = 4  # reference data sets kept for reports (each report_max_rows rows at most)
 logger = logging.getLogger("vigil.monitor")
 
 
@@ -87,7 +95,8 @@ class Monitor:
                                   on_rollback=self._aliases_changed)
         self.service = MonitorService(self.args, self.settings, time.time(), alerts=self.alerts)
         self.delivery_stats = DeliveryStats()
-        self.deliverer = Deliverer(outbox, self.delivery_stats)
+        self.deliverer = Deliverer(outbox, self.delivery_stats, retention=Retention(
+            self.args.outbox_retention_s, self.args.outbox_max_events))
         self._delivery: asyncio.Task | None = None
         self._worker = ThreadPoolExecutor(
             1, thread_name_prefix="vigil-monitor", initializer=_yield_cpu_to_serving
@@ -100,8 +109,11 @@ class Monitor:
         self.registry.register(AlertCollector(
             self.alerts.firing, self.delivery_stats, lambda: list(self.deliverer.targets)
         ))
-        self._references: dict[tuple[str, str], dict] = {}  # read and written on the report thread
-        self._reports = ReportCache()
+        self.registry.register(StateCollector(self._held))
+        # Reference data of the versions reported on lately (on the report thread only).
+        self._references: Recent[tuple[str, str], dict] = Recent(MAX_REFERENCES)
+        self._reports = ReportCache(self.args.report_cache_bytes)  # on the event loop only
+        self._report_size = self._reports.size()  # copied on the loop for each scrape
         self._ticker: asyncio.Task | None = None
         self._tick_wake = asyncio.Event()
         self._start_ticker()
@@ -149,8 +161,16 @@ class Monitor:
             self._tick_wake.clear()
             try:
                 await self._on_worker(self.service.tick, time.time())
+                await self._release(await self._on_worker(self.service.sweep, time.time()))
             except Exception:
-                logger.exception("closing time windows failed")
+                logger.exception("closing time windows or releasing versions failed")
+
+    async def _release(self, versions: list[tuple[str, str]]) -> None:
+        """Forget the reports and reference data of versions the service released."""
+        if versions:
+            for version in versions:
+                self._reports.drop(version)
+            await self._on_report_worker(self._references.drop, versions)
 
     def _tick_delay(self) -> float:
         if self.service.needs_ticks():
@@ -159,6 +179,12 @@ class Monitor:
         if deadline is None:
             return MAX_TICK_SLEEP_S
         return min(max(deadline - time.time(), self.args.tick_s), MAX_TICK_SLEEP_S)
+
+    def _held(self) -> Held:
+        """What the monitor holds (read at scrape time, on the worker thread)."""
+        return Held(versions=len(self.service.versions), released=self.service.released,
+                    reports=self._report_size.reports, report_bytes=self._report_size.bytes,
+                    outbox=self.delivery_stats.snapshot().outbox)
 
     async def _on_worker(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
@@ -186,15 +212,16 @@ class Monitor:
     # ------------------------------------------------------------------ HTTP
 
     async def metrics(self, request: Request) -> Response:
+        self._report_size = self._reports.size()  # read on the loop, its owner; scraped on the worker
         body = await self._on_worker(generate_latest, self.registry)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     async def status(self, request: Request) -> Response:
-        context = serve.get_replica_context()
+        replica = _replica_id()
 
         def read() -> dict:
             return {
-                "replica": context.replica_id.unique_id if context else None,
+                "replica": replica,
                 "settings": self.settings.model_dump(mode="json"),
                 "args": self.args.model_dump(mode="json"),
                 "versions": [
@@ -208,42 +235,27 @@ class Monitor:
 
     async def drift(self, request: Request) -> Response:
         model = request.path_params["model"]
-        try:
-            query = parse_drift_query(request.query_params.multi_items())
-            doc = await self._on_worker(self.service.drift_doc, model, query.version, query.windows)
-        except BadQuery as exc:
-            return error_response(400, str(exc))
-        except UnknownModel as exc:
-            return error_response(404, str(exc))
+        query = parse_drift_query(request.query_params.multi_items())
+        doc = await self._on_worker(self.service.drift_doc, model, query.version, query.windows)
         return json_response(doc)
 
-    async def _closed_window(self, request: Request) -> ReportSource | Response:
-        """The last closed window with rows that a report or rows request names, or the error
-        answer: 400 bad query, 404 unknown model or version, 409 no such window yet."""
-        try:
-            query = parse_report_query(request.query_params.multi_items())
-            return await self._on_worker(
-                self.service.report_source, request.path_params["model"], query.version,
-                time.time(),
-            )
-        except BadQuery as exc:
-            return error_response(400, str(exc))
-        except UnknownModel as exc:
-            return error_response(404, str(exc))
-        except NotReady as exc:
-            return error_response(409, str(exc))
+    async def _closed_window(self, request: Request) -> ReportSource:
+        """The last closed window with rows that a report or rows request names (BadQuery,
+        UnknownModel, NotReady: answered by the app's handlers)."""
+        query = parse_report_query(request.query_params.multi_items())
+        return await self._on_worker(
+            self.service.report_source, request.path_params["model"], query.version, time.time(),
+        )
 
     async def report(self, request: Request) -> Response:
         source = await self._closed_window(request)
-        if isinstance(source, Response):
-            return source
         slot, index = (source.state.model, source.state.version), source.window.index
         try:
             body = await self._reports.get(
                 slot, index, lambda: self._on_report_worker(self._build_report, source)
             )
-        except NotReady as exc:  # the reference data is missing
-            return error_response(409, str(exc))
+        except NotReady:  # the reference data is missing: the app's handler answers 409
+            raise
         except Exception:
             logger.exception("report for %s/%s failed", *slot)
             return error_response(500, "internal error while building the report; see the monitor log")
@@ -255,8 +267,6 @@ class Monitor:
     async def rows(self, request: Request) -> Response:
         """The sampled rows of the last closed window with rows, by profiled column."""
         source = await self._closed_window(request)
-        if isinstance(source, Response):
-            return source
         window = source.window
         doc = {
             "model": source.state.model, "version": source.state.version,
@@ -281,7 +291,7 @@ class Monitor:
                 raise NotReady(f"the reference data of {key[0]}/{key[1]} is not available "
                                f"({path}); the report needs it")
             reference = load_reference(path, state.profile.names, limit)  # type: ignore[union-attr]
-            self._references[key] = reference
+            self._references.put(key, reference)
         result = source.window.result
         drift_share = result.drift.drift_share if result else self.settings.drift_share
         started = time.perf_counter()
@@ -296,10 +306,30 @@ class Monitor:
         return body
 
 
+def _replica_id() -> str | None:
+    """This Serve replica's id; None outside one (the app driven without Ray, in tests)."""
+    try:
+        context = serve.get_replica_context()
+    except RayServeException:
+        return None
+    return context.replica_id.unique_id if context else None
+
+
 def monitor_scope(path: str) -> str:
     """The token scope a route of the monitor needs: scraping needs `metrics` (which `monitor`
     also grants), everything else here reads sampled data or its statistics: `monitor`."""
     return "metrics" if path == "/metrics" else "monitor"
+
+
+def _answer(status: int) -> Callable[[Request, Exception], Awaitable[Response]]:
+    async def handle(request: Request, exc: Exception) -> Response:
+        return error_response(status, str(exc))
+
+    return handle
+
+
+# What a request that cannot be answered gets, registered once for every route.
+ERROR_STATUS: dict[type[Exception], int] = {BadQuery: 400, UnknownModel: 404, NotReady: 409}
 
 
 def build_asgi_app(monitor: Monitor) -> Starlette:
@@ -312,7 +342,8 @@ def build_asgi_app(monitor: Monitor) -> Starlette:
         Route("/v1/models/{model}/report", m.report, methods=["GET"]),
         Route("/v1/models/{model}/rows", m.rows, methods=["GET"]),
     ]
-    return web_app(routes, [m.door.guard(monitor_scope)])
+    handlers = {kind: _answer(status) for kind, status in ERROR_STATUS.items()}
+    return web_app(routes, [m.door.guard(monitor_scope)], handlers)
 
 
 

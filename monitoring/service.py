@@ -10,6 +10,16 @@ samples naming what does not exist costs a dictionary lookup each. A readable me
 kept when its tensors fit the version's column layout (monitoring.columns); otherwise they are
 dropped and counted (kind "schema") while its request facts still count (the latency of a
 request does not depend on its tensors). Every drop gets a rate-limited log line saying why.
+
+Only served versions are held (vigil.core.aliases: every published version that is not retired,
+unless its model is unloaded). ``sweep`` reads each model's aliases at most once per
+SWEEP_INTERVAL_S and releases the state of versions no longer served: their windows, rows,
+reservoir of request facts, profile, counters and alert state. A firing alert of a released
+version resolves (its receivers get ``vigil.alert.resolved``): no window of it will ever close
+again to resolve it, and an alert left firing would page for a version that takes no traffic.
+Samples of a version that is not served (a replica draining it) are dropped as
+"unknown_version"; a version served again is picked up again by its samples. So the monitor's
+memory follows the versions served, not every version ever published.
 Not thread-safe: the monitor calls it from one worker thread.
 """
 
@@ -33,6 +43,7 @@ from monitoring.drift import check_settings
 from monitoring.profile import Profile
 from monitoring.settings import MonitorAppSettings, MonitorSettings
 from monitoring.window import ClosedWindow, TumblingWindow, settings_for
+from vigil.core.aliases import AliasError, read_aliases
 from vigil.core.messages import SampleMessage, UnreadableMessage, read_message
 from vigil.core.repository import (
     MANIFEST_FILE,
@@ -49,6 +60,7 @@ logger = logging.getLogger("vigil.monitor")
 UNKNOWN_MODEL = "_unknown"  # the label of drops for versions the monitor does not know
 DISCOVER_INTERVAL_S = 5.0  # least time between two looks for one unknown (model, version)
 MAX_LOOKED = 10_000  # unknown (model, version) names remembered for the rate limit
+SWEEP_INTERVAL_S = 30.0  # least time between two reads of the aliases for releasing versions
 
 
 class UnknownModel(LookupError):
@@ -146,8 +158,13 @@ class MonitorService:
         self.versions: dict[tuple[str, str], VersionState] = {}
         self.models: dict[str, list[str]] = {}  # model -> versions, oldest first
         self._looked: dict[tuple[str, str], float] = {}  # unknown version -> when looked for
+        self._swept_at = now
+        self.released = 0  # versions whose state was released since the start
         for name, found in scan(app.model_repository, app.models).items():
-            self.models[name] = [v.manifest.version for v in found]
+            served = set(self._served(name, [v.manifest.version for v in found]))
+            found = [v for v in found if v.manifest.version in served]
+            if found:
+                self.models[name] = [v.manifest.version for v in found]
             for v in found:
                 self.versions[(name, v.manifest.version)] = self._load(v, now)
         self._check(settings)
@@ -238,7 +255,7 @@ class MonitorService:
         if not (valid_name(model) and valid_name(version)):
             return None
         path = Path(self.app.model_repository) / model / version
-        if not (path / MANIFEST_FILE).is_file():
+        if not (path / MANIFEST_FILE).is_file() or not self._served(model, [version]):
             return None
         try:
             manifest = read_manifest(path)
@@ -264,7 +281,8 @@ class MonitorService:
         if state is None:
             self._drop_whole(
                 "unknown_version", message.rows, message.requests, f"samples of {where}",
-                "no such model version in the monitored repository",
+                "no such model version in the monitored repository, or one not served (retired, "
+                "or its model unloaded)",
             )
             return []
         inputs, outputs, rows = message.inputs, message.outputs, message.rows
@@ -306,6 +324,43 @@ class MonitorService:
         if self.alerts is not None:
             self.alerts.tick(self.versions, now)
         return closed
+
+    def sweep(self, now: float) -> list[tuple[str, str]]:
+        """Release the versions no longer served (see the module docstring), reading the aliases
+        at most once per SWEEP_INTERVAL_S; their firing alerts resolve. Returns those released."""
+        if 0.0 <= now - self._swept_at < SWEEP_INTERVAL_S:
+            return []
+        self._swept_at = now
+        gone = [(model, version) for model, versions in list(self.models.items())
+                for version in set(versions) - set(self._served(model, versions))]
+        for key in gone:
+            self._release(key)
+        if gone and self.alerts is not None:
+            # Alerts of versions no longer watched resolve, as for a rule that stops watching.
+            self.alerts.configure(self.alerts.rules, self.alerts.targets, self.versions, now)
+        return sorted(gone)
+
+    def _served(self, model: str, versions: list[str]) -> list[str]:
+        """Those of `versions` the aliases serve; all of them when the aliases cannot be read
+        (a doubt keeps a version monitored: releasing is what cannot be undone)."""
+        try:
+            return read_aliases(Path(self.app.model_repository), model).serving(versions)
+        except (AliasError, OSError) as exc:
+            self.log.warning(f"aliases:{model}", f"cannot read the aliases of {model}; its "
+                             f"versions stay monitored: {exc}")
+            return list(versions)
+
+    def _release(self, key: tuple[str, str]) -> None:
+        model, version = key
+        del self.versions[key]
+        self.models[model].remove(version)
+        if not self.models[model]:
+            del self.models[model]
+        if self.alerts is not None:
+            self.alerts.last_request.pop(key, None)  # the engine's one entry per version seen
+        self.released += 1
+        logger.info("%s/%s is no longer served (retired, or its model unloaded): its monitor "
+                    "state is released", model, version)
 
     def next_deadline(self) -> float | None:
         """When the earliest open time window is due to close (None: no window closes by time).
@@ -349,7 +404,8 @@ class MonitorService:
         version = versions[-1] if version is None else version
         state = self.versions.get((model, version))
         if state is None:
-            raise UnknownModel(f"unknown version {version!r} of model {model!r}")
+            raise UnknownModel(f"unknown version {version!r} of model {model!r} (the monitor "
+                               "holds served versions only, not retired ones)")
         return state
 
     def drift_doc(self, model: str, version: str | None = None, windows: int | None = None) -> dict:

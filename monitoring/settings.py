@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import urllib.parse
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
 
 from monitoring.alert_settings import AlertRule, WebhookTarget, check_unique
 from vigil.core.settings import AppSettings, beside_repository
@@ -67,9 +69,11 @@ class FeatureDriftOverride(BaseModel):
 
 
 class MonitorSettings(BaseModel):
-    """Everything the window statistics and the monitor deployment need; unknown keys rejected."""
+    """Everything the window statistics and the monitor deployment need; unknown keys rejected.
+    Validation errors do not quote their input: it holds webhook URLs, which may carry
+    credentials (monitoring.alert_settings)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     window: WindowSettings = Field(
         default_factory=WindowSettings, description="When a window of sampled rows is evaluated."
@@ -150,7 +154,10 @@ class MonitorAppSettings(AppSettings):
     """The monitor application's `args` in serve.yaml: the shared fields (vigil.core.settings)
     and its own, fixed for a replica's life (the MonitorSettings above arrive as the
     deployment's user_config and change live). Environment variables prefixed VIGIL_ fill unset
-    fields (VIGIL_TOKENS_FILE, VIGIL_OUTBOX_PATH); explicit args win."""
+    fields (VIGIL_TOKENS_FILE, VIGIL_OUTBOX_PATH); explicit args win. Validation errors do not
+    quote their input (a public_url with credentials is refused, not repeated)."""
+
+    model_config = SettingsConfigDict(hide_input_in_errors=True)  # merged with AppSettings'
 
     tick_s: float = Field(
         default=1.0,
@@ -173,12 +180,36 @@ class MonitorAppSettings(AppSettings):
         "report, evenly spaced: bounds its run time (seconds of CPU) and memory. Above 1000 "
         "reference rows Evidently picks distance tests, as monitoring.drift does.",
     )
+    report_cache_bytes: int = Field(
+        default=64 * 2**20,
+        ge=8 * 2**20,
+        le=16 * 2**30,
+        description="Most bytes of gzip-compressed HTML reports kept (about 1.5 MB each, the "
+        "newest per model version); past it those read least recently are dropped and built "
+        "again when asked for.",
+    )
     outbox_path: Path | None = Field(
         default=None,
         description="SQLite file (WAL mode) holding alert state and the webhook outbox; it must "
         "outlive the replica (a volume on Kubernetes). Unset: vigil-outbox.sqlite beside "
         "model_repository.",
     )
+    outbox_retention_s: float = Field(
+        default=7 * 86_400.0,
+        ge=60.0,
+        le=366 * 86_400.0,
+        description="Delivered and dead events older than this (since created, and since their "
+        "last delivery finished) are deleted from the outbox with their deliveries, about once a "
+        "minute; pending ones never are. `vigil webhooks show` then says the event was pruned.",
+    )
+    outbox_max_events: int = Field(
+        default=100_000,
+        ge=100,
+        le=10_000_000,
+        description="Most events the outbox keeps: past it the oldest delivered and dead ones are "
+        "deleted, however recent (pending ones never, so a target down for long may hold more).",
+    )
+
     def outbox_file(self) -> Path:
         """The outbox in use: outbox_path, else vigil-outbox.sqlite beside the repository."""
         return beside_repository(self.outbox_path, self.model_repository, OUTBOX_FILE_NAME)
@@ -189,8 +220,19 @@ class MonitorAppSettings(AppSettings):
         max_length=2048,
         pattern=r"^https?://",
         description="The monitor's address as receivers reach it: events link to "
-        "<public_url>/v1/models/<model>/drift and .../report, and name it as their source.",
+        "<public_url>/v1/models/<model>/drift and .../report, and name it as their source. "
+        "It goes into every event, so it may carry no credentials, query or fragment.",
     )
+
+    @field_validator("public_url")
+    @classmethod
+    def _public(cls, url: str) -> str:
+        parts = urllib.parse.urlsplit(url)
+        if "@" in parts.netloc or parts.query or parts.fragment or "?" in url or "#" in url:
+            raise ValueError("public_url goes into every event sent: it may carry no user, "
+                             "password, query or fragment (receivers authenticate to the "
+                             "monitor with a bearer token)")
+        return url
     log_interval_s: float = Field(
         default=10.0,
         ge=0.0,

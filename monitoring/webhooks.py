@@ -13,18 +13,25 @@ receiver. Per target at most ``concurrency`` attempts are in flight. An attempt'
 - after ``max_attempts`` attempts: dead-lettered.
 
 Targets removed from the config keep their pending rows, untouched, until they come back.
+
+About once every ``MAINTAIN_S`` (and at start) the deliverer's thread applies the outbox's
+retention (monitoring.outbox) and counts its rows and bytes for the size metrics; a delivery pass
+itself only reads indexes over pending deliveries.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import email.utils
 import logging
+import math
 import random
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC
@@ -32,13 +39,14 @@ from typing import Any
 
 import httpx
 
-from monitoring.alert_settings import WebhookTarget
-from monitoring.events import CONTENT_TYPE, signature
-from monitoring.outbox import Delivery, Outbox
+from monitoring.alert_settings import WebhookTarget, scrub
+from monitoring.events import CONTENT_TYPE, Signer
+from monitoring.outbox import Delivery, Outbox, OutboxSize, Retention
 
 logger = logging.getLogger("vigil.webhooks")
 USER_AGENT = "vigil-webhooks/1"
 POLL_S = 1.0  # longest sleep between looks at the outbox (`vigil webhooks retry` writes there)
+MAINTAIN_S = 60.0  # how often retention runs and the outbox's size is counted
 OUTCOMES = ("delivered", "rejected", "http_error", "timeout", "connection_error")
 SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -74,35 +82,88 @@ def backoff(target: WebhookTarget, attempts: int, rng: random.Random) -> float:
     return delay * rng.uniform(0.5, 1.0)
 
 
+@dataclass(frozen=True)
+class DeliverySnapshot:
+    """The delivery figures at one instant, copied: what one scrape exports."""
+
+    attempts: Mapping[tuple[str, str], int]  # (target, outcome) -> attempts
+    dead_letters: Mapping[str, int]
+    pending: Mapping[str, int]
+    seconds_buckets: Mapping[str, tuple[int, ...]]  # per bucket, not cumulative
+    seconds_sum: Mapping[str, float]
+    outbox: OutboxSize | None  # None until first counted
+
+
 @dataclass
 class DeliveryStats:
-    """What the collector exports; written on the event loop, read at scrape time."""
+    """What the collector exports. Attempts are recorded on the event loop, pending counts on
+    the deliverer's thread, and a scrape reads them on the monitor's worker thread: every write
+    goes through a method and every read through `snapshot()`, each under one lock (held for a
+    few dict operations), so a scrape sees each attempt whole (its count, bucket and seconds) or
+    not at all. The fields are the lock's to guard: read them only in tests, single-threaded."""
 
     attempts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (target, outcome)
     dead_letters: Counter[str] = field(default_factory=Counter)
     pending: dict[str, int] = field(default_factory=dict)
     seconds_buckets: dict[str, list[int]] = field(default_factory=dict)  # per bucket, not cumulative
     seconds_sum: dict[str, float] = field(default_factory=dict)
+    outbox: OutboxSize | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def observe(self, target: str, outcome: str, seconds: float) -> None:
-        self.attempts[(target, outcome)] += 1
-        counts = self.seconds_buckets.setdefault(target, [0] * (len(SECONDS_BUCKETS) + 1))
-        counts[next((i for i, b in enumerate(SECONDS_BUCKETS) if seconds <= b), -1)] += 1
-        self.seconds_sum[target] = self.seconds_sum.get(target, 0.0) + seconds
+        """One attempt to `target`, its outcome and duration."""
+        bucket = bisect.bisect_left(SECONDS_BUCKETS, seconds)  # the first bound >= seconds
+        with self._lock:
+            self.attempts[(target, outcome)] += 1
+            counts = self.seconds_buckets.setdefault(target, [0] * (len(SECONDS_BUCKETS) + 1))
+            counts[bucket] += 1
+            self.seconds_sum[target] = self.seconds_sum.get(target, 0.0) + seconds
+
+    def dead_lettered(self, target: str) -> None:
+        with self._lock:
+            self.dead_letters[target] += 1
+
+    def set_pending(self, pending: Mapping[str, int]) -> None:
+        """Pending deliveries per target, as the outbox counted them."""
+        with self._lock:
+            self.pending = dict(pending)
+
+    def set_outbox(self, size: OutboxSize) -> None:
+        with self._lock:
+            self.outbox = size
+
+    def snapshot(self) -> DeliverySnapshot:
+        with self._lock:
+            return DeliverySnapshot(
+                attempts=dict(self.attempts), dead_letters=dict(self.dead_letters),
+                pending=dict(self.pending),
+                seconds_buckets={t: tuple(c) for t, c in self.seconds_buckets.items()},
+                seconds_sum=dict(self.seconds_sum), outbox=self.outbox,
+            )
 
 
 @dataclass(frozen=True)
 class ActiveTarget:
+    """A configured target with its signing keys (from the monitor's environment)."""
+
     settings: WebhookTarget
     keys: tuple[bytes, ...]
+    sign: Signer = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sign", Signer(self.keys))  # once per target, not per attempt
 
 
 class Deliverer:
     """Sends the outbox's pending deliveries to the configured targets."""
 
-    def __init__(self, outbox: Outbox, stats: DeliveryStats, *, seed: int | None = None) -> None:
+    def __init__(self, outbox: Outbox, stats: DeliveryStats, *, seed: int | None = None,
+                 retention: Retention | None = None) -> None:
+        """`retention`: what the outbox keeps of delivered and dead events (None: everything)."""
         self.outbox = outbox
         self.stats = stats
+        self.retention = retention
+        self._maintained_at = -math.inf
         self.targets: dict[str, ActiveTarget] = {}
         self._db = ThreadPoolExecutor(1, thread_name_prefix="vigil-outbox")
         self._rng = random.Random(seed)  # nosec B311 # retry jitter
@@ -133,6 +194,7 @@ class Deliverer:
                 self._wake.clear()
                 try:
                     await self._pass()
+                    await self._maintain_when_due()
                     sleep = await self._until_next_due()
                 except Exception:
                     logger.exception("webhook delivery pass failed")
@@ -161,8 +223,24 @@ class Deliverer:
                 task = asyncio.create_task(self._deliver(target, delivery))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
-        counts = await self._on_db(self.outbox.counts)
-        self.stats.pending = {t: n for (t, s), n in counts.items() if s == "pending"}
+        self.stats.set_pending(await self._on_db(self.outbox.pending))
+
+    async def _maintain_when_due(self) -> None:
+        if time.monotonic() - self._maintained_at < MAINTAIN_S:
+            return
+        self._maintained_at = time.monotonic()  # a failure is not retried before MAINTAIN_S
+        try:
+            await self._on_db(self._maintain)
+        except Exception:
+            logger.exception("outbox retention or size count failed")
+
+    def _maintain(self) -> None:
+        """Retention, then the size metrics (on the deliverer's thread)."""
+        if self.retention is not None:
+            pruned = self.outbox.prune(self.retention, time.time())
+            if pruned:
+                logger.info("outbox retention: %d delivered or dead events pruned", pruned)
+        self.stats.set_outbox(self.outbox.size())
 
     async def _until_next_due(self) -> float:
         # Attempts in flight are not due again, and a full target has no room for any: their
@@ -189,7 +267,7 @@ class Deliverer:
                 next_at = time.time() + min(delay, target.settings.max_backoff_s)
             final = {"retry": "pending"}.get(state, state)
             if final == "dead":
-                self.stats.dead_letters[name] += 1
+                self.stats.dead_lettered(name)
                 logger.warning("webhook %s: event %s (%s) dead-lettered: %s",
                                name, delivery.event_id, delivery.type, error)
             await self._on_db(lambda: self.outbox.record_attempt(
@@ -213,7 +291,7 @@ class Deliverer:
             "content-type": CONTENT_TYPE,
             "webhook-id": delivery.event_id,
             "webhook-timestamp": str(stamp),
-            "webhook-signature": signature(target.keys, delivery.event_id, stamp, delivery.body),
+            "webhook-signature": target.sign(delivery.event_id, stamp, delivery.body),
         }
         started = time.perf_counter()
         status: int | None = None
@@ -240,4 +318,6 @@ class Deliverer:
             # retried with backoff (not at once, in a loop) and dead-lettered in the end
             state, outcome, error = "retry", "connection_error", f"{type(exc).__name__}: {exc}"
         self.stats.observe(settings.name, outcome, time.perf_counter() - started)
+        if error is not None:  # it may echo the URL (httpx, or the receiver's answer): logged
+            error = scrub(error, settings.url)  # and kept in the outbox, so shown redacted
         return state, status, error, after

@@ -27,7 +27,13 @@ from typing import Any, Literal
 import numpy as np
 
 from monitoring.drift import WindowResult, evaluate_window
-from monitoring.latency import LatencyStats, count_statuses, latency_stats
+from monitoring.latency import (
+    LatencyStats,
+    StatusCounts,
+    check_facts,
+    count_statuses,
+    summarize,
+)
 from monitoring.profile import Profile
 from monitoring.quality import failure_reason
 from monitoring.settings import MonitorSettings
@@ -56,6 +62,16 @@ class ClosedWindow:
     def shadow_agreement(self) -> float | None:
         """Share of compared shadow rows that agreed with production; None: none compared."""
         return self.agreeing_rows / self.compared_rows if self.compared_rows else None
+
+    def summary(self) -> dict[str, Any]:
+        """The window in brief, as an audit record or an event names it: which window, when,
+        how much, and the figures a rollback rests on."""
+        return {
+            "index": self.index, "opened_at": self.opened_at, "closed_at": self.closed_at,
+            "rows": self.rows, "requests": self.requests,
+            "error_ratio": self.latency.error_ratio, "latency_p99_s": self.latency.p99,
+            "shadow_agreement": self.shadow_agreement,
+        }
 
     def to_dict(self, detail: bool = True) -> dict[str, Any]:
         """JSON-ready form; without detail, the per-column lists are left out. `error`: why the
@@ -124,7 +140,8 @@ class TumblingWindow:
         self._latency = np.empty(min(self.max_requests, 1024), dtype=np.float64)
         self._status = np.empty(self._latency.size, dtype=np.int16)
         self._kept = 0  # facts held (<= max_requests)
-        self._errors = self._client_errors = self._cancelled = self._timed = 0
+        self._statuses = StatusCounts()
+        self._timed = 0
         self._latency_sum = 0.0
         self._latency_max: float | None = None
         self._agreeing = self._compared = 0
@@ -203,15 +220,11 @@ class TumblingWindow:
         return closed
 
     def _add_facts(self, latency: np.ndarray, status: np.ndarray) -> None:
-        if latency.size != status.size:
-            raise ValueError(f"{latency.size} latencies but {status.size} status codes")
+        check_facts(latency, status)  # here, not at the close: a bad batch must not lose a window
         n = latency.size
         if not n:
             return
-        errors, client_errors, cancelled = count_statuses(status)
-        self._errors += errors
-        self._client_errors += client_errors
-        self._cancelled += cancelled
+        self._statuses += count_statuses(status)
         timed = latency[~np.isnan(latency)]
         if timed.size:
             self._timed += timed.size
@@ -264,19 +277,11 @@ class TumblingWindow:
         return closed
 
     def _latency_stats(self) -> LatencyStats:
-        kept = latency_stats(self._latency[: self._kept], self._status[: self._kept])
-        n = self.requests
-        return dataclasses.replace(
-            kept,
-            count=n,
-            errors=self._errors,
-            client_errors=self._client_errors,
-            error_ratio=self._errors / n if n else 0.0,
-            client_error_ratio=self._client_errors / n if n else 0.0,
-            cancelled=self._cancelled,
-            cancelled_ratio=self._cancelled / n if n else 0.0,
-            mean=self._latency_sum / self._timed if self._timed else None,
-            max=self._latency_max,
+        """Counts, mean and max exact; quantiles from the facts kept (all, or a sample)."""
+        kept = self._latency[: self._kept]
+        return summarize(
+            self.requests, self._statuses, kept[~np.isnan(kept)],
+            mean=self._latency_sum / self._timed if self._timed else None, top=self._latency_max,
         )
 
 

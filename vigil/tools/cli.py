@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from monitoring.outbox import STATES
 from vigil.tools import models_cli, tokens_cli
 from vigil.tools.argtable import MODELS_DIR, Command, Entry, add_commands, arg
 from vigil.tools.console import one_line
@@ -91,10 +92,9 @@ def _dashboards_build(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- vigil webhooks
 
-# monitoring.outbox.STATES, written here: argparse formats the choices when the parser is built,
-# and importing monitoring.outbox brings scipy (about 0.7 s) into every `vigil` command.
-# tests/unit/test_cli_webhooks.py holds the two equal; tests/unit/test_cli_startup.py the cost.
-_DELIVERY_STATES = ("pending", "delivered", "dead")
+# monitoring.outbox imports no statistics (tests/unit/test_cli_startup.py holds the parser free
+# of scipy and httpx), so the states are imported, not written twice.
+_DELIVERY_STATES = STATES
 _EVERY = 1_000_000  # "no limit" for one event's deliveries
 
 
@@ -133,11 +133,50 @@ def _with_outbox(command: Callable[[argparse.Namespace, Outbox], int]) -> Callab
 
 
 def _unknown_events(outbox: Outbox, event_ids: list[str]) -> int | None:
-    """Exit 1 with a message when some of these events are not in the outbox."""
+    """Exit 1 with a message when some of these events are not in the outbox (saying which
+    were pruned by its retention)."""
     missing = [i for i in event_ids if outbox.event(i) is None]
     if missing:
-        return _refuse(f"no such event in {outbox.path}: {', '.join(missing)}", 1)
+        return _refuse(_not_here(outbox, missing), 1)
     return None
+
+
+def _not_here(outbox: Outbox, event_ids: list[str]) -> str:
+    """Why these events are not in the outbox: pruned by its retention (when), or never there
+    as far as it remembers."""
+    said, unknown = [], []
+    for event_id in event_ids:
+        tombstone = outbox.pruned(event_id)
+        if tombstone is None:
+            unknown.append(event_id)
+        else:
+            said.append(f"event {event_id} was pruned from {outbox.path} at "
+                        f"{_iso(tombstone.pruned_at)} (created {_iso(tombstone.created_at)}; "
+                        f"delivered or dead, beyond the retention{_retention(outbox)})")
+    if unknown:
+        note = ""
+        if (pruning := outbox.pruning()).events:
+            note = (f" ({pruning.events} delivered or dead events were pruned by its retention"
+                    f"{_retention(outbox)}; only the newest ids are remembered)")
+        said.insert(0, f"no such event in {outbox.path}: {', '.join(unknown)}{note}")
+    return "; ".join(said)
+
+
+def _retention(outbox: Outbox) -> str:
+    retention = outbox.pruning().retention
+    if retention is None:
+        return ""
+    return (f": kept {retention.max_age_s / 86_400:g} days, at most {retention.max_events} "
+            "events")
+
+
+def _pruned_note(outbox: Outbox) -> str | None:
+    """A line for listings: how many events retention has pruned, if any."""
+    pruning = outbox.pruning()
+    if not pruning.events:
+        return None
+    return (f"({pruning.events} delivered or dead events pruned by the outbox's retention"
+            f"{_retention(outbox)}, the last at {_iso(pruning.last_at)})")
 
 
 def _iso(ts: float | None) -> str:
@@ -154,14 +193,19 @@ def _webhooks_list(args: argparse.Namespace, outbox: Outbox) -> int:
     import json
 
     rows = outbox.deliveries(state=args.state, target=args.target, limit=args.limit)
+    note = _pruned_note(outbox)
     if args.json:
         for d in rows:
             print(json.dumps(d.to_dict()))
+        if note:
+            print(note, file=sys.stderr)  # stdout stays one JSON object a line
         return 0
     if not rows:
         filters = "".join(f" {k}={v}" for k, v in (("state", args.state), ("target", args.target))
                           if v is not None)
         print(f"no deliveries{filters and ' with' + filters} in {outbox.path}")
+        if note:
+            print(note)
         return 0
     table = [("EVENT", "TYPE", "SUBJECT", "TARGET", "STATE", "ATTEMPTS", "STATUS", "LAST ERROR",
               "CREATED")]
@@ -171,6 +215,8 @@ def _webhooks_list(args: argparse.Namespace, outbox: Outbox) -> int:
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    if note:
+        print(note)
     return 0
 
 
@@ -179,7 +225,7 @@ def _webhooks_show(args: argparse.Namespace, outbox: Outbox) -> int:
 
     event = outbox.event(args.event_id)
     if event is None:
-        return _refuse(f"no such event in {outbox.path}: {args.event_id}", 1)
+        return _refuse(_not_here(outbox, [args.event_id]), 1)
     print(json.dumps(event, indent=2, ensure_ascii=False))
     deliveries = outbox.deliveries(event_id=args.event_id, limit=_EVERY)
     print(f"\ndeliveries ({len(deliveries)}):")

@@ -275,6 +275,15 @@ def alerts() -> db.Row:
               "by target; `vigil webhooks retry --all-dead` sends them again.", "short",
               [Q(f"sum by (target) (increase(vigil_webhook_dead_letters_total{RATE}))",
                  "{{target}}")]),
+        graph("Outbox rows", "Events and delivery rows (by state) held in the webhook outbox: "
+              "its retention (outbox_retention_s, outbox_max_events) deletes delivered and dead "
+              "ones, so they stay flat; pending ones wait for their receiver.", "short", [
+                  Q("max(vigil_webhook_outbox_events)", "events"),
+                  Q("max by (state) (vigil_webhook_outbox_deliveries)", "deliveries {{state}}"),
+              ], steps=True),
+        graph("Outbox bytes", "Size of the webhook outbox file with its write-ahead log, flat "
+              "under the outbox's retention.", "bytes",
+              [Q("max(vigil_webhook_outbox_bytes)", "outbox")], steps=True),
     ])
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 
 import pytest
 from pydantic import ValidationError
@@ -12,6 +13,8 @@ from monitoring.alert_settings import (
     AlertRule,
     Condition,
     WebhookTarget,
+    redact_url,
+    scrub,
     secret_key,
 )
 from monitoring.settings import MonitorSettings
@@ -113,8 +116,10 @@ def test_shadow_agreement_below_is_a_share(bad) -> None:
 
 
 def test_names_are_validated() -> None:
+    """A name with a trailing newline is refused too (it passed `^...$` with re.match, and
+    then named a metric label and an outbox key)."""
     assert _rule(name="drift.p99_v-2").name == "drift.p99_v-2"
-    for bad in ("", "-x", "has space", "a/b", "x" * 65):
+    for bad in ("", "-x", "has space", "a/b", "x" * 65, "drift\n"):
         with pytest.raises(ValidationError, match="rule names are 1..64"):
             _rule(name=bad)
         with pytest.raises(ValidationError, match="target names are 1..64"):
@@ -171,6 +176,8 @@ def test_secret_env_names_one_variable_or_two_while_rotating() -> None:
         _target(secret_env="1BAD")
     with pytest.raises(ValidationError, match="not an environment variable name"):
         _target(secret_env=["GOOD", "BAD-NAME"])
+    with pytest.raises(ValidationError, match="not an environment variable name"):
+        _target(secret_env="SECRET\n")
 
 
 def test_secrets_are_read_from_the_environment() -> None:
@@ -230,3 +237,54 @@ def test_target_limits() -> None:
     for bad in ({"timeout_s": 0}, {"max_attempts": 0}, {"concurrency": 65}, {"backoff_s": 0}):
         with pytest.raises(ValidationError):
             _target(**bad)
+
+
+# ---------------------------------------------------------------- URLs shown redacted
+
+SECRET_URL = "https://robot:hunter22-pw@hooks.example:8443/in?token=s3cr3t-t0ken&v=2#frag-ment"
+SECRETS = ("hunter22-pw", "s3cr3t-t0ken", "frag-ment")
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    (SECRET_URL, "https://***@hooks.example:8443/in?token=***&v=***#***"),
+    ("http://127.0.0.1:9000/events", "http://127.0.0.1:9000/events"),
+    ("http://h/x?flag&k=", "http://h/x?flag&k=***"),
+])
+def test_redact_url_keeps_where_it_goes_not_its_secrets(url, shown) -> None:
+    assert redact_url(url) == shown
+
+
+def test_scrub_removes_the_url_and_each_secret_part_from_text() -> None:
+    """An error that quotes the URL, raw or percent-decoded, or a part of it (a receiver
+    echoing its query, a client naming the user:password it failed with)."""
+    url = "http://robot:hunter%2022@h/x?token=s3cr3t%2Ft0ken"
+    text = (f"failed: {url}; GET /x?token=s3cr3t/t0ken; auth robot:hunter 22 refused; "
+            "short values like v=2 and the host h stay")
+    assert scrub(text, url) == ("failed: http://***@h/x?token=***; GET /x?token=***; auth *** "
+                                "refused; short values like v=2 and the host h stay")
+
+
+def test_a_target_shows_its_url_redacted_and_sends_to_the_real_one() -> None:
+    """The status route and the reconfigure log dump the settings: the URL is redacted there,
+    in JSON and Python dumps alike, while `url` keeps the real one for the deliverer."""
+    target = _target(url=SECRET_URL)
+    assert target.url == SECRET_URL
+    settings = MonitorSettings(webhooks=[target])
+    for dumped in (json.dumps(settings.model_dump(mode="json")), str(settings.model_dump()),
+                   settings.model_dump_json(), str(settings.model_dump(exclude_defaults=True))):
+        assert "hooks.example:8443" in dumped
+        assert not any(s in dumped for s in SECRETS), dumped
+
+
+@pytest.mark.parametrize("bad", [
+    {"url": SECRET_URL.replace("https", "ftp")},  # refused url: quoted, redacted
+    {"url": SECRET_URL, "timeout_s": -1},  # another field of the target
+    {"url": SECRET_URL, "name": "dup"},  # a check of the whole settings (unique names)
+])
+def test_validation_errors_do_not_quote_secrets(bad) -> None:
+    hooks = [{"name": "t", "secret_env": "S", **bad}]
+    if bad.get("name") == "dup":
+        hooks = [{**hooks[0], "name": "dup"}, {**hooks[0], "name": "dup"}]
+    with pytest.raises(ValidationError) as caught:
+        MonitorSettings(webhooks=hooks)
+    assert not any(s in str(caught.value) for s in SECRETS), str(caught.value)

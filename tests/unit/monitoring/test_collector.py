@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import sys
+import threading
+from pathlib import Path
+
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
-from monitoring.collector import MonitorCollector, VersionSnapshot
+from monitoring.collector import AlertCollector, MonitorCollector, VersionSnapshot
 from monitoring.profile import build_profile
 from monitoring.settings import MonitorSettings
+from monitoring.webhooks import DeliveryStats
 from monitoring.window import TumblingWindow
 from tests.unit.monitoring.helpers import scrape
 
@@ -127,3 +134,143 @@ def test_before_any_window_and_for_unknown_models_only_counters(closed) -> None:
                 kind="schema") == 4
     assert _get(s, "vigil_profile_loaded", model="_unknown", version="") is None
     assert _get(s, "vigil_windows_evaluated_total", model="_unknown", version="") is None
+
+
+# ---------------------------------------------------------------- exposition, pinned
+
+EXPOSITION = Path(__file__).with_name("collector_exposition.txt")
+
+
+def _families(text: str) -> dict[str, str]:
+    """Family name -> its block of the exposition (HELP, TYPE and sample lines)."""
+    blocks: dict[str, str] = {}
+    name = ""
+    for line in text.splitlines(keepends=True):
+        if line.startswith("# HELP "):
+            name = line.split()[2]
+        blocks[name] = blocks.get(name, "") + line
+    return blocks
+
+
+def test_exposition_is_pinned() -> None:
+    """Every family the collectors exported before their families became one table (names,
+    help, types, labels, sample order and values on fixed snapshots) is exported the same;
+    families added since may come after them. A changed or missing family fails, named."""
+    window = TumblingWindow(_profile(), MonitorSettings(window={"rows": 4, "seconds": None}), 0.0)
+    rows = {"x": np.array([100.0, 101, 102, 103]), "c": np.array(["a", "b", "a", "zz"]),
+            "y": np.array([0.0, 1, 2, np.nan])}
+    (latest,) = window.add(rows, 4, np.array([0.1, 0.2, 0.3, 0.4]),
+                           np.array([200, 200, 500, 499]), now=1700000000.0, agreement=(3, 4))
+    snaps = [
+        VersionSnapshot("m", "1", True, latest=latest, windows_evaluated=7, current_rows=2,
+                        rows_received=30, requests_received=12,
+                        rows_dropped={"replica": 5, "schema": 3}, requests_dropped={"schema": 1},
+                        rows_agreeing=3, rows_compared=4),
+        VersionSnapshot("m", "2", False, latest=dataclasses.replace(latest, result=None)),
+        VersionSnapshot("n", "1", True),
+        VersionSnapshot("_unknown", "", None, rows_received=4, rows_dropped={"schema": 4},
+                        messages_dropped={"malformed": 2}),
+    ]
+    stats = DeliveryStats()
+    stats.observe("a", "delivered", 0.02)
+    stats.observe("a", "timeout", 10.0)
+    stats.observe("b", "rejected", 100.0)
+    stats.dead_lettered("b")
+    stats.set_pending({"a": 3, "c": 1})
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(MonitorCollector(lambda: snaps))
+    registry.register(AlertCollector(lambda: [("m", "1", "drift", True), ("m", "2", "lat", False)],
+                                     stats, lambda: ["a", "z"]))
+    now = _families(generate_latest(registry).decode())
+    pinned = _families(EXPOSITION.read_text())
+    assert [name for name in now if name in pinned] == list(pinned)  # same order
+    for name, block in pinned.items():
+        assert now[name] == block, name
+
+
+def _profile():
+    reference = {"x": np.arange(20.0), "c": np.array(["a", "b"] * 10), "y": np.arange(20.0) % 3}
+    return build_profile(reference, outputs=["y"])
+
+
+# ---------------------------------------------------------------- delivery stats across threads
+
+
+def test_scrapes_while_attempts_are_recorded_see_whole_attempts() -> None:
+    """Writers record attempts (1 s each, new targets appearing) while a scraper renders the
+    metrics: every scrape succeeds (no 'dictionary changed size during iteration'), and in
+    every scrape each target's histogram count equals its attempts and its sum their seconds
+    (an attempt is seen whole or not at all)."""
+    stats = DeliveryStats()
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    scrapes = 0
+
+    def write(prefix: str) -> None:
+        i = 0
+        while not stop.is_set():
+            stats.observe(f"{prefix}{i % 200}", "delivered", 1.0)
+            i += 1
+
+    def read() -> None:
+        nonlocal scrapes
+        try:
+            while not stop.is_set():
+                s, _, _ = scrape(AlertCollector(lambda: [], stats, lambda: []))
+                targets = {dict(k[1])["target"] for k in s if k[0] == "vigil_webhook_deliveries_total"}
+                for t in targets:
+                    attempts = s[("vigil_webhook_deliveries_total",
+                                  frozenset({"target": t, "outcome": "delivered"}.items()))]
+                    count = s[("vigil_webhook_delivery_seconds_count", frozenset({"target": t}.items()))]
+                    total = s[("vigil_webhook_delivery_seconds_sum", frozenset({"target": t}.items()))]
+                    assert attempts == count == total, (t, attempts, count, total)
+                scrapes += 1
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+            stop.set()
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often: a race shows within a second
+    try:
+        threads = [threading.Thread(target=write, args=(p,)) for p in "ab"]
+        threads.append(threading.Thread(target=read))
+        for t in threads:
+            t.start()
+        stop.wait(2.0)
+        stop.set()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors, errors[0]
+    assert scrapes > 0
+
+
+def test_outbox_size_metrics() -> None:
+    """Rows by state, events, bytes and the pruned total, once the deliverer has counted them;
+    no samples before."""
+    from monitoring.collector import Held, StateCollector
+    from monitoring.outbox import OutboxSize
+
+    s, types, _ = scrape(StateCollector(lambda: Held(outbox=None)))
+    assert not [k for k in s if k[0].startswith("vigil_webhook_outbox_")]
+    assert types["vigil_webhook_outbox_pruned_events"] == "counter"
+    assert types["vigil_webhook_outbox_bytes"] == "gauge"
+    size = OutboxSize(7, {"pending": 2, "delivered": 9, "dead": 1}, 40960, 120)
+    s, _, _ = scrape(StateCollector(lambda: Held(outbox=size)))
+    assert _get(s, "vigil_webhook_outbox_events") == 7
+    assert {st: _get(s, "vigil_webhook_outbox_deliveries", state=st)
+            for st in ("pending", "delivered", "dead")} == {"pending": 2, "delivered": 9, "dead": 1}
+    assert _get(s, "vigil_webhook_outbox_bytes") == 40960
+    assert _get(s, "vigil_webhook_outbox_pruned_events_total") == 120
+
+
+def test_state_metrics_say_what_the_monitor_holds() -> None:
+    from monitoring.collector import Held, StateCollector
+
+    s, types, _ = scrape(StateCollector(lambda: Held(versions=3, released=7, reports=2,
+                                                     report_bytes=3_000_000)))
+    assert (_get(s, "vigil_monitored_versions"), _get(s, "vigil_monitor_released_versions_total"),
+            _get(s, "vigil_report_cache_reports"), _get(s, "vigil_report_cache_bytes")) == \
+        (3, 7, 2, 3_000_000)
+    assert types["vigil_monitor_released_versions"] == "counter"

@@ -168,3 +168,23 @@ def test_while_rotating_either_secret_verifies() -> None:
     other = "whsec_" + base64.b64encode(bytes(32)).decode()
     with pytest.raises(WebhookVerificationError):
         Webhook(other).verify(body, headers)
+
+
+def test_a_rollback_names_its_window_and_figures() -> None:
+    """The rolled-back event's window is the window's summary with RFC 3339 times."""
+    from monitoring.events import rollback_event
+    from tests.unit.monitoring.helpers import latency_of
+
+    rule = AlertRule(name="errors", when={"error_ratio_above": 0.1}, action="rollback_canary")
+    window = window_of(index=3, rows=40, latency=latency_of(50, p99=0.5, error_ratio=0.2))
+    event = rollback_event(rule=rule, model="iris", version="4", production="3", generation=9,
+                           reason="why", verdict=Verdict(True, "errors"), window=window,
+                           public_url="http://m/monitor", now=1_700_000_100.0)
+    assert event["data"]["window"] == {
+        "index": 3, "start": "2023-11-14T22:13:20.000Z", "end": "2023-11-14T22:14:20.500Z",
+        "rows": 40, "requests": 50, "error_ratio": 0.2, "latency_p99_s": 0.5,
+        "shadow_agreement": None,
+    }
+    assert (event["type"], event["subject"], event["source"]) == \
+        ("vigil.model.rolled_back", "iris/4", "http://m/monitor")
+    assert event["data"]["links"]["drift"] == "http://m/monitor/v1/models/iris/drift?version=4"

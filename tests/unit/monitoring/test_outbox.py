@@ -229,3 +229,17 @@ def test_a_late_result_of_an_attempt_before_a_replay_is_ignored(outbox: Outbox) 
     outbox.record_attempt("e1", "a", state="delivered", now=103.0, status=200, error=None,
                           round=row.round)
     assert outbox.deliveries(event_id="e1")[0].state == "delivered"
+
+
+def test_the_cli_offers_the_outbox_states() -> None:
+    """`vigil webhooks list --state` takes exactly the states the outbox stores (one tuple,
+    no copy in the CLI); another is refused by argparse (exit 2)."""
+    from monitoring.outbox import STATES
+    from vigil.tools.cli import build_parser
+
+    parser = build_parser()
+    for state in STATES:
+        assert parser.parse_args(["webhooks", "list", "--state", state]).state == state
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args(["webhooks", "list", "--state", "stuck"])
+    assert exc.value.code == 2

@@ -10,7 +10,7 @@ import asyncio
 
 import pytest
 
-from monitoring.report_cache import ReportCache
+from monitoring.report_cache import CacheSize, Recent, ReportCache
 
 
 class FakeEvidently:
@@ -119,3 +119,69 @@ def test_a_request_that_goes_away_does_not_cancel_the_build() -> None:
         assert cache.cached("m/1", 4) == b"m/1#4" and len(fake.calls) == 2
 
     asyncio.run(main())
+
+
+class Sized(FakeEvidently):
+    """Reports of `size` bytes."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(seconds=0.0)
+        self.size = size
+
+    def build(self, slot: str, index: int):
+        run = super().build(slot, index)
+
+        async def sized() -> bytes:
+            return (await run()).ljust(self.size, b".")
+
+        return sized
+
+
+def test_the_cache_is_bounded_by_bytes_least_recently_read_first() -> None:
+    """Reports of 400 bytes in a cache of 1000: two fit; the third drops the slot read least
+    recently; a report larger than the whole cache is served and not kept."""
+
+    async def main() -> None:
+        cache, fake = ReportCache(max_bytes=1000), Sized(400)
+        await _get(cache, fake, "a/1", 1)
+        await _get(cache, fake, "b/1", 1)
+        assert cache.cached("a/1", 1) is not None  # a/1 read: b/1 is now the least recent
+        await _get(cache, fake, "c/1", 1)
+        assert cache.size() == CacheSize(reports=2, bytes=800)
+        assert cache.cached("b/1", 1) is None and cache.cached("a/1", 1) is not None
+        huge = Sized(1001)
+        assert len(await _get(cache, huge, "d/1", 1)) == 1001
+        assert cache.cached("d/1", 1) is None and cache.size().bytes == 800
+        await _get(cache, Sized(100), "a/1", 2)  # a newer window replaces a/1's report
+        assert cache.size() == CacheSize(reports=2, bytes=500)
+
+    asyncio.run(main())
+
+
+def test_drop_forgets_a_slot_and_a_build_in_progress_is_not_kept() -> None:
+    """A version no longer served: its report goes at once, and one being built is served
+    to whoever waits but not cached."""
+
+    async def main() -> None:
+        cache, fake = ReportCache(), FakeEvidently(seconds=0.05)
+        await _get(cache, fake, "m/1", 1)
+        cache.drop("m/1")
+        assert cache.cached("m/1", 1) is None and cache.size() == CacheSize(0, 0)
+        building = asyncio.create_task(_get(cache, fake, "m/1", 2))
+        await asyncio.sleep(0.01)
+        cache.drop("m/1")
+        assert await building == b"m/1#2"
+        assert cache.cached("m/1", 2) is None and cache.size() == CacheSize(0, 0)
+
+    asyncio.run(main())
+
+
+def test_recent_keeps_the_values_used_last() -> None:
+    recent: Recent[str, int] = Recent(2)
+    recent.put("a", 1)
+    recent.put("b", 2)
+    assert recent.get("a") == 1  # b is now the least recent
+    recent.put("c", 3)
+    assert (recent.get("b"), recent.get("a"), recent.get("c"), len(recent)) == (None, 1, 3, 2)
+    recent.drop(["a", "zz"])
+    assert len(recent) == 1

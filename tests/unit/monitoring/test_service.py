@@ -80,7 +80,7 @@ def test_batches_that_do_not_fit_are_dropped_and_counted(service, cancer_rows, c
     assert cancer.window.rows == 0 and cancer.window.requests == 2  # their facts still count
     messages = [r.getMessage() for r in caplog.records]
     assert "dropped samples of nope/1 (5 sampled rows, 2 requests): no such model version in " \
-        "the monitored repository" in messages
+        "the monitored repository, or one not served (retired, or its model unloaded)" in messages
     assert any("tensor 'input' has width 29, expected 30" in m for m in messages)
     assert service.snapshots()[-1].model == "_unknown"
 

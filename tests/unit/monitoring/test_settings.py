@@ -7,7 +7,12 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from monitoring.settings import FeatureDriftOverride, MonitorSettings, WindowSettings
+from monitoring.settings import (
+    FeatureDriftOverride,
+    MonitorAppSettings,
+    MonitorSettings,
+    WindowSettings,
+)
 
 
 def _errors(**kwargs: Any) -> list[tuple[tuple, str]]:
@@ -69,3 +74,14 @@ def test_frozen() -> None:
 def test_overlong_column_name_is_refused() -> None:
     with pytest.raises(ValidationError, match="1..256 characters"):
         MonitorSettings(overrides={"x" * 300: {"method": "ks"}})
+
+
+@pytest.mark.parametrize("url", ["http://robot:hunter22-pw@monitor.example/monitor",
+                                 "http://monitor.example/monitor?token=s3cr3t-t0ken",
+                                 "http://monitor.example/monitor#s3cr3t-t0ken"])
+def test_public_url_carries_no_credentials(url) -> None:
+    """It goes into every event: a user, password, query or fragment is refused, and the
+    error does not quote it."""
+    with pytest.raises(ValidationError, match="may carry no user, password, query") as caught:
+        MonitorAppSettings(model_repository="/srv/models", public_url=url)
+    assert "hunter22-pw" not in str(caught.value) and "s3cr3t-t0ken" not in str(caught.value)

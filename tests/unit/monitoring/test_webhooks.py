@@ -24,7 +24,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from monitoring.alert_settings import WebhookTarget
-from monitoring.outbox import Delivery, NewEvent, Outbox
+from monitoring.outbox import Delivery, NewEvent, Outbox, Retention
 from monitoring.webhooks import (
     SECONDS_BUCKETS,
     USER_AGENT,
@@ -110,6 +110,7 @@ class Answer:
     status: int = 204
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
+    echo_url: bool = False  # answer "no route for <the URL asked for>", as some servers do
 
 
 @dataclass
@@ -163,7 +164,10 @@ def _app(receiver: Receiver) -> Starlette:
                 await asyncio.sleep(answer.delay_s)
         finally:
             receiver.leave(generation)
-        return Response(b"gone" if answer.status == 410 else b"", answer.status, answer.headers)
+        body = b"gone" if answer.status == 410 else b""
+        if answer.echo_url:
+            body = f"no route for {request.url}".encode()
+        return Response(body, answer.status, answer.headers)
 
     return Starlette(routes=[Route("/hook", hook, methods=["POST"])])
 
@@ -221,12 +225,13 @@ def _row(outbox: Outbox, event_id: str = "evt-0", target: str = "t") -> Delivery
 
 
 def _deliver(outbox: Outbox, targets: list[ActiveTarget], done: Callable[[], bool],
-             timeout_s: float = 5.0, linger_s: float = 0.0) -> DeliveryStats:
+             timeout_s: float = 5.0, linger_s: float = 0.0,
+             retention: Retention | None = None) -> DeliveryStats:
     """Run a Deliverer until `done()` (then `linger_s` more), at most `timeout_s`."""
 
     async def main() -> DeliveryStats:
         stats = DeliveryStats()
-        deliverer = Deliverer(outbox, stats, seed=1)
+        deliverer = Deliverer(outbox, stats, seed=1, retention=retention)
         deliverer.configure({t.settings.name: t for t in targets})
         task = asyncio.create_task(deliverer.run())
         try:
@@ -461,3 +466,41 @@ def test_a_request_that_cannot_be_made_counts_as_a_failed_attempt(outbox, caplog
     assert (row.state, row.attempts, row.last_status) == ("dead", 2, None)
     assert row.last_error.startswith("InvalidURL: ")
     assert stats.attempts == {("t", "connection_error"): 2}
+
+
+def test_the_deliverer_applies_retention_and_counts_the_outbox(outbox, receiver, url,
+                                                               monkeypatch) -> None:
+    """Delivered events beyond the retention are pruned by the deliverer's own maintenance
+    (here at every pass), and the size it counts is what the stats export."""
+    import monitoring.webhooks as webhooks
+
+    monkeypatch.setattr(webhooks, "MAINTAIN_S", 0.0)
+    _commit(outbox, 3)
+    stats = _deliver(outbox, [_active("t", url)], lambda: outbox.pruning().events == 3,
+                     retention=Retention(max_age_s=0.0, max_events=1000), linger_s=0.05)
+    assert receiver.count() == 3 and outbox.deliveries() == []
+    assert outbox.pruned("evt-0") is not None
+    size = stats.snapshot().outbox
+    assert (size.events, dict(size.deliveries), size.pruned_events) == \
+        (0, {"pending": 0, "delivered": 0, "dead": 0}, 3)
+    assert size.bytes > 0
+
+
+def test_credentials_in_a_url_are_never_shown(outbox, receiver, url, caplog) -> None:
+    """A target URL with user:password and a query token, whose receiver echoes the URL in its
+    404: the dead letter kept in the outbox, the log line and the status dump show neither the
+    password nor the token, while the real URL was used (the receiver saw the token)."""
+    caplog.set_level("WARNING", "vigil.webhooks")
+    secret_url = url.replace("http://", "http://robot:hunter22-pw@") + "?token=s3cr3t-t0ken"
+    receiver.script = [Answer(404, echo_url=True)]
+    _commit(outbox, 1)
+    _deliver(outbox, [_active("t", secret_url)], _all(outbox, "dead"), linger_s=0.05)
+    assert receiver.received[0].headers["authorization"].startswith("Basic ")
+    row = _row(outbox)
+    assert row.last_error.startswith("HTTP 404: no route for http://127.0.0.1:")
+    assert row.last_error.endswith("/hook?token=***")
+    shown = [row.last_error, caplog.text, json.dumps(_settings("t", secret_url).model_dump()),
+             _settings("t", secret_url).model_dump_json()]
+    for text in shown:
+        assert "hunter22-pw" not in text and "s3cr3t-t0ken" not in text, text
+    assert "dead-lettered" in caplog.text

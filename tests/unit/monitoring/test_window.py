@@ -180,3 +180,28 @@ def test_a_failed_column_is_in_the_json_with_its_reason(profile) -> None:
     assert (c["status"], c["error"], c["score"], c["drifted"]) == ("failed", reason, None, False)
     assert full["quality"]["columns"][1]["error"] == reason
     assert (summary["drift"]["tested"], summary["drift"]["share_drifted"]) == (1, 0.0)
+
+
+def test_summary_is_the_window_in_brief(profile) -> None:
+    """One summary of a closed window (which, when, how much, and the figures a rollback rests
+    on) for the audit log and the events, rather than a dict written in each."""
+    window = TumblingWindow(profile, _settings(rows=2), now=5.0)
+    (closed,) = window.add(_rows(0, 2), 2, np.array([0.1, 0.3]), np.array([200, 500]), now=7.0,
+                           agreement=(1, 4))
+    assert closed.summary() == {
+        "index": 1, "opened_at": 5.0, "closed_at": 7.0, "rows": 2, "requests": 2,
+        "error_ratio": 0.5, "latency_p99_s": pytest.approx(0.298), "shadow_agreement": 0.25,
+    }
+
+
+def test_bad_facts_are_refused_when_added_not_when_the_window_closes(profile) -> None:
+    """A negative latency or float status codes raise ValueError in add(), before the window
+    holds them (they used to raise at the close, taking the window's rows with them)."""
+    window = TumblingWindow(profile, _settings(rows=2), now=0.0)
+    with pytest.raises(ValueError, match="negative"):
+        window.add(_rows(0, 1), 1, np.array([-0.1]), np.array([200]), now=0.0)
+    with pytest.raises(ValueError, match="integers"):
+        window.add(_rows(0, 1), 1, np.array([0.1]), np.array([200.0]), now=0.0)
+    assert (window.rows, window.requests) == (0, 0)
+    (closed,) = window.add(_rows(0, 2), 2, np.array([0.1]), np.array([200]), now=1.0)
+    assert closed.latency.count == 1
