@@ -516,6 +516,8 @@ class HeldEvent:
 
 
 def _held(doc: dict[str, Any]) -> HeldEvent:
+    from monitoring.rules import AlertState  # as in load_alerts: the CLI imports this module
+
     e = doc["event"]
     event = NewEvent(e["id"], e["type"], e["subject"], e["created_at"], e["body"].encode(),
                      tuple(e["targets"]))
