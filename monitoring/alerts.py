@@ -74,22 +74,38 @@ class AlertEngine:
         self.rules, self.targets = list(rules), list(targets)
         watched = {(m, v, r.name) for m, v in versions for r in rules if r.watches(m, v)}
         gone = [k for k in self.states if k not in watched]
+        self._forget(gone, self._previous, "the rule was removed or no longer watches this "
+                     "version", "rule_removed", now)
+        self._previous = list(rules)
+
+    def forget_version(self, model: str, version: str, now: float) -> None:
+        """The monitor released `version` (retired, or its model unloaded): its alerts resolve,
+        since no window of it will close again, and the engine keeps nothing of it."""
+        self.last_request.pop((model, version), None)
+        keys = [k for k in [*self.states, *self.evaluations] if k[:2] == (model, version)]
+        self._forget(list(dict.fromkeys(keys)), self.rules, "the version is no longer served "
+                     "(retired, or its model unloaded)", "version_released", now)
+
+    def _forget(self, keys: list[AlertKey], rules: list[AlertRule], why: str, reason: str,
+                now: float) -> None:
+        """Drop these alerts' state; a firing one resolves with `reason` (its rule from
+        `rules`), so that receivers close what they opened."""
         changes: dict[AlertKey, AlertState | None] = {}
         events = []
-        for key in gone:
-            state = self.states.pop(key)
+        for key in keys:
+            state = self.states.pop(key, None)
             self.evaluations.pop(key, None)
+            if state is None:
+                continue
             changes[key] = None
-            old_rule = next((r for r in self._previous if r.name == key[2]), None)
-            if state.firing and old_rule is not None:
-                verdict = Verdict(False, "the rule was removed or no longer watches this version")
-                events.append(self._event(old_rule, key, "resolve", verdict, state, None, now,
-                                          reason="rule_removed"))
+            rule = next((r for r in rules if r.name == key[2]), None)
+            if state.firing and rule is not None:
+                events.append(self._event(rule, key, "resolve", Verdict(False, why), state, None,
+                                          now, reason=reason))
             elif state.firing:
                 logger.warning("alert %s of %s/%s was firing; its rule is gone (resolved "
                                "silently: the rule is unknown since the monitor restarted)",
                                key[2], key[0], key[1])
-        self._previous = list(rules)
         if changes or events:
             self._commit(changes, events)
 

@@ -197,15 +197,8 @@ def rollback_details(rule: AlertRule, verdict: Verdict,
         "condition": rule.when.model_dump(exclude_none=True),
         "verdict": verdict.detail,
         "crossed": [dataclasses.asdict(c) for c in verdict.crossed],
-        "window": None,
+        "window": None if window is None else window.summary(),
     }
-    if window is not None:
-        doc["window"] = {
-            "index": window.index, "opened_at": window.opened_at, "closed_at": window.closed_at,
-            "rows": window.rows, "requests": window.requests,
-            "error_ratio": window.latency.error_ratio, "latency_p99_s": window.latency.p99,
-            "shadow_agreement": window.shadow_agreement,
-        }
     return doc
 
 

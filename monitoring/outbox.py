@@ -6,18 +6,11 @@ a crash before it loses the firing too (the next window fires it again). Deliver
 pending -> delivered, or pending -> dead after the last attempt (or a refusal); `retry` and
 `replay` (the `vigil webhooks` commands) move them back to pending.
 
-Retention (`prune`, run by the deliverer about once a minute): an event whose deliveries are all
-delivered or dead (or that no target wanted) is deleted with its deliveries once it is older than
-``max_age_s`` (since it was created and since its last delivery finished), or once more than
-``max_events`` events are newer than it. An event with a pending delivery is never deleted. A
-pruned event leaves a tombstone (its id and when it was pruned; the newest ``MAX_TOMBSTONES``
-are kept) and is counted, so `vigil webhooks show` can say that it was pruned rather than
-that it never was.
+Retention and size: monitoring.outbox_retention; the file, its tables and connections:
+monitoring.outbox_schema.
 
 Every query the deliverer runs on each pass reads an index over pending deliveries only
-(``deliveries_due``): its cost follows what is pending, not every delivery ever made. The
-tables and indexes added since the first schema are created when missing (old files gain them;
-an older Vigil ignores them), so the schema number did not change.
+(``deliveries_due``): its cost follows what is pending, not every delivery ever made.
 
 Each thread gets its own connection (SQLite connections are not shared across threads); writers
 take the lock with BEGIN IMMEDIATE and wait up to ``BUSY_TIMEOUT_MS`` for one another, so the
@@ -26,66 +19,26 @@ monitor's window thread, its delivery thread and a `vigil webhooks` command may 
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 import sqlite3
-import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any
+
+from monitoring.outbox_retention import (  # re-exported: the outbox's vocabulary
+    OutboxSize as OutboxSize,
+    PrunedEvent as PrunedEvent,
+    Pruning as Pruning,
+    RetainedOutboxFile,
+    Retention as Retention,
+)
+from monitoring.outbox_schema import STATES as STATES  # re-exported: `vigil webhooks` choices
+from monitoring.outbox_schema import AlertKey as AlertKey
+from monitoring.outbox_schema import DeliveryState
 
 if TYPE_CHECKING:  # imported where used: `vigil webhooks` reads STATES without the statistics
     from monitoring.rules import AlertState
-
-SCHEMA_VERSION = 1
-BUSY_TIMEOUT_MS = 10_000
-MAX_TOMBSTONES = 10_000  # ids of pruned events remembered (the newest), for `vigil webhooks show`
-PRUNE_BATCH = 500  # events deleted per transaction: the write lock is never held long
-DeliveryState = Literal["pending", "delivered", "dead"]
-STATES: tuple[DeliveryState, ...] = get_args(DeliveryState)
-AlertKey = tuple[str, str, str]  # model, version, rule
-
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS events (
-    id TEXT PRIMARY KEY,
-    type TEXT NOT NULL,
-    subject TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    body BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS deliveries (
-    event_id TEXT NOT NULL REFERENCES events(id),
-    target TEXT NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ({", ".join(f"'{s}'" for s in STATES)})),
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL NOT NULL,
-    last_attempt_at REAL,
-    last_status INTEGER,
-    last_error TEXT,
-    done_at REAL,
-    round INTEGER NOT NULL DEFAULT 0,  -- +1 per retry or replay: a late attempt's result is stale
-    PRIMARY KEY (event_id, target)
-);
-CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, target, next_attempt_at);
-CREATE INDEX IF NOT EXISTS events_created ON events (created_at);
-CREATE TABLE IF NOT EXISTS pruned (
-    id TEXT PRIMARY KEY,
-    created_at REAL NOT NULL,
-    pruned_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS alerts (
-    model TEXT NOT NULL,
-    version TEXT NOT NULL,
-    rule TEXT NOT NULL,
-    state TEXT NOT NULL,
-    PRIMARY KEY (model, version, rule)
-);
-"""
 
 
 @dataclass(frozen=True)
@@ -123,89 +76,9 @@ class NewEvent:
     targets: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class Retention:
-    """How long delivered and dead events stay (pending ones always do)."""
-
-    max_age_s: float  # since created and since their last delivery finished
-    max_events: int  # events kept at most, the newest (more while that many are pending)
-
-
-@dataclass(frozen=True)
-class PrunedEvent:
-    """A tombstone: an event deleted by retention."""
-
-    id: str
-    created_at: float
-    pruned_at: float
-
-
-@dataclass(frozen=True)
-class Pruning:
-    """What retention has done to this file: for operators who look for an event."""
-
-    events: int  # events pruned since the file was created
-    last_at: float | None  # when an event was last pruned
-    retention: Retention | None  # the retention of the last prune that deleted anything
-
-
-@dataclass(frozen=True)
-class OutboxSize:
-    """The outbox's rows and bytes (the size metrics)."""
-
-    events: int
-    deliveries: Mapping[DeliveryState, int]  # every state, zeros included
-    bytes: int  # the file and its write-ahead log
-    pruned_events: int  # since the file was created
-
-
-class Outbox:
-    """One SQLite outbox file. Safe to use from several threads (a connection per thread)."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        with self._write() as db:
-            # One statement at a time: executescript() would COMMIT the BEGIN IMMEDIATE first.
-            for statement in filter(str.strip, _SCHEMA.split(";")):
-                db.execute(statement)
-            row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-            if row is None:
-                db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-            elif int(row[0]) != SCHEMA_VERSION:
-                raise RuntimeError(f"{self.path}: outbox schema {row[0]}, this Vigil reads "
-                                   f"{SCHEMA_VERSION}")
-
-    @property
-    def _db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")  # a commit is on disk before delivery starts
-            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            db.row_factory = sqlite3.Row
-            self._local.db = db
-        return db
-
-    def close(self) -> None:
-        """Close this thread's connection (others close when their thread ends)."""
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            db.close()
-            self._local.db = None
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+class Outbox(RetainedOutboxFile):
+    """One SQLite outbox: alert state, events and their deliveries. Safe to use from several
+    threads (a connection per thread)."""
 
     # ------------------------------------------------------------------ alert state
 
@@ -335,94 +208,6 @@ class Outbox:
             "SELECT target, state, COUNT(*) FROM deliveries GROUP BY target, state"
         ).fetchall()
         return {(r[0], r[1]): r[2] for r in rows}
-
-    # ------------------------------------------------------------------ retention and size
-
-    def prune(self, retention: Retention, now: float, max_batches: int = 20) -> int:
-        """Delete delivered and dead events beyond the retention, with their deliveries, at most
-        `max_batches` * PRUNE_BATCH of them (the next call goes on). Returns how many."""
-        total = 0
-        for _ in range(max_batches):
-            with self._write() as db:
-                doomed = self._beyond(db, retention, now)
-                if doomed:
-                    self._delete(db, doomed, retention, now)
-            if not doomed:
-                break
-            total += len(doomed)
-        return total
-
-    def _beyond(self, db: sqlite3.Connection, retention: Retention,
-                now: float) -> list[tuple[str, float]]:
-        """(id, created_at) of the oldest finished events beyond the count or the age, at most
-        PRUNE_BATCH, found through the events_created index."""
-        # Finished: no delivery pending, none done at or after :cutoff (a delivery retried and
-        # done lately keeps its event for max_age_s more; +inf: done whenever).
-        finished = ("NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id "
-                    "AND (d.state = 'pending' OR d.done_at >= :cutoff))")
-        row = db.execute("SELECT created_at FROM events ORDER BY created_at DESC LIMIT 1 "
-                         "OFFSET :keep", {"keep": retention.max_events}).fetchone()
-        if row is not None:  # more than max_events: the oldest finished ones go, however recent
-            found = db.execute(
-                "SELECT e.id, e.created_at FROM events e WHERE e.created_at <= :edge AND "  # nosec B608
-                f"{finished} ORDER BY e.created_at LIMIT :n",
-                {"edge": row[0], "cutoff": math.inf, "n": PRUNE_BATCH}).fetchall()
-            if found:
-                return [(r[0], r[1]) for r in found]
-        cutoff = now - retention.max_age_s
-        found = db.execute(
-            "SELECT e.id, e.created_at FROM events e WHERE e.created_at < :cutoff AND "  # nosec B608
-            f"{finished} ORDER BY e.created_at LIMIT :n",
-            {"cutoff": cutoff, "n": PRUNE_BATCH}).fetchall()
-        return [(r[0], r[1]) for r in found]
-
-    def _delete(self, db: sqlite3.Connection, doomed: list[tuple[str, float]],
-                retention: Retention, now: float) -> None:
-        ids = [event_id for event_id, _ in doomed]
-        marks = ",".join("?" * len(ids))
-        db.execute(f"DELETE FROM deliveries WHERE event_id IN ({marks})", ids)  # nosec B608
-        db.execute(f"DELETE FROM events WHERE id IN ({marks})", ids)  # nosec B608
-        db.executemany("INSERT OR REPLACE INTO pruned VALUES (?, ?, ?)",
-                       [(event_id, created, now) for event_id, created in doomed])
-        db.execute("DELETE FROM pruned WHERE rowid <= (SELECT rowid FROM pruned "
-                   "ORDER BY rowid DESC LIMIT 1 OFFSET ?)", (MAX_TOMBSTONES,))
-        total = self._meta(db, "pruned_events")
-        db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
-            ("pruned_events", str(int(total or 0) + len(ids))),
-            ("pruned_last_at", repr(now)),
-            ("retention", json.dumps(dataclasses.asdict(retention))),
-        ])
-
-    @staticmethod
-    def _meta(db: sqlite3.Connection, key: str) -> str | None:
-        row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else str(row[0])
-
-    def pruned(self, event_id: str) -> PrunedEvent | None:
-        """The tombstone of a pruned event, or None (never here, or pruned long ago)."""
-        row = self._db.execute("SELECT id, created_at, pruned_at FROM pruned WHERE id = ?",
-                               (event_id,)).fetchone()
-        return None if row is None else PrunedEvent(row[0], row[1], row[2])
-
-    def pruning(self) -> Pruning:
-        db = self._db
-        last, retention = self._meta(db, "pruned_last_at"), self._meta(db, "retention")
-        return Pruning(
-            events=int(self._meta(db, "pruned_events") or 0),
-            last_at=None if last is None else float(last),
-            retention=None if retention is None else Retention(**json.loads(retention)),
-        )
-
-    def size(self) -> OutboxSize:
-        """Rows by state and bytes on disk: one pass over the deliveries_due index (bounded by
-        the retention), for the size metrics, not for every delivery pass."""
-        db = self._db
-        states = dict.fromkeys(STATES, 0)
-        for state, n in db.execute("SELECT state, COUNT(*) FROM deliveries GROUP BY state"):
-            states[state] = n
-        events = db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
-        size = sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists())
-        return OutboxSize(events, states, size, int(self._meta(db, "pruned_events") or 0))
 
     # ------------------------------------------------------------------ operators (vigil webhooks)
 

@@ -334,10 +334,7 @@ class MonitorService:
         gone = [(model, version) for model, versions in list(self.models.items())
                 for version in set(versions) - set(self._served(model, versions))]
         for key in gone:
-            self._release(key)
-        if gone and self.alerts is not None:
-            # Alerts of versions no longer watched resolve, as for a rule that stops watching.
-            self.alerts.configure(self.alerts.rules, self.alerts.targets, self.versions, now)
+            self._release(key, now)
         return sorted(gone)
 
     def _served(self, model: str, versions: list[str]) -> list[str]:
@@ -350,14 +347,14 @@ class MonitorService:
                              f"versions stay monitored: {exc}")
             return list(versions)
 
-    def _release(self, key: tuple[str, str]) -> None:
+    def _release(self, key: tuple[str, str], now: float) -> None:
         model, version = key
         del self.versions[key]
         self.models[model].remove(version)
         if not self.models[model]:
             del self.models[model]
         if self.alerts is not None:
-            self.alerts.last_request.pop(key, None)  # the engine's one entry per version seen
+            self.alerts.forget_version(model, version, now)  # its firing alerts resolve
         self.released += 1
         logger.info("%s/%s is no longer served (retired, or its model unloaded): its monitor "
                     "state is released", model, version)

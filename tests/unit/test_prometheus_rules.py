@@ -173,11 +173,11 @@ def _serving_declared() -> dict[str, tuple[str, set[str]]]:
 
 
 def _monitor_declared() -> dict[str, str]:
-    text = (ROOT / "monitoring" / "collector.py").read_text()
-    out = {n: "gauge" for n in re.findall(r'_gauge\("(\w+)"', text)}
-    out |= {n: "counter" for n in re.findall(r'_counter\("(\w+)"', text)}
-    for kind, name in re.findall(r'(Gauge|Counter|Histogram)MetricFamily\(\s*"(\w+)"', text):
-        out[name] = kind.lower()
+    """name -> type of every family the monitor's collectors yield, read from the collectors
+    themselves (as the generated metrics page is), not from their source text."""
+    from vigil.tools.reference_observability import monitor_metrics
+
+    out = {m.name: m.kind for m in monitor_metrics()}
     assert "vigil_dataset_drift" in out and "vigil_webhook_delivery_seconds" in out
     return out
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import monitoring.outbox as outbox_module
+import monitoring.outbox_retention as outbox_module
 from monitoring.outbox import NewEvent, Outbox, Retention
 from vigil.tools.cli import main
 

@@ -83,6 +83,15 @@ def _resolved(service: MonitorService) -> list[tuple[str, str]]:
     return [(e["subject"], e["data"]["status"]) for e in events]
 
 
+def _reasons(service: MonitorService) -> dict[str, str | None]:
+    """subject -> the reason its resolution gives (None for a firing)."""
+    assert service.alerts is not None
+    events = [service.alerts.outbox.event(d.event_id)
+              for d in service.alerts.outbox.deliveries(limit=10_000)]
+    return {e["subject"]: e["data"].get("reason") for e in events
+            if e["data"]["status"] == "resolved"}
+
+
 def test_a_retired_version_is_not_loaded_at_start(root: Path, tmp_path: Path) -> None:
     _publish(root, "2")
     _retire(root, "1")
@@ -111,6 +120,10 @@ def test_a_retired_version_is_released_and_its_firing_alert_resolves(root, tmp_p
     assert (MODEL, "1") not in service.alerts.last_request
     assert (f"{MODEL}/1", "resolved") in _resolved(service)
     assert (f"{MODEL}/2", "resolved") not in _resolved(service)
+    # Said as what happened (the version went), not as a rule that was removed.
+    assert _reasons(service)[f"{MODEL}/1"] == "version_released"
+    assert not [k for k in service.alerts.states if k[:2] == (MODEL, "1")]
+    assert not [k for k in service.alerts.evaluations if k[:2] == (MODEL, "1")]
     with pytest.raises(UnknownModel, match="unknown version '1'"):
         service.drift_doc(MODEL, "1")
     assert f"{MODEL}/1 is no longer served" in caplog.text
