@@ -11,7 +11,8 @@ import pytest
 from monitoring.alert_settings import secret_key
 from monitoring.outbox import STATES, NewEvent, Outbox
 from tests.unit.cli_support import run_cli
-from vigil.tools.cli import _DELIVERY_STATES, main
+from vigil.tools.cli import main
+from vigil.tools.webhooks_cli import _DELIVERY_STATES
 
 CREATED = 1_700_000_000.0  # 2023-11-14T22:13:20+00:00
 
