@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from monitoring.service import MonitorService, NotReady, RateLimitedLog, UnknownModel
+from monitoring.service import MonitorService, NotReady, UnknownModel
+from monitoring.version_state import RateLimitedLog
 from monitoring.settings import MonitorAppSettings, MonitorSettings
 from vigil.core.messages import SCHEMA_VERSION, SampleMessage
 
