@@ -34,10 +34,11 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 
+from monitoring.data_files import from_frame
 from vigil.core.files import atomic_write
 from vigil.core.repository import PROFILE_JSON, PROFILE_NPZ
 
@@ -192,32 +193,6 @@ class Profile:
         )
 
 
-# The reference data formats load_data reads (never a pickle).
-DATA_SUFFIXES = (".parquet", ".pq", ".csv", ".npz")
-
-
-def load_data(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """Read reference data from .parquet, .csv or .npz (no pickles) into 1-D arrays by column."""
-    return parse_data(path, Path(path).suffix)
-
-
-def parse_data(source: str | os.PathLike[str] | IO[bytes], suffix: str) -> dict[str, np.ndarray]:
-    """Reference data from a file or a binary stream, read as its suffix says (see load_data)."""
-    suffix = suffix.lower()
-    if suffix not in DATA_SUFFIXES:
-        raise ValueError(
-            f"unsupported reference data format {suffix!r}: use .parquet, .csv or .npz"
-        )
-    if suffix == ".npz":
-        with np.load(source, allow_pickle=False) as npz:
-            return {key: np.asarray(npz[key]) for key in npz.files}
-    import pandas as pd  # only for reading files; the statistics never need it
-
-    if suffix == ".csv":
-        return _from_frame(pd.read_csv(source))
-    return _from_frame(pd.read_parquet(source))
-
-
 def build_profile(
     frame: Any,
     *,
@@ -240,7 +215,7 @@ def build_profile(
     """
     if max_exact_values < 2:
         raise ValueError("max_exact_values must be at least 2")
-    data = frame if isinstance(frame, Mapping) else _from_frame(frame)
+    data = frame if isinstance(frame, Mapping) else from_frame(frame)
     names = list(data) if columns is None else list(columns)
     output_set = set(outputs or ())
     types = dict(feature_types or {})
@@ -393,21 +368,6 @@ def _categorical(name: str, role: Role, array: np.ndarray, max_categories: int) 
         count=int(tally.sum()), missing=missing, non_finite=0, n_unique=int(categories.size),
         unique_values=_readonly(categories), unique_counts=_readonly(tally),
     )
-
-
-def _from_frame(frame: Any) -> dict[str, np.ndarray]:
-    """DataFrame -> plain numpy columns (nullable/extension dtypes mapped to NaN / None)."""
-    out: dict[str, np.ndarray] = {}
-    for name in frame.columns:
-        series = frame[name]
-        dtype = series.dtype
-        if isinstance(dtype, np.dtype):
-            out[str(name)] = series.to_numpy()
-        elif getattr(dtype, "kind", "O") in "iuf":  # pandas nullable Int64 / Float64
-            out[str(name)] = series.to_numpy(dtype=np.float64, na_value=np.nan)
-        else:  # string, category, nullable boolean: objects with None for missing
-            out[str(name)] = series.astype(object).where(series.notna(), None).to_numpy()
-    return out
 
 
 def _as_1d(name: str, value: Any) -> np.ndarray:

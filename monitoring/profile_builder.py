@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from monitoring.columns import ColumnLayout, TensorColumns, layout_for, tensor_columns
-from monitoring.profile import Profile, build_profile, parse_data
+from monitoring.data_files import parse_data
+from monitoring.profile import Profile, build_profile
 from monitoring.settings import MonitorSettings
 from vigil.core.files import atomic_write
 from vigil.core.repository import VersionManifest, read_manifest

@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from monitoring.profile import Profile, parse_data
+from monitoring.data_files import parse_data
+from monitoring.profile import Profile
 
 
 class ReferenceUnavailable(ValueError):

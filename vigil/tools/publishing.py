@@ -331,7 +331,7 @@ def describe_training_data(path: Path) -> dict[str, Any]:
 
 
 def count_rows(path: Path) -> int | None:
-    """Rows of a data file, read the way reference data is (monitoring.profile.load_data), or
+    """Rows of a data file, read the way reference data is (monitoring.data_files.load_data), or
     from the header alone where the format has one (.npy, .parquet); None for other formats."""
     import numpy as np
 
@@ -347,7 +347,7 @@ def count_rows(path: Path) -> int | None:
         else:
             return int(pq.read_metadata(path).num_rows)
     if suffix in (".parquet", ".pq", ".csv", ".npz"):
-        from monitoring.profile import load_data
+        from monitoring.data_files import load_data
 
         lengths = {len(a) for a in load_data(path).values() if np.ndim(a) >= 1}
         if len(lengths) > 1:

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from monitoring.drift import ColumnDrift, DriftResult, compute_drift
-from monitoring.profile import build_profile, infer_kind, load_data
+from monitoring.data_files import load_data
+from monitoring.profile import build_profile, infer_kind
 from monitoring.settings import MonitorSettings
 from tests.unit.monitoring.helpers import Case, EvidentlyVerdict, as_window, evidently_drift
 

@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 
 from monitoring.drift import compute_drift
-from monitoring.profile import Profile, build_profile, load_data
+from monitoring.data_files import load_data
+from monitoring.profile import Profile, build_profile
 from vigil.core.repository import PROFILE_JSON, PROFILE_NPZ
 from tests.unit.monitoring.helpers import Case, as_window
 
