@@ -192,28 +192,27 @@ def _quality_check(session: Any, candidate: ModelVersion, production: ModelVersi
 
 
 def _read_holdout(policy: GatePolicy, version: ModelVersion) -> tuple[np.ndarray, np.ndarray]:
-    path, target = policy.data, policy.target
-    import pandas as pd
+    """(features, target) of the held-out set, read as reference data is (data_files). An npz
+    holds the target and, in its other arrays, the features; a table names them by the version's
+    feature_names (else every column but the target)."""
+    from monitoring.data_files import load_data
 
-    if path.suffix == ".npz":
-        with np.load(path) as npz:
-            if target not in npz:
-                raise GateError(f"{path.name} has no array '{target}'")
-            y = npz[target]
-            x = np.column_stack([npz[k] for k in npz.files if k != target])
-        return x, y
-    frame = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
-    if target not in frame.columns:
+    path, target = policy.data, policy.target
+    columns = load_data(path)
+    if target not in columns:
         raise GateError(f"{path.name} has no column '{target}'")
-    features = version.manifest.metadata.get("feature_names") or [
-        c for c in frame.columns if c != target]
+    if path.suffix == ".npz":
+        features = [k for k in columns if k != target]
+    else:
+        features = version.manifest.metadata.get("feature_names") or [
+            c for c in columns if c != target]
     if target in features:
         raise GateError(f"feature_names of {version.manifest.version} include the target "
                         f"'{target}'")
-    missing = [f for f in features if f not in frame.columns]
+    missing = [f for f in features if f not in columns]
     if missing:
         raise GateError(f"{path.name} lacks the feature columns {missing[:5]}")
-    return frame[features].to_numpy(), frame[target].to_numpy()
+    return np.column_stack([columns[f] for f in features]), columns[target]
 
 
 def _quality(session: Any, version: ModelVersion, x: np.ndarray, y: np.ndarray,
