@@ -2,7 +2,7 @@
 
 Every metric the monitor exports is declared here, nowhere else, once: a table of families
 (``VERSION_FAMILIES``: name, type, help, labels, what each reads from a version's snapshot; and
-the alert and delivery families below it). Names are ``vigil_<what>_<unit>``
+the alert, delivery and state families of monitoring.collector_ops). Names are ``vigil_<what>_<unit>``
 (booleans and scores have no unit); labels are model, version and at most one of feature,
 method, output, quantile, kind. Gauges describe the last closed window of each model version;
 counters (``_total``) count since the monitor started. A version whose window failed to evaluate,
@@ -33,9 +33,7 @@ from prometheus_client.registry import Collector
 
 from monitoring.drift import ColumnDrift, WindowResult
 from monitoring.latency import QUANTILES
-from monitoring.outbox import OutboxSize
 from monitoring.quality import ColumnQuality, Violation
-from monitoring.webhooks import OUTCOMES, SECONDS_BUCKETS, DeliverySnapshot, DeliveryStats
 from monitoring.window import ClosedWindow
 
 MV = ["model", "version"]
@@ -149,11 +147,11 @@ def _violations(result: WindowResult) -> Samples:
     return (((kind,), found[kind]) for kind in VIOLATION_KINDS)
 
 
-def _gauge(name: str, doc: str, *labels: str) -> Family[GaugeMetricFamily]:
+def gauge_family(name: str, doc: str, *labels: str) -> Family[GaugeMetricFamily]:
     return Family(name, GaugeMetricFamily, doc, labels)
 
 
-def _counter(name: str, doc: str, *labels: str) -> Family[CounterMetricFamily]:
+def counter_family(name: str, doc: str, *labels: str) -> Family[CounterMetricFamily]:
     return Family(name, CounterMetricFamily, doc, labels)
 
 
@@ -166,110 +164,110 @@ def _per_version(family: Family[GaugeMetricFamily] | Family[CounterMetricFamily]
 # Every family of the per-version metrics, in the order they are exposed.
 VERSION_FAMILIES: tuple[VersionFamily, ...] = (
     _per_version(
-        _gauge("vigil_profile_loaded", "1 when the version's reference profile is loaded (drift "
+        gauge_family("vigil_profile_loaded", "1 when the version's reference profile is loaded (drift "
                "and quality exported), 0 when it has none."),
         Needs.SERVED, lambda s: _one(float(s.profile_loaded))),
     _per_version(
-        _gauge("vigil_feature_drift_score", "Drift test score of a feature in the last window: "
+        gauge_family("vigil_feature_drift_score", "Drift test score of a feature in the last window: "
                "p-value (ks, chisquare, z) or distance.", "feature", "method"),
         Needs.RESULT, lambda r: _tested(r.drift.features, drifted=False)),
     _per_version(
-        _gauge("vigil_feature_drifted", "1 when the feature drifted in the last window.",
+        gauge_family("vigil_feature_drifted", "1 when the feature drifted in the last window.",
                "feature", "method"),
         Needs.RESULT, lambda r: _tested(r.drift.features, drifted=True)),
     _per_version(
-        _gauge("vigil_drift_share_ratio", "Share of tested features that drifted in the last "
+        gauge_family("vigil_drift_share_ratio", "Share of tested features that drifted in the last "
                "window."),
         Needs.RESULT, lambda r: _one(r.drift.share_drifted)),
     _per_version(
-        _gauge("vigil_dataset_drift", "1 when the drifted share reached the configured "
+        gauge_family("vigil_dataset_drift", "1 when the drifted share reached the configured "
                "drift_share in the last window."),
         Needs.RESULT, lambda r: _one(float(r.drift.dataset_drift))),
     _per_version(
-        _gauge("vigil_prediction_drift_score", "Drift test score of a model output column in the "
+        gauge_family("vigil_prediction_drift_score", "Drift test score of a model output column in the "
                "last window.", "output", "method"),
         Needs.RESULT, lambda r: _tested(r.drift.outputs, drifted=False)),
     _per_version(
-        _gauge("vigil_prediction_drifted", "1 when the output column drifted in the last window.",
+        gauge_family("vigil_prediction_drifted", "1 when the output column drifted in the last window.",
                "output", "method"),
         Needs.RESULT, lambda r: _tested(r.drift.outputs, drifted=True)),
     _per_version(
-        _gauge("vigil_missing_ratio", "Share of missing values of a column in the last window.",
+        gauge_family("vigil_missing_ratio", "Share of missing values of a column in the last window.",
                "feature"),
         Needs.RESULT, lambda r: _quality(r, ("numeric", "categorical"), lambda c: c.missing_ratio)),
     _per_version(
-        _gauge("vigil_out_of_range_ratio", "Share of a numeric column's values outside the "
+        gauge_family("vigil_out_of_range_ratio", "Share of a numeric column's values outside the "
                "reference range in the last window.", "feature"),
         Needs.RESULT, lambda r: _quality(r, ("numeric",), lambda c: c.out_of_range_share)),
     _per_version(
-        _gauge("vigil_unseen_categories_ratio", "Share of a categorical column's values absent "
+        gauge_family("vigil_unseen_categories_ratio", "Share of a categorical column's values absent "
                "from the reference in the last window.", "feature"),
         Needs.RESULT, lambda r: _quality(r, ("categorical",), lambda c: c.unseen_share)),
     _per_version(
-        _gauge("vigil_schema_violation_columns", "Columns with a schema violation in the last "
+        gauge_family("vigil_schema_violation_columns", "Columns with a schema violation in the last "
                "window, by kind.", "kind"),
         Needs.RESULT, _violations),
     _per_version(
-        _gauge("vigil_failed_columns", "Columns whose drift test or quality statistics failed in "
+        gauge_family("vigil_failed_columns", "Columns whose drift test or quality statistics failed in "
                "the last window (no score exported for them; the reason is in the drift JSON's "
                "failed_columns)."),
         Needs.RESULT, lambda r: _one(len(r.failed_columns))),
     _per_version(
-        _gauge("vigil_window_rows", "Sampled rows in the last window."),
+        gauge_family("vigil_window_rows", "Sampled rows in the last window."),
         Needs.WINDOW, lambda w: _one(w.rows)),
     _per_version(
-        _gauge("vigil_window_requests", "Requests in the last window."),
+        gauge_family("vigil_window_requests", "Requests in the last window."),
         Needs.WINDOW, lambda w: _one(w.requests)),
     _per_version(
-        _gauge("vigil_open_window_rows", "Sampled rows in the window still open."),
+        gauge_family("vigil_open_window_rows", "Sampled rows in the window still open."),
         Needs.SERVED, lambda s: _one(s.current_rows)),
     _per_version(
-        _gauge("vigil_window_latency_seconds", "Request latency quantile over the last window.",
+        gauge_family("vigil_window_latency_seconds", "Request latency quantile over the last window.",
                "quantile"),
         Needs.WINDOW, _latency),
     _per_version(
-        _gauge("vigil_window_error_ratio", "Share of requests in the last window that failed: "
+        gauge_family("vigil_window_error_ratio", "Share of requests in the last window that failed: "
                "kind server (5xx, no answer), client (4xx but 499) or cancelled (499: the client "
                "went away or the request timed out).", "kind"),
         Needs.WINDOW, _errors),
     _per_version(
-        _gauge("vigil_last_window_timestamp_seconds", "When the last window closed (unix time)."),
+        gauge_family("vigil_last_window_timestamp_seconds", "When the last window closed (unix time)."),
         Needs.WINDOW, lambda w: _one(w.closed_at)),
     _per_version(
-        _gauge("vigil_shadow_agreement_ratio", "Share of the rows compared in the last window "
+        gauge_family("vigil_shadow_agreement_ratio", "Share of the rows compared in the last window "
                "whose outputs, run on this version as its model's shadow, agreed with "
                "production's answer (no sample when the last window compared none)."),
         Needs.WINDOW, _agreement),
     _per_version(
-        _counter("vigil_sample_rows_received_total", "Sampled rows received."),
+        counter_family("vigil_sample_rows_received_total", "Sampled rows received."),
         Needs.NOTHING, lambda s: _one(s.rows_received)),
     _per_version(
-        _counter("vigil_sample_requests_received_total", "Request facts (latency, status) "
+        counter_family("vigil_sample_requests_received_total", "Request facts (latency, status) "
                  "received."),
         Needs.NOTHING, lambda s: _one(s.requests_received)),
     _per_version(
-        _counter("vigil_sample_rows_dropped_total", "Sampled rows dropped, by kind: replica "
+        counter_family("vigil_sample_rows_dropped_total", "Sampled rows dropped, by kind: replica "
                  "(replica buffer full), schema (did not match the version's signature or "
                  "profile), unknown_version, or why a message could not be read (not_a_message, "
                  "schema_version, malformed).", "kind"),
         Needs.NOTHING, lambda s: _by_kind(s.rows_dropped)),
     _per_version(
-        _counter("vigil_sample_requests_dropped_total", "Request facts dropped, by kind as for "
+        counter_family("vigil_sample_requests_dropped_total", "Request facts dropped, by kind as for "
                  "rows.", "kind"),
         Needs.NOTHING, lambda s: _by_kind(s.requests_dropped)),
     _per_version(
-        _counter("vigil_sample_messages_dropped_total", "Whole sample messages dropped, by kind "
+        counter_family("vigil_sample_messages_dropped_total", "Whole sample messages dropped, by kind "
                  "as for rows.", "kind"),
         Needs.NOTHING, lambda s: _by_kind(s.messages_dropped)),
     _per_version(
-        _counter("vigil_windows_evaluated_total", "Windows closed and evaluated."),
+        counter_family("vigil_windows_evaluated_total", "Windows closed and evaluated."),
         Needs.SERVED, lambda s: _one(s.windows_evaluated)),
     _per_version(
-        _counter("vigil_shadow_compared_rows_total", "Rows of this version's runs as its model's "
+        counter_family("vigil_shadow_compared_rows_total", "Rows of this version's runs as its model's "
                  "shadow compared with production's answers."),
         Needs.SERVED, lambda s: _one(s.rows_compared)),
     _per_version(
-        _counter("vigil_shadow_agreeing_rows_total", "Compared shadow rows whose outputs agreed "
+        counter_family("vigil_shadow_agreeing_rows_total", "Compared shadow rows whose outputs agreed "
                  "with production's answers."),
         Needs.SERVED, lambda s: _one(s.rows_agreeing)),
 )
@@ -308,126 +306,3 @@ class MonitorCollector(Collector):
                     for labels, value in family.read(source):
                         metric.add_metric([*mv, *labels], value)
         yield from metrics
-
-
-FIRING = _gauge("vigil_alert_firing", "1 while the alert of this rule fires for the model "
-                "version, 0 when it does not.", *MV, "rule")
-DELIVERIES = _counter("vigil_webhook_deliveries_total", "Delivery attempts by outcome: delivered "
-                      "(2xx), rejected (a status that is not retried: dead-lettered), http_error "
-                      "(408, 429, 5xx: retried), timeout, connection_error.", "target", "outcome")
-DEAD_LETTERS = _counter("vigil_webhook_dead_letters_total", "Deliveries given up (refused, or out "
-                        "of attempts).", "target")
-PENDING = _gauge("vigil_webhook_outbox_pending", "Deliveries waiting in the outbox (first attempt "
-                 "or retry).", "target")
-
-
-class AlertCollector(Collector):
-    """Alert states and webhook delivery, read at scrape time (on the monitor's window thread).
-
-    ``vigil_alert_firing`` has one series per (model, version, rule) the rules have judged or
-    that fires; delivery series exist per configured target (zeros included) and per target
-    that still has rows in the outbox.
-    """
-
-    def __init__(
-        self,
-        firing: Callable[[], Iterable[tuple[str, str, str, bool]]],
-        stats: DeliveryStats,
-        targets: Callable[[], Iterable[str]],
-    ) -> None:
-        self._firing = firing
-        self._stats = stats
-        self._targets = targets
-
-    def describe(self) -> list[Metric]:
-        return []
-
-    def collect(self) -> Iterator[Metric]:
-        firing = FIRING.new()
-        for model, version, rule, on in self._firing():
-            firing.add_metric([model, version, rule], float(on))
-        yield firing
-        yield from _delivery_metrics(self._stats.snapshot(), self._targets())
-
-
-def _delivery_metrics(stats: DeliverySnapshot, configured: Iterable[str]) -> list[Metric]:
-    """The webhook delivery families of one consistent snapshot of the stats."""
-    targets = sorted({*configured, *stats.pending, *(t for t, _ in stats.attempts)})
-    attempts, dead, pending = DELIVERIES.new(), DEAD_LETTERS.new(), PENDING.new()
-    # The one histogram, declared where it is filled.
-    seconds = HistogramMetricFamily("vigil_webhook_delivery_seconds", "Duration of one delivery "
-                                    "attempt, any outcome.", labels=["target"])
-    for target in targets:
-        for outcome in OUTCOMES:
-            attempts.add_metric([target, outcome], stats.attempts.get((target, outcome), 0))
-        dead.add_metric([target], stats.dead_letters.get(target, 0))
-        pending.add_metric([target], stats.pending.get(target, 0))
-        counts = stats.seconds_buckets.get(target, (0,) * (len(SECONDS_BUCKETS) + 1))
-        cumulative, buckets = 0, []
-        for bound, n in zip((*map(str, SECONDS_BUCKETS), "+Inf"), counts, strict=True):
-            cumulative += n
-            buckets.append((bound, cumulative))
-        seconds.add_metric([target], buckets, stats.seconds_sum.get(target, 0.0))
-    return [attempts, dead, pending, seconds]
-
-
-VERSIONS = _gauge("vigil_monitored_versions", "Model versions whose windows and statistics the "
-                  "monitor holds (the served ones).")
-RELEASED = _counter("vigil_monitor_released_versions_total", "Versions whose monitor state was "
-                    "released because they are no longer served (retired, or their model "
-                    "unloaded).")
-REPORTS = _gauge("vigil_report_cache_reports", "HTML reports kept in the report cache.")
-REPORT_BYTES = _gauge("vigil_report_cache_bytes", "Bytes of the reports kept in the report cache "
-                      "(gzip-compressed; bounded by report_cache_bytes).")
-OUTBOX_EVENTS = _gauge("vigil_webhook_outbox_events", "Events held in the outbox (counted about "
-                       "once a minute).")
-OUTBOX_DELIVERIES = _gauge("vigil_webhook_outbox_deliveries", "Delivery rows held in the outbox "
-                           "by state: pending, delivered, dead (counted about once a minute; "
-                           "retention deletes delivered and dead ones).", "state")
-OUTBOX_BYTES = _gauge("vigil_webhook_outbox_bytes", "Size of the outbox file and its write-ahead "
-                      "log.")
-OUTBOX_PRUNED = _counter("vigil_webhook_outbox_pruned_events_total", "Delivered and dead events "
-                         "deleted by the outbox's retention (since the file was created).")
-
-
-@dataclass(frozen=True)
-class Held:
-    """What the monitor holds, that would grow with versions or time without its bound."""
-
-    versions: int = 0
-    released: int = 0
-    reports: int = 0  # in the report cache
-    report_bytes: int = 0
-    outbox: OutboxSize | None = None  # None until the deliverer first counted it
-
-
-class StateCollector(Collector):
-    """The size of the monitor's state (versions, report cache, outbox), read at scrape time."""
-
-    def __init__(self, held: Callable[[], Held]) -> None:
-        self._held = held
-
-    def describe(self) -> list[Metric]:
-        return []
-
-    def collect(self) -> Iterator[Metric]:
-        held = self._held()
-        for family, value in ((VERSIONS, held.versions), (RELEASED, held.released),
-                              (REPORTS, held.reports), (REPORT_BYTES, held.report_bytes)):
-            metric = family.new()
-            metric.add_metric([], value)
-            yield metric
-        yield from _outbox_metrics(held.outbox)
-
-
-def _outbox_metrics(size: OutboxSize | None) -> list[Metric]:
-    """The outbox's size families (no samples before it was first counted)."""
-    events, deliveries = OUTBOX_EVENTS.new(), OUTBOX_DELIVERIES.new()
-    size_bytes, pruned = OUTBOX_BYTES.new(), OUTBOX_PRUNED.new()
-    if size is not None:
-        events.add_metric([], size.events)
-        for state, rows in size.deliveries.items():
-            deliveries.add_metric([state], rows)
-        size_bytes.add_metric([], size.bytes)
-        pruned.add_metric([], size.pruned_events)
-    return [events, deliveries, size_bytes, pruned]

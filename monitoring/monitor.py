@@ -51,7 +51,8 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from monitoring.alerts import AlertEngine
-from monitoring.collector import AlertCollector, Held, MonitorCollector, StateCollector
+from monitoring.collector import MonitorCollector
+from monitoring.collector_ops import AlertCollector, Held, StateCollector
 from monitoring.outbox import Outbox, Retention
 from monitoring.queries import BadQuery, accepts_gzip, parse_drift_query, parse_report_query
 from monitoring.report import drift_report_html, evenly_spaced, load_reference, reference_path

@@ -173,17 +173,14 @@ def recording_rules() -> dict[str, str]:
 @lru_cache(maxsize=1)
 def known_names() -> tuple[frozenset[str], frozenset[str]]:
     """(exact names, ray_serve_ names as they occur in Ray's source)."""
+    from vigil.tools.reference_observability import monitor_metrics, replica_metrics
+
+    # What the collectors yield and the replicas declare, read from the objects themselves.
     known: set[str] = set()
-    collector = (ROOT / "monitoring" / "collector.py").read_text(encoding="utf-8")
-    known |= set(re.findall(r'"(vigil_[a-z0-9_]+)"', collector))
-    for name in re.findall(r'HistogramMetricFamily\(\s*"(vigil_[a-z0-9_]+)"', collector):
-        known |= {name + s for s in HISTOGRAM_SUFFIXES}
-    replica = (ROOT / "serving" / "metrics.py").read_text(encoding="utf-8")
-    for kind, name in re.findall(r'metrics\.(Counter|Gauge|Histogram)\(\s*"(vigil_[a-z0-9_]+)"',
-                                 replica):
-        known.add("ray_" + name)
-        if kind == "Histogram":
-            known |= {"ray_" + name + s for s in HISTOGRAM_SUFFIXES}
+    for metric in [*monitor_metrics(), *replica_metrics()]:
+        known.add(metric.name)
+        if metric.kind == "histogram":
+            known |= {metric.name + s for s in HISTOGRAM_SUFFIXES}
     known |= set(recording_rules())
     spec = importlib.util.find_spec("ray")
     assert spec is not None and spec.submodule_search_locations
@@ -211,7 +208,7 @@ def test_every_metric_name_is_declared_somewhere(board: dict) -> None:
     print("metric names used:", ", ".join(sorted(used)))
     print("unknown metric names:", unknown or "none")
     assert not unknown, (
-        f"panels name metrics declared nowhere (monitoring/collector.py, serving/metrics.py, "
+        f"panels name metrics declared nowhere (the monitor's collectors, serving/metrics.py, "
         f"configs/prometheus recording rules, Ray Serve's source, DCGM): {unknown}")
 
 

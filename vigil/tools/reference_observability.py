@@ -76,10 +76,10 @@ def collectors(module: ModuleType) -> Iterator[Any]:
 def monitor_metrics() -> list[MetricDoc]:
     """Every family the monitor's collectors yield (each family on every scrape, with or without
     samples)."""
-    from monitoring import collector
+    from monitoring import collector, collector_ops
 
     found = []
-    for instance in collectors(collector):
+    for instance in [*collectors(collector), *collectors(collector_ops)]:
         for family in instance.collect():
             # prometheus_client keeps a counter's name without `_total`; the samples carry it
             name = family.name + ("_total" if family.type == "counter" else "")
@@ -89,7 +89,8 @@ def monitor_metrics() -> list[MetricDoc]:
 
 
 def metrics_page() -> str:
-    parts = [header("serving/metrics.py and monitoring/collector.py"), "# Metrics", "",
+    parts = [header("serving/metrics.py, monitoring/collector.py and collector_ops.py"),
+             "# Metrics", "",
              "Every metric Vigil exports, read from where it is declared. How they are scraped, "
              "recorded and drawn: [Observability](../observability.md).", "",
              "## The model server's replicas", "",
@@ -101,8 +102,9 @@ def metrics_page() -> str:
                 for m in replica_metrics()]
     parts += [table(("metric", "type", "labels", "help", "buckets"), replicas), "",
               "## The monitor", "",
-              "Yielded by the monitor's collectors (`monitoring/collector.py`) at every scrape of "
-              "`/monitor/metrics` (a `metrics` or `monitor` token), without a `ray_` prefix.", ""]
+              "Yielded by the monitor's collectors (`monitoring/collector.py`, "
+              "`collector_ops.py`) at every scrape of `/monitor/metrics` (a `metrics` or "
+              "`monitor` token), without a `ray_` prefix.", ""]
     monitor = [(f"`{m.name}`", m.kind, ", ".join(m.labels), m.help) for m in monitor_metrics()]
     parts.append(table(("metric", "type", "labels", "help"), monitor))
     return "\n".join(parts).rstrip() + "\n"

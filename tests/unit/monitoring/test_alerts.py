@@ -12,7 +12,7 @@ import pytest
 
 from monitoring.alert_settings import AlertRule, WebhookTarget
 from monitoring.alerts import AlertEngine
-from monitoring.collector import AlertCollector
+from monitoring.collector_ops import AlertCollector
 from monitoring.outbox import Outbox
 from monitoring.rules import AlertState
 from monitoring.webhooks import SECONDS_BUCKETS, DeliveryStats

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from monitoring.collector import AlertCollector, MonitorCollector, VersionSnapshot
+from monitoring.collector import MonitorCollector, VersionSnapshot
+from monitoring.collector_ops import AlertCollector
 from monitoring.profile import build_profile
 from monitoring.settings import MonitorSettings
 from monitoring.webhooks import DeliveryStats
@@ -249,7 +250,7 @@ def test_scrapes_while_attempts_are_recorded_see_whole_attempts() -> None:
 def test_outbox_size_metrics() -> None:
     """Rows by state, events, bytes and the pruned total, once the deliverer has counted them;
     no samples before."""
-    from monitoring.collector import Held, StateCollector
+    from monitoring.collector_ops import Held, StateCollector
     from monitoring.outbox import OutboxSize
 
     s, types, _ = scrape(StateCollector(lambda: Held(outbox=None)))
@@ -266,7 +267,7 @@ def test_outbox_size_metrics() -> None:
 
 
 def test_state_metrics_say_what_the_monitor_holds() -> None:
-    from monitoring.collector import Held, StateCollector
+    from monitoring.collector_ops import Held, StateCollector
 
     s, types, _ = scrape(StateCollector(lambda: Held(versions=3, released=7, reports=2,
                                                      report_bytes=3_000_000)))
