@@ -162,6 +162,7 @@ class VersionsServer:
         self.notes: list[str] = []
         # The Monitor's user_config instead of configs/serve.yaml's (None: as shipped).
         self.monitor_user_config: dict[str, Any] | None = None
+        self.monitor_args: dict[str, Any] = {}  # added to the Monitor's args
 
     def start(self) -> Path:
         # A developer's tokens file would switch auth on for the replicas (through Ray's env).
@@ -190,8 +191,10 @@ class VersionsServer:
         config = vigil_config(self.ports, batching_enabled=True)
         for app in config["applications"]:
             app.setdefault("args", {})["model_repository"] = str(self.repository)
-            if app["name"] == "monitor" and self.monitor_user_config is not None:
-                app["deployments"][0]["user_config"] = self.monitor_user_config
+            if app["name"] == "monitor":
+                app["args"].update(self.monitor_args)
+                if self.monitor_user_config is not None:
+                    app["deployments"][0]["user_config"] = self.monitor_user_config
         self.cluster.deploy(config, "vigil.yaml")
         self.replicas = replica_ids(self.cluster.wait_running("vigil"))
         log(f"Vigil up in {time.monotonic() - started:.0f}s, {len(self.replicas)} replicas")
