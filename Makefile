@@ -82,11 +82,11 @@ install-locked: | $(BIN)/python
 	touch $(VENV)/.dev-installed $(VENV)/.serve-installed
 
 ## lock: regenerate every lock: requirements/cpu.lock (runtime, cpu extra), requirements/dev.lock
-## (cpu, dev, examples, observe: what CI installs) and requirements/gpu.lock (as lock-gpu)
+## (cpu, dev, examples, observe, docs: what CI installs) and requirements/gpu.lock (as lock-gpu)
 LOCK_FLAGS := --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links
 lock: lock-gpu
 	/tmp/vigil-piptools/bin/pip-compile $(LOCK_FLAGS) --extra cpu -o requirements/cpu.lock pyproject.toml
-	/tmp/vigil-piptools/bin/pip-compile $(LOCK_FLAGS) --extra cpu --extra dev --extra examples --extra observe -o requirements/dev.lock pyproject.toml
+	/tmp/vigil-piptools/bin/pip-compile $(LOCK_FLAGS) --extra cpu --extra dev --extra examples --extra observe --extra docs -o requirements/dev.lock pyproject.toml
 	@# The dev extra names vigil[examples,observe]: pip-compile then pins vigil itself as an
 	@# unhashed `vigil @ file:///<this checkout>`, which --require-hashes refuses; Vigil is installed
 	@# from the checkout after the lock (make install-locked), so the entry goes.

@@ -184,7 +184,7 @@ def locked(lock: Path) -> dict[str, str]:
 
 @pytest.mark.parametrize(("lock", "extras"), [
     ("cpu.lock", ("cpu",)),
-    ("dev.lock", ("cpu", "dev", "examples", "observe")),
+    ("dev.lock", ("cpu", "dev", "examples", "observe", "docs")),
 ])
 def test_lock_is_complete_and_satisfies_pyproject(lock: str, extras: tuple[str, ...]) -> None:
     path = ROOT / "requirements" / lock
