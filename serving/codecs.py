@@ -83,8 +83,27 @@ def parse_header(
     unknown = doc.keys() - _REQUEST_KEYS
     if unknown:
         raise BadRequest(f"request has unknown fields {sorted(unknown)[:8]}")
+    inputs = _declared_inputs(doc.get("inputs"), binary_length)
+    request_id = doc.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise BadRequest("'id' must be a string")
+    parameters = _parameters(doc)
+    binary_default = parameters.get("binary_data_output", False)
+    if not isinstance(binary_default, bool):
+        raise BadRequest("parameters.binary_data_output must be a boolean")
+    return ParsedRequest(
+        inputs=inputs,
+        id=request_id,
+        outputs=_requested_outputs(doc.get("outputs", _MISSING), binary_default),
+        binary_output_default=binary_default,
+        parameters=parameters,
+        binary_length=binary_length,
+    )
 
-    raw_inputs = doc.get("inputs")
+
+def _declared_inputs(raw_inputs: Any, binary_length: int) -> list[DeclaredInput]:
+    """Each input of `inputs` described, its binary data placed in the binary part, which the
+    inputs must claim exactly."""
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise BadRequest("'inputs' must be a non-empty list")
     inputs: list[DeclaredInput] = []
@@ -103,47 +122,40 @@ def parse_header(
             continue
         if "data" in raw:
             raise BadRequest(f"input '{name}' has both 'data' and binary_data_size")
-        if not isinstance(binary_size, int) or isinstance(binary_size, bool) or binary_size < 0:
-            raise BadRequest(f"input '{name}': binary_data_size must be a non-negative integer")
-        if offset + binary_size > binary_length:
-            raise BadRequest(
-                f"input '{name}': binary_data_size {binary_size} runs past the end of the "
-                f"body ({binary_length - offset} bytes left)"
-            )
-        size = element_size(datatype)
-        expected = math.prod(shape)
-        if size is not None and binary_size != expected * size:
-            raise BadRequest(
-                f"input '{name}': binary_data_size {binary_size} does not match shape "
-                f"{list(shape)} x {datatype} ({expected * size} bytes)"
-            )
-        if size is None and binary_size < 4 * expected:
-            raise BadRequest(
-                f"input '{name}': binary_data_size {binary_size} is too small for {expected} "
-                "BYTES elements (4 bytes of length prefix each)"
-            )
+        _check_binary_size(name, shape, datatype, binary_size, binary_length - offset)
         inputs.append(DeclaredInput(name, datatype, shape, None, (offset, binary_size)))
         offset += binary_size
     if offset != binary_length:
         raise BadRequest(
             f"body has {binary_length - offset} bytes of binary data that no input claims"
         )
+    return inputs
 
-    request_id = doc.get("id")
-    if request_id is not None and not isinstance(request_id, str):
-        raise BadRequest("'id' must be a string")
-    parameters = _parameters(doc)
-    binary_default = parameters.get("binary_data_output", False)
-    if not isinstance(binary_default, bool):
-        raise BadRequest("parameters.binary_data_output must be a boolean")
-    return ParsedRequest(
-        inputs=inputs,
-        id=request_id,
-        outputs=_requested_outputs(doc.get("outputs", _MISSING), binary_default),
-        binary_output_default=binary_default,
-        parameters=parameters,
-        binary_length=binary_length,
-    )
+
+def _check_binary_size(
+    name: str, shape: tuple[int, ...], datatype: str, binary_size: Any, left: int
+) -> None:
+    """An input's binary_data_size: a size that fits the `left` bytes of the binary part and
+    agrees with shape x datatype (for BYTES, at least a length prefix per element)."""
+    if not isinstance(binary_size, int) or isinstance(binary_size, bool) or binary_size < 0:
+        raise BadRequest(f"input '{name}': binary_data_size must be a non-negative integer")
+    if binary_size > left:
+        raise BadRequest(
+            f"input '{name}': binary_data_size {binary_size} runs past the end of the "
+            f"body ({left} bytes left)"
+        )
+    size = element_size(datatype)
+    expected = math.prod(shape)
+    if size is not None and binary_size != expected * size:
+        raise BadRequest(
+            f"input '{name}': binary_data_size {binary_size} does not match shape "
+            f"{list(shape)} x {datatype} ({expected * size} bytes)"
+        )
+    if size is None and binary_size < 4 * expected:
+        raise BadRequest(
+            f"input '{name}': binary_data_size {binary_size} is too small for {expected} "
+            "BYTES elements (4 bytes of length prefix each)"
+        )
 
 
 def decode_inputs(
