@@ -24,6 +24,7 @@ from serving.protocol import (
     InferenceRequest,
     ParsedRequest,
     RequestedOutput,
+    UnsendableOutput,
     fit_datatype,
 )
 from vigil.core.tensors import V2_TO_NUMPY, element_size
@@ -415,8 +416,9 @@ def encode_response(
 ) -> tuple[bytes, int | None]:
     """Encode (name, datatype, array, binary) outputs. Returns the body and, when any output
     travels as binary data, the length of the JSON header that precedes it. JSON has no NaN or
-    Inf: a non-finite value in an output sent as JSON is a BadRequest that says how to ask for
-    binary output instead (it would otherwise become null)."""
+    Inf: a non-finite value in an output sent as JSON is UnsendableOutput (502: the model
+    answered it, after the request was accepted), whose message says how to ask for binary
+    output instead (it would otherwise become null)."""
     entries = []
     chunks: list[bytes] = []
     for name, datatype, array, binary in outputs:
@@ -427,7 +429,7 @@ def encode_response(
             chunks.append(raw)
         else:
             if array.dtype.kind == "f" and not np.isfinite(array).all():
-                raise BadRequest(
+                raise UnsendableOutput(
                     f"output '{name}' holds NaN or Inf, which JSON cannot carry; ask for it as "
                     f'binary data: "outputs": [{{"name": "{name}", "parameters": '
                     '{"binary_data": true}}], or "parameters": {"binary_data_output": true}'

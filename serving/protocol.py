@@ -4,6 +4,7 @@ extension's header (the datatype tables are vigil.core.tensors', shared with eve
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -15,10 +16,25 @@ HEADER_LENGTH = "inference-header-content-length"
 SERVER_EXTENSIONS = ("binary_tensor_data", "model_repository_versions")
 
 
+class Reason(StrEnum):
+    """Why a request ended as it did: the `reason` label of the request metrics, a fixed set.
+    A 4xx is the caller's doing; a 5xx the server's, and the model's own faults have their own
+    reasons, so that a broken model shows in error ratios and is told apart from Vigil's bugs."""
+
+    OK = "ok"
+    CLIENT = "client"  # 4xx: the request was refused (bad input, unknown model, too large)
+    NOT_READY = "not_ready"  # 503: the model or version is not served here now
+    MODEL_RUN = "model_run"  # 502: the model failed while running on an accepted request
+    MODEL_OUTPUT = "model_output"  # 502: the model answered what the protocol cannot carry
+    INTERNAL = "internal"  # 500: a fault of Vigil's own (a bug; logged with its traceback)
+    CANCELLED = "cancelled"  # 499: the client went away, or Ray's request timeout ran out
+
+
 class InferenceError(Exception):
     """An error with the HTTP status it maps to; the message is safe to return to the client."""
 
     status_code = 400
+    reason = Reason.CLIENT
 
     def __init__(self, message: str, status_code: int | None = None) -> None:
         super().__init__(message)
@@ -36,10 +52,36 @@ class NotFound(InferenceError):
 
 class NotReady(InferenceError):
     status_code = 503
+    reason = Reason.NOT_READY
+
+
+class NotLoaded(NotReady):
+    """A published version this replica has not loaded (no alias points at it): loadable on
+    demand."""
 
 
 class PayloadTooLarge(InferenceError):
     status_code = 413
+
+
+class ModelFault(InferenceError):
+    """The model's doing, after the request was accepted: 502 Bad Gateway. The model is the
+    replica's upstream: Vigil itself works, what it relies on answered badly. 500 stays for
+    Vigil's own bugs, and 503 would say "try again later", wrong for a model that fails the same
+    way every time. Any 5xx counts in the monitor's error_ratio."""
+
+    status_code = 502
+    reason = Reason.MODEL_RUN
+
+
+class ModelRunFailed(ModelFault):
+    """onnxruntime raised while running the model (the cause is chained, and logged)."""
+
+
+class UnsendableOutput(ModelFault):
+    """The model's output cannot travel as the client asked (NaN or Inf in JSON)."""
+
+    reason = Reason.MODEL_OUTPUT
 
 
 @dataclass(frozen=True, slots=True)

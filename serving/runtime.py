@@ -17,7 +17,7 @@ except ImportError as exc:  # said here, where a session is needed, not on impor
         "'vigil[gpu]' (onnxruntime-gpu, CUDA); the two conflict."
     ) from exc
 
-from serving.protocol import BadRequest, fit_datatype
+from serving.protocol import BadRequest, ModelRunFailed, fit_datatype
 from serving.settings import RuntimeSettings
 from vigil.core.repository import ModelVersion, RepositoryError
 from vigil.core.tensors import NUMPY_TO_V2, ONNX_TO_V2, V2_TO_NUMPY, TensorSpec, can_cast
@@ -31,6 +31,11 @@ _OPT_LEVELS = {
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
 _warned_cuda_fallback = False
+# What onnxruntime raises from a run (its exceptions share no base class but Exception).
+_ORT_ERRORS: tuple[type[Exception], ...] = tuple(
+    error for error in vars(ort.capi.onnxruntime_pybind11_state).values()
+    if isinstance(error, type) and issubclass(error, Exception)
+)
 
 
 def cpu_session(model_bytes: bytes) -> Any:
@@ -220,8 +225,15 @@ class OnnxModel:
         return names
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run the session on validated inputs; every output, by name."""
-        results = self.session.run(self.output_names, inputs)
+        """Run the session on validated inputs; every output, by name. onnxruntime's own errors
+        are the model's fault on an accepted request: ModelRunFailed (502), the cause chained."""
+        try:
+            results = self.session.run(self.output_names, inputs)
+        except _ORT_ERRORS as exc:
+            raise ModelRunFailed(
+                f"model '{self.name}' version '{self.version}' failed to run on this request "
+                f"(onnxruntime {type(exc).__name__}; the server log has the detail)"
+            ) from exc
         return dict(zip(self.output_names, results))
 
     def metadata(self) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import onnxruntime as ort
 import pytest
 
 from serving.batching import RowBatcher, Tensors
+from serving.protocol import ModelRunFailed
 from vigil.core.tensors import TensorSpec
 from serving.runtime import OnnxModel
 from serving.settings import BatchSettings
@@ -370,8 +371,10 @@ def test_a_failing_request_fails_alone(load_tiny, graphs) -> None:
     np.testing.assert_array_equal(ok_1["out"], [10, 20])
     np.testing.assert_array_equal(ok_2["out"], [30])
     np.testing.assert_array_equal(ok_3["out"], [30, 10])
-    assert isinstance(failed, ort.capi.onnxruntime_pybind11_state.InvalidArgument)
-    assert "idx=5" in str(failed)
+    # The model's failure on an accepted request: 502, onnxruntime's error as its cause.
+    assert isinstance(failed, ModelRunFailed) and failed.status_code == 502
+    assert isinstance(failed.__cause__, ort.capi.onnxruntime_pybind11_state.InvalidArgument)
+    assert "idx=5" in str(failed.__cause__)
     # One stacked run (6 rows) that failed, then each request again on its own.
     assert rec.calls == [{"idx": (6,)}, {"idx": (2,)}, {"idx": (1,)}, {"idx": (1,)}, {"idx": (2,)}]
     assert rec.batches == [(6, 4)]
@@ -386,8 +389,9 @@ def test_a_lone_failing_request_gets_its_exception(load_tiny, graphs) -> None:
     batcher, rec = _batcher(model.run, max_batch_rows=64, batch_wait_timeout_s=0.0)
 
     async def main() -> Tensors:
-        with pytest.raises(ort.capi.onnxruntime_pybind11_state.InvalidArgument, match="idx=-4"):
+        with pytest.raises(ModelRunFailed, match="model 'tiny' version '1' failed to run") as info:
             await batcher.submit({"idx": np.array([-4])}, 1)
+        assert "idx=-4" in str(info.value.__cause__)
         return await batcher.submit({"idx": np.array([-1])}, 1)  # the batcher still works
 
     try:
