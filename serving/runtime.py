@@ -236,15 +236,6 @@ class OnnxModel:
             ) from exc
         return dict(zip(self.output_names, results))
 
-    def metadata(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "versions": [self.version],
-            "platform": self.manifest.platform,
-            "inputs": [s.to_metadata() for s in self.inputs.values()],
-            "outputs": [s.to_metadata() for s in self.outputs.values()],
-        }
-
 
 def _datatype_of(array: np.ndarray) -> str:
     got = NUMPY_TO_V2.get(array.dtype)
