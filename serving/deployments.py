@@ -297,7 +297,8 @@ class ModelServer:
     async def _shadow(self, shadow: ServedModel, answered: Outcome) -> None:
         """Run an answered request's inputs on the shadow version and account for it like any
         version's request (latency, status, sampled rows), plus how often it agrees with the
-        answer."""
+        answer. The client's request was accepted: a shadow that cannot take its inputs (its
+        signature differs) is the deployment's fault, 502 shadow_refused, never a 4xx."""
         if shadow.model.session is None or answered.inputs is None or answered.results is None:
             return  # released since the request was routed
         outcome = Outcome(time.perf_counter(), answered.protocol, served=shadow,
@@ -310,7 +311,10 @@ class ModelServer:
             compared = agreement(answered.results, outcome.results)
             outcome.end(200, Reason.OK)
         except InferenceError as exc:
-            outcome.end(exc.status_code, exc.reason)
+            if exc.status_code < 500:  # inputs its production version took: the shadow's fault
+                outcome.end(502, Reason.SHADOW_REFUSED)
+            else:
+                outcome.end(exc.status_code, exc.reason)
         except Exception:
             logger.exception("shadow %s failed", shadow.label)
             outcome.end(500, Reason.INTERNAL)

@@ -34,7 +34,8 @@ class ReplicaMetrics:
         self.requests = metrics.Counter(
             "vigil_requests_total",
             description="Inference requests by status code and reason (serving.protocol.Reason: "
-            "ok, client, not_ready, model_run, model_output, internal, cancelled).",
+            "ok, client, not_ready, model_run, model_output, shadow_refused, internal, "
+            "cancelled).",
             tag_keys=("model", "version", "protocol", "code", "reason"),
         )
         self.inference_duration = metrics.Histogram(

@@ -26,6 +26,7 @@ class Reason(StrEnum):
     NOT_READY = "not_ready"  # 503: the model or version is not served here now
     MODEL_RUN = "model_run"  # 502: the model failed while running on an accepted request
     MODEL_OUTPUT = "model_output"  # 502: the model answered what the protocol cannot carry
+    SHADOW_REFUSED = "shadow_refused"  # 502: a shadow refused inputs its production took
     INTERNAL = "internal"  # 500: a fault of Vigil's own (a bug; logged with its traceback)
     CANCELLED = "cancelled"  # 499: the client went away, or Ray's request timeout ran out
 

@@ -17,7 +17,6 @@ import orjson
 import pytest
 
 from load_tests.inprocess import InProcessServer, run_client, server_app, tokens_for
-from serving.protocol import Reason
 from tests.graphs import SLOW_MODEL, gather_graph, identity_graph
 from vigil.core import model_ops
 from vigil.core.repository import publish
@@ -75,7 +74,6 @@ def test_a_model_answering_nan_as_json_is_a_server_error_with_its_own_reason(rep
     assert answer.json()["error"].startswith("output 'x_out' holds NaN or Inf, which JSON cannot "
                                              "carry; ask for it as binary data")
     assert _facts(server) == {"ident/1": [502]}
-    assert Reason.MODEL_OUTPUT == "model_output"
 
 
 def test_a_model_that_fails_to_run_is_a_502_and_bad_input_stays_a_400(repo, tokens):
@@ -207,3 +205,18 @@ def test_a_cancelled_request_is_accounted_once_as_499_and_lets_its_version_go(re
 
     run_client(app, go)
     assert _facts(server) == {"slow/1": [499]}
+
+
+def test_a_shadow_that_cannot_take_productions_inputs_is_a_server_error(repo, tokens):
+    """ident/2 takes INT32 where production (ident/1) takes FP32: as a shadow it refuses every
+    copy. The client's request was accepted and answered (200); the shadow's refusal is the
+    deployment's fault, counted 502 (shadow_refused), not a 400 that error ratios never see."""
+    publish(repo, "ident", "2", identity_graph([("x", "INT32", (-1, 2))]).SerializeToString(),
+            (TensorSpec("x", "INT32", (-1, 2)),), (TensorSpec("x_out", "INT32", (-1, 2)),))
+    model_ops.apply(repo, "ident", "shadow", actor="t", version="2")
+    server, app = server_app(repo)
+    body = {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}
+    answer = run_client(app, lambda c: c.post("/v2/models/ident/infer", json=body,
+                                              headers=_auth(tokens["user"])))
+    assert answer.status_code == 200 and answer.json()["model_version"] == "1"
+    assert _facts(server) == {"ident/1": [200], "ident/2": [502]}
