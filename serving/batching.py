@@ -123,7 +123,9 @@ class RowBatcher:
             limit > 0
             and self._mean_run_s is not None
             and self._mean_run_s < limit
-            and self.idle
+            and not self._queue
+            and self._alone_running == 0
+            and (self._worker is None or self._worker.done())
         )
 
     def _run_inline(self, inputs: Tensors, rows: int) -> Tensors:

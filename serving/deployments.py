@@ -264,7 +264,13 @@ class ModelServer:
                    outcome: Outcome) -> tuple[bytes, dict[str, str] | None]:
         """Route, read, run and encode one request: the body and, for binary outputs, the
         header that gives the JSON part's length."""
-        route = await self._route(request)
+        name, version = request.path_params["model"], request.path_params.get("version")
+        try:
+            route = self.models.router.resolve(name, version, request.headers.get)
+        except NotLoaded:  # a published version not loaded here (LoadingSettings): load it
+            assert version is not None
+            await asyncio.to_thread(self.models.load_version, name, version)
+            route = self.models.router.resolve(name, version, request.headers.get)
         outcome.hold(route)
         model = route.target.model
         header_length = codecs.parse_header_length(raw_header_length)
@@ -282,17 +288,6 @@ class ModelServer:
             [(n, model.outputs[n].datatype, results[n], binary) for n, binary in wanted],
         )
         return payload, None if json_length is None else {HEADER_LENGTH: str(json_length)}
-
-    async def _route(self, request: Request) -> ModelRoute[ServedModel]:
-        """The request's route; a published version it names that is not loaded here is
-        loaded first (serving.settings.LoadingSettings)."""
-        name, version = request.path_params["model"], request.path_params.get("version")
-        try:
-            return self.models.router.resolve(name, version, request.headers.get)
-        except NotLoaded:
-            assert version is not None
-            await asyncio.to_thread(self.models.load_version, name, version)
-            return self.models.router.resolve(name, version, request.headers.get)
 
     async def _shadow(self, shadow: ServedModel, answered: Outcome) -> None:
         """Run an answered request's inputs on the shadow version and account for it like any
