@@ -176,11 +176,16 @@ def _common_rows(inputs: Tensors, outputs: Tensors) -> int | None:
 
 
 def _same_layout(chunk: tuple, inputs: Tensors, outputs: Tensors) -> bool:
+    """Whether the rows stack with the chunk's: the same names, each of the same row shape.
+    Plain loops: this runs for every sampled request, and generators cost more than the test."""
     _, first_in, first_out = chunk
-    return all(
-        first.keys() == new.keys() and all(first[k].shape[1:] == new[k].shape[1:] for k in new)
-        for first, new in ((first_in, inputs), (first_out, outputs))
-    )
+    for first, new in ((first_in, inputs), (first_out, outputs)):
+        if first.keys() != new.keys():
+            return False
+        for name, array in new.items():
+            if first[name].shape[1:] != array.shape[1:]:
+                return False
+    return True
 
 
 def _stack(chunks: deque) -> tuple[Tensors, Tensors]:
