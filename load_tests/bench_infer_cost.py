@@ -53,14 +53,15 @@ class LocalLink:
             self._task.cancel()
 
 
-def _server(models_dir: Path, tokens_file: Path) -> Any:
+def _server(models_dir: Path, tokens_file: Path, inline_below_s: float) -> Any:
     """A ModelServer of this interpreter's tree, without Ray's parts."""
     from serving import deployments
     from serving.admin import Admin
     from serving.model_set import ModelSet
     from serving.settings import ServerSettings
 
-    settings = ServerSettings(model_repository=models_dir, tokens_file=tokens_file)
+    settings = ServerSettings(model_repository=models_dir, tokens_file=tokens_file,
+                              batching={"inline_below_s": inline_below_s})
     server = object.__new__(deployments.ModelServer)
     if hasattr(server, "_setup"):  # the in-process seam (load_tests.inprocess)
         server._setup(settings)
@@ -111,11 +112,12 @@ async def _requests(app: Any, token: str, count: int) -> None:
         raise SystemExit(f"answers other than 200: {sorted(set(statuses))}")
 
 
-def worker(models_dir: Path, tokens_file: Path, token: str, count: int) -> dict[str, float]:
+def worker(models_dir: Path, tokens_file: Path, token: str, count: int,
+           inline_below_s: float) -> dict[str, float]:
     """Measure this interpreter's tree: warm up, then `count` requests."""
     from serving.deployments import build_asgi_app
 
-    app = build_asgi_app(_server(models_dir, tokens_file))
+    app = build_asgi_app(_server(models_dir, tokens_file, inline_below_s))
 
     async def main() -> dict[str, float]:
         await _requests(app, token, 500)
@@ -149,11 +151,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--requests", type=int, default=4000)
     parser.add_argument("--json", type=Path, default=Path("bench_infer_cost.json"))
+    parser.add_argument("--inline-below-s", type=float, default=0.0005,
+                        help="batching.inline_below_s (the shipped default; under valgrind, "
+                        "0.01 keeps the runs inline as they are at full speed)")
     parser.add_argument("--worker", nargs=3, metavar=("MODELS", "TOKENS", "TOKEN"))
     args = parser.parse_args()
     if args.worker:
         models, tokens, token = args.worker
-        print(json.dumps(worker(Path(models), Path(tokens), token, args.requests)))
+        print(json.dumps(worker(Path(models), Path(tokens), token, args.requests,
+                                args.inline_below_s)))
         return
     trees = [t.resolve() for t in args.trees]
     with tempfile.TemporaryDirectory() as work:
@@ -163,7 +169,8 @@ def main() -> None:
             for tree in trees if r % 2 == 0 else trees[::-1]:
                 out = subprocess.run(
                     [sys.executable, str(Path(__file__).resolve()), "--requests",
-                     str(args.requests), "--worker", str(models), str(tokens), token],
+                     str(args.requests), "--inline-below-s", str(args.inline_below_s),
+                     "--worker", str(models), str(tokens), token],
                     env={**os.environ, "PYTHONPATH": str(tree)}, cwd=tree, check=True,
                     capture_output=True, text=True).stdout
                 runs[tree].append(json.loads(out.strip().splitlines()[-1]))

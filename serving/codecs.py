@@ -81,9 +81,8 @@ def parse_header(
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise BadRequest("request body must be a JSON object")
-    unknown = doc.keys() - _REQUEST_KEYS
-    if unknown:
-        raise BadRequest(f"request has unknown fields {sorted(unknown)[:8]}")
+    if not _REQUEST_KEYS.issuperset(doc):
+        raise BadRequest(f"request has unknown fields {sorted(doc.keys() - _REQUEST_KEYS)[:8]}")
     inputs = _declared_inputs(doc.get("inputs"), binary_length)
     request_id = doc.get("id")
     if request_id is not None and not isinstance(request_id, str):
@@ -203,13 +202,14 @@ def decode_request(body: bytes, header_length: int | None = None) -> InferenceRe
     )
 
 
-def _parameters(doc: dict, where: str = "") -> dict:
-    """`parameters`, which when present must be an object (null and lists are not)."""
+def _parameters(doc: dict, kind: str = "", name: str = "") -> dict:
+    """`parameters`, which when present must be an object (null and lists are not); the error
+    names the input or output (`kind` `name`) they belong to."""
     params = doc.get("parameters", _MISSING)
     if params is _MISSING:
         return {}
     if not isinstance(params, dict):
-        raise BadRequest(f"{where}: 'parameters' must be an object" if where
+        raise BadRequest(f"{kind} '{name}': 'parameters' must be an object" if kind
                          else "'parameters' must be an object")
     return params
 
@@ -220,22 +220,27 @@ def _input_header(raw: Any, position: int) -> tuple[str, tuple[int, ...], str, d
     name = raw.get("name")
     if not isinstance(name, str) or not name:
         raise BadRequest(f"inputs[{position}] needs a non-empty string 'name'")
-    unknown = raw.keys() - _INPUT_KEYS
-    if unknown:
-        raise BadRequest(f"input '{name}' has unknown fields {sorted(unknown)[:8]}")
+    if not _INPUT_KEYS.issuperset(raw):
+        raise BadRequest(
+            f"input '{name}' has unknown fields {sorted(raw.keys() - _INPUT_KEYS)[:8]}")
     shape = raw.get("shape")
-    if (
-        not isinstance(shape, list)
-        or len(shape) > _MAX_DIMS
-        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-    ):
+    if not isinstance(shape, list) or len(shape) > _MAX_DIMS or not _sizes(shape):
         raise BadRequest(f"input '{name}': 'shape' must be a list of non-negative integers")
     datatype = raw.get("datatype")
     if not isinstance(datatype, str) or datatype not in V2_TO_NUMPY:
         raise BadRequest(
             f"input '{name}': unknown datatype {datatype!r}; expected one of {sorted(V2_TO_NUMPY)}"
         )
-    return name, tuple(shape), datatype, _parameters(raw, f"input '{name}'")
+    return name, tuple(shape), datatype, _parameters(raw, "input", name)
+
+
+def _sizes(shape: list) -> bool:
+    """Whether every dimension is a non-negative int (not a bool). A plain loop: it runs for
+    every input of every request."""
+    for d in shape:
+        if not isinstance(d, int) or isinstance(d, bool) or d < 0:
+            return False
+    return True
 
 
 def _from_json(name: str, data: Any, shape: tuple[int, ...], datatype: str) -> np.ndarray:
@@ -395,7 +400,7 @@ def _requested_outputs(raw: Any, binary_default: bool) -> list[RequestedOutput] 
         if name in seen:
             raise BadRequest(f"output '{name}' is requested more than once")
         seen.add(name)
-        params = _parameters(item, f"output '{name}'")
+        params = _parameters(item, "output", name)
         binary = params.get("binary_data", binary_default)
         if not isinstance(binary, bool):
             raise BadRequest(f"output '{name}': binary_data must be a boolean")

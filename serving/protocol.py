@@ -126,6 +126,10 @@ class InferenceRequest:
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
+# The largest finite value of each float datatype (np.finfo costs a call per request).
+_LARGEST = {t: np.finfo(t).max for t in V2_TO_NUMPY.values() if t.kind == "f"}
+
+
 def fit_datatype(name: str, values: np.ndarray, datatype: str) -> np.ndarray:
     """`values` as the floating-point `datatype`, refusing finite values that the narrower type
     cannot hold (1e39 as FP32 would become inf): a BadRequest naming the input."""
@@ -134,7 +138,7 @@ def fit_datatype(name: str, values: np.ndarray, datatype: str) -> np.ndarray:
         return values.astype(target, copy=False)
     if values.dtype.kind == "f" and values.dtype.itemsize <= target.itemsize:
         return values.astype(target)  # widening is exact
-    if values.dtype.kind == "f" and abs(values).max() <= np.finfo(target).max:
+    if values.dtype.kind == "f" and abs(values).max() <= _LARGEST[target]:
         return values.astype(target)  # all finite and in range: the common case, one pass
     with np.errstate(over="ignore"):
         out = values.astype(target)
