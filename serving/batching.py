@@ -84,6 +84,12 @@ class RowBatcher:
         return self._queued_rows
 
     @property
+    def idle(self) -> bool:
+        """Nothing queued, and no run on its way (whatever thread asks: each part is one read)."""
+        return (not self._queue and self._alone_running == 0
+                and (self._worker is None or self._worker.done()))
+
+    @property
     def max_rows(self) -> int:
         """Most rows one batch may hold now; 0 when requests never share a run."""
         if not self.settings.enabled:

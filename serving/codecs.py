@@ -24,6 +24,7 @@ from serving.protocol import (
     InferenceRequest,
     ParsedRequest,
     RequestedOutput,
+    UnsendableOutput,
     fit_datatype,
 )
 from vigil.core.tensors import V2_TO_NUMPY, element_size
@@ -80,11 +81,29 @@ def parse_header(
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise BadRequest("request body must be a JSON object")
-    unknown = doc.keys() - _REQUEST_KEYS
-    if unknown:
-        raise BadRequest(f"request has unknown fields {sorted(unknown)[:8]}")
+    if not _REQUEST_KEYS.issuperset(doc):
+        raise BadRequest(f"request has unknown fields {sorted(doc.keys() - _REQUEST_KEYS)[:8]}")
+    inputs = _declared_inputs(doc.get("inputs"), binary_length)
+    request_id = doc.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise BadRequest("'id' must be a string")
+    parameters = _parameters(doc)
+    binary_default = parameters.get("binary_data_output", False)
+    if not isinstance(binary_default, bool):
+        raise BadRequest("parameters.binary_data_output must be a boolean")
+    return ParsedRequest(
+        inputs=inputs,
+        id=request_id,
+        outputs=_requested_outputs(doc.get("outputs", _MISSING), binary_default),
+        binary_output_default=binary_default,
+        parameters=parameters,
+        binary_length=binary_length,
+    )
 
-    raw_inputs = doc.get("inputs")
+
+def _declared_inputs(raw_inputs: Any, binary_length: int) -> list[DeclaredInput]:
+    """Each input of `inputs` described, its binary data placed in the binary part, which the
+    inputs must claim exactly."""
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise BadRequest("'inputs' must be a non-empty list")
     inputs: list[DeclaredInput] = []
@@ -103,47 +122,40 @@ def parse_header(
             continue
         if "data" in raw:
             raise BadRequest(f"input '{name}' has both 'data' and binary_data_size")
-        if not isinstance(binary_size, int) or isinstance(binary_size, bool) or binary_size < 0:
-            raise BadRequest(f"input '{name}': binary_data_size must be a non-negative integer")
-        if offset + binary_size > binary_length:
-            raise BadRequest(
-                f"input '{name}': binary_data_size {binary_size} runs past the end of the "
-                f"body ({binary_length - offset} bytes left)"
-            )
-        size = element_size(datatype)
-        expected = math.prod(shape)
-        if size is not None and binary_size != expected * size:
-            raise BadRequest(
-                f"input '{name}': binary_data_size {binary_size} does not match shape "
-                f"{list(shape)} x {datatype} ({expected * size} bytes)"
-            )
-        if size is None and binary_size < 4 * expected:
-            raise BadRequest(
-                f"input '{name}': binary_data_size {binary_size} is too small for {expected} "
-                "BYTES elements (4 bytes of length prefix each)"
-            )
+        _check_binary_size(name, shape, datatype, binary_size, binary_length - offset)
         inputs.append(DeclaredInput(name, datatype, shape, None, (offset, binary_size)))
         offset += binary_size
     if offset != binary_length:
         raise BadRequest(
             f"body has {binary_length - offset} bytes of binary data that no input claims"
         )
+    return inputs
 
-    request_id = doc.get("id")
-    if request_id is not None and not isinstance(request_id, str):
-        raise BadRequest("'id' must be a string")
-    parameters = _parameters(doc)
-    binary_default = parameters.get("binary_data_output", False)
-    if not isinstance(binary_default, bool):
-        raise BadRequest("parameters.binary_data_output must be a boolean")
-    return ParsedRequest(
-        inputs=inputs,
-        id=request_id,
-        outputs=_requested_outputs(doc.get("outputs", _MISSING), binary_default),
-        binary_output_default=binary_default,
-        parameters=parameters,
-        binary_length=binary_length,
-    )
+
+def _check_binary_size(
+    name: str, shape: tuple[int, ...], datatype: str, binary_size: Any, left: int
+) -> None:
+    """An input's binary_data_size: a size that fits the `left` bytes of the binary part and
+    agrees with shape x datatype (for BYTES, at least a length prefix per element)."""
+    if not isinstance(binary_size, int) or isinstance(binary_size, bool) or binary_size < 0:
+        raise BadRequest(f"input '{name}': binary_data_size must be a non-negative integer")
+    if binary_size > left:
+        raise BadRequest(
+            f"input '{name}': binary_data_size {binary_size} runs past the end of the "
+            f"body ({left} bytes left)"
+        )
+    size = element_size(datatype)
+    expected = math.prod(shape)
+    if size is not None and binary_size != expected * size:
+        raise BadRequest(
+            f"input '{name}': binary_data_size {binary_size} does not match shape "
+            f"{list(shape)} x {datatype} ({expected * size} bytes)"
+        )
+    if size is None and binary_size < 4 * expected:
+        raise BadRequest(
+            f"input '{name}': binary_data_size {binary_size} is too small for {expected} "
+            "BYTES elements (4 bytes of length prefix each)"
+        )
 
 
 def decode_inputs(
@@ -190,13 +202,14 @@ def decode_request(body: bytes, header_length: int | None = None) -> InferenceRe
     )
 
 
-def _parameters(doc: dict, where: str = "") -> dict:
-    """`parameters`, which when present must be an object (null and lists are not)."""
+def _parameters(doc: dict, kind: str = "", name: str = "") -> dict:
+    """`parameters`, which when present must be an object (null and lists are not); the error
+    names the input or output (`kind` `name`) they belong to."""
     params = doc.get("parameters", _MISSING)
     if params is _MISSING:
         return {}
     if not isinstance(params, dict):
-        raise BadRequest(f"{where}: 'parameters' must be an object" if where
+        raise BadRequest(f"{kind} '{name}': 'parameters' must be an object" if kind
                          else "'parameters' must be an object")
     return params
 
@@ -207,22 +220,27 @@ def _input_header(raw: Any, position: int) -> tuple[str, tuple[int, ...], str, d
     name = raw.get("name")
     if not isinstance(name, str) or not name:
         raise BadRequest(f"inputs[{position}] needs a non-empty string 'name'")
-    unknown = raw.keys() - _INPUT_KEYS
-    if unknown:
-        raise BadRequest(f"input '{name}' has unknown fields {sorted(unknown)[:8]}")
+    if not _INPUT_KEYS.issuperset(raw):
+        raise BadRequest(
+            f"input '{name}' has unknown fields {sorted(raw.keys() - _INPUT_KEYS)[:8]}")
     shape = raw.get("shape")
-    if (
-        not isinstance(shape, list)
-        or len(shape) > _MAX_DIMS
-        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-    ):
+    if not isinstance(shape, list) or len(shape) > _MAX_DIMS or not _sizes(shape):
         raise BadRequest(f"input '{name}': 'shape' must be a list of non-negative integers")
     datatype = raw.get("datatype")
     if not isinstance(datatype, str) or datatype not in V2_TO_NUMPY:
         raise BadRequest(
             f"input '{name}': unknown datatype {datatype!r}; expected one of {sorted(V2_TO_NUMPY)}"
         )
-    return name, tuple(shape), datatype, _parameters(raw, f"input '{name}'")
+    return name, tuple(shape), datatype, _parameters(raw, "input", name)
+
+
+def _sizes(shape: list) -> bool:
+    """Whether every dimension is a non-negative int (not a bool). A plain loop: it runs for
+    every input of every request."""
+    for d in shape:
+        if not isinstance(d, int) or isinstance(d, bool) or d < 0:
+            return False
+    return True
 
 
 def _from_json(name: str, data: Any, shape: tuple[int, ...], datatype: str) -> np.ndarray:
@@ -382,7 +400,7 @@ def _requested_outputs(raw: Any, binary_default: bool) -> list[RequestedOutput] 
         if name in seen:
             raise BadRequest(f"output '{name}' is requested more than once")
         seen.add(name)
-        params = _parameters(item, f"output '{name}'")
+        params = _parameters(item, "output", name)
         binary = params.get("binary_data", binary_default)
         if not isinstance(binary, bool):
             raise BadRequest(f"output '{name}': binary_data must be a boolean")
@@ -403,8 +421,9 @@ def encode_response(
 ) -> tuple[bytes, int | None]:
     """Encode (name, datatype, array, binary) outputs. Returns the body and, when any output
     travels as binary data, the length of the JSON header that precedes it. JSON has no NaN or
-    Inf: a non-finite value in an output sent as JSON is a BadRequest that says how to ask for
-    binary output instead (it would otherwise become null)."""
+    Inf: a non-finite value in an output sent as JSON is UnsendableOutput (502: the model
+    answered it, after the request was accepted), whose message says how to ask for binary
+    output instead (it would otherwise become null)."""
     entries = []
     chunks: list[bytes] = []
     for name, datatype, array, binary in outputs:
@@ -415,7 +434,7 @@ def encode_response(
             chunks.append(raw)
         else:
             if array.dtype.kind == "f" and not np.isfinite(array).all():
-                raise BadRequest(
+                raise UnsendableOutput(
                     f"output '{name}' holds NaN or Inf, which JSON cannot carry; ask for it as "
                     f'binary data: "outputs": [{{"name": "{name}", "parameters": '
                     '{"binary_data": true}}], or "parameters": {"binary_data_output": true}'

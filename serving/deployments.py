@@ -7,6 +7,7 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from importlib.metadata import version as package_version
 from typing import Any
 
@@ -20,35 +21,35 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from serving import codecs
+from serving.admin import Admin
+from serving.agreement import agreement
+from serving.fast_path import InferFastPath
+from serving.follower import AliasFollower
+from serving.intake import Intake
 from serving.metrics import UNKNOWN_MODEL, replica_metrics
+from serving.model_set import ModelSet
+from serving.served import ServedModel
 from serving.monitor_link import MonitorLink
 from serving.protocol import (
     HEADER_LENGTH,
     SERVER_EXTENSIONS,
-    BadRequest,
     InferenceError,
-    ParsedRequest,
-    PayloadTooLarge,
+    ModelFault,
+    NotLoaded,
+    Reason,
 )
-from serving.admin import Admin
-from serving.agreement import agreement
-from serving.follower import AliasFollower
-from serving.model_set import ModelSet, ServedModel
-from serving.runtime import OnnxModel
+from serving.router import Route as ModelRoute
 from serving.sampling import SampleBuffer
 from serving.settings import BatchSettings, ServerSettings
-from vigil.core.repository import RepositoryError, read_manifest
 from vigil.adapters.boot import Door, web_app
-from vigil.adapters.web import JSON, OPEN, error_body, error_response, json_response, route_path
+from vigil.adapters.web import JSON, OPEN, error_response, json_response
+from vigil.core.repository import RepositoryError
 
 logger = logging.getLogger("vigil.server")
 
 BINARY = "application/octet-stream"
 SERVER_NAME = "vigil"
 SERVER_VERSION = package_version("vigil")
-# Bodies larger than this are decoded on a worker thread, so that the event loop keeps serving
-# the replica's other requests meanwhile.
-LARGE_BODY_BYTES = 1024 * 1024
 CANCELLED = 499  # nginx's "client closed request": cancelled before Vigil could answer
 
 
@@ -65,42 +66,87 @@ def serving_scope(path: str) -> str | None:
     return None
 
 
+@dataclass(slots=True)
+class Outcome:
+    """What one inference request came to, filled in as it goes and accounted once: the version
+    that answers (held from routing to accounting, so that it is not closed under the request)
+    and the shadow that gets a copy, the request's inputs and outputs for the monitor's sample,
+    and its status with the reason."""
+
+    started: float
+    protocol: str
+    served: ServedModel | None = None
+    shadow: ServedModel | None = None
+    inputs: dict | None = None
+    results: dict | None = None
+    rows: int = 0
+    status: int = 0  # 0 until the request ends: answered, refused or cancelled
+    reason: Reason = Reason.OK
+
+    def hold(self, route: ModelRoute[ServedModel]) -> None:
+        self.served, self.shadow = route.target, route.shadow
+        route.target.users += 1
+        route.target.last_active = self.started
+        if route.shadow is not None:
+            route.shadow.users += 1
+
+    def end(self, status: int, reason: Reason) -> None:
+        self.status, self.reason = status, reason
+
+    def let_go(self) -> None:
+        """Release the holds: the versions may be closed once nothing else holds them."""
+        if self.served is not None:
+            self.served.users -= 1
+        if self.shadow is not None:
+            self.shadow.users -= 1
+            self.shadow = None
+
+
 class ModelServer:
     """Loads the repository's models at start (the replica is ready once they are loaded) and
     answers the Open Inference Protocol. Batching knobs arrive through user_config."""
 
+    monitor_link: MonitorLink | None = None  # sends the sampled rows (Ray); None: they stay
+
     def __init__(self, settings: dict[str, Any]) -> None:
-        self.settings = ServerSettings(**settings)
-        self.door = Door.open(self.settings)  # refuses to start open beyond its own host
-        if not self.settings.model_repository.is_dir():
-            raise RepositoryError(f"model repository {self.settings.model_repository} does not exist")
-        self.batching = self.settings.batching
-        self._in_flight = 0  # inference requests this replica is handling now
-        self.models = ModelSet(self.settings.model_repository, self.settings.models,
-                               self.settings.runtime, self.batching)
+        self._setup(ServerSettings(**settings))
         # Aliases: read from the repository now, followed live after (every replica the same).
-        context = serve.get_replica_context()
-        replica = context.replica_id.to_full_id_str() if context else f"local-{os.getpid()}"
-        self.follower = AliasFollower(self.models, replica)
-        missing = set(self.settings.models or ()) - set(self.models.published)
-        if missing:
-            raise RepositoryError(
-                f"models not found in {self.settings.model_repository}: {sorted(missing)}")
+        self.follower = AliasFollower(self.models, _replica_id())
+        self._check_models()
         self.follower.start()
         self.admin = Admin(self.models, self.follower.board, self.settings.alias_apply_timeout_s)
+        if self.samples is not None:
+            self.monitor_link = MonitorLink(self.settings.sampling, self.samples, self.metrics)
+        logger.info("serving %s", [f"{n}/{v}" for n, v, _ in self.models.router])
+
+    def _setup(self, settings: ServerSettings) -> None:
+        """Everything but Ray's parts (the alias board, the monitor link): what the handlers
+        use."""
+        self.settings = settings
+        self.door = Door.open(settings)  # refuses to start open beyond its own host
+        if not settings.model_repository.is_dir():
+            raise RepositoryError(f"model repository {settings.model_repository} does not exist")
+        self.batching = settings.batching
+        self._in_flight = 0  # inference requests this replica is handling now
+        self.models = ModelSet(settings.model_repository, settings.models, settings.runtime,
+                               self.batching, settings.loading)
         self.metrics = replica_metrics()
         # Large bodies are decoded here, two at a time: off the event loop, and bounded.
         self._decoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vigil-decode")
-        sampling = self.settings.sampling
+        self.intake = Intake(settings, self._decoder)
+        sampling = settings.sampling
         self.samples: SampleBuffer | None = None
-        self.monitor_link: MonitorLink | None = None
         if sampling.enabled:
             self.samples = SampleBuffer(
                 sampling.sample_rate, sampling.buffer_rows, sampling.buffer_requests,
                 sampling.max_rows_per_request,
             )
-            self.monitor_link = MonitorLink(sampling, self.samples, self.metrics)
-        logger.info("serving %s", [f"{n}/{v}" for n, v, _ in self.models.router])
+
+    def _check_models(self) -> None:
+        missing = set(self.settings.models or ()) - set(self.models.published)
+        if missing:
+            raise RepositoryError(
+                f"models not found in {self.settings.model_repository}: {sorted(missing)}")
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply new batching knobs live; called by Serve on deploy without restarting."""
@@ -113,15 +159,10 @@ class ModelServer:
 
     def __del__(self) -> None:
         """Serve calls this as the replica shuts down: stop the flush loop and the threads."""
-        link = getattr(self, "monitor_link", None)
-        if link is not None:
-            link.stop()
-        follower = getattr(self, "follower", None)
-        if follower is not None:
-            follower.stop()
-        models = getattr(self, "models", None)
-        if models is not None:
-            models.close()
+        for part, stop in (("monitor_link", "stop"), ("follower", "stop"), ("models", "close")):
+            held = getattr(self, part, None)
+            if held is not None:
+                getattr(held, stop)()
         decoder = getattr(self, "_decoder", None)
         if decoder is not None:
             decoder.shutdown(wait=False, cancel_futures=True)
@@ -140,50 +181,35 @@ class ModelServer:
         return json_response({"ready": True})
 
     async def model_metadata(self, request: Request) -> Response:
-        name = request.path_params["model"]
-        version = request.path_params.get("version")
-        try:
-            router = self.models.router
-            served = router.resolve(name, version).target if version else router.production(name)
-        except InferenceError as exc:
-            return error_response(exc.status_code, str(exc))
-        meta = served.model.metadata()
-        meta["versions"] = [version] if version else router.versions(name)
-        # Lineage grows after load (the model gate's verdict): read model.yaml as it is now.
-        try:
-            manifest = await asyncio.to_thread(read_manifest, served.version.path)
-        except RepositoryError:
-            manifest = served.model.manifest
-        routes = router.routes(name)
-        meta["parameters"] = {
-            "sha256": manifest.sha256,
-            "created": manifest.created,
-            "max_batch_rows": manifest.max_batch_rows,
-            "aliases": routes.aliases.roles(served.model.version, routes.published),
-            "lineage": manifest.lineage,
-            "metadata": manifest.metadata,
-        }
-        return json_response(meta)
+        """Scope infer: what a V2 client needs of a version (production's without one), and
+        no more (vigil.core.repository.version_metadata)."""
+        params = request.path_params
+        return json_response(self.models.metadata(params["model"], params.get("version")))
+
+    async def version_record(self, request: Request) -> Response:
+        """Scope admin: a version's whole record, its lineage and metadata included, from
+        model.yaml as it is now (the model gate adds its verdict after publishing)."""
+        params = request.path_params
+        return json_response(await asyncio.to_thread(
+            self.models.record, params["model"], params["version"]))
 
     async def model_ready(self, request: Request) -> Response:
         name = request.path_params["model"]
         version = request.path_params.get("version")
-        try:
-            router = self.models.router
-            served = router.resolve(name, version).target if version else router.production(name)
-        except InferenceError as exc:
-            return error_response(exc.status_code, str(exc))
+        router = self.models.router
+        served = router.resolve(name, version).target if version else router.production(name)
         return json_response({"name": name, "version": served.model.version, "ready": True})
 
     async def batching_state(self, request: Request) -> Response:
         """Vigil extension: the live batching knobs, each version's declaration and execution
         providers, and which replica answered (with the accelerators Ray gave it)."""
-        context = serve.get_replica_context()
+        context = _replica_context()
         return json_response(
             {
                 "replica": context.replica_id.unique_id if context else None,
                 "accelerators": _accelerators() if context else {},
                 "batching": self.batching.model_dump(),
+                "loading": self.settings.loading.model_dump(),
                 "models": {
                     f"{n}/{v}": {"declared_max_batch_rows": s.model.max_batch_rows,
                                  "max_batch_rows": s.batcher.max_rows,
@@ -195,189 +221,135 @@ class ModelServer:
         )
 
     async def infer(self, request: Request) -> Response:
-        started = time.perf_counter()
-        name = request.path_params["model"]
+        """POST .../infer. Every request is accounted once, in `finally`: answered, refused, or
+        cancelled (the client went away or Ray's request_timeout_s ran out: 499, with its
+        latency)."""
         raw_header_length = request.headers.get(HEADER_LENGTH)
-        protocol = "json" if raw_header_length is None else "binary"
-        model_label, version_label = UNKNOWN_MODEL, ""
-        # Until an answer is ready the request counts as cancelled: if the client goes away or
-        # Ray's request_timeout_s runs out, Ray cancels this task and the finally below still
-        # records it, with its own status and its latency.
-        status = CANCELLED
+        outcome = Outcome(time.perf_counter(), "json" if raw_header_length is None else "binary")
         self._in_flight += 1
-        served: ServedModel | None = None
-        shadow: ServedModel | None = None
-        inputs = results = None
-        rows = 0
         try:
-            try:
-                route = self.models.router.resolve(
-                    name, request.path_params.get("version"), request.headers.get
-                )
-                served, shadow = route.target, route.shadow
-                model = served.model
-                model_label, version_label = model.name, model.version
-                header_length = codecs.parse_header_length(raw_header_length)
-                parsed, inputs, rows = await self._receive(request, model, header_length)
-                if parsed.outputs is None:
-                    wanted = [(n, parsed.binary_output_default) for n in model.output_names]
-                else:
-                    wanted = [(o.name, o.binary) for o in parsed.outputs]
-                results = await served.batcher.submit(inputs, rows,
-                                                      alone=self._in_flight == 1)
-                payload, json_length = codecs.encode_response(
-                    model.name,
-                    model.version,
-                    parsed.id,
-                    [(n, model.outputs[n].datatype, results[n], binary) for n, binary in wanted],
-                )
-                headers = None if json_length is None else {HEADER_LENGTH: str(json_length)}
-                media_type = JSON if json_length is None else BINARY
-                status = 200
-            except InferenceError as exc:
-                shadow = None
-                status, payload, media_type, headers = exc.status_code, error_body(str(exc)), JSON, None
-            except Exception:
-                logger.exception("infer %s failed", name)
-                status, media_type, headers = 500, JSON, None
-                payload = error_body("internal error while running the model; see server log")
-            # The shadow gets a copy once the answer is sent: it never delays the client.
-            background = None
-            if shadow is not None and status == 200 and inputs is not None and results is not None:
-                background = BackgroundTask(self._shadow, shadow, inputs, rows, results, protocol)
-            return Response(payload, status_code=status, media_type=media_type, headers=headers,
-                            background=background)
+            return await self._answer(request, raw_header_length, outcome)
+        except asyncio.CancelledError:
+            outcome.end(CANCELLED, Reason.CANCELLED)
+            raise
         finally:
             self._in_flight -= 1
-            self._account(served, model_label, version_label, protocol, status,
-                          time.perf_counter() - started, inputs, results)
+            self._account(outcome)
+            outcome.let_go()
 
-    async def _shadow(self, shadow: ServedModel, inputs: dict, rows: int, answered: dict,
-                      protocol: str) -> None:
-        """Run a request's inputs on the shadow version and account for it like any version's
-        request (latency, status, sampled rows), plus how often it agrees with production."""
-        started = time.perf_counter()
-        status, results, compared = 500, None, None
+    async def _answer(self, request: Request, raw_header_length: str | None,
+                      outcome: Outcome) -> Response:
+        """The response, whatever happens; the inference fast path answers errors here itself
+        (the app's exception handlers serve the routes Starlette dispatches)."""
         try:
-            conformed, rows = shadow.model.validate(inputs)
-            results = await shadow.batcher.submit(conformed, rows)
-            compared = agreement(answered, results)
-            status = 200
+            payload, headers = await self._run(request, raw_header_length, outcome)
         except InferenceError as exc:
-            status = exc.status_code
+            if isinstance(exc, ModelFault):
+                logger.warning("%s: %r", exc, exc.__cause__)
+            outcome.end(exc.status_code, exc.reason)
+            return error_response(exc.status_code, str(exc))
         except Exception:
-            logger.exception("shadow %s/%s failed", shadow.model.name, shadow.model.version)
-        self._account(shadow, shadow.model.name, shadow.model.version, protocol, status,
-                      time.perf_counter() - started, inputs, results, compared)
+            logger.exception("infer %s failed", request.path_params["model"])
+            outcome.end(500, Reason.INTERNAL)
+            return error_response(500, "internal error while running the model; see server log")
+        outcome.end(200, Reason.OK)
+        # The shadow gets a copy once the answer is sent: it never delays the client.
+        background = None
+        if outcome.shadow is not None:
+            background = BackgroundTask(self._shadow, outcome.shadow, outcome)
+        return Response(payload, media_type=JSON if headers is None else BINARY,
+                        headers=headers, background=background)
 
-    async def _receive(
-        self, request: Request, model: OnnxModel, header_length: int | None
-    ) -> tuple[ParsedRequest, dict, int]:
-        """Read, judge and decode the body, refusing it as early and as cheaply as it can be:
-        from Content-Length by the size limits (413) before anything is read, then from its JSON
-        header by the model's signature (400) before any tensor data is read on; a body over
-        LARGE_BODY_BYTES is decoded on a worker thread."""
-        s = self.settings
-        declared = _content_length(request)
-        if header_length is None:  # all JSON: parsing it is decoding it
-            hint = "; send large tensors as binary data"
-            body = await _read(request, s.max_json_body_bytes, declared, "JSON body", hint)
-            return await self._decode_maybe_off_loop(len(body), self._decode_json, model, body)
-        if header_length > s.max_json_body_bytes:
-            raise PayloadTooLarge(
-                f"JSON header of {header_length} bytes exceeds the limit of "
-                f"{s.max_json_body_bytes} (max_json_body_bytes)"
-            )
-        if declared is None:  # chunked: no length to judge the header by until the end
-            body = await _read(request, s.max_body_bytes, None, "request body")
-            header, binary = codecs.split_body(body, header_length)
-            parsed, rows = self._judge(model, header, len(binary))
+    async def _run(self, request: Request, raw_header_length: str | None,
+                   outcome: Outcome) -> tuple[bytes, dict[str, str] | None]:
+        """Route, read, run and encode one request: the body and, for binary outputs, the
+        header that gives the JSON part's length."""
+        name, version = request.path_params["model"], request.path_params.get("version")
+        try:
+            route = self.models.router.resolve(name, version, request.headers.get)
+        except NotLoaded:  # a published version not loaded here (LoadingSettings): load it
+            assert version is not None
+            await asyncio.to_thread(self.models.load_version, name, version)
+            route = self.models.router.resolve(name, version, request.headers.get)
+        outcome.hold(route)
+        model = route.target.model
+        header_length = codecs.parse_header_length(raw_header_length)
+        received = await self.intake.receive(request.stream(), request.headers.get(
+            "content-length"), header_length, model)
+        parsed, outcome.inputs, outcome.rows = received.parsed, received.inputs, received.rows
+        if parsed.outputs is None:
+            wanted = [(n, parsed.binary_output_default) for n in model.output_names]
         else:
-            if header_length > declared:
-                raise BadRequest(
-                    f"Inference-Header-Content-Length {header_length} is outside the body of "
-                    f"{declared} bytes"
-                )
-            if declared > s.max_body_bytes:
-                raise PayloadTooLarge(
-                    f"request body of {declared} bytes exceeds the limit of {s.max_body_bytes}"
-                )
-            parsed, rows, body = await self._read_judging(
-                request, model, header_length, declared
-            )
-            binary = memoryview(body)[header_length:]
-        return await self._decode_maybe_off_loop(
-            len(body), self._decode_binary, model, parsed, rows, binary
+            wanted = [(o.name, o.binary) for o in parsed.outputs]
+        outcome.results = results = await route.target.batcher.submit(
+            outcome.inputs, outcome.rows, alone=self._in_flight == 1)
+        payload, json_length = codecs.encode_response(
+            model.name, model.version, parsed.id,
+            [(n, model.outputs[n].datatype, results[n], binary) for n, binary in wanted],
         )
+        return payload, None if json_length is None else {HEADER_LENGTH: str(json_length)}
 
-    async def _read_judging(
-        self, request: Request, model: OnnxModel, header_length: int, declared: int
-    ) -> tuple[ParsedRequest, int, bytearray]:
-        """The body of Content-Length `declared`, its header judged as soon as it has arrived:
-        a request the model cannot take is refused without reading the rest (the server
-        discards it)."""
-        body = bytearray()
-        judged: tuple[ParsedRequest, int] | None = None
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > declared:
-                raise BadRequest(f"request body is longer than its Content-Length {declared}")
-            if judged is None and len(body) >= header_length:
-                judged = self._judge(model, bytes(body[:header_length]), declared - header_length)
-        if len(body) != declared or judged is None:
-            raise BadRequest(f"request body ended after {len(body)} of {declared} bytes")
-        return *judged, body
+    async def _shadow(self, shadow: ServedModel, answered: Outcome) -> None:
+        """Run an answered request's inputs on the shadow version and account for it like any
+        version's request (latency, status, sampled rows), plus how often it agrees with the
+        answer. The client's request was accepted: a shadow that cannot take its inputs (its
+        signature differs) is the deployment's fault, 502 shadow_refused, never a 4xx."""
+        if shadow.model.session is None or answered.inputs is None or answered.results is None:
+            return  # released since the request was routed
+        outcome = Outcome(time.perf_counter(), answered.protocol, served=shadow,
+                          inputs=answered.inputs)
+        shadow.users += 1
+        compared = None
+        try:
+            conformed, outcome.rows = shadow.model.validate(answered.inputs)
+            outcome.results = await shadow.batcher.submit(conformed, outcome.rows)
+            compared = agreement(answered.results, outcome.results)
+            outcome.end(200, Reason.OK)
+        except InferenceError as exc:
+            if exc.status_code < 500:  # inputs its production version took: the shadow's fault
+                outcome.end(502, Reason.SHADOW_REFUSED)
+            else:
+                outcome.end(exc.status_code, exc.reason)
+        except Exception:
+            logger.exception("shadow %s failed", shadow.label)
+            outcome.end(500, Reason.INTERNAL)
+        finally:
+            self._account(outcome, compared)
+            outcome.let_go()
 
-    def _judge(
-        self, model: OnnxModel, header: bytes | bytearray, binary_length: int
-    ) -> tuple[ParsedRequest, int]:
-        """The JSON header parsed, and what it declares checked against the signature; with
-        the request's row count."""
-        parsed = codecs.parse_header(header, binary_length)
-        rows = model.check_declared((d.name, d.datatype, d.shape) for d in parsed.inputs)
-        if parsed.outputs is not None:
-            model.select_outputs([o.name for o in parsed.outputs])
-        return parsed, rows
-
-    def _decode_json(self, model: OnnxModel, body: bytearray) -> tuple[ParsedRequest, dict, int]:
-        parsed, rows = self._judge(model, body, 0)
-        return self._decode_binary(model, parsed, rows, b"")
-
-    def _decode_binary(
-        self, model: OnnxModel, parsed: ParsedRequest, rows: int, binary: memoryview | bytes
-    ) -> tuple[ParsedRequest, dict, int]:
-        # decode_inputs builds each array with exactly the name, datatype and shape the header
-        # declared, which _judge has checked: conform them without checking them again.
-        raw = codecs.decode_inputs(parsed, binary, self.settings.max_bytes_elements)
-        return parsed, model.conform(raw), rows
-
-    async def _decode_maybe_off_loop(self, size: int, decode: Any, *args: Any) -> Any:
-        if size <= LARGE_BODY_BYTES:
-            return decode(*args)
-        return await asyncio.get_running_loop().run_in_executor(self._decoder, decode, *args)
-
-    def _account(
-        self,
-        served: ServedModel | None,
-        model: str,
-        version: str,
-        protocol: str,
-        status: int,
-        elapsed: float,
-        inputs: dict | None,
-        results: dict | None,
-        agreed: tuple[int, int] | None = None,
-    ) -> None:
+    def _account(self, outcome: Outcome, agreed: tuple[int, int] | None = None) -> None:
         """Metrics and the monitor's sample for every request, answered or cancelled."""
-        self.metrics.request_done(model, version, protocol, status, elapsed)
-        if self.samples is None or served is None:
+        elapsed = time.perf_counter() - outcome.started
+        served, status = outcome.served, outcome.status
+        if served is None:
+            self.metrics.request_done(UNKNOWN_MODEL, "", outcome.protocol, status,
+                                      outcome.reason, elapsed)
+            return
+        name, version = served.model.name, served.model.version
+        self.metrics.request_done(name, version, outcome.protocol, status, outcome.reason,
+                                  elapsed)
+        if self.samples is None:
             return
         if status == 200 and served.has_profile:
-            self.samples.record(model, version, elapsed, status, inputs, results, agreement=agreed)
+            self.samples.record(name, version, elapsed, status, outcome.inputs,
+                                outcome.results, agreement=agreed)
         else:  # a shadow without a profile still reports how often it agrees
-            self.samples.record(model, version, elapsed, status, agreement=agreed)
-        assert self.monitor_link is not None
-        self.monitor_link.start()
+            self.samples.record(name, version, elapsed, status, agreement=agreed)
+        if self.monitor_link is not None:
+            self.monitor_link.start()
+
+
+def _replica_context() -> Any:
+    """Serve's context of this replica; None outside one."""
+    try:
+        return serve.get_replica_context()
+    except Exception:  # noqa: BLE001 - Serve raises outside a replica
+        return None
+
+
+def _replica_id() -> str:
+    context = _replica_context()
+    return context.replica_id.to_full_id_str() if context else f"local-{os.getpid()}"
 
 
 def _accelerators() -> dict[str, list[str]]:
@@ -385,29 +357,15 @@ def _accelerators() -> dict[str, list[str]]:
     return {k: v for k, v in ray.get_runtime_context().get_accelerator_ids().items() if v}
 
 
-def _content_length(request: Request) -> int | None:
-    raw = request.headers.get("content-length")
-    return int(raw) if raw is not None and raw.isascii() and raw.isdigit() else None
-
-
-async def _read(
-    request: Request, limit: int, declared: int | None, what: str, hint: str = ""
-) -> bytearray:
-    """A whole body of at most `limit` bytes: 413 from Content-Length before reading, or as soon
-    as the bytes read pass the limit."""
-    if declared is not None and declared > limit:
-        raise PayloadTooLarge(f"{what} of {declared} bytes exceeds the limit of {limit}{hint}")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise PayloadTooLarge(f"{what} exceeds the limit of {limit} bytes{hint}")
-    return body
+async def inference_error(request: Request, exc: Exception) -> Response:
+    """An InferenceError raised in a route Starlette dispatches: its status and message."""
+    assert isinstance(exc, InferenceError)
+    return error_response(exc.status_code, str(exc))
 
 
 def build_asgi_app(server: ModelServer) -> Starlette:
     """Plain Starlette routes (no per-request schema work) bound to one ModelServer, behind the
-    bearer-token guard."""
+    bearer-token guard; InferenceError answered once, by the app's handler."""
     s = server
     # Inference first: Ray names each request's route by scanning this list in order.
     routes = [
@@ -421,48 +379,13 @@ def build_asgi_app(server: ModelServer) -> Starlette:
         Route("/v2/models/{model}/ready", s.model_ready, methods=["GET"]),
         Route("/v2/models/{model}/versions/{version}", s.model_metadata, methods=["GET"]),
         Route("/v2/models/{model}/versions/{version}/ready", s.model_ready, methods=["GET"]),
+        Route("/v2/repository/models/{model}/versions/{version}", s.version_record,
+              methods=["GET"]),
         *s.admin.routes(),
     ]
     guard = s.door.guard(serving_scope, on_reject=s.metrics.auth_rejected)
-    return web_app(routes, [guard, Middleware(InferFastPath, handler=s.infer)])
-
-
-class InferFastPath:
-    """ASGI middleware inside the token guard: POST .../infer goes straight to the handler,
-    skipping Starlette's route scan and per-route wrappers (about a sixth of Vigil's own time per
-    request for a small model, README "Speed"); the handler answers every error itself. Any
-    other request, or a path that only looks like an inference route, goes on to the router."""
-
-    def __init__(self, app: Any, handler: Any) -> None:
-        self.app = app
-        self.handler = handler
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        params = (infer_path_params(route_path(scope))
-                  if scope["type"] == "http" and scope["method"] == "POST" else None)
-        if params is None:
-            await self.app(scope, receive, send)
-            return
-        scope["path_params"] = params
-        response = await self.handler(Request(scope, receive))
-        await response(scope, receive, send)
-
-
-def infer_path_params(path: str) -> dict[str, str] | None:
-    """{'model': ..., ['version': ...]} for /v2/models/{model}[/versions/{version}]/infer (a
-    route_path), matched as Starlette's routes match it (no segment empty); None for any other
-    path."""
-    parts = path.split("/")
-    if len(parts) == 5 and parts[4] == "infer":
-        params = {"model": parts[3]}
-    elif len(parts) == 7 and parts[6] == "infer" and parts[4] == "versions" and parts[5]:
-        params = {"model": parts[3], "version": parts[5]}
-    else:
-        return None
-    if parts[0] or parts[1] != "v2" or parts[2] != "models" or not parts[3]:
-        return None
-    return params
-
+    return web_app(routes, [guard, Middleware(InferFastPath, handler=s.infer)],
+                   handlers={InferenceError: inference_error})
 
 
 ModelServerDeployment = serve.deployment(name="ModelServer")(serve.ingress()(ModelServer))

@@ -1,8 +1,9 @@
 """The serving replica's metrics, declared once per process (ray.serve.metrics).
 
 Ray's exporter prefixes every name with `ray_`, so `vigil_request_duration_seconds` is scraped as
-`ray_vigil_request_duration_seconds`. Ray adds deployment, replica and application tags itself and exports one series per replica:
-sum them in queries (configs/prometheus/recording_rules.yml does)."""
+`ray_vigil_request_duration_seconds`. Ray adds deployment, replica and application tags itself and
+exports one series per replica: sum them in queries (configs/prometheus/recording_rules.yml does).
+"""
 
 from __future__ import annotations
 
@@ -18,10 +19,12 @@ UNKNOWN_MODEL = "_unknown"  # label for requests naming no served model: keeps c
 
 
 class ReplicaMetrics:
-    """Every metric a serving replica exports; tags are limited to model, version, protocol and
-    status code."""
+    """Every metric a serving replica exports; tags are limited to model, version, protocol,
+    status code and a few fixed sets (the reason a request ended, why samples were dropped)."""
 
     def __init__(self) -> None:
+        # One call per metric, written out: tests/unit/test_prometheus_rules.py and
+        # test_dashboards.py read these declarations (name, kind, tag keys) from this file.
         self.request_duration = metrics.Histogram(
             "vigil_request_duration_seconds",
             description="Time from request arrival at the replica to response, by status code.",
@@ -30,8 +33,10 @@ class ReplicaMetrics:
         )
         self.requests = metrics.Counter(
             "vigil_requests_total",
-            description="Inference requests by status code.",
-            tag_keys=("model", "version", "protocol", "code"),
+            description="Inference requests by status code and reason (serving.protocol.Reason: "
+            "ok, client, not_ready, model_run, model_output, shadow_refused, internal, "
+            "cancelled).",
+            tag_keys=("model", "version", "protocol", "code", "reason"),
         )
         self.inference_duration = metrics.Histogram(
             "vigil_inference_duration_seconds",
@@ -51,7 +56,12 @@ class ReplicaMetrics:
             boundaries=LATENCY_BOUNDARIES,
             tag_keys=("model", "version"),
         )
-
+        self.loaded_versions = metrics.Gauge(
+            "vigil_loaded_versions",
+            description="Versions of a model this replica holds loaded (a session each): the "
+            "aliased ones and unaliased ones used lately (serving.settings.LoadingSettings).",
+            tag_keys=("model",),
+        )
         self.samples_dropped = metrics.Counter(
             "vigil_samples_dropped_rows_total",
             description="Sampled rows a replica dropped instead of sending them to the monitor.",
@@ -62,7 +72,6 @@ class ReplicaMetrics:
             description="Sampled rows a replica handed to the monitor.",
             tag_keys=("model", "version"),
         )
-
         self.auth_rejections = metrics.Counter(
             "vigil_auth_rejected_total",
             description="Requests refused for want of a valid bearer token (code 401) or of the "
@@ -77,11 +86,17 @@ class ReplicaMetrics:
         return ModelBatchMetrics(self, {"model": model, "version": version})
 
     def request_done(
-        self, model: str, version: str, protocol: str, code: int, seconds: float
+        self, model: str, version: str, protocol: str, code: int, reason: str, seconds: float
     ) -> None:
         tags = {"model": model, "version": version, "protocol": protocol, "code": str(code)}
         self.request_duration.observe(seconds, tags)
+        tags["reason"] = reason
         self.requests.inc(1, tags)
+
+    def loaded(self, counts: dict[str, int]) -> None:
+        """How many versions of each model are loaded now (0 for a model no longer served)."""
+        for model, count in counts.items():
+            self.loaded_versions.set(count, {"model": model})
 
 
 class ModelBatchMetrics:

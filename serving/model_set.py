@@ -1,64 +1,59 @@
-"""The model versions one replica serves: loaded from the repository as its aliases say, swapped
-in whole when they change, released when retired or unloaded."""
+"""The model versions one replica serves: loaded from the repository as its aliases say (and as
+requests name them), swapped in whole when they change, drained and released when retired,
+unloaded or idle."""
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 
-from serving.batching import RowBatcher
 from serving.metrics import replica_metrics
+from serving.protocol import BadRequest, InferenceError, NotFound, NotReady
 from serving.router import ModelRouter, ModelRoutes
-from serving.runtime import GpuUnavailable, OnnxModel
-from serving.settings import BatchSettings, RuntimeSettings
-from vigil.core import repository
-from vigil.core.aliases import AliasState, read_aliases
-from vigil.core.repository import ModelVersion, RepositoryError
+from serving.runtime import GpuUnavailable
+from serving.served import ServedModel
+from serving.settings import BatchSettings, LoadingSettings, RuntimeSettings
+from vigil.core import model_ops, repository
+from vigil.core.aliases import AliasError, AliasState, read_aliases
+from vigil.core.repository import ModelVersion, RepositoryError, VersionManifest
 
 logger = logging.getLogger("vigil.models")
-RELEASE_GRACE_S = 5.0
+# A request that resolved the old router takes its hold on the version in the same step of the
+# event loop; the drain lets that step pass before it first looks.
+SETTLE_S = 0.2
+DRAIN_POLL_S = 0.02
+LOAD_ERRORS = (RepositoryError, RuntimeError, OSError, ValueError)  # a version that cannot load
 
 
-class ServedModel:
-    """A loaded model version with its batcher."""
-
-    def __init__(self, version: ModelVersion, runtime: RuntimeSettings,
-                 batching: BatchSettings) -> None:
-        self.version = version
-        self.model = OnnxModel(version, runtime)
-        # Rows are sampled only where the monitor has a reference to compare them with; every
-        # version still reports latency and status.
-        self.has_profile = version.has_profile
-        self.batcher = RowBatcher(
-            self.model.run,
-            batching,
-            declared_max_rows=self.model.max_batch_rows,
-            observer=replica_metrics().for_model(self.model.name, self.model.version),
-            thread_name=f"vigil-{self.model.name}-{self.model.version}",
-        )
-
-    def close(self) -> None:
-        """Stop the batcher's thread; the session goes with the last reference to this object."""
-        self.batcher.close()
-
-    def release(self) -> None:
-        """Close, free the onnxruntime session now, and hand the freed heap back to the OS:
-        glibc keeps freed arenas otherwise, and a replica that cycled through many versions
-        would look as large as one that holds them all."""
-        self.close()
-        self.model.session = None
-        _trim_heap()
-
-
-def _trim_heap() -> None:
+def _published_at(manifest: VersionManifest) -> float:
+    """When the version was published (epoch seconds); -inf when model.yaml does not say."""
     try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        pass
+        return datetime.fromisoformat(manifest.created).timestamp()
+    except ValueError:
+        return float("-inf")
+
+
+def _frozen() -> Mapping[Any, Any]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class ServingState:
+    """What one replica serves, replaced whole on every change (readers on any thread see one
+    consistent state, never one being changed): the router, the versions that could not be
+    loaded (with why), and every published version by model."""
+
+    router: ModelRouter[ServedModel] = field(default_factory=lambda: ModelRouter({}))
+    failed: Mapping[tuple[str, str], str] = field(default_factory=_frozen)
+    published: Mapping[str, list[str]] = field(default_factory=_frozen)
+    versions: Mapping[tuple[str, str], ModelVersion] = field(default_factory=_frozen)
 
 
 @dataclass
@@ -71,68 +66,85 @@ class Refreshed:
 
 
 class ModelSet:
-    """Every served version of the repository's models (or of `only`), behind one router that is
-    replaced whole on each change: a request sees either the old set or the new one."""
+    """Every served version of the repository's models (or of `only`). The state is owned here:
+    refreshes and loads on demand write it one at a time (under `_lock`, which a session build
+    holds), and swap it whole; reconfigure changes the batching under `_settings_lock` alone,
+    which each swap also takes to apply the live batching to the versions it installs."""
 
     def __init__(self, root: Path, only: list[str] | None, runtime: RuntimeSettings,
-                 batching: BatchSettings,
+                 batching: BatchSettings, loading: LoadingSettings | None = None,
                  load: Callable[[ModelVersion], ServedModel] | None = None) -> None:
         self.root = Path(root)
         self.only = only
         self.runtime = runtime
         self.batching = batching
+        self.loading = loading or LoadingSettings()
         self._load = load or (lambda v: ServedModel(v, self.runtime, self.batching))
-        self._lock = threading.Lock()  # one refresh at a time
-        self.router: ModelRouter[ServedModel] = ModelRouter({})
-        # Versions that could not be loaded, with the reason (sha256 mismatch, bad graph).
-        self.failed: dict[tuple[str, str], str] = {}
-        self.published: dict[str, list[str]] = {}
+        self._lock = threading.Lock()
+        self._settings_lock = threading.Lock()
+        self._state = ServingState()
+        self._draining: list[threading.Thread] = []
+
+    @property
+    def router(self) -> ModelRouter[ServedModel]:
+        return self._state.router
+
+    @property
+    def failed(self) -> Mapping[tuple[str, str], str]:
+        """Versions that could not be loaded, with the reason (sha256 mismatch, bad graph);
+        (model, "*") for a model whose folder cannot be read."""
+        return self._state.failed
+
+    @property
+    def published(self) -> Mapping[str, list[str]]:
+        return self._state.published
 
     def refresh(self, models: list[str] | None = None) -> Refreshed:
         """Re-read the repository and aliases (of `models`, or of every model), load the versions
-        that are newly served and release those no longer served. Blocking (sessions are built
-        here): call it on a worker thread once the replica runs."""
+        to serve and release those no longer served. Blocking (sessions are built here): call it
+        on a worker thread once the replica runs."""
         with self._lock:
-            current = self.router.models()
-            found, broken = self._scan()
+            state = self._state
+            current = state.router.models()
+            found, unreadable = self._scan()
             if models is None:
                 wanted = set(found) | set(current)
             else:  # the named models, and any model that vanished from disk
                 wanted = (set(models) & set(found)) | (set(current) - set(found))
+            broken = {name for name, _ in unreadable}
             done = Refreshed()
-            routes: dict[str, ModelRoutes[ServedModel]] = {
-                n: r for n, r in current.items() if n not in wanted
-            }
-            for name in sorted(wanted):
-                if name in broken:  # unreadable now: keep serving what was loaded
-                    if name in current:
-                        routes[name] = current[name]
-                    continue
+            failed = {k: v for k, v in state.failed.items()
+                      if k[1] != "*" and (k[0] not in wanted or k[0] in broken)}
+            failed.update(unreadable)
+            routes = {n: r for n, r in current.items() if n not in wanted or n in broken}
+            for name in sorted(wanted - broken):
                 if name not in found:  # gone from disk: release it
                     done.released += [f"{name}/{v}" for v in current[name].versions]
                     continue
-                routes[name] = self._refresh_model(name, found[name], current.get(name), done)
-            self.published = {
-                **{n: v for n, v in self.published.items() if n in broken},
-                **{n: [v.manifest.version for v in vs] for n, vs in found.items()},
-            }
-            old = self.router
-            self.router = ModelRouter(routes)
-        self._release(old, done.released)
+                routes[name] = self._refresh_model(name, found[name], current.get(name), done,
+                                                   failed)
+            versions = {k: v for k, v in state.versions.items() if k[0] in broken}
+            versions.update({(n, v.manifest.version): v for n, vs in found.items() for v in vs})
+            published = {n: v for n, v in state.published.items() if n in broken}
+            published.update({n: [v.manifest.version for v in vs] for n, vs in found.items()})
+            released = self._install(ServingState(
+                ModelRouter(routes), MappingProxyType(failed), MappingProxyType(published),
+                MappingProxyType(versions)))
+        self._release(released)
         if done.loaded or done.released or done.failed:
             logger.info("models: loaded %s, released %s, failed %s",
                         done.loaded, done.released, sorted(done.failed))
         return done
 
-    def _scan(self) -> tuple[dict[str, list[ModelVersion]], set[str]]:
+    def _scan(self) -> tuple[dict[str, list[ModelVersion]], dict[tuple[str, str], str]]:
         """The repository model by model: one malformed version makes only its model unreadable
         (logged, and its loaded versions kept), never the whole repository."""
         if not self.root.is_dir():
-            return {}, set()
+            return {}, {}
         names = sorted(p.name for p in self.root.iterdir()
                        if p.is_dir() and repository.valid_name(p.name))
         found: dict[str, list[ModelVersion]] = {}
-        broken: set[str] = set()
+        unreadable: dict[tuple[str, str], str] = {}
         for name in names:
             if self.only is not None and name not in self.only:
                 continue
@@ -141,22 +153,21 @@ class ModelSet:
             except RepositoryError as exc:
                 if "not found" in str(exc):  # a folder without any version yet
                     continue
-                broken.add(name)
-                self.failed[(name, "*")] = str(exc)
+                unreadable[(name, "*")] = str(exc)
                 logger.error("model %s cannot be read; its loaded versions keep serving: %s",
                              name, exc)
                 continue
-            self.failed.pop((name, "*"), None)
             if versions:
                 found[name] = versions
-        return found, broken
+        return found, unreadable
 
     def _refresh_model(self, name: str, versions: list[ModelVersion],
-                       current: ModelRoutes[ServedModel] | None,
-                       done: Refreshed) -> ModelRoutes[ServedModel]:
+                       current: ModelRoutes[ServedModel] | None, done: Refreshed,
+                       failed: dict[tuple[str, str], str]) -> ModelRoutes[ServedModel]:
+        """The model's routes as its aliases and the loading policy now say; `failed` gets the
+        versions that would not load (only those tried: an idle version is retried on demand)."""
         aliases = read_aliases(self.root, name)
-        published = [v.manifest.version for v in versions]
-        keep = set(aliases.serving(published))
+        keep = self._keep(versions, aliases, current)
         loaded: dict[str, ServedModel] = {}
         for v in versions:
             label = v.manifest.version
@@ -169,17 +180,122 @@ class ModelSet:
                 loaded[label] = self._load(v)
             except GpuUnavailable:
                 raise  # the replica's configuration, not this version: the replica must not start
-            except (RepositoryError, RuntimeError, OSError, ValueError) as exc:
+            except LOAD_ERRORS as exc:
                 # The previous versions keep serving; the index says why this one does not.
-                self.failed[(name, label)] = str(exc)
+                failed[(name, label)] = str(exc)
                 done.failed[f"{name}/{label}"] = str(exc)
                 logger.error("%s/%s not loaded: %s", name, label, exc)
                 continue
-            self.failed.pop((name, label), None)
             done.loaded.append(f"{name}/{label}")
         if current is not None:
             done.released += [f"{name}/{v}" for v in current.versions if v not in loaded]
-        return ModelRoutes(loaded, aliases, tuple(published))
+        return ModelRoutes(loaded, aliases, tuple(v.manifest.version for v in versions))
+
+    def _keep(self, versions: list[ModelVersion], aliases: AliasState,
+              current: ModelRoutes[ServedModel] | None) -> set[str]:
+        """The versions to hold loaded (LoadingSettings): every unretired one an alias points
+        at, and of the others the most recently active (published, aliased, asked for) that
+        have not been idle for unaliased_idle_s, at most max_unaliased of them."""
+        published = [v.manifest.version for v in versions]
+        serving = set(aliases.serving(published))
+        aliased = {aliases.production_of(published), aliases.shadow,
+                   aliases.canary.version if aliases.canary else None} & serving
+        loaded = current.versions if current is not None else {}
+        now, wall = time.perf_counter(), time.time()
+        idle: dict[str, float] = {}
+        for v in versions:
+            label = v.manifest.version
+            served = loaded.get(label)
+            if label in aliased and served is not None:
+                served.last_active = now  # its idle time starts when its last alias goes
+            elif label in serving and label not in aliased:
+                idle[label] = (now - served.last_active if served is not None
+                               else wall - _published_at(v.manifest))
+        recent = sorted((s, label) for label, s in idle.items()
+                        if s < self.loading.unaliased_idle_s)
+        return {str(label) for label in aliased} | {
+            label for _, label in recent[: self.loading.max_unaliased]}
+
+    def load_version(self, name: str, version: str) -> None:
+        """Load a published, unretired version that a request names (the router said
+        NotLoaded), the least recently active unaliased version unloaded when that makes more
+        than max_unaliased. Blocking: call it on a worker thread. Raises the router's answer
+        when the version is not available, NotReady when it cannot be loaded here."""
+        with self._lock:
+            state = self._state
+            routes = state.router.routes(name)
+            if version in routes.versions:
+                return
+            if version not in routes.available:
+                raise state.router.not_served(name, version, routes)
+            if (name, version) in state.failed:
+                raise NotReady(f"model '{name}' version '{version}' cannot be loaded here; the "
+                               "repository index (POST /v2/repository/index) says why")
+            if self.loading.max_unaliased == 0:
+                raise NotReady(f"model '{name}' version '{version}' is not served here: no alias "
+                               "points at it, and this server keeps no other version loaded")
+            try:
+                served = self._load(state.versions[(name, version)])
+            except LOAD_ERRORS as exc:
+                logger.error("%s/%s not loaded on demand: %s", name, version, exc)
+                self._install(replace(state, failed=MappingProxyType(
+                    {**state.failed, (name, version): str(exc)})))
+                raise NotReady(f"model '{name}' version '{version}' cannot be loaded here; the "
+                               "repository index (POST /v2/repository/index) says why") from None
+            loaded = {**routes.versions, version: served}
+            keep = {version} | self._keep([state.versions[(name, v)] for v in routes.published],
+                                          routes.aliases, replace(routes, versions=loaded))
+            loaded = {v: s for v, s in loaded.items() if v in keep}
+            ordered = {v: loaded[v] for v in routes.published if v in loaded}
+            models = {**state.router.models(), name: replace(routes, versions=ordered)}
+            released = self._install(replace(state, router=ModelRouter(models)))
+        logger.info("%s/%s loaded on demand", name, version)
+        self._release(released)
+
+    def _install(self, state: ServingState) -> list[ServedModel]:
+        """Make `state` the one readers see, with the live batching on every version in it;
+        returns the versions it no longer holds (to drain and release)."""
+        with self._settings_lock:
+            for _, _, served in state.router:
+                served.batcher.reconfigure(self.batching)
+            old, self._state = self._state, state
+        counts = {name: 0 for name in old.router.models()}
+        counts.update({name: len(r.versions) for name, r in state.router.models().items()})
+        replica_metrics().loaded(counts)
+        kept = {id(served) for _, _, served in state.router}
+        return [served for _, _, served in old.router if id(served) not in kept]
+
+    def metadata(self, name: str, version: str | None) -> dict[str, Any]:
+        """The V2 metadata a client needs of `version` of `name` (production's when None), for
+        any version it may name, loaded here or not; `versions` lists those versions."""
+        state = self._state
+        routes = state.router.routes(name)
+        label = version or routes.production
+        if label is None:
+            raise NotReady(f"model '{name}' has no production version")
+        if label not in routes.available:
+            raise state.router.not_served(name, label, routes)
+        return repository.version_metadata(
+            state.versions[(name, label)].manifest, [label] if version else list(routes.available),
+            routes.aliases.roles(label, routes.published))
+
+    def record(self, name: str, version: str) -> dict[str, Any]:
+        """A published version's whole record for an operator (scope admin): its metadata with
+        the lineage and free-form metadata of model.yaml as it is now, retired or not.
+        Blocking (reads the repository)."""
+        if not (repository.valid_name(name) and repository.valid_name(version)):
+            raise BadRequest(f"invalid model or version name {name!r}/{version!r}")
+        try:
+            published = model_ops.published_versions(self.root, name)
+            if version not in published:
+                raise NotFound(f"model '{name}' has no version '{version}'; published: {published}")
+            manifest = repository.read_manifest(self.root / name / version)
+            roles = read_aliases(self.root, name).roles(version, published)
+        except AliasError as exc:
+            raise InferenceError(str(exc), exc.status) from None
+        except RepositoryError as exc:
+            raise InferenceError(f"{name}/{version} cannot be read: {exc}", 409) from None
+        return repository.version_metadata(manifest, [version], roles, full=True)
 
     def check_loadable(self, name: str, version: str) -> None:
         """Raise RepositoryError (with the reason) unless `version` of `name` loads: its file on
@@ -198,20 +314,43 @@ class ModelSet:
         routes = self.router.models().get(name)
         return routes.aliases if routes is not None else read_aliases(self.root, name)
 
-    def _release(self, old: ModelRouter[ServedModel], labels: list[str]) -> None:
-        """Close released versions once requests already routed to them are done: new requests
-        no longer reach them, and RELEASE_GRACE_S is far above one model run."""
-        gone = set(labels)
-        for name, version, served in old:
-            if f"{name}/{version}" in gone:
-                timer = threading.Timer(RELEASE_GRACE_S, served.release)
-                timer.daemon = True
-                timer.start()
+    def _release(self, released: list[ServedModel]) -> None:
+        """Drain the released versions, then close them, on a thread of their own."""
+        if not released:
+            return
+        drain = threading.Thread(target=self._drain, args=(released,), daemon=True,
+                                 name="vigil-drain")
+        self._draining = [t for t in self._draining if t.is_alive()] + [drain]
+        drain.start()
+
+    def _drain(self, released: list[ServedModel]) -> None:
+        """Close each version once the requests already routed to it are done (nothing routed,
+        queued or running), or once drain_timeout_s has passed. New requests no longer reach
+        it: the router that did is gone."""
+        time.sleep(SETTLE_S)
+        deadline = time.monotonic() + self.loading.drain_timeout_s
+        for served in released:
+            while served.busy and time.monotonic() < deadline:
+                time.sleep(DRAIN_POLL_S)
+            if served.busy:
+                logger.warning("%s closed with %d requests still routed to it after "
+                               "drain_timeout_s (%g s)", served.label, served.users,
+                               self.loading.drain_timeout_s)
+            served.release()
+
+    def wait_drained(self, timeout: float) -> bool:
+        """Wait until every released version is closed; whether they all were in time."""
+        deadline = time.monotonic() + timeout
+        for thread in list(self._draining):
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self._draining)
 
     def reconfigure(self, batching: BatchSettings) -> None:
-        self.batching = batching
-        for _, _, served in self.router:
-            served.batcher.reconfigure(batching)
+        """New batching for every version served now, and for every one installed later."""
+        with self._settings_lock:
+            self.batching = batching
+            for _, _, served in self._state.router:
+                served.batcher.reconfigure(batching)
 
     def close(self) -> None:
         for _, _, served in self.router:

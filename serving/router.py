@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from serving.protocol import NotFound, NotReady
+from serving.protocol import NotFound, NotLoaded, NotReady
 from vigil.core.aliases import AliasState
 
 M = TypeVar("M")
@@ -38,10 +38,13 @@ class ModelRoutes(Generic[M]):
     aliases: AliasState
     published: tuple[str, ...] = ()  # every version on disk, retired ones included
     production: str | None = field(init=False, default=None)
+    # The versions a request may name: published and not retired, loaded here or not.
+    available: tuple[str, ...] = field(init=False, default=())
 
     def __post_init__(self) -> None:
         order = self.published or tuple(self.versions)
         object.__setattr__(self, "production", self.aliases.production_of(order))
+        object.__setattr__(self, "available", tuple(self.aliases.serving(order)))
 
 
 class ModelRouter(Generic[M]):
@@ -75,7 +78,7 @@ class ModelRouter(Generic[M]):
         if version:
             model = routes.versions.get(version)
             if model is None:
-                raise NotFound(self._no_version(name, version, routes))
+                raise self.not_served(name, version, routes)
             return Route(model)
         aliases = routes.aliases
         target = routes.production
@@ -98,12 +101,18 @@ class ModelRouter(Generic[M]):
         return routes.versions[routes.production]
 
     @staticmethod
-    def _no_version(name: str, version: str, routes: ModelRoutes[M]) -> str:
+    def not_served(name: str, version: str, routes: ModelRoutes[M]) -> NotFound | NotLoaded:
+        """Why `version` has no model here: published but not loaded (NotLoaded: loadable on
+        demand), retired, or unknown (NotFound)."""
+        if version in routes.available:
+            return NotLoaded(f"model '{name}' version '{version}' is not loaded here")
+        available = list(routes.available)
         if version in routes.aliases.retired:
-            return f"model '{name}' version '{version}' is retired; versions: {list(routes.versions)}"
-        return f"model '{name}' has no version '{version}'; versions: {list(routes.versions)}"
+            return NotFound(f"model '{name}' version '{version}' is retired; versions: {available}")
+        return NotFound(f"model '{name}' has no version '{version}'; versions: {available}")
 
     def versions(self, name: str) -> list[str]:
+        """The versions of `name` loaded here, oldest first."""
         return list(self.routes(name).versions)
 
     def models(self) -> dict[str, ModelRoutes[M]]:

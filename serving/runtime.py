@@ -17,7 +17,7 @@ except ImportError as exc:  # said here, where a session is needed, not on impor
         "'vigil[gpu]' (onnxruntime-gpu, CUDA); the two conflict."
     ) from exc
 
-from serving.protocol import BadRequest, fit_datatype
+from serving.protocol import BadRequest, ModelRunFailed, fit_datatype
 from serving.settings import RuntimeSettings
 from vigil.core.repository import ModelVersion, RepositoryError
 from vigil.core.tensors import NUMPY_TO_V2, ONNX_TO_V2, V2_TO_NUMPY, TensorSpec, can_cast
@@ -31,6 +31,11 @@ _OPT_LEVELS = {
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
 _warned_cuda_fallback = False
+# What onnxruntime raises from a run (its exceptions share no base class but Exception).
+_ORT_ERRORS: tuple[type[Exception], ...] = tuple(
+    error for error in vars(ort.capi.onnxruntime_pybind11_state).values()
+    if isinstance(error, type) and issubclass(error, Exception)
+)
 
 
 def cpu_session(model_bytes: bytes) -> Any:
@@ -145,15 +150,14 @@ class OnnxModel:
         is decoded: names, datatypes (safe casts only), shapes, and the batch axis. Returns the
         request's row count (1 for a version that is not batched)."""
         declared = list(declared)
-        names = [name for name, _, _ in declared]
-        # Unknown names first: a misspelt input is also a missing one, and this message says both.
-        unknown = set(names) - self.inputs.keys()
-        if unknown:
-            raise BadRequest(
-                f"model '{self.name}' has no inputs {sorted(unknown)}; it takes {list(self.inputs)}"
-            )
-        missing = self.inputs.keys() - set(names)
-        if missing:
+        names = {name for name, _, _ in declared}
+        if names != self.inputs.keys():
+            # Unknown names first: a misspelt input is also a missing one, and this says both.
+            unknown = names - self.inputs.keys()
+            if unknown:
+                raise BadRequest(f"model '{self.name}' has no inputs {sorted(unknown)}; it takes "
+                                 f"{list(self.inputs)}")
+            missing = self.inputs.keys() - names
             raise BadRequest(f"model '{self.name}' needs inputs {sorted(missing)} (missing)")
         rows: int | None = None
         for name, datatype, shape in declared:
@@ -162,9 +166,7 @@ class OnnxModel:
                 raise BadRequest(
                     f"input '{name}' is {datatype}; model '{self.name}' takes {spec.datatype}"
                 )
-            if len(shape) != len(spec.shape) or any(
-                want not in (-1, have) for want, have in zip(spec.shape, shape)
-            ):
+            if len(shape) != len(spec.shape) or not _fits(spec.shape, shape):
                 raise BadRequest(
                     f"input '{name}' has shape {list(shape)}; model '{self.name}' takes "
                     f"{list(spec.shape)} (-1: any size)"
@@ -220,18 +222,25 @@ class OnnxModel:
         return names
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run the session on validated inputs; every output, by name."""
-        results = self.session.run(self.output_names, inputs)
+        """Run the session on validated inputs; every output, by name. onnxruntime's own errors
+        are the model's fault on an accepted request: ModelRunFailed (502), the cause chained."""
+        try:
+            results = self.session.run(self.output_names, inputs)
+        except _ORT_ERRORS as exc:
+            raise ModelRunFailed(
+                f"model '{self.name}' version '{self.version}' failed to run on this request "
+                f"(onnxruntime {type(exc).__name__}; the server log has the detail)"
+            ) from exc
         return dict(zip(self.output_names, results))
 
-    def metadata(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "versions": [self.version],
-            "platform": self.manifest.platform,
-            "inputs": [s.to_metadata() for s in self.inputs.values()],
-            "outputs": [s.to_metadata() for s in self.outputs.values()],
-        }
+
+def _fits(declared: tuple[int, ...], shape: tuple[int, ...]) -> bool:
+    """Whether `shape` is one the signature's `declared` shape takes (-1: any size). A plain
+    loop: it runs for every input of every request."""
+    for want, have in zip(declared, shape):
+        if want != -1 and want != have:
+            return False
+    return True
 
 
 def _datatype_of(array: np.ndarray) -> str:

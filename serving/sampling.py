@@ -51,6 +51,11 @@ class SampleBuffer:
         self._buffers: dict[tuple[str, str], _VersionBuffer] = {}
         self._rng = np.random.default_rng(seed)
 
+    @property
+    def versions(self) -> int:
+        """How many versions have a buffer now."""
+        return len(self._buffers)
+
     def _buffer(self, model: str, version: str) -> _VersionBuffer:
         key = (model, version)
         buf = self._buffers.get(key)
@@ -130,10 +135,14 @@ class SampleBuffer:
         return picked
 
     def drain(self) -> list[SampleMessage]:
-        """Everything buffered, as one batch per model version; the buffer starts empty."""
+        """Everything buffered, as one batch per model version; the buffer starts empty. A
+        version that had nothing since the previous drain loses its buffer (its arrays are
+        max_requests long): a retired, unloaded or idle version holds no memory here, and the
+        buffers in use are those of versions with traffic lately."""
         batches = []
-        for (model, version), buf in self._buffers.items():
+        for (model, version), buf in list(self._buffers.items()):
             if buf.facts == 0 and not buf.chunks:
+                del self._buffers[(model, version)]
                 continue
             kept = min(buf.facts, self.max_requests)
             dropped_requests = buf.facts - kept
@@ -167,11 +176,16 @@ def _common_rows(inputs: Tensors, outputs: Tensors) -> int | None:
 
 
 def _same_layout(chunk: tuple, inputs: Tensors, outputs: Tensors) -> bool:
+    """Whether the rows stack with the chunk's: the same names, each of the same row shape.
+    Plain loops: this runs for every sampled request, and generators cost more than the test."""
     _, first_in, first_out = chunk
-    return all(
-        first.keys() == new.keys() and all(first[k].shape[1:] == new[k].shape[1:] for k in new)
-        for first, new in ((first_in, inputs), (first_out, outputs))
-    )
+    for first, new in ((first_in, inputs), (first_out, outputs)):
+        if first.keys() != new.keys():
+            return False
+        for name, array in new.items():
+            if first[name].shape[1:] != array.shape[1:]:
+                return False
+    return True
 
 
 def _stack(chunks: deque) -> tuple[Tensors, Tensors]:

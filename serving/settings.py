@@ -79,6 +79,39 @@ class BatchSettings(BaseModel):
     )
 
 
+class LoadingSettings(BaseModel):
+    """Which versions a replica keeps loaded, and how it lets one go. Every version an alias
+    points at (production, canary, shadow) is loaded; any other published, unretired version
+    only while it is in use: it loads when published or first asked for by name
+    (/versions/{v}/infer), and is unloaded once idle for `unaliased_idle_s`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    unaliased_idle_s: float = Field(
+        default=600.0,
+        ge=0.0,
+        le=7 * 86400.0,
+        description="A version no alias points at is unloaded once it has had no request, no "
+        "alias and no publication for this long (checked on each alias change and every poll, "
+        "about 30 s); a request naming it loads it again. 0: unloaded at the next check.",
+    )
+    max_unaliased: int = Field(
+        default=4,
+        ge=0,
+        le=64,
+        description="Most versions of one model without an alias that a replica keeps loaded; "
+        "past it the least recently used is unloaded. 0: only aliased versions are served, and a "
+        "request naming another is answered 503.",
+    )
+    drain_timeout_s: float = Field(
+        default=30.0,
+        gt=0.0,
+        le=600.0,
+        description="How long a version that is retired, unloaded or idle waits for the "
+        "requests already routed to it (queued or running) before its session is closed.",
+    )
+
+
 class SamplingSettings(BaseModel):
     """What a replica sends to the monitor, and how much it may hold while it cannot."""
 
@@ -169,6 +202,10 @@ class ServerSettings(AppSettings):
     batching: BatchSettings = Field(
         default_factory=BatchSettings,
         description="Initial batching knobs; a deployment's user_config overrides them live.",
+    )
+    loading: LoadingSettings = Field(
+        default_factory=LoadingSettings,
+        description="Which versions stay loaded, and how an unloaded one is drained first.",
     )
     sampling: SamplingSettings = Field(
         default_factory=SamplingSettings,

@@ -34,8 +34,15 @@ def test_server_metadata_and_health(client):
 
 
 def test_model_metadata(client):
+    """Scope infer shows what a V2 client needs; the lineage and free-form metadata (paths,
+    publisher, training data) are the admin route's (GET /v2/repository/models/{m}/versions/{v})."""
     meta = client.get("/v2/models/breast_cancer").json()
     assert meta["versions"] == ["1"]
+    assert set(meta["parameters"]) == {"sha256", "created", "max_batch_rows", "aliases"}
+    record = client.get("/v2/repository/models/breast_cancer/versions/1").json()
+    assert record["parameters"] == {**meta["parameters"], "lineage": record["parameters"]["lineage"],
+                                    "metadata": record["parameters"]["metadata"]}
+    assert record["parameters"]["metadata"]["task"] == "binary classification"
     assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 30]}]
     assert [o["name"] for o in meta["outputs"]] == ["label", "probabilities"]
     assert client.get("/v2/models/mlp/versions/1").json()["outputs"][0]["shape"] == [-1, 10]
@@ -252,11 +259,12 @@ def test_nan_is_accepted_where_the_model_allows_it_and_comes_back_as_binary_only
     x[0, 0] = np.nan
     header = {"inputs": [{"name": "input", "shape": [1, 256], "datatype": "FP32",
                           "parameters": {"binary_data_size": x.nbytes}}]}
-    # Its outputs are NaN: JSON cannot carry them (they would become null), so a JSON answer is
-    # refused with a message that says how to get them.
+    # Its outputs are NaN: JSON cannot carry them (they would become null). The request was
+    # accepted and the model answered this: 502 (the model's answer, not the client's input),
+    # with a message that says how to get them.
     body, headers = _binary_body(header, x.tobytes())
     refused = client.post("/v2/models/mlp/infer", content=body, headers=headers)
-    assert refused.status_code == 400
+    assert refused.status_code == 502
     assert refused.json()["error"].startswith("output 'logits' holds NaN or Inf, which JSON "
                                               "cannot carry; ask for it as binary data")
     body, headers = _binary_body({**header, "parameters": {"binary_data_output": True}},

@@ -14,6 +14,7 @@ import onnxruntime as ort
 import pytest
 
 from serving.batching import RowBatcher, Tensors
+from serving.protocol import ModelRunFailed
 from vigil.core.tensors import TensorSpec
 from serving.runtime import OnnxModel
 from serving.settings import BatchSettings
@@ -55,6 +56,22 @@ def _batcher(
     return batcher, recorder
 
 
+def _submit_all(batcher: RowBatcher, name: str, requests: list[np.ndarray],
+                rows: int | None = None, return_exceptions: bool = False) -> list[Any]:
+    """Submit every request at once (input `name`, `rows` rows or its length), wait for every
+    answer (or exception), and close the batcher."""
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(
+            *(batcher.submit({name: x}, rows or len(x)) for x in requests),
+            return_exceptions=return_exceptions)
+
+    try:
+        return _go(main)
+    finally:
+        batcher.close()
+
+
 def _rows(width: int, counts: list[int], seed: int = 0) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [rng.standard_normal((n, width)).astype(np.float32) for n in counts]
@@ -74,13 +91,7 @@ def test_concurrent_requests_share_one_run_and_get_their_own_rows(mlp: OnnxModel
     requests = _rows(256, [1, 3, 2, 1, 4, 1, 2, 5])
     batcher, rec = _batcher(mlp.run, max_batch_rows=64, batch_wait_timeout_s=0.0)
 
-    async def main() -> list[Tensors]:
-        return await asyncio.gather(*(batcher.submit({"input": x}, len(x)) for x in requests))
-
-    try:
-        results = _go(main)
-    finally:
-        batcher.close()
+    results = _submit_all(batcher, "input", requests)
     assert rec.batches == [(19, 8)]
     assert rec.calls == [{"input": (19, 256)}]
     assert len(rec.waits) == 8
@@ -94,13 +105,7 @@ def test_breast_cancer_batched_rows_match_alone(cancer: OnnxModel) -> None:
     requests = [x * 100 for x in _rows(30, [2, 1, 3], seed=5)]
     batcher, rec = _batcher(cancer.run, max_batch_rows=16, batch_wait_timeout_s=0.0)
 
-    async def main() -> list[Tensors]:
-        return await asyncio.gather(*(batcher.submit({"input": x}, len(x)) for x in requests))
-
-    try:
-        results = _go(main)
-    finally:
-        batcher.close()
+    results = _submit_all(batcher, "input", requests)
     assert rec.batches == [(6, 3)]
     for x, got in zip(requests, results):
         _assert_exact(got, cancer.run({"input": x}))
@@ -111,13 +116,7 @@ def test_max_batch_rows_is_respected(mlp: OnnxModel) -> None:
     requests = _rows(256, counts, seed=1)
     batcher, rec = _batcher(mlp.run, max_batch_rows=5, batch_wait_timeout_s=0.0)
 
-    async def main() -> list[Tensors]:
-        return await asyncio.gather(*(batcher.submit({"input": x}, len(x)) for x in requests))
-
-    try:
-        results = _go(main)
-    finally:
-        batcher.close()
+    results = _submit_all(batcher, "input", requests)
     # Queue order 2,2,2,3,1,4: [2,2] (the next 2 would make 6), [2,3], [1,4].
     assert sorted(rec.batches) == sorted([(4, 2), (5, 2), (5, 2), (6, 1), (5, 1)])
     assert sum(shape["input"][0] for shape in rec.calls) == sum(counts)
@@ -134,13 +133,7 @@ def test_different_row_shapes_never_share_a_batch(load_tiny, graphs) -> None:
     requests = [np.full((1, w), i, np.float32) for i, w in enumerate(widths)]
     batcher, rec = _batcher(model.run, max_batch_rows=64, batch_wait_timeout_s=0.0)
 
-    async def main() -> list[Tensors]:
-        return await asyncio.gather(*(batcher.submit({"x": x}, 1) for x in requests))
-
-    try:
-        results = _go(main)
-    finally:
-        batcher.close()
+    results = _submit_all(batcher, "x", requests, rows=1)
     # The width-2 requests go first (the queue head's key), the width-3 ones keep their order.
     assert rec.calls == [{"x": (3, 2)}, {"x": (2, 3)}]
     assert rec.batches == [(3, 3), (2, 2)]
@@ -152,13 +145,7 @@ def test_disabled_runs_each_request_alone(mlp: OnnxModel) -> None:
     requests = _rows(256, [1, 2, 3, 1], seed=2)
     batcher, rec = _batcher(mlp.run, enabled=False, max_batch_rows=64)
 
-    async def main() -> list[Tensors]:
-        return await asyncio.gather(*(batcher.submit({"input": x}, len(x)) for x in requests))
-
-    try:
-        results = _go(main)
-    finally:
-        batcher.close()
+    results = _submit_all(batcher, "input", requests)
     assert sorted(rec.batches) == [(1, 1), (1, 1), (2, 1), (3, 1)]
     assert sorted(c["input"][0] for c in rec.calls) == [1, 1, 2, 3]
     assert rec.waits == [0.0] * 4
@@ -184,13 +171,7 @@ def test_a_model_that_is_not_row_independent_answers_each_request_alone(
     batcher, rec = _batcher(model.run, declared=model.max_batch_rows, max_batch_rows=256,
                             batch_wait_timeout_s=0.01)
 
-    async def main() -> list[Tensors]:
-        return await asyncio.gather(*(batcher.submit({"x": x}, len(x)) for x in requests))
-
-    try:
-        results = _go(main)
-    finally:
-        batcher.close()
+    results = _submit_all(batcher, "x", requests)
     assert sorted(rec.batches) == sorted((len(x), 1) for x in requests)  # one run per request
     for x, got in zip(requests, results):
         _assert_exact(got, model.run({"x": x}))  # exactly its solo answer
@@ -204,15 +185,7 @@ def test_stacking_such_a_model_would_mix_clients_data(load_tiny, graphs, name: s
     requests = [np.full((1, 2), i + 1, np.float32) for i in range(2)]
     batcher, _ = _batcher(model.run, declared=64, max_batch_rows=64, batch_wait_timeout_s=0.0)
 
-    async def main() -> list[Any]:
-        return await asyncio.gather(
-            *(batcher.submit({"x": x}, len(x)) for x in requests), return_exceptions=True
-        )
-
-    try:
-        results = _go(main)
-    finally:
-        batcher.close()
+    results = _submit_all(batcher, "x", requests, return_exceptions=True)
     solo = [model.run({"x": x})["y"] for x in requests]
     assert not all(np.array_equal(got["y"], want) for got, want in zip(results, solo))
 
@@ -223,13 +196,7 @@ def test_a_fixed_batch_of_one_is_never_stacked_and_never_fails_first(load_tiny, 
     batcher, rec = _batcher(model.run, declared=model.max_batch_rows, max_batch_rows=256,
                             batch_wait_timeout_s=0.01)
 
-    async def main() -> list[Tensors]:
-        return await asyncio.gather(*(batcher.submit({"x": x}, 1) for x in requests))
-
-    try:
-        results = _go(main)
-    finally:
-        batcher.close()
+    results = _submit_all(batcher, "x", requests, rows=1)
     assert rec.calls == [{"x": (1, 2)}] * 8  # eight runs of one request: no failed batch first
     for x, got in zip(requests, results):
         np.testing.assert_array_equal(got["y"], 3 * x)
@@ -240,13 +207,7 @@ def test_the_declaration_caps_the_live_setting(mlp: OnnxModel) -> None:
     batcher, rec = _batcher(mlp.run, declared=3, max_batch_rows=256, batch_wait_timeout_s=0.0)
     assert batcher.max_rows == 3
 
-    async def main() -> list[Tensors]:
-        return await asyncio.gather(*(batcher.submit({"input": x}, 1) for x in requests))
-
-    try:
-        results = _go(main)
-    finally:
-        batcher.close()
+    results = _submit_all(batcher, "input", requests, rows=1)
     assert rec.batches == [(3, 3), (3, 3), (1, 1)]
     for x, got in zip(requests, results):
         _assert_exact(got, mlp.run({"input": x}))
@@ -357,21 +318,15 @@ def test_a_failing_request_fails_alone(load_tiny, graphs) -> None:
     requests = [np.array([0, 1]), np.array([5]), np.array([2]), np.array([2, 0])]
     batcher, rec = _batcher(model.run, max_batch_rows=64, batch_wait_timeout_s=0.0)
 
-    async def main() -> list[Any]:
-        return await asyncio.gather(
-            *(batcher.submit({"idx": x}, len(x)) for x in requests), return_exceptions=True
-        )
-
-    try:
-        results = _go(main)
-    finally:
-        batcher.close()
+    results = _submit_all(batcher, "idx", requests, return_exceptions=True)
     ok_1, failed, ok_2, ok_3 = results
     np.testing.assert_array_equal(ok_1["out"], [10, 20])
     np.testing.assert_array_equal(ok_2["out"], [30])
     np.testing.assert_array_equal(ok_3["out"], [30, 10])
-    assert isinstance(failed, ort.capi.onnxruntime_pybind11_state.InvalidArgument)
-    assert "idx=5" in str(failed)
+    # The model's failure on an accepted request: 502, onnxruntime's error as its cause.
+    assert isinstance(failed, ModelRunFailed) and failed.status_code == 502
+    assert isinstance(failed.__cause__, ort.capi.onnxruntime_pybind11_state.InvalidArgument)
+    assert "idx=5" in str(failed.__cause__)
     # One stacked run (6 rows) that failed, then each request again on its own.
     assert rec.calls == [{"idx": (6,)}, {"idx": (2,)}, {"idx": (1,)}, {"idx": (1,)}, {"idx": (2,)}]
     assert rec.batches == [(6, 4)]
@@ -386,8 +341,9 @@ def test_a_lone_failing_request_gets_its_exception(load_tiny, graphs) -> None:
     batcher, rec = _batcher(model.run, max_batch_rows=64, batch_wait_timeout_s=0.0)
 
     async def main() -> Tensors:
-        with pytest.raises(ort.capi.onnxruntime_pybind11_state.InvalidArgument, match="idx=-4"):
+        with pytest.raises(ModelRunFailed, match="model 'tiny' version '1' failed to run") as info:
             await batcher.submit({"idx": np.array([-4])}, 1)
+        assert "idx=-4" in str(info.value.__cause__)
         return await batcher.submit({"idx": np.array([-1])}, 1)  # the batcher still works
 
     try:

@@ -23,7 +23,13 @@ from serving.codecs import (
     parse_header_length,
     parse_request,
 )
-from serving.protocol import BadRequest, InferenceRequest, RequestedOutput
+from serving.protocol import (
+    BadRequest,
+    InferenceRequest,
+    Reason,
+    RequestedOutput,
+    UnsendableOutput,
+)
 from vigil.core.tensors import V2_TO_NUMPY
 from serving.runtime import _datatype_of
 
@@ -687,10 +693,14 @@ def test_bytes_tensors_are_bounded_by_element_count() -> None:
 
 
 def test_non_finite_outputs_are_refused_as_json_and_sent_as_binary() -> None:
+    """NaN or Inf that a model answers cannot travel as JSON: the model's fault on an accepted
+    request (502, reason model_output), never the client's 400; binary carries them."""
     y = np.array([1.0, np.nan, np.inf], np.float32)
-    with pytest.raises(BadRequest) as info:
+    with pytest.raises(UnsendableOutput) as info:
         encode_response("m", "1", None, [("ok", "FP32", np.ones(2, np.float32), False),
                                          ("y", "FP32", y, False)])
+    assert (info.value.status_code, info.value.reason) == (502, Reason.MODEL_OUTPUT)
+    assert not isinstance(info.value, BadRequest)
     assert str(info.value).startswith("output 'y' holds NaN or Inf, which JSON cannot carry; ask "
                                       "for it as binary data")
     assert '"binary_data": true' in str(info.value)

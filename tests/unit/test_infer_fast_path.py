@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
-from serving.deployments import InferFastPath, infer_path_params
+from serving.fast_path import InferFastPath, infer_path_params
 from vigil.adapters.web import route_path
 
 INFER_ROUTES = ("/v2/models/{model}/infer", "/v2/models/{model}/versions/{version}/infer")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.protocol import NotFound, NotReady
+from serving.protocol import NotFound, NotLoaded, NotReady
 from vigil.core.tensors import TensorSpec
 from vigil.core.repository import publish, scan
 from serving.router import ModelRouter, ModelRoutes, sticky_share
@@ -140,3 +140,21 @@ def test_production_not_loaded_is_not_ready() -> None:
     router = ModelRouter({"m": _routes(AliasState("m", production="9"))})
     with pytest.raises(NotReady, match="no production version loaded"):
         router.resolve("m")
+
+
+def test_a_published_version_not_loaded_here_can_be_loaded_on_demand() -> None:
+    """A version on disk, not retired, that this replica has not loaded (no alias on it, idle):
+    NotLoaded (503 if it reached a client; the server loads it first). Unknown and retired ones
+    stay 404, and the errors list the versions a request may name, loaded or not."""
+    state = AliasState("m", production="1", retired=frozenset({"3"}))
+    routes = ModelRoutes({"1": "m-1"}, state, ("1", "2", "3"))
+    router = ModelRouter({"m": routes})
+    assert routes.available == ("1", "2")
+    with pytest.raises(NotLoaded) as info:
+        router.resolve("m", "2")
+    assert info.value.status_code == 503 and isinstance(info.value, NotReady)
+    with pytest.raises(NotFound, match=r"version '3' is retired; versions: \['1', '2'\]"):
+        router.resolve("m", "3")
+    with pytest.raises(NotFound, match=r"has no version '4'; versions: \['1', '2'\]"):
+        router.resolve("m", "4")
+    assert router.versions("m") == ["1"]

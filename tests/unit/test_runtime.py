@@ -13,7 +13,7 @@ from sklearn.datasets import load_breast_cancer
 from serving import runtime
 from serving.protocol import BadRequest
 from vigil.core.tensors import TensorSpec
-from vigil.core.repository import ModelVersion, RepositoryError
+from vigil.core.repository import ModelVersion, RepositoryError, version_metadata
 from serving.runtime import GpuUnavailable, OnnxModel, select_providers
 from serving.settings import RuntimeSettings
 
@@ -91,7 +91,11 @@ def test_fp16_input_is_a_safe_cast(mlp: OnnxModel) -> None:
 
 
 def test_metadata(cancer: OnnxModel) -> None:
-    assert cancer.metadata() == {
+    """The V2 metadata the server and the CLI both build (vigil.core.repository.version_metadata):
+    what a client needs; the lineage (publisher, paths, training data) only when full."""
+    m = cancer.manifest
+    client = version_metadata(m, ["1"], ["production"])
+    assert client == {
         "name": "breast_cancer",
         "versions": ["1"],
         "platform": "onnxruntime_onnx",
@@ -100,7 +104,12 @@ def test_metadata(cancer: OnnxModel) -> None:
             {"name": "label", "datatype": "INT64", "shape": [-1]},
             {"name": "probabilities", "datatype": "FP32", "shape": [-1, 2]},
         ],
+        "parameters": {"sha256": m.sha256, "created": m.created, "max_batch_rows": 1024,
+                       "aliases": ["production"]},
     }
+    full = version_metadata(m, ["1"], ["production"], full=True)
+    assert full["parameters"] == {**client["parameters"], "lineage": m.lineage,
+                                  "metadata": m.metadata}
     assert cancer.output_names == ["label", "probabilities"]
 
 

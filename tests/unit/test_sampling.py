@@ -144,3 +144,18 @@ def test_an_impossible_agreement_is_refused_before_anything_is_recorded():
         with pytest.raises(ValueError, match="expected 0 <= agreeing <= compared"):
             buf.record("m", "2", 0.001, 200, agreement=bad)
     assert buf.drain() == []
+
+
+def test_a_version_without_traffic_since_the_last_drain_loses_its_buffer():
+    """Each version's buffer holds two arrays of buffer_requests entries. A version that was
+    retired, unloaded or just idle through a whole flush interval gives its buffer up at the
+    next drain (before, it kept it for the replica's life), so 50 versions cycled through hold
+    no more buffers than the versions with traffic."""
+    buf = SampleBuffer(1.0, 100, 1000, seed=0)
+    for v in range(50):
+        buf.record("m", str(v), 0.01, 200)
+        buf.record("m", "prod", 0.01, 200)
+        assert [b.version for b in buf.drain()] == [str(v), "prod"]
+        assert buf.versions == 2
+        buf.drain()  # a flush interval without traffic
+        assert buf.versions == 0

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from serving.settings import BatchSettings, MiB, RuntimeSettings, ServerSettings
+from serving.settings import BatchSettings, LoadingSettings, MiB, RuntimeSettings, ServerSettings
 
 
 @pytest.fixture(autouse=True)
@@ -75,6 +75,14 @@ def _errors(model: type[BaseModel], **kwargs: Any) -> list[tuple[tuple, str]]:
             ("batching", "max_batch_rows"),
             "greater_than_equal",
         ),
+        (LoadingSettings, {"unaliased_idle_s": -1}, ("unaliased_idle_s",), "greater_than_equal"),
+        (LoadingSettings, {"unaliased_idle_s": 7 * 86400 + 1}, ("unaliased_idle_s",),
+         "less_than_equal"),
+        (LoadingSettings, {"max_unaliased": -1}, ("max_unaliased",), "greater_than_equal"),
+        (LoadingSettings, {"max_unaliased": 65}, ("max_unaliased",), "less_than_equal"),
+        (LoadingSettings, {"drain_timeout_s": 0}, ("drain_timeout_s",), "greater_than"),
+        (ServerSettings, {"loading": {"drain_timeout_s": 601}}, ("loading", "drain_timeout_s"),
+         "less_than_equal"),
     ],
 )
 def test_bounds(model: type[BaseModel], kwargs: dict, loc: tuple, kind: str) -> None:

@@ -119,6 +119,31 @@ class ModelVersion:
         return data
 
 
+def version_metadata(manifest: VersionManifest, versions: list[str], aliases: list[str],
+                     full: bool = False) -> dict[str, Any]:
+    """A version's V2 model metadata, as the server and the CLI both answer it: name, versions,
+    platform and signature, with the parameters a client may use (sha256, created,
+    max_batch_rows, the aliases on it). `full` adds what only an operator reads (scope admin):
+    the manifest's lineage (publisher, paths, training data, the gate's verdict) and metadata."""
+    parameters: dict[str, Any] = {
+        "sha256": manifest.sha256,
+        "created": manifest.created,
+        "max_batch_rows": manifest.max_batch_rows,
+        "aliases": aliases,
+    }
+    if full:
+        parameters["lineage"] = manifest.lineage
+        parameters["metadata"] = manifest.metadata
+    return {
+        "name": manifest.name,
+        "versions": versions,
+        "platform": manifest.platform,
+        "inputs": [s.to_metadata() for s in manifest.inputs],
+        "outputs": [s.to_metadata() for s in manifest.outputs],
+        "parameters": parameters,
+    }
+
+
 def _spec_to_dict(spec: TensorSpec) -> dict[str, Any]:
     doc: dict[str, Any] = {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}
     if not spec.allow_non_finite:
