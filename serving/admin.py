@@ -91,7 +91,13 @@ class Admin:
             return "model unloaded"
         if version in aliases.retired:
             return "retired"
-        return self.models.failed.get((name, version), "not loaded yet")
+        failed = self.models.failed.get((name, version))
+        if failed is not None:
+            return failed
+        if not aliases.roles(version, self.models.published.get(name, [])):
+            # serving.model_set's loading policy: kept only while requested lately
+            return "no alias points at it: unloaded while idle, loaded when a request names it"
+        return "not loaded yet"
 
     async def aliases(self, request: Request) -> Response:
         name = request.path_params["model"]

@@ -29,6 +29,9 @@ PROTECTED = [
     ("GET", "/monitor/v1/status", "monitor"),
     ("GET", "/monitor/v1/models/breast_cancer/drift", "monitor"),
     ("GET", "/monitor/v1/models/breast_cancer/rows", "monitor"),
+    # A version's whole record (lineage, metadata): an operator's, not a client's.
+    ("GET", "/v2/repository/models/breast_cancer/versions/1", "admin"),
+    ("GET", "/v2/repository/models/breast_cancer/history", "admin"),
 ]
 GRANTED_TOO = {"metrics": {"monitor"}}  # route scope -> other scopes that grant it
 HEALTH = ["/v2", "/v2/health/live", "/v2/health/ready"]

@@ -84,7 +84,7 @@ class StandInAdminServer:
             Route(f"{prefix}/aliases", self.aliases, methods=["GET"]),
             Route(f"{prefix}/history", self.history, methods=["GET"]),
             Route(f"{prefix}/{{action}}", self.change, methods=["POST"]),
-            Route("/v2/models/{model}/versions/{version}", self.version, methods=["GET"]),
+            Route(f"{prefix}/versions/{{version}}", self.version, methods=["GET"]),
         ])
 
     async def _guard(self, request: Request, scope: str) -> Response | None:
@@ -128,7 +128,7 @@ class StandInAdminServer:
         return self._answer(answer)
 
     async def version(self, request: Request) -> Response:
-        if (refused := await self._guard(request, "infer")) is not None:
+        if (refused := await self._guard(request, "admin")) is not None:
             return refused
         p = request.path_params
         return self._answer(lambda: self._local(request).version(p["model"], p["version"]))

@@ -400,9 +400,11 @@ def test_403_names_the_missing_scope(
                    "'infer-token' lacks the 'admin' scope this route needs\nthis command needs a "
                    "token with the 'admin' scope in VIGIL_TOKEN (`vigil tokens create NAME "
                    "--scopes admin` on the server's host)\n")
-    monkeypatch.setenv("VIGIL_TOKEN", "admin-token")  # a version's metadata needs infer
+    # `show` reads the version's whole record (lineage, metadata) from the admin route too: an
+    # infer token, which sees only a client's view of a version, is refused there.
+    monkeypatch.setenv("VIGIL_TOKEN", "infer-token")
     code, _, err = _online(capsys, url, "show", "m", "2")
-    assert code == 1 and "answered 403" in err and "the 'infer' scope in VIGIL_TOKEN" in err
+    assert code == 1 and "answered 403" in err and "the 'admin' scope in VIGIL_TOKEN" in err
 
 
 def test_404_and_409_print_the_servers_message(

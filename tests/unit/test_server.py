@@ -177,6 +177,12 @@ def test_a_version_no_alias_points_at_loads_when_named_and_unloads_when_idle(rep
     assert server.models.router.versions("ident") == ["1", "2"]
     assert server.models.refresh().released == ["ident/2"]
     assert server.models.wait_drained(10) and two.model.session is None
+    index = run_client(app, lambda c: c.post("/v2/repository/index", json={},
+                                              headers=_auth(tokens["operator"]))).json()
+    row = next(r for r in index if (r["name"], r["version"]) == ("ident", "2"))
+    assert row["state"] == "UNAVAILABLE"
+    assert row["reason"] == ("no alias points at it: unloaded while idle, loaded when a request "
+                             "names it")
     assert ask("2").status_code == 200 and server.models.router.versions("ident") == ["1", "2"]
     retired = ask("3")
     assert retired.status_code == 404 and "retired" in retired.json()["error"]

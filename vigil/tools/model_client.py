@@ -13,7 +13,6 @@ from typing import Any, Protocol
 from vigil.core import audit, model_ops, repository
 from vigil.core.actions import AliasAction, VersionUse
 from vigil.core.aliases import AliasError, read_aliases
-from vigil.core.repository import VersionManifest
 from vigil.tools.server_client import ServerClient, ServerError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -71,7 +70,9 @@ class Endpoint:
 INDEX = Endpoint("POST", "/v2/repository/index", "admin")
 ALIASES = Endpoint("GET", "/v2/repository/models/{model}/aliases", "admin")
 HISTORY = Endpoint("GET", "/v2/repository/models/{model}/history?limit={limit}", "admin")
-VERSION = Endpoint("GET", "/v2/models/{model}/versions/{version}", "infer")
+# The version's whole record (lineage, metadata): the admin route; /v2/models/... (infer) shows a
+# client only the signature and a few parameters.
+VERSION = Endpoint("GET", "/v2/repository/models/{model}/versions/{version}", "admin")
 CHANGE = Endpoint("POST", "/v2/repository/models/{model}/{route}", "admin")
 
 
@@ -130,25 +131,6 @@ class ServerModels:
             raise ModelsError(str(exc), exc.status, endpoint.scope) from None
 
 
-def version_metadata(manifest: VersionManifest, roles: list[str]) -> dict[str, Any]:
-    """A version's V2 metadata as the server gives it, with Vigil's parameters."""
-    return {
-        "name": manifest.name,
-        "versions": [manifest.version],
-        "platform": manifest.platform,
-        "inputs": [s.to_metadata() for s in manifest.inputs],
-        "outputs": [s.to_metadata() for s in manifest.outputs],
-        "parameters": {
-            "sha256": manifest.sha256,
-            "created": manifest.created,
-            "max_batch_rows": manifest.max_batch_rows,
-            "aliases": roles,
-            "lineage": manifest.lineage,
-            "metadata": manifest.metadata,
-        },
-    }
-
-
 class LocalModels:
     """The repository at `root`, read and changed in place (vigil.core.model_ops), as `actor`."""
 
@@ -203,7 +185,7 @@ class LocalModels:
             roles = read_aliases(self.root, model).roles(version, published)
         except (repository.RepositoryError, AliasError) as exc:
             raise ModelsError(str(exc), getattr(exc, "status", 500)) from None
-        return version_metadata(manifest, roles)
+        return repository.version_metadata(manifest, [version], roles, full=True)
 
     def history(self, model: str, limit: int) -> tuple[list[dict[str, Any]], bool]:
         found, more = audit.tail(self.root, model, limit)
