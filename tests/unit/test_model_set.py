@@ -331,7 +331,8 @@ def test_an_alias_loads_its_version_and_an_unaliased_one_goes_after_idling(tmp_p
     models = _set(root, loading=LoadingSettings(unaliased_idle_s=0.0, drain_timeout_s=1.0))
     assert models.router.versions("m") == ["1"]
     model_ops.apply(root, "m", "promote", actor="t", version="3", force=True, reason="test")
-    model_ops.apply(root, "m", "canary", actor="t", version="2", weight=0.1)
+    model_ops.apply(root, "m", "canary", actor="t", version="2", weight=0.1, force=True,
+                    reason="not judged here: only loading is")
     done = models.refresh()
     assert (sorted(done.loaded), done.released) == (["m/2", "m/3"], ["m/1"])
     assert models.router.versions("m") == ["2", "3"]

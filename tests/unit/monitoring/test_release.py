@@ -7,10 +7,10 @@ from __future__ import annotations
 import gc
 import json
 import shutil
-import tracemalloc
+import logging
+import sys
+import types
 from pathlib import Path
-
-import monitoring
 
 import numpy as np
 import pandas as pd
@@ -21,7 +21,7 @@ from monitoring.alerts import AlertEngine
 from monitoring.outbox import Outbox
 from monitoring.service import SWEEP_INTERVAL_S, MonitorService, UnknownModel
 from monitoring.settings import MonitorAppSettings, MonitorSettings
-from vigil.core import aliases, repository
+from vigil.core import aliases
 from vigil.core.messages import SampleMessage
 
 SETTINGS = MonitorSettings(window={"rows": 100, "seconds": None})
@@ -167,18 +167,27 @@ def _sizes(service: MonitorService) -> dict[str, int]:
             "last requests": len(engine.last_request), "looked up": len(service._looked)}
 
 
-_OURS = [tracemalloc.Filter(True, str(Path(monitoring.__file__).parent / "*")),
-         tracemalloc.Filter(True, str(Path(monitoring.__file__).parents[1] / "vigil" / "*"))]
+_NOT_STATE = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType,
+              types.MethodType, logging.Logger)
 
 
-def _held_memory() -> int:
-    """Python memory held now that Vigil's monitoring and core code allocated (threads other
-    tests left running allocate elsewhere, and must not count), with vigil.core.repository's
-    manifest cache emptied first (process-wide, bounded by its own limit)."""
-    repository._manifests.clear()
+def _held_memory(service: MonitorService) -> int:
+    """Bytes of every object the service reaches (its versions, windows, rows, profiles,
+    counters, its alert engine's states): what the monitor holds, measured on the objects
+    themselves, so that threads other tests leave running in this process do not count.
+    Classes, modules, functions and loggers are shared, not the monitor's state."""
     gc.collect()
-    snapshot = tracemalloc.take_snapshot().filter_traces(_OURS)
-    return sum(stat.size for stat in snapshot.statistics("filename"))
+    seen: set[int] = set()
+    stack: list[object] = [service]
+    total = 0
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, _NOT_STATE):
+            continue
+        seen.add(id(obj))
+        total += sys.getsizeof(obj)
+        stack.extend(gc.get_referents(obj))
+    return total
 
 
 def test_memory_and_state_stay_flat_over_many_versions(root, tmp_path, rows, caplog) -> None:
@@ -193,18 +202,14 @@ def test_memory_and_state_stay_flat_over_many_versions(root, tmp_path, rows, cap
     now, memory = 0.0, []
     one = {"versions": 1, "models": 1, "alert states": 1, "evaluations": 1, "last requests": 1,
            "looked up": 0}
-    tracemalloc.start()
-    try:
-        for cycle in range(2, 62):
-            _publish(root, str(cycle))
-            now += SWEEP_INTERVAL_S
-            service.ingest([_failing(rows, str(cycle))], now)
-            _retire(root, str(cycle - 1))
-            service.sweep(now)
-            assert _sizes(service) == one, cycle  # checked, not kept: the test holds no more
-            if cycle in (21, 61):  # after 20 and after 60 versions
-                memory.append(_held_memory())
-    finally:
-        tracemalloc.stop()
+    for cycle in range(2, 62):
+        _publish(root, str(cycle))
+        now += SWEEP_INTERVAL_S
+        service.ingest([_failing(rows, str(cycle))], now)
+        _retire(root, str(cycle - 1))
+        service.sweep(now)
+        assert _sizes(service) == one, cycle  # checked, not kept: the test holds no more
+        if cycle in (21, 61):  # after 20 and after 60 versions
+            memory.append(_held_memory(service))
     assert service.released == 60
     assert memory[1] < memory[0] * 1.10, json.dumps(memory)
