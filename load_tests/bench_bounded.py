@@ -42,9 +42,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 
-from load_tests import procs
+from load_tests import procs, report
 from load_tests.targets import HOST, REPO_ROOT, RayPorts, StartError
 from load_tests.versions_server import (
     MONITOR_TITLE,
@@ -256,7 +255,7 @@ def render(samples: list[dict[str, Any]], summary: dict[str, dict[str, Any]]) ->
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m load_tests.bench_bounded",
                                      description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -272,67 +271,90 @@ def main(argv: list[str] | None = None) -> int:
             and 60 <= args.budget_s <= 7200):
         parser.error(f"bounds: cycles {WARM_CYCLE + 1}-1000, sample-every 1 to cycles, "
                      "budget-s 60-7200")
+    return args
+
+
+@dataclass
+class Run:
+    """One run: the server, its load and cycles, what was sampled and noted."""
+
+    args: argparse.Namespace
+    server: VersionsServer
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    cycles: Cycles | None = None
+    load: Load | None = None
+
+    def go(self) -> None:
+        """Start the server and the load, then the cycles, sampling as they go."""
+        repository = self.server.start()
+        outbox = repository.parent / "vigil-outbox.sqlite"
+        self.load = Load(str(self.server.client.base_url),
+                         infer_body(first_version(repository, MODEL)))
+        threading.Thread(target=self.load.run, daemon=True).start()
+        self.cycles = Cycles(self.server, repository, self.load)
+        time.sleep(5.0)
+        self.samples.append(sample(self.server, outbox, 0, self.load))
+        deadline = time.monotonic() + self.args.budget_s
+        for i in range(1, self.args.cycles + 1):
+            if time.monotonic() > deadline:
+                self.notes.append(f"time budget of {self.args.budget_s:g} s spent after "
+                                  f"{i - 1} cycles")
+                break
+            self.cycles.run(i)
+            if i % self.args.sample_every == 0 or i == self.args.cycles:
+                self.samples.append(sample(self.server, outbox, i, self.load))
+
+    def stop(self) -> None:
+        if self.load is not None:
+            self.load.stop.set()
+        with procs.signals_deferred():
+            self.notes[:0] = self.server.notes
+            self.notes.extend(self.server.stop())
+
+    def document(self, info: dict[str, Any], subreaper: bool, elapsed_s: float) -> dict[str, Any]:
+        cycles = self.cycles
+        return {
+            "machine": info,
+            "setup": {"model": MODEL, "cycles": self.args.cycles, "load_per_s": LOAD_PER_S,
+                      "monitor_user_config": self.server.monitor_user_config,
+                      "monitor_args": MONITOR_ARGS, "ports": vars(PORTS),
+                      "subreaper": subreaper},
+            "summary": growth(self.samples),
+            "samples": self.samples,
+            "cycle_s_median": (round(statistics.median(cycles.seconds), 2)
+                               if cycles and cycles.seconds else None),
+            "problems": cycles.problems if cycles else [],
+            "notes": self.notes,
+            "elapsed_s": round(elapsed_s, 1),
+        }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     os.environ.setdefault(SECRET_ENV, "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode())
     subreaper, started, info = begin_run()
     receiver = start_receiver()
     server = VersionsServer("bounded", PORTS, keep_logs=args.keep_logs)
     server.monitor_user_config = monitor_user_config(receiver.server_address[1])
     server.monitor_args = MONITOR_ARGS
-    samples: list[dict[str, Any]] = []
-    notes: list[str] = []
-    exit_code, cycles, load = 0, None, None
+    run, exit_code = Run(args, server), 0
     try:
-        repository = server.start()
-        outbox = repository.parent / "vigil-outbox.sqlite"
-        load = Load(server.client.base_url.__str__(), infer_body(first_version(repository, MODEL)))
-        threading.Thread(target=load.run, daemon=True).start()
-        cycles = Cycles(server, repository, load)
-        time.sleep(5.0)
-        samples.append(sample(server, outbox, 0, load))
-        deadline = time.monotonic() + args.budget_s
-        for i in range(1, args.cycles + 1):
-            if time.monotonic() > deadline:
-                notes.append(f"time budget of {args.budget_s:g} s spent after {i - 1} cycles")
-                break
-            cycles.run(i)
-            if i % args.sample_every == 0 or i == args.cycles:
-                samples.append(sample(server, outbox, i, load))
+        run.go()
     except StartError as exc:
-        notes.append(f"could not start: {exc}")
+        run.notes.append(f"could not start: {exc}")
         exit_code = 2
     except KeyboardInterrupt:
-        notes.append("interrupted")
+        run.notes.append("interrupted")
         exit_code = 130
     finally:
-        if load is not None:
-            load.stop.set()
-        with procs.signals_deferred():
-            notes[:0] = server.notes
-            notes.extend(server.stop())
+        run.stop()
         receiver.shutdown()
-    summary = growth(samples)
-    doc = {
-        "machine": info,
-        "setup": {"model": MODEL, "cycles": args.cycles, "load_per_s": LOAD_PER_S,
-                  "monitor_user_config": server.monitor_user_config,
-                  "monitor_args": MONITOR_ARGS, "ports": vars(PORTS),
-                  "subreaper": subreaper},
-        "summary": summary,
-        "samples": samples,
-        "cycle_s_median": round(statistics.median(cycles.seconds), 2) if cycles and cycles.seconds else None,
-        "problems": cycles.problems if cycles else [],
-        "notes": notes,
-        "elapsed_s": round(time.monotonic() - started, 1),
-    }
-    if samples:
+    doc = run.document(info, subreaper, time.monotonic() - started)
+    if run.samples:
         print()
-        print(render(samples, summary))
-    for title, lines in (("problems", doc["problems"]), ("notes", notes)):
-        for line in ([f"\n{title}"] + [f"  - {x}" for x in lines[:40]]) if lines else []:
-            print(line)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
-    print(f"\nwrote {args.out} ({doc['elapsed_s']:.0f}s)")
+        print(render(run.samples, doc["summary"]))
+    report.finish(args.out, doc, {"problems": doc["problems"], "notes": run.notes})
     return exit_code
 
 

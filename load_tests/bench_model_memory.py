@@ -43,9 +43,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import orjson
 
-from load_tests import procs
+from load_tests import procs, report
 from load_tests.targets import REPO_ROOT, RayPorts, StartError
 from load_tests.versions_server import (
     begin_run,
@@ -445,16 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     if samples:
         print()
         print(render(samples, summary))
-    for title, lines in (("problems", problems), ("notes", notes)):
-        if lines:
-            print(f"\n{title}")
-            for line in lines[:40]:
-                print(f"  - {line}")
-            if len(lines) > 40:
-                print(f"  ... {len(lines) - 40} more in the JSON")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
-    print(f"\nwrote {args.out} ({doc['elapsed_s']:.0f}s)")
+    report.finish(args.out, doc, {"problems": problems, "notes": notes})
     return exit_code
 
 

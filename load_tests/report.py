@@ -245,3 +245,21 @@ def machine_info(wrk_path: str | None, repo_root: Path) -> dict[str, Any]:
         "git_commit": run("git", "rev-parse", "HEAD"),
         "git_dirty": bool(run("git", "status", "--porcelain", "--", "serving", "configs")),
     }
+
+
+def finish(out: Path, doc: dict[str, Any], sections: dict[str, list[str]]) -> None:
+    """Print each non-empty section (its first 40 lines; the rest are in the JSON), then write
+    `doc` as indented JSON to `out` and say where: how a benchmark ends."""
+    import orjson
+
+    for title, lines in sections.items():
+        if not lines:
+            continue
+        print(f"\n{title}")
+        for line in lines[:40]:
+            print(f"  - {line}")
+        if len(lines) > 40:
+            print(f"  ... {len(lines) - 40} more in the JSON")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+    print(f"\nwrote {out} ({doc.get('elapsed_s', 0):.0f}s)")

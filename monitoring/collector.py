@@ -1,8 +1,8 @@
 """The monitor's Prometheus collector: yields the latest window results at scrape time.
 
-Every metric the monitor exports is declared here, nowhere else, once: a table of families
-(``VERSION_FAMILIES``: name, type, help, labels, what each reads from a version's snapshot; and
-the alert, delivery and state families of monitoring.collector_ops). Names are ``vigil_<what>_<unit>``
+Every metric the monitor exports is declared once: a table of families (``VERSION_FAMILIES``:
+name, type, help, labels, what each reads from a version's snapshot) here, and the alert,
+delivery and state families in monitoring.collector_ops. Names are ``vigil_<what>_<unit>``
 (booleans and scores have no unit); labels are model, version and at most one of feature,
 method, output, quantile, kind. Gauges describe the last closed window of each model version;
 counters (``_total``) count since the monitor started. A version whose window failed to evaluate,
@@ -147,11 +147,13 @@ def _violations(result: WindowResult) -> Samples:
     return (((kind,), found[kind]) for kind in VIOLATION_KINDS)
 
 
-def gauge_family(name: str, doc: str, *labels: str) -> Family[GaugeMetricFamily]:
+def gauge(name: str, doc: str, *labels: str) -> Family[GaugeMetricFamily]:
+    """A gauge family's declaration (collector_ops declares the monitor's own with it too)."""
     return Family(name, GaugeMetricFamily, doc, labels)
 
 
-def counter_family(name: str, doc: str, *labels: str) -> Family[CounterMetricFamily]:
+def counter(name: str, doc: str, *labels: str) -> Family[CounterMetricFamily]:
+    """A counter family's declaration; the name ends in `_total`."""
     return Family(name, CounterMetricFamily, doc, labels)
 
 
@@ -164,111 +166,111 @@ def _per_version(family: Family[GaugeMetricFamily] | Family[CounterMetricFamily]
 # Every family of the per-version metrics, in the order they are exposed.
 VERSION_FAMILIES: tuple[VersionFamily, ...] = (
     _per_version(
-        gauge_family("vigil_profile_loaded", "1 when the version's reference profile is loaded (drift "
-               "and quality exported), 0 when it has none."),
+        gauge("vigil_profile_loaded", "1 when the version's reference profile is loaded (drift "
+              "and quality exported), 0 when it has none."),
         Needs.SERVED, lambda s: _one(float(s.profile_loaded))),
     _per_version(
-        gauge_family("vigil_feature_drift_score", "Drift test score of a feature in the last window: "
-               "p-value (ks, chisquare, z) or distance.", "feature", "method"),
+        gauge("vigil_feature_drift_score", "Drift test score of a feature in the last window: "
+              "p-value (ks, chisquare, z) or distance.", "feature", "method"),
         Needs.RESULT, lambda r: _tested(r.drift.features, drifted=False)),
     _per_version(
-        gauge_family("vigil_feature_drifted", "1 when the feature drifted in the last window.",
-               "feature", "method"),
+        gauge("vigil_feature_drifted", "1 when the feature drifted in the last window.",
+              "feature", "method"),
         Needs.RESULT, lambda r: _tested(r.drift.features, drifted=True)),
     _per_version(
-        gauge_family("vigil_drift_share_ratio", "Share of tested features that drifted in the last "
-               "window."),
+        gauge("vigil_drift_share_ratio", "Share of tested features that drifted in the last "
+              "window."),
         Needs.RESULT, lambda r: _one(r.drift.share_drifted)),
     _per_version(
-        gauge_family("vigil_dataset_drift", "1 when the drifted share reached the configured "
-               "drift_share in the last window."),
+        gauge("vigil_dataset_drift", "1 when the drifted share reached the configured "
+              "drift_share in the last window."),
         Needs.RESULT, lambda r: _one(float(r.drift.dataset_drift))),
     _per_version(
-        gauge_family("vigil_prediction_drift_score", "Drift test score of a model output column in the "
-               "last window.", "output", "method"),
+        gauge("vigil_prediction_drift_score", "Drift test score of a model output column in the "
+              "last window.", "output", "method"),
         Needs.RESULT, lambda r: _tested(r.drift.outputs, drifted=False)),
     _per_version(
-        gauge_family("vigil_prediction_drifted", "1 when the output column drifted in the last window.",
-               "output", "method"),
+        gauge("vigil_prediction_drifted", "1 when the output column drifted in the last window.",
+              "output", "method"),
         Needs.RESULT, lambda r: _tested(r.drift.outputs, drifted=True)),
     _per_version(
-        gauge_family("vigil_missing_ratio", "Share of missing values of a column in the last window.",
-               "feature"),
+        gauge("vigil_missing_ratio", "Share of missing values of a column in the last window.",
+              "feature"),
         Needs.RESULT, lambda r: _quality(r, ("numeric", "categorical"), lambda c: c.missing_ratio)),
     _per_version(
-        gauge_family("vigil_out_of_range_ratio", "Share of a numeric column's values outside the "
-               "reference range in the last window.", "feature"),
+        gauge("vigil_out_of_range_ratio", "Share of a numeric column's values outside the "
+              "reference range in the last window.", "feature"),
         Needs.RESULT, lambda r: _quality(r, ("numeric",), lambda c: c.out_of_range_share)),
     _per_version(
-        gauge_family("vigil_unseen_categories_ratio", "Share of a categorical column's values absent "
-               "from the reference in the last window.", "feature"),
+        gauge("vigil_unseen_categories_ratio", "Share of a categorical column's values absent "
+              "from the reference in the last window.", "feature"),
         Needs.RESULT, lambda r: _quality(r, ("categorical",), lambda c: c.unseen_share)),
     _per_version(
-        gauge_family("vigil_schema_violation_columns", "Columns with a schema violation in the last "
-               "window, by kind.", "kind"),
+        gauge("vigil_schema_violation_columns", "Columns with a schema violation in the last "
+              "window, by kind.", "kind"),
         Needs.RESULT, _violations),
     _per_version(
-        gauge_family("vigil_failed_columns", "Columns whose drift test or quality statistics failed in "
-               "the last window (no score exported for them; the reason is in the drift JSON's "
-               "failed_columns)."),
+        gauge("vigil_failed_columns", "Columns whose drift test or quality statistics failed in "
+              "the last window (no score exported for them; the reason is in the drift JSON's "
+              "failed_columns)."),
         Needs.RESULT, lambda r: _one(len(r.failed_columns))),
     _per_version(
-        gauge_family("vigil_window_rows", "Sampled rows in the last window."),
+        gauge("vigil_window_rows", "Sampled rows in the last window."),
         Needs.WINDOW, lambda w: _one(w.rows)),
     _per_version(
-        gauge_family("vigil_window_requests", "Requests in the last window."),
+        gauge("vigil_window_requests", "Requests in the last window."),
         Needs.WINDOW, lambda w: _one(w.requests)),
     _per_version(
-        gauge_family("vigil_open_window_rows", "Sampled rows in the window still open."),
+        gauge("vigil_open_window_rows", "Sampled rows in the window still open."),
         Needs.SERVED, lambda s: _one(s.current_rows)),
     _per_version(
-        gauge_family("vigil_window_latency_seconds", "Request latency quantile over the last window.",
-               "quantile"),
+        gauge("vigil_window_latency_seconds", "Request latency quantile over the last window.",
+              "quantile"),
         Needs.WINDOW, _latency),
     _per_version(
-        gauge_family("vigil_window_error_ratio", "Share of requests in the last window that failed: "
-               "kind server (5xx, no answer), client (4xx but 499) or cancelled (499: the client "
-               "went away or the request timed out).", "kind"),
+        gauge("vigil_window_error_ratio", "Share of requests in the last window that failed: "
+              "kind server (5xx, no answer), client (4xx but 499) or cancelled (499: the client "
+              "went away or the request timed out).", "kind"),
         Needs.WINDOW, _errors),
     _per_version(
-        gauge_family("vigil_last_window_timestamp_seconds", "When the last window closed (unix time)."),
+        gauge("vigil_last_window_timestamp_seconds", "When the last window closed (unix time)."),
         Needs.WINDOW, lambda w: _one(w.closed_at)),
     _per_version(
-        gauge_family("vigil_shadow_agreement_ratio", "Share of the rows compared in the last window "
-               "whose outputs, run on this version as its model's shadow, agreed with "
-               "production's answer (no sample when the last window compared none)."),
+        gauge("vigil_shadow_agreement_ratio", "Share of the rows compared in the last window "
+              "whose outputs, run on this version as its model's shadow, agreed with "
+              "production's answer (no sample when the last window compared none)."),
         Needs.WINDOW, _agreement),
     _per_version(
-        counter_family("vigil_sample_rows_received_total", "Sampled rows received."),
+        counter("vigil_sample_rows_received_total", "Sampled rows received."),
         Needs.NOTHING, lambda s: _one(s.rows_received)),
     _per_version(
-        counter_family("vigil_sample_requests_received_total", "Request facts (latency, status) "
-                 "received."),
+        counter("vigil_sample_requests_received_total", "Request facts (latency, status) "
+                "received."),
         Needs.NOTHING, lambda s: _one(s.requests_received)),
     _per_version(
-        counter_family("vigil_sample_rows_dropped_total", "Sampled rows dropped, by kind: replica "
-                 "(replica buffer full), schema (did not match the version's signature or "
-                 "profile), unknown_version, or why a message could not be read (not_a_message, "
-                 "schema_version, malformed).", "kind"),
+        counter("vigil_sample_rows_dropped_total", "Sampled rows dropped, by kind: replica "
+                "(replica buffer full), schema (did not match the version's signature or "
+                "profile), unknown_version, or why a message could not be read (not_a_message, "
+                "schema_version, malformed).", "kind"),
         Needs.NOTHING, lambda s: _by_kind(s.rows_dropped)),
     _per_version(
-        counter_family("vigil_sample_requests_dropped_total", "Request facts dropped, by kind as for "
-                 "rows.", "kind"),
+        counter("vigil_sample_requests_dropped_total", "Request facts dropped, by kind as for "
+                "rows.", "kind"),
         Needs.NOTHING, lambda s: _by_kind(s.requests_dropped)),
     _per_version(
-        counter_family("vigil_sample_messages_dropped_total", "Whole sample messages dropped, by kind "
-                 "as for rows.", "kind"),
+        counter("vigil_sample_messages_dropped_total", "Whole sample messages dropped, by kind "
+                "as for rows.", "kind"),
         Needs.NOTHING, lambda s: _by_kind(s.messages_dropped)),
     _per_version(
-        counter_family("vigil_windows_evaluated_total", "Windows closed and evaluated."),
+        counter("vigil_windows_evaluated_total", "Windows closed and evaluated."),
         Needs.SERVED, lambda s: _one(s.windows_evaluated)),
     _per_version(
-        counter_family("vigil_shadow_compared_rows_total", "Rows of this version's runs as its model's "
-                 "shadow compared with production's answers."),
+        counter("vigil_shadow_compared_rows_total", "Rows of this version's runs as its model's "
+                "shadow compared with production's answers."),
         Needs.SERVED, lambda s: _one(s.rows_compared)),
     _per_version(
-        counter_family("vigil_shadow_agreeing_rows_total", "Compared shadow rows whose outputs agreed "
-                 "with production's answers."),
+        counter("vigil_shadow_agreeing_rows_total", "Compared shadow rows whose outputs agreed "
+                "with production's answers."),
         Needs.SERVED, lambda s: _one(s.rows_agreeing)),
 )
 

@@ -10,20 +10,20 @@ from dataclasses import dataclass
 from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from monitoring.collector import MV, counter_family, gauge_family
+from monitoring.collector import MV, counter, gauge
 from monitoring.outbox import OutboxSize
 from monitoring.webhooks import OUTCOMES, SECONDS_BUCKETS, DeliverySnapshot, DeliveryStats
 
 
-FIRING = gauge_family("vigil_alert_firing", "1 while the alert of this rule fires for the model "
-                "version, 0 when it does not.", *MV, "rule")
-DELIVERIES = counter_family("vigil_webhook_deliveries_total", "Delivery attempts by outcome: delivered "
-                      "(2xx), rejected (a status that is not retried: dead-lettered), http_error "
-                      "(408, 429, 5xx: retried), timeout, connection_error.", "target", "outcome")
-DEAD_LETTERS = counter_family("vigil_webhook_dead_letters_total", "Deliveries given up (refused, or out "
-                        "of attempts).", "target")
-PENDING = gauge_family("vigil_webhook_outbox_pending", "Deliveries waiting in the outbox (first attempt "
-                 "or retry).", "target")
+FIRING = gauge("vigil_alert_firing", "1 while the alert of this rule fires for the model "
+               "version, 0 when it does not.", *MV, "rule")
+DELIVERIES = counter("vigil_webhook_deliveries_total", "Delivery attempts by outcome: delivered "
+                     "(2xx), rejected (a status that is not retried: dead-lettered), http_error "
+                     "(408, 429, 5xx: retried), timeout, connection_error.", "target", "outcome")
+DEAD_LETTERS = counter("vigil_webhook_dead_letters_total", "Deliveries given up (refused, or out "
+                       "of attempts).", "target")
+PENDING = gauge("vigil_webhook_outbox_pending", "Deliveries waiting in the outbox (first attempt "
+                "or retry).", "target")
 
 
 class AlertCollector(Collector):
@@ -76,23 +76,23 @@ def _delivery_metrics(stats: DeliverySnapshot, configured: Iterable[str]) -> lis
     return [attempts, dead, pending, seconds]
 
 
-VERSIONS = gauge_family("vigil_monitored_versions", "Model versions whose windows and statistics the "
-                  "monitor holds (the served ones).")
-RELEASED = counter_family("vigil_monitor_released_versions_total", "Versions whose monitor state was "
-                    "released because they are no longer served (retired, or their model "
-                    "unloaded).")
-REPORTS = gauge_family("vigil_report_cache_reports", "HTML reports kept in the report cache.")
-REPORT_BYTES = gauge_family("vigil_report_cache_bytes", "Bytes of the reports kept in the report cache "
-                      "(gzip-compressed; bounded by report_cache_bytes).")
-OUTBOX_EVENTS = gauge_family("vigil_webhook_outbox_events", "Events held in the outbox (counted about "
-                       "once a minute).")
-OUTBOX_DELIVERIES = gauge_family("vigil_webhook_outbox_deliveries", "Delivery rows held in the outbox "
-                           "by state: pending, delivered, dead (counted about once a minute; "
-                           "retention deletes delivered and dead ones).", "state")
-OUTBOX_BYTES = gauge_family("vigil_webhook_outbox_bytes", "Size of the outbox file and its write-ahead "
-                      "log.")
-OUTBOX_PRUNED = counter_family("vigil_webhook_outbox_pruned_events_total", "Delivered and dead events "
-                         "deleted by the outbox's retention (since the file was created).")
+VERSIONS = gauge("vigil_monitored_versions", "Model versions whose windows and statistics the "
+                 "monitor holds (the served ones).")
+RELEASED = counter("vigil_monitor_released_versions_total", "Versions whose monitor state was "
+                   "released because they are no longer served (retired, or their model "
+                   "unloaded).")
+REPORTS = gauge("vigil_report_cache_reports", "HTML reports kept in the report cache.")
+REPORT_BYTES = gauge("vigil_report_cache_bytes", "Bytes of the reports kept in the report cache "
+                     "(gzip-compressed; bounded by report_cache_bytes).")
+OUTBOX_EVENTS = gauge("vigil_webhook_outbox_events", "Events held in the outbox (counted about "
+                      "once a minute).")
+OUTBOX_DELIVERIES = gauge("vigil_webhook_outbox_deliveries", "Delivery rows held in the outbox "
+                          "by state: pending, delivered, dead (counted about once a minute; "
+                          "retention deletes delivered and dead ones).", "state")
+OUTBOX_BYTES = gauge("vigil_webhook_outbox_bytes", "Size of the outbox file and its write-ahead "
+                     "log.")
+OUTBOX_PRUNED = counter("vigil_webhook_outbox_pruned_events_total", "Delivered and dead events "
+                        "deleted by the outbox's retention (since the file was created).")
 
 
 @dataclass(frozen=True)
