@@ -112,14 +112,17 @@ bench: $(VENV)/.dev-installed models
 	$(BIN)/python -m load_tests.bench_alerts
 	$(BIN)/python -m load_tests.bench_rollback
 	$(BIN)/python -m load_tests.bench_model_memory
+	$(BIN)/python -m load_tests.bench_bounded
 	$(BIN)/python -m load_tests.bench_idle
 
 ## bench-versions: only the model-version benchmarks (build their own models): promote/rollback
-## under load (load_tests/results/rollback.json) and replica memory across publish/promote/
-## rollback/retire cycles (load_tests/results/model_memory.json)
+## under load (load_tests/results/rollback.json), replica memory across publish/promote/
+## rollback/retire cycles (load_tests/results/model_memory.json), and bounded state over 200
+## publish/canary/promote/retire cycles with alerts and webhooks (load_tests/results/bounded.json)
 bench-versions: $(VENV)/.dev-installed
 	$(BIN)/python -m load_tests.bench_rollback
 	$(BIN)/python -m load_tests.bench_model_memory
+	$(BIN)/python -m load_tests.bench_bounded
 
 ## bench-stall: only the stall benchmark (builds its own models)
 bench-stall: $(VENV)/.dev-installed
