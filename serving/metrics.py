@@ -7,6 +7,7 @@ exports one series per replica: sum them in queries (configs/prometheus/recordin
 
 from __future__ import annotations
 
+import threading
 from functools import lru_cache
 
 from ray.serve import metrics
@@ -16,6 +17,9 @@ LATENCY_BOUNDARIES = [
 ]
 ROWS_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384]
 UNKNOWN_MODEL = "_unknown"  # label for requests naming no served model: keeps cardinality fixed
+# Ray drops a gauge value no one has set for about 20 s (seen with Ray 2.60: a value set once is
+# gone from the scrape ~18 s later), so a replica sets its gauges again this often.
+GAUGE_REFRESH_S = 5.0
 
 
 class ReplicaMetrics:
@@ -78,6 +82,10 @@ class ReplicaMetrics:
             "scope their route needs (403), by scope needed ('any': any valid token).",
             tag_keys=("code", "scope"),
         )
+        self._gauge_lock = threading.Lock()
+        self._loaded: dict[str, int] = {}  # the last count of each served model, to set again
+        self._refresher: threading.Thread | None = None
+        self._stop = threading.Event()
 
     def auth_rejected(self, code: int, scope: str | None) -> None:
         self.auth_rejections.inc(1, {"code": str(code), "scope": scope or "any"})
@@ -94,9 +102,26 @@ class ReplicaMetrics:
         self.requests.inc(1, tags)
 
     def loaded(self, counts: dict[str, int]) -> None:
-        """How many versions of each model are loaded now (0 for a model no longer served)."""
-        for model, count in counts.items():
-            self.loaded_versions.set(count, {"model": model})
+        """How many versions of each model are loaded now (0 for a model no longer served).
+        Set again every GAUGE_REFRESH_S while served; a 0 is set once, then left to age out
+        (so models that come and go do not pile up here)."""
+        with self._gauge_lock:
+            for model, count in counts.items():
+                self.loaded_versions.set(count, {"model": model})
+                if count:
+                    self._loaded[model] = count
+                else:
+                    self._loaded.pop(model, None)
+            if self._refresher is None:
+                self._refresher = threading.Thread(
+                    target=self._refresh_gauges, name="vigil-gauge-refresh", daemon=True)
+                self._refresher.start()
+
+    def _refresh_gauges(self) -> None:
+        while not self._stop.wait(GAUGE_REFRESH_S):
+            with self._gauge_lock:
+                for model, count in self._loaded.items():
+                    self.loaded_versions.set(count, {"model": model})
 
 
 class ModelBatchMetrics:
