@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from vigil.core.files import atomic_write, locked
+from vigil.core.rollout import RolloutState
 
 ALIASES_FILE = "aliases.json"
 LOCK_FILE = ".aliases.lock"
@@ -63,6 +64,7 @@ class AliasState:
     shadow: str | None = None
     retired: frozenset[str] = field(default_factory=frozenset)
     unloaded: bool = False  # Triton's unload: no version of the model is served
+    rollout: RolloutState | None = None  # a progressive rollout of the canary (vigil.core.rollout)
 
     def production_of(self, published: Sequence[str]) -> str | None:
         """The version production traffic goes to, given the published versions (oldest first)."""
@@ -98,6 +100,7 @@ class AliasState:
             "shadow": self.shadow,
             "retired": sorted(self.retired),
             "unloaded": self.unloaded,
+            "rollout": None if self.rollout is None else self.rollout.to_dict(),
         }
 
     @classmethod
@@ -118,6 +121,8 @@ class AliasState:
                 shadow=_opt_str(doc.get("shadow")),
                 retired=frozenset(str(v) for v in doc.get("retired", ())),
                 unloaded=bool(doc.get("unloaded", False)),
+                rollout=None if doc.get("rollout") is None
+                else RolloutState.from_dict(doc["rollout"], where),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise AliasError(f"{where}: malformed aliases ({exc!r})", 500) from exc
