@@ -24,16 +24,17 @@ from serving.model_set import ModelSet
 from vigil.adapters.alias_board import BoardLink, BoardUnavailable, board_key
 from vigil.adapters.boot import web_app
 from vigil.adapters.web import error_response, json_response, request_actor
-from vigil.core import audit, model_ops
+from vigil.core import audit, model_ops, rollout
 from vigil.core.actions import AliasAction
 from vigil.core.audit import HISTORY_LIMIT, MAX_HISTORY_LIMIT
 from vigil.core.aliases import AliasError
 from vigil.core.model_ops import ChangeFailed, ChangeRequest
 from vigil.core.repository import RepositoryError, valid_name
+from vigil.core.rollout import PlanRefused
 
 MAX_ADMIN_BODY = 64 * 1024
 PREFIX = "/v2/repository"
-_FIELDS = {"version", "weight", "sticky_header", "reason", "force", "parameters"}
+_FIELDS = {"version", "weight", "sticky_header", "reason", "force", "parameters", "plan"}
 
 
 class BadAdminRequest(Exception):
@@ -147,7 +148,8 @@ class Admin:
 
     async def _check_loadable(self, name: str, request: ChangeRequest) -> None:
         """A version that cannot load here is refused before any alias moves."""
-        if request.action not in (AliasAction.PROMOTE, AliasAction.CANARY, AliasAction.SHADOW):
+        if request.action not in (AliasAction.PROMOTE, AliasAction.CANARY, AliasAction.SHADOW,
+                                  AliasAction.ROLLOUT):
             return
         published = await asyncio.to_thread(model_ops.published_versions, self.models.root, name)
         if request.version in published:
@@ -191,9 +193,17 @@ def _change_request(route: str, body: dict[str, Any], actor: str, path: str) -> 
     force = body.get("force", False)
     if not isinstance(force, bool):
         raise BadAdminRequest("'force' must be true or false")
+    plan = None
+    if action.spec.plan:
+        try:
+            plan = rollout.plan_from_dict(body.get("plan", {}))
+        except PlanRefused as exc:
+            raise BadAdminRequest(str(exc)) from None
+    elif "plan" in body:
+        raise BadAdminRequest(f"{action} takes no 'plan'")
     return ChangeRequest(action, actor, reason=_opt_str(body, "reason") or "", version=version,
                          weight=None if weight is None else float(weight),
-                         sticky_header=_opt_str(body, "sticky_header"), force=force)
+                         sticky_header=_opt_str(body, "sticky_header"), force=force, plan=plan)
 
 
 async def _body(request: Request) -> dict[str, Any]:

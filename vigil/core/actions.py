@@ -68,8 +68,9 @@ class AliasAction(enum.StrEnum):
         if not actions:
             raise KeyError(route)
         needs = [a for a in actions if a.spec.version is VersionUse.REQUIRED]
+        guards = [a for a in actions if a.spec.version is VersionUse.GUARD]
         rest = [a for a in actions if a.spec.version is not VersionUse.REQUIRED]
-        chosen = needs if has_version else rest
+        chosen = (needs or guards) if has_version else rest
         if not chosen:
             raise ValueError(f"{route} needs a 'version'" if needs else f"{route} takes no 'version'")
         return chosen[0]

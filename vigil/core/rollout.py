@@ -108,6 +108,29 @@ def make_plan(steps: Sequence[float] = DEFAULT_STEPS, windows_per_step: int = 2,
                        float(step_deadline_s), sticky_header)
 
 
+PLAN_FIELDS = ("steps", "windows_per_step", "max_failed_checks", "step_deadline_s",
+               "sticky_header")
+
+
+def plan_from_dict(doc: Any) -> RolloutPlan:
+    """A plan sent as JSON (`steps` as fractions; omitted fields take their defaults), or
+    PlanRefused (400) naming what is wrong."""
+    if not isinstance(doc, dict):
+        raise PlanRefused("'plan' must be an object with steps (fractions in (0, 1)), "
+                          "windows_per_step, max_failed_checks, step_deadline_s, sticky_header")
+    unknown = set(doc) - set(PLAN_FIELDS)
+    if unknown:
+        raise PlanRefused(f"unknown plan fields {sorted(unknown)}; known: {list(PLAN_FIELDS)}")
+    steps = doc.get("steps", DEFAULT_STEPS)
+    if not isinstance(steps, list | tuple):
+        raise PlanRefused("'steps' must be a list of fractions in (0, 1)")
+    defaults = RolloutPlan()
+    return make_plan(tuple(steps), doc.get("windows_per_step", defaults.windows_per_step),
+                     doc.get("max_failed_checks", defaults.max_failed_checks),
+                     doc.get("step_deadline_s", defaults.step_deadline_s),
+                     doc.get("sticky_header"))
+
+
 def _count(name: str, value: Any, most: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
         raise PlanRefused(f"{name} must be a whole number from 1 to {most}, got {value!r}")

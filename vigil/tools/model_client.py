@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from vigil.core import audit, model_ops, repository
+from vigil.core import audit, model_ops, repository, rollout
 from vigil.core.actions import AliasAction, VersionUse
 from vigil.core.aliases import AliasError, read_aliases
+from vigil.core.rollout import PlanRefused
 from vigil.tools.server_client import ServerClient, ServerError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -51,7 +52,7 @@ class Models(Protocol):
     def change(
         self, model: str, action: str, *, version: str | None = None,
         weight: float | None = None, sticky_header: str | None = None, reason: str = "",
-        force: bool = False,
+        force: bool = False, plan: dict[str, Any] | None = None,
     ) -> dict[str, Any]: ...
 
 
@@ -77,7 +78,8 @@ CHANGE = Endpoint("POST", "/v2/repository/models/{model}/{route}", "admin")
 
 
 def change_body(action: AliasAction, *, version: str | None, weight: float | None,
-                sticky_header: str | None, reason: str, force: bool) -> dict[str, Any]:
+                sticky_header: str | None, reason: str, force: bool,
+                plan: dict[str, Any] | None = None) -> dict[str, Any]:
     """The admin route's body for `action`, from what the action takes (vigil.core.actions)."""
     spec = action.spec
     body: dict[str, Any] = {}
@@ -85,6 +87,8 @@ def change_body(action: AliasAction, *, version: str | None, weight: float | Non
         body["version"] = version
     if spec.weight:
         body.update(weight=weight, sticky_header=sticky_header)
+    if spec.plan:
+        body["plan"] = plan or {}
     if spec.reason:
         body["reason"] = reason
     if force:  # sent only when asked: live traffic for a version past the model gate
@@ -117,11 +121,13 @@ class ServerModels:
     def change(
         self, model: str, action: str, *, version: str | None = None,
         weight: float | None = None, sticky_header: str | None = None, reason: str = "",
-        force: bool = False,
+        force: bool = False, plan: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         chosen = AliasAction(action)
+        if chosen.spec.route is None:
+            raise ModelsError(f"{action} is the monitor's own change, not an admin route", 400)
         body = change_body(chosen, version=version, weight=weight, sticky_header=sticky_header,
-                           reason=reason, force=force)
+                           reason=reason, force=force, plan=plan)
         return dict(self._call(CHANGE, body, model=model, route=chosen.spec.route))
 
     def _call(self, endpoint: Endpoint, body: dict[str, Any] | None = None, **labels: str) -> Any:
@@ -196,13 +202,19 @@ class LocalModels:
     def change(
         self, model: str, action: str, *, version: str | None = None,
         weight: float | None = None, sticky_header: str | None = None, reason: str = "",
-        force: bool = False,
+        force: bool = False, plan: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         try:
+            chosen = AliasAction(action)
+            if chosen.spec.route is None:
+                raise AliasError(f"{action} is the monitor's own change", 400)
             done = model_ops.apply(
                 self.root, model, action, actor=self.actor, reason=reason, version=version,
                 weight=weight, sticky_header=sticky_header, force=force,
+                plan=rollout.plan_from_dict(plan or {}) if chosen.spec.plan else None,
             )
+        except PlanRefused as exc:
+            raise ModelsError(str(exc), exc.status) from None
         except (AliasError, model_ops.ChangeFailed) as exc:
             raise ModelsError(str(exc), exc.status) from None
         # Change.to_dict() without the server's converged/replicas/behind: no replica was asked.

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from vigil.core.audit import HISTORY_LIMIT, MAX_HISTORY_LIMIT
-from vigil.tools import gate_cli, publish_cli
+from vigil.core.rollout import PlanRefused
+from vigil.tools import gate_cli, publish_cli, rollout_output
 from vigil.tools.argtable import Arg, Command, Entry, Handler, add_commands, arg, positive_int
 from vigil.tools.console import one_line, print_json, print_table, refuse, say
 from vigil.tools.model_client import (
@@ -179,7 +180,8 @@ def _history(args: argparse.Namespace) -> int:
 
 
 def _change(args: argparse.Namespace, action: str, version: str | None = None,
-            weight: float | None = None, sticky_header: str | None = None) -> int:
+            weight: float | None = None, sticky_header: str | None = None,
+            plan: dict[str, Any] | None = None) -> int:
     reason = getattr(args, "reason", "") or ""
     force = bool(getattr(args, "force", False))
     if force and not reason.strip():
@@ -188,7 +190,7 @@ def _change(args: argparse.Namespace, action: str, version: str | None = None,
     answer = _ask(
         args,
         lambda m: m.change(args.name, action, version=version, weight=weight,
-                           sticky_header=sticky_header, reason=reason, force=force),
+                           sticky_header=sticky_header, reason=reason, force=force, plan=plan),
         changes=True,
     )
     if args.json:
@@ -241,6 +243,32 @@ def _shadow(args: argparse.Namespace) -> int:
     if args.version is None:
         return refuse("name the shadow version (shadow NAME VERSION), or --off")
     return _change(args, "shadow", args.version)
+
+
+def _rollout(args: argparse.Namespace) -> int:
+    """`rollout NAME VERSION [plan]` starts one; `rollout status|pause|resume|abort NAME`."""
+    if args.first in rollout_output.CONTROLS:
+        if args.second is None:
+            return refuse(f"rollout {args.first} needs the model's name")
+        args.name = args.second
+        action = rollout_output.CONTROLS[args.first]
+        if action is not None:
+            return _change(args, action)
+        doc = _ask(args, lambda m: m.aliases(args.name))
+        if args.json:
+            print_json(doc["aliases"].get("rollout"))
+            return 0
+        print("\n".join(rollout_output.status_lines(args.name, doc["aliases"].get("rollout"))))
+        return 0
+    if args.second is None:
+        return refuse("name the version to roll out (rollout NAME VERSION), or one of "
+                      f"{', '.join(rollout_output.CONTROLS)} NAME")
+    args.name = args.first
+    try:
+        plan = rollout_output.plan_of(args)
+    except PlanRefused as exc:
+        return refuse(f"rollout refused: {exc}")
+    return _change(args, "rollout", args.second, plan=plan)
 
 
 # ------------------------------------------------------------------ the parser
@@ -307,6 +335,23 @@ _COMMANDS: tuple[Entry, ...] = (
     Command("load", "serve the model's versions again (after unload)", _load,
             (_NAME, *_COMMON)),
     Command("unload", "stop serving every version of the model", _unload, (_NAME, *_COMMON)),
+    Command("rollout", "walk a version through canary steps judged by the monitor, then "
+            "promote it; or status|pause|resume|abort NAME", _rollout, (
+                arg("first", metavar="NAME|status|pause|resume|abort"),
+                arg("second", nargs="?", default=None, metavar="VERSION|NAME"),
+                arg("--steps", default=None, metavar="PERCENTS",
+                    help="canary weights in percent, strictly increasing, each above 0 and "
+                    "below 100 (default 5,10,25,50); the version is promoted after the last"),
+                arg("--windows-per-step", type=positive_int, default=2,
+                    help="consecutive passing windows that pass a step (default 2)"),
+                arg("--max-failed-checks", type=positive_int, default=2,
+                    help="failed rounds (windows with a failed check) that roll the candidate "
+                    "back (default 2)"),
+                arg("--step-deadline-s", type=float, default=600.0,
+                    help="a step not passed by then halts the rollout (default 600)"),
+                arg("--sticky-header", default=None, metavar="HEADER",
+                    help="requests with the same value of this header go to the same side"),
+                _force("roll out"), _REASON, *_COMMON)),
     gate_cli.add_parser,
 )
 

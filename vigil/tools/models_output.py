@@ -87,4 +87,21 @@ def describe(answer: dict[str, Any]) -> str:
         return f"{model}/{old}: retired, no longer loaded (its files stay){suffix}"
     if action == "unload":
         return f"{model}: unloaded, no version is served{suffix}"
+    if str(action).startswith("rollout"):
+        return _rollout_change(str(model), str(action), aliases, old, suffix)
     return f"{model}: loaded{suffix}"
+
+
+def _rollout_change(model: str, action: str, aliases: dict[str, Any], old: str | None,
+                    suffix: str) -> str:
+    state = aliases.get("rollout")
+    if state is None:  # it ended (aborted, rolled back, promoted)
+        return f"{model}: rollout of {old or '-'} ended ({action}); production is " \
+               f"{aliases.get('production') or '-'}{suffix}"
+    plan = state["plan"]
+    weight = plan["steps"][state["step"]]
+    verb = {"rollout": "started", "rollout_paused": "paused",
+            "rollout_resumed": "resumed"}.get(action, action)
+    return (f"{model}: rollout of {state['version']} {verb}: step {state['step'] + 1} of "
+            f"{len(plan['steps'])} at {weight * 100:g}%; `vigil models rollout status {model}` "
+            f"follows it{suffix}")
