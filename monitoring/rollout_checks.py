@@ -13,38 +13,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from monitoring.rollout_settings import RolloutCheckSettings
 from monitoring.window import ClosedWindow
 from vigil.core.rollout import CheckResult, Outcome
 
 CHECKS = ("min_requests", "error_ratio", "latency_p99", "agreement", "prediction_drift",
           "quality")
 LATENCY_FLOOR_S = 0.001  # production p99 below this is taken as this (ratios of microseconds)
-
-
-class RolloutCheckSettings(BaseModel):
-    """How a rollout's windows are judged (the Monitor's `rollouts:`; a rollout may override)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    min_requests: int = Field(50, ge=1, le=10_000_000, description=(
-        "Requests the candidate must have served in a window (and production in the same span) "
-        "for the window to give a verdict; below it the window is no verdict, never a pass."))
-    max_error_ratio_increase: float = Field(0.01, ge=0.0, le=1.0, description=(
-        "The candidate's server-error ratio minus production's, at most this."))
-    max_p99_ratio: float = Field(1.25, ge=1.0, le=100.0, description=(
-        "The candidate's p99 latency at most this times production's p99."))
-    min_agreement: float | None = Field(0.95, ge=0.0, le=1.0, description=(
-        "Share of the candidate's compared rows on which production answers alike, at least "
-        "this; null leaves the check out."))
-    min_agreement_rows: int = Field(20, ge=1, le=1_000_000, description=(
-        "Compared rows a window needs for an agreement verdict."))
-    prediction_drift: bool = Field(True, description=(
-        "Fail a window whose predictions drift from the candidate version's own profile."))
-    max_quality_drop: float = Field(0.02, ge=0.0, le=1.0, description=(
-        "With labels: the candidate's quality at most this below production's on the same "
-        "span."))
 
 
 @dataclass(frozen=True)

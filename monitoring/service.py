@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from monitoring.alerts import AlertEngine
+from monitoring.rollouts import RolloutDriver
 from monitoring.collector import VersionSnapshot
 from monitoring.drift import check_settings
 from monitoring.settings import MonitorAppSettings, MonitorSettings
@@ -81,10 +82,11 @@ class MonitorService:
     """Every monitored version of the repository, fed with sample batches."""
 
     def __init__(self, app: MonitorAppSettings, settings: MonitorSettings, now: float,
-                 alerts: AlertEngine | None = None) -> None:
+                 alerts: AlertEngine | None = None, rollouts: RolloutDriver | None = None) -> None:
         self.app = app
         self.settings = settings
         self.alerts = alerts  # rules over closed windows; None: no alerting
+        self.rollouts = rollouts  # progressive rollouts judged on closed windows; None: none
         self.log = RateLimitedLog(app.log_interval_s)
         self.versions: dict[tuple[str, str], VersionState] = {}
         self.models: dict[str, list[str]] = {}  # model -> versions, oldest first
@@ -132,6 +134,9 @@ class MonitorService:
         if self.alerts is not None:
             for window in closed:
                 self.alerts.on_window(state.model, state.version, window, now)
+        if self.rollouts is not None:
+            for window in closed:
+                self.rollouts.on_window(state.model, state.version, window, now)
 
     def _drop_whole(self, kind: str, rows: int, requests: int, where: str, why: str) -> None:
         self.unknown.messages_dropped[kind] += 1
@@ -230,6 +235,8 @@ class MonitorService:
                 self._judge(state, [window], now)
         if self.alerts is not None:
             self.alerts.tick(self.versions, now)
+        if self.rollouts is not None:
+            self.rollouts.tick(self.models, now)
         return closed
 
     def sweep(self, now: float) -> list[tuple[str, str]]:
@@ -277,7 +284,10 @@ class MonitorService:
         return min(due, default=None)
 
     def needs_ticks(self) -> bool:
-        """Whether rules judge silence (no request for N seconds), which needs a steady tick."""
+        """Whether rules judge silence (no request for N seconds), or a rollout runs (its step's
+        deadline and its waiting windows), which need a steady tick."""
+        if self.rollouts is not None and self.rollouts.running():
+            return True
         return self.alerts is not None and any(
             r.when.family == "traffic" for r in self.alerts.rules)
 
@@ -291,6 +301,8 @@ class MonitorService:
                 self._judge(state, [window], now)
         if self.alerts is not None:
             self.alerts.configure(settings.alerts, settings.webhooks, self.versions, now)
+        if self.rollouts is not None:
+            self.rollouts.settings = settings.rollouts
 
     # ------------------------------------------------------------------ reading
 

@@ -7,10 +7,11 @@ import dataclasses
 
 import pytest
 
-from monitoring.rollout_checks import RolloutCheckSettings, WindowFigures, judge
+from monitoring.rollout_checks import WindowFigures, judge
+from monitoring.rollout_settings import RolloutCheckSettings
 from tests.unit.monitoring.helpers import drift_of, latency_of, window_of
 
-SETTINGS = RolloutCheckSettings()
+SETTINGS = RolloutCheckSettings(min_agreement=0.95)
 PROD = WindowFigures(window=7, requests=500, error_ratio=0.002, p99_s=0.010,
                      prediction_drift=False, quality=0.95)
 GOOD = WindowFigures(window=3, requests=100, error_ratio=0.002, p99_s=0.011, agreeing_rows=98,
@@ -69,6 +70,7 @@ def test_checks_without_their_evidence_give_no_verdict() -> None:
 
 
 def test_checks_switched_off_are_left_out() -> None:
+    assert RolloutCheckSettings().min_agreement is None  # off until replicas feed it
     settings = RolloutCheckSettings(min_agreement=None, prediction_drift=False)
     assert set(outcomes(judge(GOOD, PROD, settings))) == {"min_requests", "error_ratio",
                                                            "latency_p99"}
