@@ -31,11 +31,12 @@ from monitoring.rollout_settings import RolloutCheckSettings
 from monitoring.window import ClosedWindow
 from vigil.core import model_ops, rollout
 from vigil.core.actions import AliasAction
-from vigil.core.aliases import AliasError, AliasState, read_aliases
+from vigil.core.aliases import ALIASES_FILE, AliasError, AliasState, read_aliases
 from vigil.core.rollout import Decision, RolloutState
 
 logger = logging.getLogger("vigil.rollouts")
 ALIASES_TTL_S = 1.0
+MODELS_TTL_S = 5.0  # the repository's models listed at most this often (ticks)
 ACTOR = "vigil-monitor (rollout)"
 RECENT_WINDOWS = 16  # production windows kept per model while a rollout runs
 PENDING_WINDOWS = 8  # candidate windows waiting for production's figures
@@ -78,6 +79,8 @@ class RolloutDriver:
         self.models: dict[str, _Model] = {}
         self.checks_total: dict[tuple[str, str, str], int] = {}  # (model, check, outcome)
         self.decisions_total: dict[tuple[str, str], int] = {}  # (model, decision kind)
+        self._listed: list[str] = []
+        self._listed_at = float("-inf")
 
     # ------------------------------------------------------------------ reading the aliases
 
@@ -121,8 +124,9 @@ class RolloutDriver:
 
     def tick(self, models: Iterable[str], now: float) -> None:
         """Judge candidate windows that waited `settle_s`, and halt steps past their deadline
-        (a candidate without traffic closes no window)."""
-        for model in sorted(set(models)):
+        (a candidate without traffic closes no window; a model the monitor has no sample of
+        is found in the repository)."""
+        for model in sorted({*models, *self._repository_models(now)}):
             state = self._aliases(model, now)
             if state is None or state.rollout is None:
                 continue
@@ -132,6 +136,17 @@ class RolloutDriver:
                 decision = rollout.tick(state.rollout, now)
                 if decision.kind == "halt":
                     self._apply(model, state.rollout, decision, None, (), now)
+
+    def _repository_models(self, now: float) -> list[str]:
+        """The models whose aliases exist, listed at most once per MODELS_TTL_S."""
+        if not 0.0 <= now - self._listed_at < MODELS_TTL_S:
+            try:
+                self._listed = sorted(p.parent.name for p in self.repository.glob(
+                    f"*/{ALIASES_FILE}"))
+            except OSError as exc:
+                logger.error("cannot list the repository %s: %s", self.repository, exc)
+            self._listed_at = now
+        return self._listed
 
     def _production(self, model: str, state: AliasState) -> str | None:
         if state.production is not None:

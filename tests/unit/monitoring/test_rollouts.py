@@ -113,7 +113,7 @@ def test_a_candidate_without_traffic_halts_and_is_never_promoted(repo: Path, tmp
     world.windows(1, T0, {"count": 3, "p99": 0.01}, PROD)  # too few requests: no verdict
     world.driver.tick(["m"], T0 + 299)
     assert world.state().rollout.status == "running"
-    world.driver.tick(["m"], T0 + 300)
+    world.driver.tick([], T0 + 300)  # a model never sampled: found in the repository
     state = world.state()
     assert state.rollout.status == "halted" and state.production == "1"
     assert world.event_types()[-1] == "vigil.rollout.halted"
