@@ -24,7 +24,7 @@ export PYTHONUNBUFFERED := 1
 # The Serve config `make serve` and `make deploy` run: `make serve CONFIG=my-serve.yaml`.
 CONFIG ?= configs/serve.yaml
 
-.PHONY: serve test bench bench-stall bench-versions bench-peers deploy stop models lint clean observe dashboards lock-gpu lock sbom install-locked docs docs-serve
+.PHONY: demo serve test bench bench-stall bench-versions bench-peers deploy stop models lint clean observe dashboards lock-gpu lock sbom install-locked docs docs-serve
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -96,6 +96,11 @@ lock: lock-gpu
 lock-gpu: | $(BIN)/python
 	$(PYTHON) -m venv /tmp/vigil-piptools && /tmp/vigil-piptools/bin/pip install -q pip-tools
 	/tmp/vigil-piptools/bin/pip-compile --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links --extra gpu -o requirements/gpu.lock pyproject.toml requirements/gpu.in
+
+## demo: the loop end to end on a private cluster: drift -> retrain -> rollout -> promote, with a
+## timeline, demo/timeline.json and demo/timeline.png; DEMO_BAD=1: a worse candidate, rolled back
+demo: $(VENV)/.dev-installed
+	$(BIN)/python -m load_tests.demo $(if $(filter 1,$(DEMO_BAD)),--bad)
 
 ## test: set up and run the whole test suite (unit, integration on a real Ray, scenarios)
 test: $(VENV)/.dev-installed
