@@ -28,6 +28,7 @@ from vigil.core.actions import AliasAction, VersionUse
 from vigil.core.aliases import AliasError, AliasState
 from vigil.core.gate_policy import PolicyError
 from vigil.core.repository import ModelVersion
+from vigil.core.repository_health import broken_aliases
 
 MAX_REASON_CHARS = 2000
 ACTIONS = tuple(AliasAction)
@@ -120,8 +121,10 @@ def published_versions(root: Path, model: str) -> list[str]:
 def _versions(root: Path, model: str) -> dict[str, ModelVersion]:
     try:
         return {v.manifest.version: v for v in repository.scan(Path(root), [model])[model]}
-    except repository.RepositoryError as exc:
+    except repository.ModelNotFound as exc:
         raise AliasError(str(exc), 404) from exc
+    except repository.RepositoryError as exc:  # a model.yaml of it is malformed: 409, not 404
+        raise AliasError(f"{exc}; fix or remove that model.yaml", 409) from exc
 
 
 def apply(root: Path, model: str, action: AliasAction | str, *, actor: str, reason: str = "",
@@ -146,6 +149,7 @@ def run(root: Path, model: str, request: ChangeRequest, prepare: Prepare | None 
         before = aliases.read_aliases(root, model)
         gate = _gate(root, model, request, before, versions)  # production cannot move meanwhile
         after = _TRANSITIONS[request.action](before, _Context(request, published))
+        _refuse_broken(before, after, published)
         if after == before:
             unchanged = _FROM_TO[request.action](before, before, published, request)
             return Change(request.action, before, before, *unchanged, None)
@@ -163,6 +167,18 @@ def run(root: Path, model: str, request: ChangeRequest, prepare: Prepare | None 
             prepare(change)
         _commit(root, lock, change)
         return change
+
+
+def _refuse_broken(before: AliasState, after: AliasState, published: list[str]) -> None:
+    """Never write an alias that names no version: a change may leave an alias broken as it
+    found it (so that other changes, and the one that mends it, still go through), never break
+    one (409)."""
+    was = broken_aliases(before, published)
+    new = {alias: why for alias, why in broken_aliases(after, published).items()
+           if was.get(alias) != why}
+    if new:
+        raise AliasError(f"model '{after.model}': refused, the {', '.join(sorted(new))} alias "
+                         f"would be broken: {'; '.join(new.values())}", 409)
 
 
 def _commit(root: Path, lock: aliases.ModelLock, change: Change) -> None:
