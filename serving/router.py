@@ -37,6 +37,8 @@ class ModelRoutes(Generic[M]):
     versions: dict[str, M]
     aliases: AliasState
     published: tuple[str, ...] = ()  # every version on disk, retired ones included
+    # Why a model with no version loaded cannot serve (its repository entry is unreadable).
+    unavailable: str | None = None
     production: str | None = field(init=False, default=None)
     # The versions a request may name: published and not retired, loaded here or not.
     available: tuple[str, ...] = field(init=False, default=())
@@ -65,6 +67,8 @@ class ModelRouter(Generic[M]):
         routes = self._models.get(name)
         if routes is None:
             raise NotFound(f"model '{name}' is not served here; known models: {sorted(self._models)}")
+        if routes.unavailable is not None and not routes.versions:
+            raise NotReady(f"model '{name}' is unavailable: {routes.unavailable}")
         if routes.aliases.unloaded:
             raise NotReady(
                 f"model '{name}' is unloaded; POST /v2/repository/models/{name}/load serves it again"

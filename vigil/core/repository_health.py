@@ -124,8 +124,8 @@ def file_fault(version: ModelVersion) -> Fault | None:
                      f"{version.model_file} cannot be read: {exc}")
     if digest != manifest.sha256:
         return Fault(manifest.name, FaultKind.MODIFIED, manifest.version,
-                     f"{version.model_file} has sha256 {digest}, not {manifest.sha256} as "
-                     f"recorded in {repository.MANIFEST_FILE}")
+                     f"{version.model_file}: sha256 {digest} does not match "
+                     f"{manifest.sha256} recorded in {repository.MANIFEST_FILE}")
     return None
 
 
