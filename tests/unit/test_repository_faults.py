@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -20,6 +21,7 @@ from serving.model_set import ModelSet
 from serving.protocol import NotReady
 from serving.settings import BatchSettings, RuntimeSettings
 from tests.graphs import identity_graph
+from tests.unit.cli_support import nowhere, run_cli
 from tests.unit.test_admin import Server
 from vigil.core import aliases, model_ops
 from vigil.core.repository import MANIFEST_FILE, MODEL_FILE, publish
@@ -244,3 +246,39 @@ def test_the_fault_gauge_is_set_again_while_a_fault_lasts_and_zeroed_once_cleare
         assert gauge.sets[done:] == []  # cleared: set once to 0, then left alone
     finally:
         metrics._stop.set()
+
+
+# ------------------------------------------------------------------ the CLI says so (exit 4)
+
+
+def test_cli_list_shows_the_bad_model_and_exits_4(repo: Path, capsys) -> None:
+    (repo / "mlp" / aliases.ALIASES_FILE).write_text(CORRUPT)
+    code, out, err = run_cli(capsys, "models", "list", "--url", nowhere(), "--repository",
+                             str(repo))
+    assert code == 4, err
+    assert re.search(r"^mlp +- +UNAVAILABLE .*aliases\.json: not JSON", out, re.M)
+    assert re.search(r"^m +1 +PUBLISHED +production", out, re.M)  # the others as ever
+    assert "repository fault: mlp: aliases:" in err
+
+
+def test_cli_show_flags_a_broken_canary_and_exits_4(repo: Path, capsys) -> None:
+    doc = aliases.read_aliases(repo, "m").to_dict() | {
+        "canary": {"version": "9", "weight": 0.5, "sticky_header": None}}
+    (repo / "m" / aliases.ALIASES_FILE).write_text(json.dumps(doc))
+    code, out, err = run_cli(capsys, "models", "show", "m", "--url", nowhere(), "--repository",
+                             str(repo))
+    assert code == 4, err  # "canary: 9 at weight 0.5", exit 0 before
+    assert "canary: 9 at weight 0.5 BROKEN: names version 9, which is not in the repository" in out
+
+
+def test_cli_load_after_the_production_folder_went_does_not_exit_0(repo: Path, capsys) -> None:
+    _force(repo, "m", "promote", version="2")
+    shutil.rmtree(repo / "m" / "2")
+    code, out, err = run_cli(capsys, "models", "load", "m", "--url", nowhere(), "--repository",
+                             str(repo))
+    assert "nothing to change" in out
+    assert code == 4, err  # exit 0 before, while every unversioned request got 503
+    assert "m alias production: broken_alias: names version 2" in err
+    code, out, err = run_cli(capsys, "models", "show", "m", "--url", nowhere(), "--repository",
+                             str(repo))
+    assert code == 4 and "production: 2 BROKEN" in out  # and no 404 for want of version 2
