@@ -80,11 +80,11 @@ def test_a_corrupt_aliases_file_spares_the_others_and_recovers_on_its_own(rf) ->
         assert f"{path}: not JSON" in refused.json()["error"]
         wait_for(lambda: _faults_scraped(rf, BAD, "aliases"), 30, "the fault gauge scraped")
     finally:
+        _post(rf, f"/v2/repository/models/{GOOD}/canary")  # --off
         if good is None:
             path.unlink()
         else:
             path.write_bytes(good)
-        _post(rf, f"/v2/repository/models/{GOOD}/canary")  # --off
     # No command, no restart: the follower re-reads a faulty model every FAULT_POLL_S.
     fixed = time.perf_counter()
     wait_for(lambda: not _rows(rf, BAD)["1"]["faults"], 15, "the fixed file read again", 0.05)
