@@ -93,7 +93,7 @@ class ModelRouter(Generic[M]):
             if share < canary.weight:
                 target = canary.version
         if target is None or target not in routes.versions:
-            raise NotReady(f"model '{name}' has no production version loaded here")
+            raise self.no_production(name, routes)
         shadow = routes.versions.get(aliases.shadow) if aliases.shadow else None
         return Route(routes.versions[target], shadow)
 
@@ -101,8 +101,19 @@ class ModelRouter(Generic[M]):
         """The production version's model (what the model's metadata describes)."""
         routes = self.routes(name)
         if routes.production is None or routes.production not in routes.versions:
-            raise NotReady(f"model '{name}' has no production version loaded here")
+            raise self.no_production(name, routes)
         return routes.versions[routes.production]
+
+    @staticmethod
+    def no_production(name: str, routes: ModelRoutes[M]) -> NotReady:
+        """Why unversioned requests find no version: production names none (a broken alias,
+        edited by hand), or it is not loaded here."""
+        production = routes.production
+        if production is not None and routes.published and production not in routes.published:
+            return NotReady(f"model '{name}': its production alias names version '{production}', "
+                            "which is not in the repository (a broken alias: the repository "
+                            "index says more)")
+        return NotReady(f"model '{name}' has no production version loaded here")
 
     @staticmethod
     def not_served(name: str, version: str, routes: ModelRoutes[M]) -> NotFound | NotLoaded:

@@ -214,6 +214,15 @@ def test_a_canary_on_a_version_that_does_not_exist_is_shown_broken_and_gets_noth
     assert server.models.faults == {}  # mended
 
 
+def test_a_production_alias_naming_no_version_says_so_in_the_503(repo: Path) -> None:
+    doc = aliases.read_aliases(repo, "m").to_dict() | {"production": "7"}
+    (repo / "m" / aliases.ALIASES_FILE).write_text(json.dumps(doc))
+    models = _fresh(repo)
+    with pytest.raises(NotReady, match="production alias names version '7', which is not in"):
+        models.router.resolve("m")
+    assert _kinds(models, "m") == [("broken_alias", "production")]
+
+
 # ------------------------------------------------------------------ the gauge
 
 
