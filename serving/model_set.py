@@ -153,7 +153,8 @@ class ModelSet:
                     versions.update({k: v for k, v in state.versions.items() if k[0] == name})
                     published[name] = list(state.published.get(name, ())) or [
                         v.manifest.version for v in found.get(name, [])]
-                    faults[name] = (fault,)
+                    faults[name] = (fault, *[f for f in state.faults.get(name, ())
+                                             if f.kind not in MODEL_WIDE])  # still held
                     continue
                 model, routed, model_faults = self._refresh_model(
                     name, found[name], aliases, current.get(name), done, failed)

@@ -169,6 +169,17 @@ def test_a_deleted_production_folder_keeps_serving_from_memory(repo: Path) -> No
     assert "2" not in server.models.router.routes("m").versions and server.models.faults == {}
 
 
+def test_a_held_version_stays_reported_while_the_aliases_also_break(repo: Path) -> None:
+    _force(repo, "m", "promote", version="2")
+    models = _fresh(repo)
+    shutil.rmtree(repo / "m" / "2")
+    models.refresh()
+    (repo / "m" / aliases.ALIASES_FILE).write_text("{")
+    models.refresh()
+    assert models.router.resolve("m").target.model.version == "2"
+    assert _kinds(models, "m") == [("aliases", ""), ("missing", "2")]
+
+
 def test_the_newest_version_deleted_does_not_move_implicit_production(tmp_path: Path) -> None:
     root = tmp_path / "repo"
     _publish(root, "solo", "1")  # one version, no aliases ever set: production is the newest
