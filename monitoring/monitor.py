@@ -242,6 +242,10 @@ class Monitor:
                      "windows_evaluated": s.window.closed, "open_rows": s.window.rows}
                     for s in self.service.versions.values()
                 ],
+                # Models skipped at start because their files could not be read, with why
+                # (until their samples find them mended).
+                "unreadable": {m: why for m, why in self.service.unreadable.items()
+                               if m not in self.service.models},
             }
 
         return json_response(await self._on_worker(read))

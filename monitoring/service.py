@@ -46,6 +46,7 @@ from vigil.core.aliases import AliasError, read_aliases
 from vigil.core.messages import SampleMessage, UnreadableMessage, read_message
 from vigil.core.repository import (
     MANIFEST_FILE,
+    ModelNotFound,
     ModelVersion,
     RepositoryError,
     read_manifest,
@@ -93,7 +94,11 @@ class MonitorService:
         self._looked: dict[tuple[str, str], float] = {}  # unknown version -> when looked for
         self._swept_at = now
         self.released = 0  # versions whose state was released since the start
-        for name, found in scan(app.model_repository, app.models).items():
+        # Models whose entry could not be read at start, with why: skipped, never fatal (one bad
+        # model.yaml must not stop the monitoring of the others); their versions are looked for
+        # again when their samples arrive (_discover), so a mended file is monitored then.
+        self.unreadable: dict[str, str] = {}
+        for name, found in self._scan(app).items():
             served = set(self._served(name, [v.manifest.version for v in found]))
             found = [v for v in found if v.manifest.version in served]
             if found:
@@ -105,6 +110,27 @@ class MonitorService:
             UNKNOWN_MODEL, "", Path(), (frozenset(), frozenset()), None, None, "unknown",
             TumblingWindow(None, settings, now),
         )
+
+    def _scan(self, app: MonitorAppSettings) -> dict[str, list[ModelVersion]]:
+        """The repository model by model; an unreadable model is logged, noted and skipped. A
+        model named in the settings that is not there at all still fails the start."""
+        root = Path(app.model_repository)
+        if not root.is_dir():
+            raise RepositoryError(f"model repository {root} does not exist")
+        found: dict[str, list[ModelVersion]] = {}
+        names = app.models if app.models is not None else sorted(
+            p.name for p in root.iterdir() if p.is_dir() and valid_name(p.name))
+        for name in names:
+            try:
+                found.update(scan(root, [name]))
+            except ModelNotFound:
+                if app.models is not None:
+                    raise
+            except RepositoryError as exc:
+                self.unreadable[name] = str(exc)
+                logger.error("model %s cannot be read and is not monitored until its files are "
+                             "fixed (its samples are looked for again): %s", name, exc)
+        return found
 
     def _load(self, version: ModelVersion, now: float, check: bool = False) -> VersionState:
         """The version's state; `check`: a profile the current settings misfit is not used

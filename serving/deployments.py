@@ -143,7 +143,9 @@ class ModelServer:
             )
 
     def _check_models(self) -> None:
-        missing = set(self.settings.models or ()) - set(self.models.published)
+        # known(), not published: a model whose files cannot be read is reported unavailable
+        # (index, metadata, metric, log) while the others serve; it fails no deploy.
+        missing = set(self.settings.models or ()) - self.models.known()
         if missing:
             raise RepositoryError(
                 f"models not found in {self.settings.model_repository}: {sorted(missing)}")

@@ -138,8 +138,11 @@ def test_retired_version_and_unloaded_model() -> None:
 
 def test_production_not_loaded_is_not_ready() -> None:
     router = ModelRouter({"m": _routes(AliasState("m", production="9"))})
+    with pytest.raises(NotReady, match="production alias names version '9', which is not in"):
+        router.resolve("m")  # a broken alias (edited by hand) says so
+    unloaded = ModelRoutes({"2": "m-2"}, AliasState("m", production="1"), ("1", "2"))
     with pytest.raises(NotReady, match="no production version loaded"):
-        router.resolve("m")
+        ModelRouter({"m": unloaded}).resolve("m")
 
 
 def test_a_published_version_not_loaded_here_can_be_loaded_on_demand() -> None:

@@ -37,6 +37,15 @@ class AliasError(ValueError):
         self.status = status
 
 
+class AliasFileError(AliasError):
+    """The model's aliases.json cannot be read or is malformed (409: the repository is in a
+    state no change can start from; the message names the file and what is wrong)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"{message}; fix the file (or remove it: production becomes the newest "
+                         "version)", 409)
+
+
 @dataclass(frozen=True)
 class Canary:
     """A version that takes `weight` of the traffic sent to the model without a version.
@@ -106,7 +115,7 @@ class AliasState:
     @classmethod
     def from_dict(cls, doc: Any, where: str) -> AliasState:
         if not isinstance(doc, dict):
-            raise AliasError(f"{where}: expected a JSON object", 500)
+            raise AliasFileError(f"{where}: expected a JSON object")
         try:
             canary = doc.get("canary")
             return cls(
@@ -125,7 +134,7 @@ class AliasState:
                 else RolloutState.from_dict(doc["rollout"], where),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise AliasError(f"{where}: malformed aliases ({exc!r})", 500) from exc
+            raise AliasFileError(f"{where}: malformed aliases ({exc!r})") from exc
 
 
 def _opt_str(value: Any) -> str | None:
@@ -149,10 +158,10 @@ def read_aliases(root: Path, model: str) -> AliasState:
     try:
         doc = json.loads(raw)
     except ValueError as exc:
-        raise AliasError(f"{path}: not JSON ({exc})", 500) from exc
+        raise AliasFileError(f"{path}: not JSON ({exc})") from exc
     state = AliasState.from_dict(doc, str(path))
     if state.model != model:
-        raise AliasError(f"{path}: names model {state.model!r}", 500)
+        raise AliasFileError(f"{path}: names model {state.model!r}, not {model!r}")
     return state
 
 

@@ -29,6 +29,7 @@ from vigil.core.actions import ENDS_ROLLOUT, AliasAction, VersionUse
 from vigil.core.aliases import AliasError, AliasState
 from vigil.core.gate_policy import PolicyError
 from vigil.core.repository import ModelVersion
+from vigil.core.repository_health import broken_aliases
 from vigil.core.rollout import PlanRefused, RolloutPlan, RolloutState
 
 MAX_REASON_CHARS = 2000
@@ -132,8 +133,10 @@ def published_versions(root: Path, model: str) -> list[str]:
 def _versions(root: Path, model: str) -> dict[str, ModelVersion]:
     try:
         return {v.manifest.version: v for v in repository.scan(Path(root), [model])[model]}
-    except repository.RepositoryError as exc:
+    except repository.ModelNotFound as exc:
         raise AliasError(str(exc), 404) from exc
+    except repository.RepositoryError as exc:  # a model.yaml of it is malformed: 409, not 404
+        raise AliasError(f"{exc}; fix or remove that model.yaml", 409) from exc
 
 
 def apply(root: Path, model: str, action: AliasAction | str, *, actor: str, reason: str = "",
@@ -162,6 +165,7 @@ def run(root: Path, model: str, request: ChangeRequest, prepare: Prepare | None 
         ended = _ended_rollout(request, before, after)
         if ended is not None:
             after = replace(after, rollout=None)
+        _refuse_broken(before, after, published)
         if after == before:
             unchanged = _FROM_TO[request.action](before, before, published, request)
             return Change(request.action, before, before, *unchanged, None)
@@ -180,6 +184,18 @@ def run(root: Path, model: str, request: ChangeRequest, prepare: Prepare | None 
             prepare(change)
         _commit(root, lock, change)
         return change
+
+
+def _refuse_broken(before: AliasState, after: AliasState, published: list[str]) -> None:
+    """Never write an alias that names no version: a change may leave an alias broken as it
+    found it (so that other changes, and the one that mends it, still go through), never break
+    one (409)."""
+    was = broken_aliases(before, published)
+    new = {alias: why for alias, why in broken_aliases(after, published).items()
+           if was.get(alias) != why}
+    if new:
+        raise AliasError(f"model '{after.model}': refused, the {', '.join(sorted(new))} alias "
+                         f"would be broken: {'; '.join(new.values())}", 409)
 
 
 def _commit(root: Path, lock: aliases.ModelLock, change: Change) -> None:

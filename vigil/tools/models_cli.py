@@ -4,7 +4,10 @@ answers, in the repository itself. The bearer token in VIGIL_TOKEN goes over pla
 this host (loopback), unless --insecure.
 
 Exit codes: 0 done; 1 refused by the server or the repository; 2 a bad command line or a file
-that cannot be published; 3 a change the server saved but not every replica applied yet.
+that cannot be published; 3 a change the server saved but not every replica applied yet; 4 done
+or shown, but the repository's files differ from what is served (a version served from memory,
+a model.onnx that no longer matches, a model.yaml or aliases.json that cannot be read, an alias
+that names no version): each fault is said on stderr.
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ from vigil.tools.models_output import (
     convergence,
     describe,
     explained,
+    fault_texts,
     print_mapping,
+    repository_faults,
     signature,
 )
 from vigil.tools.server_client import INSECURE_FLAG, NoServer, url_refusal
@@ -89,16 +94,16 @@ def _list(args: argparse.Namespace) -> int:
     rows = _ask(args, lambda m: m.index())
     if args.json:
         print_json(rows)
-        return 0
+        return repository_faults(sorted({t for r in rows for t in fault_texts(r.get("faults"))}))
     if not rows:
         print("no models")
         return 0
     table = [("MODEL", "VERSION", "STATE", "ALIASES", "REASON")]
-    table += [(str(r.get("name")), str(r.get("version")), str(r.get("state")),
+    table += [(str(r.get("name")), str(r.get("version") or "-"), str(r.get("state")),
                ",".join(r.get("aliases") or []) or "-", one_line(r.get("reason")) or "-")
               for r in rows]
     print_table(table)
-    return 0
+    return repository_faults(sorted({t for r in rows for t in fault_texts(r.get("faults"))}))
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -109,33 +114,43 @@ def _show(args: argparse.Namespace) -> int:
         published = [str(v) for v in doc.get("published", [])]
         state = AliasState.from_dict(doc["aliases"], "the server's aliases")
         version = args.version or state.production_of(published)
+        if args.version is None and "production" in (doc.get("broken") or {}):
+            version = None  # production names no version: there is none to describe
         meta = models.version(args.name, version) if version is not None else None
         return {"aliases": doc, "version": meta}
 
     shown = _ask(args, both)
+    faults = fault_texts(shown["aliases"].get("faults"))
     if args.json:
         print_json(shown)
-        return 0
+        return repository_faults(faults)
     doc, meta = shown["aliases"], shown["version"]
     a = doc["aliases"]
+    broken = doc.get("broken") or {}
+
+    def flag(alias: str) -> str:  # the state served is the state shown: a broken alias says so
+        return f" BROKEN: {broken[alias]}" if alias in broken else ""
+
     canary = a.get("canary")
     print(f"model {doc['model']} (generation {a.get('generation')})")
     print(f"  production: {a.get('production') or 'the newest version not retired'}"
-          f"; previous: {', '.join(a.get('previous') or []) or '-'}")
+          f"{flag('production')}; previous: {', '.join(a.get('previous') or []) or '-'}")
     if canary:
         sticky = f", sticky on header {canary['sticky_header']}" if canary.get("sticky_header") \
             else ""
-        print(f"  canary: {canary['version']} at weight {canary['weight']:g}{sticky}")
+        print(f"  canary: {canary['version']} at weight {canary['weight']:g}{sticky}"
+              f"{flag('canary')}")
     else:
         print("  canary: -")
-    print(f"  shadow: {a.get('shadow') or '-'}; retired: {', '.join(a.get('retired') or []) or '-'}"
+    print(f"  shadow: {a.get('shadow') or '-'}{flag('shadow')}; "
+          f"retired: {', '.join(a.get('retired') or []) or '-'}"
           f"; unloaded: {'yes' if a.get('unloaded') else 'no'}")
     print(f"  published: {', '.join(doc.get('published') or []) or '-'}; "
           f"serving: {', '.join(doc.get('serving') or []) or '-'}")
     for version, reason in (doc.get("failed") or {}).items():
         print(f"  failed to load {version}: {one_line(reason)}")
     if meta is None:
-        return 0
+        return repository_faults(faults)
     p = meta.get("parameters") or {}
     roles = ", ".join(p.get("aliases") or []) or "no alias"
     print(f"version {meta['versions'][0]} ({roles})")
@@ -146,7 +161,7 @@ def _show(args: argparse.Namespace) -> int:
     print_mapping("lineage", p.get("lineage") or {})
     if p.get("metadata"):
         print_mapping("metadata", p["metadata"])
-    return 0
+    return repository_faults(faults)
 
 
 def history_limit(text: str) -> int:
@@ -197,7 +212,8 @@ def _change(args: argparse.Namespace, action: str, version: str | None = None,
         print_json(answer)
     else:
         print(describe(answer))
-    return convergence(answer, args.json)
+    # A change that "changed nothing" while the repository breaks what serves must not exit 0.
+    return convergence(answer, args.json) or repository_faults(fault_texts(answer.get("faults")))
 
 
 def _promote(args: argparse.Namespace) -> int:
