@@ -16,33 +16,38 @@ from ray import serve
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from serving import codecs
 from serving.admin import Admin
 from serving.agreement import agreement
+from serving.autoscale import WORKING_REQUESTS
+from serving.clients import ClientCap
 from serving.fast_path import InferFastPath
 from serving.follower import AliasFollower
-from serving.intake import Intake
+from serving.intake import Intake, Received, declared_length
 from serving.metrics import UNKNOWN_MODEL, replica_metrics
 from serving.model_set import ModelSet
 from serving.served import ServedModel
 from serving.monitor_link import MonitorLink
+from serving.pacing import BodyDeadlines
 from serving.protocol import (
     HEADER_LENGTH,
     SERVER_EXTENSIONS,
+    BodyTimeout,
     InferenceError,
     ModelFault,
     NotLoaded,
     Reason,
 )
 from serving.router import Route as ModelRoute
+from serving.runtime import OnnxModel
 from serving.sampling import SampleBuffer
 from serving.settings import BatchSettings, ServerSettings
 from vigil.adapters.boot import Door, web_app
-from vigil.adapters.web import JSON, OPEN, error_response, json_response
+from vigil.adapters.web import JSON, OPEN, error_response, json_response, request_actor
 from vigil.core.repository import RepositoryError
 
 logger = logging.getLogger("vigil.server")
@@ -134,6 +139,9 @@ class ModelServer:
         # Large bodies are decoded here, two at a time: off the event loop, and bounded.
         self._decoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vigil-decode")
         self.intake = Intake(settings, self._decoder)
+        door = settings.front_door
+        self.deadlines = BodyDeadlines(door.body_grace_s, door.body_min_rate_bytes_per_s)
+        self.clients = ClientCap(door.max_in_flight_per_client, door.trusted_proxies)
         sampling = settings.sampling
         self.samples: SampleBuffer | None = None
         if sampling.enabled:
@@ -153,6 +161,12 @@ class ModelServer:
         self.batching = BatchSettings.model_validate(user_config or {})
         self.models.reconfigure(self.batching)
         logger.info("batching now %s", self.batching.model_dump())
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve's hook for custom autoscaling metrics: the inference requests this replica is
+        working on, leaving out those whose body is still arriving (a slow or stalled client is
+        no work, and must not scale the deployment up; serving.autoscale reads this)."""
+        return {WORKING_REQUESTS: float(self._in_flight - self.deadlines.receiving)}
 
     def __serve_build_asgi_app__(self) -> Starlette:
         return build_asgi_app(self)
@@ -223,9 +237,12 @@ class ModelServer:
     async def infer(self, request: Request) -> Response:
         """POST .../infer. Every request is accounted once, in `finally`: answered, refused, or
         cancelled (the client went away or Ray's request_timeout_s ran out: 499, with its
-        latency)."""
+        latency). A client already at its cap of requests in flight is refused first: 429."""
         raw_header_length = request.headers.get(HEADER_LENGTH)
         outcome = Outcome(time.perf_counter(), "json" if raw_header_length is None else "binary")
+        client = self.clients.identify(request.scope, request_actor(request.scope))
+        if not self.clients.admit(client):
+            return self._refuse_client(outcome)
         self._in_flight += 1
         try:
             return await self._answer(request, raw_header_length, outcome)
@@ -234,8 +251,19 @@ class ModelServer:
             raise
         finally:
             self._in_flight -= 1
+            self.clients.leave(client)
             self._account(outcome)
             outcome.let_go()
+
+    def _refuse_client(self, outcome: Outcome) -> Response:
+        cap = self.clients.limit
+        self.metrics.refused("client_cap")
+        outcome.end(429, Reason.CLIENT)
+        self._account(outcome)
+        return error_response(
+            429, f"this client already has {cap} inference requests in flight on this replica "
+            "(front_door.max_in_flight_per_client); retry when one has been answered",
+            {"Retry-After": "1"})
 
     async def _answer(self, request: Request, raw_header_length: str | None,
                       outcome: Outcome) -> Response:
@@ -243,6 +271,11 @@ class ModelServer:
         (the app's exception handlers serve the routes Starlette dispatches)."""
         try:
             payload, headers = await self._run(request, raw_header_length, outcome)
+        except ClientDisconnect:  # the client left while sending its body
+            self.metrics.refused("client_left")
+            outcome.end(CANCELLED, Reason.CANCELLED)
+            return error_response(CANCELLED, "the client closed the request before its body "
+                                  "arrived")
         except InferenceError as exc:
             if isinstance(exc, ModelFault):
                 logger.warning("%s: %r", exc, exc.__cause__)
@@ -274,8 +307,7 @@ class ModelServer:
         outcome.hold(route)
         model = route.target.model
         header_length = codecs.parse_header_length(raw_header_length)
-        received = await self.intake.receive(request.stream(), request.headers.get(
-            "content-length"), header_length, model)
+        received = await self._receive(request, header_length, model)
         parsed, outcome.inputs, outcome.rows = received.parsed, received.inputs, received.rows
         if parsed.outputs is None:
             wanted = [(n, parsed.binary_output_default) for n in model.output_names]
@@ -288,6 +320,34 @@ class ModelServer:
             [(n, model.outputs[n].datatype, results[n], binary) for n, binary in wanted],
         )
         return payload, None if json_length is None else {HEADER_LENGTH: str(json_length)}
+
+    async def _receive(self, request: Request, header_length: int | None,
+                       model: OnnxModel) -> Received:
+        """The body read within its deadline (serving.pacing), then judged and decoded: 408
+        when it has not arrived in time, however little the client sends."""
+        declared = declared_length(request.headers.get("content-length"))
+        s = self.settings
+        limit = s.max_json_body_bytes if header_length is None else s.max_body_bytes
+        task = asyncio.current_task()
+        assert task is not None
+        watch = self.deadlines.watch(task, limit if declared is None else min(declared, limit))
+        try:
+            return await self.intake.receive(request.stream(), declared, header_length, model,
+                                             lambda: self.deadlines.release(watch))
+        except asyncio.CancelledError:
+            if not self.deadlines.release(watch):
+                raise
+            task.uncancel()
+            if task.cancelling():  # cancelled for another reason as well: that one wins
+                raise
+            self.metrics.refused("body_timeout")
+            allowed = self.deadlines.allowed_s(
+                limit if declared is None else min(declared, limit))
+            raise BodyTimeout(
+                f"the request body did not arrive within {allowed:.1f} s (front_door: "
+                f"body_grace_s plus 1 s per body_min_rate_bytes_per_s of its length)") from None
+        finally:
+            self.deadlines.release(watch)
 
     async def _shadow(self, shadow: ServedModel, answered: Outcome) -> None:
         """Run an answered request's inputs on the shadow version and account for it like any

@@ -39,15 +39,17 @@ class Intake:
         self.settings = settings
         self._decoder = decoder
 
-    async def receive(self, body: AsyncIterator[bytes], content_length: str | None,
-                      header_length: int | None, model: OnnxModel) -> Received:
-        """Read, judge and decode a body: 413 from its Content-Length by the size limits before
-        anything is read, 400 from its JSON header by the model's signature before any tensor
-        data is read on."""
+    async def receive(self, body: AsyncIterator[bytes], declared: int | None,
+                      header_length: int | None, model: OnnxModel,
+                      read: Callable[[], object]) -> Received:
+        """Read, judge and decode a body: 413 from its Content-Length (`declared`) by the size
+        limits before anything is read, 400 from its JSON header by the model's signature before
+        any tensor data is read on. `read()` is called once the whole body has arrived, before
+        it is decoded."""
         s = self.settings
-        declared = _declared_length(content_length)
         if header_length is None:  # all JSON: parsing it is decoding it
             whole = await read_body(body, s.max_json_body_bytes, declared, "JSON body", _JSON_HINT)
+            read()
             return await self._decode(len(whole), self._decode_json, model, whole)
         if header_length > s.max_json_body_bytes:
             raise PayloadTooLarge(
@@ -56,6 +58,7 @@ class Intake:
             )
         if declared is None:  # chunked: no length to judge the header by until the end
             whole = await read_body(body, s.max_body_bytes, None, "request body")
+            read()
             header, binary = codecs.split_body(whole, header_length)
             parsed, rows = judge(model, header, len(binary))
         else:
@@ -69,6 +72,7 @@ class Intake:
                     f"request body of {declared} bytes exceeds the limit of {s.max_body_bytes}"
                 )
             parsed, rows, whole = await _read_judging(body, model, header_length, declared)
+            read()
             binary = memoryview(whole)[header_length:]
         return await self._decode(len(whole), self._decode_binary, model, parsed, rows, binary)
 
@@ -118,7 +122,8 @@ async def _read_judging(body: AsyncIterator[bytes], model: OnnxModel, header_len
     return *judged, whole
 
 
-def _declared_length(raw: str | None) -> int | None:
+def declared_length(raw: str | None) -> int | None:
+    """A Content-Length header's value; None when absent or not a plain number."""
     return int(raw) if raw is not None and raw.isascii() and raw.isdigit() else None
 
 
