@@ -13,6 +13,12 @@ export RAY_SERVE_ENABLE_HA_PROXY ?= 1
 # manager parses (14% of a core at 1,100 req/s here); Vigil's replicas count every request
 # themselves (vigil_request_duration_seconds) and HAProxy's own exporter (:9101) stays on.
 export RAY_SERVE_HAPROXY_METRICS_ENABLED ?= 0
+# HAProxy's connection limits (docs/security.md, "Connection and body limits"); Ray 2.60 reads them
+# from the environment. A client connection that sends nothing for 10 s is closed (Ray's default
+# is an hour: idle connections held every slot). maxconn is sized to this shell's file limit
+# (HAProxy needs two descriptors per proxied connection; a margin for the rest), not Ray's 4096.
+export RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S ?= 10
+export RAY_SERVE_HAPROXY_MAXCONN ?= $(shell n=$$(ulimit -n); [ "$$n" = unlimited ] && n=1048576; echo $$(( (n - 256) / 2 )))
 export RAY_USAGE_STATS_ENABLED := 0
 # One auth mode for `ray start`, `serve run` and `serve deploy`: a cluster that `serve run` started
 # with token auth otherwise refuses a later `serve deploy`.
@@ -24,7 +30,7 @@ export PYTHONUNBUFFERED := 1
 # The Serve config `make serve` and `make deploy` run: `make serve CONFIG=my-serve.yaml`.
 CONFIG ?= configs/serve.yaml
 
-.PHONY: serve test bench bench-stall bench-versions bench-peers deploy stop models lint clean observe dashboards lock-gpu lock sbom install-locked docs docs-serve
+.PHONY: ingress-env abuse serve test bench bench-stall bench-versions bench-peers deploy stop models lint clean observe dashboards lock-gpu lock sbom install-locked docs docs-serve
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +56,10 @@ models: models/breast_cancer/1/model.yaml models/mlp/1/model.yaml
 # workers, HAProxy) within 11 s, usually 6 (docs/operations.md, "Stopping").
 serve: $(VENV)/.serve-installed models
 	exec $(BIN)/python -m vigil.tools.lifecycle -- $(BIN)/serve run $(CONFIG)
+
+## ingress-env: the environment `make serve` gives Ray's HAProxy ingress (its limits among it)
+ingress-env:
+	@env | grep -E '^RAY_(SERVE|AUTH_MODE|ENABLE)' | sort
 
 ## observe: Prometheus on http://127.0.0.1:9090 scraping `make serve` with configs/prometheus
 ## (installs the Debian package prometheus if missing; data in .observe/; Ctrl-C stops it)
