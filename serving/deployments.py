@@ -32,7 +32,7 @@ from serving.metrics import UNKNOWN_MODEL, replica_metrics
 from serving.model_set import ModelSet
 from serving.served import ServedModel
 from serving.monitor_link import MonitorLink
-from serving.pacing import BodyDeadlines
+from serving.pacing import BodyDeadlines, counted
 from serving.protocol import (
     HEADER_LENGTH,
     SERVER_EXTENSIONS,
@@ -323,17 +323,16 @@ class ModelServer:
 
     async def _receive(self, request: Request, header_length: int | None,
                        model: OnnxModel) -> Received:
-        """The body read within its deadline (serving.pacing), then judged and decoded: 408
-        when it has not arrived in time, however little the client sends."""
-        declared = declared_length(request.headers.get("content-length"))
-        s = self.settings
-        limit = s.max_json_body_bytes if header_length is None else s.max_body_bytes
+        """The body read while it keeps the rate floor (serving.pacing), then judged and
+        decoded: 408 once it falls behind, however little the client sends."""
         task = asyncio.current_task()
         assert task is not None
-        watch = self.deadlines.watch(task, limit if declared is None else min(declared, limit))
+        watch = self.deadlines.watch(task)
         try:
-            return await self.intake.receive(request.stream(), declared, header_length, model,
-                                             lambda: self.deadlines.release(watch))
+            return await self.intake.receive(
+                counted(request.stream(), watch),
+                declared_length(request.headers.get("content-length")), header_length, model,
+                lambda: self.deadlines.release(watch))
         except asyncio.CancelledError:
             if not self.deadlines.release(watch):
                 raise
@@ -341,11 +340,12 @@ class ModelServer:
             if task.cancelling():  # cancelled for another reason as well: that one wins
                 raise
             self.metrics.refused("body_timeout")
-            allowed = self.deadlines.allowed_s(
-                limit if declared is None else min(declared, limit))
+            door = self.settings.front_door
             raise BodyTimeout(
-                f"the request body did not arrive within {allowed:.1f} s (front_door: "
-                f"body_grace_s plus 1 s per body_min_rate_bytes_per_s of its length)") from None
+                f"the request body arrived too slowly: {watch.received} bytes in "
+                f"{time.monotonic() - watch.started:.1f} s (front_door: body_grace_s "
+                f"{door.body_grace_s:g} s, then at least body_min_rate_bytes_per_s "
+                f"{door.body_min_rate_bytes_per_s})") from None
         finally:
             self.deadlines.release(watch)
 

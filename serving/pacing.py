@@ -1,22 +1,36 @@
-"""Body deadlines: how long a request's body may take to arrive, enforced by one sweeper task
-that cancels the reading of a body past its deadline, even when the client sends nothing more."""
+"""Body deadlines: a rate floor that a request's body must keep after a grace period, enforced by
+one sweeper task that cancels the reading of a body fallen behind, even when the client sends
+nothing more."""
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 SWEEP_INTERVAL_S = 0.25  # how late past its deadline a stalled body may be cut off
 
 
+class Watch:
+    """One body being received: when it started, how much has arrived, who reads it."""
+
+    __slots__ = ("started", "received", "task", "expired")
+
+    def __init__(self, started: float, task: asyncio.Task) -> None:
+        self.started = started
+        self.received = 0
+        self.task = task
+        self.expired = False
+
+
 class BodyDeadlines:
-    """The deadlines of the bodies this replica is receiving now. `watch` one before reading
-    it and `release` it once read; a body still watched at its deadline has its reading task
-    cancelled, and `release` then says it expired (the reader answers 408). One dict entry per
-    body and one sweeper task per replica (running only while bodies are watched): cheaper per
-    request than a timer each."""
+    """The bodies this replica is receiving now, each held to a rate floor: by `grace_s` plus
+    one second per `min_rate` bytes received, the body must be complete, else its reading task is
+    cancelled and `release` says it expired (the reader answers 408). So a body that stalls is
+    cut off `grace_s` after its last progress is used up, and a large body sent at the floor
+    rate or faster is never cut: it may take `grace_s + length / min_rate` in all. One object
+    per body and one sweeper task per replica (running only while bodies are watched): cheaper
+    per request than a timer each."""
 
     def __init__(self, grace_s: float, min_rate_bytes_per_s: int,
                  sweep_interval_s: float = SWEEP_INTERVAL_S,
@@ -25,47 +39,43 @@ class BodyDeadlines:
         self.min_rate = min_rate_bytes_per_s
         self.sweep_interval_s = sweep_interval_s
         self._clock = clock
-        self._keys = itertools.count()
-        self._watched: dict[int, tuple[float, asyncio.Task]] = {}
-        self._expired: set[int] = set()
+        self._watched: set[Watch] = set()
         self._sweeper: asyncio.Task | None = None
 
     def allowed_s(self, length: int) -> float:
-        """Seconds a body of `length` bytes may take: the grace, plus one second for each
+        """The longest a body of `length` bytes may take: the grace, plus one second for each
         min_rate bytes (the rate floor)."""
         return self.grace_s + length / self.min_rate
 
     @property
     def receiving(self) -> int:
-        """Bodies being received now (watched and not yet expired)."""
+        """Bodies being received now (watched, not yet expired)."""
         return len(self._watched)
 
-    def watch(self, task: asyncio.Task, length: int) -> int:
-        """Start the clock on the body `task` is about to read; a key for `release`."""
-        key = next(self._keys)
-        self._watched[key] = (self._clock() + self.allowed_s(length), task)
+    def watch(self, task: asyncio.Task) -> Watch:
+        """Start the clock on the body `task` is about to read (count what arrives in
+        `received`, or read it through `counted`); release it once read."""
+        watch = Watch(self._clock(), task)
+        self._watched.add(watch)
         if self._sweeper is None:
             self._sweeper = task.get_loop().create_task(self._sweep())
-        return key
+        return watch
 
-    def release(self, key: int) -> bool:
-        """The body is read (or its reading ended otherwise): stop its clock. True when its
-        deadline had passed and its task was cancelled for it."""
-        if self._watched.pop(key, None) is not None:
-            return False
-        if key in self._expired:
-            self._expired.discard(key)
-            return True
-        return False
+    def release(self, watch: Watch) -> bool:
+        """The body is read (or its reading ended otherwise): stop its clock. True when it had
+        fallen behind and its task was cancelled for it (once: later calls say False)."""
+        self._watched.discard(watch)
+        expired, watch.expired = watch.expired, False
+        return expired
 
     def expire_due(self) -> int:
-        """Cancel the reading of every body past its deadline; how many."""
-        now = self._clock()
-        due = [key for key, (deadline, _) in self._watched.items() if deadline <= now]
-        for key in due:
-            _, task = self._watched.pop(key)
-            self._expired.add(key)
-            task.cancel()
+        """Cancel the reading of every body behind its rate floor; how many."""
+        now, grace, rate = self._clock(), self.grace_s, self.min_rate
+        due = [w for w in self._watched if now - w.started > grace + w.received / rate]
+        for watch in due:
+            self._watched.discard(watch)
+            watch.expired = True
+            watch.task.cancel()
         return len(due)
 
     async def _sweep(self) -> None:
@@ -75,3 +85,10 @@ class BodyDeadlines:
                 self.expire_due()
         finally:
             self._sweeper = None
+
+
+async def counted(body: AsyncIterator[bytes], watch: Watch) -> AsyncIterator[bytes]:
+    """`body`, counting what arrives into `watch`."""
+    async for chunk in body:
+        watch.received += len(chunk)
+        yield chunk

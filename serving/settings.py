@@ -173,15 +173,17 @@ class FrontDoorSettings(BaseModel):
         default=5.0,
         gt=0.0,
         le=600.0,
-        description="Time an inference request's body may take to arrive, on top of its rate "
-        "floor; past it the request is answered 408 and its slot freed.",
+        description="Time an inference request's body may fall behind its rate floor: a body "
+        "must be complete within this plus 1 s per body_min_rate_bytes_per_s bytes received, "
+        "else it is answered 408 and its slot freed (a stalled body: this long after its last "
+        "progress is used up).",
     )
     body_min_rate_bytes_per_s: int = Field(
         default=64 * 1024,
         ge=1024,
         le=1024 * MiB,
-        description="Rate floor for large bodies: each this many declared bytes (Content-Length; "
-        "max_body_bytes for a chunked body) add one second to body_grace_s.",
+        description="Rate floor of a body after body_grace_s: each this many bytes received "
+        "give it one more second. A body sent at this rate or faster is never cut off.",
     )
     max_in_flight_per_client: int = Field(
         default=64,

@@ -99,22 +99,23 @@ async def _call(app: Any, scope: dict, receive: Receive) -> Answer:
     return answer
 
 
-def test_a_stalled_body_is_answered_408_within_its_deadline_and_frees_its_slot(repo, tokens):
+def test_a_stalled_body_is_answered_408_after_its_grace_and_frees_its_slot(repo, tokens):
+    """Ten bytes of a declared 3 MB, then nothing: cut off once the grace is used up, not after
+    the 45 s that the whole body could take at the rate floor."""
     server, app = server_app(repo, front_door={"body_grace_s": 0.5})
-    declared = 3_000_000  # the rate floor adds 3_000_000 / 65_536 = 45.8 s ...
+    declared = 3_000_000
     assert server.deadlines.allowed_s(declared) == pytest.approx(0.5 + declared / 65536)
 
     async def go() -> tuple[Answer, float]:
         started = time.monotonic()
-        # ... of which a JSON body is held to its 4 MiB limit's share, declared more or not
-        scope = _scope(tokens["greedy"], 200)
-        answer = await _call(app, scope, stalled_body())
+        answer = await _call(app, _scope(tokens["greedy"], declared), stalled_body())
         return answer, answer.at - started
 
     answer, took = asyncio.run(go())
     assert answer.status == 408, answer.body
-    assert "did not arrive within" in answer.error() and "body_grace_s" in answer.error()
-    assert 0.5 <= took < 0.5 + 200 / 65536 + 0.5  # the deadline plus at most a sweep or two
+    assert "arrived too slowly: 10 bytes in" in answer.error()
+    assert "body_grace_s 0.5 s" in answer.error()
+    assert 0.5 <= took < 0.5 + 0.6  # the grace plus at most a sweep or two
     assert server._in_flight == 0 and server.deadlines.receiving == 0
     assert server.clients.in_flight("token:greedy") == 0
     assert _statuses(server) == [408]
@@ -127,18 +128,23 @@ def test_the_rate_floor_gives_a_large_body_one_second_per_64_KiB(repo, tokens):
     assert server.deadlines.allowed_s(10 * 1024) == 12.0
 
 
-def test_a_slow_body_that_keeps_its_rate_is_served(repo, tokens):
-    """A body that trickles in, all of it within the deadline, is answered as any other."""
-    server, app = server_app(repo, front_door={"body_grace_s": 1.0})
+def test_a_slow_body_that_keeps_the_rate_floor_is_served(repo, tokens):
+    """A body that trickles in for longer than the grace, never behind the floor, is answered
+    as any other."""
+    server, app = server_app(repo, front_door={"body_grace_s": 0.3,
+                                               "body_min_rate_bytes_per_s": 1024})
+
+    padded = BODY + b" " * 1000  # JSON allows trailing whitespace
 
     async def go() -> Answer:
-        chunks = [BODY[i:i + 100] for i in range(0, len(BODY), 100)]
+        chunks = [padded[i:i + 25] for i in range(0, len(padded), 25)]
+        assert len(chunks) * 0.02 > 0.9  # three times the grace, at 1250 bytes/s
 
         async def receive() -> dict:
-            await asyncio.sleep(0.3 / len(chunks))
+            await asyncio.sleep(0.02)
             chunk = chunks.pop(0)
             return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
-        return await _call(app, _scope(tokens["greedy"], len(BODY)), receive)
+        return await _call(app, _scope(tokens["greedy"], len(padded)), receive)
 
     answer = asyncio.run(go())
     assert answer.status == 200, answer.body

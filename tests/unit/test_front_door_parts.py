@@ -5,6 +5,7 @@ its requests in flight (serving.clients), and the autoscaling policy on working 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ from ray.serve.config import AutoscalingConfig, AutoscalingContext
 
 from serving.autoscale import WORKING_REQUESTS, working_requests_policy
 from serving.clients import ClientCap
-from serving.pacing import BodyDeadlines
+from serving.pacing import BodyDeadlines, counted
 
 
 class Clock:
@@ -25,39 +26,63 @@ class Clock:
         return self.now
 
 
-def test_a_body_past_its_deadline_has_its_reading_cancelled_and_release_says_so() -> None:
+def test_a_body_behind_its_rate_floor_has_its_reading_cancelled_and_release_says_so() -> None:
     clock = Clock()
     deadlines = BodyDeadlines(5.0, 65536, clock=clock)
 
-    async def go() -> tuple[list[bool], list[str]]:
+    async def go() -> list[str]:
         ended: list[str] = []
+        watches = []
 
-        async def reader(length: int) -> None:
-            key = deadlines.watch(asyncio.current_task(), length)  # type: ignore[arg-type]
+        async def reader() -> None:
+            watch = deadlines.watch(asyncio.current_task())  # type: ignore[arg-type]
+            watches.append(watch)
             try:
                 await asyncio.sleep(3600)
             except asyncio.CancelledError:
-                ended.append("expired" if deadlines.release(key) else "cancelled")
+                ended.append("expired" if deadlines.release(watch) else "cancelled")
                 raise
-        small = asyncio.ensure_future(reader(0))  # 5 s
-        large = asyncio.ensure_future(reader(65536 * 10))  # 15 s
+        stalled = asyncio.ensure_future(reader())
+        steady = asyncio.ensure_future(reader())
+        other = asyncio.ensure_future(reader())
         await asyncio.sleep(0)
-        assert deadlines.receiving == 2
+        assert deadlines.receiving == 3
         clock.now += 4.9
+        assert deadlines.expire_due() == 0  # within the grace, nothing received yet
+        watches[1].received = 65536 * 10  # ten seconds' worth at the floor
+        watches[2].received = 65536 * 100
+        clock.now += 0.2
+        assert deadlines.expire_due() == 1  # 5.1 s, nothing received: behind
+        with pytest.raises(asyncio.CancelledError):
+            await stalled
+        clock.now += 9.8  # 14.9 s: the steady one is still within 5 + 10
         assert deadlines.expire_due() == 0
         clock.now += 0.2
         assert deadlines.expire_due() == 1
         with pytest.raises(asyncio.CancelledError):
-            await small
-        assert deadlines.receiving == 1
-        large.cancel()  # cancelled for another reason before its deadline: not expired
+            await steady
+        other.cancel()  # cancelled for another reason (its deadline passed unseen): not expired
         with pytest.raises(asyncio.CancelledError):
-            await large
-        return [small.cancelled(), large.cancelled()], ended
+            await other
+        return ended
 
-    cancelled, ended = asyncio.run(go())
-    assert cancelled == [True, True] and ended == ["expired", "cancelled"]
+    assert asyncio.run(go()) == ["expired", "expired", "cancelled"]
     assert deadlines.receiving == 0
+
+
+def test_counted_adds_up_what_arrives() -> None:
+    deadlines = BodyDeadlines(5.0, 65536)
+
+    async def go() -> tuple[bytes, int]:
+        async def body() -> AsyncIterator[bytes]:
+            for chunk in (b"abc", b"", b"defgh"):
+                yield chunk
+        watch = deadlines.watch(asyncio.current_task())  # type: ignore[arg-type]
+        read = b"".join([c async for c in counted(body(), watch)])
+        deadlines.release(watch)
+        return read, watch.received
+
+    assert asyncio.run(go()) == (b"abcdefgh", 8)
 
 
 def test_the_sweeper_cuts_off_a_body_that_sends_nothing_more_and_stops_when_idle() -> None:
@@ -65,11 +90,11 @@ def test_the_sweeper_cuts_off_a_body_that_sends_nothing_more_and_stops_when_idle
 
     async def go() -> float:
         started = asyncio.get_running_loop().time()
-        key = deadlines.watch(asyncio.current_task(), 0)  # type: ignore[arg-type]
+        watch = deadlines.watch(asyncio.current_task())  # type: ignore[arg-type]
         try:
             await asyncio.sleep(3600)
         except asyncio.CancelledError:
-            assert deadlines.release(key)
+            assert deadlines.release(watch)
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
         took = asyncio.get_running_loop().time() - started
         await asyncio.sleep(0.1)
@@ -84,8 +109,8 @@ def test_a_released_body_is_never_cancelled() -> None:
     deadlines = BodyDeadlines(1.0, 65536, clock=clock)
 
     async def go() -> bool:
-        key = deadlines.watch(asyncio.current_task(), 0)  # type: ignore[arg-type]
-        assert deadlines.release(key) is False
+        watch = deadlines.watch(asyncio.current_task())  # type: ignore[arg-type]
+        assert deadlines.release(watch) is False
         clock.now += 10
         assert deadlines.expire_due() == 0
         await asyncio.sleep(0)
