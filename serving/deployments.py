@@ -27,12 +27,11 @@ from serving.autoscale import WORKING_REQUESTS
 from serving.clients import ClientCap
 from serving.fast_path import InferFastPath
 from serving.follower import AliasFollower
-from serving.intake import Intake, Received, declared_length
+from serving.intake import Intake, declared_length
 from serving.metrics import UNKNOWN_MODEL, replica_metrics
 from serving.model_set import ModelSet
 from serving.served import ServedModel
 from serving.monitor_link import MonitorLink
-from serving.pacing import BodyDeadlines, counted
 from serving.protocol import (
     HEADER_LENGTH,
     SERVER_EXTENSIONS,
@@ -43,7 +42,6 @@ from serving.protocol import (
     Reason,
 )
 from serving.router import Route as ModelRoute
-from serving.runtime import OnnxModel
 from serving.sampling import SampleBuffer
 from serving.settings import BatchSettings, ServerSettings
 from vigil.adapters.boot import Door, web_app
@@ -140,7 +138,6 @@ class ModelServer:
         self._decoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vigil-decode")
         self.intake = Intake(settings, self._decoder)
         door = settings.front_door
-        self.deadlines = BodyDeadlines(door.body_grace_s, door.body_min_rate_bytes_per_s)
         self.clients = ClientCap(door.max_in_flight_per_client, door.trusted_proxies)
         sampling = settings.sampling
         self.samples: SampleBuffer | None = None
@@ -166,7 +163,7 @@ class ModelServer:
         """Serve's hook for custom autoscaling metrics: the inference requests this replica is
         working on, leaving out those whose body is still arriving (a slow or stalled client is
         no work, and must not scale the deployment up; serving.autoscale reads this)."""
-        return {WORKING_REQUESTS: float(self._in_flight - self.deadlines.receiving)}
+        return {WORKING_REQUESTS: float(self._in_flight - self.intake.deadlines.receiving)}
 
     def __serve_build_asgi_app__(self) -> Starlette:
         return build_asgi_app(self)
@@ -277,7 +274,9 @@ class ModelServer:
             return error_response(CANCELLED, "the client closed the request before its body "
                                   "arrived")
         except InferenceError as exc:
-            if isinstance(exc, ModelFault):
+            if isinstance(exc, BodyTimeout):
+                self.metrics.refused("body_timeout")
+            elif isinstance(exc, ModelFault):
                 logger.warning("%s: %r", exc, exc.__cause__)
             outcome.end(exc.status_code, exc.reason)
             return error_response(exc.status_code, str(exc))
@@ -307,7 +306,9 @@ class ModelServer:
         outcome.hold(route)
         model = route.target.model
         header_length = codecs.parse_header_length(raw_header_length)
-        received = await self._receive(request, header_length, model)
+        received = await self.intake.receive(
+            request.stream(), declared_length(request.headers.get("content-length")),
+            header_length, model)
         parsed, outcome.inputs, outcome.rows = received.parsed, received.inputs, received.rows
         if parsed.outputs is None:
             wanted = [(n, parsed.binary_output_default) for n in model.output_names]
@@ -320,34 +321,6 @@ class ModelServer:
             [(n, model.outputs[n].datatype, results[n], binary) for n, binary in wanted],
         )
         return payload, None if json_length is None else {HEADER_LENGTH: str(json_length)}
-
-    async def _receive(self, request: Request, header_length: int | None,
-                       model: OnnxModel) -> Received:
-        """The body read while it keeps the rate floor (serving.pacing), then judged and
-        decoded: 408 once it falls behind, however little the client sends."""
-        task = asyncio.current_task()
-        assert task is not None
-        watch = self.deadlines.watch(task)
-        try:
-            return await self.intake.receive(
-                counted(request.stream(), watch),
-                declared_length(request.headers.get("content-length")), header_length, model,
-                lambda: self.deadlines.release(watch))
-        except asyncio.CancelledError:
-            if not self.deadlines.release(watch):
-                raise
-            task.uncancel()
-            if task.cancelling():  # cancelled for another reason as well: that one wins
-                raise
-            self.metrics.refused("body_timeout")
-            door = self.settings.front_door
-            raise BodyTimeout(
-                f"the request body arrived too slowly: {watch.received} bytes in "
-                f"{time.monotonic() - watch.started:.1f} s (front_door: body_grace_s "
-                f"{door.body_grace_s:g} s, then at least body_min_rate_bytes_per_s "
-                f"{door.body_min_rate_bytes_per_s})") from None
-        finally:
-            self.deadlines.release(watch)
 
     async def _shadow(self, shadow: ServedModel, answered: Outcome) -> None:
         """Run an answered request's inputs on the shadow version and account for it like any

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 SWEEP_INTERVAL_S = 0.25  # how late past its deadline a stalled body may be cut off
 
@@ -53,8 +53,8 @@ class BodyDeadlines:
         return len(self._watched)
 
     def watch(self, task: asyncio.Task) -> Watch:
-        """Start the clock on the body `task` is about to read (count what arrives in
-        `received`, or read it through `counted`); release it once read."""
+        """Start the clock on the body `task` is about to read (the reader keeps `received`
+        up to date); release it once read."""
         watch = Watch(self._clock(), task)
         self._watched.add(watch)
         if self._sweeper is None:
@@ -86,9 +86,3 @@ class BodyDeadlines:
         finally:
             self._sweeper = None
 
-
-async def counted(body: AsyncIterator[bytes], watch: Watch) -> AsyncIterator[bytes]:
-    """`body`, counting what arrives into `watch`."""
-    async for chunk in body:
-        watch.received += len(chunk)
-        yield chunk

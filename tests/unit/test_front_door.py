@@ -104,7 +104,7 @@ def test_a_stalled_body_is_answered_408_after_its_grace_and_frees_its_slot(repo,
     the 45 s that the whole body could take at the rate floor."""
     server, app = server_app(repo, front_door={"body_grace_s": 0.5})
     declared = 3_000_000
-    assert server.deadlines.allowed_s(declared) == pytest.approx(0.5 + declared / 65536)
+    assert server.intake.deadlines.allowed_s(declared) == pytest.approx(0.5 + declared / 65536)
 
     async def go() -> tuple[Answer, float]:
         started = time.monotonic()
@@ -116,7 +116,7 @@ def test_a_stalled_body_is_answered_408_after_its_grace_and_frees_its_slot(repo,
     assert "arrived too slowly: 10 bytes in" in answer.error()
     assert "body_grace_s 0.5 s" in answer.error()
     assert 0.5 <= took < 0.5 + 0.6  # the grace plus at most a sweep or two
-    assert server._in_flight == 0 and server.deadlines.receiving == 0
+    assert server._in_flight == 0 and server.intake.deadlines.receiving == 0
     assert server.clients.in_flight("token:greedy") == 0
     assert _statuses(server) == [408]
 
@@ -124,8 +124,8 @@ def test_a_stalled_body_is_answered_408_after_its_grace_and_frees_its_slot(repo,
 def test_the_rate_floor_gives_a_large_body_one_second_per_64_KiB(repo, tokens):
     server, _ = server_app(repo, front_door={"body_grace_s": 2.0,
                                              "body_min_rate_bytes_per_s": 1024})
-    assert server.deadlines.allowed_s(0) == 2.0
-    assert server.deadlines.allowed_s(10 * 1024) == 12.0
+    assert server.intake.deadlines.allowed_s(0) == 2.0
+    assert server.intake.deadlines.allowed_s(10 * 1024) == 12.0
 
 
 def test_a_slow_body_that_keeps_the_rate_floor_is_served(repo, tokens):
@@ -183,7 +183,7 @@ def test_a_client_that_leaves_mid_body_is_a_499(repo, tokens):
     answer = asyncio.run(_call(app, _scope(tokens["greedy"], 200),
                                stalled_body({"type": "http.disconnect"}, after_s=0.05)))
     assert answer.status == 499
-    assert server._in_flight == 0 and server.deadlines.receiving == 0
+    assert server._in_flight == 0 and server.intake.deadlines.receiving == 0
     assert _statuses(server) == [499]
 
 

@@ -5,7 +5,6 @@ its requests in flight (serving.clients), and the autoscaling policy on working 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -15,7 +14,7 @@ from ray.serve.config import AutoscalingConfig, AutoscalingContext
 
 from serving.autoscale import WORKING_REQUESTS, working_requests_policy
 from serving.clients import ClientCap
-from serving.pacing import BodyDeadlines, counted
+from serving.pacing import BodyDeadlines
 
 
 class Clock:
@@ -68,21 +67,6 @@ def test_a_body_behind_its_rate_floor_has_its_reading_cancelled_and_release_says
 
     assert asyncio.run(go()) == ["expired", "expired", "cancelled"]
     assert deadlines.receiving == 0
-
-
-def test_counted_adds_up_what_arrives() -> None:
-    deadlines = BodyDeadlines(5.0, 65536)
-
-    async def go() -> tuple[bytes, int]:
-        async def body() -> AsyncIterator[bytes]:
-            for chunk in (b"abc", b"", b"defgh"):
-                yield chunk
-        watch = deadlines.watch(asyncio.current_task())  # type: ignore[arg-type]
-        read = b"".join([c async for c in counted(body(), watch)])
-        deadlines.release(watch)
-        return read, watch.received
-
-    assert asyncio.run(go()) == (b"abcdefgh", 8)
 
 
 def test_the_sweeper_cuts_off_a_body_that_sends_nothing_more_and_stops_when_idle() -> None:
