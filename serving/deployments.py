@@ -7,7 +7,6 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from importlib.metadata import version as package_version
 from typing import Any
 
@@ -30,6 +29,7 @@ from serving.follower import AliasFollower
 from serving.intake import Intake, declared_length
 from serving.metrics import UNKNOWN_MODEL, replica_metrics
 from serving.model_set import ModelSet
+from serving.outcome import Outcome
 from serving.served import ServedModel
 from serving.monitor_link import MonitorLink
 from serving.protocol import (
@@ -41,7 +41,6 @@ from serving.protocol import (
     NotLoaded,
     Reason,
 )
-from serving.router import Route as ModelRoute
 from serving.sampling import SampleBuffer
 from serving.settings import BatchSettings, ServerSettings
 from vigil.adapters.boot import Door, web_app
@@ -67,42 +66,6 @@ def serving_scope(path: str) -> str | None:
     if path.startswith("/v2/repository"):
         return "admin"
     return None
-
-
-@dataclass(slots=True)
-class Outcome:
-    """What one inference request came to, filled in as it goes and accounted once: the version
-    that answers (held from routing to accounting, so that it is not closed under the request)
-    and the shadow that gets a copy, the request's inputs and outputs for the monitor's sample,
-    and its status with the reason."""
-
-    started: float
-    protocol: str
-    served: ServedModel | None = None
-    shadow: ServedModel | None = None
-    inputs: dict | None = None
-    results: dict | None = None
-    rows: int = 0
-    status: int = 0  # 0 until the request ends: answered, refused or cancelled
-    reason: Reason = Reason.OK
-
-    def hold(self, route: ModelRoute[ServedModel]) -> None:
-        self.served, self.shadow = route.target, route.shadow
-        route.target.users += 1
-        route.target.last_active = self.started
-        if route.shadow is not None:
-            route.shadow.users += 1
-
-    def end(self, status: int, reason: Reason) -> None:
-        self.status, self.reason = status, reason
-
-    def let_go(self) -> None:
-        """Release the holds: the versions may be closed once nothing else holds them."""
-        if self.served is not None:
-            self.served.users -= 1
-        if self.shadow is not None:
-            self.shadow.users -= 1
-            self.shadow = None
 
 
 class ModelServer:
