@@ -134,6 +134,13 @@ bench-versions: $(VENV)/.dev-installed
 	$(BIN)/python -m load_tests.bench_model_memory
 	$(BIN)/python -m load_tests.bench_bounded
 
+## abuse: availability under abuse at the front door (issue 22): probe latency and failures while
+## 5,000 idle connections, 5,000 slowloris connections and 1,000 stalled bodies are held, each alone
+## for 30 s, on a private server it starts and ends (load_tests/results/abuse.json); ABUSE_ARGS=--before
+## runs the same with the limits off
+abuse: $(VENV)/.dev-installed
+	$(BIN)/python -m load_tests.abuse $(ABUSE_ARGS)
+
 ## bench-stall: only the stall benchmark (builds its own models)
 bench-stall: $(VENV)/.dev-installed
 	$(BIN)/python -m load_tests.bench_stall
