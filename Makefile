@@ -15,10 +15,11 @@ export RAY_SERVE_ENABLE_HA_PROXY ?= 1
 export RAY_SERVE_HAPROXY_METRICS_ENABLED ?= 0
 # HAProxy's connection limits (docs/security.md, "Connection and body limits"); Ray 2.60 reads them
 # from the environment. A client connection that sends nothing for 10 s is closed (Ray's default
-# is an hour: idle connections held every slot). maxconn is sized to this shell's file limit
-# (HAProxy needs two descriptors per proxied connection; a margin for the rest), not Ray's 4096.
+# is an hour: idle connections held every slot). maxconn is sized to this shell's file limit, not
+# Ray's 4096: HAProxy wants 2.5 descriptors per connection (client, server, and a splice pipe per
+# four) and refuses to start, taking Serve with it, when the limit is short of that.
 export RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S ?= 10
-export RAY_SERVE_HAPROXY_MAXCONN ?= $(shell n=$$(ulimit -n); [ "$$n" = unlimited ] && n=1048576; echo $$(( (n - 256) / 2 )))
+export RAY_SERVE_HAPROXY_MAXCONN ?= $(shell n=$$(ulimit -n); [ "$$n" = unlimited ] && n=1048576; echo $$(( (n - 512) * 2 / 5 )))
 export RAY_USAGE_STATS_ENABLED := 0
 # One auth mode for `ray start`, `serve run` and `serve deploy`: a cluster that `serve run` started
 # with token auth otherwise refuses a later `serve deploy`.

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -52,10 +53,11 @@ SETTLE_S = 12.0  # after an attack, for the server to close what is left (timeou
 
 
 def haproxy_limits() -> dict[str, str]:
-    """HAProxy's limits as the Makefile sets them (maxconn sized to the file limit)."""
-    soft, _ = __import__("resource").getrlimit(__import__("resource").RLIMIT_NOFILE)
+    """HAProxy's limits as the Makefile sets them (maxconn sized to the file limit: HAProxy
+    wants 2.5 descriptors per connection)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     return {"RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": "10",
-            "RAY_SERVE_HAPROXY_MAXCONN": str(max(64, (soft - 256) // 2))}
+            "RAY_SERVE_HAPROXY_MAXCONN": str(max(64, (soft - 512) * 2 // 5))}
 
 
 def server_config(models: Path, tokens: Path, before: bool) -> dict[str, Any]:
