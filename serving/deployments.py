@@ -7,7 +7,6 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from importlib.metadata import version as package_version
 from typing import Any
 
@@ -16,33 +15,36 @@ from ray import serve
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from serving import codecs
 from serving.admin import Admin
 from serving.agreement import agreement
+from serving.autoscale import WORKING_REQUESTS
+from serving.clients import ClientCap
 from serving.fast_path import InferFastPath
 from serving.follower import AliasFollower
-from serving.intake import Intake
+from serving.intake import Intake, declared_length
 from serving.metrics import UNKNOWN_MODEL, replica_metrics
 from serving.model_set import ModelSet
+from serving.outcome import Outcome
 from serving.served import ServedModel
 from serving.monitor_link import MonitorLink
 from serving.protocol import (
     HEADER_LENGTH,
     SERVER_EXTENSIONS,
+    BodyTimeout,
     InferenceError,
     ModelFault,
     NotLoaded,
     Reason,
 )
-from serving.router import Route as ModelRoute
 from serving.sampling import SampleBuffer
 from serving.settings import BatchSettings, ServerSettings
 from vigil.adapters.boot import Door, web_app
-from vigil.adapters.web import JSON, OPEN, error_response, json_response
+from vigil.adapters.web import JSON, OPEN, error_response, json_response, request_actor
 from vigil.core.repository import RepositoryError
 
 logger = logging.getLogger("vigil.server")
@@ -64,42 +66,6 @@ def serving_scope(path: str) -> str | None:
     if path.startswith("/v2/repository"):
         return "admin"
     return None
-
-
-@dataclass(slots=True)
-class Outcome:
-    """What one inference request came to, filled in as it goes and accounted once: the version
-    that answers (held from routing to accounting, so that it is not closed under the request)
-    and the shadow that gets a copy, the request's inputs and outputs for the monitor's sample,
-    and its status with the reason."""
-
-    started: float
-    protocol: str
-    served: ServedModel | None = None
-    shadow: ServedModel | None = None
-    inputs: dict | None = None
-    results: dict | None = None
-    rows: int = 0
-    status: int = 0  # 0 until the request ends: answered, refused or cancelled
-    reason: Reason = Reason.OK
-
-    def hold(self, route: ModelRoute[ServedModel]) -> None:
-        self.served, self.shadow = route.target, route.shadow
-        route.target.users += 1
-        route.target.last_active = self.started
-        if route.shadow is not None:
-            route.shadow.users += 1
-
-    def end(self, status: int, reason: Reason) -> None:
-        self.status, self.reason = status, reason
-
-    def let_go(self) -> None:
-        """Release the holds: the versions may be closed once nothing else holds them."""
-        if self.served is not None:
-            self.served.users -= 1
-        if self.shadow is not None:
-            self.shadow.users -= 1
-            self.shadow = None
 
 
 class ModelServer:
@@ -134,6 +100,8 @@ class ModelServer:
         # Large bodies are decoded here, two at a time: off the event loop, and bounded.
         self._decoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vigil-decode")
         self.intake = Intake(settings, self._decoder)
+        door = settings.front_door
+        self.clients = ClientCap(door.max_in_flight_per_client, door.trusted_proxies)
         sampling = settings.sampling
         self.samples: SampleBuffer | None = None
         if sampling.enabled:
@@ -155,6 +123,12 @@ class ModelServer:
         self.batching = BatchSettings.model_validate(user_config or {})
         self.models.reconfigure(self.batching)
         logger.info("batching now %s", self.batching.model_dump())
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve's hook for custom autoscaling metrics: the inference requests this replica is
+        working on, leaving out those whose body is still arriving (a slow or stalled client is
+        no work, and must not scale the deployment up; serving.autoscale reads this)."""
+        return {WORKING_REQUESTS: float(self._in_flight - self.intake.deadlines.receiving)}
 
     def __serve_build_asgi_app__(self) -> Starlette:
         return build_asgi_app(self)
@@ -225,9 +199,12 @@ class ModelServer:
     async def infer(self, request: Request) -> Response:
         """POST .../infer. Every request is accounted once, in `finally`: answered, refused, or
         cancelled (the client went away or Ray's request_timeout_s ran out: 499, with its
-        latency)."""
+        latency). A client already at its cap of requests in flight is refused first: 429."""
         raw_header_length = request.headers.get(HEADER_LENGTH)
         outcome = Outcome(time.perf_counter(), "json" if raw_header_length is None else "binary")
+        client = self.clients.identify(request.scope, request_actor(request.scope))
+        if not self.clients.admit(client):
+            return self._refuse_client(outcome)
         self._in_flight += 1
         try:
             return await self._answer(request, raw_header_length, outcome)
@@ -236,8 +213,19 @@ class ModelServer:
             raise
         finally:
             self._in_flight -= 1
+            self.clients.leave(client)
             self._account(outcome)
             outcome.let_go()
+
+    def _refuse_client(self, outcome: Outcome) -> Response:
+        cap = self.clients.limit
+        self.metrics.refused("client_cap")
+        outcome.end(429, Reason.CLIENT)
+        self._account(outcome)
+        return error_response(
+            429, f"this client already has {cap} inference requests in flight on this replica "
+            "(front_door.max_in_flight_per_client); retry when one has been answered",
+            {"Retry-After": "1"})
 
     async def _answer(self, request: Request, raw_header_length: str | None,
                       outcome: Outcome) -> Response:
@@ -245,8 +233,15 @@ class ModelServer:
         (the app's exception handlers serve the routes Starlette dispatches)."""
         try:
             payload, headers = await self._run(request, raw_header_length, outcome)
+        except ClientDisconnect:  # the client left while sending its body
+            self.metrics.refused("client_left")
+            outcome.end(CANCELLED, Reason.CANCELLED)
+            return error_response(CANCELLED, "the client closed the request before its body "
+                                  "arrived")
         except InferenceError as exc:
-            if isinstance(exc, ModelFault):
+            if isinstance(exc, BodyTimeout):
+                self.metrics.refused("body_timeout")
+            elif isinstance(exc, ModelFault):
                 logger.warning("%s: %r", exc, exc.__cause__)
             outcome.end(exc.status_code, exc.reason)
             return error_response(exc.status_code, str(exc))
@@ -276,8 +271,9 @@ class ModelServer:
         outcome.hold(route)
         model = route.target.model
         header_length = codecs.parse_header_length(raw_header_length)
-        received = await self.intake.receive(request.stream(), request.headers.get(
-            "content-length"), header_length, model)
+        received = await self.intake.receive(
+            request.stream(), declared_length(request.headers.get("content-length")),
+            header_length, model)
         parsed, outcome.inputs, outcome.rows = received.parsed, received.inputs, received.rows
         if parsed.outputs is None:
             wanted = [(n, parsed.binary_output_default) for n in model.output_names]

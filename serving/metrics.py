@@ -89,6 +89,14 @@ class ReplicaMetrics:
             "scope their route needs (403), by scope needed ('any': any valid token).",
             tag_keys=("code", "scope"),
         )
+        self.front_door_refusals = metrics.Counter(
+            "vigil_front_door_refused_total",
+            description="Inference requests cut off at the front door, by reason: body_timeout "
+            "(408, the body did not arrive in time), client_cap (429, the client had "
+            "front_door.max_in_flight_per_client requests in flight), client_left (499, the "
+            "client went away while sending its body).",
+            tag_keys=("reason",),
+        )
         self._gauge_lock = threading.Lock()
         self._loaded: dict[str, int] = {}  # the last count of each served model, to set again
         self._faults: dict[tuple[str, str], int] = {}  # the faults by (model, kind), likewise
@@ -97,6 +105,9 @@ class ReplicaMetrics:
 
     def auth_rejected(self, code: int, scope: str | None) -> None:
         self.auth_rejections.inc(1, {"code": str(code), "scope": scope or "any"})
+
+    def refused(self, reason: str) -> None:
+        self.front_door_refusals.inc(1, {"reason": reason})
 
     def for_model(self, model: str, version: str) -> ModelBatchMetrics:
         return ModelBatchMetrics(self, {"model": model, "version": version})
