@@ -19,9 +19,9 @@ class RolloutCheckSettings(BaseModel):
     max_p99_ratio: float = Field(default=1.25, ge=1.0, le=100.0, description=(
         "The candidate's p99 latency at most this times production's p99."))
     min_agreement: float | None = Field(default=None, ge=0.0, le=1.0, description=(
-        "Share of the candidate's compared rows on which production answers alike, at least "
-        "this; null (the default until replicas compare the candidate's requests with "
-        "production) leaves the check out."))
+        "Share of the candidate's compared rows on which production answers alike (replicas "
+        "compare sampling.canary_agreement_share of the canary's requests), at least this; "
+        "null leaves the check out (for regressors: outputs agree within 1% only)."))
     min_agreement_rows: int = Field(default=20, ge=1, le=1_000_000, description=(
         "Compared rows a window needs for an agreement verdict."))
     prediction_drift: bool = Field(default=True, description=(

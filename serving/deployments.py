@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version as package_version
@@ -13,7 +14,7 @@ from typing import Any
 import ray
 from ray import serve
 from starlette.applications import Starlette
-from starlette.background import BackgroundTask
+from starlette.background import BackgroundTasks
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -104,6 +105,8 @@ class ModelServer:
         self.clients = ClientCap(door.max_in_flight_per_client, door.trusted_proxies)
         sampling = settings.sampling
         self.samples: SampleBuffer | None = None
+        self._compare_share = sampling.canary_agreement_share if sampling.enabled else 0.0
+        self._compare_draw = random.random
         if sampling.enabled:
             self.samples = SampleBuffer(
                 sampling.sample_rate, sampling.buffer_rows, sampling.buffer_requests,
@@ -250,10 +253,17 @@ class ModelServer:
             outcome.end(500, Reason.INTERNAL)
             return error_response(500, "internal error while running the model; see server log")
         outcome.end(200, Reason.OK)
-        # The shadow gets a copy once the answer is sent: it never delays the client.
+        # The shadow gets a copy once the answer is sent, and production a share of the
+        # canary's requests to compare: neither delays the client.
         background = None
-        if outcome.shadow is not None:
-            background = BackgroundTask(self._shadow, outcome.shadow, outcome)
+        production = outcome.production
+        compare = production is not None and self._compare_draw() < self._compare_share
+        if outcome.shadow is not None or compare:
+            background = BackgroundTasks()
+            if outcome.shadow is not None:
+                background.add_task(self._shadow, outcome.shadow, outcome)
+            if production is not None and compare:
+                background.add_task(self._compare, production, outcome)
         return Response(payload, media_type=JSON if headers is None else BINARY,
                         headers=headers, background=background)
 
@@ -314,6 +324,28 @@ class ModelServer:
         finally:
             self._account(outcome, compared)
             outcome.let_go()
+
+    async def _compare(self, production: ServedModel, answered: Outcome) -> None:
+        """Production answers the inputs a canary answered, off the response path: how many rows
+        agree is counted for the canary's window (the rollout's agreement check), not as a
+        request of either version."""
+        served = answered.served
+        if (production.model.session is None or served is None or self.samples is None
+                or answered.inputs is None or answered.results is None):
+            return  # released since the request was routed
+        production.users += 1
+        try:
+            conformed, rows = production.model.validate(answered.inputs)
+            results = await production.batcher.submit(conformed, rows)
+            self.samples.agreed(served.model.name, served.model.version,
+                                agreement(results, answered.results))
+        except InferenceError as exc:  # inputs production refuses: nothing to compare
+            logger.debug("comparing %s with %s: %s", served.label, production.label, exc)
+        except Exception:
+            logger.exception("comparing %s with production %s failed", served.label,
+                             production.label)
+        finally:
+            production.users -= 1
 
     def _account(self, outcome: Outcome, agreed: tuple[int, int] | None = None) -> None:
         """Metrics and the monitor's sample for every request, answered or cancelled."""

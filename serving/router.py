@@ -24,10 +24,12 @@ def sticky_share(model: str, key: str) -> float:
 
 @dataclass(frozen=True)
 class Route(Generic[M]):
-    """The version that answers, and the one that gets a copy afterwards (or None)."""
+    """The version that answers, the one that gets a copy afterwards (or None), and, when the
+    canary answers, production: what its answer may be compared with afterwards."""
 
     target: M
     shadow: M | None = None
+    production: M | None = None
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,9 @@ class ModelRouter(Generic[M]):
         if target is None or target not in routes.versions:
             raise self.no_production(name, routes)
         shadow = routes.versions.get(aliases.shadow) if aliases.shadow else None
-        return Route(routes.versions[target], shadow)
+        production = (routes.versions.get(routes.production)
+                      if routes.production is not None and routes.production != target else None)
+        return Route(routes.versions[target], shadow, production)
 
     def production(self, name: str) -> M:
         """The production version's model (what the model's metadata describes)."""

@@ -154,6 +154,14 @@ class SamplingSettings(BaseModel):
         le=600.0,
         description="A flush the monitor has not accepted by then is dropped and counted.",
     )
+    canary_agreement_share: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="Share of the requests a canary answers that production also answers, off "
+        "the response path, to count how often the two agree (a rollout's agreement check); 0 "
+        "turns it off. Costs production this share of the canary's inferences.",
+    )
     monitor_app: str = Field(
         default="monitor", min_length=1, description="Serve application of the monitor."
     )
