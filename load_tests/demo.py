@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bad", action="store_true", default=os.environ.get("DEMO_BAD") == "1",
                         help="the worse candidate (also DEMO_BAD=1)")
-    parser.add_argument("--agreement", action=argparse.BooleanOptionalAction, default=False,
+    parser.add_argument("--agreement", action=argparse.BooleanOptionalAction, default=True,
                         help="judge the rollout's agreement with production")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "demo")
     args = parser.parse_args(argv)
