@@ -153,8 +153,8 @@ def test_a_manual_change_ends_the_rollout_and_says_so(repo: Path, action, kwargs
     start(repo)
     change = model_ops.apply(repo, "m", action, actor="ops", reason="by hand", **kwargs)
     assert saved(repo).rollout is None
-    assert "the rollout of 2 (step 1 of 3, running) ended by a manual" in \
-        change.entry["details"]["rollout_ended"]
+    assert change.entry["details"]["rollout_ended"] == (
+        f"the rollout of 2 (step 1 of 3, running) ended by {action} (ops)")
 
 
 def test_the_monitors_steps_need_the_state_they_were_judged_from(repo: Path) -> None:

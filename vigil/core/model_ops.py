@@ -253,7 +253,7 @@ def _ended_rollout(request: ChangeRequest, before: AliasState, after: AliasState
     if running is None or request.action not in ENDS_ROLLOUT or after == before:
         return None
     return (f"the rollout of {running.version} (step {running.step + 1} of "
-            f"{len(running.plan.steps)}, {running.status}) ended by a manual {request.action}")
+            f"{len(running.plan.steps)}, {running.status}) ended by {request.action} ({request.actor})")
 
 
 # ---------------------------------------------------------------- the transitions, by action
