@@ -248,12 +248,14 @@ def _gate(root: Path, model: str, request: ChangeRequest, state: AliasState,
 
 
 def _ended_rollout(request: ChangeRequest, before: AliasState, after: AliasState) -> str | None:
-    """Why a manual change ends the model's running rollout (None: it does not)."""
+    """Why another change (an operator's, or a rule's canary rollback) ends the model's running
+    rollout (None: it does not)."""
     running = before.rollout
     if running is None or request.action not in ENDS_ROLLOUT or after == before:
         return None
     return (f"the rollout of {running.version} (step {running.step + 1} of "
-            f"{len(running.plan.steps)}, {running.status}) ended by {request.action} ({request.actor})")
+            f"{len(running.plan.steps)}, {running.status}) ended by {request.action} "
+            f"({request.actor})")
 
 
 # ---------------------------------------------------------------- the transitions, by action
