@@ -189,7 +189,7 @@ class Watch:
 
     def _latest(self, version: str) -> dict[str, Any] | None:
         r = self.server.client.get(f"/monitor/v1/models/{MODEL}/drift",
-                                   params={"version": version, "windows": 0})
+                                   params={"version": version, "windows": 1})
         if r.status_code != 200:
             return None
         doc = r.json()
@@ -208,7 +208,8 @@ class Watch:
         for entry in entries[self.seen_audit:]:
             action, version = entry["action"], entry.get("to_version")
             details = entry.get("details") or {}
-            checks = {c["name"]: c["outcome"] for c in details.get("checks") or []}
+            checks = {c["name"]: c["outcome"] for c in details.get("checks") or []
+                      if isinstance(c, dict) and action.startswith("rollout")}
             if action == "publish" and str(entry.get("actor", "")).startswith("receiver:"):
                 self.timeline.reach("published", version)
             elif action == "rollout":
@@ -263,7 +264,7 @@ def run(args: argparse.Namespace, timeline: Timeline, server: VersionsServer) ->
 
 
 def _windows(server: VersionsServer) -> int:
-    r = server.client.get(f"/monitor/v1/models/{MODEL}/drift", params={"windows": 0})
+    r = server.client.get(f"/monitor/v1/models/{MODEL}/drift", params={"windows": 1})
     return int(r.json().get("windows_evaluated", 0)) if r.status_code == 200 else 0
 
 
