@@ -51,6 +51,10 @@ class Admin:
         self.apply_timeout_s = apply_timeout_s
         self._serial = asyncio.Lock()  # one change at a time per replica: ordered audit lines
 
+    @staticmethod
+    def failure(exc: Exception) -> tuple[int, str]:
+        return failure(exc)
+
     def routes(self) -> list[BaseRoute]:
         return [Mount(PREFIX, app=self.app())]
 
@@ -66,7 +70,10 @@ class Admin:
         """Triton's repository index: every published version, READY where this replica
         serves it, else UNAVAILABLE with the reason."""
         body = await _body(request)
-        ready_only = bool(body.get("ready", False))
+        return json_response(self.index_rows(bool(body.get("ready", False))))
+
+    def index_rows(self, ready_only: bool) -> list[dict[str, Any]]:
+        """The index's rows (HTTP's and gRPC's RepositoryIndex)."""
         rows = []
         routes = self.models.router.models()
         for name, published in sorted(self.models.published.items()):
@@ -83,7 +90,7 @@ class Admin:
                     "reason": "" if loaded else self._why_not(name, version),
                     "aliases": aliases.roles(version, published),
                 })
-        return json_response(rows)
+        return rows
 
     def _why_not(self, name: str, version: str) -> str:
         aliases = self.models.aliases(name)
@@ -131,6 +138,20 @@ class Admin:
         body = await _body(request)
         change_request = _change_request(request.path_params["action"], body,
                                          request_actor(request.scope), request.url.path)
+        return json_response(await self.apply(name, change_request))
+
+    def change_request(self, action: str, body: dict[str, Any], actor: str,
+                       where: str) -> ChangeRequest:
+        """A change as the body of POST {where} asks it (BadAdminRequest, or AliasError 404
+        for an unknown action); for gRPC's RepositoryModelLoad and Unload."""
+        unknown = set(body) - _FIELDS
+        if unknown:
+            raise BadAdminRequest(f"unknown parameters {sorted(unknown)}; known: "
+                                  f"{sorted(_FIELDS)}")
+        return _change_request(action, body, actor, where)
+
+    async def apply(self, name: str, change_request: ChangeRequest) -> dict[str, Any]:
+        """Make one change with its audit line, tell every replica, and say how it went."""
         async with self._serial:
             await self.board.ready()  # a board that cannot spread the change: nothing changes
             await self._check_loadable(name, change_request)
@@ -143,7 +164,7 @@ class Admin:
                     f"the {change.action} of {name} was made and audited (generation "
                     f"{change.after.generation}), but the replicas could not be told: {exc}; "
                     "they read it when they reconnect to the board (within seconds)") from exc
-        return json_response({**change.to_dict(), **spread})
+        return {**change.to_dict(), **spread}
 
     async def _check_loadable(self, name: str, request: ChangeRequest) -> None:
         """A version that cannot load here is refused before any alias moves."""
@@ -246,6 +267,18 @@ async def _unavailable(request: Request, exc: Exception) -> Response:
 
 async def _bug(request: Request, exc: Exception) -> Response:
     return error_response(500, f"internal error (a bug): {type(exc).__name__}: {exc}")
+
+
+def failure(exc: Exception) -> tuple[int, str]:
+    """The status and message HANDLERS answer `exc` with, for callers without Starlette
+    (gRPC's repository extension)."""
+    if isinstance(exc, AliasError):
+        return exc.status, str(exc)
+    if isinstance(exc, BadAdminRequest):
+        return 400, str(exc)
+    if isinstance(exc, BoardUnavailable | ChangeFailed):
+        return 503, str(exc)
+    return 500, f"internal error (a bug): {type(exc).__name__}: {exc}"
 
 
 HANDLERS = {

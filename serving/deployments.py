@@ -6,10 +6,9 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from importlib.metadata import version as package_version
-from typing import Any
+from typing import Any, TypeVar
 
 import ray
 from ray import serve
@@ -25,7 +24,8 @@ from serving.admin import Admin
 from serving.agreement import agreement
 from serving.fast_path import InferFastPath
 from serving.follower import AliasFollower
-from serving.intake import Intake
+from serving.grpc_service import GrpcInference
+from serving.intake import Intake, Received
 from serving.metrics import UNKNOWN_MODEL, replica_metrics
 from serving.model_set import ModelSet
 from serving.served import ServedModel
@@ -33,11 +33,14 @@ from serving.monitor_link import MonitorLink
 from serving.protocol import (
     HEADER_LENGTH,
     SERVER_EXTENSIONS,
+    SERVER_NAME,
+    SERVER_VERSION,
     InferenceError,
     ModelFault,
     NotLoaded,
     Reason,
 )
+from serving.outcome import Outcome
 from serving.router import Route as ModelRoute
 from serving.sampling import SampleBuffer
 from serving.settings import BatchSettings, ServerSettings
@@ -46,10 +49,9 @@ from vigil.adapters.web import JSON, OPEN, error_response, json_response
 from vigil.core.repository import RepositoryError
 
 logger = logging.getLogger("vigil.server")
+T = TypeVar("T")
 
 BINARY = "application/octet-stream"
-SERVER_NAME = "vigil"
-SERVER_VERSION = package_version("vigil")
 CANCELLED = 499  # nginx's "client closed request": cancelled before Vigil could answer
 
 
@@ -66,45 +68,10 @@ def serving_scope(path: str) -> str | None:
     return None
 
 
-@dataclass(slots=True)
-class Outcome:
-    """What one inference request came to, filled in as it goes and accounted once: the version
-    that answers (held from routing to accounting, so that it is not closed under the request)
-    and the shadow that gets a copy, the request's inputs and outputs for the monitor's sample,
-    and its status with the reason."""
-
-    started: float
-    protocol: str
-    served: ServedModel | None = None
-    shadow: ServedModel | None = None
-    inputs: dict | None = None
-    results: dict | None = None
-    rows: int = 0
-    status: int = 0  # 0 until the request ends: answered, refused or cancelled
-    reason: Reason = Reason.OK
-
-    def hold(self, route: ModelRoute[ServedModel]) -> None:
-        self.served, self.shadow = route.target, route.shadow
-        route.target.users += 1
-        route.target.last_active = self.started
-        if route.shadow is not None:
-            route.shadow.users += 1
-
-    def end(self, status: int, reason: Reason) -> None:
-        self.status, self.reason = status, reason
-
-    def let_go(self) -> None:
-        """Release the holds: the versions may be closed once nothing else holds them."""
-        if self.served is not None:
-            self.served.users -= 1
-        if self.shadow is not None:
-            self.shadow.users -= 1
-            self.shadow = None
-
-
-class ModelServer:
+class ModelServer(GrpcInference):
     """Loads the repository's models at start (the replica is ready once they are loaded) and
-    answers the Open Inference Protocol. Batching knobs arrive through user_config."""
+    answers the Open Inference Protocol, over HTTP and over gRPC (the RPC methods of
+    GrpcInference, through one core). Batching knobs arrive through user_config."""
 
     monitor_link: MonitorLink | None = None  # sends the sampled rows (Ray); None: they stay
 
@@ -124,13 +91,15 @@ class ModelServer:
         use."""
         self.settings = settings
         self.door = Door.open(settings)  # refuses to start open beyond its own host
+        self.metrics = replica_metrics()
+        self.grpc_guard = self.door.grpc_guard(self.metrics.auth_rejected)
         if not settings.model_repository.is_dir():
             raise RepositoryError(f"model repository {settings.model_repository} does not exist")
         self.batching = settings.batching
         self._in_flight = 0  # inference requests this replica is handling now
+        self._background: set[asyncio.Task] = set()  # gRPC's shadow runs, held until done
         self.models = ModelSet(settings.model_repository, settings.models, settings.runtime,
                                self.batching, settings.loading)
-        self.metrics = replica_metrics()
         # Large bodies are decoded here, two at a time: off the event loop, and bounded.
         self._decoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vigil-decode")
         self.intake = Intake(settings, self._decoder)
@@ -226,9 +195,14 @@ class ModelServer:
         latency)."""
         raw_header_length = request.headers.get(HEADER_LENGTH)
         outcome = Outcome(time.perf_counter(), "json" if raw_header_length is None else "binary")
+        return await self._accounted(outcome, self._answer(request, raw_header_length, outcome))
+
+    async def _accounted(self, outcome: Outcome, answer: Awaitable[T]) -> T:
+        """Await an inference request's answer (HTTP's or gRPC's), counted in flight, and
+        account for it once, whatever it came to."""
         self._in_flight += 1
         try:
-            return await self._answer(request, raw_header_length, outcome)
+            return await answer
         except asyncio.CancelledError:
             outcome.end(CANCELLED, Reason.CANCELLED)
             raise
@@ -243,15 +217,8 @@ class ModelServer:
         (the app's exception handlers serve the routes Starlette dispatches)."""
         try:
             payload, headers = await self._run(request, raw_header_length, outcome)
-        except InferenceError as exc:
-            if isinstance(exc, ModelFault):
-                logger.warning("%s: %r", exc, exc.__cause__)
-            outcome.end(exc.status_code, exc.reason)
-            return error_response(exc.status_code, str(exc))
-        except Exception:
-            logger.exception("infer %s failed", request.path_params["model"])
-            outcome.end(500, Reason.INTERNAL)
-            return error_response(500, "internal error while running the model; see server log")
+        except Exception as exc:  # noqa: BLE001 - every failure is answered, a bug as 500
+            return error_response(*self._failed(exc, outcome, request.path_params["model"]))
         outcome.end(200, Reason.OK)
         # The shadow gets a copy once the answer is sent: it never delays the client.
         background = None
@@ -260,31 +227,57 @@ class ModelServer:
         return Response(payload, media_type=JSON if headers is None else BINARY,
                         headers=headers, background=background)
 
+    def _failed(self, exc: Exception, outcome: Outcome, model: str) -> tuple[int, str]:
+        """The status and message a failed inference request is answered with (HTTP's, or
+        mapped to a gRPC code), ended on its outcome; a model's fault logged, a bug with its
+        traceback."""
+        if isinstance(exc, InferenceError):
+            if isinstance(exc, ModelFault):
+                logger.warning("%s: %r", exc, exc.__cause__)
+            outcome.end(exc.status_code, exc.reason)
+            return exc.status_code, str(exc)
+        logger.exception("infer %s failed", model, exc_info=exc)
+        outcome.end(500, Reason.INTERNAL)
+        return 500, "internal error while running the model; see server log"
+
+    async def _route(self, name: str, version: str | None, header: Callable[[str], str | None],
+                     outcome: Outcome) -> ModelRoute[ServedModel]:
+        """The version that answers (canary and sticky key by `header`), held on `outcome`."""
+        try:
+            route = self.models.router.resolve(name, version, header)
+        except NotLoaded:  # a published version not loaded here (LoadingSettings): load it
+            assert version is not None
+            await asyncio.to_thread(self.models.load_version, name, version)
+            route = self.models.router.resolve(name, version, header)
+        outcome.hold(route)
+        return route
+
+    async def _execute(self, served: ServedModel, received: Received,
+                       outcome: Outcome) -> tuple[list[tuple[str, bool]], dict[str, Any]]:
+        """Run a received request on its version (batched as it declares): the outputs wanted,
+        (name, binary), and the results."""
+        parsed, outcome.inputs, outcome.rows = received.parsed, received.inputs, received.rows
+        if parsed.outputs is None:
+            wanted = [(n, parsed.binary_output_default) for n in served.model.output_names]
+        else:
+            wanted = [(o.name, o.binary) for o in parsed.outputs]
+        outcome.results = results = await served.batcher.submit(
+            outcome.inputs, outcome.rows, alone=self._in_flight == 1)
+        return wanted, results
+
     async def _run(self, request: Request, raw_header_length: str | None,
                    outcome: Outcome) -> tuple[bytes, dict[str, str] | None]:
         """Route, read, run and encode one request: the body and, for binary outputs, the
         header that gives the JSON part's length."""
         name, version = request.path_params["model"], request.path_params.get("version")
-        try:
-            route = self.models.router.resolve(name, version, request.headers.get)
-        except NotLoaded:  # a published version not loaded here (LoadingSettings): load it
-            assert version is not None
-            await asyncio.to_thread(self.models.load_version, name, version)
-            route = self.models.router.resolve(name, version, request.headers.get)
-        outcome.hold(route)
+        route = await self._route(name, version, request.headers.get, outcome)
         model = route.target.model
         header_length = codecs.parse_header_length(raw_header_length)
         received = await self.intake.receive(request.stream(), request.headers.get(
             "content-length"), header_length, model)
-        parsed, outcome.inputs, outcome.rows = received.parsed, received.inputs, received.rows
-        if parsed.outputs is None:
-            wanted = [(n, parsed.binary_output_default) for n in model.output_names]
-        else:
-            wanted = [(o.name, o.binary) for o in parsed.outputs]
-        outcome.results = results = await route.target.batcher.submit(
-            outcome.inputs, outcome.rows, alone=self._in_flight == 1)
+        wanted, results = await self._execute(route.target, received, outcome)
         payload, json_length = codecs.encode_response(
-            model.name, model.version, parsed.id,
+            model.name, model.version, received.parsed.id,
             [(n, model.outputs[n].datatype, results[n], binary) for n, binary in wanted],
         )
         return payload, None if json_length is None else {HEADER_LENGTH: str(json_length)}

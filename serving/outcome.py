@@ -1,0 +1,45 @@
+"""What one inference request came to (HTTP or gRPC), filled in as it goes and accounted once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from serving.protocol import Reason
+from serving.router import Route as ModelRoute
+from serving.served import ServedModel
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one inference request came to, filled in as it goes and accounted once: the version
+    that answers (held from routing to accounting, so that it is not closed under the request)
+    and the shadow that gets a copy, the request's inputs and outputs for the monitor's sample,
+    and its status with the reason."""
+
+    started: float
+    protocol: str
+    served: ServedModel | None = None
+    shadow: ServedModel | None = None
+    inputs: dict | None = None
+    results: dict | None = None
+    rows: int = 0
+    status: int = 0  # 0 until the request ends: answered, refused or cancelled
+    reason: Reason = Reason.OK
+
+    def hold(self, route: ModelRoute[ServedModel]) -> None:
+        self.served, self.shadow = route.target, route.shadow
+        route.target.users += 1
+        route.target.last_active = self.started
+        if route.shadow is not None:
+            route.shadow.users += 1
+
+    def end(self, status: int, reason: Reason) -> None:
+        self.status, self.reason = status, reason
+
+    def let_go(self) -> None:
+        """Release the holds: the versions may be closed once nothing else holds them."""
+        if self.served is not None:
+            self.served.users -= 1
+        if self.shadow is not None:
+            self.shadow.users -= 1
+            self.shadow = None
