@@ -66,6 +66,8 @@ UNIMPLEMENTED_BY_DESIGN = {
     "TraceSetting": "Triton's tracer; Ray Serve's tracing applies",
     "LogSettings": "logging is set in the Serve config (logging_config)",
 }
+# Repository parameters tritonclient sends that mean nothing here (Vigil has no ensembles).
+TRITON_ONLY_PARAMETERS = frozenset({"unload_dependents"})
 _RAW_HINT = "; send large tensors as raw_input_contents"
 
 
@@ -218,7 +220,8 @@ class GrpcInference:
             return
         try:
             body = {key: _parameter_value(key, value)
-                    for key, value in request.parameters.items()}
+                    for key, value in request.parameters.items()
+                    if key not in TRITON_ONLY_PARAMETERS}
             name = request.model_name
             change = self.admin.change_request(
                 action, body, admitted[1], f"/inference.GRPCInferenceService/{rpc} {name}")
