@@ -155,6 +155,29 @@ def test_a_canary_split_and_a_sticky_key_from_metadata(repo, tokens):
     assert {v for versions in seen.values() for v in versions} == {"1", "2"}
 
 
+def test_a_shadow_gets_a_copy_of_a_grpc_call_after_the_answer(repo, tokens):
+    """ident/2 as ident's shadow: the caller is answered by production (1), and the shadow's
+    run is accounted for 2 as well, as HTTP's shadow copies are."""
+    model_ops.apply(repo, "ident", "shadow", actor="t", version="2", force=True,
+                    reason="unvalidated test model")
+    server, _ = server_app(repo)
+    x = tg.InferInput("x", [1, 2], "FP32")
+    x.set_data_from_numpy(np.ones((1, 2), np.float32))
+    with grpc_served(server) as url:
+        client = tg.InferenceServerClient(url)
+        answer = client.infer("ident", [x], headers=dict(_meta(tokens["user"])))
+        deadline = time.monotonic() + 30
+        facts: dict[str, list[int]] = {}
+        while "ident/2" not in facts and time.monotonic() < deadline:
+            time.sleep(0.05)
+            for key, statuses in _facts(server).items():
+                facts.setdefault(key, []).extend(statuses)
+        client.close()
+    assert answer.get_response().model_version == "1"
+    np.testing.assert_array_equal(answer.as_numpy("x_out"), np.ones((1, 2), np.float32))
+    assert facts == {"ident/1": [200], "ident/2": [200]}
+
+
 # ------------------------------------------------------------------ bad input
 
 BAD_INPUTS = [
