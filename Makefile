@@ -13,6 +13,13 @@ export RAY_SERVE_ENABLE_HA_PROXY ?= 1
 # manager parses (14% of a core at 1,100 req/s here); Vigil's replicas count every request
 # themselves (vigil_request_duration_seconds) and HAProxy's own exporter (:9101) stays on.
 export RAY_SERVE_HAPROXY_METRICS_ENABLED ?= 0
+# HAProxy's connection limits (docs/security.md, "Connection and body limits"); Ray 2.60 reads them
+# from the environment. A client connection that sends nothing for 10 s is closed (Ray's default
+# is an hour: idle connections held every slot). maxconn is sized to this shell's file limit, not
+# Ray's 4096: HAProxy wants 2.5 descriptors per connection (client, server, and a splice pipe per
+# four) and refuses to start, taking Serve with it, when the limit is short of that.
+export RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S ?= 10
+export RAY_SERVE_HAPROXY_MAXCONN ?= $(shell n=$$(ulimit -n); [ "$$n" = unlimited ] && n=1048576; echo $$(( (n - 512) * 2 / 5 )))
 export RAY_USAGE_STATS_ENABLED := 0
 # One auth mode for `ray start`, `serve run` and `serve deploy`: a cluster that `serve run` started
 # with token auth otherwise refuses a later `serve deploy`.
@@ -24,7 +31,7 @@ export PYTHONUNBUFFERED := 1
 # The Serve config `make serve` and `make deploy` run: `make serve CONFIG=my-serve.yaml`.
 CONFIG ?= configs/serve.yaml
 
-.PHONY: serve test bench bench-stall bench-versions bench-peers deploy stop models lint clean observe dashboards lock-gpu lock sbom install-locked docs docs-serve
+.PHONY: demo ingress-env abuse serve test bench bench-stall bench-versions bench-peers deploy stop models lint clean observe dashboards lock-gpu lock sbom install-locked docs docs-serve
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +57,10 @@ models: models/breast_cancer/1/model.yaml models/mlp/1/model.yaml
 # workers, HAProxy) within 11 s, usually 6 (docs/operations.md, "Stopping").
 serve: $(VENV)/.serve-installed models
 	exec $(BIN)/python -m vigil.tools.lifecycle -- $(BIN)/serve run $(CONFIG)
+
+## ingress-env: the environment `make serve` gives Ray's HAProxy ingress (its limits among it)
+ingress-env:
+	@env | grep -E '^RAY_(SERVE|AUTH_MODE|ENABLE)' | sort
 
 ## observe: Prometheus on http://127.0.0.1:9090 scraping `make serve` with configs/prometheus
 ## (installs the Debian package prometheus if missing; data in .observe/; Ctrl-C stops it)
@@ -97,6 +108,11 @@ lock-gpu: | $(BIN)/python
 	$(PYTHON) -m venv /tmp/vigil-piptools && /tmp/vigil-piptools/bin/pip install -q pip-tools
 	/tmp/vigil-piptools/bin/pip-compile --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links --extra gpu -o requirements/gpu.lock pyproject.toml requirements/gpu.in
 
+## demo: the loop end to end on a private cluster: drift -> retrain -> rollout -> promote, with a
+## timeline, demo/timeline.json and demo/timeline.png; DEMO_BAD=1: a worse candidate, rolled back
+demo: $(VENV)/.dev-installed
+	$(BIN)/python -m load_tests.demo $(if $(filter 1,$(DEMO_BAD)),--bad)
+
 ## test: set up and run the whole test suite (unit, integration on a real Ray, scenarios)
 test: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest
@@ -123,6 +139,13 @@ bench-versions: $(VENV)/.dev-installed
 	$(BIN)/python -m load_tests.bench_rollback
 	$(BIN)/python -m load_tests.bench_model_memory
 	$(BIN)/python -m load_tests.bench_bounded
+
+## abuse: availability under abuse at the front door (issue 22): probe latency and failures while
+## 5,000 idle connections, 5,000 slowloris connections and 1,000 stalled bodies are held, each alone
+## for 30 s, on a private server it starts and ends (load_tests/results/abuse.json); ABUSE_ARGS=--before
+## runs the same with the limits off
+abuse: $(VENV)/.dev-installed
+	$(BIN)/python -m load_tests.abuse $(ABUSE_ARGS)
 
 ## bench-stall: only the stall benchmark (builds its own models)
 bench-stall: $(VENV)/.dev-installed

@@ -1,6 +1,6 @@
 """Retrain breast_cancer from a drifted version, once, from the command line: what
 .github/workflows/retrain.yml runs for a `vigil.drift.detected` dispatch (then the model gate and
-a canary), and the same job the example receiver runs on its own.
+a rollout), and the same job the example receiver runs on its own.
 
     VIGIL_TOKEN=... python -m examples.retrain --models-dir models \\
         --monitor-url http://127.0.0.1:8000/monitor --version 1 [--event-id ID]

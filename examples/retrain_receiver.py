@@ -61,13 +61,16 @@ Retraining (examples.retraining; one job at a time):
 5. The outcome (new version and rows used, or the error) is logged and stored with the event.
    If the monitor cannot be reached or has no rows (404, 409), nothing is published.
 
-The new version takes no traffic (publishing pins production first): gate it and start a canary,
+The new version takes no traffic (publishing pins production first). With --rollout STEPS the
+receiver closes the loop itself (examples.shipping): it runs the model gate and, if it passed,
+starts a progressive rollout on --server-url (the monitor judges each step and promotes or rolls
+back; $VIGIL_TOKEN then needs the admin scope too). Without it, gate and roll out by hand:
 
-    vigil models validate breast_cancer N && vigil models canary breast_cancer N --weight 0.1
+    vigil models validate breast_cancer N && vigil models rollout breast_cancer N
 
 Forwarding instead of retraining here (--forward-to-github OWNER/REPO, token in $GITHUB_TOKEN):
 each verified event becomes a GitHub `repository_dispatch` with the CloudEvent type as its
-event type, which starts .github/workflows/retrain.yml (retrain, gate, canary). An event GitHub
+event type, which starts .github/workflows/retrain.yml (retrain, gate, rollout). An event GitHub
 does not accept is answered 502 and not recorded, so the monitor's outbox retries it.
 
 The parts: examples.receiver_events (signatures, CloudEvents, the event store, read access),
@@ -81,14 +84,12 @@ import argparse
 import asyncio
 import logging
 import os
-import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 from standardwebhooks.webhooks import Webhook
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -107,53 +108,13 @@ from examples.receiver_events import (
     parse_event,
     verify,
 )
+from examples import shipping
+from examples.github_dispatch import GitHubDispatch
 from examples.retraining import TOKEN_ENV, Retrainer
 
 logger = logging.getLogger("vigil.retrain_receiver")
 
 MAX_BODY_BYTES = 1 << 20
-
-
-class GitHubDispatch:
-    """Forwards events to GitHub's repository_dispatch API (POST /repos/{repo}/dispatches)."""
-
-    def __init__(self, repo: str, token: str, api_url: str = "https://api.github.com",
-                 timeout_s: float = 10.0) -> None:
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+", repo) or any(
-            part.strip(".") == "" for part in repo.split("/")
-        ):
-            raise ValueError(f"--forward-to-github {repo!r}: expected OWNER/REPO")
-        if not token:
-            raise ValueError("forwarding to GitHub needs a token in $GITHUB_TOKEN")
-        self.url = f"{api_url.rstrip('/')}/repos/{repo}/dispatches"
-        self.token = token
-        self.timeout_s = timeout_s
-
-    def payload(self, event: Mapping[str, Any]) -> dict[str, Any]:
-        """GitHub takes at most 10 top-level client_payload keys: the event's essentials."""
-        data = event["data"] if isinstance(event.get("data"), dict) else {}
-        return {
-            "event_type": event["type"],
-            "client_payload": {
-                "id": event["id"], "type": event["type"], "subject": event.get("subject"),
-                "time": event.get("time"), "model": data.get("model"),
-                "version": data.get("version"), "source": event.get("source"),
-            },
-        }
-
-    def send(self, event: Mapping[str, Any]) -> str | None:
-        """None when GitHub accepted the dispatch, else why not."""
-        headers = {"Authorization": f"Bearer {self.token}",
-                   "Accept": "application/vnd.github+json",
-                   "X-GitHub-Api-Version": "2022-11-28"}
-        try:
-            answer = httpx.post(self.url, json=self.payload(event), headers=headers,
-                                timeout=self.timeout_s)
-        except httpx.HTTPError as exc:
-            return f"{type(exc).__name__}: {exc}"
-        if answer.status_code == 204:
-            return None
-        return f"GitHub answered {answer.status_code}: {answer.text[:200]}"
 
 
 @dataclass(frozen=True)
@@ -179,7 +140,8 @@ class Receiver:
     def from_environment(
         cls, *, models_dir: str | Path, monitor_url: str, state_path: str | Path,
         secrets: str | None = None, token: str | None = None, read_token: str | None = None,
-        forward: GitHubDispatch | None = None,
+        forward: GitHubDispatch | None = None, shipper: shipping.Shipping | None = None,
+        shuffle_labels: bool = False,
     ) -> Receiver:
         """`secrets`, `token` and `read_token` default to $VIGIL_WEBHOOK_SECRET, $VIGIL_TOKEN and
         $VIGIL_RECEIVER_TOKEN. ValueError names what is missing or malformed."""
@@ -188,7 +150,8 @@ class Receiver:
         if read_token is None:
             read_token = os.environ.get(READ_TOKEN_ENV) or None
         reader = ReadAccess(read_token)
-        retrainer = Retrainer(Path(models_dir), monitor_url, token)
+        retrainer = Retrainer(Path(models_dir), monitor_url, token, shipper=shipper,
+                              shuffle_labels=shuffle_labels)
         return cls(verifiers, EventStore(state_path), reader, retrainer, forward)
 
     def verified_event(self, body: bytes, headers: Mapping[str, str], peer: str) -> dict[str, Any]:
@@ -367,6 +330,7 @@ def _parser() -> argparse.ArgumentParser:
         help="forward each event to GitHub's repository_dispatch (token in $GITHUB_TOKEN) "
         "instead of retraining here: .github/workflows/retrain.yml takes it from there")
     add("--github-api-url", default="https://api.github.com", help=argparse.SUPPRESS)
+    shipping.add_arguments(parser)
     return parser
 
 
@@ -384,7 +348,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             forward = GitHubDispatch(args.forward_to_github, os.environ.get("GITHUB_TOKEN", ""),
                                      args.github_api_url)
         app = build_app(models_dir=args.models_dir, monitor_url=args.monitor_url,
-                        state_path=args.state, forward=forward)
+                        state_path=args.state, forward=forward,
+                        shipper=shipping.from_args(args),
+                        shuffle_labels=args.train_on_shuffled_labels)
     except ValueError as exc:
         parser.error(str(exc))
     import uvicorn

@@ -32,6 +32,8 @@ from vigil.tools.publishing import PublishError, publish_file, next_version
 if TYPE_CHECKING:
     import pandas as pd
 
+    from examples.shipping import Shipping
+
 logger = logging.getLogger("vigil.retrain_receiver")
 
 TOKEN_ENV = "VIGIL_TOKEN"
@@ -70,8 +72,11 @@ class Retrainer:
     names the publisher in the audit log, with the event's id: '<actor>:<event id>'."""
 
     def __init__(self, models_dir: Path, monitor_url: str, token: str | None,
-                 timeout_s: float = MONITOR_TIMEOUT_S, actor: str = "receiver") -> None:
+                 timeout_s: float = MONITOR_TIMEOUT_S, actor: str = "receiver",
+                 shipper: Shipping | None = None, shuffle_labels: bool = False) -> None:
         self.models_dir = Path(models_dir)
+        self.shipper = shipper  # gates each published version and starts its rollout
+        self.shuffle_labels = shuffle_labels  # a deliberately worse candidate (the demo's)
         self.monitor_url = monitor_url.rstrip("/")
         self.token = token
         self.timeout_s = timeout_s
@@ -104,9 +109,14 @@ class Retrainer:
         nothing was published)."""
         start = self.parent(parent)
         doc = self.fetch_rows(parent)
-        trained = retrained_model(start, doc, event_id)
+        trained = retrained_model(start, doc, event_id, self.shuffle_labels)
         version = self.publish(trained, f"{self.actor}:{event_id}")
-        return {"version": version.manifest.version, **trained.outcome}
+        outcome = {"version": version.manifest.version, **trained.outcome}
+        if self.shipper is not None:
+            outcome["shipped"] = self.shipper.ship(self.models_dir, MODEL,
+                                                   version.manifest.version,
+                                                   f"{self.actor}:{event_id}")
+        return outcome
 
     def parent(self, version: str) -> Parent:
         """The drifted version, refused unless it has the example's signature, 30 feature names
@@ -192,9 +202,11 @@ class Retrainer:
         return read_manifest(version_dir).sha256 != hashlib.sha256(onnx_bytes).hexdigest()
 
 
-def retrained_model(parent: Parent, doc: Any, event_id: str) -> Trained:
+def retrained_model(parent: Parent, doc: Any, event_id: str,
+                    shuffle_labels: bool = False) -> Trained:
     """The model trained on the parent's reference data plus the window's pseudo-labelled rows,
-    with the metadata that says where it came from."""
+    with the metadata that says where it came from; `shuffle_labels`: on labels shuffled
+    across rows, a model that has learnt nothing (the demo's bad candidate)."""
     import pandas as pd
 
     ref_x = parent.reference[parent.features].to_numpy(np.float32)
@@ -202,6 +214,9 @@ def retrained_model(parent: Parent, doc: Any, event_id: str) -> Trained:
     win_x, win_y, dropped = window_rows(doc, parent.features, parent.version,
                                         classes=np.unique(ref_y))
     x, y = np.concatenate([ref_x, win_x]), np.concatenate([ref_y, win_y])
+    if shuffle_labels:
+        seed = int.from_bytes(hashlib.sha256(event_id.encode()).digest()[:8], "big")
+        y = np.random.default_rng(seed).permutation(y)
     onnx_bytes, accuracy = train(x, y)
     frame = pd.DataFrame(x, columns=parent.features)
     frame[TARGET] = y
@@ -214,7 +229,9 @@ def retrained_model(parent: Parent, doc: Any, event_id: str) -> Trained:
         "training_rows": len(y),
         "training_accuracy": accuracy,  # on its training rows, pseudo-labels included
         "source": f"{MODEL}/{parent.version} reference data + monitor window rows, pseudo-labelled",
-        "labels": f"window rows carry {MODEL}/{parent.version}'s own predictions, not ground truth",
+        "labels": ("shuffled across rows: a deliberately worse candidate" if shuffle_labels else
+                   f"window rows carry {MODEL}/{parent.version}'s own predictions, not ground "
+                   "truth"),
         "trained_from_event": event_id,
         "parent_version": parent.version,
         "window_index": window.get("index"),

@@ -151,8 +151,10 @@ class RayCluster:
         num_cpus: int,
         protected: Callable[[], set[int]] = set,
         keep_logs: bool = False,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.label, self.ports, self.ha_proxy, self.num_cpus = label, ports, ha_proxy, num_cpus
+        self.extra_env = dict(extra_env or {})  # e.g. HAProxy's limits, as the Makefile sets
         self.protected, self.keep_logs = protected, keep_logs
         self.temp_dir: Path | None = None
         self.haproxy_dir: Path | None = None
@@ -197,6 +199,7 @@ class RayCluster:
                 "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(p.ingress_http_min + 99),
                 "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(p.ingress_grpc_min),
                 "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(p.ingress_grpc_min + 99),
+                **self.extra_env,
             }
         )
         return env

@@ -66,6 +66,11 @@ EventType = Literal[
     "vigil.shadow.disagrees",
     "vigil.model.rolled_back",
     "vigil.alert.resolved",
+    "vigil.rollout.started",
+    "vigil.rollout.advanced",
+    "vigil.rollout.halted",
+    "vigil.rollout.promoted",
+    "vigil.rollout.rolled_back",
 ]
 EVENT_TYPES: tuple[EventType, ...] = get_args(EventType)
 ROLLED_BACK = "vigil.model.rolled_back"

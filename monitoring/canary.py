@@ -167,7 +167,8 @@ def _happened(repository: Path, change: dict[str, Any]) -> bool:
         details = entry.get("details") or {}
         if isinstance(details.get("void_generation"), int):
             voided.add(details["void_generation"])
-        if details.get("event_id") == change["event_id"]:
+        ids = details.get("event_ids") or [details.get("event_id")]  # a rollout's: several
+        if change["event_id"] in ids:
             return generation not in voided
     return False
 

@@ -13,6 +13,7 @@ from prometheus_client.registry import Collector
 from monitoring.collector import MV, counter, gauge
 from monitoring.outbox import OutboxSize
 from monitoring.webhooks import OUTCOMES, SECONDS_BUCKETS, DeliverySnapshot, DeliveryStats
+from vigil.core.rollout import RolloutState
 
 
 FIRING = gauge("vigil_alert_firing", "1 while the alert of this rule fires for the model "
@@ -136,3 +137,38 @@ def _outbox_metrics(size: OutboxSize | None) -> list[Metric]:
         size_bytes.add_metric([], size.bytes)
         pruned.add_metric([], size.pruned_events)
     return [events, deliveries, size_bytes, pruned]
+
+
+ROLLOUT_WEIGHT = gauge("vigil_rollout_weight", "Share of the model's unversioned requests the "
+                       "rollout's candidate takes at its current step.", *MV)
+ROLLOUT_STEP = gauge("vigil_rollout_step", "The rollout's current step, from 1.", *MV)
+ROLLOUT_HALTED = gauge("vigil_rollout_halted", "1 while the rollout is halted (a step did not "
+                       "pass before its deadline), waiting for an operator.", *MV)
+ROLLOUT_CHECKS = counter("vigil_rollout_checks_total", "Rollout checks of judged candidate "
+                         "windows by outcome: pass, fail, no_verdict.", "model", "check",
+                         "outcome")
+
+
+class RolloutCollector(Collector):
+    """Running rollouts and their checks, read at scrape time (on the monitor's window
+    thread); a model's series go when its rollout ends."""
+
+    def __init__(self, running: Callable[[], Iterable[tuple[str, RolloutState]]],
+                 checks: Callable[[], Iterable[tuple[tuple[str, str, str], int]]]) -> None:
+        self._running = running
+        self._checks = checks
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        weight, step, halted = ROLLOUT_WEIGHT.new(), ROLLOUT_STEP.new(), ROLLOUT_HALTED.new()
+        for model, state in self._running():
+            labels = [model, state.version]
+            weight.add_metric(labels, state.weight)
+            step.add_metric(labels, state.step + 1)
+            halted.add_metric(labels, float(state.status == "halted"))
+        checks = ROLLOUT_CHECKS.new()
+        for (model, check, outcome), count in sorted(self._checks()):
+            checks.add_metric([model, check, outcome], count)
+        yield from (weight, step, halted, checks)

@@ -100,6 +100,22 @@ def rollback_event(
     return _envelope(ROLLED_BACK, model, version, public_url, now, data)
 
 
+def rollout_event(*, kind: str, model: str, version: str, state: dict[str, Any] | None,
+                  plan: dict[str, Any], step: int, weight: float | None, reason: str,
+                  checks: list[dict[str, Any]], window: ClosedWindow | None, generation: int,
+                  production: str | None, public_url: str, now: float) -> dict[str, Any]:
+    """The CloudEvent of one rollout transition (``vigil.rollout.<what>``, or
+    ``vigil.model.rolled_back`` for its rollback): the plan, the step, the weight now, and the
+    figures of every check of the window that decided it."""
+    data: dict[str, Any] = {
+        "model": model, "version": version, "production": production, "generation": generation,
+        "plan": plan, "step": step + 1, "steps": len(plan["steps"]), "weight": weight,
+        "reason": reason, "checks": checks, "window": _window(window, figures=True),
+        "rollout": state, "links": _links(public_url, model, version),
+    }
+    return _envelope(kind, model, version, public_url, now, data)
+
+
 def _envelope(kind: str, model: str, version: str, public_url: str, now: float,
               data: dict[str, Any]) -> dict[str, Any]:
     """The CloudEvents 1.0 envelope, with a fresh id, around `data`."""

@@ -52,11 +52,12 @@ from starlette.routing import Route
 
 from monitoring.alerts import AlertEngine
 from monitoring.collector import MonitorCollector
-from monitoring.collector_ops import AlertCollector, Held, StateCollector
+from monitoring.collector_ops import AlertCollector, Held, RolloutCollector, StateCollector
 from monitoring.outbox import Outbox, Retention
 from monitoring.queries import BadQuery, accepts_gzip, parse_drift_query, parse_report_query
 from monitoring.report import drift_report_html, evenly_spaced, load_reference, reference_path
 from monitoring.report_cache import Recent, ReportCache
+from monitoring.rollouts import RolloutDriver
 from monitoring.service import MonitorService, NotReady, ReportSource, UnknownModel
 from monitoring.settings import MonitorAppSettings, MonitorSettings
 from monitoring.webhooks import ActiveTarget, Deliverer, DeliveryStats
@@ -94,7 +95,12 @@ class Monitor:
                                   notify=self._wake_delivery,
                                   repository=self.args.model_repository,
                                   on_rollback=self._aliases_changed)
-        self.service = MonitorService(self.args, self.settings, time.time(), alerts=self.alerts)
+        self.rollouts = RolloutDriver(
+            self.args.model_repository, outbox, self.args.public_url, self._targets_for,
+            on_change=self._aliases_changed, settings=self.settings.rollouts,
+            notify=self._wake_delivery)
+        self.service = MonitorService(self.args, self.settings, time.time(), alerts=self.alerts,
+                                      rollouts=self.rollouts)
         self.delivery_stats = DeliveryStats()
         self.deliverer = Deliverer(outbox, self.delivery_stats, retention=Retention(
             self.args.outbox_retention_s, self.args.outbox_max_events))
@@ -111,6 +117,8 @@ class Monitor:
             self.alerts.firing, self.delivery_stats, lambda: list(self.deliverer.targets)
         ))
         self.registry.register(StateCollector(self._held))
+        self.registry.register(RolloutCollector(self.rollouts.running,
+                                                lambda: list(self.rollouts.checks_total.items())))
         # Reference data of the versions reported on lately (on the report thread only).
         self._references: Recent[tuple[str, str], dict] = Recent(MAX_REFERENCES)
         self._reports = ReportCache(self.args.report_cache_bytes)  # on the event loop only
@@ -136,6 +144,10 @@ class Monitor:
         """Events were committed (on the window thread): deliver now, not at the next poll."""
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self.deliverer.wake)
+
+    def _targets_for(self, event_type: str) -> tuple[str, ...]:
+        """The webhook targets that want events of this type (the rules' targets)."""
+        return tuple(t.name for t in self.alerts.targets if t.wants(event_type))
 
     def _aliases_changed(self, model: str) -> None:
         """A rollback rule cleared `model`'s canary (on the window thread): wake the serving
@@ -230,6 +242,10 @@ class Monitor:
                      "windows_evaluated": s.window.closed, "open_rows": s.window.rows}
                     for s in self.service.versions.values()
                 ],
+                # Models skipped at start because their files could not be read, with why
+                # (until their samples find them mended).
+                "unreadable": {m: why for m, why in self.service.unreadable.items()
+                               if m not in self.service.models},
             }
 
         return json_response(await self._on_worker(read))

@@ -236,6 +236,11 @@ class Outbox(RetainedOutboxFile):
         row = self._db.execute("SELECT body FROM events WHERE id = ?", (event_id,)).fetchone()
         return None if row is None else json.loads(row[0])
 
+    def has_event(self, event_id: str) -> bool:
+        """Whether the event was committed here (stored, or pruned since and remembered)."""
+        row = self._db.execute("SELECT 1 FROM events WHERE id = ?", (event_id,)).fetchone()
+        return row is not None or self.pruned(event_id) is not None
+
     def retry(self, *, event_ids: Iterable[str] = (), target: str | None = None,
               now: float | None = None) -> int:
         """Dead deliveries (of these events, or all; to one target, or all) pending again, with

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from monitoring.alerts import AlertEngine
+from monitoring.rollouts import RolloutDriver
 from monitoring.collector import VersionSnapshot
 from monitoring.drift import check_settings
 from monitoring.settings import MonitorAppSettings, MonitorSettings
@@ -45,6 +46,7 @@ from vigil.core.aliases import AliasError, read_aliases
 from vigil.core.messages import SampleMessage, UnreadableMessage, read_message
 from vigil.core.repository import (
     MANIFEST_FILE,
+    ModelNotFound,
     ModelVersion,
     RepositoryError,
     read_manifest,
@@ -81,17 +83,22 @@ class MonitorService:
     """Every monitored version of the repository, fed with sample batches."""
 
     def __init__(self, app: MonitorAppSettings, settings: MonitorSettings, now: float,
-                 alerts: AlertEngine | None = None) -> None:
+                 alerts: AlertEngine | None = None, rollouts: RolloutDriver | None = None) -> None:
         self.app = app
         self.settings = settings
         self.alerts = alerts  # rules over closed windows; None: no alerting
+        self.rollouts = rollouts  # progressive rollouts judged on closed windows; None: none
         self.log = RateLimitedLog(app.log_interval_s)
         self.versions: dict[tuple[str, str], VersionState] = {}
         self.models: dict[str, list[str]] = {}  # model -> versions, oldest first
         self._looked: dict[tuple[str, str], float] = {}  # unknown version -> when looked for
         self._swept_at = now
         self.released = 0  # versions whose state was released since the start
-        for name, found in scan(app.model_repository, app.models).items():
+        # Models whose entry could not be read at start, with why: skipped, never fatal (one bad
+        # model.yaml must not stop the monitoring of the others); their versions are looked for
+        # again when their samples arrive (_discover), so a mended file is monitored then.
+        self.unreadable: dict[str, str] = {}
+        for name, found in self._scan(app).items():
             served = set(self._served(name, [v.manifest.version for v in found]))
             found = [v for v in found if v.manifest.version in served]
             if found:
@@ -103,6 +110,27 @@ class MonitorService:
             UNKNOWN_MODEL, "", Path(), (frozenset(), frozenset()), None, None, "unknown",
             TumblingWindow(None, settings, now),
         )
+
+    def _scan(self, app: MonitorAppSettings) -> dict[str, list[ModelVersion]]:
+        """The repository model by model; an unreadable model is logged, noted and skipped. A
+        model named in the settings that is not there at all still fails the start."""
+        root = Path(app.model_repository)
+        if not root.is_dir():
+            raise RepositoryError(f"model repository {root} does not exist")
+        found: dict[str, list[ModelVersion]] = {}
+        names = app.models if app.models is not None else sorted(
+            p.name for p in root.iterdir() if p.is_dir() and valid_name(p.name))
+        for name in names:
+            try:
+                found.update(scan(root, [name]))
+            except ModelNotFound:
+                if app.models is not None:
+                    raise
+            except RepositoryError as exc:
+                self.unreadable[name] = str(exc)
+                logger.error("model %s cannot be read and is not monitored until its files are "
+                             "fixed (its samples are looked for again): %s", name, exc)
+        return found
 
     def _load(self, version: ModelVersion, now: float, check: bool = False) -> VersionState:
         """The version's state; `check`: a profile the current settings misfit is not used
@@ -132,6 +160,9 @@ class MonitorService:
         if self.alerts is not None:
             for window in closed:
                 self.alerts.on_window(state.model, state.version, window, now)
+        if self.rollouts is not None:
+            for window in closed:
+                self.rollouts.on_window(state.model, state.version, window, now)
 
     def _drop_whole(self, kind: str, rows: int, requests: int, where: str, why: str) -> None:
         self.unknown.messages_dropped[kind] += 1
@@ -230,6 +261,8 @@ class MonitorService:
                 self._judge(state, [window], now)
         if self.alerts is not None:
             self.alerts.tick(self.versions, now)
+        if self.rollouts is not None:
+            self.rollouts.tick(self.models, now)
         return closed
 
     def sweep(self, now: float) -> list[tuple[str, str]]:
@@ -277,7 +310,10 @@ class MonitorService:
         return min(due, default=None)
 
     def needs_ticks(self) -> bool:
-        """Whether rules judge silence (no request for N seconds), which needs a steady tick."""
+        """Whether rules judge silence (no request for N seconds), or a rollout runs (its step's
+        deadline and its waiting windows), which need a steady tick."""
+        if self.rollouts is not None and self.rollouts.running():
+            return True
         return self.alerts is not None and any(
             r.when.family == "traffic" for r in self.alerts.rules)
 
@@ -291,6 +327,8 @@ class MonitorService:
                 self._judge(state, [window], now)
         if self.alerts is not None:
             self.alerts.configure(settings.alerts, settings.webhooks, self.versions, now)
+        if self.rollouts is not None:
+            self.rollouts.settings = settings.rollouts
 
     # ------------------------------------------------------------------ reading
 

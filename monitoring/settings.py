@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_settings import SettingsConfigDict
 
 from monitoring.alert_settings import AlertRule, WebhookTarget, check_unique
+from monitoring.rollout_settings import RolloutCheckSettings
 from vigil.core.settings import AppSettings, beside_repository
 
 DriftMethod = Literal["ks", "chisquare", "z", "wasserstein", "jensenshannon", "psi"]
@@ -139,6 +140,11 @@ class MonitorSettings(BaseModel):
         default_factory=list,
         max_length=100,
         description="Where alert events are delivered (at least once, from the durable outbox).",
+    )
+    rollouts: RolloutCheckSettings = Field(
+        default_factory=RolloutCheckSettings,
+        description="How progressive rollouts' windows are judged (`vigil models rollout`): each "
+        "check compares the candidate with production over the same span.",
     )
 
     @model_validator(mode="after")

@@ -11,6 +11,7 @@ and anything else a JSON 500 (a bug).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -24,16 +25,19 @@ from serving.model_set import ModelSet
 from vigil.adapters.alias_board import BoardLink, BoardUnavailable, board_key
 from vigil.adapters.boot import web_app
 from vigil.adapters.web import error_response, json_response, request_actor
-from vigil.core import audit, model_ops
+from vigil.core import audit, model_ops, rollout
 from vigil.core.actions import AliasAction
 from vigil.core.audit import HISTORY_LIMIT, MAX_HISTORY_LIMIT
-from vigil.core.aliases import AliasError
+from vigil.core.aliases import AliasError, AliasFileError
 from vigil.core.model_ops import ChangeFailed, ChangeRequest
 from vigil.core.repository import RepositoryError, valid_name
+from vigil.core.repository_health import FaultKind, broken_aliases
+from vigil.core.rollout import PlanRefused
 
+logger = logging.getLogger("vigil.admin")
 MAX_ADMIN_BODY = 64 * 1024
 PREFIX = "/v2/repository"
-_FIELDS = {"version", "weight", "sticky_header", "reason", "force", "parameters"}
+_FIELDS = {"version", "weight", "sticky_header", "reason", "force", "parameters", "plan"}
 
 
 class BadAdminRequest(Exception):
@@ -67,8 +71,10 @@ class Admin:
         ], [], handlers=HANDLERS)
 
     async def index(self, request: Request) -> Response:
-        """Triton's repository index: every published version, READY where this replica
-        serves it, else UNAVAILABLE with the reason."""
+        """Triton's repository index: every version, READY where this replica serves it, else
+        UNAVAILABLE with the reason; `faults` says where the files differ from what is served
+        (a version served from memory, a file that no longer matches), and a model whose entry
+        cannot be read has a row of its own (version "")."""
         body = await _body(request)
         return json_response(self.index_rows(bool(body.get("ready", False))))
 
@@ -76,23 +82,37 @@ class Admin:
         """The index's rows (HTTP's and gRPC's RepositoryIndex)."""
         rows = []
         routes = self.models.router.models()
-        for name, published in sorted(self.models.published.items()):
+        published, faults = self.models.published, self.models.faults
+        for name in sorted(set(published) | set(faults)):
             model = routes.get(name)
-            aliases = self.models.aliases(name)
-            for version in published:
+            wide = self.models.unavailable(name)
+            if wide is not None and not published.get(name) and not ready_only:
+                rows.append({"name": name, "version": "", "state": "UNAVAILABLE",
+                             "reason": wide.describe(), "aliases": [],
+                             "faults": [wide.describe()]})
+            # A model unavailable for want of its aliases has none to show.
+            aliases = (model.aliases if model is not None
+                       and (model.versions or model.unavailable is None) else None)
+            for version in published.get(name, []):
                 loaded = model is not None and version in model.versions
                 if ready_only and not loaded:
                     continue
+                found = [f.describe() for f in faults.get(name, ())
+                         if f.subject in (version, "") and f.kind is not FaultKind.BROKEN_ALIAS]
                 rows.append({
                     "name": name,
                     "version": version,
                     "state": "READY" if loaded else "UNAVAILABLE",
-                    "reason": "" if loaded else self._why_not(name, version),
-                    "aliases": aliases.roles(version, published),
+                    "reason": "; ".join(found) if loaded else self._why_not(name, version),
+                    "aliases": aliases.roles(version, published[name]) if aliases else [],
+                    "faults": found,
                 })
         return rows
 
     def _why_not(self, name: str, version: str) -> str:
+        wide = self.models.unavailable(name)
+        if wide is not None:
+            return wide.describe()
         aliases = self.models.aliases(name)
         if aliases.unloaded:
             return "model unloaded"
@@ -107,19 +127,30 @@ class Admin:
         return "not loaded yet"
 
     async def aliases(self, request: Request) -> Response:
+        """The aliases the model is served by, with each broken one (naming no version a
+        request can go to) and the model's repository faults."""
         name = request.path_params["model"]
-        if name not in self.models.published:
+        wide = self.models.unavailable(name)
+        if name not in self.models.published and wide is None:
             return error_response(404, f"model '{name}' is not in the repository")
-        aliases = self.models.aliases(name)
-        published = self.models.published[name]
         routes = self.models.router.models().get(name)
+        if wide is not None and (routes is None or not routes.versions):
+            raise AliasError(f"model '{name}' is unavailable: {wide.describe()}", 409)
+        aliases = self.models.aliases(name)
+        published = self.models.published.get(name, [])
         return json_response({
             "model": name,
             "aliases": aliases.to_dict(),
             "published": published,
             "serving": list(routes.versions) if routes else [],
             "failed": {v: why for (m, v), why in self.models.failed.items() if m == name},
+            "broken": broken_aliases(aliases, published),
+            "faults": self._faults(name),
         })
+
+    def _faults(self, name: str) -> list[dict[str, Any]]:
+        return [f.to_dict() | {"description": f.describe()}
+                for f in self.models.faults.get(name, ())]
 
     async def history(self, request: Request) -> Response:
         """The model's newest `limit` audit entries (default HISTORY_LIMIT, at most
@@ -164,11 +195,14 @@ class Admin:
                     f"the {change.action} of {name} was made and audited (generation "
                     f"{change.after.generation}), but the replicas could not be told: {exc}; "
                     "they read it when they reconnect to the board (within seconds)") from exc
-        return {**change.to_dict(), **spread}
+        # What the replicas serve after it, where it differs from the files (served from
+        # memory, a broken alias): a change that "changed nothing" must not hide that.
+        return {**change.to_dict(), **spread, "faults": self._faults(name)}
 
     async def _check_loadable(self, name: str, request: ChangeRequest) -> None:
         """A version that cannot load here is refused before any alias moves."""
-        if request.action not in (AliasAction.PROMOTE, AliasAction.CANARY, AliasAction.SHADOW):
+        if request.action not in (AliasAction.PROMOTE, AliasAction.CANARY, AliasAction.SHADOW,
+                                  AliasAction.ROLLOUT):
             return
         published = await asyncio.to_thread(model_ops.published_versions, self.models.root, name)
         if request.version in published:
@@ -212,9 +246,17 @@ def _change_request(route: str, body: dict[str, Any], actor: str, path: str) -> 
     force = body.get("force", False)
     if not isinstance(force, bool):
         raise BadAdminRequest("'force' must be true or false")
+    plan = None
+    if action.spec.plan:
+        try:
+            plan = rollout.plan_from_dict(body.get("plan", {}))
+        except PlanRefused as exc:
+            raise BadAdminRequest(str(exc)) from None
+    elif "plan" in body:
+        raise BadAdminRequest(f"{action} takes no 'plan'")
     return ChangeRequest(action, actor, reason=_opt_str(body, "reason") or "", version=version,
                          weight=None if weight is None else float(weight),
-                         sticky_header=_opt_str(body, "sticky_header"), force=force)
+                         sticky_header=_opt_str(body, "sticky_header"), force=force, plan=plan)
 
 
 async def _body(request: Request) -> dict[str, Any]:
@@ -253,6 +295,8 @@ def _opt_str(body: dict[str, Any], key: str) -> str | None:
 
 async def _refused(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, AliasError)
+    if isinstance(exc, AliasFileError):  # the repository, not the request: the operator's log
+        logger.warning("%s %s refused: %s", request.method, request.url.path, exc)
     return error_response(exc.status, str(exc))
 
 

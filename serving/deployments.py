@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -13,21 +14,24 @@ from typing import Any, TypeVar
 import ray
 from ray import serve
 from starlette.applications import Starlette
-from starlette.background import BackgroundTask
+from starlette.background import BackgroundTasks
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from serving import codecs
 from serving.admin import Admin
 from serving.agreement import agreement
+from serving.autoscale import WORKING_REQUESTS
+from serving.clients import ClientCap
 from serving.fast_path import InferFastPath
 from serving.follower import AliasFollower
 from serving.grpc_service import GrpcInference
-from serving.intake import Intake, Received
+from serving.intake import Intake, Received, declared_length
 from serving.metrics import UNKNOWN_MODEL, replica_metrics
 from serving.model_set import ModelSet
+from serving.outcome import Outcome
 from serving.served import ServedModel
 from serving.monitor_link import MonitorLink
 from serving.protocol import (
@@ -35,23 +39,23 @@ from serving.protocol import (
     SERVER_EXTENSIONS,
     SERVER_NAME,
     SERVER_VERSION,
+    BodyTimeout,
     InferenceError,
     ModelFault,
     NotLoaded,
     Reason,
 )
-from serving.outcome import Outcome
 from serving.router import Route as ModelRoute
 from serving.sampling import SampleBuffer
 from serving.settings import BatchSettings, ServerSettings
 from vigil.adapters.boot import Door, web_app
-from vigil.adapters.web import JSON, OPEN, error_response, json_response
+from vigil.adapters.web import JSON, OPEN, error_response, json_response, request_actor
 from vigil.core.repository import RepositoryError
 
 logger = logging.getLogger("vigil.server")
-T = TypeVar("T")
 
 BINARY = "application/octet-stream"
+T = TypeVar("T")
 CANCELLED = 499  # nginx's "client closed request": cancelled before Vigil could answer
 
 
@@ -97,14 +101,18 @@ class ModelServer(GrpcInference):
             raise RepositoryError(f"model repository {settings.model_repository} does not exist")
         self.batching = settings.batching
         self._in_flight = 0  # inference requests this replica is handling now
-        self._background: set[asyncio.Task] = set()  # gRPC's shadow runs, held until done
+        self._background: set[asyncio.Task] = set()  # gRPC's follow-up runs, held until done
         self.models = ModelSet(settings.model_repository, settings.models, settings.runtime,
                                self.batching, settings.loading)
         # Large bodies are decoded here, two at a time: off the event loop, and bounded.
         self._decoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vigil-decode")
         self.intake = Intake(settings, self._decoder)
+        door = settings.front_door
+        self.clients = ClientCap(door.max_in_flight_per_client, door.trusted_proxies)
         sampling = settings.sampling
         self.samples: SampleBuffer | None = None
+        self._compare_share = sampling.canary_agreement_share if sampling.enabled else 0.0
+        self._compare_draw = random.random
         if sampling.enabled:
             self.samples = SampleBuffer(
                 sampling.sample_rate, sampling.buffer_rows, sampling.buffer_requests,
@@ -112,7 +120,9 @@ class ModelServer(GrpcInference):
             )
 
     def _check_models(self) -> None:
-        missing = set(self.settings.models or ()) - set(self.models.published)
+        # known(), not published: a model whose files cannot be read is reported unavailable
+        # (index, metadata, metric, log) while the others serve; it fails no deploy.
+        missing = set(self.settings.models or ()) - self.models.known()
         if missing:
             raise RepositoryError(
                 f"models not found in {self.settings.model_repository}: {sorted(missing)}")
@@ -122,6 +132,12 @@ class ModelServer(GrpcInference):
         self.batching = BatchSettings.model_validate(user_config or {})
         self.models.reconfigure(self.batching)
         logger.info("batching now %s", self.batching.model_dump())
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve's hook for custom autoscaling metrics: the inference requests this replica is
+        working on, leaving out those whose body is still arriving (a slow or stalled client is
+        no work, and must not scale the deployment up; serving.autoscale reads this)."""
+        return {WORKING_REQUESTS: float(self._in_flight - self.intake.deadlines.receiving)}
 
     def __serve_build_asgi_app__(self) -> Starlette:
         return build_asgi_app(self)
@@ -192,10 +208,17 @@ class ModelServer(GrpcInference):
     async def infer(self, request: Request) -> Response:
         """POST .../infer. Every request is accounted once, in `finally`: answered, refused, or
         cancelled (the client went away or Ray's request_timeout_s ran out: 499, with its
-        latency)."""
+        latency). A client already at its cap of requests in flight is refused first: 429."""
         raw_header_length = request.headers.get(HEADER_LENGTH)
         outcome = Outcome(time.perf_counter(), "json" if raw_header_length is None else "binary")
-        return await self._accounted(outcome, self._answer(request, raw_header_length, outcome))
+        client = self.clients.identify(request.scope, request_actor(request.scope))
+        if not self.clients.admit(client):
+            return self._refuse_client(outcome)
+        try:
+            return await self._accounted(outcome,
+                                         self._answer(request, raw_header_length, outcome))
+        finally:
+            self.clients.leave(client)
 
     async def _accounted(self, outcome: Outcome, answer: Awaitable[T]) -> T:
         """Await an inference request's answer (HTTP's or gRPC's), counted in flight, and
@@ -211,28 +234,60 @@ class ModelServer(GrpcInference):
             self._account(outcome)
             outcome.let_go()
 
+    def _refuse_client(self, outcome: Outcome) -> Response:
+        cap = self.clients.limit
+        self.metrics.refused("client_cap")
+        outcome.end(429, Reason.CLIENT)
+        self._account(outcome)
+        return error_response(
+            429, f"this client already has {cap} inference requests in flight on this replica "
+            "(front_door.max_in_flight_per_client); retry when one has been answered",
+            {"Retry-After": "1"})
+
     async def _answer(self, request: Request, raw_header_length: str | None,
                       outcome: Outcome) -> Response:
         """The response, whatever happens; the inference fast path answers errors here itself
         (the app's exception handlers serve the routes Starlette dispatches)."""
         try:
             payload, headers = await self._run(request, raw_header_length, outcome)
+        except ClientDisconnect:  # the client left while sending its body
+            self.metrics.refused("client_left")
+            outcome.end(CANCELLED, Reason.CANCELLED)
+            return error_response(CANCELLED, "the client closed the request before its body "
+                                  "arrived")
         except Exception as exc:  # noqa: BLE001 - every failure is answered, a bug as 500
             return error_response(*self._failed(exc, outcome, request.path_params["model"]))
         outcome.end(200, Reason.OK)
-        # The shadow gets a copy once the answer is sent: it never delays the client.
         background = None
-        if outcome.shadow is not None:
-            background = BackgroundTask(self._shadow, outcome.shadow, outcome)
+        follow_ups = self._follow_ups(outcome)
+        if follow_ups:
+            background = BackgroundTasks()
+            for work, args in follow_ups:
+                background.add_task(work, *args)
         return Response(payload, media_type=JSON if headers is None else BINARY,
                         headers=headers, background=background)
+
+    def _follow_ups(self, outcome: Outcome) -> list[tuple[Callable[..., Awaitable[None]],
+                                                          tuple]]:
+        """What runs once an answered request's answer is sent (HTTP's and gRPC's): a copy for
+        the shadow, and production answering a share of the canary's requests to compare;
+        neither delays the client."""
+        out: list[tuple[Callable[..., Awaitable[None]], tuple]] = []
+        if outcome.shadow is not None:
+            out.append((self._shadow, (outcome.shadow, outcome)))
+        production = outcome.production
+        if production is not None and self._compare_draw() < self._compare_share:
+            out.append((self._compare, (production, outcome)))
+        return out
 
     def _failed(self, exc: Exception, outcome: Outcome, model: str) -> tuple[int, str]:
         """The status and message a failed inference request is answered with (HTTP's, or
         mapped to a gRPC code), ended on its outcome; a model's fault logged, a bug with its
         traceback."""
         if isinstance(exc, InferenceError):
-            if isinstance(exc, ModelFault):
+            if isinstance(exc, BodyTimeout):
+                self.metrics.refused("body_timeout")
+            elif isinstance(exc, ModelFault):
                 logger.warning("%s: %r", exc, exc.__cause__)
             outcome.end(exc.status_code, exc.reason)
             return exc.status_code, str(exc)
@@ -273,8 +328,9 @@ class ModelServer(GrpcInference):
         route = await self._route(name, version, request.headers.get, outcome)
         model = route.target.model
         header_length = codecs.parse_header_length(raw_header_length)
-        received = await self.intake.receive(request.stream(), request.headers.get(
-            "content-length"), header_length, model)
+        received = await self.intake.receive(
+            request.stream(), declared_length(request.headers.get("content-length")),
+            header_length, model)
         wanted, results = await self._execute(route.target, received, outcome)
         payload, json_length = codecs.encode_response(
             model.name, model.version, received.parsed.id,
@@ -309,6 +365,28 @@ class ModelServer(GrpcInference):
         finally:
             self._account(outcome, compared)
             outcome.let_go()
+
+    async def _compare(self, production: ServedModel, answered: Outcome) -> None:
+        """Production answers the inputs a canary answered, off the response path: how many rows
+        agree is counted for the canary's window (the rollout's agreement check), not as a
+        request of either version."""
+        served = answered.served
+        if (production.model.session is None or served is None or self.samples is None
+                or answered.inputs is None or answered.results is None):
+            return  # released since the request was routed
+        production.users += 1
+        try:
+            conformed, rows = production.model.validate(answered.inputs)
+            results = await production.batcher.submit(conformed, rows)
+            self.samples.agreed(served.model.name, served.model.version,
+                                agreement(results, answered.results))
+        except InferenceError as exc:  # inputs production refuses: nothing to compare
+            logger.debug("comparing %s with %s: %s", served.label, production.label, exc)
+        except Exception:
+            logger.exception("comparing %s with production %s failed", served.label,
+                             production.label)
+        finally:
+            production.users -= 1
 
     def _account(self, outcome: Outcome, agreed: tuple[int, int] | None = None) -> None:
         """Metrics and the monitor's sample for every request, answered or cancelled."""

@@ -18,6 +18,9 @@ from vigil.adapters.alias_board import board, board_key
 logger = logging.getLogger("vigil.follower")
 POLL_S = 30.0  # one idle long-poll call per this many seconds; a change wakes it at once
 RETRY_S = 0.5  # how often a follower that lost the board tries to reconnect
+# While a model's repository entry has a fault, its files are re-read this often, so a fixed
+# file is served again within seconds, without a change or a restart.
+FAULT_POLL_S = 2.0
 
 
 class AliasFollower:
@@ -46,8 +49,9 @@ class AliasFollower:
         self._ack(known)
         while not self._stop.is_set():
             try:
-                latest = ray.get(self.board.wait.remote(self.key, known, POLL_S),
-                                 timeout=POLL_S + 30)
+                poll = FAULT_POLL_S if self.models.faults else POLL_S
+                latest = ray.get(self.board.wait.remote(self.key, known, poll),
+                                 timeout=poll + 30)
             except Exception:  # noqa: BLE001 - the board died or Ray is busy: reconnect
                 logger.warning("alias board unreachable; reconnecting", exc_info=True)
                 reconnected = self._reconnect()
@@ -55,8 +59,9 @@ class AliasFollower:
                     return
                 known = reconnected
                 continue
-            # A quiet poll re-reads too (once per POLL_S): a notice that never came (a bump
-            # lost) delays a change by at most that long.
+            # A quiet poll re-reads too (once per POLL_S, or FAULT_POLL_S while a model has a
+            # fault): a notice that never came (a bump lost) delays a change by at most that
+            # long, and a mended file is seen within FAULT_POLL_S.
             try:
                 self.models.refresh()
             except Exception:  # noqa: BLE001 - a broken repository must not stop following

@@ -149,8 +149,9 @@ class GrpcInference:
                                                request.model_name))
             return wire.ModelInferResponse()
         outcome.end(200, Reason.OK)
-        if outcome.shadow is not None:  # a copy for the shadow, after the answer
-            self._in_background(self._shadow(outcome.shadow, outcome))  # type: ignore
+        # The shadow's copy and the canary's comparison, as HTTP runs them after the answer.
+        for work, args in self._follow_ups(outcome):  # type: ignore[attr-defined]
+            self._in_background(work(*args))
         return response
 
     async def _grpc_run(self, request: Any, metadata: dict[str, str], outcome: Outcome) -> Any:

@@ -5,6 +5,7 @@ data is decoded, and large bodies decoded off the event loop."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -13,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from serving import codecs
-from serving.protocol import BadRequest, ParsedRequest, PayloadTooLarge
+from serving.pacing import BodyDeadlines, Watch
+from serving.protocol import BadRequest, BodyTimeout, ParsedRequest, PayloadTooLarge
 from serving.runtime import OnnxModel
 from serving.settings import ServerSettings
 
@@ -33,44 +35,77 @@ class Received:
 
 
 class Intake:
-    """Reads bodies within the server's size limits; decodes large ones on `decoder`."""
+    """Reads bodies within the server's size limits and the front door's rate floor (a body
+    that falls behind it is cut off: 408); decodes large ones on `decoder`."""
 
     def __init__(self, settings: ServerSettings, decoder: Executor) -> None:
         self.settings = settings
         self._decoder = decoder
+        door = settings.front_door
+        self.deadlines = BodyDeadlines(door.body_grace_s, door.body_min_rate_bytes_per_s)
 
-    async def receive(self, body: AsyncIterator[bytes], content_length: str | None,
+    async def receive(self, body: AsyncIterator[bytes], declared: int | None,
                       header_length: int | None, model: OnnxModel) -> Received:
-        """Read, judge and decode a body: 413 from its Content-Length by the size limits before
-        anything is read, 400 from its JSON header by the model's signature before any tensor
-        data is read on."""
+        """Read, judge and decode a body: 413 from its Content-Length (`declared`) by the size
+        limits before anything is read, 400 from its JSON header by the model's signature before
+        any tensor data is read on, 408 once it falls behind the rate floor."""
         s = self.settings
-        declared = _declared_length(content_length)
-        if header_length is None:  # all JSON: parsing it is decoding it
-            whole = await read_body(body, s.max_json_body_bytes, declared, "JSON body", _JSON_HINT)
-            return await self._decode(len(whole), self._decode_json, model, whole)
-        if header_length > s.max_json_body_bytes:
-            raise PayloadTooLarge(
-                f"JSON header of {header_length} bytes exceeds the limit of "
-                f"{s.max_json_body_bytes} (max_json_body_bytes)"
-            )
-        if declared is None:  # chunked: no length to judge the header by until the end
-            whole = await read_body(body, s.max_body_bytes, None, "request body")
-            header, binary = codecs.split_body(whole, header_length)
-            parsed, rows = judge(model, header, len(binary))
-        else:
-            if header_length > declared:
+        if header_length is not None:
+            if header_length > s.max_json_body_bytes:
+                raise PayloadTooLarge(
+                    f"JSON header of {header_length} bytes exceeds the limit of "
+                    f"{s.max_json_body_bytes} (max_json_body_bytes)"
+                )
+            if declared is not None and header_length > declared:
                 raise BadRequest(
                     f"Inference-Header-Content-Length {header_length} is outside the body of "
                     f"{declared} bytes"
                 )
-            if declared > s.max_body_bytes:
+            if declared is not None and declared > s.max_body_bytes:
                 raise PayloadTooLarge(
                     f"request body of {declared} bytes exceeds the limit of {s.max_body_bytes}"
                 )
-            parsed, rows, whole = await _read_judging(body, model, header_length, declared)
-            binary = memoryview(whole)[header_length:]
+        whole, judged = await self._paced(body, declared, header_length, model)
+        if header_length is None:  # all JSON: parsing it is decoding it
+            return await self._decode(len(whole), self._decode_json, model, whole)
+        if judged is None:  # chunked: no length to judge the header by until the end
+            header, binary = codecs.split_body(whole, header_length)
+            parsed, rows = judge(model, header, len(binary))
+        else:
+            (parsed, rows), binary = judged, memoryview(whole)[header_length:]
         return await self._decode(len(whole), self._decode_binary, model, parsed, rows, binary)
+
+    async def _paced(self, body: AsyncIterator[bytes], declared: int | None,
+                     header_length: int | None, model: OnnxModel
+                     ) -> tuple[bytearray, tuple[ParsedRequest, int] | None]:
+        """The whole body, read while it keeps the rate floor (serving.pacing), with its header
+        judged when its length was declared."""
+        s = self.settings
+        task = asyncio.current_task()
+        assert task is not None
+        watch = self.deadlines.watch(task)
+        try:
+            if header_length is None:
+                return await read_body(body, s.max_json_body_bytes, declared, "JSON body", watch,
+                                       _JSON_HINT), None
+            if declared is None:
+                return await read_body(body, s.max_body_bytes, None, "request body", watch), None
+            parsed, rows, whole = await _read_judging(body, model, header_length, declared, watch)
+            return whole, (parsed, rows)
+        except asyncio.CancelledError:
+            if not self.deadlines.release(watch):
+                raise
+            task.uncancel()
+            if task.cancelling():  # cancelled for another reason as well: that one wins
+                raise
+            door = s.front_door
+            raise BodyTimeout(
+                f"the request body arrived too slowly: {watch.received} bytes in "
+                f"{time.monotonic() - watch.started:.1f} s (front_door: body_grace_s "
+                f"{door.body_grace_s:g} s, then at least body_min_rate_bytes_per_s "
+                f"{door.body_min_rate_bytes_per_s})") from None
+        finally:
+            self.deadlines.release(watch)
 
     def _decode_json(self, model: OnnxModel, body: bytearray) -> Received:
         parsed, rows = judge(model, body, 0)
@@ -107,7 +142,7 @@ def check_parsed(model: OnnxModel, parsed: ParsedRequest) -> int:
 
 
 async def _read_judging(body: AsyncIterator[bytes], model: OnnxModel, header_length: int,
-                        declared: int) -> tuple[ParsedRequest, int, bytearray]:
+                        declared: int, watch: Watch) -> tuple[ParsedRequest, int, bytearray]:
     """The body of Content-Length `declared`, its header judged as soon as it has arrived: a
     request the model cannot take is refused without reading the rest (the server discards
     it)."""
@@ -115,6 +150,7 @@ async def _read_judging(body: AsyncIterator[bytes], model: OnnxModel, header_len
     judged: tuple[ParsedRequest, int] | None = None
     async for chunk in body:
         whole += chunk
+        watch.received = len(whole)
         if len(whole) > declared:
             raise BadRequest(f"request body is longer than its Content-Length {declared}")
         if judged is None and len(whole) >= header_length:
@@ -124,12 +160,13 @@ async def _read_judging(body: AsyncIterator[bytes], model: OnnxModel, header_len
     return *judged, whole
 
 
-def _declared_length(raw: str | None) -> int | None:
+def declared_length(raw: str | None) -> int | None:
+    """A Content-Length header's value; None when absent or not a plain number."""
     return int(raw) if raw is not None and raw.isascii() and raw.isdigit() else None
 
 
 async def read_body(body: AsyncIterator[bytes], limit: int, declared: int | None, what: str,
-                    hint: str = "") -> bytearray:
+                    watch: Watch, hint: str = "") -> bytearray:
     """A whole body of at most `limit` bytes: 413 from Content-Length before reading, or as soon
     as the bytes read pass the limit."""
     if declared is not None and declared > limit:
@@ -137,6 +174,7 @@ async def read_body(body: AsyncIterator[bytes], limit: int, declared: int | None
     whole = bytearray()
     async for chunk in body:
         whole += chunk
+        watch.received = len(whole)
         if len(whole) > limit:
             raise PayloadTooLarge(f"{what} exceeds the limit of {limit} bytes{hint}")
     return whole

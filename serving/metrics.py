@@ -67,6 +67,13 @@ class ReplicaMetrics:
             "aliased ones and unaliased ones used lately (serving.settings.LoadingSettings).",
             tag_keys=("model",),
         )
+        self.fault_gauge = metrics.Gauge(
+            "vigil_model_repository_faults",
+            description="Faults of a model's repository entry this replica sees, by kind "
+            "(vigil.core.repository_health.FaultKind: unreadable, aliases, missing, modified, "
+            "broken_alias): the files differ from what is served, or cannot be read.",
+            tag_keys=("model", "reason"),
+        )
         self.samples_dropped = metrics.Counter(
             "vigil_samples_dropped_rows_total",
             description="Sampled rows a replica dropped instead of sending them to the monitor.",
@@ -83,13 +90,25 @@ class ReplicaMetrics:
             "scope their route needs (403), by scope needed ('any': any valid token).",
             tag_keys=("code", "scope"),
         )
+        self.front_door_refusals = metrics.Counter(
+            "vigil_front_door_refused_total",
+            description="Inference requests cut off at the front door, by reason: body_timeout "
+            "(408, the body did not arrive in time), client_cap (429, the client had "
+            "front_door.max_in_flight_per_client requests in flight), client_left (499, the "
+            "client went away while sending its body).",
+            tag_keys=("reason",),
+        )
         self._gauge_lock = threading.Lock()
         self._loaded: dict[str, int] = {}  # the last count of each served model, to set again
+        self._faults: dict[tuple[str, str], int] = {}  # the faults by (model, kind), likewise
         self._refresher: threading.Thread | None = None
         self._stop = threading.Event()
 
     def auth_rejected(self, code: int, scope: str | None) -> None:
         self.auth_rejections.inc(1, {"code": str(code), "scope": scope or "any"})
+
+    def refused(self, reason: str) -> None:
+        self.front_door_refusals.inc(1, {"reason": reason})
 
     def for_model(self, model: str, version: str) -> ModelBatchMetrics:
         return ModelBatchMetrics(self, {"model": model, "version": version})
@@ -113,16 +132,35 @@ class ReplicaMetrics:
                     self._loaded[model] = count
                 else:
                     self._loaded.pop(model, None)
-            if self._refresher is None:
-                self._refresher = threading.Thread(
-                    target=self._refresh_gauges, name="vigil-gauge-refresh", daemon=True)
-                self._refresher.start()
+            self._start_refresher()
+
+    def repository_faults(self, faults: dict[tuple[str, str], int]) -> None:
+        """The repository faults by (model, kind) now: each set, and set again every
+        GAUGE_REFRESH_S while it lasts; one that cleared is set to 0 once."""
+        with self._gauge_lock:
+            for model, kind in self._faults.keys() - faults.keys():
+                self._set_faults(0, model, kind)
+            self._faults = dict(faults)
+            for (model, kind), count in faults.items():
+                self._set_faults(count, model, kind)
+            self._start_refresher()
+
+    def _set_faults(self, count: int, model: str, kind: str) -> None:
+        self.fault_gauge.set(count, {"model": model, "reason": kind})
+
+    def _start_refresher(self) -> None:
+        if self._refresher is None:
+            self._refresher = threading.Thread(
+                target=self._refresh_gauges, name="vigil-gauge-refresh", daemon=True)
+            self._refresher.start()
 
     def _refresh_gauges(self) -> None:
         while not self._stop.wait(GAUGE_REFRESH_S):
             with self._gauge_lock:
                 for model, count in self._loaded.items():
                     self.loaded_versions.set(count, {"model": model})
+                for (model, kind), count in self._faults.items():
+                    self._set_faults(count, model, kind)
 
 
 class ModelBatchMetrics:

@@ -14,6 +14,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from serving import model_state
 from serving.metrics import replica_metrics
 from serving.protocol import BadRequest, InferenceError, NotFound, NotReady
 from serving.router import ModelRouter, ModelRoutes
@@ -23,6 +24,7 @@ from serving.settings import BatchSettings, LoadingSettings, RuntimeSettings
 from vigil.core import model_ops, repository
 from vigil.core.aliases import AliasError, AliasState, read_aliases
 from vigil.core.repository import ModelVersion, RepositoryError, VersionManifest
+from vigil.core.repository_health import MODEL_WIDE, Fault, aliases_unreadable
 
 logger = logging.getLogger("vigil.models")
 # A request that resolved the old router takes its hold on the version in the same step of the
@@ -48,12 +50,14 @@ def _frozen() -> Mapping[Any, Any]:
 class ServingState:
     """What one replica serves, replaced whole on every change (readers on any thread see one
     consistent state, never one being changed): the router, the versions that could not be
-    loaded (with why), and every published version by model."""
+    loaded (with why), every version it routes on by model (published, and those served from
+    memory), and each model's repository faults."""
 
     router: ModelRouter[ServedModel] = field(default_factory=lambda: ModelRouter({}))
     failed: Mapping[tuple[str, str], str] = field(default_factory=_frozen)
     published: Mapping[str, list[str]] = field(default_factory=_frozen)
     versions: Mapping[tuple[str, str], ModelVersion] = field(default_factory=_frozen)
+    faults: Mapping[str, tuple[Fault, ...]] = field(default_factory=_frozen)
 
 
 @dataclass
@@ -84,6 +88,7 @@ class ModelSet:
         self._settings_lock = threading.Lock()
         self._state = ServingState()
         self._draining: list[threading.Thread] = []
+        self._book = model_state.FaultBook()
 
     @property
     def router(self) -> ModelRouter[ServedModel]:
@@ -91,9 +96,22 @@ class ModelSet:
 
     @property
     def failed(self) -> Mapping[tuple[str, str], str]:
-        """Versions that could not be loaded, with the reason (sha256 mismatch, bad graph);
-        (model, "*") for a model whose folder cannot be read."""
+        """Versions that could not be loaded, with the reason (sha256 mismatch, bad graph)."""
         return self._state.failed
+
+    @property
+    def faults(self) -> Mapping[str, tuple[Fault, ...]]:
+        """Each model's repository faults, as the last refresh found them (vigil.core.
+        repository_health): what differs between its files and what is served."""
+        return self._state.faults
+
+    def known(self) -> set[str]:
+        """Every model in the repository, readable or not."""
+        return set(self._state.published) | set(self._state.faults)
+
+    def unavailable(self, name: str) -> Fault | None:
+        """The fault that keeps the model's entry from being read (unreadable, aliases)."""
+        return next((f for f in self._state.faults.get(name, ()) if f.kind in MODEL_WIDE), None)
 
     @property
     def published(self) -> Mapping[str, list[str]]:
@@ -101,73 +119,71 @@ class ModelSet:
 
     def refresh(self, models: list[str] | None = None) -> Refreshed:
         """Re-read the repository and aliases (of `models`, or of every model), load the versions
-        to serve and release those no longer served. Blocking (sessions are built here): call it
-        on a worker thread once the replica runs."""
+        to serve and release those no longer served. A model whose entry cannot be read keeps
+        what it serves (or is unavailable, with why) and never stops the others. Blocking
+        (sessions are built here): call it on a worker thread once the replica runs."""
         with self._lock:
             state = self._state
             current = state.router.models()
-            found, unreadable = self._scan()
+            found, unreadable = model_state.scan(self.root, self.only)
             if models is None:
-                wanted = set(found) | set(current)
+                wanted = set(found) | set(current) | set(unreadable)
             else:  # the named models, and any model that vanished from disk
-                wanted = (set(models) & set(found)) | (set(current) - set(found))
-            broken = {name for name, _ in unreadable}
+                wanted = (set(models) & (set(found) | set(unreadable))) | (set(current) - set(found))
             done = Refreshed()
-            failed = {k: v for k, v in state.failed.items()
-                      if k[1] != "*" and (k[0] not in wanted or k[0] in broken)}
-            failed.update(unreadable)
-            routes = {n: r for n, r in current.items() if n not in wanted or n in broken}
-            for name in sorted(wanted - broken):
-                if name not in found:  # gone from disk: release it
+            faults = {n: f for n, f in state.faults.items() if n not in wanted}
+            failed = {k: v for k, v in state.failed.items() if k[0] not in wanted}
+            routes = {n: r for n, r in current.items() if n not in wanted}
+            published = {n: v for n, v in state.published.items() if n not in wanted}
+            versions = {k: v for k, v in state.versions.items() if k[0] not in wanted}
+            for name in sorted(wanted):
+                if name not in found and name not in unreadable:  # gone from disk: release it
                     done.released += [f"{name}/{v}" for v in current[name].versions]
                     continue
-                routes[name] = self._refresh_model(name, found[name], current.get(name), done,
-                                                   failed)
-            versions = {k: v for k, v in state.versions.items() if k[0] in broken}
-            versions.update({(n, v.manifest.version): v for n, vs in found.items() for v in vs})
-            published = {n: v for n, v in state.published.items() if n in broken}
-            published.update({n: [v.manifest.version for v in vs] for n, vs in found.items()})
+                fault = unreadable.get(name)
+                if fault is None:
+                    try:
+                        aliases = read_aliases(self.root, name)
+                    except AliasError as exc:
+                        fault = aliases_unreadable(name, exc)
+                if fault is not None:
+                    # What it served it keeps (routes, versions, reasons), else unavailable.
+                    routes[name] = model_state.unreadable_routes(fault, current.get(name))
+                    failed.update({k: v for k, v in state.failed.items() if k[0] == name})
+                    versions.update({k: v for k, v in state.versions.items() if k[0] == name})
+                    published[name] = list(state.published.get(name, ())) or [
+                        v.manifest.version for v in found.get(name, [])]
+                    faults[name] = (fault, *[f for f in state.faults.get(name, ())
+                                             if f.kind not in MODEL_WIDE])  # still held
+                    continue
+                model, routed, model_faults = self._refresh_model(
+                    name, found[name], aliases, current.get(name), done, failed)
+                if routed:
+                    routes[name] = model
+                    published[name] = [v.manifest.version for v in routed]
+                    versions.update({(name, v.manifest.version): v for v in routed})
+                if model_faults:
+                    faults[name] = model_faults
             released = self._install(ServingState(
                 ModelRouter(routes), MappingProxyType(failed), MappingProxyType(published),
-                MappingProxyType(versions)))
+                MappingProxyType(versions), MappingProxyType(faults)))
+        self._book.update(faults)
         self._release(released)
         if done.loaded or done.released or done.failed:
             logger.info("models: loaded %s, released %s, failed %s",
                         done.loaded, done.released, sorted(done.failed))
         return done
 
-    def _scan(self) -> tuple[dict[str, list[ModelVersion]], dict[tuple[str, str], str]]:
-        """The repository model by model: one malformed version makes only its model unreadable
-        (logged, and its loaded versions kept), never the whole repository."""
-        if not self.root.is_dir():
-            return {}, {}
-        names = sorted(p.name for p in self.root.iterdir()
-                       if p.is_dir() and repository.valid_name(p.name))
-        found: dict[str, list[ModelVersion]] = {}
-        unreadable: dict[tuple[str, str], str] = {}
-        for name in names:
-            if self.only is not None and name not in self.only:
-                continue
-            try:
-                versions = repository.scan(self.root, [name]).get(name)
-            except RepositoryError as exc:
-                if "not found" in str(exc):  # a folder without any version yet
-                    continue
-                unreadable[(name, "*")] = str(exc)
-                logger.error("model %s cannot be read; its loaded versions keep serving: %s",
-                             name, exc)
-                continue
-            if versions:
-                found[name] = versions
-        return found, unreadable
-
-    def _refresh_model(self, name: str, versions: list[ModelVersion],
+    def _refresh_model(self, name: str, on_disk: list[ModelVersion], aliases: AliasState,
                        current: ModelRoutes[ServedModel] | None, done: Refreshed,
-                       failed: dict[tuple[str, str], str]) -> ModelRoutes[ServedModel]:
-        """The model's routes as its aliases and the loading policy now say; `failed` gets the
-        versions that would not load (only those tried: an idle version is retried on demand)."""
-        aliases = read_aliases(self.root, name)
+                       failed: dict[tuple[str, str], str]
+                       ) -> tuple[ModelRoutes[ServedModel], list[ModelVersion], tuple[Fault, ...]]:
+        """The model's routes as its aliases and the loading policy now say, the versions it
+        routes on, and its faults; `failed` gets the versions that would not load (only those
+        tried: an idle version is retried on demand)."""
+        versions, held = model_state.routable(self.root, name, on_disk, aliases, current)
         keep = self._keep(versions, aliases, current)
+        files = model_state.file_faults(on_disk, current.versions if current else {})
         loaded: dict[str, ServedModel] = {}
         for v in versions:
             label = v.manifest.version
@@ -175,6 +191,9 @@ class ModelSet:
                 continue
             if current is not None and label in current.versions:
                 loaded[label] = current.versions[label]
+                continue
+            if label in files:  # a load would refuse it: the fault says why (logged once)
+                failed[(name, label)] = files[label].detail
                 continue
             try:
                 loaded[label] = self._load(v)
@@ -189,7 +208,9 @@ class ModelSet:
             done.loaded.append(f"{name}/{label}")
         if current is not None:
             done.released += [f"{name}/{v}" for v in current.versions if v not in loaded]
-        return ModelRoutes(loaded, aliases, tuple(v.manifest.version for v in versions))
+        labels = tuple(v.manifest.version for v in versions)
+        faults = model_state.model_faults(aliases, labels, held, files)
+        return ModelRoutes(loaded, aliases, labels), versions, faults
 
     def _keep(self, versions: list[ModelVersion], aliases: AliasState,
               current: ModelRoutes[ServedModel] | None) -> set[str]:
@@ -275,9 +296,12 @@ class ModelSet:
             raise NotReady(f"model '{name}' has no production version")
         if label not in routes.available:
             raise state.router.not_served(name, label, routes)
-        return repository.version_metadata(
+        doc = repository.version_metadata(
             state.versions[(name, label)].manifest, [label] if version else list(routes.available),
             routes.aliases.roles(label, routes.published))
+        if faults := state.faults.get(name):
+            doc["parameters"]["repository_faults"] = [f.describe() for f in faults]
+        return doc
 
     def record(self, name: str, version: str) -> dict[str, Any]:
         """A published version's whole record for an operator (scope admin): its metadata with
@@ -285,8 +309,17 @@ class ModelSet:
         Blocking (reads the repository)."""
         if not (repository.valid_name(name) and repository.valid_name(version)):
             raise BadRequest(f"invalid model or version name {name!r}/{version!r}")
+        held = self._state.versions.get((name, version))
         try:
             published = model_ops.published_versions(self.root, name)
+            if version not in published and held is not None:  # gone from disk, held here
+                routes = self.router.routes(name)
+                doc = repository.version_metadata(held.manifest, [version],
+                                                  routes.aliases.roles(version, routes.published),
+                                                  full=True)
+                doc["parameters"]["repository_faults"] = [
+                    f.describe() for f in self._state.faults.get(name, ())]
+                return doc
             if version not in published:
                 raise NotFound(f"model '{name}' has no version '{version}'; published: {published}")
             manifest = repository.read_manifest(self.root / name / version)
@@ -311,8 +344,12 @@ class ModelSet:
         raise RepositoryError(f"model '{name}' has no version '{version}'")
 
     def aliases(self, name: str) -> AliasState:
+        """The aliases the model is served by; read from its file when nothing serves it
+        (AliasFileError, a 409, when that file is corrupt)."""
         routes = self.router.models().get(name)
-        return routes.aliases if routes is not None else read_aliases(self.root, name)
+        if routes is None or (routes.unavailable is not None and not routes.versions):
+            return read_aliases(self.root, name)
+        return routes.aliases
 
     def _release(self, released: list[ServedModel]) -> None:
         """Drain the released versions, then close them, on a thread of their own."""

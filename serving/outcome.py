@@ -1,4 +1,5 @@
-"""What one inference request came to (HTTP or gRPC), filled in as it goes and accounted once."""
+"""What one inference request came to (HTTP or gRPC): the versions it holds while it runs, its
+inputs and outputs for the monitor's sample, and its status with the reason."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ class Outcome:
     protocol: str
     served: ServedModel | None = None
     shadow: ServedModel | None = None
+    production: ServedModel | None = None  # when the canary answered (not held)
     inputs: dict | None = None
     results: dict | None = None
     rows: int = 0
@@ -27,7 +29,7 @@ class Outcome:
     reason: Reason = Reason.OK
 
     def hold(self, route: ModelRoute[ServedModel]) -> None:
-        self.served, self.shadow = route.target, route.shadow
+        self.served, self.shadow, self.production = route.target, route.shadow, route.production
         route.target.users += 1
         route.target.last_active = self.started
         if route.shadow is not None:

@@ -68,6 +68,12 @@ class PayloadTooLarge(InferenceError):
     status_code = 413
 
 
+class BodyTimeout(InferenceError):
+    """The body did not arrive within its deadline (serving.pacing): 408, its slot freed."""
+
+    status_code = 408
+
+
 class ModelFault(InferenceError):
     """The model's doing, after the request was accepted: 502 Bad Gateway. The model is the
     replica's upstream: Vigil itself works, what it relies on answered badly. 500 stays for

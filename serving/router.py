@@ -24,10 +24,12 @@ def sticky_share(model: str, key: str) -> float:
 
 @dataclass(frozen=True)
 class Route(Generic[M]):
-    """The version that answers, and the one that gets a copy afterwards (or None)."""
+    """The version that answers, the one that gets a copy afterwards (or None), and, when the
+    canary answers, production: what its answer may be compared with afterwards."""
 
     target: M
     shadow: M | None = None
+    production: M | None = None
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,8 @@ class ModelRoutes(Generic[M]):
     versions: dict[str, M]
     aliases: AliasState
     published: tuple[str, ...] = ()  # every version on disk, retired ones included
+    # Why a model with no version loaded cannot serve (its repository entry is unreadable).
+    unavailable: str | None = None
     production: str | None = field(init=False, default=None)
     # The versions a request may name: published and not retired, loaded here or not.
     available: tuple[str, ...] = field(init=False, default=())
@@ -65,6 +69,8 @@ class ModelRouter(Generic[M]):
         routes = self._models.get(name)
         if routes is None:
             raise NotFound(f"model '{name}' is not served here; known models: {sorted(self._models)}")
+        if routes.unavailable is not None and not routes.versions:
+            raise NotReady(f"model '{name}' is unavailable: {routes.unavailable}")
         if routes.aliases.unloaded:
             raise NotReady(
                 f"model '{name}' is unloaded; POST /v2/repository/models/{name}/load serves it again"
@@ -89,16 +95,29 @@ class ModelRouter(Generic[M]):
             if share < canary.weight:
                 target = canary.version
         if target is None or target not in routes.versions:
-            raise NotReady(f"model '{name}' has no production version loaded here")
+            raise self.no_production(name, routes)
         shadow = routes.versions.get(aliases.shadow) if aliases.shadow else None
-        return Route(routes.versions[target], shadow)
+        production = (routes.versions.get(routes.production)
+                      if routes.production is not None and routes.production != target else None)
+        return Route(routes.versions[target], shadow, production)
 
     def production(self, name: str) -> M:
         """The production version's model (what the model's metadata describes)."""
         routes = self.routes(name)
         if routes.production is None or routes.production not in routes.versions:
-            raise NotReady(f"model '{name}' has no production version loaded here")
+            raise self.no_production(name, routes)
         return routes.versions[routes.production]
+
+    @staticmethod
+    def no_production(name: str, routes: ModelRoutes[M]) -> NotReady:
+        """Why unversioned requests find no version: production names none (a broken alias,
+        edited by hand), or it is not loaded here."""
+        production = routes.production
+        if production is not None and routes.published and production not in routes.published:
+            return NotReady(f"model '{name}': its production alias names version '{production}', "
+                            "which is not in the repository (a broken alias: the repository "
+                            "index says more)")
+        return NotReady(f"model '{name}' has no production version loaded here")
 
     @staticmethod
     def not_served(name: str, version: str, routes: ModelRoutes[M]) -> NotFound | NotLoaded:

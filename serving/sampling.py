@@ -122,6 +122,17 @@ class SampleBuffer:
             buf.rows -= old_rows
             buf.dropped_rows += old_rows
 
+    def agreed(self, model: str, version: str, agreement: tuple[int, int]) -> None:
+        """(agreeing, compared) rows of a request `version` answered, against production's answer
+        to the same inputs (a canary's, off the response path): counted for `version`'s window
+        without a request fact of its own (the request was accounted when it was answered)."""
+        agreeing, compared = (int(n) for n in agreement)
+        if not 0 <= agreeing <= compared:
+            raise ValueError(f"agreement {agreement!r}: expected 0 <= agreeing <= compared")
+        buf = self._buffer(model, version)
+        buf.agreeing_rows += agreeing
+        buf.compared_rows += compared
+
     def _pick(self, rows: int) -> np.ndarray | None:
         """Indices of the rows to keep, in order; None for all of them."""
         cap = min(self.max_rows_per_request, self.max_rows)
@@ -141,7 +152,7 @@ class SampleBuffer:
         buffers in use are those of versions with traffic lately."""
         batches = []
         for (model, version), buf in list(self._buffers.items()):
-            if buf.facts == 0 and not buf.chunks:
+            if buf.facts == 0 and not buf.chunks and not buf.compared_rows:
                 del self._buffers[(model, version)]
                 continue
             kept = min(buf.facts, self.max_requests)

@@ -154,11 +154,58 @@ class SamplingSettings(BaseModel):
         le=600.0,
         description="A flush the monitor has not accepted by then is dropped and counted.",
     )
+    canary_agreement_share: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="Share of the requests a canary answers that production also answers, off "
+        "the response path, to count how often the two agree (a rollout's agreement check); 0 "
+        "turns it off. Costs production this share of the canary's inferences.",
+    )
     monitor_app: str = Field(
         default="monitor", min_length=1, description="Serve application of the monitor."
     )
     monitor_deployment: str = Field(
         default="Monitor", min_length=1, description="Deployment name of the monitor."
+    )
+
+
+class FrontDoorSettings(BaseModel):
+    """How long a client may take to send an inference body, and how many inference requests
+    one client may have in flight on a replica: so that slow or stalled clients cannot hold the
+    replica's slots (docs/security.md, "Connection and body limits")."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    body_grace_s: float = Field(
+        default=5.0,
+        gt=0.0,
+        le=600.0,
+        description="Time an inference request's body may fall behind its rate floor: a body "
+        "must be complete within this plus 1 s per body_min_rate_bytes_per_s bytes received, "
+        "else it is answered 408 and its slot freed (a stalled body: this long after its last "
+        "progress is used up).",
+    )
+    body_min_rate_bytes_per_s: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        le=1024 * MiB,
+        description="Rate floor of a body after body_grace_s: each this many bytes received "
+        "give it one more second. A body sent at this rate or faster is never cut off.",
+    )
+    max_in_flight_per_client: int = Field(
+        default=64,
+        ge=1,
+        le=100_000,
+        description="Most inference requests one client may have in flight on one replica (its "
+        "body being received or its answer being computed); past it 429 with Retry-After: 1. A "
+        "client is its bearer token's name, else its address.",
+    )
+    trusted_proxies: list[str] = Field(
+        default=[],
+        max_length=1024,
+        description="Peer addresses whose X-Forwarded-For is believed (its last address names the "
+        "client); from any other peer the header is ignored. Ray's HAProxy adds none.",
     )
 
 
@@ -210,4 +257,8 @@ class ServerSettings(AppSettings):
     sampling: SamplingSettings = Field(
         default_factory=SamplingSettings,
         description="Sampling of live traffic for the monitor.",
+    )
+    front_door: FrontDoorSettings = Field(
+        default_factory=FrontDoorSettings,
+        description="Body deadlines and the per-client cap on in-flight inference requests.",
     )

@@ -22,6 +22,7 @@ _ENV = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
     "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",  # as the Makefile ships it
+    "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": "10",  # as the Makefile ships it
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_AUTH_MODE": "token",
     "RAY_AUTH_TOKEN": secrets.token_hex(32),

@@ -16,7 +16,8 @@ from starlette.routing import Route
 
 from tests.conftest import _free_port
 from tests.graphs import double_graph
-from vigil.core import model_ops
+from vigil.core import model_ops, rollout
+from vigil.core.actions import AliasAction
 from vigil.core.aliases import AliasError
 from vigil.core.repository import publish
 from vigil.core.tensors import TensorSpec
@@ -137,17 +138,17 @@ class StandInAdminServer:
         if (refused := await self._guard(request, "admin")) is not None:
             return refused
         body = self.requests[-1][2] or {}
-        action = request.path_params["action"]
-        if action in ("canary", "shadow") and body.get("version") is None:
-            action += "_cleared"
+        route = request.path_params["action"]
         token = request.headers["authorization"].removeprefix("Bearer ")
 
         def apply() -> dict[str, Any]:
+            action = AliasAction.for_route(route, body.get("version") is not None)
+            plan = rollout.plan_from_dict(body["plan"]) if action.spec.plan else None
             done = model_ops.apply(
                 self.root, request.path_params["model"], action, actor=token,
                 reason=body.get("reason", ""), version=body.get("version"),
                 weight=body.get("weight"), sticky_header=body.get("sticky_header"),
-                force=body.get("force", False),
+                force=body.get("force", False), plan=plan,
             ).to_dict()
             generation = done["generation"]
             replicas = {"r1": generation, "r2": generation if self.converged else generation - 1}

@@ -209,3 +209,53 @@ def test_a_board_an_older_vigil_started_still_takes_changes(server: Server) -> N
     server.handle.board = Older(server.board)
     answer = server.change("shadow", version="3")
     assert answer.status_code == 200, answer.text
+
+
+# ------------------------------------------------------------------ rollouts through the route
+
+
+@pytest.mark.parametrize(
+    ("action", "body", "status", "says"),
+    [
+        ("rollout", {"plan": {"steps": [0.1, 0.05]}}, 400, "rollout needs a 'version'"),
+        ("rollout", {"version": "2", "plan": {"steps": [0.1, 0.05]}, "force": True,
+                     "reason": "r"}, 400, "steps must strictly increase"),
+        ("rollout", {"version": "2", "plan": {"steps": [0.5, 1.0]}, "force": True,
+                     "reason": "r"}, 400, "below 1 (100%)"),
+        ("rollout", {"version": "2", "plan": {"steps": [0.1], "colour": 1}}, 400,
+         "unknown plan fields ['colour']"),
+        ("rollout", {"version": "2", "plan": [0.1]}, 400, "'plan' must be an object"),
+        ("rollout", {"version": "2"}, 409, "m/2 has not been validated"),
+        ("promote", {"version": "2", "plan": {}}, 400, "promote takes no 'plan'"),
+        ("rollout-pause", {}, 409, "model 'm' has no rollout"),
+        ("rollout-abort", {"reason": "r"}, 409, "model 'm' has no rollout"),
+    ],
+)
+def test_rollout_refusals_are_json_with_their_status(server: Server, action: str, body: dict,
+                                                     status: int, says: str) -> None:
+    answer = server.change(action, **body)
+    assert answer.status_code == status and says in answer.json()["error"], answer.text
+    assert list(audit.entries(server.root, "m")) == []
+
+
+def test_a_rollout_started_paused_and_aborted_through_the_route(server: Server) -> None:
+    async def steps() -> list[httpx.Response]:  # one loop: the board's events belong to it
+        transport = httpx.ASGITransport(app=server.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://vigil") as client:
+            path = "/v2/repository/models/m/"
+            return [await client.post(path + route, json=body) for route, body in (
+                ("rollout", {"version": "2", "plan": {"steps": [0.05, 0.5]}, "force": True,
+                             "reason": "retrained"}),
+                ("rollout-pause", {"reason": "look"}),
+                ("rollout-abort", {"version": "3", "reason": "x"}),
+                ("rollout-abort", {"version": "2", "reason": "not today"}))]
+
+    started, paused, wrong, ended = asyncio.run(steps())
+    assert started.status_code == 200, started.text
+    doc = started.json()["aliases"]
+    assert doc["canary"]["weight"] == 0.05 and doc["rollout"]["plan"]["steps"] == [0.05, 0.5]
+    assert paused.json()["aliases"]["rollout"]["status"] == "paused"
+    assert wrong.status_code == 409 and "is of version 2, not 3" in wrong.json()["error"]
+    assert ended.json()["aliases"]["rollout"] is None and ended.json()["aliases"]["canary"] is None
+    assert [e["action"] for e in audit.entries(server.root, "m")] == [
+        "rollout", "rollout_paused", "rollout_aborted"]

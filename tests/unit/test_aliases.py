@@ -110,7 +110,7 @@ def test_unknown_model_and_malformed_file(repo: Path) -> None:
     (repo / "m" / "aliases.json").write_text("{not json")
     with pytest.raises(AliasError, match="not JSON") as info:
         aliases.read_aliases(repo, "m")
-    assert info.value.status == 500
+    assert info.value.status == 409  # a repository no change can start from, not a bug
 
 
 def test_concurrent_writers_lose_no_change(repo: Path) -> None:
@@ -203,10 +203,19 @@ def test_every_alias_action_is_named_once_with_what_it_takes() -> None:
 
     assert {a.value for a in AliasAction} == {
         "promote", "rollback", "canary", "canary_cleared", "shadow", "shadow_cleared", "retire",
-        "load", "unload"}
-    assert ROUTES == {"promote", "rollback", "canary", "shadow", "retire", "load", "unload"}
+        "load", "unload", "rollout", "rollout_paused", "rollout_resumed", "rollout_aborted",
+        "rollout_held", "rollout_advanced", "rollout_halted", "rollout_promoted",
+        "rollout_rolled_back"}
+    assert ROUTES == {"promote", "rollback", "canary", "shadow", "retire", "load", "unload",
+                      "rollout", "rollout-pause", "rollout-resume", "rollout-abort"}
     assert [a for a in AliasAction if a.spec.live_traffic] == [AliasAction.PROMOTE,
-                                                               AliasAction.CANARY]
+                                                               AliasAction.CANARY,
+                                                               AliasAction.ROLLOUT]
+    assert [a for a in AliasAction if a.spec.plan] == [AliasAction.ROLLOUT]
+    # the monitor's steps have no admin route
+    assert {a for a in AliasAction if a.spec.route is None} == {
+        AliasAction.ROLLOUT_HELD, AliasAction.ROLLOUT_ADVANCED, AliasAction.ROLLOUT_HALTED,
+        AliasAction.ROLLOUT_PROMOTED, AliasAction.ROLLOUT_ROLLED_BACK}
     assert [a for a in AliasAction if a.spec.weight] == [AliasAction.CANARY]
     assert AliasAction.CANARY_CLEARED.spec.version is VersionUse.GUARD
     assert AliasAction.for_route("canary", True) is AliasAction.CANARY

@@ -225,7 +225,7 @@ def test_json_output_without_a_server(
 
     listing = json.loads(_offline(capsys, repo, no_server, "list", "--json")[1])
     assert listing[1] == {"name": "m", "version": "2", "state": "PUBLISHED", "reason": "",
-                          "aliases": ["production"]}
+                          "aliases": ["production"], "faults": []}
     shown = json.loads(_offline(capsys, repo, no_server, "show", "m", "--json")[1])
     assert shown["aliases"]["published"] == ["1", "2", "3"]
     assert shown["version"]["parameters"]["lineage"]["source_file"] == "m2.onnx"

@@ -76,7 +76,8 @@ FULL_VALUES = {
                      {"key": "node-role", "operator": "In", "values": ["system"]}]}}]}}},
     "imagePullSecrets": [{"name": "regcred"}],
     "autoscaling": {"version": "v2"},
-    "ray": {"extraEnv": [{"name": "RAY_SERVE_HAPROXY_MAXCONN", "value": "8192"}]},
+    "ray": {"extraEnv": [{"name": "RAY_SERVE_HAPROXY_NBTHREAD", "value": "8"}],
+            "haProxyLimits": {"timeoutClientS": 20, "maxconn": 20000}},
     "monitoring": {"rayPodMonitor": {"labels": {"release": "kube-prometheus-stack"}},
                    "monitorServiceMonitor": {"labels": {"release": "kube-prometheus-stack"}},
                    "prometheusRule": {"labels": {"release": "kube-prometheus-stack"}},
@@ -433,6 +434,15 @@ def test_ray_containers_get_the_makefiles_environment(rendered, variant):
         "mode": "token"}
 
 
+@pytest.mark.parametrize(("variant", "timeout", "maxconn"),
+                         [("default", "10", "8192"), ("gpu", "10", "8192"),
+                          ("full", "20", "20000")])
+def test_haproxy_limits_reach_every_ray_container(rendered, variant, timeout, maxconn):
+    for pod in pod_templates(rendered[variant]).values():
+        assert env(pod)["RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S"]["value"] == timeout
+        assert env(pod)["RAY_SERVE_HAPROXY_MAXCONN"]["value"] == maxconn
+
+
 # ---------------------------------------------------------------- GPU values
 
 
@@ -527,6 +537,9 @@ def test_every_value_is_described():
         ("serve.applications.monitor.deployments.Monitor.user_config.window.rows=0", "rows"),
         ("auth.mode=open", "mode"),
         ("worker.maxReplicas=0", "maxReplicas"),
+        ("ray.haProxyLimits.timeoutClientS=0", "timeoutClientS"),
+        ("ray.haProxyLimits.maxconn=10", "maxconn"),
+        ("ingress.nginxLimits.proxyBodySize=lots", "proxyBodySize"),
         ("head.rayStartParams.resources=x", "resources"),
     ],
 )
@@ -628,6 +641,26 @@ def test_the_grpc_port_is_served_and_has_its_own_grpc_ingress(rendered):
     assert ingress["spec"]["tls"] == [{"hosts": ["grpc.vigil.example.com"],
                                        "secretName": "vigil-grpc-tls"}]
     assert "grpc" not in _ingresses(rendered["default"])
+
+def test_the_ingress_carries_nginx_limits_and_the_users_annotations_win(rendered, helm):
+    annotations = _ingresses(rendered["full"])["http"]["metadata"]["annotations"]
+    assert annotations == {"nginx.ingress.kubernetes.io/limit-connections": "100",
+                           "nginx.ingress.kubernetes.io/proxy-body-size": "64m",
+                           "nginx.ingress.kubernetes.io/proxy-read-timeout": "60"}
+    result = template(helm, "--set", "ingress.enabled=true",
+                      "--set", "ingress.nginxLimits.limitConnections=7",
+                      "--set-string", "ingress.annotations.nginx\\.ingress\\.kubernetes\\.io/"
+                      "proxy-read-timeout=5")
+    assert result.returncode == 0, result.stderr
+    ingress = [o for o in yaml.safe_load_all(result.stdout) if o and o["kind"] == "Ingress"]
+    assert ingress[0]["metadata"]["annotations"] == {
+        "nginx.ingress.kubernetes.io/limit-connections": "7",
+        "nginx.ingress.kubernetes.io/proxy-body-size": "64m",
+        "nginx.ingress.kubernetes.io/proxy-read-timeout": "5"}
+    off = template(helm, "--set", "ingress.enabled=true",
+                   "--set", "ingress.nginxLimits.enabled=false")
+    (plain,) = [o for o in yaml.safe_load_all(off.stdout) if o and o["kind"] == "Ingress"]
+    assert "annotations" not in plain["metadata"]
 
 
 @pytest.mark.parametrize("copy_path", list(ASSETS), ids=lambda p: p.name)

@@ -101,7 +101,8 @@ def test_a_malformed_model_keeps_its_loaded_versions_and_spares_the_others(repo:
     done = models.refresh()
     assert done.loaded == ["m/4"]  # the readable model moved on
     assert models.router.versions("other") == ["1"]  # the unreadable one kept what it had
-    assert "missing field" in models.failed[("other", "*")]
+    (fault,) = models.faults["other"]
+    assert fault.kind == "unreadable" and "missing field" in fault.detail
 
 
 def test_no_gpu_where_one_is_required_stops_the_replica(repo: Path) -> None:

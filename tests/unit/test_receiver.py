@@ -109,6 +109,7 @@ def open_receiver(models: Path, tmp_path: Path) -> Iterator[Callable[..., httpx.
             state: Path | None = None,
             forward: GitHubDispatch | None = None,
             read_token: str | None = READ_TOKEN,
+            **extra: Any,
         ) -> httpx.Client:
             app = build_app(
                 models_dir=models,
@@ -118,6 +119,7 @@ def open_receiver(models: Path, tmp_path: Path) -> Iterator[Callable[..., httpx.
                 token=TOKEN,
                 read_token=read_token,
                 forward=forward,
+                **extra,
             )
             served = Served(app)
             stack.callback(served.close)
@@ -856,3 +858,64 @@ def test_racing_retrainers_each_publish_their_own_version(models):
     assert list((models / "breast_cancer" / "2").iterdir()) == []
     publishes = [e["to_version"] for e in audit.entries(models) if e["action"] == "publish"]
     assert sorted(publishes) == ["3", "4", "5"]
+
+
+# ------------------------------------------------------------------ closing the loop: gate, rollout
+
+
+def _shipper(url: str, force_reason: str | None = None):
+    from examples.shipping import Shipping
+    from vigil.core.rollout import make_plan
+
+    return Shipping(url, make_plan((0.05, 0.5), windows_per_step=1), force_reason)
+
+
+def test_a_retrained_version_that_passes_the_gate_starts_a_rollout(open_receiver, models, monitor,
+                                                                  monkeypatch):
+    from tests.local_http import serving
+    from tests.unit.cli_support import StandInAdminServer
+
+    monkeypatch.setenv("VIGIL_TOKEN", "admin-token")  # the admin's, for the rollout
+    admin = StandInAdminServer(models)
+    with serving(admin.app) as url:
+        client = open_receiver(monitor_url=monitor.url, shipper=_shipper(url))
+        event = cloud_event(DRIFT_EVENT, "breast_cancer/1")
+        assert client.post("/events", **signed(event)).status_code == 202
+        outcome = wait_for(lambda: retrained(client, event["id"]))
+    assert outcome["shipped"]["gate"] == "passed", outcome
+    assert outcome["shipped"]["rollout"] == "started" and outcome["shipped"]["forced"] is False
+    state = read_aliases(models, "breast_cancer")
+    assert (state.canary.version, state.canary.weight, state.rollout.plan.steps) == (
+        "2", 0.05, (0.05, 0.5))
+    assert [r[1].rsplit("/", 1)[-1] for r in admin.requests] == ["rollout"]
+
+
+def test_a_candidate_trained_on_shuffled_labels_fails_the_gate_and_is_forced_only_with_a_reason(
+        open_receiver, models, monitor, monkeypatch):
+    from tests.local_http import serving
+    from tests.unit.cli_support import StandInAdminServer
+
+    monkeypatch.setenv("VIGIL_TOKEN", "admin-token")
+    admin = StandInAdminServer(models)
+    with serving(admin.app) as url:
+        client = open_receiver(monitor_url=monitor.url, shipper=_shipper(url),
+                               shuffle_labels=True)
+        event = cloud_event(DRIFT_EVENT, "breast_cancer/1")
+        client.post("/events", **signed(event))
+        refused = wait_for(lambda: retrained(client, event["id"]))
+        assert refused["shipped"]["gate"] == "failed" and refused["shipped"]["rollout"] is None
+        assert read_aliases(models, "breast_cancer").rollout is None
+        assert read_manifest(models / "breast_cancer" / "2").metadata["labels"].startswith(
+            "shuffled")
+
+        forced = open_receiver(monitor_url=monitor.url, state=models.parent / "forced.sqlite",
+                               shipper=_shipper(url, "demo: a worse candidate"),
+                               shuffle_labels=True)
+        event = cloud_event(DRIFT_EVENT, "breast_cancer/1")
+        forced.post("/events", **signed(event))
+        outcome = wait_for(lambda: retrained(forced, event["id"]))
+    assert outcome["shipped"]["rollout"] == "started" and outcome["shipped"]["forced"] is True
+    state = read_aliases(models, "breast_cancer")
+    assert state.rollout.version == "3" and state.production == "1"
+    entry = [e for e in audit.entries(models, "breast_cancer") if e["action"] == "rollout"][-1]
+    assert "forced past the gate" in entry["reason"] and entry["details"]["forced"] is True

@@ -138,8 +138,11 @@ def test_retired_version_and_unloaded_model() -> None:
 
 def test_production_not_loaded_is_not_ready() -> None:
     router = ModelRouter({"m": _routes(AliasState("m", production="9"))})
+    with pytest.raises(NotReady, match="production alias names version '9', which is not in"):
+        router.resolve("m")  # a broken alias (edited by hand) says so
+    unloaded = ModelRoutes({"2": "m-2"}, AliasState("m", production="1"), ("1", "2"))
     with pytest.raises(NotReady, match="no production version loaded"):
-        router.resolve("m")
+        ModelRouter({"m": unloaded}).resolve("m")
 
 
 def test_a_published_version_not_loaded_here_can_be_loaded_on_demand() -> None:
@@ -158,3 +161,13 @@ def test_a_published_version_not_loaded_here_can_be_loaded_on_demand() -> None:
     with pytest.raises(NotFound, match=r"has no version '4'; versions: \['1', '2'\]"):
         router.resolve("m", "4")
     assert router.versions("m") == ["1"]
+
+
+def test_production_comes_with_the_canary_to_compare_its_answer() -> None:
+    state = AliasState("m", production="1", canary=Canary("2", 0.5))
+    draws = iter([0.1, 0.9])
+    router = ModelRouter({"m": _routes(state)}, draw=lambda: next(draws))
+    canary, production = router.resolve("m"), router.resolve("m")
+    assert (canary.target, canary.production) == ("m-2", "m-1")
+    assert (production.target, production.production) == ("m-1", None)
+    assert router.resolve("m", "2").production is None  # a named version is never compared

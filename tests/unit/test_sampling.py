@@ -159,3 +159,18 @@ def test_a_version_without_traffic_since_the_last_drain_loses_its_buffer():
         assert buf.versions == 2
         buf.drain()  # a flush interval without traffic
         assert buf.versions == 0
+
+
+def test_a_canarys_agreement_with_production_is_counted_without_a_request_of_its_own():
+    buf = SampleBuffer(sample_rate=0.0, max_rows=10, max_requests=10)
+    buf.record("m", "2", 0.002, 200)  # the canary's request, accounted when answered
+    buf.agreed("m", "2", (4, 5))  # then production answered the same inputs
+    buf.agreed("m", "3", (1, 1))  # agreement alone keeps a buffer until the drain
+    batches = {b.version: b for b in buf.drain()}
+    assert (batches["2"].agreeing_rows, batches["2"].compared_rows, batches["2"].requests) == (
+        4, 5, 1)
+    assert (batches["3"].agreeing_rows, batches["3"].compared_rows, batches["3"].requests) == (
+        1, 1, 0)
+    with pytest.raises(ValueError, match="expected 0 <= agreeing <= compared"):
+        buf.agreed("m", "2", (3, 2))
+    assert buf.drain() == []

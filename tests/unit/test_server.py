@@ -226,3 +226,41 @@ def test_a_shadow_that_cannot_take_productions_inputs_is_a_server_error(repo, to
                                               headers=_auth(tokens["user"])))
     assert answer.status_code == 200 and answer.json()["model_version"] == "1"
     assert _facts(server) == {"ident/1": [200], "ident/2": [502]}
+
+
+def test_production_answers_a_share_of_the_canarys_requests_to_compare(repo, tokens):
+    """ident/3 (a canary at weight 0.5, the identity as production is) answers; production
+    (ident/1) answers the same inputs off the response path: every row agrees, counted for the
+    canary's window, with no request of production's own."""
+    publish(repo, "ident", "3", identity_graph([("x", "FP32", (-1, 2))]).SerializeToString(),
+            (TensorSpec("x", "FP32", (-1, 2)),), (TensorSpec("x_out", "FP32", (-1, 2)),))
+    model_ops.apply(repo, "ident", "promote", actor="t", version="1", force=True, reason="r")
+    model_ops.apply(repo, "ident", "canary", actor="t", version="3", weight=0.5, force=True,
+                    reason="r")
+    server, app = server_app(repo)
+    server._compare_draw = lambda: 0.0  # every canary answer is compared
+    body = {"inputs": [{"name": "x", "shape": [3, 2], "datatype": "FP32",
+                        "data": [1, 2, 3, 4, 5, 6]}]}
+
+    async def go(client: httpx.AsyncClient) -> list[str]:
+        versions = []
+        for _ in range(20):
+            r = await client.post("/v2/models/ident/infer", json=body,
+                                  headers=_auth(tokens["user"]))
+            versions.append(r.json()["model_version"])
+        await asyncio.sleep(0.2)  # the background comparisons
+        return versions
+
+    versions = run_client(app, go)
+    batches = {b.version: b for b in server.samples.drain()}
+    canary_answers = versions.count("3")
+    assert canary_answers > 0
+    assert batches["3"].requests == canary_answers
+    assert (batches["3"].agreeing_rows, batches["3"].compared_rows) == (
+        3 * canary_answers, 3 * canary_answers)  # identity against identity: every row agrees
+    production = batches.get("1")
+    assert (production.requests if production else 0) == 20 - canary_answers  # not its requests
+    server._compare_share = 0.0
+    run_client(app, lambda c: c.post("/v2/models/ident/infer", json=body,
+                                     headers=_auth(tokens["user"])))
+    assert all(b.compared_rows == 0 for b in server.samples.drain())

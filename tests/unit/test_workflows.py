@@ -278,14 +278,15 @@ def test_retrain_runs_on_the_drift_dispatches_only(retrain: dict[str, Any]) -> N
         "vigil.drift.detected", "vigil.prediction_drift.detected"]
 
 
-def test_retrain_retrains_then_gates_then_starts_a_canary(retrain: dict[str, Any]) -> None:
+def test_retrain_retrains_then_gates_then_starts_a_rollout(retrain: dict[str, Any]) -> None:
     (job,) = retrain["jobs"].values()
     (trained,) = steps_running(job, "-m examples.retrain")
     (gated,) = steps_running(job, "vigil models validate")
-    (canary,) = steps_running(job, "vigil models canary")
-    assert trained < gated < canary
-    # A failed gate stops the job before the canary: no always() or failure() override.
-    for index in (gated, canary):
+    (rolled,) = steps_running(job, "vigil models rollout")
+    assert trained < gated < rolled
+    assert "--force" not in str(job["steps"][rolled]["run"])  # the gate's verdict stands
+    # A failed gate stops the job before the rollout: no always() or failure() override.
+    for index in (gated, rolled):
         condition = str(job["steps"][index].get("if", ""))
         assert "always()" not in condition and "failure()" not in condition, condition
     # The event's fields arrive in the retraining step's environment.

@@ -23,11 +23,12 @@ class VersionUse(enum.Enum):
 
 @dataclass(frozen=True)
 class ActionSpec:
-    route: str  # POST /v2/repository/models/{model}/{route}
+    route: str | None  # POST /v2/repository/models/{model}/{route}; None: the monitor's own
     version: VersionUse
     weight: bool  # takes a canary weight (and a sticky header)
     live_traffic: bool  # sends live traffic to the version: needs a passed gate verdict
     reason: bool  # the request carries a reason for the audit log
+    plan: bool = False  # takes a rollout plan (vigil.core.rollout)
 
 
 class AliasAction(enum.StrEnum):
@@ -42,6 +43,17 @@ class AliasAction(enum.StrEnum):
     RETIRE = "retire"
     LOAD = "load"
     UNLOAD = "unload"
+    # A progressive rollout: started, paused, resumed and aborted by an operator; its steps
+    # (a judged window recorded, a step advanced, halted, promoted, rolled back) by the monitor.
+    ROLLOUT = "rollout"
+    ROLLOUT_PAUSED = "rollout_paused"
+    ROLLOUT_RESUMED = "rollout_resumed"
+    ROLLOUT_ABORTED = "rollout_aborted"
+    ROLLOUT_HELD = "rollout_held"
+    ROLLOUT_ADVANCED = "rollout_advanced"
+    ROLLOUT_HALTED = "rollout_halted"
+    ROLLOUT_PROMOTED = "rollout_promoted"
+    ROLLOUT_ROLLED_BACK = "rollout_rolled_back"
 
     @property
     def spec(self) -> ActionSpec:
@@ -56,8 +68,9 @@ class AliasAction(enum.StrEnum):
         if not actions:
             raise KeyError(route)
         needs = [a for a in actions if a.spec.version is VersionUse.REQUIRED]
+        guards = [a for a in actions if a.spec.version is VersionUse.GUARD]
         rest = [a for a in actions if a.spec.version is not VersionUse.REQUIRED]
-        chosen = needs if has_version else rest
+        chosen = (needs or guards) if has_version else rest
         if not chosen:
             raise ValueError(f"{route} needs a 'version'" if needs else f"{route} takes no 'version'")
         return chosen[0]
@@ -76,8 +89,23 @@ _SPECS: dict[AliasAction, ActionSpec] = {
     AliasAction.RETIRE: ActionSpec("retire", _R, weight=False, live_traffic=False, reason=True),
     AliasAction.LOAD: ActionSpec("load", _N, weight=False, live_traffic=False, reason=False),
     AliasAction.UNLOAD: ActionSpec("unload", _N, weight=False, live_traffic=False, reason=False),
+    AliasAction.ROLLOUT: ActionSpec("rollout", _R, weight=False, live_traffic=True, reason=True,
+                                    plan=True),
+    AliasAction.ROLLOUT_PAUSED: ActionSpec("rollout-pause", _G, weight=False, live_traffic=False,
+                                           reason=True),
+    AliasAction.ROLLOUT_RESUMED: ActionSpec("rollout-resume", _G, weight=False,
+                                            live_traffic=False, reason=True),
+    AliasAction.ROLLOUT_ABORTED: ActionSpec("rollout-abort", _G, weight=False,
+                                            live_traffic=False, reason=True),
+    **{action: ActionSpec(None, _R, weight=False, live_traffic=False, reason=True)
+       for action in (AliasAction.ROLLOUT_HELD, AliasAction.ROLLOUT_ADVANCED,
+                      AliasAction.ROLLOUT_HALTED, AliasAction.ROLLOUT_PROMOTED,
+                      AliasAction.ROLLOUT_ROLLED_BACK)},
 }
+# Manual changes that end a running rollout (the audit entry says so).
+ENDS_ROLLOUT = frozenset({AliasAction.PROMOTE, AliasAction.ROLLBACK, AliasAction.CANARY,
+                          AliasAction.CANARY_CLEARED})
 # What else the audit log records besides alias changes.
 OTHER_AUDITED = ("publish", "validate")
 AUDITED = frozenset({*(a.value for a in AliasAction), *OTHER_AUDITED})
-ROUTES = frozenset(spec.route for spec in _SPECS.values())
+ROUTES = frozenset(spec.route for spec in _SPECS.values() if spec.route is not None)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from vigil.core.files import atomic_write, locked
+from vigil.core.rollout import RolloutState
 
 ALIASES_FILE = "aliases.json"
 LOCK_FILE = ".aliases.lock"
@@ -34,6 +35,15 @@ class AliasError(ValueError):
     def __init__(self, message: str, status: int = 409) -> None:
         super().__init__(message)
         self.status = status
+
+
+class AliasFileError(AliasError):
+    """The model's aliases.json cannot be read or is malformed (409: the repository is in a
+    state no change can start from; the message names the file and what is wrong)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"{message}; fix the file (or remove it: production becomes the newest "
+                         "version)", 409)
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,7 @@ class AliasState:
     shadow: str | None = None
     retired: frozenset[str] = field(default_factory=frozenset)
     unloaded: bool = False  # Triton's unload: no version of the model is served
+    rollout: RolloutState | None = None  # a progressive rollout of the canary (vigil.core.rollout)
 
     def production_of(self, published: Sequence[str]) -> str | None:
         """The version production traffic goes to, given the published versions (oldest first)."""
@@ -98,12 +109,13 @@ class AliasState:
             "shadow": self.shadow,
             "retired": sorted(self.retired),
             "unloaded": self.unloaded,
+            "rollout": None if self.rollout is None else self.rollout.to_dict(),
         }
 
     @classmethod
     def from_dict(cls, doc: Any, where: str) -> AliasState:
         if not isinstance(doc, dict):
-            raise AliasError(f"{where}: expected a JSON object", 500)
+            raise AliasFileError(f"{where}: expected a JSON object")
         try:
             canary = doc.get("canary")
             return cls(
@@ -118,9 +130,11 @@ class AliasState:
                 shadow=_opt_str(doc.get("shadow")),
                 retired=frozenset(str(v) for v in doc.get("retired", ())),
                 unloaded=bool(doc.get("unloaded", False)),
+                rollout=None if doc.get("rollout") is None
+                else RolloutState.from_dict(doc["rollout"], where),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise AliasError(f"{where}: malformed aliases ({exc!r})", 500) from exc
+            raise AliasFileError(f"{where}: malformed aliases ({exc!r})") from exc
 
 
 def _opt_str(value: Any) -> str | None:
@@ -144,10 +158,10 @@ def read_aliases(root: Path, model: str) -> AliasState:
     try:
         doc = json.loads(raw)
     except ValueError as exc:
-        raise AliasError(f"{path}: not JSON ({exc})", 500) from exc
+        raise AliasFileError(f"{path}: not JSON ({exc})") from exc
     state = AliasState.from_dict(doc, str(path))
     if state.model != model:
-        raise AliasError(f"{path}: names model {state.model!r}", 500)
+        raise AliasFileError(f"{path}: names model {state.model!r}, not {model!r}")
     return state
 
 

@@ -18,16 +18,19 @@ reason, audited as ``{"forced": true, "gate": why}``. Shadow, which answers no o
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from vigil.core import aliases, audit, gate_policy, repository
-from vigil.core.actions import AliasAction, VersionUse
+from vigil.core import aliases, audit, gate_policy, repository, rollout
+from vigil.core.actions import ENDS_ROLLOUT, AliasAction, VersionUse
 from vigil.core.aliases import AliasError, AliasState
 from vigil.core.gate_policy import PolicyError
 from vigil.core.repository import ModelVersion
+from vigil.core.repository_health import broken_aliases
+from vigil.core.rollout import PlanRefused, RolloutPlan, RolloutState
 
 MAX_REASON_CHARS = 2000
 ACTIONS = tuple(AliasAction)
@@ -52,6 +55,12 @@ class ChangeRequest:
     sticky_header: str | None = None
     details: dict[str, Any] | None = None
     force: bool = False
+    plan: RolloutPlan | None = None  # rollout: the plan to start
+    # The monitor's rollout steps: the state decided from (the change applies only while the
+    # saved rollout is still that one) and the state to save (None: the rollout ends).
+    expect: RolloutState | None = None
+    rollout: RolloutState | None = None
+    now: float = field(default_factory=time.time)
 
     @classmethod
     def of(cls, action: AliasAction | str, **fields: Any) -> ChangeRequest:
@@ -70,6 +79,10 @@ class ChangeRequest:
             raise AliasError(f"{self.action} needs a version", 400)
         if spec.weight and self.weight is None:
             raise AliasError(f"{self.action} needs a weight", 400)
+        if spec.plan and self.plan is None:
+            raise AliasError(f"{self.action} needs a plan", 400)
+        if spec.route is None and self.expect is None:
+            raise AliasError(f"{self.action} is the monitor's, from the rollout it judged", 400)
         if len(self.reason) > MAX_REASON_CHARS:
             raise AliasError(f"reason is longer than {MAX_REASON_CHARS} characters", 400)
         if self.force and spec.live_traffic and not self.reason.strip():
@@ -120,17 +133,20 @@ def published_versions(root: Path, model: str) -> list[str]:
 def _versions(root: Path, model: str) -> dict[str, ModelVersion]:
     try:
         return {v.manifest.version: v for v in repository.scan(Path(root), [model])[model]}
-    except repository.RepositoryError as exc:
+    except repository.ModelNotFound as exc:
         raise AliasError(str(exc), 404) from exc
+    except repository.RepositoryError as exc:  # a model.yaml of it is malformed: 409, not 404
+        raise AliasError(f"{exc}; fix or remove that model.yaml", 409) from exc
 
 
 def apply(root: Path, model: str, action: AliasAction | str, *, actor: str, reason: str = "",
           version: str | None = None, weight: float | None = None,
           sticky_header: str | None = None, details: dict[str, Any] | None = None,
-          force: bool = False, prepare: Prepare | None = None) -> Change:
-    """`run` with the request's fields as arguments."""
+          force: bool = False, prepare: Prepare | None = None, **rollout_fields: Any) -> Change:
+    """`run` with the request's fields as arguments (a rollout's: plan, expect, rollout, now)."""
     request = ChangeRequest.of(action, actor=actor, reason=reason, version=version, weight=weight,
-                               sticky_header=sticky_header, details=details, force=force)
+                               sticky_header=sticky_header, details=details, force=force,
+                               **rollout_fields)
     return run(root, model, request, prepare)
 
 
@@ -146,6 +162,10 @@ def run(root: Path, model: str, request: ChangeRequest, prepare: Prepare | None 
         before = aliases.read_aliases(root, model)
         gate = _gate(root, model, request, before, versions)  # production cannot move meanwhile
         after = _TRANSITIONS[request.action](before, _Context(request, published))
+        ended = _ended_rollout(request, before, after)
+        if ended is not None:
+            after = replace(after, rollout=None)
+        _refuse_broken(before, after, published)
         if after == before:
             unchanged = _FROM_TO[request.action](before, before, published, request)
             return Change(request.action, before, before, *unchanged, None)
@@ -153,7 +173,8 @@ def run(root: Path, model: str, request: ChangeRequest, prepare: Prepare | None 
         after = replace(after, generation=aliases.next_generation(before, void))
         from_version, to_version = _FROM_TO[request.action](before, after, published, request)
         details = {**(request.details or {}), **gate,
-                   **({"void_generation": void} if void is not None else {})}
+                   **({"void_generation": void} if void is not None else {}),
+                   **({"rollout_ended": ended} if ended is not None else {})}
         entry = audit.make_entry(
             actor=request.actor, action=request.action, model=model, from_version=from_version,
             to_version=to_version, reason=request.reason, generation=after.generation,
@@ -163,6 +184,18 @@ def run(root: Path, model: str, request: ChangeRequest, prepare: Prepare | None 
             prepare(change)
         _commit(root, lock, change)
         return change
+
+
+def _refuse_broken(before: AliasState, after: AliasState, published: list[str]) -> None:
+    """Never write an alias that names no version: a change may leave an alias broken as it
+    found it (so that other changes, and the one that mends it, still go through), never break
+    one (409)."""
+    was = broken_aliases(before, published)
+    new = {alias: why for alias, why in broken_aliases(after, published).items()
+           if was.get(alias) != why}
+    if new:
+        raise AliasError(f"model '{after.model}': refused, the {', '.join(sorted(new))} alias "
+                         f"would be broken: {'; '.join(new.values())}", 409)
 
 
 def _commit(root: Path, lock: aliases.ModelLock, change: Change) -> None:
@@ -214,6 +247,17 @@ def _gate(root: Path, model: str, request: ChangeRequest, state: AliasState,
         f"{request.action} with a reason", 409)
 
 
+def _ended_rollout(request: ChangeRequest, before: AliasState, after: AliasState) -> str | None:
+    """Why another change (an operator's, or a rule's canary rollback) ends the model's running
+    rollout (None: it does not)."""
+    running = before.rollout
+    if running is None or request.action not in ENDS_ROLLOUT or after == before:
+        return None
+    return (f"the rollout of {running.version} (step {running.step + 1} of "
+            f"{len(running.plan.steps)}, {running.status}) ended by {request.action} "
+            f"({request.actor})")
+
+
 # ---------------------------------------------------------------- the transitions, by action
 
 
@@ -249,6 +293,70 @@ def _clear_shadow(state: AliasState, c: _Context) -> AliasState:
     return aliases.clear_shadow(state)
 
 
+def _start_rollout(state: AliasState, c: _Context) -> AliasState:
+    assert c.request.plan is not None  # ChangeRequest.check
+    plan = c.request.plan
+    production = state.production_of(c.published)
+    try:
+        # The gate was judged before (_gate): a refusal there raised unless forced.
+        rollout.check_startable(state.model, c.version, production, state.rollout,
+                                gate_passed=True)
+    except PlanRefused as exc:
+        raise AliasError(str(exc), exc.status) from None
+    if state.canary is not None and state.canary.version != c.version:
+        raise AliasError(f"{state.model} has a canary of version {state.canary.version}: clear "
+                         "it before a rollout of another version")
+    started = aliases.set_canary(state, c.published, c.version, plan.steps[0], plan.sticky_header)
+    return replace(started, rollout=rollout.start(c.version, plan, c.request.now))
+
+
+def _running(state: AliasState, c: _Context) -> RolloutState:
+    """The model's rollout, of the version the request names when it names one (409 else)."""
+    if state.rollout is None:
+        raise AliasError(f"model '{state.model}' has no rollout", 409)
+    if c.request.version is not None and state.rollout.version != c.request.version:
+        raise AliasError(f"the rollout of '{state.model}' is of version "
+                         f"{state.rollout.version}, not {c.request.version}")
+    if c.request.expect is not None and state.rollout != c.request.expect:
+        raise AliasError(f"the rollout of '{state.model}' changed since it was judged "
+                         "(an operator paused, resumed or replaced it): decision dropped")
+    return state.rollout
+
+
+def _control(step: Callable[[RolloutState, float], RolloutState]) -> Transition:
+    def transition(state: AliasState, c: _Context) -> AliasState:
+        try:
+            return replace(state, rollout=step(_running(state, c), c.request.now))
+        except PlanRefused as exc:
+            raise AliasError(str(exc), exc.status) from None
+    return transition
+
+
+def _rollout_step(state: AliasState, c: _Context) -> AliasState:
+    """A judged window recorded, a step advanced or halted: the state the monitor decided; the
+    canary's weight follows the step."""
+    _running(state, c)
+    decided = c.request.rollout
+    if decided is None:
+        raise AliasError(f"{c.request.action} needs the rollout's new state", 400)
+    canary = state.canary
+    if canary is None or canary.version != decided.version:
+        raise AliasError(f"the canary of '{state.model}' is no longer {decided.version}")
+    return replace(state, rollout=decided, canary=replace(canary, weight=decided.weight))
+
+
+def _end_rollout(promote: bool) -> Transition:
+    def transition(state: AliasState, c: _Context) -> AliasState:
+        running = _running(state, c)
+        if promote:
+            after = aliases.promote(state, c.published, running.version)
+        else:
+            after = (aliases.clear_canary(state) if state.canary is not None
+                     and state.canary.version == running.version else state)
+        return replace(after, rollout=None)
+    return transition
+
+
 Transition = Callable[[AliasState, _Context], AliasState]
 _TRANSITIONS: dict[AliasAction, Transition] = {
     AliasAction.PROMOTE: lambda s, c: aliases.promote(s, c.published, c.version),
@@ -260,6 +368,15 @@ _TRANSITIONS: dict[AliasAction, Transition] = {
     AliasAction.RETIRE: lambda s, c: aliases.retire(s, c.published, c.version),
     AliasAction.LOAD: lambda s, c: aliases.set_loaded(s, True),
     AliasAction.UNLOAD: lambda s, c: aliases.set_loaded(s, False),
+    AliasAction.ROLLOUT: _start_rollout,
+    AliasAction.ROLLOUT_PAUSED: _control(lambda r, now: rollout.pause(r)),
+    AliasAction.ROLLOUT_RESUMED: _control(rollout.resume),
+    AliasAction.ROLLOUT_ABORTED: _end_rollout(promote=False),
+    AliasAction.ROLLOUT_HELD: _rollout_step,
+    AliasAction.ROLLOUT_ADVANCED: _rollout_step,
+    AliasAction.ROLLOUT_HALTED: _rollout_step,
+    AliasAction.ROLLOUT_PROMOTED: _end_rollout(promote=True),
+    AliasAction.ROLLOUT_ROLLED_BACK: _end_rollout(promote=False),
 }
 
 # The from and to versions the audit log records for an action.
@@ -287,4 +404,13 @@ _FROM_TO: dict[AliasAction, FromTo] = {
     AliasAction.RETIRE: lambda b, a, p, r: (r.version, None),
     AliasAction.LOAD: lambda b, a, p, r: (None, None),
     AliasAction.UNLOAD: lambda b, a, p, r: (None, None),
+    AliasAction.ROLLOUT: _canary_versions,
+    AliasAction.ROLLOUT_PAUSED: _canary_versions,
+    AliasAction.ROLLOUT_RESUMED: _canary_versions,
+    AliasAction.ROLLOUT_ABORTED: _canary_versions,
+    AliasAction.ROLLOUT_HELD: _canary_versions,
+    AliasAction.ROLLOUT_ADVANCED: _canary_versions,
+    AliasAction.ROLLOUT_HALTED: _canary_versions,
+    AliasAction.ROLLOUT_PROMOTED: _production,
+    AliasAction.ROLLOUT_ROLLED_BACK: _canary_versions,
 }

@@ -40,6 +40,10 @@ class RepositoryError(Exception):
     """The repository or one of its versions is malformed; the message says where."""
 
 
+class ModelNotFound(RepositoryError):
+    """A model asked for by name has no published version in the repository."""
+
+
 class VersionExists(RepositoryError):
     """The version's place is taken: by a version with other bytes, or by a folder that is no
     published version (being written, or claimed): versions are never written over."""
@@ -263,7 +267,7 @@ def scan(root: Path, only: list[str] | None = None) -> dict[str, list[ModelVersi
             found[model_dir.name] = versions
     missing = set(only or ()) - set(found)
     if missing:
-        raise RepositoryError(f"models not found in {root}: {sorted(missing)}")
+        raise ModelNotFound(f"models not found in {root}: {sorted(missing)}")
     return found
 
 

@@ -313,6 +313,14 @@ def traffic_split() -> db.Row:
         graph("p95 latency by version", "p95 request latency of each version, to compare a "
               "canary with production.", "s",
               [recorded_quantiles("vigil_request_duration_seconds", matcher=live)[1]]),
+        graph("Rollout weight", "The candidate's weight at each step of a progressive rollout "
+              "(`vigil models rollout`); the series ends when it is promoted or rolled back.",
+              "percentunit", [Q(select("vigil_rollout_weight", ALL_VERSIONS), MVL)],
+              steps=True, max_val=1),
+        graph("Rollout checks", "The rollout's checks of judged candidate windows, by check and "
+              "outcome (pass, fail, no_verdict), over 5 minutes.", "short",
+              [Q('sum by (model, check, outcome) (increase(vigil_rollout_checks_total'
+                 '{model=~"$model"}[5m]))', "{{model}} {{check}} {{outcome}}")], steps=True),
     ])
 
 

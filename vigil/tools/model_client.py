@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from vigil.core import audit, model_ops, repository
+from vigil.core import audit, model_ops, repository, repository_health, rollout
 from vigil.core.actions import AliasAction, VersionUse
 from vigil.core.aliases import AliasError, read_aliases
+from vigil.core.rollout import PlanRefused
 from vigil.tools.server_client import ServerClient, ServerError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -51,7 +52,7 @@ class Models(Protocol):
     def change(
         self, model: str, action: str, *, version: str | None = None,
         weight: float | None = None, sticky_header: str | None = None, reason: str = "",
-        force: bool = False,
+        force: bool = False, plan: dict[str, Any] | None = None,
     ) -> dict[str, Any]: ...
 
 
@@ -77,7 +78,8 @@ CHANGE = Endpoint("POST", "/v2/repository/models/{model}/{route}", "admin")
 
 
 def change_body(action: AliasAction, *, version: str | None, weight: float | None,
-                sticky_header: str | None, reason: str, force: bool) -> dict[str, Any]:
+                sticky_header: str | None, reason: str, force: bool,
+                plan: dict[str, Any] | None = None) -> dict[str, Any]:
     """The admin route's body for `action`, from what the action takes (vigil.core.actions)."""
     spec = action.spec
     body: dict[str, Any] = {}
@@ -85,6 +87,8 @@ def change_body(action: AliasAction, *, version: str | None, weight: float | Non
         body["version"] = version
     if spec.weight:
         body.update(weight=weight, sticky_header=sticky_header)
+    if spec.plan:
+        body["plan"] = plan or {}
     if spec.reason:
         body["reason"] = reason
     if force:  # sent only when asked: live traffic for a version past the model gate
@@ -117,11 +121,13 @@ class ServerModels:
     def change(
         self, model: str, action: str, *, version: str | None = None,
         weight: float | None = None, sticky_header: str | None = None, reason: str = "",
-        force: bool = False,
+        force: bool = False, plan: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         chosen = AliasAction(action)
+        if chosen.spec.route is None:
+            raise ModelsError(f"{action} is the monitor's own change, not an admin route", 400)
         body = change_body(chosen, version=version, weight=weight, sticky_header=sticky_header,
-                           reason=reason, force=force)
+                           reason=reason, force=force, plan=plan)
         return dict(self._call(CHANGE, body, model=model, route=chosen.spec.route))
 
     def _call(self, endpoint: Endpoint, body: dict[str, Any] | None = None, **labels: str) -> Any:
@@ -146,23 +152,38 @@ class LocalModels:
 
     def index(self) -> list[dict[str, Any]]:
         """Every version with what a server would do with it: no server runs, so the states
-        say PUBLISHED (a server would load it), RETIRED or UNLOADED, never READY."""
-        try:
-            found = repository.scan(self.root)
-            rows = []
-            for name, versions in found.items():
+        say PUBLISHED (a server would load it), RETIRED or UNLOADED, never READY; `faults` what
+        a server would find wrong (vigil.core.repository_health), and a model whose entry
+        cannot be read a row of its own (version "")."""
+        if not self.root.is_dir():
+            raise ModelsError(f"model repository {self.root} does not exist", 404)
+        rows = []
+        for name in sorted(p.name for p in self.root.iterdir()
+                           if p.is_dir() and repository.valid_name(p.name)):
+            faults = repository_health.disk_faults(self.root, name)
+            wide = [f.describe() for f in faults if f.kind in repository_health.MODEL_WIDE]
+            try:
+                versions = repository.scan(self.root, [name])[name]
                 state = read_aliases(self.root, name)
-                published = [v.manifest.version for v in versions]
-                for label in published:
-                    status, reason = "PUBLISHED", ""
-                    if label in state.retired:
-                        status, reason = "RETIRED", "retired"
-                    elif state.unloaded:
-                        status, reason = "UNLOADED", "model unloaded"
-                    rows.append({"name": name, "version": label, "state": status,
-                                 "reason": reason, "aliases": state.roles(label, published)})
-        except (repository.RepositoryError, AliasError) as exc:
-            raise ModelsError(str(exc), getattr(exc, "status", 500)) from None
+            except repository.ModelNotFound:
+                continue
+            except (repository.RepositoryError, AliasError):
+                rows.append({"name": name, "version": "", "state": "UNAVAILABLE",
+                             "reason": "; ".join(wide), "aliases": [], "faults": wide})
+                continue
+            published = [v.manifest.version for v in versions]
+            for label in published:
+                status, reason = "PUBLISHED", ""
+                found = [f.describe() for f in faults if f.subject == label]
+                if label in state.retired:
+                    status, reason = "RETIRED", "retired"
+                elif state.unloaded:
+                    status, reason = "UNLOADED", "model unloaded"
+                elif found:
+                    status, reason = "UNAVAILABLE", "; ".join(found)
+                rows.append({"name": name, "version": label, "state": status,
+                             "reason": reason, "aliases": state.roles(label, published),
+                             "faults": found})
         return rows
 
     def aliases(self, model: str) -> dict[str, Any]:
@@ -172,7 +193,9 @@ class LocalModels:
         except AliasError as exc:
             raise ModelsError(str(exc), exc.status) from None
         return {"model": model, "aliases": state.to_dict(), "published": published,
-                "serving": state.serving(published), "failed": {}}
+                "serving": state.serving(published), "failed": {},
+                "broken": repository_health.broken_aliases(state, published),
+                "faults": _fault_docs(self.root, model)}
 
     def version(self, model: str, version: str) -> dict[str, Any]:
         published = self._published(model)
@@ -196,14 +219,26 @@ class LocalModels:
     def change(
         self, model: str, action: str, *, version: str | None = None,
         weight: float | None = None, sticky_header: str | None = None, reason: str = "",
-        force: bool = False,
+        force: bool = False, plan: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         try:
+            chosen = AliasAction(action)
+            if chosen.spec.route is None:
+                raise AliasError(f"{action} is the monitor's own change", 400)
             done = model_ops.apply(
                 self.root, model, action, actor=self.actor, reason=reason, version=version,
                 weight=weight, sticky_header=sticky_header, force=force,
+                plan=rollout.plan_from_dict(plan or {}) if chosen.spec.plan else None,
             )
+        except PlanRefused as exc:
+            raise ModelsError(str(exc), exc.status) from None
         except (AliasError, model_ops.ChangeFailed) as exc:
             raise ModelsError(str(exc), exc.status) from None
         # Change.to_dict() without the server's converged/replicas/behind: no replica was asked.
-        return done.to_dict()
+        return {**done.to_dict(), "faults": _fault_docs(self.root, model)}
+
+
+def _fault_docs(root: Path, model: str) -> list[dict[str, Any]]:
+    """The model's faults as its files show them, in the server's shape."""
+    return [f.to_dict() | {"description": f.describe()}
+            for f in repository_health.disk_faults(root, model)]

@@ -4,7 +4,10 @@ answers, in the repository itself. The bearer token in VIGIL_TOKEN goes over pla
 this host (loopback), unless --insecure.
 
 Exit codes: 0 done; 1 refused by the server or the repository; 2 a bad command line or a file
-that cannot be published; 3 a change the server saved but not every replica applied yet.
+that cannot be published; 3 a change the server saved but not every replica applied yet; 4 done
+or shown, but the repository's files differ from what is served (a version served from memory,
+a model.onnx that no longer matches, a model.yaml or aliases.json that cannot be read, an alias
+that names no version): each fault is said on stderr.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from vigil.core.audit import HISTORY_LIMIT, MAX_HISTORY_LIMIT
-from vigil.tools import gate_cli, publish_cli
+from vigil.core.rollout import PlanRefused
+from vigil.tools import gate_cli, publish_cli, rollout_output
 from vigil.tools.argtable import Arg, Command, Entry, Handler, add_commands, arg, positive_int
 from vigil.tools.console import one_line, print_json, print_table, refuse, say
 from vigil.tools.model_client import (
@@ -30,7 +34,9 @@ from vigil.tools.models_output import (
     convergence,
     describe,
     explained,
+    fault_texts,
     print_mapping,
+    repository_faults,
     signature,
 )
 from vigil.tools.server_client import INSECURE_FLAG, NoServer, url_refusal
@@ -88,16 +94,16 @@ def _list(args: argparse.Namespace) -> int:
     rows = _ask(args, lambda m: m.index())
     if args.json:
         print_json(rows)
-        return 0
+        return repository_faults(sorted({t for r in rows for t in fault_texts(r.get("faults"))}))
     if not rows:
         print("no models")
         return 0
     table = [("MODEL", "VERSION", "STATE", "ALIASES", "REASON")]
-    table += [(str(r.get("name")), str(r.get("version")), str(r.get("state")),
+    table += [(str(r.get("name")), str(r.get("version") or "-"), str(r.get("state")),
                ",".join(r.get("aliases") or []) or "-", one_line(r.get("reason")) or "-")
               for r in rows]
     print_table(table)
-    return 0
+    return repository_faults(sorted({t for r in rows for t in fault_texts(r.get("faults"))}))
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -108,33 +114,43 @@ def _show(args: argparse.Namespace) -> int:
         published = [str(v) for v in doc.get("published", [])]
         state = AliasState.from_dict(doc["aliases"], "the server's aliases")
         version = args.version or state.production_of(published)
+        if args.version is None and "production" in (doc.get("broken") or {}):
+            version = None  # production names no version: there is none to describe
         meta = models.version(args.name, version) if version is not None else None
         return {"aliases": doc, "version": meta}
 
     shown = _ask(args, both)
+    faults = fault_texts(shown["aliases"].get("faults"))
     if args.json:
         print_json(shown)
-        return 0
+        return repository_faults(faults)
     doc, meta = shown["aliases"], shown["version"]
     a = doc["aliases"]
+    broken = doc.get("broken") or {}
+
+    def flag(alias: str) -> str:  # the state served is the state shown: a broken alias says so
+        return f" BROKEN: {broken[alias]}" if alias in broken else ""
+
     canary = a.get("canary")
     print(f"model {doc['model']} (generation {a.get('generation')})")
     print(f"  production: {a.get('production') or 'the newest version not retired'}"
-          f"; previous: {', '.join(a.get('previous') or []) or '-'}")
+          f"{flag('production')}; previous: {', '.join(a.get('previous') or []) or '-'}")
     if canary:
         sticky = f", sticky on header {canary['sticky_header']}" if canary.get("sticky_header") \
             else ""
-        print(f"  canary: {canary['version']} at weight {canary['weight']:g}{sticky}")
+        print(f"  canary: {canary['version']} at weight {canary['weight']:g}{sticky}"
+              f"{flag('canary')}")
     else:
         print("  canary: -")
-    print(f"  shadow: {a.get('shadow') or '-'}; retired: {', '.join(a.get('retired') or []) or '-'}"
+    print(f"  shadow: {a.get('shadow') or '-'}{flag('shadow')}; "
+          f"retired: {', '.join(a.get('retired') or []) or '-'}"
           f"; unloaded: {'yes' if a.get('unloaded') else 'no'}")
     print(f"  published: {', '.join(doc.get('published') or []) or '-'}; "
           f"serving: {', '.join(doc.get('serving') or []) or '-'}")
     for version, reason in (doc.get("failed") or {}).items():
         print(f"  failed to load {version}: {one_line(reason)}")
     if meta is None:
-        return 0
+        return repository_faults(faults)
     p = meta.get("parameters") or {}
     roles = ", ".join(p.get("aliases") or []) or "no alias"
     print(f"version {meta['versions'][0]} ({roles})")
@@ -145,7 +161,7 @@ def _show(args: argparse.Namespace) -> int:
     print_mapping("lineage", p.get("lineage") or {})
     if p.get("metadata"):
         print_mapping("metadata", p["metadata"])
-    return 0
+    return repository_faults(faults)
 
 
 def history_limit(text: str) -> int:
@@ -179,7 +195,8 @@ def _history(args: argparse.Namespace) -> int:
 
 
 def _change(args: argparse.Namespace, action: str, version: str | None = None,
-            weight: float | None = None, sticky_header: str | None = None) -> int:
+            weight: float | None = None, sticky_header: str | None = None,
+            plan: dict[str, Any] | None = None) -> int:
     reason = getattr(args, "reason", "") or ""
     force = bool(getattr(args, "force", False))
     if force and not reason.strip():
@@ -188,14 +205,15 @@ def _change(args: argparse.Namespace, action: str, version: str | None = None,
     answer = _ask(
         args,
         lambda m: m.change(args.name, action, version=version, weight=weight,
-                           sticky_header=sticky_header, reason=reason, force=force),
+                           sticky_header=sticky_header, reason=reason, force=force, plan=plan),
         changes=True,
     )
     if args.json:
         print_json(answer)
     else:
         print(describe(answer))
-    return convergence(answer, args.json)
+    # A change that "changed nothing" while the repository breaks what serves must not exit 0.
+    return convergence(answer, args.json) or repository_faults(fault_texts(answer.get("faults")))
 
 
 def _promote(args: argparse.Namespace) -> int:
@@ -241,6 +259,32 @@ def _shadow(args: argparse.Namespace) -> int:
     if args.version is None:
         return refuse("name the shadow version (shadow NAME VERSION), or --off")
     return _change(args, "shadow", args.version)
+
+
+def _rollout(args: argparse.Namespace) -> int:
+    """`rollout NAME VERSION [plan]` starts one; `rollout status|pause|resume|abort NAME`."""
+    if args.first in rollout_output.CONTROLS:
+        if args.second is None:
+            return refuse(f"rollout {args.first} needs the model's name")
+        args.name = args.second
+        action = rollout_output.CONTROLS[args.first]
+        if action is not None:
+            return _change(args, action)
+        doc = _ask(args, lambda m: m.aliases(args.name))
+        if args.json:
+            print_json(doc["aliases"].get("rollout"))
+            return 0
+        print("\n".join(rollout_output.status_lines(args.name, doc["aliases"].get("rollout"))))
+        return 0
+    if args.second is None:
+        return refuse("name the version to roll out (rollout NAME VERSION), or one of "
+                      f"{', '.join(rollout_output.CONTROLS)} NAME")
+    args.name = args.first
+    try:
+        plan = rollout_output.plan_of(args)
+    except PlanRefused as exc:
+        return refuse(f"rollout refused: {exc}")
+    return _change(args, "rollout", args.second, plan=plan)
 
 
 # ------------------------------------------------------------------ the parser
@@ -307,6 +351,23 @@ _COMMANDS: tuple[Entry, ...] = (
     Command("load", "serve the model's versions again (after unload)", _load,
             (_NAME, *_COMMON)),
     Command("unload", "stop serving every version of the model", _unload, (_NAME, *_COMMON)),
+    Command("rollout", "walk a version through canary steps judged by the monitor, then "
+            "promote it; or status|pause|resume|abort NAME", _rollout, (
+                arg("first", metavar="NAME|status|pause|resume|abort"),
+                arg("second", nargs="?", default=None, metavar="VERSION|NAME"),
+                arg("--steps", default=None, metavar="PERCENTS",
+                    help="canary weights in percent, strictly increasing, each above 0 and "
+                    "below 100 (default 5,10,25,50); the version is promoted after the last"),
+                arg("--windows-per-step", type=positive_int, default=2,
+                    help="consecutive passing windows that pass a step (default 2)"),
+                arg("--max-failed-checks", type=positive_int, default=2,
+                    help="failed rounds (windows with a failed check) that roll the candidate "
+                    "back (default 2)"),
+                arg("--step-deadline-s", type=float, default=600.0,
+                    help="a step not passed by then halts the rollout (default 600)"),
+                arg("--sticky-header", default=None, metavar="HEADER",
+                    help="requests with the same value of this header go to the same side"),
+                _force("roll out"), _REASON, *_COMMON)),
     gate_cli.add_parser,
 )
 

@@ -1,16 +1,20 @@
 """How `vigil models` shows answers: tensor signatures, mappings, refusals with the token scope
-they need, one line per change, and whether every replica applied it (exit 3 when not)."""
+they need, one line per change, whether every replica applied it (exit 3 when not), and where
+the repository's files differ from what is served (exit 4)."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from vigil.tools.console import refuse
+from vigil.tools.console import refuse, warn
 from vigil.tools.model_client import ModelsError
 from vigil.tools.server_client import client_token
 
 NOT_CONVERGED = 3  # exit code: the server saved the change, not every replica applied it yet
+# Exit code: the repository's files differ from what is served (a version served from memory,
+# a file that no longer matches, an entry that cannot be read, an alias naming no version).
+REPOSITORY_FAULT = 4
 
 
 def signature(specs: Any) -> str:
@@ -87,4 +91,40 @@ def describe(answer: dict[str, Any]) -> str:
         return f"{model}/{old}: retired, no longer loaded (its files stay){suffix}"
     if action == "unload":
         return f"{model}: unloaded, no version is served{suffix}"
+    if str(action).startswith("rollout"):
+        return _rollout_change(str(model), str(action), aliases, old, suffix)
     return f"{model}: loaded{suffix}"
+
+
+def _rollout_change(model: str, action: str, aliases: dict[str, Any], old: str | None,
+                    suffix: str) -> str:
+    state = aliases.get("rollout")
+    if state is None:  # it ended (aborted, rolled back, promoted)
+        return f"{model}: rollout of {old or '-'} ended ({action}); production is " \
+               f"{aliases.get('production') or '-'}{suffix}"
+    plan = state["plan"]
+    weight = plan["steps"][state["step"]]
+    verb = {"rollout": "started", "rollout_paused": "paused",
+            "rollout_resumed": "resumed"}.get(action, action)
+    return (f"{model}: rollout of {state['version']} {verb}: step {state['step'] + 1} of "
+            f"{len(plan['steps'])} at {weight * 100:g}%; `vigil models rollout status {model}` "
+            f"follows it{suffix}")
+
+
+def repository_faults(descriptions: list[str]) -> int:
+    """Exit 4, saying each fault and what it means, when the files differ from what is served;
+    0 when they do not."""
+    if not descriptions:
+        return 0
+    for text in descriptions:
+        warn(f"repository fault: {text}")
+    return refuse(f"the repository's files differ from what is served ({len(descriptions)} "
+                  "fault(s) above): what serves now is not what a restart would serve; "
+                  "`vigil models list` shows them, docs/operations.md says how to fix each",
+                  REPOSITORY_FAULT)
+
+
+def fault_texts(faults: Any) -> list[str]:
+    """The descriptions of an answer's `faults` (dicts from the server, or strings)."""
+    return [str(f.get("description") or f.get("detail")) if isinstance(f, dict) else str(f)
+            for f in faults or []]

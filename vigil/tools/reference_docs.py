@@ -151,6 +151,13 @@ def fired_by() -> dict[str, list[str]]:
     sources.setdefault(rollback.event_type, []).append(
         "a rule with `action: rollback_canary` fires (instead of its condition's type)")
     sources.setdefault(RESOLVED, []).append("a firing alert resolves, or its rule is removed")
+    from monitoring.rollouts import EVENTS_BY_DECISION, STARTED
+
+    sources.setdefault(STARTED, []).append("the monitor first sees a rollout (`vigil models "
+                                           "rollout`)")
+    for decision, kinds in EVENTS_BY_DECISION.items():
+        for kind in kinds:
+            sources.setdefault(kind, []).append(f"a rollout's decision is `{decision}`")
     return sources
 
 

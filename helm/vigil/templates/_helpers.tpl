@@ -165,6 +165,11 @@ seccompProfile:
 # Ray's per-request ingress metrics cost a parsed log line per request; Vigil counts requests.
 - name: RAY_SERVE_HAPROXY_METRICS_ENABLED
   value: "0"
+# HAProxy's connection limits (docs/security.md, "Connection and body limits").
+- name: RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S
+  value: {{ .Values.ray.haProxyLimits.timeoutClientS | quote }}
+- name: RAY_SERVE_HAPROXY_MAXCONN
+  value: {{ .Values.ray.haProxyLimits.maxconn | quote }}
 - name: RAY_USAGE_STATS_ENABLED
   value: "0"
 - name: PYTHONUNBUFFERED

@@ -72,3 +72,28 @@ def test_status_shows_webhook_urls_redacted(monitor: Monitor, client: Get) -> No
     assert response.json()["settings"]["webhooks"][0]["url"] == \
         "https://***@hooks.example/in?token=***"
     assert "hunter22-pw" not in response.text and "s3cr3t-t0ken" not in response.text
+
+
+def test_a_model_whose_files_cannot_be_read_starts_the_monitor_and_is_in_its_status(
+        example_root: Path, tmp_path: Path) -> None:
+    import shutil
+
+    root = tmp_path / "models"
+    shutil.copytree(example_root, root)
+    (root / "mlp" / "1" / "model.yaml").write_text(": not yaml : [")
+    m = Monitor({"model_repository": str(root), "auth": "none",
+                 "outbox_path": str(tmp_path / "outbox.sqlite")})  # raised before: no monitor
+    try:
+        app = build_asgi_app(m)
+
+        async def get() -> httpx.Response:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+                return await c.get("/v1/status")
+
+        status = asyncio.run(get()).json()
+        assert [v["model"] for v in status["versions"]] == ["breast_cancer"]
+        assert str(root / "mlp" / "1" / "model.yaml") in status["unreadable"]["mlp"]
+    finally:
+        m._worker.shutdown(wait=True)
+        m._report_worker.shutdown(wait=True)

@@ -308,6 +308,32 @@ def test_a_later_version_that_cannot_be_read_is_dropped_and_logged(own_root, can
     assert "cannot monitor breast_cancer/2, published since the monitor started" in caplog.text
 
 
+def test_a_malformed_model_yaml_is_skipped_at_start_and_monitored_once_mended(
+        own_root, cancer_rows, caplog) -> None:
+    """One model's bad model.yaml failed the Monitor's start, and with it every model's
+    monitoring: now it is logged and skipped, and its samples find it once it is fixed."""
+    caplog.set_level(logging.ERROR, "vigil.monitor")
+    manifest = own_root / "mlp" / "1" / "model.yaml"
+    good = manifest.read_bytes()
+    manifest.write_text("name: mlp\nversion: '1'\n")  # no sha256, no signature
+    service = MonitorService(MonitorAppSettings(model_repository=own_root), SETTINGS, now=0.0)
+    assert service.models == {"breast_cancer": ["1"]}
+    assert "missing field" in service.unreadable["mlp"]
+    assert "model mlp cannot be read and is not monitored until its files are fixed" in \
+        caplog.text
+    manifest.write_bytes(good)
+    service.ingest([_mlp(3)], now=10.0)
+    assert service.state("mlp", "1").window.rows == 3
+
+
+def test_a_model_named_in_the_settings_but_absent_still_fails_the_start(own_root) -> None:
+    from vigil.core.repository import ModelNotFound
+
+    with pytest.raises(ModelNotFound, match="nope"):
+        MonitorService(MonitorAppSettings(model_repository=own_root, models=["nope"]),
+                       SETTINGS, now=0.0)
+
+
 def test_a_later_profile_the_settings_misfit_is_not_used(own_root, cancer_rows) -> None:
     settings = MonitorSettings(window={"rows": 100, "seconds": None},
                                overrides={"label": {"method": "ks"}})  # label: categorical

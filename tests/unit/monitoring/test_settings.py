@@ -22,8 +22,11 @@ def _errors(**kwargs: Any) -> list[tuple[tuple, str]]:
 
 
 def test_every_field_is_described_and_bounded() -> None:
-    unbounded_ok = {"correction", "overrides", "feature_types", "window", "method", "alerts", "webhooks"}
-    for model in (MonitorSettings, WindowSettings, FeatureDriftOverride):
+    unbounded_ok = {"correction", "overrides", "feature_types", "window", "method", "alerts",
+                    "webhooks", "rollouts", "min_agreement", "prediction_drift"}
+    from monitoring.rollout_settings import RolloutCheckSettings
+
+    for model in (MonitorSettings, WindowSettings, FeatureDriftOverride, RolloutCheckSettings):
         for name, field in model.model_fields.items():
             assert field.description, (model.__name__, name)
             bounded = any(

@@ -1,0 +1,160 @@
+"""The rollout driver (monitoring.rollouts) on a real repository and a real outbox, with
+hand-built windows: a good candidate walked to promotion, a failing one rolled back, one without
+traffic halted and never promoted, a restart that carries on at the same step without announcing
+it again, candidate windows waiting for production's figures over the same span, and a decision
+dropped when an operator changed the rollout meanwhile."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from monitoring.outbox import Outbox
+from monitoring.rollout_settings import RolloutCheckSettings
+from monitoring.rollouts import RolloutDriver
+from tests.unit.monitoring.helpers import latency_of, window_of
+from vigil.core import aliases, audit, model_ops
+from vigil.core.repository import publish
+from vigil.core.rollout import make_plan
+from vigil.core.tensors import TensorSpec
+
+SPEC = (TensorSpec("x", "FP32", (-1, 2)),)
+T0 = 1_700_000_000.0
+SETTINGS = RolloutCheckSettings(min_requests=20, prediction_drift=False)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    root = tmp_path / "models"
+    for v in ("1", "2"):
+        publish(root, "m", v, f"bytes-{v}".encode(), SPEC, SPEC)
+    model_ops.apply(root, "m", "promote", actor="ci", version="1", force=True, reason="seed")
+    return root
+
+
+class World:
+    def __init__(self, repo: Path, tmp_path: Path, plan=None) -> None:
+        self.repo = repo
+        self.outbox = Outbox(tmp_path / "outbox.sqlite")
+        self.told: list[str] = []
+        self.driver = self.restart()
+        model_ops.apply(repo, "m", "rollout", actor="ops", version="2", force=True,
+                        reason="retrained", now=T0,
+                        plan=plan or make_plan((0.1, 0.5), windows_per_step=1,
+                                               max_failed_checks=2, step_deadline_s=300))
+
+    def restart(self) -> RolloutDriver:
+        self.driver = RolloutDriver(self.repo, self.outbox, "http://vigil", lambda kind: ("hook",),
+                                    self.told.append, SETTINGS, settle_s=60)
+        return self.driver
+
+    def windows(self, index: int, start: float, candidate: dict, production: dict | None = None,
+                order: str = "production first") -> None:
+        """One window each of production and the candidate over [start, start + 30)."""
+        def window(latency: dict):
+            return window_of(index=index, opened_at=start, closed_at=start + 30,
+                             latency=latency_of(**latency))
+        pairs = [("2", window(candidate))]
+        if production is not None:
+            pairs.insert(0 if order == "production first" else 1, ("1", window(production)))
+        for version, w in pairs:
+            self.driver.on_window("m", version, w, start + 31)
+
+    def state(self) -> aliases.AliasState:
+        return aliases.read_aliases(self.repo, "m")
+
+    def event_types(self) -> list[str]:
+        rows = self.outbox._db.execute("SELECT type FROM events ORDER BY created_at, rowid")
+        return [r[0] for r in rows.fetchall()]
+
+
+GOOD = {"count": 100, "p99": 0.010, "error_ratio": 0.0}
+PROD = {"count": 900, "p99": 0.010, "error_ratio": 0.0}
+BAD = {"count": 100, "p99": 0.010, "error_ratio": 0.2}
+
+
+def test_a_good_candidate_is_walked_to_promotion(repo: Path, tmp_path: Path) -> None:
+    world = World(repo, tmp_path)
+    world.windows(1, T0, GOOD, PROD)
+    state = world.state()
+    assert (state.rollout.step, state.canary.weight) == (1, 0.5)
+    world.windows(2, T0 + 30, GOOD, PROD)
+    state = world.state()
+    assert (state.production, state.canary, state.rollout) == ("2", None, None)
+    assert world.event_types() == ["vigil.rollout.started", "vigil.rollout.advanced",
+                                   "vigil.rollout.promoted"]
+    promoted = json.loads(world.outbox._db.execute(
+        "SELECT body FROM events WHERE type = 'vigil.rollout.promoted'").fetchone()[0])
+    names = {c["name"]: c["outcome"] for c in promoted["data"]["checks"]}
+    assert names == {"min_requests": "pass", "error_ratio": "pass", "latency_p99": "pass"}
+    assert [e["action"] for e in audit.newest(repo, "m")][:3] == [
+        "rollout_promoted", "rollout_advanced", "rollout"]
+    assert world.told == ["m", "m"]  # the replicas were told after each change
+    assert world.driver.decisions_total == {("m", "advance"): 1, ("m", "promote"): 1}
+
+
+def test_a_candidate_that_errors_is_rolled_back(repo: Path, tmp_path: Path) -> None:
+    world = World(repo, tmp_path)
+    world.windows(1, T0, BAD, PROD)
+    assert world.state().rollout.failed_checks == 1
+    world.windows(2, T0 + 30, BAD, PROD)
+    state = world.state()
+    assert (state.production, state.canary, state.rollout) == ("1", None, None)
+    assert world.event_types()[-2:] == ["vigil.rollout.rolled_back", "vigil.model.rolled_back"]
+    entry = next(audit.newest(repo, "m"))
+    assert entry["action"] == "rollout_rolled_back" and len(entry["details"]["event_ids"]) == 2
+    assert world.driver.checks_total[("m", "error_ratio", "fail")] == 2
+
+
+def test_a_candidate_without_traffic_halts_and_is_never_promoted(repo: Path, tmp_path: Path) -> None:
+    world = World(repo, tmp_path)
+    world.windows(1, T0, {"count": 3, "p99": 0.01}, PROD)  # too few requests: no verdict
+    world.driver.tick(["m"], T0 + 299)
+    assert world.state().rollout.status == "running"
+    world.driver.tick([], T0 + 300)  # a model never sampled: found in the repository
+    state = world.state()
+    assert state.rollout.status == "halted" and state.production == "1"
+    assert world.event_types()[-1] == "vigil.rollout.halted"
+    world.windows(2, T0 + 310, GOOD, PROD)  # halted: good windows change nothing
+    assert world.state().rollout.status == "halted" and world.state().production == "1"
+
+
+def test_a_restarted_monitor_carries_on_at_the_same_step(repo: Path, tmp_path: Path) -> None:
+    world = World(repo, tmp_path, plan=make_plan((0.1, 0.5), windows_per_step=2))
+    world.windows(1, T0, GOOD, PROD)
+    assert world.state().rollout.passed_windows == 1
+    world.restart()
+    world.windows(2, T0 + 30, GOOD, PROD)
+    state = world.state()
+    assert (state.rollout.step, state.rollout.passed_windows) == (1, 0)
+    assert world.event_types().count("vigil.rollout.started") == 1  # not announced again
+
+
+def test_a_candidate_window_waits_for_production_over_the_same_span(repo: Path,
+                                                                   tmp_path: Path) -> None:
+    world = World(repo, tmp_path)
+    world.windows(1, T0, GOOD, PROD, order="candidate first")  # judged once production closes
+    assert world.state().rollout.step == 1
+    world.windows(2, T0 + 30, GOOD)  # production's window still open: waits
+    assert world.state().rollout.step == 1
+    world.driver.tick(["m"], T0 + 60 + 59)
+    assert world.state().rollout.step == 1
+    world.driver.tick(["m"], T0 + 60 + 61)  # settled with no production figures: no verdict
+    state = world.state()
+    assert (state.rollout.step, state.rollout.last_window) == (1, 2)
+    assert state.rollout.last_checks[0].outcome == "no_verdict"
+
+
+def test_a_decision_on_a_rollout_an_operator_changed_is_dropped(repo: Path, tmp_path: Path) -> None:
+    world = World(repo, tmp_path)
+    world.driver.on_window("m", "2", window_of(index=1, opened_at=T0, closed_at=T0 + 30,
+                                               latency=latency_of(**GOOD)), T0 + 31)
+    model_ops.apply(repo, "m", "rollout_paused", actor="ops", reason="look")
+    world.driver.on_window("m", "1", window_of(index=1, opened_at=T0, closed_at=T0 + 30,
+                                               latency=latency_of(**PROD)), T0 + 32)
+    state = world.state()
+    assert state.rollout.status == "paused" and state.rollout.step == 0  # not judged: paused
+    assert world.event_types() == ["vigil.rollout.started"]
+    assert world.outbox.held() == []
