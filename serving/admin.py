@@ -55,6 +55,10 @@ class Admin:
         self.apply_timeout_s = apply_timeout_s
         self._serial = asyncio.Lock()  # one change at a time per replica: ordered audit lines
 
+    @staticmethod
+    def failure(exc: Exception) -> tuple[int, str]:
+        return failure(exc)
+
     def routes(self) -> list[BaseRoute]:
         return [Mount(PREFIX, app=self.app())]
 
@@ -72,7 +76,10 @@ class Admin:
         (a version served from memory, a file that no longer matches), and a model whose entry
         cannot be read has a row of its own (version "")."""
         body = await _body(request)
-        ready_only = bool(body.get("ready", False))
+        return json_response(self.index_rows(bool(body.get("ready", False))))
+
+    def index_rows(self, ready_only: bool) -> list[dict[str, Any]]:
+        """The index's rows (HTTP's and gRPC's RepositoryIndex)."""
         rows = []
         routes = self.models.router.models()
         published, faults = self.models.published, self.models.faults
@@ -100,7 +107,7 @@ class Admin:
                     "aliases": aliases.roles(version, published[name]) if aliases else [],
                     "faults": found,
                 })
-        return json_response(rows)
+        return rows
 
     def _why_not(self, name: str, version: str) -> str:
         wide = self.models.unavailable(name)
@@ -162,6 +169,20 @@ class Admin:
         body = await _body(request)
         change_request = _change_request(request.path_params["action"], body,
                                          request_actor(request.scope), request.url.path)
+        return json_response(await self.apply(name, change_request))
+
+    def change_request(self, action: str, body: dict[str, Any], actor: str,
+                       where: str) -> ChangeRequest:
+        """A change as the body of POST {where} asks it (BadAdminRequest, or AliasError 404
+        for an unknown action); for gRPC's RepositoryModelLoad and Unload."""
+        unknown = set(body) - _FIELDS
+        if unknown:
+            raise BadAdminRequest(f"unknown parameters {sorted(unknown)}; known: "
+                                  f"{sorted(_FIELDS)}")
+        return _change_request(action, body, actor, where)
+
+    async def apply(self, name: str, change_request: ChangeRequest) -> dict[str, Any]:
+        """Make one change with its audit line, tell every replica, and say how it went."""
         async with self._serial:
             await self.board.ready()  # a board that cannot spread the change: nothing changes
             await self._check_loadable(name, change_request)
@@ -176,7 +197,7 @@ class Admin:
                     "they read it when they reconnect to the board (within seconds)") from exc
         # What the replicas serve after it, where it differs from the files (served from
         # memory, a broken alias): a change that "changed nothing" must not hide that.
-        return json_response({**change.to_dict(), **spread, "faults": self._faults(name)})
+        return {**change.to_dict(), **spread, "faults": self._faults(name)}
 
     async def _check_loadable(self, name: str, request: ChangeRequest) -> None:
         """A version that cannot load here is refused before any alias moves."""
@@ -290,6 +311,18 @@ async def _unavailable(request: Request, exc: Exception) -> Response:
 
 async def _bug(request: Request, exc: Exception) -> Response:
     return error_response(500, f"internal error (a bug): {type(exc).__name__}: {exc}")
+
+
+def failure(exc: Exception) -> tuple[int, str]:
+    """The status and message HANDLERS answer `exc` with, for callers without Starlette
+    (gRPC's repository extension)."""
+    if isinstance(exc, AliasError):
+        return exc.status, str(exc)
+    if isinstance(exc, BadAdminRequest):
+        return 400, str(exc)
+    if isinstance(exc, BoardUnavailable | ChangeFailed):
+        return 503, str(exc)
+    return 500, f"internal error (a bug): {type(exc).__name__}: {exc}"
 
 
 HANDLERS = {

@@ -28,7 +28,7 @@ from serving.protocol import (
 from serving import tensor_data
 from vigil.core.tensors import V2_TO_NUMPY, element_size
 
-_MAX_DIMS = 16
+MAX_DIMS = 16  # dimensions of one tensor's shape
 _REQUEST_KEYS = frozenset({"id", "parameters", "inputs", "outputs"})
 _INPUT_KEYS = frozenset({"name", "shape", "datatype", "data", "parameters"})
 _OUTPUT_KEYS = frozenset({"name", "parameters"})
@@ -120,7 +120,7 @@ def _declared_inputs(raw_inputs: Any, binary_length: int) -> list[DeclaredInput]
             continue
         if "data" in raw:
             raise BadRequest(f"input '{name}' has both 'data' and binary_data_size")
-        _check_binary_size(name, shape, datatype, binary_size, binary_length - offset)
+        check_binary_size(name, shape, datatype, binary_size, binary_length - offset)
         inputs.append(DeclaredInput(name, datatype, shape, None, (offset, binary_size)))
         offset += binary_size
     if offset != binary_length:
@@ -130,7 +130,7 @@ def _declared_inputs(raw_inputs: Any, binary_length: int) -> list[DeclaredInput]
     return inputs
 
 
-def _check_binary_size(
+def check_binary_size(
     name: str, shape: tuple[int, ...], datatype: str, binary_size: Any, left: int
 ) -> None:
     """An input's binary_data_size: a size that fits the `left` bytes of the binary part and
@@ -173,19 +173,25 @@ def decode_inputs(
     for declared in request.inputs:
         name, datatype, shape = declared.name, declared.datatype, declared.shape
         if datatype == "BYTES" and max_bytes_elements is not None:
-            count = math.prod(shape)
-            if count > max_bytes_elements:
-                raise BadRequest(
-                    f"input '{name}' has {count} BYTES elements; this server takes at most "
-                    f"{max_bytes_elements} per tensor (max_bytes_elements)",
-                    status_code=413,
-                )
+            check_bytes_count(name, shape, max_bytes_elements)
         if declared.binary is not None:
             start, size = declared.binary
             out[name] = tensor_data.from_binary(name, view[start : start + size], shape, datatype)
         else:
             out[name] = tensor_data.from_json(name, declared.data, shape, datatype)
     return out
+
+
+def check_bytes_count(name: str, shape: tuple[int, ...], max_bytes_elements: int) -> None:
+    """413 for a BYTES tensor of more elements than the server takes (each becomes a Python
+    object)."""
+    count = math.prod(shape)
+    if count > max_bytes_elements:
+        raise BadRequest(
+            f"input '{name}' has {count} BYTES elements; this server takes at most "
+            f"{max_bytes_elements} per tensor (max_bytes_elements)",
+            status_code=413,
+        )
 
 
 def decode_request(body: bytes, header_length: int | None = None) -> InferenceRequest:
@@ -222,7 +228,7 @@ def _input_header(raw: Any, position: int) -> tuple[str, tuple[int, ...], str, d
         raise BadRequest(
             f"input '{name}' has unknown fields {sorted(raw.keys() - _INPUT_KEYS)[:8]}")
     shape = raw.get("shape")
-    if not isinstance(shape, list) or len(shape) > _MAX_DIMS or not _sizes(shape):
+    if not isinstance(shape, list) or len(shape) > MAX_DIMS or not _sizes(shape):
         raise BadRequest(f"input '{name}': 'shape' must be a list of non-negative integers")
     datatype = raw.get("datatype")
     if not isinstance(datatype, str) or datatype not in V2_TO_NUMPY:

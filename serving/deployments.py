@@ -7,9 +7,9 @@ import logging
 import os
 import random
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from importlib.metadata import version as package_version
-from typing import Any
+from typing import Any, TypeVar
 
 import ray
 from ray import serve
@@ -27,7 +27,8 @@ from serving.autoscale import WORKING_REQUESTS
 from serving.clients import ClientCap
 from serving.fast_path import InferFastPath
 from serving.follower import AliasFollower
-from serving.intake import Intake, declared_length
+from serving.grpc_service import GrpcInference
+from serving.intake import Intake, Received, declared_length
 from serving.metrics import UNKNOWN_MODEL, replica_metrics
 from serving.model_set import ModelSet
 from serving.outcome import Outcome
@@ -36,12 +37,15 @@ from serving.monitor_link import MonitorLink
 from serving.protocol import (
     HEADER_LENGTH,
     SERVER_EXTENSIONS,
+    SERVER_NAME,
+    SERVER_VERSION,
     BodyTimeout,
     InferenceError,
     ModelFault,
     NotLoaded,
     Reason,
 )
+from serving.router import Route as ModelRoute
 from serving.sampling import SampleBuffer
 from serving.settings import BatchSettings, ServerSettings
 from vigil.adapters.boot import Door, web_app
@@ -51,8 +55,7 @@ from vigil.core.repository import RepositoryError
 logger = logging.getLogger("vigil.server")
 
 BINARY = "application/octet-stream"
-SERVER_NAME = "vigil"
-SERVER_VERSION = package_version("vigil")
+T = TypeVar("T")
 CANCELLED = 499  # nginx's "client closed request": cancelled before Vigil could answer
 
 
@@ -69,9 +72,10 @@ def serving_scope(path: str) -> str | None:
     return None
 
 
-class ModelServer:
+class ModelServer(GrpcInference):
     """Loads the repository's models at start (the replica is ready once they are loaded) and
-    answers the Open Inference Protocol. Batching knobs arrive through user_config."""
+    answers the Open Inference Protocol, over HTTP and over gRPC (the RPC methods of
+    GrpcInference, through one core). Batching knobs arrive through user_config."""
 
     monitor_link: MonitorLink | None = None  # sends the sampled rows (Ray); None: they stay
 
@@ -91,13 +95,15 @@ class ModelServer:
         use."""
         self.settings = settings
         self.door = Door.open(settings)  # refuses to start open beyond its own host
+        self.metrics = replica_metrics()
+        self.grpc_guard = self.door.grpc_guard(self.metrics.auth_rejected)
         if not settings.model_repository.is_dir():
             raise RepositoryError(f"model repository {settings.model_repository} does not exist")
         self.batching = settings.batching
         self._in_flight = 0  # inference requests this replica is handling now
+        self._background: set[asyncio.Task] = set()  # gRPC's follow-up runs, held until done
         self.models = ModelSet(settings.model_repository, settings.models, settings.runtime,
                                self.batching, settings.loading)
-        self.metrics = replica_metrics()
         # Large bodies are decoded here, two at a time: off the event loop, and bounded.
         self._decoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vigil-decode")
         self.intake = Intake(settings, self._decoder)
@@ -208,15 +214,23 @@ class ModelServer:
         client = self.clients.identify(request.scope, request_actor(request.scope))
         if not self.clients.admit(client):
             return self._refuse_client(outcome)
+        try:
+            return await self._accounted(outcome,
+                                         self._answer(request, raw_header_length, outcome))
+        finally:
+            self.clients.leave(client)
+
+    async def _accounted(self, outcome: Outcome, answer: Awaitable[T]) -> T:
+        """Await an inference request's answer (HTTP's or gRPC's), counted in flight, and
+        account for it once, whatever it came to."""
         self._in_flight += 1
         try:
-            return await self._answer(request, raw_header_length, outcome)
+            return await answer
         except asyncio.CancelledError:
             outcome.end(CANCELLED, Reason.CANCELLED)
             raise
         finally:
             self._in_flight -= 1
-            self.clients.leave(client)
             self._account(outcome)
             outcome.let_go()
 
@@ -241,58 +255,85 @@ class ModelServer:
             outcome.end(CANCELLED, Reason.CANCELLED)
             return error_response(CANCELLED, "the client closed the request before its body "
                                   "arrived")
-        except InferenceError as exc:
+        except Exception as exc:  # noqa: BLE001 - every failure is answered, a bug as 500
+            return error_response(*self._failed(exc, outcome, request.path_params["model"]))
+        outcome.end(200, Reason.OK)
+        background = None
+        follow_ups = self._follow_ups(outcome)
+        if follow_ups:
+            background = BackgroundTasks()
+            for work, args in follow_ups:
+                background.add_task(work, *args)
+        return Response(payload, media_type=JSON if headers is None else BINARY,
+                        headers=headers, background=background)
+
+    def _follow_ups(self, outcome: Outcome) -> list[tuple[Callable[..., Awaitable[None]],
+                                                          tuple]]:
+        """What runs once an answered request's answer is sent (HTTP's and gRPC's): a copy for
+        the shadow, and production answering a share of the canary's requests to compare;
+        neither delays the client."""
+        out: list[tuple[Callable[..., Awaitable[None]], tuple]] = []
+        if outcome.shadow is not None:
+            out.append((self._shadow, (outcome.shadow, outcome)))
+        production = outcome.production
+        if production is not None and self._compare_draw() < self._compare_share:
+            out.append((self._compare, (production, outcome)))
+        return out
+
+    def _failed(self, exc: Exception, outcome: Outcome, model: str) -> tuple[int, str]:
+        """The status and message a failed inference request is answered with (HTTP's, or
+        mapped to a gRPC code), ended on its outcome; a model's fault logged, a bug with its
+        traceback."""
+        if isinstance(exc, InferenceError):
             if isinstance(exc, BodyTimeout):
                 self.metrics.refused("body_timeout")
             elif isinstance(exc, ModelFault):
                 logger.warning("%s: %r", exc, exc.__cause__)
             outcome.end(exc.status_code, exc.reason)
-            return error_response(exc.status_code, str(exc))
-        except Exception:
-            logger.exception("infer %s failed", request.path_params["model"])
-            outcome.end(500, Reason.INTERNAL)
-            return error_response(500, "internal error while running the model; see server log")
-        outcome.end(200, Reason.OK)
-        # The shadow gets a copy once the answer is sent, and production a share of the
-        # canary's requests to compare: neither delays the client.
-        background = None
-        production = outcome.production
-        compare = production is not None and self._compare_draw() < self._compare_share
-        if outcome.shadow is not None or compare:
-            background = BackgroundTasks()
-            if outcome.shadow is not None:
-                background.add_task(self._shadow, outcome.shadow, outcome)
-            if production is not None and compare:
-                background.add_task(self._compare, production, outcome)
-        return Response(payload, media_type=JSON if headers is None else BINARY,
-                        headers=headers, background=background)
+            return exc.status_code, str(exc)
+        logger.exception("infer %s failed", model, exc_info=exc)
+        outcome.end(500, Reason.INTERNAL)
+        return 500, "internal error while running the model; see server log"
+
+    async def _route(self, name: str, version: str | None, header: Callable[[str], str | None],
+                     outcome: Outcome) -> ModelRoute[ServedModel]:
+        """The version that answers (canary and sticky key by `header`), held on `outcome`."""
+        try:
+            route = self.models.router.resolve(name, version, header)
+        except NotLoaded:  # a published version not loaded here (LoadingSettings): load it
+            assert version is not None
+            await asyncio.to_thread(self.models.load_version, name, version)
+            route = self.models.router.resolve(name, version, header)
+        outcome.hold(route)
+        return route
+
+    async def _execute(self, served: ServedModel, received: Received,
+                       outcome: Outcome) -> tuple[list[tuple[str, bool]], dict[str, Any]]:
+        """Run a received request on its version (batched as it declares): the outputs wanted,
+        (name, binary), and the results."""
+        parsed, outcome.inputs, outcome.rows = received.parsed, received.inputs, received.rows
+        if parsed.outputs is None:
+            wanted = [(n, parsed.binary_output_default) for n in served.model.output_names]
+        else:
+            wanted = [(o.name, o.binary) for o in parsed.outputs]
+        outcome.results = results = await served.batcher.submit(
+            outcome.inputs, outcome.rows, alone=self._in_flight == 1)
+        return wanted, results
 
     async def _run(self, request: Request, raw_header_length: str | None,
                    outcome: Outcome) -> tuple[bytes, dict[str, str] | None]:
         """Route, read, run and encode one request: the body and, for binary outputs, the
         header that gives the JSON part's length."""
         name, version = request.path_params["model"], request.path_params.get("version")
-        try:
-            route = self.models.router.resolve(name, version, request.headers.get)
-        except NotLoaded:  # a published version not loaded here (LoadingSettings): load it
-            assert version is not None
-            await asyncio.to_thread(self.models.load_version, name, version)
-            route = self.models.router.resolve(name, version, request.headers.get)
-        outcome.hold(route)
+        route = await self._route(name, version, request.headers.get, outcome)
         model = route.target.model
         header_length = codecs.parse_header_length(raw_header_length)
         received = await self.intake.receive(
             request.stream(), declared_length(request.headers.get("content-length")),
             header_length, model)
-        parsed, outcome.inputs, outcome.rows = received.parsed, received.inputs, received.rows
-        if parsed.outputs is None:
-            wanted = [(n, parsed.binary_output_default) for n in model.output_names]
-        else:
-            wanted = [(o.name, o.binary) for o in parsed.outputs]
-        outcome.results = results = await route.target.batcher.submit(
-            outcome.inputs, outcome.rows, alone=self._in_flight == 1)
+        wanted, results = await self._execute(route.target, received, outcome)
         payload, json_length = codecs.encode_response(
-            model.name, model.version, parsed.id,
+            model.name, model.version, received.parsed.id,
             [(n, model.outputs[n].datatype, results[n], binary) for n, binary in wanted],
         )
         return payload, None if json_length is None else {HEADER_LENGTH: str(json_length)}

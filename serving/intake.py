@@ -129,10 +129,16 @@ def judge(model: OnnxModel, header: bytes | bytearray, binary_length: int
     """The JSON header parsed, and what it declares checked against the signature; with the
     request's row count."""
     parsed = codecs.parse_header(header, binary_length)
+    return parsed, check_parsed(model, parsed)
+
+
+def check_parsed(model: OnnxModel, parsed: ParsedRequest) -> int:
+    """What a request declares (HTTP's header or gRPC's message) checked against the model's
+    signature, before any tensor data is decoded: its row count."""
     rows = model.check_declared((d.name, d.datatype, d.shape) for d in parsed.inputs)
     if parsed.outputs is not None:
         model.select_outputs([o.name for o in parsed.outputs])
-    return parsed, rows
+    return rows
 
 
 async def _read_judging(body: AsyncIterator[bytes], model: OnnxModel, header_length: int,

@@ -39,7 +39,8 @@ class ReplicaMetrics:
             "vigil_requests_total",
             description="Inference requests by status code and reason (serving.protocol.Reason: "
             "ok, client, not_ready, model_run, model_output, shadow_refused, internal, "
-            "cancelled).",
+            "cancelled) and protocol (json, binary: HTTP; grpc, grpc_raw: gRPC's typed and raw "
+            "contents, counted by the HTTP status of their gRPC code).",
             tag_keys=("model", "version", "protocol", "code", "reason"),
         )
         self.inference_duration = metrics.Histogram(

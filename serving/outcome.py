@@ -1,5 +1,5 @@
-"""What one inference request came to: the versions it holds while it runs, its inputs and
-outputs for the monitor's sample, and its status with the reason."""
+"""What one inference request came to (HTTP or gRPC): the versions it holds while it runs, its
+inputs and outputs for the monitor's sample, and its status with the reason."""
 
 from __future__ import annotations
 

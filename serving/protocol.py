@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from importlib.metadata import version as package_version
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,8 @@ from vigil.core.tensors import V2_TO_NUMPY
 # Binary tensor data extension header (KServe V2 / Triton).
 HEADER_LENGTH = "inference-header-content-length"
 SERVER_EXTENSIONS = ("binary_tensor_data", "model_repository_versions")
+SERVER_NAME = "vigil"
+SERVER_VERSION = package_version("vigil")
 
 
 class Reason(StrEnum):

@@ -126,10 +126,15 @@ def _args_schema(settings: dict[str, Any], chart_owned: tuple[str, ...]) -> dict
 
 def generated_definitions() -> dict[str, Any]:
     """values.schema.json's capitalised definitions: the applications' settings classes (args
-    less what the chart owns; user_config), and Ray Serve's deployment, HTTP and logging schemas,
-    closed to unknown keys (Ray itself ignores them)."""
+    less what the chart owns; user_config), and Ray Serve's deployment, HTTP,
+    gRPC and logging schemas, closed to unknown keys (Ray itself ignores them)."""
     from pydantic.json_schema import models_json_schema
-    from ray.serve.schema import DeploymentSchema, HTTPOptionsSchema, LoggingConfig
+    from ray.serve.schema import (
+        DeploymentSchema,
+        HTTPOptionsSchema,
+        LoggingConfig,
+        gRPCOptionsSchema,
+    )
 
     from monitoring.settings import MonitorAppSettings, MonitorSettings
     from serving.settings import BatchSettings, ServerSettings
@@ -144,7 +149,8 @@ def generated_definitions() -> dict[str, Any]:
     defs["MonitorArgs"] = _args_schema(defs.pop("MonitorAppSettings"), MONITOR_CHART_ARGS)
 
     _, ray = models_json_schema(
-        [(m, "validation") for m in (DeploymentSchema, HTTPOptionsSchema, LoggingConfig)],
+        [(m, "validation") for m in (DeploymentSchema, HTTPOptionsSchema, LoggingConfig,
+                                     gRPCOptionsSchema)],
         ref_template="#/definitions/Ray{model}",
     )
     ray_defs = {f"Ray{name}": schema for name, schema in ray["$defs"].items()}

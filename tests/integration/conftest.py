@@ -36,6 +36,12 @@ class VigilCluster:
     models_dir: Path
     metrics_port: int
     token: str
+    grpc_port: int = 0
+
+    @property
+    def grpc_url(self) -> str:
+        """host:port of the gRPC service (tritonclient.grpc's `url`)."""
+        return f"127.0.0.1:{self.grpc_port}"
 
     @property
     def auth(self) -> dict[str, str]:
@@ -132,6 +138,8 @@ def vigil(tmp_path_factory) -> VigilCluster:
     config = yaml.safe_load(SERVE_CONFIG.read_text())
     http_port = _free_port()
     config["http_options"]["port"] = http_port
+    grpc_port = _free_port()
+    config["grpc_options"]["port"] = grpc_port
     for app in config["applications"]:  # the model server and the monitor read one repository
         if "model_repository" in app.get("args", {}):
             app["args"]["model_repository"] = str(models_dir)
@@ -142,6 +150,7 @@ def vigil(tmp_path_factory) -> VigilCluster:
         models_dir=models_dir,
         metrics_port=metrics_port,
         token=token,
+        grpc_port=grpc_port,
     )
     try:
         wait_for(lambda: cluster.deploy(config) or True, 60, "dashboard accepting deploys", 1.0)

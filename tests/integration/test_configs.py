@@ -53,3 +53,19 @@ def test_monitor_application_validates_against_its_settings(name):
     (deployment,) = monitor["deployments"]
     assert deployment["num_replicas"] == 1  # its windows are its state
     MonitorSettings(**deployment["user_config"])
+
+
+@pytest.mark.parametrize("name", ["serve.yaml", "serve.gpu.yaml"])
+def test_grpc_is_served_on_8001_with_the_body_limit_as_its_message_limit(name):
+    """The gRPC service on Triton's and KServe's port, its servicer function importable, and
+    the replicas' gRPC message limit max_body_bytes plus 64 KiB for the message's own fields."""
+    import importlib
+
+    schema = ServeDeploySchema.model_validate(yaml.safe_load((CONFIGS / name).read_text()))
+    assert schema.grpc_options.port == 8001
+    (function,) = schema.grpc_options.grpc_servicer_functions
+    module, _, attribute = function.rpartition(".")
+    assert callable(getattr(importlib.import_module(module), attribute))
+    app = next(a for a in schema.applications if a.name == "vigil")
+    limit = int(app.runtime_env["env_vars"]["RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"])
+    assert limit == ServerSettings(**app.args).max_body_bytes + 65536

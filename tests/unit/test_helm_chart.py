@@ -61,7 +61,8 @@ def helm() -> Path:
 FULL_VALUES = {
     "ingress": {"enabled": True, "className": "nginx", "host": "vigil.example.com",
                 "tlsSecret": "vigil-tls",
-                "annotations": {"nginx.ingress.kubernetes.io/proxy-body-size": "64m"}},
+                "annotations": {"nginx.ingress.kubernetes.io/proxy-body-size": "64m"},
+                "grpc": {"enabled": True, "tlsSecret": "vigil-grpc-tls"}},
     "monitor": {
         "secretEnv": [{"name": "VIGIL_WEBHOOK_SECRET", "secretName": "vigil-webhooks",
                        "key": "retrain"},
@@ -599,10 +600,16 @@ def test_scrape_jobs_are_the_ones_the_rules_name(rendered):
     assert named <= jobs, f"the rules select jobs no monitor of the chart makes: {named - jobs}"
 
 
+def _ingresses(objects) -> dict[str, dict]:
+    """The chart's Ingresses by component: "http" (the serve port) and "grpc"."""
+    return {o["metadata"]["labels"].get("app.kubernetes.io/component", "http"): o
+            for o in objects if o["kind"] == "Ingress"}
+
+
 def test_ingress_routes_to_the_serve_service(rendered):
     objects = rendered["full"]
     serve_service = one(objects, "RayService")["spec"]["serveService"]
-    (rule,) = one(objects, "Ingress")["spec"]["rules"]
+    (rule,) = _ingresses(objects)["http"]["spec"]["rules"]
     backend = rule["http"]["paths"][0]["backend"]["service"]
     assert backend["name"] == serve_service["metadata"]["name"]
     assert backend["port"]["name"] in {p["name"] for p in serve_service["spec"]["ports"]}
@@ -611,8 +618,32 @@ def test_ingress_routes_to_the_serve_service(rendered):
     assert not [o for o in rendered["default"] if o["kind"] == "Ingress"]
 
 
+def test_the_grpc_port_is_served_and_has_its_own_grpc_ingress(rendered):
+    """serve.grpc_options.port on every Ray container and on the serve Service (appProtocol
+    h2c), and, when asked, a second Ingress whose backend speaks gRPC to that port."""
+    objects = rendered["full"]
+    service = one(objects, "RayService")["spec"]
+    port = serve_config(objects)["grpc_options"]["port"]
+    assert port == 8001
+    (grpc_port,) = [p for p in service["serveService"]["spec"]["ports"] if p["name"] == "grpc"]
+    assert (grpc_port["port"], grpc_port["appProtocol"]) == (port, "kubernetes.io/h2c")
+    cluster = service["rayClusterConfig"]
+    pods = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    for pod in pods:
+        (container,) = pod["template"]["spec"]["containers"][:1]
+        assert {"name": "grpc", "containerPort": port, "protocol": "TCP"} in container["ports"]
+    ingress = _ingresses(objects)["grpc"]
+    assert ingress["metadata"]["annotations"] == {
+        "nginx.ingress.kubernetes.io/backend-protocol": "GRPC"}
+    (rule,) = ingress["spec"]["rules"]
+    assert rule["host"] == "grpc.vigil.example.com"
+    assert rule["http"]["paths"][0]["backend"]["service"]["port"]["name"] == "grpc"
+    assert ingress["spec"]["tls"] == [{"hosts": ["grpc.vigil.example.com"],
+                                       "secretName": "vigil-grpc-tls"}]
+    assert "grpc" not in _ingresses(rendered["default"])
+
 def test_the_ingress_carries_nginx_limits_and_the_users_annotations_win(rendered, helm):
-    annotations = one(rendered["full"], "Ingress")["metadata"]["annotations"]
+    annotations = _ingresses(rendered["full"])["http"]["metadata"]["annotations"]
     assert annotations == {"nginx.ingress.kubernetes.io/limit-connections": "100",
                            "nginx.ingress.kubernetes.io/proxy-body-size": "64m",
                            "nginx.ingress.kubernetes.io/proxy-read-timeout": "60"}

@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
+from vigil.adapters.grpc_door import GrpcGuard
 from vigil.adapters.web import (
     BearerGuard,
     ScopeRule,
@@ -56,6 +57,11 @@ class Door:
         """The bearer-token middleware, which runs in the replica itself."""
         return Middleware(BearerGuard, verifier=self.verifier, scope_for=scope_for,
                           auth=self.auth, local_hosts=node_addresses(), on_reject=on_reject)
+
+    def grpc_guard(self, on_reject: Callable[[int, str | None], None] | None = None
+                   ) -> GrpcGuard:
+        """The same check for gRPC calls, which Starlette's middleware never sees."""
+        return GrpcGuard(self.verifier, self.auth, node_addresses(), on_reject)
 
 
 def web_app(routes: Sequence[BaseRoute], middleware: Sequence[Middleware],

@@ -133,15 +133,8 @@ class BearerGuard:
         if needed == OPEN:
             await self.app(scope, receive, send)
             return
-        if self.verifier.enabled:
-            decision = self.verifier.check(_header(scope, b"authorization"), needed)
-        elif self._local(scope):
-            decision = Decision(True)
-        else:
-            decision = Decision(
-                False, 403, "this server has no tokens file and serves only its own host; "
-                "ask its operator for a token",
-            )
+        decision = decide(self.verifier, _header(scope, b"authorization"), needed,
+                          lambda: self._local(scope))
         if decision.allowed:
             # Who asked, for the audit log: the token's name, else the local client's address.
             scope.setdefault("state", {})[ACTOR_KEY] = actor_name(decision, scope)
@@ -162,6 +155,20 @@ class BearerGuard:
         client = scope.get("client")
         host = client[0] if client else None
         return host is not None and (is_loopback(host) or host in self.local_hosts)
+
+
+def decide(verifier: TokenVerifier, authorization: str | None, needed: str | None,
+           local: Callable[[], bool]) -> Decision:
+    """Whether a request that needs scope `needed` may come in (HTTP and gRPC alike): by its
+    token when there is a tokens file, else only from this server's own host (`local()`)."""
+    if verifier.enabled:
+        return verifier.check(authorization, needed)
+    if local():
+        return Decision(True)
+    return Decision(
+        False, 403, "this server has no tokens file and serves only its own host; "
+        "ask its operator for a token",
+    )
 
 
 def route_path(scope: Scope) -> str:

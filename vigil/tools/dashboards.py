@@ -61,7 +61,14 @@ def traffic() -> db.Row:
               "version (every status, cancelled requests included). model=\"_unknown\" counts "
               "requests naming no served model.", "reqps",
               [Q(recorded("model_version:vigil_requests:rate1m"), MVL)]),
-        graph("Requests by status code", "Requests per second by HTTP status: 400 bad input, "
+        graph("Requests by protocol", "Requests per second by protocol: json and binary over "
+              "HTTP (the binary tensor extension), grpc (typed contents) and grpc_raw "
+              "(raw_input_contents) over gRPC; one set of metrics for both.", "reqps",
+              [Q(f"sum by (protocol) "
+                 f"({recorded('model_version_protocol:vigil_requests:rate1m')})",
+                 "{{protocol}}")], stack=True),
+        graph("Requests by status code", "Requests per second by HTTP status (a gRPC call by "
+              "the status of its code: INVALID_ARGUMENT 400, CANCELLED 499): 400 bad input, "
               "401/403 auth, 404 unknown model or version, 413 too large, 499 cancelled (the "
               "client went away or Ray's request_timeout_s ran out), 503 not ready, 500 a bug.",
               "reqps", [Q(f"sum by (code) ({recorded('model_version_code:vigil_requests:rate1m')})",

@@ -1,0 +1,161 @@
+"""Vigil over gRPC against Vigil over HTTP, in one run on one cluster, with ratios: 1-row at c=1
+and c=64, 1024-row raw tensors (HTTP's binary extension) at c=8; then the same gRPC rows through
+Serve's gRPC proxy instead of HAProxy's direct ingress, to choose the ingress by measurement.
+
+    python -m load_tests.bench_grpc [--quick] [--out load_tests/results/bench_grpc.json]
+
+Both loaders are Python asyncio clients in this process (load_tests.grpc_load): on a small machine
+the client shares the cores with the server, so absolute figures are the pair's, and the ratios
+are what to read. Exit status 0 whatever the numbers; 2 when a server could not start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from load_tests.grpc_load import LoadResult, grpc_load, http_load
+from load_tests.targets import REPO_ROOT, RayCluster, RayPorts, StartError, vigil_config
+from serving.proto import wire
+
+PORTS = RayPorts(gcs=6395, dashboard=8271, client_server=6497, dashboard_agent=52470, http=8106,
+                 haproxy_stats=8498, haproxy_metrics=9195, fallback_http=8594, fallback_grpc=9594,
+                 ingress_http_min=32300, ingress_grpc_min=42300)
+GRPC_PORT = 8107
+MODEL = "breast_cancer"
+FEATURES = 30
+INFER = "/inference.GRPCInferenceService/ModelInfer"
+METADATA = (("application", "vigil"),)
+# (name, rows, concurrency, HTTP payloads, gRPC payloads)
+SHAPES = [("1-row c=1", 1, 1), ("1-row c=64", 1, 64), ("1024-row c=8", 1024, 8)]
+
+
+def payloads(rows: int) -> dict[str, tuple[str, bytes, dict[str, str]]]:
+    """The same rows four ways: HTTP JSON and binary, gRPC typed and raw."""
+    x = np.random.default_rng(7).normal(size=(rows, FEATURES)).astype(np.float32)
+    head = {"inputs": [{"name": "input", "shape": [rows, FEATURES], "datatype": "FP32"}],
+            "parameters": {"binary_data_output": True}}
+    json_body = orjson.dumps({"inputs": [{**head["inputs"][0], "data": x.ravel().tolist()}]})
+    head["inputs"][0]["parameters"] = {"binary_data_size": x.nbytes}
+    header = orjson.dumps(head)
+    typed = wire.ModelInferRequest(model_name=MODEL)
+    tensor = typed.inputs.add(name="input", datatype="FP32", shape=[rows, FEATURES])
+    raw = wire.ModelInferRequest()
+    raw.CopyFrom(typed)
+    tensor.contents.fp32_contents.extend(x.ravel().tolist())
+    raw.raw_input_contents.append(x.tobytes())
+    return {
+        "http_json": ("http", json_body, {"content-type": "application/json"}),
+        "http_binary": ("http", header + x.tobytes(),
+                        {"inference-header-content-length": str(len(header))}),
+        "grpc_typed": ("grpc", typed.SerializeToString(), {}),
+        "grpc_raw": ("grpc", raw.SerializeToString(), {}),
+    }
+
+
+def measure(kind: str, body: bytes, headers: dict[str, str], concurrency: int, warmup_s: float,
+            measure_s: float) -> LoadResult:
+    if kind == "grpc":
+        return asyncio.run(grpc_load(f"127.0.0.1:{GRPC_PORT}", INFER, body, METADATA,
+                                     concurrency, warmup_s, measure_s))
+    url = f"http://127.0.0.1:{PORTS.http}/v2/models/{MODEL}/infer"
+    return asyncio.run(http_load(url, body, headers, concurrency, warmup_s, measure_s))
+
+
+def run_rows(variants: dict[str, list[str]], warmup_s: float, measure_s: float,
+             rounds: int) -> dict[str, dict[str, Any]]:
+    """Each shape's variants interleaved, `rounds` times; the median round's figures kept."""
+    out: dict[str, dict[str, Any]] = {}
+    for shape, rows, concurrency in SHAPES:
+        built = payloads(rows)
+        results: dict[str, list[LoadResult]] = {v: [] for v in variants[shape]}
+        for _ in range(rounds):
+            for variant in variants[shape]:
+                kind, body, headers = built[variant]
+                results[variant].append(measure(kind, body, headers, concurrency, warmup_s,
+                                                measure_s))
+        out[shape] = {}
+        for variant, runs in results.items():
+            chosen = sorted(runs, key=lambda r: r.rps)[len(runs) // 2]
+            out[shape][variant] = {**chosen.to_dict(), "rounds_rps": [round(r.rps, 1)
+                                                                       for r in runs]}
+            print(f"  {shape:<13} {variant:<12} {chosen.rps:8.1f} req/s  "
+                  f"p50 {chosen.p50_ms:7.2f} ms  p99 {chosen.p99_ms:7.2f} ms  "
+                  f"errors {chosen.errors}", flush=True)
+    return out
+
+
+def start(ha_proxy: bool) -> RayCluster:
+    cluster = RayCluster("grpc-haproxy" if ha_proxy else "grpc-proxy", PORTS, ha_proxy=ha_proxy,
+                         num_cpus=os.cpu_count() or 2)
+    cluster.start()
+    config = vigil_config(PORTS, batching_enabled=True, sampling_enabled=True)
+    config["grpc_options"]["port"] = GRPC_PORT
+    cluster.deploy(config, "vigil-grpc.yaml")
+    cluster.wait_running("vigil")
+    return cluster
+
+
+def ratios(rows: dict[str, dict[str, Any]]) -> dict[str, float]:
+    out = {}
+    for shape, figures in rows.items():
+        base = "http_binary" if "1024" in shape else "http_json"
+        for variant in ("grpc_raw", "grpc_typed"):
+            if variant in figures and base in figures and figures[base]["rps"]:
+                out[f"{shape} {variant}/{base}"] = round(figures[variant]["rps"]
+                                                         / figures[base]["rps"], 3)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="shorter windows, one round")
+    parser.add_argument("--out", type=Path,
+                        default=REPO_ROOT / "load_tests" / "results" / "bench_grpc.json")
+    args = parser.parse_args(argv)
+    warmup_s, measure_s, rounds = (1.0, 4.0, 1) if args.quick else (2.0, 6.0, 3)
+    every = {s: (["http_json", "http_binary", "grpc_typed", "grpc_raw"] if rows == 1
+                 else ["http_binary", "grpc_raw"]) for s, rows, _ in SHAPES}
+    grpc_only = {s: (["grpc_raw"]) for s, _, _ in SHAPES}
+    report: dict[str, Any] = {"model": MODEL, "warmup_s": warmup_s, "measure_s": measure_s,
+                              "rounds": rounds, "cpus": os.cpu_count()}
+    for ha_proxy, variants in ((True, every), (False, grpc_only)):
+        ingress = "haproxy_direct_ingress" if ha_proxy else "serve_grpc_proxy"
+        print(f"{ingress}: starting Ray and Vigil", flush=True)
+        began = time.monotonic()
+        try:
+            cluster = start(ha_proxy)
+        except StartError as exc:
+            print(f"could not start: {exc}", file=sys.stderr)
+            return 2
+        try:
+            print(f"  up in {time.monotonic() - began:.0f}s", flush=True)
+            report[ingress] = run_rows(variants, warmup_s, measure_s,
+                                       rounds if ha_proxy else 1)
+        finally:
+            cluster.stop()
+    report["ratios"] = ratios(report["haproxy_direct_ingress"])
+    report["ingress_ratios"] = {
+        shape: round(report["haproxy_direct_ingress"][shape]["grpc_raw"]["rps"]
+                     / report["serve_grpc_proxy"][shape]["grpc_raw"]["rps"], 3)
+        for shape in report["serve_grpc_proxy"]
+        if report["serve_grpc_proxy"][shape]["grpc_raw"]["rps"]}
+    print(json.dumps({"ratios": report["ratios"],
+                      "haproxy_over_serve_proxy": report["ingress_ratios"]}, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
