@@ -67,7 +67,11 @@ def monitor_user_config(receiver_port: int, agreement: bool) -> dict[str, Any]:
         "webhooks": [{"name": "receiver", "url": f"http://{HOST}:{receiver_port}/events",
                       "secret_env": SECRET_ENV, "events": ["vigil.drift.detected"],
                       "timeout_s": 10, "backoff_s": 1.0, "max_backoff_s": 5.0}],
-        "rollouts": {"min_requests": 30, "max_p99_ratio": 2.0,
+        # The candidate's own profile is the data it was trained on: the original reference
+        # and one shifted window. While the shift goes on, its predictions move away from that
+        # mix by design, so prediction drift is not what judges it here: agreement with
+        # production on the same rows is.
+        "rollouts": {"min_requests": 30, "max_p99_ratio": 2.0, "prediction_drift": False,
                      "min_agreement": 0.9 if agreement else None},
     }
 
