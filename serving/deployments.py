@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib.metadata import version as package_version
@@ -24,18 +25,30 @@ from serving import codecs
 from serving.admin import Admin
 from serving.agreement import agreement
 from serving.fast_path import InferFastPath
+from serving.feedback import (
+    FEEDBACK,
+    REQUEST_ID_HEADER,
+    feedback_answer,
+    is_feedback_path,
+    parse_labels,
+    parse_overwrite,
+    read_body,
+)
 from serving.follower import AliasFollower
 from serving.intake import Intake
 from serving.metrics import UNKNOWN_MODEL, replica_metrics
 from serving.model_set import ModelSet
 from serving.served import ServedModel
 from serving.monitor_link import MonitorLink
+from serving.prediction_log import PredictionLog
 from serving.protocol import (
     HEADER_LENGTH,
     SERVER_EXTENSIONS,
     InferenceError,
     ModelFault,
+    NotFound,
     NotLoaded,
+    NotReady,
     Reason,
 )
 from serving.router import Route as ModelRoute
@@ -58,7 +71,7 @@ def serving_scope(path: str) -> str | None:
     if path in ("/v2", "/v2/", "/v2/health/live", "/v2/health/ready"):
         return OPEN
     if path.startswith("/v2/models/"):
-        return "infer"
+        return FEEDBACK if is_feedback_path(path) else "infer"
     if path.startswith("/v2/vigil/"):
         return "monitor"
     if path.startswith("/v2/repository"):
@@ -79,6 +92,7 @@ class Outcome:
     shadow: ServedModel | None = None
     inputs: dict | None = None
     results: dict | None = None
+    request_id: str | None = None  # set when the answer is recorded for labels (feedback on)
     rows: int = 0
     status: int = 0  # 0 until the request ends: answered, refused or cancelled
     reason: Reason = Reason.OK
@@ -116,7 +130,8 @@ class ModelServer:
         self.follower.start()
         self.admin = Admin(self.models, self.follower.board, self.settings.alias_apply_timeout_s)
         if self.samples is not None:
-            self.monitor_link = MonitorLink(self.settings.sampling, self.samples, self.metrics)
+            self.monitor_link = MonitorLink(self.settings.sampling, self.samples, self.metrics,
+                                            self.predictions)
         logger.info("serving %s", [f"{n}/{v}" for n, v, _ in self.models.router])
 
     def _setup(self, settings: ServerSettings) -> None:
@@ -141,6 +156,10 @@ class ModelServer:
                 sampling.sample_rate, sampling.buffer_rows, sampling.buffer_requests,
                 sampling.max_rows_per_request,
             )
+        # What labels join to travels with the samples: no sampling, no feedback.
+        self.predictions: PredictionLog | None = None
+        if sampling.enabled and settings.feedback.enabled:
+            self.predictions = PredictionLog(settings.feedback.buffer_requests)
 
     def _check_models(self) -> None:
         missing = set(self.settings.models or ()) - set(self.models.published)
@@ -257,7 +276,8 @@ class ModelServer:
         background = None
         if outcome.shadow is not None:
             background = BackgroundTask(self._shadow, outcome.shadow, outcome)
-        return Response(payload, media_type=JSON if headers is None else BINARY,
+        binary = headers is not None and HEADER_LENGTH in headers
+        return Response(payload, media_type=BINARY if binary else JSON,
                         headers=headers, background=background)
 
     async def _run(self, request: Request, raw_header_length: str | None,
@@ -283,11 +303,17 @@ class ModelServer:
             wanted = [(o.name, o.binary) for o in parsed.outputs]
         outcome.results = results = await route.target.batcher.submit(
             outcome.inputs, outcome.rows, alone=self._in_flight == 1)
+        request_id = parsed.id
+        if self.predictions is not None:  # every answer can be labelled: it gets an id
+            request_id = outcome.request_id = request_id or str(uuid.uuid4())
         payload, json_length = codecs.encode_response(
-            model.name, model.version, parsed.id,
+            model.name, model.version, request_id,
             [(n, model.outputs[n].datatype, results[n], binary) for n, binary in wanted],
         )
-        return payload, None if json_length is None else {HEADER_LENGTH: str(json_length)}
+        headers = None if json_length is None else {HEADER_LENGTH: str(json_length)}
+        if outcome.request_id is not None:
+            headers = {**(headers or {}), REQUEST_ID_HEADER: outcome.request_id}
+        return payload, headers
 
     async def _shadow(self, shadow: ServedModel, answered: Outcome) -> None:
         """Run an answered request's inputs on the shadow version and account for it like any
@@ -317,6 +343,36 @@ class ModelServer:
             self._account(outcome, compared)
             outcome.let_go()
 
+    async def feedback(self, request: Request) -> Response:
+        """POST /v2/models/{model}/feedback (serving.feedback): the labels go to the monitor's
+        join store, after this replica's own unsent records, so that a label for an answer this
+        replica gave a moment ago finds it."""
+        name = request.path_params["model"]
+        overwrite = parse_overwrite(request.query_params.multi_items())
+        if name not in self.models.published:
+            raise NotFound(f"model '{name}' is not served here; known models: "
+                           f"{sorted(self.models.published)}")
+        body = await read_body(request.stream(), self.settings.max_json_body_bytes)
+        labels = parse_labels(body)
+        link = self.monitor_link
+        if self.predictions is None:
+            raise NotReady("feedback is off on this server (it needs sampling.enabled and "
+                           "feedback.enabled)")
+        handle = None if link is None else link.monitor_handle()
+        if handle is None:
+            raise NotReady("the monitor is not reachable; send the labels again later")
+        try:
+            records = [r for r in self.predictions.drain() if r.requests]
+            if records:
+                await handle.record_predictions.remote(records)
+            outcomes = await handle.feedback.remote(name, labels, overwrite)
+        except Exception as exc:  # noqa: BLE001 - whatever failed, nothing was answered
+            logger.warning("the monitor did not take %d labels for %s: %s", len(labels), name,
+                           exc)
+            raise NotReady("the monitor did not take the labels; send them again") from None
+        doc, status = feedback_answer(name, outcomes)
+        return json_response(doc, status=status)
+
     def _account(self, outcome: Outcome, agreed: tuple[int, int] | None = None) -> None:
         """Metrics and the monitor's sample for every request, answered or cancelled."""
         elapsed = time.perf_counter() - outcome.started
@@ -333,6 +389,10 @@ class ModelServer:
         if status == 200 and served.has_profile:
             self.samples.record(name, version, elapsed, status, outcome.inputs,
                                 outcome.results, agreement=agreed)
+            if (self.predictions is not None and outcome.request_id is not None
+                    and outcome.results is not None):
+                self.predictions.record(name, version, outcome.request_id, time.time(),
+                                        outcome.results)
         else:  # a shadow without a profile still reports how often it agrees
             self.samples.record(name, version, elapsed, status, agreement=agreed)
         if self.monitor_link is not None:
@@ -377,6 +437,7 @@ def build_asgi_app(server: ModelServer) -> Starlette:
         Route("/v2/vigil/batching", s.batching_state, methods=["GET"]),
         Route("/v2/models/{model}", s.model_metadata, methods=["GET"]),
         Route("/v2/models/{model}/ready", s.model_ready, methods=["GET"]),
+        Route("/v2/models/{model}/feedback", s.feedback, methods=["POST"]),
         Route("/v2/models/{model}/versions/{version}", s.model_metadata, methods=["GET"]),
         Route("/v2/models/{model}/versions/{version}/ready", s.model_ready, methods=["GET"]),
         Route("/v2/repository/models/{model}/versions/{version}", s.version_record,
