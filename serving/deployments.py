@@ -304,14 +304,16 @@ class ModelServer:
         outcome.results = results = await route.target.batcher.submit(
             outcome.inputs, outcome.rows, alone=self._in_flight == 1)
         request_id = parsed.id
+        echoed = request.headers.get(REQUEST_ID_HEADER)  # Ray Serve's own (or the client's)
         if self.predictions is not None:  # every answer can be labelled: it gets an id
-            request_id = outcome.request_id = request_id or str(uuid.uuid4())
+            request_id = outcome.request_id = request_id or echoed or str(uuid.uuid4())
         payload, json_length = codecs.encode_response(
             model.name, model.version, request_id,
             [(n, model.outputs[n].datatype, results[n], binary) for n, binary in wanted],
         )
         headers = None if json_length is None else {HEADER_LENGTH: str(json_length)}
-        if outcome.request_id is not None:
+        if outcome.request_id is not None and parsed.id is None and echoed is None:
+            # Ray Serve answers X-Request-Id itself when it is in front (it is the id chosen)
             headers = {**(headers or {}), REQUEST_ID_HEADER: outcome.request_id}
         return payload, headers
 

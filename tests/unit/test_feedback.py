@@ -48,19 +48,25 @@ def test_every_answer_carries_an_id_and_is_recorded_without_its_inputs(repo: Pat
                                      headers=auth)
         refused = await client.post("/v2/models/breast_cancer/infer", content=b"{",
                                     headers=auth)
-        return given, assigned, refused
+        # a request's own X-Request-Id (Ray Serve sets one on every request) is its id
+        traced = await client.post("/v2/models/breast_cancer/infer", content=_infer(1),
+                                   headers={**auth, "X-Request-Id": "trace-1"})
+        return given, assigned, refused, traced
 
-    given, assigned, refused = run_client(app, go)
-    assert given.json()["id"] == "req-7" and given.headers["x-request-id"] == "req-7"
+    given, assigned, refused, traced = run_client(app, go)
+    assert given.json()["id"] == "req-7" and "x-request-id" not in given.headers
     new_id = assigned.json()["id"]
     assert len(new_id) == 36 and assigned.headers["x-request-id"] == new_id
     assert refused.status_code == 400 and "x-request-id" not in refused.headers
+    # the header came in: Ray Serve's proxy answers it, so the replica does not add a second
+    assert traced.json()["id"] == "trace-1" and "x-request-id" not in traced.headers
     assert server.predictions is not None
     (record,) = server.predictions.drain()
     assert (record.model, record.version, record.ids) == ("breast_cancer", "1",
-                                                           ("req-7", new_id))
-    assert record.rows.tolist() == [1, 3] and set(record.outputs) == {"label", "probabilities"}
-    assert record.outputs["label"].shape == (4,) and read_predictions(record) is record
+                                                           ("req-7", new_id, "trace-1"))
+    assert record.rows.tolist() == [1, 3, 1]
+    assert set(record.outputs) == {"label", "probabilities"}
+    assert record.outputs["label"].shape == (5,) and read_predictions(record) is record
 
 
 def test_with_feedback_off_no_id_is_assigned_and_nothing_recorded(repo: Path) -> None:
