@@ -3,7 +3,8 @@ each family declared once here and read at scrape time."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
@@ -22,6 +23,16 @@ SKIPPED = counter("vigil_feedback_skipped_total", "Prediction records not kept, 
                   "replica (dropped before sending), unknown_version, no_prediction (the profile "
                   "declares no 1-D output), or why a message could not be read.", "model",
                   "reason")
+QUALITY = gauge("vigil_quality", "Model quality of the latest closed window from its labelled "
+                "rows (by prediction time; late labels improve it): accuracy, precision_macro, "
+                "recall_macro, f1_macro, log_loss, roc_auc, or mae, rmse, mape, r2.", *MV,
+                "metric")
+QUALITY_REFERENCE = gauge("vigil_quality_reference", "The version's quality on its held-out set, "
+                          "as the model gate scored it (accuracy, roc_auc, rmse).", *MV, "metric")
+QUALITY_LABELS = gauge("vigil_quality_labels", "Labelled rows behind vigil_quality (the latest "
+                       "closed window's).", *MV)
+QUALITY_COVERAGE = gauge("vigil_quality_label_coverage", "Labelled rows / rows served in the "
+                         "latest closed window (0 when none are labelled).", *MV)
 HELD = gauge("vigil_feedback_predictions", "Predictions the join store holds (labelled or not).")
 
 
@@ -29,8 +40,11 @@ class LabelCollector(Collector):
     """The join store's counters (since the monitor started) and size, read at scrape time on
     the monitor's worker thread. Every outcome and eviction reason has a series per model seen."""
 
-    def __init__(self, store: LabelStore) -> None:
+    def __init__(self, store: LabelStore,
+                 latest: Callable[[], list[tuple[str, str, dict[str, Any]]]] | None = None
+                 ) -> None:
         self.store = store
+        self.latest = latest  # each version's latest closed window's quality
 
     def describe(self) -> list[Metric]:
         return []
@@ -56,3 +70,19 @@ class LabelCollector(Collector):
         held = HELD.new()
         held.add_metric([], float(store.size))
         yield held
+        yield from self._quality()
+
+    def _quality(self) -> Iterator[Metric]:
+        quality, reference = QUALITY.new(), QUALITY_REFERENCE.new()
+        labels, coverage = QUALITY_LABELS.new(), QUALITY_COVERAGE.new()
+        for model, version, doc in self.latest() if self.latest is not None else []:
+            for name, value in doc["reference"].items():
+                reference.add_metric([model, version, name], value)
+            if not doc["served_rows"]:
+                continue  # no prediction recorded in the window: nothing to say
+            labels.add_metric([model, version], float(doc["labelled_rows"]))
+            coverage.add_metric([model, version], doc["coverage"] or 0.0)
+            for name, value in doc["metrics"].items():
+                if value is not None:
+                    quality.add_metric([model, version, name], float(value))
+        yield from (quality, reference, labels, coverage)

@@ -100,7 +100,7 @@ class Monitor:
         self.service = MonitorService(self.args, self.settings, time.time(), alerts=self.alerts)
         feedback = self.args.feedback
         self.labels = LabelJoin(LabelStore(self.args.labels_file(), feedback.ttl_s,
-                                           feedback.max_pending), self.service)
+                                           feedback.max_pending), self.service, feedback.settle_s)
         logger.info("served predictions and their labels: %s", self.labels.store.path)
         self.delivery_stats = DeliveryStats()
         self.deliverer = Deliverer(outbox, self.delivery_stats, retention=Retention(
@@ -118,7 +118,8 @@ class Monitor:
             self.alerts.firing, self.delivery_stats, lambda: list(self.deliverer.targets)
         ))
         self.registry.register(StateCollector(self._held))
-        self.registry.register(LabelCollector(self.labels.store))
+        self.registry.register(LabelCollector(self.labels.store,
+                                              lambda: self.labels.latest(time.time())))
         # Reference data of the versions reported on lately (on the report thread only).
         self._references: Recent[tuple[str, str], dict] = Recent(MAX_REFERENCES)
         self._reports = ReportCache(self.args.report_cache_bytes)  # on the event loop only
@@ -256,6 +257,7 @@ class Monitor:
         model = request.path_params["model"]
         query = parse_drift_query(request.query_params.multi_items())
         doc = await self._on_worker(self.service.drift_doc, model, query.version, query.windows)
+        doc = await self._on_worker(self.labels.add_to, doc, time.time())
         return json_response(doc)
 
     async def _closed_window(self, request: Request) -> ReportSource:
