@@ -25,15 +25,7 @@ from serving import codecs
 from serving.admin import Admin
 from serving.agreement import agreement
 from serving.fast_path import InferFastPath
-from serving.feedback import (
-    FEEDBACK,
-    REQUEST_ID_HEADER,
-    feedback_answer,
-    is_feedback_path,
-    parse_labels,
-    parse_overwrite,
-    read_body,
-)
+from serving.feedback import FEEDBACK, REQUEST_ID_HEADER, is_feedback_path, post_labels
 from serving.follower import AliasFollower
 from serving.intake import Intake
 from serving.metrics import UNKNOWN_MODEL, replica_metrics
@@ -46,9 +38,7 @@ from serving.protocol import (
     SERVER_EXTENSIONS,
     InferenceError,
     ModelFault,
-    NotFound,
     NotLoaded,
-    NotReady,
     Reason,
 )
 from serving.router import Route as ModelRoute
@@ -346,33 +336,14 @@ class ModelServer:
             outcome.let_go()
 
     async def feedback(self, request: Request) -> Response:
-        """POST /v2/models/{model}/feedback (serving.feedback): the labels go to the monitor's
-        join store, after this replica's own unsent records, so that a label for an answer this
-        replica gave a moment ago finds it."""
-        name = request.path_params["model"]
-        overwrite = parse_overwrite(request.query_params.multi_items())
-        if name not in self.models.published:
-            raise NotFound(f"model '{name}' is not served here; known models: "
-                           f"{sorted(self.models.published)}")
-        body = await read_body(request.stream(), self.settings.max_json_body_bytes)
-        labels = parse_labels(body)
-        link = self.monitor_link
-        if self.predictions is None:
-            raise NotReady("feedback is off on this server (it needs sampling.enabled and "
-                           "feedback.enabled)")
-        handle = None if link is None else link.monitor_handle()
-        if handle is None:
-            raise NotReady("the monitor is not reachable; send the labels again later")
-        try:
-            records = [r for r in self.predictions.drain() if r.requests]
-            if records:
-                await handle.record_predictions.remote(records)
-            outcomes = await handle.feedback.remote(name, labels, overwrite)
-        except Exception as exc:  # noqa: BLE001 - whatever failed, nothing was answered
-            logger.warning("the monitor did not take %d labels for %s: %s", len(labels), name,
-                           exc)
-            raise NotReady("the monitor did not take the labels; send them again") from None
-        doc, status = feedback_answer(name, outcomes)
+        """POST /v2/models/{model}/feedback: labels for the monitor's join store
+        (serving.feedback)."""
+        link, log = self.monitor_link, self.predictions
+        doc, status = await post_labels(
+            request.path_params["model"], request.query_params.multi_items(), request.stream(),
+            published=self.models.published, max_bytes=self.settings.max_json_body_bytes,
+            unsent=None if log is None else log.drain,
+            monitor=lambda: None if link is None else link.monitor_handle())
         return json_response(doc, status=status)
 
     def _account(self, outcome: Outcome, agreed: tuple[int, int] | None = None) -> None:

@@ -9,14 +9,17 @@ or 409 when any label was refused as a second label for its id (the others are k
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Collection
 from typing import Any
 
 import orjson
 
-from serving.protocol import BadRequest, PayloadTooLarge
-from vigil.core.prediction_messages import MAX_ID_LENGTH
+from serving.protocol import BadRequest, NotFound, NotReady, PayloadTooLarge
+from vigil.core.prediction_messages import MAX_ID_LENGTH, PredictionMessage
+
+logger = logging.getLogger("vigil.feedback")
 
 FEEDBACK = "feedback"  # the token scope of the route
 MAX_LABELS = 10_000  # most labels one request may carry
@@ -90,3 +93,31 @@ def feedback_answer(model: str, outcomes: list[dict[str, str]]) -> tuple[dict, i
                         "?overwrite=true to replace a label")
         return doc, 409
     return doc, 200
+
+
+async def post_labels(model: str, query: list[tuple[str, str]], body: AsyncIterator[bytes], *,
+                      published: Collection[str], max_bytes: int,
+                      unsent: Callable[[], list[PredictionMessage]] | None,
+                      monitor: Callable[[], Any]) -> tuple[dict, int]:
+    """The route's answer (document, status): the request checked whole (BadRequest, NotFound,
+    PayloadTooLarge), then this replica's unsent records and the labels to the monitor's handle
+    (NotReady when feedback is off, `unsent` None, or the monitor cannot take them)."""
+    overwrite = parse_overwrite(query)
+    if model not in published:
+        raise NotFound(f"model '{model}' is not served here; known models: {sorted(published)}")
+    labels = parse_labels(await read_body(body, max_bytes))
+    if unsent is None:
+        raise NotReady("feedback is off on this server (it needs sampling.enabled and "
+                       "feedback.enabled)")
+    handle = monitor()
+    if handle is None:
+        raise NotReady("the monitor is not reachable; send the labels again later")
+    try:
+        records = [r for r in unsent() if r.requests]
+        if records:  # a label for an answer this replica just gave finds it
+            await handle.record_predictions.remote(records)
+        outcomes = await handle.feedback.remote(model, labels, overwrite)
+    except Exception as exc:  # noqa: BLE001 - whatever failed, nothing was answered
+        logger.warning("the monitor did not take %d labels for %s: %s", len(labels), model, exc)
+        raise NotReady("the monitor did not take the labels; send them again") from None
+    return feedback_answer(model, outcomes)
