@@ -3,9 +3,11 @@ route's outcomes per id, 409 for a second label, and the counters at /monitor/me
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import create_token, wait_for
@@ -66,6 +68,27 @@ def test_labels_join_the_predictions_they_name(vigil, client) -> None:
                              version="1", outcome="joined") == joined + 3, 10, "joined counted")
     assert _metric(vigil, "vigil_feedback_labels_total", model="breast_cancer", version="",
                    outcome="unknown_id") >= 1
+    # Quality: close the window (1000 sampled rows) and read it where the labelled rows fell.
+    predicted = [*one.json()["outputs"][0]["data"], *three.json()["outputs"][0]["data"]]
+    correct = sum(int(p == t) for p, t in zip(predicted, [0, 0, 1, 1], strict=True))
+    labelled_at = time.time()
+    for _ in range(10):
+        _infer(client, 100)
+
+    def windows() -> list[dict] | None:
+        doc = vigil.get("/monitor/v1/models/breast_cancer/drift", params={"version": "1"}).json()
+        closed = doc["windows"]
+        return closed if closed and closed[-1]["closed_at"] > labelled_at else None
+
+    closed = wait_for(windows, 30, "a window closed after the labels")
+    labelled = [w["labels"] for w in closed if w["labels"]["labelled_rows"]]
+    assert sum(q["labelled_rows"] for q in labelled) == 4
+    assert sum(q["metrics"]["accuracy"] * q["labelled_rows"] for q in labelled) == (
+        pytest.approx(correct))
+    assert all(q["task"] == "classification" and 0 < q["coverage"] <= 1 for q in labelled)
+    scraped = vigil.get("/monitor/metrics").text
+    assert 'vigil_quality_labels{model="breast_cancer",version="1"}' in scraped
+    assert 'vigil_quality_label_coverage{model="breast_cancer",version="1"}' in scraped
 
 
 def test_a_feedback_token_labels_and_does_nothing_else(vigil) -> None:
