@@ -34,8 +34,9 @@ class LocalLink:
     """Stands in for the monitor link (which needs Ray): drains the sample buffer every second
     while requests come, as the real one does, and drops what it drained."""
 
-    def __init__(self, samples: Any) -> None:
+    def __init__(self, samples: Any, predictions: Any = None) -> None:
         self.samples = samples
+        self.predictions = predictions  # the records labels join to (trees with feedback)
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -45,7 +46,8 @@ class LocalLink:
     async def _loop(self) -> None:
         while True:
             await asyncio.sleep(1.0)
-            if not self.samples.drain():
+            records = self.predictions.drain() if self.predictions is not None else []
+            if not self.samples.drain() and not records:
                 return
 
     def stop(self) -> None:
@@ -83,7 +85,7 @@ def _server(models_dir: Path, tokens_file: Path, inline_below_s: float) -> Any:
         server.samples = SampleBuffer(s.sample_rate, s.buffer_rows, s.buffer_requests,
                                       s.max_rows_per_request)
     server.admin = Admin(server.models, None, 30.0)
-    server.monitor_link = LocalLink(server.samples)
+    server.monitor_link = LocalLink(server.samples, getattr(server, "predictions", None))
     return server
 
 

@@ -355,11 +355,12 @@ def plain_serve_config(ports: RayPorts, repository: Path, replicas: int) -> dict
 
 
 def vigil_config(
-    ports: RayPorts, batching_enabled: bool, sampling_enabled: bool = True
+    ports: RayPorts, batching_enabled: bool, sampling_enabled: bool = True,
+    feedback_enabled: bool | None = None,
 ) -> dict[str, Any]:
     """configs/serve.yaml as it is, except the HTTP port, absolute model repositories (the apps
     are built in a Ray worker, not in this directory), and the model server's batching
-    `user_config.enabled` and `args.sampling.enabled`."""
+    `user_config.enabled`, `args.sampling.enabled` and (unless None) `args.feedback.enabled`."""
     config = yaml.safe_load(VIGIL_CONFIG.read_text())
     config.setdefault("http_options", {})["port"] = ports.http
     for app in config["applications"]:
@@ -370,6 +371,8 @@ def vigil_config(
             continue
         sampling = app["args"].setdefault("sampling", {})
         sampling["enabled"] = sampling_enabled
+        if feedback_enabled is not None:
+            app["args"].setdefault("feedback", {})["enabled"] = feedback_enabled
         for deployment in app.get("deployments", []):
             if "user_config" in deployment:
                 deployment["user_config"] = {

@@ -52,7 +52,10 @@ from starlette.routing import Route
 
 from monitoring.alerts import AlertEngine
 from monitoring.collector import MonitorCollector
+from monitoring.collector_labels import LabelCollector
 from monitoring.collector_ops import AlertCollector, Held, RolloutCollector, StateCollector
+from monitoring.label_join import LabelJoin
+from monitoring.label_store import LabelStore
 from monitoring.outbox import Outbox, Retention
 from monitoring.queries import BadQuery, accepts_gzip, parse_drift_query, parse_report_query
 from monitoring.report import drift_report_html, evenly_spaced, load_reference, reference_path
@@ -101,6 +104,10 @@ class Monitor:
             notify=self._wake_delivery)
         self.service = MonitorService(self.args, self.settings, time.time(), alerts=self.alerts,
                                       rollouts=self.rollouts)
+        feedback = self.args.feedback
+        self.labels = LabelJoin(LabelStore(self.args.labels_file(), feedback.ttl_s,
+                                           feedback.max_pending), self.service, feedback.settle_s)
+        logger.info("served predictions and their labels: %s", self.labels.store.path)
         self.delivery_stats = DeliveryStats()
         self.deliverer = Deliverer(outbox, self.delivery_stats, retention=Retention(
             self.args.outbox_retention_s, self.args.outbox_max_events))
@@ -119,6 +126,8 @@ class Monitor:
         self.registry.register(StateCollector(self._held))
         self.registry.register(RolloutCollector(self.rollouts.running,
                                                 lambda: list(self.rollouts.checks_total.items())))
+        self.registry.register(LabelCollector(self.labels.store,
+                                              lambda: self.labels.latest(time.time())))
         # Reference data of the versions reported on lately (on the report thread only).
         self._references: Recent[tuple[str, str], dict] = Recent(MAX_REFERENCES)
         self._reports = ReportCache(self.args.report_cache_bytes)  # on the event loop only
@@ -174,6 +183,7 @@ class Monitor:
             self._tick_wake.clear()
             try:
                 await self._on_worker(self.service.tick, time.time())
+                await self._on_worker(self.labels.store.evict, time.time())
                 await self._release(await self._on_worker(self.service.sweep, time.time()))
             except Exception:
                 logger.exception("closing time windows or releasing versions failed")
@@ -219,6 +229,15 @@ class Monitor:
         self._start_ticker()
         await self._on_worker(self.service.ingest, batches, time.time())
 
+    async def record_predictions(self, messages: list[Any]) -> None:
+        """Answered requests from serving replicas, for the join store (monitoring.label_join)."""
+        await self._on_worker(self.labels.record, messages, time.time())
+
+    async def feedback(self, model: str, labels: list[tuple[str, Any]],
+                       overwrite: bool) -> list[dict[str, str]]:
+        """Labels from a replica's feedback route: each one's outcome, in order."""
+        return await self._on_worker(self.labels.label, model, labels, overwrite, time.time())
+
     def __serve_build_asgi_app__(self) -> Starlette:
         return build_asgi_app(self)
 
@@ -254,6 +273,7 @@ class Monitor:
         model = request.path_params["model"]
         query = parse_drift_query(request.query_params.multi_items())
         doc = await self._on_worker(self.service.drift_doc, model, query.version, query.windows)
+        doc = await self._on_worker(self.labels.add_to, doc, time.time())
         return json_response(doc)
 
     async def _closed_window(self, request: Request) -> ReportSource:

@@ -211,6 +211,10 @@ class MonitorService:
                     model, version)
         return state
 
+    def find(self, model: str, version: str, now: float) -> VersionState | None:
+        """The served version's state, discovered if published since the start; else None."""
+        return self.versions.get((model, version)) or self._discover(model, version, now)
+
     def _ingest_one(self, message: SampleMessage, now: float) -> list[ClosedWindow]:
         where = f"{message.model}/{message.version}"
         state = self.versions.get((message.model, message.version))

@@ -156,6 +156,38 @@ class MonitorSettings(BaseModel):
         return self
 
 
+LABELS_FILE_NAME = "vigil-labels.sqlite"
+
+
+class FeedbackStoreSettings(BaseModel):
+    """How long served predictions wait for their labels, and how many may wait."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ttl_s: float = Field(
+        default=7 * 86_400.0,
+        ge=1.0,
+        le=366 * 86_400.0,
+        description="A prediction is kept this long after it was served (labelled or not); a "
+        "label for it after that is unknown_id. Evictions are counted "
+        "(vigil_feedback_evicted_total, reason ttl).",
+    )
+    max_pending: int = Field(
+        default=1_000_000,
+        ge=10,
+        le=100_000_000,
+        description="Most predictions kept: past it the oldest are evicted, labelled or not, and "
+        "counted (reason bound).",
+    )
+    settle_s: float = Field(
+        default=86_400.0,
+        ge=0.0,
+        le=366 * 86_400.0,
+        description="A window's quality is final once its last prediction is this old: later "
+        "labels still join, but the window is then reported as settled.",
+    )
+
+
 class MonitorAppSettings(AppSettings):
     """The monitor application's `args` in serve.yaml: the shared fields (vigil.core.settings)
     and its own, fixed for a replica's life (the MonitorSettings above arrive as the
@@ -215,6 +247,15 @@ class MonitorAppSettings(AppSettings):
         description="Most events the outbox keeps: past it the oldest delivered and dead ones are "
         "deleted, however recent (pending ones never, so a target down for long may hold more).",
     )
+
+    feedback: FeedbackStoreSettings = Field(
+        default_factory=FeedbackStoreSettings,
+        description="The join store of served predictions and their ground-truth labels.",
+    )
+
+    def labels_file(self) -> Path:
+        """The join store: beside the outbox, so that it outlives the replica as the outbox does."""
+        return self.outbox_file().with_name(LABELS_FILE_NAME)
 
     def outbox_file(self) -> Path:
         """The outbox in use: outbox_path, else vigil-outbox.sqlite beside the repository."""

@@ -7,6 +7,7 @@ import logging
 import os
 import random
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -26,6 +27,7 @@ from serving.agreement import agreement
 from serving.autoscale import WORKING_REQUESTS
 from serving.clients import ClientCap
 from serving.fast_path import InferFastPath
+from serving.feedback import FEEDBACK, REQUEST_ID_HEADER, is_feedback_path, post_labels
 from serving.follower import AliasFollower
 from serving.grpc_service import GrpcInference
 from serving.intake import Intake, Received, declared_length
@@ -34,6 +36,7 @@ from serving.model_set import ModelSet
 from serving.outcome import Outcome
 from serving.served import ServedModel
 from serving.monitor_link import MonitorLink
+from serving.prediction_log import PredictionLog
 from serving.protocol import (
     HEADER_LENGTH,
     SERVER_EXTENSIONS,
@@ -64,7 +67,7 @@ def serving_scope(path: str) -> str | None:
     if path in ("/v2", "/v2/", "/v2/health/live", "/v2/health/ready"):
         return OPEN
     if path.startswith("/v2/models/"):
-        return "infer"
+        return FEEDBACK if is_feedback_path(path) else "infer"
     if path.startswith("/v2/vigil/"):
         return "monitor"
     if path.startswith("/v2/repository"):
@@ -87,7 +90,8 @@ class ModelServer(GrpcInference):
         self.follower.start()
         self.admin = Admin(self.models, self.follower.board, self.settings.alias_apply_timeout_s)
         if self.samples is not None:
-            self.monitor_link = MonitorLink(self.settings.sampling, self.samples, self.metrics)
+            self.monitor_link = MonitorLink(self.settings.sampling, self.samples, self.metrics,
+                                            self.predictions)
         logger.info("serving %s", [f"{n}/{v}" for n, v, _ in self.models.router])
 
     def _setup(self, settings: ServerSettings) -> None:
@@ -118,6 +122,10 @@ class ModelServer(GrpcInference):
                 sampling.sample_rate, sampling.buffer_rows, sampling.buffer_requests,
                 sampling.max_rows_per_request,
             )
+        # What labels join to travels with the samples: no sampling, no feedback.
+        self.predictions: PredictionLog | None = None
+        if sampling.enabled and settings.feedback.enabled:
+            self.predictions = PredictionLog(settings.feedback.buffer_requests)
 
     def _check_models(self) -> None:
         # known(), not published: a model whose files cannot be read is reported unavailable
@@ -264,7 +272,8 @@ class ModelServer(GrpcInference):
             background = BackgroundTasks()
             for work, args in follow_ups:
                 background.add_task(work, *args)
-        return Response(payload, media_type=JSON if headers is None else BINARY,
+        binary = headers is not None and HEADER_LENGTH in headers
+        return Response(payload, media_type=BINARY if binary else JSON,
                         headers=headers, background=background)
 
     def _follow_ups(self, outcome: Outcome) -> list[tuple[Callable[..., Awaitable[None]],
@@ -332,11 +341,20 @@ class ModelServer(GrpcInference):
             request.stream(), declared_length(request.headers.get("content-length")),
             header_length, model)
         wanted, results = await self._execute(route.target, received, outcome)
+        parsed = received.parsed
+        request_id = parsed.id
+        echoed = request.headers.get(REQUEST_ID_HEADER)  # Ray Serve's own (or the client's)
+        if self.predictions is not None:  # every answer can be labelled: it gets an id
+            request_id = outcome.request_id = request_id or echoed or str(uuid.uuid4())
         payload, json_length = codecs.encode_response(
-            model.name, model.version, received.parsed.id,
+            model.name, model.version, request_id,
             [(n, model.outputs[n].datatype, results[n], binary) for n, binary in wanted],
         )
-        return payload, None if json_length is None else {HEADER_LENGTH: str(json_length)}
+        headers = None if json_length is None else {HEADER_LENGTH: str(json_length)}
+        if outcome.request_id is not None and parsed.id is None and echoed is None:
+            # Ray Serve answers X-Request-Id itself when it is in front (it is the id chosen)
+            headers = {**(headers or {}), REQUEST_ID_HEADER: outcome.request_id}
+        return payload, headers
 
     async def _shadow(self, shadow: ServedModel, answered: Outcome) -> None:
         """Run an answered request's inputs on the shadow version and account for it like any
@@ -388,6 +406,17 @@ class ModelServer(GrpcInference):
         finally:
             production.users -= 1
 
+    async def feedback(self, request: Request) -> Response:
+        """POST /v2/models/{model}/feedback: labels for the monitor's join store
+        (serving.feedback)."""
+        link, log = self.monitor_link, self.predictions
+        doc, status = await post_labels(
+            request.path_params["model"], request.query_params.multi_items(), request.stream(),
+            published=self.models.published, max_bytes=self.settings.max_json_body_bytes,
+            unsent=None if log is None else log.drain,
+            monitor=lambda: None if link is None else link.monitor_handle())
+        return json_response(doc, status=status)
+
     def _account(self, outcome: Outcome, agreed: tuple[int, int] | None = None) -> None:
         """Metrics and the monitor's sample for every request, answered or cancelled."""
         elapsed = time.perf_counter() - outcome.started
@@ -404,6 +433,10 @@ class ModelServer(GrpcInference):
         if status == 200 and served.has_profile:
             self.samples.record(name, version, elapsed, status, outcome.inputs,
                                 outcome.results, agreement=agreed)
+            if (self.predictions is not None and outcome.request_id is not None
+                    and outcome.results is not None):
+                self.predictions.record(name, version, outcome.request_id, time.time(),
+                                        outcome.results)
         else:  # a shadow without a profile still reports how often it agrees
             self.samples.record(name, version, elapsed, status, agreement=agreed)
         if self.monitor_link is not None:
@@ -448,6 +481,7 @@ def build_asgi_app(server: ModelServer) -> Starlette:
         Route("/v2/vigil/batching", s.batching_state, methods=["GET"]),
         Route("/v2/models/{model}", s.model_metadata, methods=["GET"]),
         Route("/v2/models/{model}/ready", s.model_ready, methods=["GET"]),
+        Route("/v2/models/{model}/feedback", s.feedback, methods=["POST"]),
         Route("/v2/models/{model}/versions/{version}", s.model_metadata, methods=["GET"]),
         Route("/v2/models/{model}/versions/{version}/ready", s.model_ready, methods=["GET"]),
         Route("/v2/repository/models/{model}/versions/{version}", s.version_record,

@@ -84,6 +84,14 @@ class ReplicaMetrics:
             description="Sampled rows a replica handed to the monitor.",
             tag_keys=("model", "version"),
         )
+        self.prediction_records_dropped = metrics.Counter(
+            "vigil_feedback_records_dropped_total",
+            description="Prediction records (one per answered request, what labels join to) a "
+            "replica dropped instead of sending them to the monitor, by reason (buffer_full, "
+            "layout, monitor_busy, monitor_unavailable): labels for those requests will be "
+            "unknown_id.",
+            tag_keys=("model", "version", "reason"),
+        )
         self.auth_rejections = metrics.Counter(
             "vigil_auth_rejected_total",
             description="Requests refused for want of a valid bearer token (code 401) or of the "

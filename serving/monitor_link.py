@@ -9,9 +9,11 @@ import time
 from ray import serve
 
 from serving.metrics import ReplicaMetrics
+from serving.prediction_log import PredictionLog
 from serving.sampling import SampleBuffer
 from serving.settings import SamplingSettings
 from vigil.core.messages import SampleMessage
+from vigil.core.prediction_messages import PredictionMessage
 
 logger = logging.getLogger("vigil.monitor_link")
 
@@ -23,9 +25,11 @@ class MonitorLink:
     or away, what accumulates is bounded by the buffer, and batches that cannot be delivered are
     dropped and counted rather than retried, so a monitor restart never holds up serving."""
 
-    def __init__(self, settings: SamplingSettings, buffer: SampleBuffer, metrics: ReplicaMetrics):
+    def __init__(self, settings: SamplingSettings, buffer: SampleBuffer, metrics: ReplicaMetrics,
+                 predictions: PredictionLog | None = None):
         self.settings = settings
         self.buffer = buffer
+        self.predictions = predictions  # answered requests for the join store; None: feedback off
         self.metrics = metrics
         self._task: asyncio.Task | None = None
         self._in_flight: asyncio.Task | None = None
@@ -49,37 +53,53 @@ class MonitorLink:
                 logger.exception("sample flush failed")
 
     def flush(self) -> bool:
-        """Send what the buffer holds; False when it held nothing."""
+        """Send what the buffer (and the prediction log) holds; False when it held nothing."""
         batches = self.buffer.drain()
+        records = self.predictions.drain() if self.predictions is not None else []
         for batch in batches:
             if batch.dropped_rows:
                 self._count_dropped(batch, batch.dropped_rows, "buffer_full")
-        if not batches:
+        for record in records:
+            self._count_records_dropped(record, record.dropped, "buffer_full")
+        if not batches and not records:
             return False
         if self._in_flight is not None and not self._in_flight.done():
-            for batch in batches:
-                self._count_dropped(batch, batch.rows, "monitor_busy")
+            self._drop_all(batches, records, "monitor_busy")
             return True
-        handle = self._monitor_handle()
+        handle = self.monitor_handle()
         if handle is None:
-            for batch in batches:
-                self._count_dropped(batch, batch.rows, "monitor_unavailable")
+            self._drop_all(batches, records, "monitor_unavailable")
             return True
-        self._in_flight = asyncio.get_running_loop().create_task(self._send(handle, batches))
+        self._in_flight = asyncio.get_running_loop().create_task(
+            self._send(handle, batches, records))
         return True
 
-    async def _send(self, handle, batches: list[SampleMessage]) -> None:
+    def _drop_all(self, batches: list[SampleMessage], records: list[PredictionMessage],
+                  reason: str) -> None:
+        for batch in batches:
+            self._count_dropped(batch, batch.rows, reason)
+        for record in records:
+            self._count_records_dropped(record, record.requests, reason)
+
+    async def _send(self, handle, batches: list[SampleMessage],
+                    records: list[PredictionMessage] | None = None) -> None:
+        records = [r for r in records or [] if r.requests]
         try:
-            await asyncio.wait_for(
-                handle.ingest.remote(batches),
-                self.settings.flush_timeout_s,
-            )
+            # The records first: a label posted once the samples are in finds its prediction.
+            if records:
+                await asyncio.wait_for(handle.record_predictions.remote(records),
+                                       self.settings.flush_timeout_s)
+                records = []
+            if batches:
+                await asyncio.wait_for(
+                    handle.ingest.remote(batches),
+                    self.settings.flush_timeout_s,
+                )
         except Exception as exc:  # noqa: BLE001 - any failure drops the batch
             logger.warning("monitor did not take %d sample batches: %s", len(batches), exc)
             self._handle = None
             self._handle_failed_at = time.monotonic()
-            for batch in batches:
-                self._count_dropped(batch, batch.rows, "monitor_unavailable")
+            self._drop_all(batches, records, "monitor_unavailable")
             return
         for batch in batches:
             if batch.rows:
@@ -87,7 +107,8 @@ class MonitorLink:
                     batch.rows, {"model": batch.model, "version": batch.version}
                 )
 
-    def _monitor_handle(self):
+    def monitor_handle(self):
+        """The monitor deployment's handle; None while it cannot be had (retried later)."""
         if self._handle is not None:
             return self._handle
         if time.monotonic() - self._handle_failed_at < _RETRY_HANDLE_AFTER_S:
@@ -101,6 +122,11 @@ class MonitorLink:
             self._handle_failed_at = time.monotonic()
             return None
         return self._handle
+
+    def _count_records_dropped(self, record: PredictionMessage, n: int, reason: str) -> None:
+        if n:
+            self.metrics.prediction_records_dropped.inc(
+                n, {"model": record.model, "version": record.version, "reason": reason})
 
     def _count_dropped(self, batch: SampleMessage, rows: int, reason: str) -> None:
         if rows:

@@ -24,6 +24,7 @@ class Outcome:
     production: ServedModel | None = None  # when the canary answered (not held)
     inputs: dict | None = None
     results: dict | None = None
+    request_id: str | None = None  # set when the answer is recorded for labels (feedback on)
     rows: int = 0
     status: int = 0  # 0 until the request ends: answered, refused or cancelled
     reason: Reason = Reason.OK

@@ -209,6 +209,28 @@ class FrontDoorSettings(BaseModel):
     )
 
 
+class FeedbackSettings(BaseModel):
+    """What a replica keeps of each request so that a ground-truth label can be joined to it
+    later (monitoring.label_store holds the records; docs/monitoring.md "Labels and quality")."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(
+        default=True,
+        description="Record every answered request of a profiled version (its id, version, time "
+        "and prediction outputs, never its inputs) for the monitor's join store, assign an id to "
+        "a request that has none, and return it as the response's `id` and `X-Request-Id`. Needs "
+        "sampling.enabled (the records travel with the samples).",
+    )
+    buffer_requests: int = Field(
+        default=50_000,
+        ge=1,
+        le=10_000_000,
+        description="Most request records held between flushes (all versions together); past it "
+        "the oldest are dropped and counted (vigil_feedback_records_dropped_total).",
+    )
+
+
 class ServerSettings(AppSettings):
     """Everything one serving replica needs: the shared fields (vigil.core.settings) and its own.
     Environment variables prefixed VIGIL_ fill unset fields (nested with '__', e.g.
@@ -261,4 +283,8 @@ class ServerSettings(AppSettings):
     front_door: FrontDoorSettings = Field(
         default_factory=FrontDoorSettings,
         description="Body deadlines and the per-client cap on in-flight inference requests.",
+    )
+    feedback: FeedbackSettings = Field(
+        default_factory=FeedbackSettings,
+        description="Request ids and the prediction records that labels are joined to.",
     )

@@ -13,6 +13,7 @@ import yaml
 from vigil.core.settings import AppSettings
 from vigil.tools.cli import main
 from vigil.core.tokens import (
+    SCOPES,
     TokensFileError,
     TokenVerifier,
     create_token,
@@ -206,7 +207,9 @@ def test_cli_honours_vigil_tokens_file(tmp_path: Path, capsys, monkeypatch) -> N
         ("metrics", {"metrics"}),
         ("monitor", {"monitor", "metrics"}),  # as before `metrics` existed: a monitor token scrapes
         ("infer", {"infer"}),
-        ("admin", {"admin"}),  # admin changes versions; it reads no sampled rows, scrapes nothing
+        # admin changes versions and may label; it reads no sampled rows, scrapes nothing
+        ("admin", {"admin", "feedback"}),
+        ("feedback", {"feedback"}),  # labels only: it cannot run a model or read what it served
         ("infer,metrics", {"infer", "metrics"}),
     ],
 )
@@ -216,7 +219,7 @@ def test_each_scope_grants_itself_and_only_what_it_implies(
     path = tmp_path / "tokens.yaml"
     token = create_token(path, "t", parse_scopes(scopes))
     verifier = TokenVerifier(path)
-    for scope in ("metrics", "infer", "monitor", "admin"):
+    for scope in SCOPES:
         decision = verifier.check(f"Bearer {token}", scope)
         assert decision.allowed is (scope in grants), (scopes, scope)
         if not decision.allowed:

@@ -167,6 +167,8 @@ def test_an_open_server_refuses_to_start_off_loopback(tmp_path: Path, caplog) ->
     ("path", "scope"),
     [("/v2", OPEN), ("/v2/", OPEN), ("/v2/health/live", OPEN), ("/v2/health/ready", OPEN),
      ("/v2/models/m", "infer"), ("/v2/models/m/versions/1/infer", "infer"),
+     ("/v2/models/m/feedback", "feedback"), ("/v2/models/feedback", "infer"),
+     ("/v2/models/feedback/feedback", "feedback"), ("/v2/models/m/versions/feedback", "infer"),
      ("/v2/vigil/batching", "monitor"), ("/v2/repository/index", "admin"),
      ("/v2/health/livez", None), ("/v2/models", None), ("/other", None)],
 )

@@ -10,11 +10,12 @@ A token is shown once, when it is created; only its digest is stored, so a leake
 token. Checks hash the presented token and compare it with every stored digest in constant time.
 
 Scopes, least privilege first (SCOPES): `metrics` scrapes the monitor's Prometheus endpoint and
-nothing else; `infer` runs models and reads their metadata; `monitor` reads what the monitor has
+nothing else; `infer` runs models and reads their metadata; `feedback` posts ground-truth labels
+for served requests (`admin` grants it too); `monitor` reads what the monitor has
 seen (drift JSON, HTML reports, sampled rows, status, the replicas' batching state) and, as
 before `metrics` existed, scrapes; `admin` changes model versions and aliases. A scope grants only
-what IMPLIED says besides itself: files written before `metrics` existed keep every right they had
-(a `monitor` token still scrapes) and gain none.
+what IMPLIED says besides itself: files written before `metrics` or `feedback` existed keep every
+right they had (a `monitor` token still scrapes) and gain none but labelling for `admin` tokens.
 """
 
 from __future__ import annotations
@@ -38,9 +39,10 @@ from vigil.core.files import atomic_write, locked
 
 logger = logging.getLogger("vigil.core.tokens")
 
-SCOPES = ("metrics", "infer", "monitor", "admin")
+SCOPES = ("metrics", "infer", "feedback", "monitor", "admin")
 # scope -> the other scopes it grants; nothing else is implied
-IMPLIED: dict[str, frozenset[str]] = {"monitor": frozenset({"metrics"})}
+IMPLIED: dict[str, frozenset[str]] = {"monitor": frozenset({"metrics"}),
+                                      "admin": frozenset({"feedback"})}
 FORMAT_VERSION = 1
 TOKEN_PREFIX = "vigil_"  # nosec B105 # a public prefix
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

@@ -58,13 +58,13 @@ _TOKENS_FILE = (
     MODELS_DIR,
 )
 
-COMMAND = Command("tokens", "scoped bearer tokens (metrics, infer, monitor, admin)", sub=(
+COMMAND = Command("tokens", "scoped bearer tokens (metrics, infer, feedback, monitor, admin)", sub=(
     Command("create", "create a token; it is printed once, last", _tokens_create, (
         arg("name", help="a name for the token (letters, digits, '.', '_', '-')"),
         arg("--scopes", required=True,
             help="comma-separated: metrics (scraping /monitor/metrics only), infer (inference, "
-            "metadata, readiness), monitor (drift, reports, sampled rows, status under "
-            "/monitor and /v2/vigil; scraping too), admin (model operations)"),
+            "metadata, readiness), feedback (ground-truth labels for served requests), monitor (drift, reports, sampled rows, status under "
+            "/monitor and /v2/vigil; scraping too), admin (model operations; labels too)"),
         *_TOKENS_FILE)),
     Command("list", "list token names and scopes", _tokens_list, _TOKENS_FILE),
     Command("revoke", "revoke a token by name", _tokens_revoke, (arg("name"), *_TOKENS_FILE)),

@@ -1,0 +1,117 @@
+"""The monitor's side of feedback: served predictions into the join store, labels joined to them,
+and each window's quality from its labelled rows.
+
+Records arrive from the replicas like samples (vigil.core.prediction_messages); a record of a
+version the monitor does not hold, or whose profile declares no 1-D prediction output, is not
+kept and is counted (`vigil_feedback_skipped_total`): a label for it is then unknown_id.
+
+A window's quality is computed from the predictions answered while it was open (by prediction
+time, so a late label improves the window it belongs to), when it is read: the window JSON and
+the scrape. It is `settled` once the window closed `feedback.settle_s` ago. Beside it: the
+labelled and served rows, the coverage (labelled / served) and the reference quality, which the
+model gate scored on the version's held-out set (model.yaml lineage.validation).
+Not thread-safe: the monitor calls it from its one worker thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from monitoring.label_store import LabelStore, Predictions
+from monitoring.labels_quality import classification_quality, regression_quality
+from monitoring.service import MonitorService
+from monitoring.version_state import VersionState
+from vigil.core.messages import UnreadableMessage
+from vigil.core.prediction_messages import read_predictions
+from vigil.core.repository import read_manifest
+
+GATE_NAMES = {"accuracy": "accuracy", "auc": "roc_auc", "rmse": "rmse"}  # gate -> ours
+
+
+class LabelJoin:
+    def __init__(self, store: LabelStore, service: MonitorService, settle_s: float) -> None:
+        self.store = store
+        self.service = service
+        self.settle_s = settle_s
+        self._references: dict[tuple[str, str], dict[str, float]] = {}
+
+    def record(self, messages: Iterable[Any], now: float) -> int:
+        """Keep the requests the messages record; returns how many were kept."""
+        kept = 0
+        for raw in messages:
+            try:
+                message = read_predictions(raw)
+            except UnreadableMessage as exc:
+                self.store.skipped[("_unknown", exc.reason)] += 1
+                continue
+            if message.dropped:
+                self.store.skipped[(message.model, "replica")] += message.dropped
+            state = self.service.find(message.model, message.version, now)
+            if state is None:
+                self.store.skipped[(message.model, "unknown_version")] += message.requests
+                continue
+            outputs = None
+            if state.profile is not None:
+                outputs = Predictions.of(state.layout, (c.name for c in state.profile.outputs))
+            kept += self.store.record(message, outputs, now)
+        return kept
+
+    def label(self, model: str, labels: Sequence[tuple[str, Any]], overwrite: bool,
+              now: float) -> list[dict[str, str]]:
+        """Each label's outcome, in order (monitoring.label_store.LabelStore.label)."""
+        return [o.to_dict() for o in self.store.label(model, labels, overwrite, now)]
+
+    # ------------------------------------------------------------------ quality
+
+    def quality(self, state: VersionState, opened_at: float, closed_at: float,
+                now: float) -> dict[str, Any]:
+        """The quality of the predictions `state` answered in [opened_at, closed_at)."""
+        rows = self.store.joined(state.model, state.version, opened_at, closed_at)
+        doc: dict[str, Any] = {
+            "labelled_rows": rows.labelled_rows, "served_rows": rows.served_rows,
+            "coverage": rows.labelled_rows / rows.served_rows if rows.served_rows else None,
+            "settled": now - closed_at >= self.settle_s,
+            "task": None, "metrics": {}, "classes": {},
+            "reference": self.reference(state),
+        }
+        if rows.labelled_rows:
+            if rows.kind == "float":
+                doc["task"], doc["metrics"] = "regression", regression_quality(
+                    rows.label, rows.prediction)
+            else:
+                metrics = classification_quality(rows.label, rows.prediction,
+                                                 rows.probabilities)
+                doc["classes"] = metrics.pop("classes")
+                doc["task"], doc["metrics"] = "classification", metrics
+        return doc
+
+    def reference(self, state: VersionState) -> dict[str, float]:
+        """What the model gate scored the version at on its held-out set ({} if never gated)."""
+        key = (state.model, state.version)
+        if key not in self._references:
+            try:
+                lineage = read_manifest(state.path).lineage
+                scored = lineage.get("validation", {}).get("metrics", {}).get("candidate") or {}
+            except Exception:  # noqa: BLE001 - a reference is optional; the window is not
+                scored = {}
+            self._references[key] = {GATE_NAMES[k]: float(v) for k, v in scored.items()
+                                     if k in GATE_NAMES and isinstance(v, int | float)}
+        return self._references[key]
+
+    def add_to(self, doc: dict[str, Any], now: float) -> dict[str, Any]:
+        """The drift JSON (MonitorService.drift_doc) with each window's `labels` quality."""
+        state = self.service.state(doc["model"], doc["version"])
+        for window in ([doc["latest"]] if doc.get("latest") else []) + doc.get("windows", []):
+            window["labels"] = self.quality(state, window["opened_at"], window["closed_at"], now)
+        return doc
+
+    def latest(self, now: float) -> list[tuple[str, str, dict[str, Any]]]:
+        """(model, version, quality) of each version's latest closed window, for the scrape."""
+        found = []
+        for state in list(self.service.versions.values()):
+            window = state.window.latest
+            if window is not None:
+                found.append((state.model, state.version,
+                              self.quality(state, window.opened_at, window.closed_at, now)))
+        return found

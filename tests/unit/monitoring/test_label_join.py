@@ -1,0 +1,120 @@
+"""Labels joined to predictions of the monitored versions, and each window's quality from them:
+by prediction time (a late label improves its window), with coverage, the settled flag, the
+gate's reference, the window JSON and the scrape (a real service over the example repository)."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn import metrics
+
+from monitoring.collector_labels import LabelCollector
+from monitoring.label_join import LabelJoin
+from monitoring.label_store import LabelStore
+from monitoring.service import MonitorService
+from monitoring.settings import MonitorAppSettings, MonitorSettings
+from vigil.core.messages import SampleMessage
+from vigil.core.prediction_messages import PredictionMessage
+from vigil.core.repository import MANIFEST_FILE, read_manifest
+
+SETTINGS = MonitorSettings(window={"rows": 100, "seconds": None})
+PREDICTED = np.array([1, 0, 1, 1, 0, 1])
+P1 = np.array([0.9, 0.2, 0.6, 0.8, 0.4, 0.7])
+
+
+@pytest.fixture
+def repo(tmp_path: Path, example_root: Path) -> Path:
+    root = tmp_path / "models"
+    shutil.copytree(example_root, root)
+    path = root / "breast_cancer" / "1"
+    manifest = read_manifest(path)
+    gate = {"validation": {"passed": True, "metrics": {"candidate": {"accuracy": 0.96,
+                                                                     "auc": 0.99}}}}
+    manifest = dataclasses.replace(manifest, lineage={**manifest.lineage, **gate})
+    (path / MANIFEST_FILE).write_text(manifest.to_yaml())
+    return root
+
+
+@pytest.fixture
+def join(repo: Path, tmp_path: Path) -> LabelJoin:
+    service = MonitorService(MonitorAppSettings(model_repository=repo), SETTINGS, now=0.0)
+    return LabelJoin(LabelStore(tmp_path / "labels.sqlite", 1000.0, 1000), service, 100.0)
+
+
+def _predictions(model: str = "breast_cancer", version: str = "1") -> PredictionMessage:
+    probabilities = np.stack([1 - P1, P1], axis=1).astype(np.float32)
+    return PredictionMessage(model, version, tuple(f"r{i}" for i in range(6)),
+                             np.arange(1.0, 7.0), np.ones(6, np.int64),
+                             {"label": PREDICTED, "probabilities": probabilities})
+
+
+def test_records_of_versions_without_a_prediction_to_join_are_counted(join) -> None:
+    assert join.record([_predictions(), _predictions("mlp"), _predictions(version="9"),
+                        "junk"], now=10.0) == 6
+    assert join.store.skipped == {("mlp", "no_prediction"): 6,
+                                  ("breast_cancer", "unknown_version"): 6,
+                                  ("_unknown", "not_a_message"): 1}
+
+
+@pytest.mark.filterwarnings("ignore:The y_prob values do not sum to one")
+def test_window_quality_is_sklearns_on_the_joined_rows(join) -> None:
+    join.record([_predictions()], now=10.0)
+    truth = [1, 1, 0, 1]
+    join.label("breast_cancer", [(f"r{i}", t) for i, t in enumerate(truth)], False, 10.0)
+    state = join.service.state("breast_cancer", "1")
+    doc = join.quality(state, 0.0, 100.0, now=150.0)
+    assert (doc["labelled_rows"], doc["served_rows"], doc["coverage"]) == (4, 6, 4 / 6)
+    assert doc["task"] == "classification" and doc["settled"] is False
+    m = doc["metrics"]
+    # the probabilities travelled as float32: sklearn gets the same values
+    sent = np.stack([1 - P1, P1], axis=1).astype(np.float32).astype(np.float64)[:4]
+    assert m["accuracy"] == metrics.accuracy_score(truth, PREDICTED[:4])
+    assert m["f1_macro"] == metrics.f1_score(truth, PREDICTED[:4], average="macro")
+    assert m["roc_auc"] == metrics.roc_auc_score(truth, sent[:, 1])
+    assert m["log_loss"] == metrics.log_loss(truth, sent)
+    assert doc["classes"]["1"]["support"] == 3
+    assert doc["reference"] == {"accuracy": 0.96, "roc_auc": 0.99}
+    assert join.quality(state, 0.0, 100.0, now=200.0)["settled"] is True
+
+
+def test_a_late_label_improves_the_window_of_its_prediction(join) -> None:
+    join.record([_predictions()], now=10.0)
+    state = join.service.state("breast_cancer", "1")
+    join.label("breast_cancer", [("r0", 1), ("r4", 1)], False, 10.0)
+    early = join.quality(state, 0.0, 3.5, now=10.0)  # r0..r2 were answered in it
+    late = join.quality(state, 3.5, 10.0, now=10.0)
+    assert (early["labelled_rows"], early["metrics"]["accuracy"]) == (1, 1.0)
+    assert (late["labelled_rows"], late["metrics"]["accuracy"]) == (1, 0.0)
+    join.label("breast_cancer", [("r1", 1)], False, 500.0)  # days later
+    early = join.quality(state, 0.0, 3.5, now=500.0)
+    assert (early["labelled_rows"], early["metrics"]["accuracy"]) == (2, 0.5)
+    assert join.quality(state, 20.0, 30.0, now=500.0) == {
+        "labelled_rows": 0, "served_rows": 0, "coverage": None, "settled": True, "task": None,
+        "metrics": {}, "classes": {}, "reference": {"accuracy": 0.96, "roc_auc": 0.99}}
+
+
+def test_the_window_json_and_the_scrape_carry_the_quality(join, repo) -> None:
+    frame = pd.read_parquet(repo / "breast_cancer" / "1" / "reference.parquet")
+    x = frame.drop(columns=["target"]).to_numpy(np.float32)[:100]
+    outputs = {"label": np.ones(100, np.int64),
+               "probabilities": np.full((100, 2), 0.5, np.float32)}
+    join.record([_predictions()], now=10.0)
+    join.label("breast_cancer", [("r0", 1), ("r1", 0), ("r2", 0)], False, 10.0)
+    join.service.ingest([SampleMessage("breast_cancer", "1", {"input": x}, outputs,
+                                       np.full(100, 0.01), np.full(100, 200, np.int16))],
+                        now=50.0)  # the window [0, 50) closes at 100 rows
+    doc = join.add_to(join.service.drift_doc("breast_cancer", "1"), now=60.0)
+    assert doc["latest"]["labels"]["labelled_rows"] == 3
+    assert doc["windows"][-1]["labels"]["metrics"]["accuracy"] == 2 / 3
+    families = {f.name: f for f in LabelCollector(join.store, lambda: join.latest(60.0)).collect()}
+    quality = {s.labels["metric"]: s.value for s in families["vigil_quality"].samples}
+    assert quality["accuracy"] == 2 / 3 and "mae" not in quality
+    assert families["vigil_quality_labels"].samples[0].value == 3.0
+    assert families["vigil_quality_label_coverage"].samples[0].value == 0.5
+    reference = {s.labels["metric"]: s.value for s in families["vigil_quality_reference"].samples}
+    assert reference == {"accuracy": 0.96, "roc_auc": 0.99}
