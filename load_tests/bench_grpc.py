@@ -97,11 +97,15 @@ def run_rows(variants: dict[str, list[str]], warmup_s: float, measure_s: float,
 def start(ha_proxy: bool) -> RayCluster:
     cluster = RayCluster("grpc-haproxy" if ha_proxy else "grpc-proxy", PORTS, ha_proxy=ha_proxy,
                          num_cpus=os.cpu_count() or 2)
-    cluster.start()
-    config = vigil_config(PORTS, batching_enabled=True, sampling_enabled=True)
-    config["grpc_options"]["port"] = GRPC_PORT
-    cluster.deploy(config, "vigil-grpc.yaml")
-    cluster.wait_running("vigil")
+    try:
+        cluster.start()
+        config = vigil_config(PORTS, batching_enabled=True, sampling_enabled=True)
+        config["grpc_options"]["port"] = GRPC_PORT
+        cluster.deploy(config, "vigil-grpc.yaml")
+        cluster.wait_running("vigil")
+    except BaseException:
+        cluster.stop()  # a cluster that started but could not serve: leave nothing behind
+        raise
     return cluster
 
 
