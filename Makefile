@@ -20,6 +20,12 @@ export RAY_SERVE_HAPROXY_METRICS_ENABLED ?= 0
 # four) and refuses to start, taking Serve with it, when the limit is short of that.
 export RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S ?= 10
 export RAY_SERVE_HAPROXY_MAXCONN ?= $(shell n=$$(ulimit -n); [ "$$n" = unlimited ] && n=1048576; echo $$(( (n - 512) * 2 / 5 )))
+# A client gets 10 s to send its request's headers (slowloris: a header line every few seconds
+# never lets `timeout client` fire). Ray 2.60 reads no setting for HAProxy's `timeout
+# http-request`, but runs the executable we name as HAProxy: vigil-haproxy adds the line to the
+# config Ray writes, then execs Ray's bundled HAProxy (vigil/tools/haproxy_header_timeout.py).
+export RAY_SERVE_HAPROXY_BINARY_PATH ?= $(CURDIR)/$(BIN)/vigil-haproxy
+export VIGIL_HAPROXY_TIMEOUT_HTTP_REQUEST_S ?= 10
 export RAY_USAGE_STATS_ENABLED := 0
 # One auth mode for `ray start`, `serve run` and `serve deploy`: a cluster that `serve run` started
 # with token auth otherwise refuses a later `serve deploy`.
@@ -60,7 +66,7 @@ serve: $(VENV)/.serve-installed models
 
 ## ingress-env: the environment `make serve` gives Ray's HAProxy ingress (its limits among it)
 ingress-env:
-	@env | grep -E '^RAY_(SERVE|AUTH_MODE|ENABLE)' | sort
+	@env | grep -E '^(RAY_(SERVE|AUTH_MODE|ENABLE)|VIGIL_HAPROXY_)' | sort
 
 ## observe: Prometheus on http://127.0.0.1:9090 scraping `make serve` with configs/prometheus
 ## (installs the Debian package prometheus if missing; data in .observe/; Ctrl-C stops it)

@@ -42,6 +42,7 @@ from load_tests.abuse_clients import (
     raise_fd_limit,
 )
 from load_tests.targets import REPO_ROOT, RayCluster, RayPorts, StartError, replica_ids, vigil_config
+from vigil.tools.haproxy_header_timeout import ray_environment
 
 PORTS = RayPorts(gcs=6412, dashboard=8286, client_server=6512, dashboard_agent=52480, http=8130,
                  haproxy_stats=8512, haproxy_metrics=9212, fallback_http=8612,
@@ -54,10 +55,11 @@ SETTLE_S = 12.0  # after an attack, for the server to close what is left (timeou
 
 def haproxy_limits() -> dict[str, str]:
     """HAProxy's limits as the Makefile sets them (maxconn sized to the file limit: HAProxy
-    wants 2.5 descriptors per connection)."""
+    wants 2.5 descriptors per connection; 10 s to send the headers)."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     return {"RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": "10",
-            "RAY_SERVE_HAPROXY_MAXCONN": str(max(64, (soft - 512) * 2 // 5))}
+            "RAY_SERVE_HAPROXY_MAXCONN": str(max(64, (soft - 512) * 2 // 5)),
+            **ray_environment(10)}  # HAProxy's header timeout, through vigil-haproxy
 
 
 def server_config(models: Path, tokens: Path, before: bool) -> dict[str, Any]:

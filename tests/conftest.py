@@ -8,6 +8,8 @@ import socket
 
 import pytest
 
+from vigil.tools.haproxy_header_timeout import ray_environment
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -41,6 +43,9 @@ _ENV = {
     # it before `make serve`); tests/integration/test_alerts.py names it in its targets.
     "VIGIL_TEST_WEBHOOK_SECRET": "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode(),
 }
+# HAProxy's header timeout as `make serve` gets it (vigil-haproxy in front of Ray's bundled
+# HAProxy), 3 s rather than 10 so tests/integration/test_front_door.py sees slowloris cut in seconds.
+_ENV.update(ray_environment(3))
 for _key, _value in _ENV.items():
     os.environ.setdefault(_key, _value)
 

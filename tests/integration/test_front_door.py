@@ -1,9 +1,11 @@
-"""The front door on the session's real server (Ray, HAProxy, HTTP): a stalled body is answered
-408 within its grace, a client past its cap of requests in flight gets 429 with Retry-After while
-other clients are served, and both are counted."""
+"""The front door on the session's real server (Ray, HAProxy, HTTP): headers that never finish
+arriving are cut by HAProxy's header timeout, a stalled body is answered 408 within its grace, a
+client past its cap of requests in flight gets 429 with Retry-After while other clients are
+served, and both are counted."""
 
 from __future__ import annotations
 
+import os
 import select
 import socket
 import time
@@ -11,9 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import orjson
+import pytest
 
 from tests.integration.conftest import create_token, wait_for
 from tests.integration.test_metrics import _scrape, _value
+from vigil.tools.haproxy_header_timeout import TIMEOUT_ENV
 
 PATH = "/v2/models/breast_cancer/infer"
 BODY = orjson.dumps({"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32",
@@ -50,6 +54,49 @@ def _answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
             break
         body += chunk
     return int(lines[0].split()[1]), headers, body
+
+
+HEADER_TIMEOUT_S = int(os.environ[TIMEOUT_ENV])  # 3 s in this session (tests/conftest.py)
+REQUEST_HEAD = (f"POST {PATH} HTTP/1.1\r\nHost: vigil\r\nContent-Type: application/json\r\n"
+                "Content-Length: 2\r\n").encode()
+
+
+@pytest.mark.parametrize("trickle", [
+    # slowloris: a header line every second, each well inside `timeout client`
+    [f"X-Slow-{i}: {i}\r\n".encode() for i in range(30)],
+    # the request line itself, a byte every half second
+    [bytes([b]) for b in REQUEST_HEAD[:60]],
+], ids=["a header line every second", "the request line a byte at a time"])
+def test_headers_that_never_finish_are_cut_at_the_header_timeout(vigil, trickle):
+    port = int(vigil.base_url.rsplit(":", 1)[1])
+    interval = 1.0 if len(trickle[0]) > 1 else 0.5
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    started = time.monotonic()
+    if len(trickle[0]) > 1:
+        sock.sendall(REQUEST_HEAD)
+    reply, sent = b"", 0
+    with sock:
+        for piece in trickle:
+            ready, _, _ = select.select([sock], [], [], interval)
+            if ready:  # HAProxy answered or closed: read what it said, to the close
+                try:
+                    while chunk := sock.recv(65536):
+                        reply += chunk
+                except ConnectionResetError:
+                    pass
+                break
+            try:
+                sock.sendall(piece)
+                sent += 1
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        took = time.monotonic() - started
+    assert sent >= 2, "cut before the trickle began: not the header timeout"
+    assert HEADER_TIMEOUT_S - 0.5 <= took < HEADER_TIMEOUT_S + 2.0, (took, sent)
+    assert reply == b"" or reply.startswith(b"HTTP/1.1 408"), reply[:200]
+    # Whoever sends a whole request at once is still served on the same server.
+    answered = httpx.post(f"{vigil.base_url}{PATH}", content=BODY, timeout=10, headers=vigil.auth)
+    assert answered.status_code == 200
 
 
 def test_a_stalled_body_gets_408_within_its_grace(vigil):

@@ -12,6 +12,7 @@ import os
 import platform
 import re
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +78,7 @@ FULL_VALUES = {
     "imagePullSecrets": [{"name": "regcred"}],
     "autoscaling": {"version": "v2"},
     "ray": {"extraEnv": [{"name": "RAY_SERVE_HAPROXY_NBTHREAD", "value": "8"}],
-            "haProxyLimits": {"timeoutClientS": 20, "maxconn": 20000}},
+            "haProxyLimits": {"timeoutClientS": 20, "maxconn": 20000, "timeoutHttpRequestS": 15}},
     "monitoring": {"rayPodMonitor": {"labels": {"release": "kube-prometheus-stack"}},
                    "monitorServiceMonitor": {"labels": {"release": "kube-prometheus-stack"}},
                    "prometheusRule": {"labels": {"release": "kube-prometheus-stack"}},
@@ -434,13 +435,35 @@ def test_ray_containers_get_the_makefiles_environment(rendered, variant):
         "mode": "token"}
 
 
-@pytest.mark.parametrize(("variant", "timeout", "maxconn"),
-                         [("default", "10", "8192"), ("gpu", "10", "8192"),
-                          ("full", "20", "20000")])
-def test_haproxy_limits_reach_every_ray_container(rendered, variant, timeout, maxconn):
+@pytest.mark.parametrize(("variant", "timeout", "maxconn", "header_timeout"),
+                         [("default", "10", "8192", "10"), ("gpu", "10", "8192", "10"),
+                          ("full", "20", "20000", "15")])
+def test_haproxy_limits_reach_every_ray_container(rendered, variant, timeout, maxconn,
+                                                  header_timeout):
     for pod in pod_templates(rendered[variant]).values():
         assert env(pod)["RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S"]["value"] == timeout
         assert env(pod)["RAY_SERVE_HAPROXY_MAXCONN"]["value"] == maxconn
+        # The header timeout, through Vigil's wrapper where Dockerfile.gpu installs it.
+        assert env(pod)["RAY_SERVE_HAPROXY_BINARY_PATH"]["value"] == "/opt/vigil/bin/vigil-haproxy"
+        assert env(pod)["VIGIL_HAPROXY_TIMEOUT_HTTP_REQUEST_S"]["value"] == header_timeout
+
+
+def test_an_empty_header_timeout_wrapper_leaves_rays_haproxy_alone(helm):
+    objects = render(helm, "--set", "ray.haProxyLimits.headerTimeoutWrapper=")
+    for pod in pod_templates(objects).values():
+        assert "RAY_SERVE_HAPROXY_BINARY_PATH" not in env(pod)
+        assert "VIGIL_HAPROXY_TIMEOUT_HTTP_REQUEST_S" not in env(pod)
+        assert env(pod)["RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S"]["value"] == "10"
+
+
+def test_the_images_wrapper_is_where_the_chart_says():
+    dockerfile = (ROOT / "Dockerfile.gpu").read_text()
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["ray"]["haProxyLimits"]
+    assert f"RAY_SERVE_HAPROXY_BINARY_PATH={values['headerTimeoutWrapper']} " in dockerfile
+    assert f"VIGIL_HAPROXY_TIMEOUT_HTTP_REQUEST_S={values['timeoutHttpRequestS']} " in dockerfile
+    # /opt/vigil/bin/vigil-haproxy: the console script pip makes from pyproject.toml.
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["vigil-haproxy"] == "vigil.tools.haproxy_header_timeout:main"
 
 
 # ---------------------------------------------------------------- GPU values
@@ -539,6 +562,8 @@ def test_every_value_is_described():
         ("worker.maxReplicas=0", "maxReplicas"),
         ("ray.haProxyLimits.timeoutClientS=0", "timeoutClientS"),
         ("ray.haProxyLimits.maxconn=10", "maxconn"),
+        ("ray.haProxyLimits.timeoutHttpRequestS=0", "timeoutHttpRequestS"),
+        ("ray.haProxyLimits.headerTimeoutWrapper=vigil-haproxy", "headerTimeoutWrapper"),
         ("ingress.nginxLimits.proxyBodySize=lots", "proxyBodySize"),
         ("head.rayStartParams.resources=x", "resources"),
     ],

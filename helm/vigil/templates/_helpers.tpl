@@ -170,6 +170,13 @@ seccompProfile:
   value: {{ .Values.ray.haProxyLimits.timeoutClientS | quote }}
 - name: RAY_SERVE_HAPROXY_MAXCONN
   value: {{ .Values.ray.haProxyLimits.maxconn | quote }}
+{{- with .Values.ray.haProxyLimits.headerTimeoutWrapper }}
+# Ray runs Vigil's wrapper as HAProxy: it adds `timeout http-request` to Ray's config.
+- name: RAY_SERVE_HAPROXY_BINARY_PATH
+  value: {{ . | quote }}
+- name: VIGIL_HAPROXY_TIMEOUT_HTTP_REQUEST_S
+  value: {{ $.Values.ray.haProxyLimits.timeoutHttpRequestS | quote }}
+{{- end }}
 - name: RAY_USAGE_STATS_ENABLED
   value: "0"
 - name: PYTHONUNBUFFERED

