@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import secrets
 from collections.abc import Iterator
@@ -38,3 +39,27 @@ def locked(path: Path, flags: int = os.O_RDWR, mode: int = 0o644) -> Iterator[in
         yield fd
     finally:
         os.close(fd)
+
+
+# sha256 of files by path, valid while (mtime, size, inode) stay the same: replicas check every
+# version's model file on each refresh and the gate reads its held-out set on each change, each
+# file hashed again only when it changed.
+_digests: dict[Path, tuple[tuple[int, int, int], str]] = {}
+MAX_DIGESTS = 100_000
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 (hex) of the file at `path`, cached by its stamp (OSError when unreadable)."""
+    st = path.stat()
+    stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+    cached = _digests.get(path)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    if len(_digests) >= MAX_DIGESTS:
+        _digests.clear()
+    _digests[path] = (stamp, digest.hexdigest())
+    return digest.hexdigest()

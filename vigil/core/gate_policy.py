@@ -38,6 +38,7 @@ from typing import Any
 
 import yaml
 
+from vigil.core.files import file_sha256
 from vigil.core.repository import ModelVersion
 
 POLICY_FILE = "gate.yaml"
@@ -202,27 +203,6 @@ def confined(root: Path, base: Path, value: Any, source: str) -> Path:
     if not path.is_file():
         raise PolicyError(f"{source}: held-out set {value!r} does not exist")
     return path
-
-
-# The held-out files' digests, by path and (mtime, size, inode): a policy is read on each change
-# that sends traffic, the file hashed once.
-_digests: dict[Path, tuple[tuple[int, int, int], str]] = {}
-
-
-def file_sha256(path: Path) -> str:
-    st = path.stat()
-    stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-    cached = _digests.get(path)
-    if cached is not None and cached[0] == stamp:
-        return cached[1]
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    if len(_digests) > 10_000:
-        _digests.clear()
-    _digests[path] = (stamp, digest.hexdigest())
-    return digest.hexdigest()
 
 
 def refusal(verdict: Any, sha256: str, policy: GatePolicy | None,

@@ -5,7 +5,6 @@ metric and the log alike."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -14,6 +13,7 @@ from typing import Any
 
 from vigil.core import repository
 from vigil.core.aliases import AliasError, AliasState, read_aliases
+from vigil.core.files import file_sha256
 from vigil.core.repository import ModelVersion, RepositoryError
 
 
@@ -88,34 +88,12 @@ def alias_faults(state: AliasState, published: Sequence[str]) -> list[Fault]:
             for alias, why in sorted(broken_aliases(state, published).items())]
 
 
-# sha256 of model files by path, valid while (mtime, size, inode) stay the same: a replica checks
-# every version on each refresh, and hashes each file again only when it changed.
-_digests: dict[Path, tuple[tuple[int, int, int], str]] = {}
-
-
-def file_digest(path: Path) -> str:
-    """The sha256 of the file at `path` (OSError when it cannot be read)."""
-    st = path.stat()
-    stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-    cached = _digests.get(path)
-    if cached is not None and cached[0] == stamp:
-        return cached[1]
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    if len(_digests) > 100_000:
-        _digests.clear()
-    _digests[path] = (stamp, digest.hexdigest())
-    return digest.hexdigest()
-
-
 def file_fault(version: ModelVersion) -> Fault | None:
     """What a fresh load of `version` would find wrong with its model.onnx: gone (missing) or
     other bytes than its model.yaml records (modified); None when it matches."""
     manifest = version.manifest
     try:
-        digest = file_digest(version.model_file)
+        digest = file_sha256(version.model_file)
     except FileNotFoundError:
         return Fault(manifest.name, FaultKind.MISSING, manifest.version,
                      f"{version.model_file} is gone")
@@ -158,4 +136,3 @@ def counts(faults: Iterable[Fault]) -> dict[tuple[str, str], int]:
         key = (fault.model, str(fault.kind))
         out[key] = out.get(key, 0) + 1
     return out
-
