@@ -115,12 +115,20 @@ def test_a_revoked_token_is_refused_without_a_restart(vigil):
 
 
 def _replica_ports() -> set[int]:
-    """The replicas' own HTTP ports, from the HAProxy configuration Ray wrote for this node."""
+    """The replicas' own HTTP ports, from the HAProxy configuration Ray wrote for this node: the
+    servers of its `http-*` backends (the `grpc-*` ones are the replicas' gRPC ports)."""
     import ray
 
     node = ray.get_runtime_context().get_node_id()
     text = (Path("/tmp/haproxy-serve") / node / "haproxy.cfg").read_text()
-    return {int(p) for p in re.findall(r"^\s*server\s+SERVE_REPLICA\S*\s+[\d.]+:(\d+)", text, re.M)}
+    ports, backend = set(), ""
+    for line in text.splitlines():
+        if (section := re.match(r"(backend|frontend|listen|defaults|global)\s*(\S*)", line)):
+            backend = section.group(2) if section.group(1) == "backend" else ""
+        elif backend.startswith("http-") and (
+                server := re.match(r"\s*server\s+SERVE_REPLICA\S*\s+[\d.]+:(\d+)", line)):
+            ports.add(int(server.group(1)))
+    return ports
 
 
 def test_replica_ports_behind_haproxy_check_tokens_too(vigil):
