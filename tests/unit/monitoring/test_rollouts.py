@@ -158,3 +158,22 @@ def test_a_decision_on_a_rollout_an_operator_changed_is_dropped(repo: Path, tmp_
     assert state.rollout.status == "paused" and state.rollout.step == 0  # not judged: paused
     assert world.event_types() == ["vigil.rollout.started"]
     assert world.outbox.held() == []
+
+
+def test_a_running_rollout_and_its_checks_are_scraped(repo: Path, tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from monitoring.collector_ops import RolloutCollector
+
+    world = World(repo, tmp_path)
+    world.windows(1, T0, BAD, PROD)  # one failed round: held at step 1
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RolloutCollector(world.driver.running,
+                                       lambda: list(world.driver.checks_total.items())))
+    text = generate_latest(registry).decode()
+    assert 'vigil_rollout_weight{model="m",version="2"} 0.1' in text
+    assert 'vigil_rollout_step{model="m",version="2"} 1.0' in text
+    assert 'vigil_rollout_halted{model="m",version="2"} 0.0' in text
+    assert 'vigil_rollout_checks_total{check="error_ratio",model="m",outcome="fail"} 1.0' in text
+    world.driver.tick(["m"], T0 + 400)  # past the 300 s deadline: halted
+    assert 'vigil_rollout_halted{model="m",version="2"} 1.0' in generate_latest(registry).decode()
