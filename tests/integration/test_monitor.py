@@ -143,9 +143,14 @@ def test_serve_yaml_monitor_application_is_valid():
 def test_example_models_have_profiles_and_the_monitor_loads_them(vigil, monitor):
     assert (vigil.models_dir / "breast_cancer" / "1" / "profile.json").exists()
     assert not (vigil.models_dir / "mlp" / "1" / "profile.json").exists()
-    status = {v["model"]: v["profile"] for v in _get(vigil, "/v1/status").json()["versions"]}
-    assert (status.pop("breast_cancer"), status.pop("mlp")) == ("loaded", "no profile")
-    assert set(status.values()) <= {"no profile"}  # the session's test models have none
+    versions = _get(vigil, "/v1/status").json()["versions"]
+    status = {(v["model"], v["version"]): v["profile"] for v in versions}
+    assert (status[("breast_cancer", "1")], status[("mlp", "1")]) == ("loaded", "no profile")
+    # Other tests publish versions of their own (some with profiles): whatever the order,
+    # each version's state follows whether its files carry a profile.
+    for (model, version), state in status.items():
+        on_disk = (vigil.models_dir / model / str(version) / "profile.json").exists()
+        assert (state != "no profile") == on_disk, (model, version, state)
     metrics = _metrics(vigil)
     assert _value(metrics, "vigil_profile_loaded", model="breast_cancer", version="1") == 1
     assert _value(metrics, "vigil_profile_loaded", model="mlp", version="1") == 0
