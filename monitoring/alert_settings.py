@@ -71,6 +71,8 @@ EventType = Literal[
     "vigil.rollout.halted",
     "vigil.rollout.promoted",
     "vigil.rollout.rolled_back",
+    "vigil.quality.degraded",
+    "vigil.labels.coverage_low",
 ]
 EVENT_TYPES: tuple[EventType, ...] = get_args(EventType)
 ROLLED_BACK = "vigil.model.rolled_back"
@@ -128,6 +130,37 @@ def scrub(text: str, url: str) -> str:
     return text
 
 
+# Quality from labels (monitoring.labels_quality): the metrics a rule may name, and which of them
+# the model gate scores on the held-out set (the reference a drop is measured from).
+QUALITY_METRICS = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "log_loss",
+                   "roc_auc", "mae", "rmse", "mape", "r2")
+REFERENCED_METRICS = ("accuracy", "roc_auc", "rmse")
+LOWER_IS_BETTER = frozenset({"log_loss", "mae", "rmse", "mape"})
+QualityMetric = Literal["accuracy", "precision_macro", "recall_macro", "f1_macro", "log_loss",
+                        "roc_auc", "mae", "rmse", "mape", "r2"]
+
+
+class QualityBelow(BaseModel):
+    """The window's quality from labels is worse than `value`: below it, or above it for an
+    error metric (log_loss, mae, rmse, mape)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    metric: QualityMetric
+    value: float = Field(allow_inf_nan=False)
+
+
+class QualityDrop(BaseModel):
+    """The window's quality from labels is worse than the version's reference (the model gate's
+    score on its held-out set) by at least `by`, in the metric's own units."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    metric: Literal["accuracy", "roc_auc", "rmse"] = Field(
+        description="A metric the model gate scores: accuracy, roc_auc (classifiers), rmse.")
+    by: float = Field(gt=0.0, allow_inf_nan=False)
+
+
 class Condition(BaseModel):
     """Exactly one of these, over one closed window of a model version."""
 
@@ -177,6 +210,21 @@ class Condition(BaseModel):
         default=None, ge=1.0, le=30 * 86_400.0, description="No request reached the monitor for "
         "this many seconds (judged every tick, not per window)."
     )
+    quality_below: QualityBelow | None = Field(
+        default=None, description="The window's quality from labels ({metric, value}) is worse "
+        "than value. Judged once the window settled (feedback.settle_s after it closed); "
+        "min_rows counts labelled rows."
+    )
+    quality_drop: QualityDrop | None = Field(
+        default=None, description="The window's quality from labels ({metric, by}) is worse "
+        "than the version's reference by at least `by`; no verdict for a version the gate "
+        "never scored. Judged once the window settled; min_rows counts labelled rows."
+    )
+    label_coverage_below: float | None = Field(
+        default=None, gt=0.0, le=1.0, description="Labelled rows / rows served in the window "
+        "is below this once it settled: the feedback pipeline stopped or lags. min_rows counts "
+        "served rows."
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Condition:
@@ -204,10 +252,12 @@ class Condition(BaseModel):
         return getattr(self, self.kind)
 
     @property
-    def family(self) -> Literal["drift", "quality", "requests", "shadow", "traffic"]:
+    def family(self) -> Literal["drift", "quality", "requests", "shadow", "traffic", "labels"]:
         """What a window must hold for a verdict: sampled rows, requests, compared shadow rows,
-        or nothing."""
+        labels (judged when the window settles), or nothing."""
         kind = self.kind
+        if kind in ("quality_below", "quality_drop", "label_coverage_below"):
+            return "labels"
         if kind in ("dataset_drift", "drift_share_at_least", "features_drifted", "prediction_drift"):
             return "drift"
         if kind == "shadow_agreement_below":
@@ -230,6 +280,9 @@ class Condition(BaseModel):
             "error_ratio_above": "vigil.errors.rate_exceeded",
             "no_traffic_for_s": "vigil.traffic.stopped",
             "shadow_agreement_below": "vigil.shadow.disagrees",
+            "quality_below": "vigil.quality.degraded",
+            "quality_drop": "vigil.quality.degraded",
+            "label_coverage_below": "vigil.labels.coverage_low",
         }.get(self.kind, "vigil.data_quality.degraded")
 
 

@@ -24,12 +24,21 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from monitoring.alert_settings import AlertRule, WebhookTarget
 from monitoring.canary import CanaryGuard, RolledBack, settle_held
 from monitoring.events import alert_event, encode, rollback_event
 from monitoring.outbox import AlertKey, NewEvent, Outbox
-from monitoring.rules import AlertState, Transition, Verdict, advance, judge, judge_silence
+from monitoring.rules import (
+    AlertState,
+    Transition,
+    Verdict,
+    advance,
+    judge,
+    judge_labels,
+    judge_silence,
+)
 from monitoring.window import ClosedWindow
 
 logger = logging.getLogger("vigil.alerts")
@@ -116,7 +125,24 @@ class AlertEngine:
         """Judge every rule watching this version on its newly closed window (rollback rules
         only when it is its model's canary)."""
         self._settle()
-        rules = [r for r in self.rules if r.when.family != "traffic" and r.watches(model, version)]
+        rules = self._window_rules(model, version, now, labels=False)
+        self._apply(model, version, [(r, judge(r, window)) for r in rules], window, now)
+
+    def on_settled(self, model: str, version: str, window: ClosedWindow,
+                   quality: dict[str, Any], now: float) -> None:
+        """Judge the label rules watching this version on a window whose labels settled
+        (monitoring.label_join.LabelJoin.settle), with its quality from labels."""
+        self._settle()
+        rules = self._window_rules(model, version, now, labels=True)
+        self._apply(model, version, [(r, judge_labels(r, window, quality)) for r in rules],
+                    window, now)
+
+    def _window_rules(self, model: str, version: str, now: float,
+                      labels: bool) -> list[AlertRule]:
+        """The rules judging this version's windows (label rules or the others); rollback
+        rules only when it is its model's canary now (else their counts start again)."""
+        rules = [r for r in self.rules if r.when.family != "traffic" and r.watches(model, version)
+                 and (r.when.family == "labels") == labels]
         if any(r.action == "rollback_canary" for r in rules) and not self._is_canary(
             model, version, now
         ):
@@ -124,7 +150,7 @@ class AlertEngine:
                 if rule.action == "rollback_canary":
                     self._start_again((model, version, rule.name))
             rules = [r for r in rules if r.action != "rollback_canary"]
-        self._apply(model, version, [(r, judge(r, window)) for r in rules], window, now)
+        return rules
 
     def _is_canary(self, model: str, version: str, now: float) -> bool:
         return self.canaries is not None and self.canaries.canary(model, now) == version

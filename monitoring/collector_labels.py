@@ -33,6 +33,13 @@ QUALITY_LABELS = gauge("vigil_quality_labels", "Labelled rows behind vigil_quali
                        "closed window's).", *MV)
 QUALITY_COVERAGE = gauge("vigil_quality_label_coverage", "Labelled rows / rows served in the "
                          "latest closed window (0 when none are labelled).", *MV)
+SETTLED = gauge("vigil_quality_settled", "Model quality from labels of the latest settled window "
+                "(closed feedback.settle_s ago, so its labels are in): the metrics of "
+                "vigil_quality. The label alert rules judge these windows.", *MV, "metric")
+SETTLED_LABELS = gauge("vigil_quality_settled_labels", "Labelled rows behind "
+                       "vigil_quality_settled.", *MV)
+SETTLED_COVERAGE = gauge("vigil_quality_settled_label_coverage", "Labelled rows / rows served in "
+                         "the latest settled window (0 when none are labelled).", *MV)
 HELD = gauge("vigil_feedback_predictions", "Predictions the join store holds (labelled or not).")
 
 
@@ -41,10 +48,12 @@ class LabelCollector(Collector):
     the monitor's worker thread. Every outcome and eviction reason has a series per model seen."""
 
     def __init__(self, store: LabelStore,
-                 latest: Callable[[], list[tuple[str, str, dict[str, Any]]]] | None = None
+                 latest: Callable[[], list[tuple[str, str, dict[str, Any]]]] | None = None,
+                 settled: Callable[[], list[tuple[str, str, dict[str, Any]]]] | None = None
                  ) -> None:
         self.store = store
         self.latest = latest  # each version's latest closed window's quality
+        self.settled = settled  # each version's latest settled window's quality
 
     def describe(self) -> list[Metric]:
         return []
@@ -86,3 +95,14 @@ class LabelCollector(Collector):
                 if value is not None:
                     quality.add_metric([model, version, name], float(value))
         yield from (quality, reference, labels, coverage)
+        settled, settled_labels = SETTLED.new(), SETTLED_LABELS.new()
+        settled_coverage = SETTLED_COVERAGE.new()
+        for model, version, doc in self.settled() if self.settled is not None else []:
+            if not doc["served_rows"]:
+                continue
+            settled_labels.add_metric([model, version], float(doc["labelled_rows"]))
+            settled_coverage.add_metric([model, version], doc["coverage"] or 0.0)
+            for name, value in doc["metrics"].items():
+                if value is not None:
+                    settled.add_metric([model, version, name], float(value))
+        yield from (settled, settled_labels, settled_coverage)

@@ -10,11 +10,19 @@ time, so a late label improves the window it belongs to), when it is read: the w
 the scrape. It is `settled` once the window closed `feedback.settle_s` ago. Beside it: the
 labelled and served rows, the coverage (labelled / served) and the reference quality, which the
 model gate scored on the version's held-out set (model.yaml lineage.validation).
+
+Each closed window waits until it settled (``settle``): its quality is then computed once, kept
+as the version's latest settled quality (the ``vigil_quality_settled`` gauges) and handed to the
+alert engine's label rules. Waiting windows are kept as their summary (no statistics), at most
+``MAX_WAITING`` per version, the oldest judged early (unsettled, and said so) past it; like
+windows, they start again after a monitor restart.
 Not thread-safe: the monitor calls it from its one worker thread.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -22,11 +30,14 @@ from monitoring.label_store import LabelStore, Predictions
 from monitoring.labels_quality import classification_quality, regression_quality
 from monitoring.service import MonitorService
 from monitoring.version_state import VersionState
+from monitoring.window import ClosedWindow
 from vigil.core.messages import UnreadableMessage
 from vigil.core.prediction_messages import read_predictions
 from vigil.core.repository import read_manifest
 
 GATE_NAMES = {"accuracy": "accuracy", "auc": "roc_auc", "rmse": "rmse"}  # gate -> ours
+MAX_WAITING = 20_000  # windows per version waiting to settle (a day of 5 s windows)
+Settled = tuple[str, str, ClosedWindow, dict[str, Any]]  # model, version, window, quality
 
 
 class LabelJoin:
@@ -35,6 +46,11 @@ class LabelJoin:
         self.service = service
         self.settle_s = settle_s
         self._references: dict[tuple[str, str], dict[str, float]] = {}
+        # Closed windows waiting for settle_s, oldest first, and each version's latest settled
+        # window with its quality (both forgotten with the version).
+        self.waiting: dict[tuple[str, str], deque[ClosedWindow]] = {}
+        self.last_settled: dict[tuple[str, str], tuple[ClosedWindow, dict[str, Any]]] = {}
+        service.window_listeners.append(self.closed)
 
     def record(self, messages: Iterable[Any], now: float) -> int:
         """Keep the requests the messages record; returns how many were kept."""
@@ -98,6 +114,32 @@ class LabelJoin:
             self._references[key] = {GATE_NAMES[k]: float(v) for k, v in scored.items()
                                      if k in GATE_NAMES and isinstance(v, int | float)}
         return self._references[key]
+
+    def closed(self, model: str, version: str, windows: list[ClosedWindow]) -> None:
+        """Windows of a version closed: they wait to settle (their summary only)."""
+        waiting = self.waiting.setdefault((model, version), deque())
+        waiting.extend(dataclasses.replace(w, result=None) for w in windows)
+
+    def settle(self, now: float) -> list[Settled]:
+        """The windows that settled since the last call, oldest first per version, each with
+        its quality (which becomes its version's latest settled one). A version the monitor
+        released is forgotten; past MAX_WAITING the oldest windows are settled early."""
+        for key in [k for k in self.waiting if k not in self.service.versions]:
+            del self.waiting[key]
+        for key in [k for k in self.last_settled if k not in self.service.versions]:
+            del self.last_settled[key]
+        for key in [k for k in self._references if k not in self.service.versions]:
+            del self._references[key]
+        settled: list[Settled] = []
+        for key, waiting in self.waiting.items():
+            state = self.service.versions[key]
+            while waiting and (now - waiting[0].closed_at >= self.settle_s
+                               or len(waiting) > MAX_WAITING):
+                window = waiting.popleft()
+                quality = self.quality(state, window.opened_at, window.closed_at, now)
+                self.last_settled[key] = (window, quality)
+                settled.append((*key, window, quality))
+        return settled
 
     def add_to(self, doc: dict[str, Any], now: float) -> dict[str, Any]:
         """The drift JSON (MonitorService.drift_doc) with each window's `labels` quality."""

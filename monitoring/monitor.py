@@ -126,8 +126,9 @@ class Monitor:
         self.registry.register(StateCollector(self._held))
         self.registry.register(RolloutCollector(self.rollouts.running,
                                                 lambda: list(self.rollouts.checks_total.items())))
-        self.registry.register(LabelCollector(self.labels.store,
-                                              lambda: self.labels.latest(time.time())))
+        self.registry.register(LabelCollector(
+            self.labels.store, lambda: self.labels.latest(time.time()),
+            lambda: [(*key, doc) for key, (_, doc) in self.labels.last_settled.items()]))
         # Reference data of the versions reported on lately (on the report thread only).
         self._references: Recent[tuple[str, str], dict] = Recent(MAX_REFERENCES)
         self._reports = ReportCache(self.args.report_cache_bytes)  # on the event loop only
@@ -183,10 +184,16 @@ class Monitor:
             self._tick_wake.clear()
             try:
                 await self._on_worker(self.service.tick, time.time())
+                await self._on_worker(self._judge_settled, time.time())
                 await self._on_worker(self.labels.store.evict, time.time())
                 await self._release(await self._on_worker(self.service.sweep, time.time()))
             except Exception:
                 logger.exception("closing time windows or releasing versions failed")
+
+    def _judge_settled(self, now: float) -> None:
+        """Windows whose labels settled: their quality to the label rules (worker thread)."""
+        for model, version, window, quality in self.labels.settle(now):
+            self.alerts.on_settled(model, version, window, quality, now)
 
     async def _release(self, versions: list[tuple[str, str]]) -> None:
         """Forget the reports and reference data of versions the service released."""

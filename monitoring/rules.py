@@ -18,7 +18,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from monitoring.alert_settings import AlertRule
+from monitoring.alert_settings import LOWER_IS_BETTER, AlertRule
 from monitoring.drift import ColumnDrift
 from monitoring.window import ClosedWindow
 
@@ -93,6 +93,8 @@ def judge(rule: AlertRule, window: ClosedWindow) -> Verdict:
     family = rule.when.family
     if family == "traffic":
         raise ValueError("silence rules are judged by judge_silence, not per window")
+    if family == "labels":
+        raise ValueError("label rules are judged by judge_labels, once a window settled")
     if family == "requests":
         verdict = _judge_requests(rule, window)
     elif family == "shadow":
@@ -116,6 +118,58 @@ def judge_silence(rule: AlertRule, silent_s: float) -> Verdict:
     if silent_s >= limit:
         return Verdict(True, f"no request for {silent_s:.0f} s", crossed)
     return Verdict(False, f"last request {silent_s:.0f} s ago")
+
+
+def judge_labels(rule: AlertRule, window: ClosedWindow, quality: dict[str, Any]) -> Verdict:
+    """A label rule's verdict on a settled window, from its quality doc
+    (monitoring.label_join.LabelJoin.quality: labelled and served rows, coverage, metrics and the
+    version's reference)."""
+    when = rule.when
+    if when.label_coverage_below is not None:
+        served, labelled = quality["served_rows"], quality["labelled_rows"]
+        if served < rule.min_rows:
+            verdict = Verdict(None, f"{served} rows served, fewer than min_rows {rule.min_rows}")
+        else:
+            c = Crossed("label_coverage", labelled / served, when.label_coverage_below)
+            breached = c.value < c.threshold
+            verdict = Verdict(breached, f"label coverage {c.value:.4g} ({labelled} of {served} "
+                              f"rows) {'below' if breached else 'at or above'} "
+                              f"{c.threshold:.4g}", (c,) if breached else ())
+        return dataclasses.replace(verdict, window=window.index)
+    condition = when.quality_below or when.quality_drop
+    assert condition is not None
+    metric, labelled = condition.metric, quality["labelled_rows"]
+    value = quality["metrics"].get(metric)
+    if labelled < rule.min_rows:
+        verdict = Verdict(None, f"{labelled} labelled rows, fewer than min_rows {rule.min_rows}")
+    elif value is None:
+        task = quality.get("task") or "unknown"
+        verdict = Verdict(None, f"{metric} is not defined for this window ({task} task)")
+    elif when.quality_below is not None:
+        verdict = _worse(Crossed(metric, float(value), when.quality_below.value), metric)
+    else:
+        assert when.quality_drop is not None
+        reference = quality["reference"].get(metric)
+        if reference is None:
+            verdict = Verdict(None, f"no reference {metric}: the model gate did not score this "
+                              "version")
+        else:
+            drop = value - reference if metric in LOWER_IS_BETTER else reference - value
+            c = Crossed(f"{metric}_drop", float(drop), when.quality_drop.by)
+            breached = c.value >= c.threshold
+            verdict = Verdict(breached, f"{metric} {value:.4g} against the reference "
+                              f"{reference:.4g}: a drop of {drop:.4g}, "
+                              f"{'at least' if breached else 'less than'} {c.threshold:.4g}",
+                              (c,) if breached else ())
+    return dataclasses.replace(verdict, window=window.index)
+
+
+def _worse(c: Crossed, metric: str) -> Verdict:
+    """Whether `c.value` is worse than `c.threshold` (higher is worse for error metrics)."""
+    breached = c.value > c.threshold if metric in LOWER_IS_BETTER else c.value < c.threshold
+    relation = "worse than" if breached else "no worse than"
+    return Verdict(breached, f"{metric} {c.value:.4g} {relation} {c.threshold:.4g}",
+                   (c,) if breached else ())
 
 
 def _judge_requests(rule: AlertRule, window: ClosedWindow) -> Verdict:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,6 +88,9 @@ class MonitorService:
         self.settings = settings
         self.alerts = alerts  # rules over closed windows; None: no alerting
         self.rollouts = rollouts  # progressive rollouts judged on closed windows; None: none
+        # Others told of each version's closed windows (the label join, which judges them
+        # again once their labels settled).
+        self.window_listeners: list[Callable[[str, str, list[ClosedWindow]], None]] = []
         self.log = RateLimitedLog(app.log_interval_s)
         self.versions: dict[tuple[str, str], VersionState] = {}
         self.models: dict[str, list[str]] = {}  # model -> versions, oldest first
@@ -157,6 +160,8 @@ class MonitorService:
         return closed
 
     def _judge(self, state: VersionState, closed: list[ClosedWindow], now: float) -> None:
+        for listener in self.window_listeners:
+            listener(state.model, state.version, closed)
         if self.alerts is not None:
             for window in closed:
                 self.alerts.on_window(state.model, state.version, window, now)
@@ -314,12 +319,13 @@ class MonitorService:
         return min(due, default=None)
 
     def needs_ticks(self) -> bool:
-        """Whether rules judge silence (no request for N seconds), or a rollout runs (its step's
-        deadline and its waiting windows), which need a steady tick."""
+        """Whether rules judge silence (no request for N seconds) or labels (windows as they
+        settle), or a rollout runs (its step's deadline and its waiting windows), which need a
+        steady tick."""
         if self.rollouts is not None and self.rollouts.running():
             return True
         return self.alerts is not None and any(
-            r.when.family == "traffic" for r in self.alerts.rules)
+            r.when.family in ("traffic", "labels") for r in self.alerts.rules)
 
     def reconfigure(self, settings: MonitorSettings, now: float) -> None:
         """Apply new window, drift and alert settings; refused (ValueError) if they misfit a

@@ -170,7 +170,9 @@ def alerts_page() -> str:
              "delivered and received: [Alerts and webhooks](../alerts-and-webhooks.md); every "
              "other field of a rule and a target: [Configuration](configuration.md#alertrule).",
              "", "## Conditions", ""]
-    conditions = [(f"`{name}`", type_text(field.annotation), bounds_text(name, field),
+    # A condition's own settings (e.g. quality_drop's metric and by) are on the configuration page.
+    conditions = [(f"`{name}`", type_text(field.annotation).replace("](#", "](configuration.md#"),
+                   bounds_text(name, field),
                    field.description or "", f"`{condition_event(name)}`")
                   for name, field in Condition.model_fields.items()]
     parts += [table(("condition", "value", "bounds", "breached when", "event type"), conditions),

@@ -56,6 +56,10 @@ def _empty(hint: Any) -> Any:
     if typing.get_origin(hint) is collections.abc.Callable:
         value = _empty(typing.get_args(hint)[-1])
         return lambda: value
+    from monitoring.label_store import LabelStore
+
+    if hint is LabelStore:  # the join store's counters, over an empty database in memory
+        return LabelStore(Path(":memory:"), ttl_s=1.0, max_pending=10)
     origin = typing.get_origin(hint) or hint
     if isinstance(origin, type) and issubclass(origin, collections.abc.Iterable):
         return ()  # nothing to report: no versions, no firing alerts, no targets
@@ -70,16 +74,18 @@ def collectors(module: ModuleType) -> Iterator[Any]:
                 and callable(vars(value).get("collect"))):
             hints = typing.get_type_hints(value.__init__)  # type: ignore[misc]
             params = inspect.signature(value).parameters
-            yield value(**{p: _empty(hints[p]) for p in params})
+            yield value(**{name: _empty(hints[name]) for name, param in params.items()
+                           if param.default is inspect.Parameter.empty})  # optional: left out
 
 
 def monitor_metrics() -> list[MetricDoc]:
     """Every family the monitor's collectors yield (each family on every scrape, with or without
     samples)."""
-    from monitoring import collector, collector_ops
+    from monitoring import collector, collector_labels, collector_ops
 
     found = []
-    for instance in [*collectors(collector), *collectors(collector_ops)]:
+    for instance in [*collectors(collector), *collectors(collector_ops),
+                     *collectors(collector_labels)]:
         for family in instance.collect():
             # prometheus_client keeps a counter's name without `_total`; the samples carry it
             name = family.name + ("_total" if family.type == "counter" else "")
@@ -89,7 +95,8 @@ def monitor_metrics() -> list[MetricDoc]:
 
 
 def metrics_page() -> str:
-    parts = [header("serving/metrics.py, monitoring/collector.py and collector_ops.py"),
+    parts = [header("serving/metrics.py, monitoring/collector.py, collector_ops.py and "
+                    "collector_labels.py"),
              "# Metrics", "",
              "Every metric Vigil exports, read from where it is declared. How they are scraped, "
              "recorded and drawn: [Observability](../observability.md).", "",
