@@ -27,9 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from monitoring.alert_settings import AlertRule, WebhookTarget
-from monitoring.canary import CanaryGuard, RolledBack, settle_held
+from monitoring.canary import CanaryGuard, RolledBack, rollback_details, rollback_reason
+from monitoring.changes import Announcement, ChangeWriter
 from monitoring.events import alert_event, encode, rollback_event
 from monitoring.outbox import AlertKey, NewEvent, Outbox
+from monitoring.rollouts import RolloutDriver
 from monitoring.rules import (
     AlertState,
     Transition,
@@ -57,14 +59,19 @@ class AlertEngine:
 
     def __init__(self, outbox: Outbox, public_url: str, now: float,
                  notify: Callable[[], None] | None = None, repository: Path | None = None,
-                 on_rollback: Callable[[str], None] | None = None) -> None:
+                 on_rollback: Callable[[str], None] | None = None,
+                 rollouts: RolloutDriver | None = None) -> None:
         """`repository`: the model repository whose canaries rollback rules judge and clear
         (None: rollback rules judge nothing); `on_rollback(model)`: called after a canary was
-        cleared, to tell the serving replicas."""
+        cleared, to tell the serving replicas; `rollouts`: the driver that rolls back a canary
+        under a progressive rollout (its decision, its events)."""
         self.outbox = outbox
         self.public_url = public_url
         self.notify = notify or (lambda: None)  # called after events were committed
-        self.canaries = None if repository is None else CanaryGuard(repository, on_rollback)
+        self.changes = (None if repository is None else
+                        ChangeWriter(repository, outbox, on_rollback, lambda: self.notify()))
+        self.canaries = None if self.changes is None else CanaryGuard(self.changes)
+        self.rollouts = rollouts
         self.rules: list[AlertRule] = []
         self.targets: list[WebhookTarget] = []
         self.states: dict[AlertKey, AlertState] = outbox.load_alerts()
@@ -73,7 +80,7 @@ class AlertEngine:
         self.last_request: dict[tuple[str, str], float] = {}
         self.events_committed = 0
         self._previous: list[AlertRule] = []  # the rules before the latest configure
-        self._unsettled = self.canaries is not None  # held rollback events may wait (a crash)
+        self._unsettled = self.changes is not None  # held rollback events may wait (a crash)
         self._settle()
 
     def configure(self, rules: list[AlertRule], targets: list[WebhookTarget],
@@ -204,13 +211,29 @@ class AlertEngine:
 
     def _roll_back(self, rule: AlertRule, key: AlertKey, before: AlertState, fired: AlertState,
                    verdict: Verdict, window: ClosedWindow | None, now: float) -> AlertState:
-        """A rollback rule fired: clear the canary, its event held before the change and
-        released after it. Returns the alert's state (not firing; committed with the event), or,
-        when nothing was cleared, the state as if it had not fired."""
+        """A rollback rule fired: roll the canary back, as one change written with its event
+        (monitoring.changes). A canary under a progressive rollout is rolled back by its
+        rollout's own decision (vigil.core.rollout.guard: the rollout ends, its events say why);
+        any other is cleared by the canary guard. Returns the alert's state (not firing), or,
+        when nothing was rolled back, the state as if it had not fired."""
         model, version, _ = key
-        held: list[str] = []
+        state = AlertState(firing=False, since=None, last_fired_at=now)
+        if self.rollouts is not None and self.rollouts.candidate(model, now) == version:
+            reason = rollback_reason(rule, model, version, verdict, window)
+            details = rollback_details(rule, verdict, window)
+            event_id = self.rollouts.roll_back_by_rule(model, version, reason, details, window,
+                                                       now)
+            if event_id is not None:
+                state = dataclasses.replace(state, last_event_id=event_id)
+                try:
+                    self.outbox.commit({key: state}, [])
+                except Exception:  # noqa: BLE001 - kept in memory; committed with the next change
+                    logger.exception("could not commit alert %s of %s/%s", key[2], model, version)
+                return state
+            return dataclasses.replace(fired, firing=False, since=None,
+                                       last_fired_at=before.last_fired_at)
 
-        def hold(done: RolledBack) -> None:
+        def announce(done: RolledBack) -> Announcement:
             doc = rollback_event(rule=rule, model=model, version=version,
                                  production=done.production, generation=done.generation,
                                  reason=done.reason, verdict=verdict, window=window,
@@ -218,46 +241,28 @@ class AlertEngine:
             doc["id"] = done.event_id  # the id the audit entry names
             targets = tuple(t.name for t in self.targets if t.wants(doc["type"]))
             event = NewEvent(doc["id"], doc["type"], doc["subject"], now, encode(doc), targets)
-            state = AlertState(firing=False, since=None, last_fired_at=now, last_event_id=event.id)
-            self.outbox.hold(event, {key: state}, {"model": model, "version": version,
-                                                   "generation": done.generation,
-                                                   "event_id": event.id})
-            held.append(event.id)
+            return Announcement(event, {key: dataclasses.replace(state,
+                                                                 last_event_id=event.id)})
 
         done = None
         if self.canaries is not None and self.canaries.canary(model, now) == version:
-            done = self.canaries.roll_back(rule, model, version, verdict, window, now, hold)
+            done = self.canaries.roll_back(rule, model, version, verdict, window, now, announce)
         if done is None:  # gone, replaced, or failed: not fired (a failed change retries)
-            for event_id in held:
-                self._drop(event_id)
             return dataclasses.replace(fired, firing=False, since=None,
                                        last_fired_at=before.last_fired_at)
-        try:
-            self.outbox.release(done.event_id)
-        except Exception:  # noqa: BLE001 - held: the next window's settling releases it
-            logger.exception("the rollback of %s/%s happened; releasing its event failed (it "
-                             "stays held and is released later)", model, version)
-            self._unsettled = True
-        else:
+        if done.released:
             self.events_committed += 1
-            self.notify()
-        return AlertState(firing=False, since=None, last_fired_at=now,
-                          last_event_id=done.event_id)
-
-    def _drop(self, event_id: str) -> None:
-        try:
-            self.outbox.drop(event_id)
-        except Exception:  # noqa: BLE001 - held: settling drops it (its change never happened)
-            logger.exception("dropping held event %s failed", event_id)
-            self._unsettled = True
+        else:
+            self._unsettled = True  # held: the next window's settling releases it
+        return dataclasses.replace(state, last_event_id=done.event_id)
 
     def _settle(self) -> None:
         """Release the held rollback events whose change happened, drop the others (a crash or
         a failed release between the change and the release)."""
-        if not self._unsettled or self.canaries is None:
+        if not self._unsettled or self.changes is None:
             return
         try:
-            released = settle_held(self.outbox, self.canaries.repository)
+            released = self.changes.settle()
         except Exception:  # noqa: BLE001 - tried again at the next window
             logger.exception("settling held rollback events failed")
             return
@@ -265,9 +270,6 @@ class AlertEngine:
         for held in released:
             self.states.update({k: v for k, v in held.alerts.items() if v is not None})
             self.events_committed += 1
-            self.canaries.told(str(held.change["model"]))
-        if released:
-            self.notify()
 
     def _event(self, rule: AlertRule, key: AlertKey, transition: Transition, verdict: Verdict,
                state: AlertState, window: ClosedWindow | None, now: float,

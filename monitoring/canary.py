@@ -3,18 +3,10 @@ rollback rule fires for it.
 
 The canary is read from the repository's aliases (vigil.core.aliases), at most once per
 ``ALIASES_TTL_S`` per model while windows close, and once more, fresh, right before a rollback,
-so a canary an operator cleared or replaced meanwhile is never the one cleared. The change goes
-through vigil.core.model_ops like every other (aliases and audit log), with the monitor as its
-actor; then ``on_rollback(model)`` tells the serving replicas (the Monitor deployment passes a
-callback that bumps the alias board; this module knows no Ray). Runs on the monitor's window
-thread.
-
-The event that announces a rollback is written in the same step as the change: under the
-model's lock, before the change is written, the caller commits it held in the outbox (`hold`);
-after the change it is released, and if the change failed it is dropped. Its id is in the audit
-entry's details (``event_id``), so `settle_held` (at start, and after a release that failed)
-tells for each event still held whether its change happened: released if so, dropped if not.
-Nothing is lost, and nothing is sent for a change that was not made.
+so a canary an operator cleared or replaced meanwhile is never the one cleared. The change, and
+the event that announces it, are written by monitoring.changes like every decision of the
+monitor's, with the monitor as its actor (a canary under a progressive rollout is rolled back by
+its rollout instead: monitoring.alerts). Runs on the monitor's window thread.
 """
 
 from __future__ import annotations
@@ -24,14 +16,13 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from monitoring.alert_settings import AlertRule
-from monitoring.outbox import HeldEvent, Outbox
+from monitoring.changes import Announcement, ChangeWriter
 from monitoring.rules import Crossed, Verdict
 from monitoring.window import ClosedWindow
-from vigil.core import audit, model_ops
+from vigil.core import model_ops
 from vigil.core.actions import AliasAction
 from vigil.core.aliases import AliasError, read_aliases
 
@@ -53,19 +44,19 @@ class RolledBack:
     reason: str  # one sentence, as in the audit log
     details: dict[str, Any]  # the figures, as in the audit log
     event_id: str  # of the event that announces it (in the audit entry's details too)
+    released: bool = True  # False: its event waits held (settled later)
 
 
-# Commits the announcing event held; called under the model's lock before the change is written.
-Hold = Callable[[RolledBack], None]
+# The announcing event of a rollback about to be written (called under the model's lock).
+Announce = Callable[[RolledBack], Announcement]
 
 
 class CanaryGuard:
     """The canaries of one repository's models, and their rollback."""
 
-    def __init__(self, repository: Path, on_rollback: Callable[[str], None] | None = None,
-                 ttl_s: float = ALIASES_TTL_S) -> None:
-        self.repository = Path(repository)
-        self.on_rollback = on_rollback if on_rollback is not None else (lambda model: None)
+    def __init__(self, changes: ChangeWriter, ttl_s: float = ALIASES_TTL_S) -> None:
+        self.changes = changes
+        self.repository = changes.repository
         self.ttl_s = ttl_s
         self._cache: dict[str, tuple[float, str | None]] = {}  # model -> (read at, canary)
 
@@ -88,10 +79,10 @@ class CanaryGuard:
 
     def roll_back(self, rule: AlertRule, model: str, version: str, verdict: Verdict,
                   window: ClosedWindow | None, now: float,
-                  hold: Hold | None = None) -> RolledBack | None:
+                  announce: Announce | None = None) -> RolledBack | None:
         """Clear the canary `version` of `model` because `rule` fired on it; None when it did
         not happen (the canary is gone or another version now, or the change failed: logged).
-        `hold` commits the announcing event in the same step (see the module's docstring)."""
+        `announce` gives the event written with the change (monitoring.changes)."""
         if self._read(model, now) != version:
             logger.info("rule %s fired for %s/%s, no longer the canary: nothing to roll back",
                         rule.name, model, version)
@@ -101,18 +92,17 @@ class CanaryGuard:
         details = {**rollback_details(rule, verdict, window), "event_id": event_id}
         done: list[RolledBack] = []
 
-        def prepare(change: model_ops.Change) -> None:
+        def announcements(change: model_ops.Change) -> list[Announcement]:
             rolled = RolledBack(model, version, change.after.production_of(published),
                                 change.after.generation, reason, details, event_id)
-            if hold is not None:
-                hold(rolled)
             done.append(rolled)
+            return [] if announce is None else [announce(rolled)]
 
         try:
             published = model_ops.published_versions(self.repository, model)
-            model_ops.apply(self.repository, model, AliasAction.CANARY_CLEARED,
-                            actor=f"{ACTOR} (rule {rule.name})", reason=reason, version=version,
-                            details=details, prepare=prepare)
+            written = self.changes.write(
+                model, AliasAction.CANARY_CLEARED, actor=f"{ACTOR} (rule {rule.name})",
+                reason=reason, version=version, details=details, announce=announcements)
         except AliasError as exc:  # cleared or replaced between the read and the change
             logger.warning("rule %s fired for canary %s/%s, not rolled back: %s",
                            rule.name, model, version, exc)
@@ -124,53 +114,7 @@ class CanaryGuard:
             return None
         self._cache[model] = (now, None)
         logger.warning("canary %s/%s rolled back: %s", model, version, reason)
-        self.told(model)
-        return done[0]
-
-    def told(self, model: str) -> None:
-        """Tell the serving replicas that `model`'s aliases changed."""
-        try:
-            self.on_rollback(model)
-        except Exception:  # noqa: BLE001 - replicas also re-read the aliases on their own
-            logger.exception("telling the replicas that %s's canary was cleared failed", model)
-
-
-def settle_held(outbox: Outbox, repository: Path) -> list[HeldEvent]:
-    """Release each held rollback event whose change happened (its audit entry exists and no
-    later entry voids it), drop the others; returns the released ones."""
-    released = []
-    for held in outbox.held():
-        if _happened(Path(repository), held.change):
-            if outbox.release(held.event.id):
-                released.append(held)
-        else:
-            logger.warning("dropping held event %s: the rollback of %s/%s it announces did not "
-                           "happen", held.event.id, held.change.get("model"),
-                           held.change.get("version"))
-            outbox.drop(held.event.id)
-    return released
-
-
-def _happened(repository: Path, change: dict[str, Any]) -> bool:
-    model = str(change.get("model"))
-    try:
-        unmade = model_ops.unmade_generation(repository, model)  # a crash before the aliases
-    except AliasError as exc:
-        if exc.status == 404:
-            return False  # the model is gone from the repository
-        raise
-    voided: set[int] = set() if unmade is None else {unmade}
-    for entry in audit.newest(repository, model):
-        generation = entry.get("generation")
-        if isinstance(generation, int) and generation < change["generation"]:
-            break  # older than the change: it was never written
-        details = entry.get("details") or {}
-        if isinstance(details.get("void_generation"), int):
-            voided.add(details["void_generation"])
-        ids = details.get("event_ids") or [details.get("event_id")]  # a rollout's: several
-        if change["event_id"] in ids:
-            return generation not in voided
-    return False
+        return dataclasses.replace(done[0], released=written.released)
 
 
 def rollback_reason(rule: AlertRule, model: str, version: str, verdict: Verdict,

@@ -94,14 +94,14 @@ class Monitor:
         self._loop: asyncio.AbstractEventLoop | None = None
         outbox = Outbox(self.args.outbox_file())
         logger.info("alert state and webhook outbox: %s", outbox.path)
-        self.alerts = AlertEngine(outbox, self.args.public_url, time.time(),
-                                  notify=self._wake_delivery,
-                                  repository=self.args.model_repository,
-                                  on_rollback=self._aliases_changed)
         self.rollouts = RolloutDriver(
             self.args.model_repository, outbox, self.args.public_url, self._targets_for,
             on_change=self._aliases_changed, settings=self.settings.rollouts,
             notify=self._wake_delivery)
+        self.alerts = AlertEngine(outbox, self.args.public_url, time.time(),
+                                  notify=self._wake_delivery,
+                                  repository=self.args.model_repository,
+                                  on_rollback=self._aliases_changed, rollouts=self.rollouts)
         self.service = MonitorService(self.args, self.settings, time.time(), alerts=self.alerts,
                                       rollouts=self.rollouts)
         feedback = self.args.feedback
@@ -160,7 +160,8 @@ class Monitor:
         return tuple(t.name for t in self.alerts.targets if t.wants(event_type))
 
     def _aliases_changed(self, model: str) -> None:
-        """A rollback rule cleared `model`'s canary (on the window thread): wake the serving
+        """The monitor changed `model`'s aliases (a rollout's decision or a rollback rule's, on
+        the window thread, monitoring.changes): wake the serving
         replicas of this repository through the alias board, fire and forget. A failure is
         logged (the replicas then serve the old aliases until the next change reaches them)."""
         key = board_key(self.args.model_repository)

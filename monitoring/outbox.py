@@ -96,7 +96,7 @@ class Outbox(RetainedOutboxFile):
     # Held events: an event about a change made elsewhere (a canary cleared in the repository) is
     # committed held before the change, then released (deliverable) or dropped after it, so it
     # is sent if and only if the change happened; a restart reconciles what is still held
-    # (monitoring.canary.settle_held). They wait in `meta` under "held:<id>": no new table, so
+    # (monitoring.changes.settle_held). They wait in `meta` under "held:<id>": no new table, so
     # files of either schema need no migration.
 
     def hold(self, event: NewEvent, alerts: Mapping[AlertKey, AlertState | None],

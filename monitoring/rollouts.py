@@ -7,11 +7,12 @@ production's figures over the same span, and production's recent windows. A cand
 judged once production has closed a window that reaches its end (or after ``settle_s``, with what
 production closed by then): both sides are then compared over the same time.
 
-Each decision is one audited change whose events are committed held in the outbox before the
-change and released after it (as the canary guard does, monitoring.canary): they are sent if and
-only if the change was made, after a crash too (`settle_held` finds their id in the audit entry).
-A decision made from a rollout that changed meanwhile (an operator paused or aborted it) is
-refused by model_ops and dropped. Runs on the monitor's window thread.
+Each decision is one audited change written with its events by monitoring.changes (held in the
+outbox before the change, released after it): they are sent if and only if the change was made,
+after a crash too. A decision made from a rollout that changed meanwhile (an operator paused or
+aborted it) is refused by model_ops and dropped. A rollback rule that fires on the candidate
+(monitoring.alerts) rolls it back through here too, by vigil.core.rollout.guard's decision.
+Runs on the monitor's window thread.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from monitoring.changes import Announcement, ChangeWriter
 from monitoring.events import encode, rollout_event
 from monitoring.outbox import NewEvent, Outbox
 from monitoring.rollout_checks import WindowFigures, judge
@@ -72,10 +74,11 @@ class RolloutDriver:
         self.outbox = outbox
         self.public_url = public_url
         self.targets = targets
-        self.on_change = on_change  # tells the serving replicas that a model's aliases changed
         self.settings = settings or RolloutCheckSettings()
         self.settle_s = settle_s
         self.notify = notify or (lambda: None)
+        # on_change tells the serving replicas that a model's aliases changed
+        self.changes = ChangeWriter(repository, outbox, on_change, lambda: self.notify())
         self.models: dict[str, _Model] = {}
         self.checks_total: dict[tuple[str, str, str], int] = {}  # (model, check, outcome)
         self.decisions_total: dict[tuple[str, str], int] = {}  # (model, decision kind)
@@ -105,6 +108,24 @@ class RolloutDriver:
         """The rollouts seen at the latest reads (for metrics and ticks)."""
         return [(m, h.aliases.rollout) for m, h in sorted(self.models.items())
                 if h.aliases is not None and h.aliases.rollout is not None]
+
+    def candidate(self, model: str, now: float) -> str | None:
+        """The version `model` rolls out now (None: no rollout)."""
+        state = self._aliases(model, now)
+        return None if state is None or state.rollout is None else state.rollout.version
+
+    def roll_back_by_rule(self, model: str, version: str, reason: str, details: dict[str, Any],
+                          window: ClosedWindow | None, now: float) -> str | None:
+        """A rollback rule fired on `version`, the candidate of `model`'s rollout: roll it back
+        (vigil.core.rollout.guard). Returns the id of the vigil.model.rolled_back event, None
+        when nothing was rolled back (no such rollout now, or the change was refused or
+        failed)."""
+        state = self._aliases(model, now, fresh=True)
+        if state is None or state.rollout is None or state.rollout.version != version:
+            return None
+        ids = self._apply(model, state.rollout, rollout.guard(state.rollout, reason), window, (),
+                          now, extra=details)
+        return ids[-1] if ids else None
 
     # ------------------------------------------------------------------ windows and ticks
 
@@ -199,20 +220,21 @@ class RolloutDriver:
 
     def _apply(self, model: str, judged: RolloutState, decision: Decision,
                window: ClosedWindow | None, checks: Iterable[rollout.CheckResult],
-               now: float) -> None:
-        """One decision as one audited change, its events held before and released after."""
+               now: float, extra: dict[str, Any] | None = None) -> list[str]:
+        """One decision as one audited change with its events (monitoring.changes); returns
+        their ids ([] when it was not made). `extra`: more details for the audit entry."""
         figures = [c.to_dict() for c in checks]
         kinds = EVENTS_BY_DECISION.get(decision.kind, ())
         ids = [str(uuid.uuid4()) for _ in kinds]
-        details: dict[str, Any] = {"decision": decision.kind, "checks": figures,
+        details: dict[str, Any] = {**(extra or {}), "decision": decision.kind, "checks": figures,
                                    "window": None if window is None else window.summary()}
         if ids:
             details.update(event_id=ids[0], event_ids=ids)
-        held_ids: list[str] = []
 
-        def hold(change: model_ops.Change) -> None:
+        def announce(change: model_ops.Change) -> list[Announcement]:
             production = change.after.production
             state = change.after.rollout
+            found = []
             for event_id, kind in zip(ids, kinds, strict=True):
                 doc = rollout_event(
                     kind=kind, model=model, version=judged.version,
@@ -222,51 +244,29 @@ class RolloutDriver:
                     generation=change.after.generation, production=production,
                     public_url=self.public_url, now=now)
                 doc["id"] = event_id
-                event = NewEvent(event_id, kind, doc["subject"], now, encode(doc),
-                                 self.targets(kind))
-                self.outbox.hold(event, {}, {"model": model, "version": judged.version,
-                                             "generation": change.after.generation,
-                                             "event_id": event_id})
-                held_ids.append(event_id)
+                found.append(Announcement(NewEvent(event_id, kind, doc["subject"], now,
+                                                   encode(doc), self.targets(kind)), {}))
+            return found
 
         try:
-            model_ops.apply(self.repository, model, _ACTIONS[decision.kind], actor=ACTOR,
-                            reason=decision.reason, version=judged.version, details=details,
-                            expect=judged, rollout=decision.state, prepare=hold, now=now)
+            self.changes.write(model, _ACTIONS[decision.kind], actor=ACTOR,
+                               reason=decision.reason, version=judged.version, details=details,
+                               announce=announce, expect=judged, rollout=decision.state, now=now)
         except AliasError as exc:  # the rollout changed since it was judged: dropped
             logger.warning("rollout of %s/%s: %s not applied: %s", model, judged.version,
                            decision.kind, exc)
-            self._drop(held_ids)
             self._aliases(model, now, fresh=True)
-            return
+            return []
         except Exception:  # noqa: BLE001 - the window thread goes on; the next window retries
             logger.exception("rollout of %s/%s: applying %s failed", model, judged.version,
                              decision.kind)
-            self._drop(held_ids)
-            return
+            return []
         key = (model, decision.kind)
         self.decisions_total[key] = self.decisions_total.get(key, 0) + 1
         log = logger.info if decision.kind == "hold" else logger.warning
         log("rollout of %s/%s: %s", model, judged.version, decision.reason)
-        for event_id in held_ids:
-            try:
-                self.outbox.release(event_id)
-            except Exception:  # noqa: BLE001 - settle_held releases it at the next start
-                logger.exception("releasing rollout event %s failed (released later)", event_id)
-        if held_ids:
-            self.notify()
         self._aliases(model, now, fresh=True)
-        try:
-            self.on_change(model)
-        except Exception:  # noqa: BLE001 - replicas also re-read the aliases on their own
-            logger.exception("telling the replicas that %s's rollout moved failed", model)
-
-    def _drop(self, event_ids: list[str]) -> None:
-        for event_id in event_ids:
-            try:
-                self.outbox.drop(event_id)
-            except Exception:  # noqa: BLE001 - settle_held drops it (no audit entry names it)
-                logger.exception("dropping held rollout event %s failed", event_id)
+        return ids
 
     def _announce(self, model: str, state: AliasState, now: float) -> None:
         """`vigil.rollout.started`, once per rollout: its id is derived from the rollout, so a

@@ -178,3 +178,15 @@ def test_a_damaged_state_is_refused_naming_the_file(damage) -> None:
     damage(doc)
     with pytest.raises(ValueError, match="m/aliases.json: the rollout is malformed"):
         rollout.RolloutState.from_dict(doc, "m/aliases.json")
+
+
+@pytest.mark.parametrize("status", ["running", "paused", "halted"])
+def test_a_rollback_rule_rolls_the_candidate_back_whatever_the_rollouts_status(status) -> None:
+    from dataclasses import replace
+
+    from vigil.core.rollout import guard, make_plan, start
+
+    state = replace(start("2", make_plan((0.1, 0.5)), now=0.0), status=status)
+    decision = guard(state, "rule canary-errors fired")
+    assert (decision.kind, decision.state, decision.reason) == (
+        "roll_back", None, "rule canary-errors fired")

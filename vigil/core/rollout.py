@@ -275,6 +275,13 @@ def decide(state: RolloutState, window: int, checks: Iterable[CheckResult],
                     f"weight {state.weight:.4g} -> {advanced.weight:.4g}", advanced.weight)
 
 
+def guard(state: RolloutState, reason: str) -> Decision:
+    """A rollback rule (an alert rule with action rollback_canary) fired on the rollout's
+    candidate: roll it back, whatever its step or status. A paused or halted rollout still
+    serves its candidate, and the rule protects production from it."""
+    return Decision("roll_back", None, reason)
+
+
 def tick(state: RolloutState, now: float) -> Decision:
     """The decision when no window closed: a running step past its deadline halts (a candidate
     that gets no traffic closes no window, and must not wait forever)."""

@@ -21,6 +21,7 @@ import pytest
 from monitoring.alert_settings import AlertRule, WebhookTarget
 from monitoring.alerts import AlertEngine
 from monitoring.canary import CanaryGuard, rollback_reason
+from monitoring.changes import ChangeWriter
 from monitoring.outbox import Outbox
 from monitoring.rules import AlertState, Crossed, Verdict
 from tests.unit.monitoring.helpers import drift_of, latency_of, window_of
@@ -243,8 +244,8 @@ def test_without_a_repository_rollback_rules_judge_nothing(root, outbox) -> None
     assert _events(outbox) == [] and read_aliases(root, "iris").canary.version == "2"
 
 
-def test_the_canary_is_read_at_most_once_a_second(root) -> None:
-    guard = CanaryGuard(root)
+def test_the_canary_is_read_at_most_once_a_second(root, outbox) -> None:
+    guard = CanaryGuard(ChangeWriter(root, outbox))
     assert guard.canary("iris", 10.0) == "2"
     model_ops.apply(root, "iris", "canary_cleared", actor="bob")
     assert guard.canary("iris", 10.9) == "2"  # cached

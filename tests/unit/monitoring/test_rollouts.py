@@ -177,3 +177,58 @@ def test_a_running_rollout_and_its_checks_are_scraped(repo: Path, tmp_path: Path
     assert 'vigil_rollout_checks_total{check="error_ratio",model="m",outcome="fail"} 1.0' in text
     world.driver.tick(["m"], T0 + 400)  # past the 300 s deadline: halted
     assert 'vigil_rollout_halted{model="m",version="2"} 1.0' in generate_latest(registry).decode()
+
+
+def test_a_rollback_rule_on_the_candidate_rolls_back_through_its_rollout(repo: Path,
+                                                                         tmp_path: Path) -> None:
+    """The canary guard folded in: a rollback_canary rule that fires on a rollout's candidate
+    (paused here: the rule still protects production) ends the rollout by the rollout's own
+    roll_back decision, one audited change with the rollout's events; the alert is committed
+    not firing, naming the event."""
+    from monitoring.alert_settings import AlertRule, WebhookTarget
+    from monitoring.alerts import AlertEngine
+
+    world = World(repo, tmp_path)
+    world.driver.on_window("m", "2", window_of(index=0, opened_at=T0 - 30, closed_at=T0), T0)
+    model_ops.apply(repo, "m", "rollout_paused", actor="ops", reason="lunch", now=T0 + 1)
+    rule = AlertRule(name="canary-errors", when={"error_ratio_above": 0.05}, min_requests=10,
+                     action="rollback_canary")
+    engine = AlertEngine(world.outbox, "http://vigil", T0, repository=repo,
+                         on_rollback=world.told.append, rollouts=world.driver)
+    engine.configure([rule], [WebhookTarget(name="hook", url="http://127.0.0.1:9/h",
+                                            secret_env="S")], [("m", "1"), ("m", "2")], T0)
+    engine.on_window("m", "2", window_of(index=1, opened_at=T0, closed_at=T0 + 30,
+                                         latency=latency_of(**BAD)), T0 + 31)
+    state = world.state()
+    assert (state.production, state.canary, state.rollout) == ("1", None, None)
+    entry = next(audit.newest(repo, "m"))
+    assert (entry["action"], entry["actor"]) == ("rollout_rolled_back", "vigil-monitor (rollout)")
+    assert entry["details"]["rule"] == "canary-errors"
+    assert entry["reason"].startswith("rule canary-errors (error_ratio_above 0.05) fired")
+    assert world.event_types()[-2:] == ["vigil.rollout.rolled_back", "vigil.model.rolled_back"]
+    alert = engine.states[("m", "2", "canary-errors")]
+    assert not alert.firing and alert.last_fired_at == T0 + 31
+    assert alert.last_event_id == entry["details"]["event_ids"][-1]
+    assert world.outbox.load_alerts()[("m", "2", "canary-errors")] == alert  # survives a restart
+    assert world.told[-1] == "m"
+
+
+def test_a_rollback_rule_without_a_rollout_clears_the_canary_as_before(repo: Path,
+                                                                        tmp_path: Path) -> None:
+    from monitoring.alert_settings import AlertRule
+    from monitoring.alerts import AlertEngine
+
+    world = World(repo, tmp_path)
+    model_ops.apply(repo, "m", "rollout_aborted", actor="ops", reason="manual canary", now=T0)
+    model_ops.apply(repo, "m", "canary", actor="ops", version="2", weight=0.2, force=True,
+                    reason="by hand")
+    rule = AlertRule(name="canary-errors", when={"error_ratio_above": 0.05}, min_requests=10,
+                     action="rollback_canary")
+    engine = AlertEngine(world.outbox, "http://vigil", T0, repository=repo,
+                         on_rollback=world.told.append, rollouts=world.driver)
+    engine.configure([rule], [], [("m", "2")], T0)
+    engine.on_window("m", "2", window_of(index=1, opened_at=T0, closed_at=T0 + 30,
+                                         latency=latency_of(**BAD)), T0 + 31)
+    assert world.state().canary is None
+    assert next(audit.newest(repo, "m"))["action"] == "canary_cleared"
+    assert world.event_types()[-1] == "vigil.model.rolled_back"
