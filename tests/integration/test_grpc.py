@@ -8,6 +8,7 @@ by its `application` metadata (docs/serving-models.md, "gRPC"): each call here s
 
 from __future__ import annotations
 
+import time
 import grpc
 import httpx
 import numpy as np
@@ -15,6 +16,7 @@ import onnxruntime as ort
 import pandas as pd
 import pytest
 
+from tests.integration.conftest import wait_for
 from tests.unit.test_grpc_service import BAD_INPUTS
 from vigil.core.repository import publish, scan
 
@@ -107,8 +109,19 @@ def test_auth_with_no_a_wrong_a_scoped_and_an_admin_token(vigil, client, tmp_pat
         client.infer("breast_cancer", [x], headers=APP)
     with pytest.raises(InferenceServerException, match="UNAUTHENTICATED"):
         client.infer("breast_cancer", [x], headers=_headers(vigil, "vigil_" + "w" * 43))
-    assert client.infer("breast_cancer", [x], headers=_headers(vigil, user)).as_numpy("label") \
-        is not None
+
+    def accepted() -> bool:
+        try:
+            return client.infer("breast_cancer", [x], headers=_headers(vigil, user)).as_numpy(
+                "label") is not None
+        except InferenceServerException as exc:
+            assert "UNAUTHENTICATED" in str(exc)  # not yet re-read; anything else is a failure
+            return False
+
+    # Each replica re-reads the tokens file within a second of its change (no restart).
+    wait_for(accepted, 30, "the new token accepted over gRPC", 0.25)
+    time.sleep(1.5)  # every replica has re-read it by now
+    assert accepted()
     with pytest.raises(InferenceServerException, match="PERMISSION_DENIED"):
         client.get_model_repository_index(headers=_headers(vigil, user))
     index = client.get_model_repository_index(headers=_headers(vigil), as_json=True)
