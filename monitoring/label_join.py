@@ -102,6 +102,21 @@ class LabelJoin:
                 doc["task"], doc["metrics"] = "classification", metrics
         return doc
 
+    def rollout_quality(self, model: str, version: str, start: float, end: float,
+                        min_rows: int) -> float | None:
+        """One figure of the version's quality on the labels joined so far for its predictions
+        answered in [start, end), higher is better: accuracy for a classifier, R² for a
+        regressor; None with fewer than `min_rows` labelled rows (a rollout's quality check,
+        monitoring.rollout_checks)."""
+        rows = self.store.joined(model, version, start, end)
+        if rows.labelled_rows < min_rows:
+            return None
+        if rows.kind == "float":
+            value = regression_quality(rows.label, rows.prediction)["r2"]
+        else:
+            value = classification_quality(rows.label, rows.prediction)["accuracy"]
+        return None if value is None else float(value)
+
     def reference(self, state: VersionState) -> dict[str, float]:
         """What the model gate scored the version at on its held-out set ({} if never gated)."""
         key = (state.model, state.version)

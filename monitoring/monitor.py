@@ -97,7 +97,8 @@ class Monitor:
         self.rollouts = RolloutDriver(
             self.args.model_repository, outbox, self.args.public_url, self._targets_for,
             on_change=self._aliases_changed, settings=self.settings.rollouts,
-            notify=self._wake_delivery)
+            notify=self._wake_delivery,
+            quality=lambda *window: self.labels.rollout_quality(*window))  # labels, made below
         self.alerts = AlertEngine(outbox, self.args.public_url, time.time(),
                                   notify=self._wake_delivery,
                                   repository=self.args.model_repository,

@@ -17,6 +17,7 @@ Runs on the monitor's window thread.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from collections import deque
@@ -52,6 +53,9 @@ EVENTS_BY_DECISION = {"advance": ("vigil.rollout.advanced",), "halt": ("vigil.ro
 STARTED = "vigil.rollout.started"
 
 Targets = Callable[[str], tuple[str, ...]]  # the webhook targets that want an event type
+# A version's quality on its labelled predictions answered in [start, end), higher is better
+# (None: too few labels); monitoring.label_join.LabelJoin.rollout_quality.
+Quality = Callable[[str, str, float, float, int], "float | None"]
 
 
 @dataclass
@@ -69,7 +73,8 @@ class RolloutDriver:
 
     def __init__(self, repository: Path, outbox: Outbox, public_url: str, targets: Targets,
                  on_change: Callable[[str], None], settings: RolloutCheckSettings | None = None,
-                 settle_s: float = 120.0, notify: Callable[[], None] | None = None) -> None:
+                 settle_s: float = 120.0, notify: Callable[[], None] | None = None,
+                 quality: Quality | None = None) -> None:
         self.repository = Path(repository)
         self.outbox = outbox
         self.public_url = public_url
@@ -77,6 +82,7 @@ class RolloutDriver:
         self.settings = settings or RolloutCheckSettings()
         self.settle_s = settle_s
         self.notify = notify or (lambda: None)
+        self.quality = quality  # labels for the quality check (None: the check is left out)
         # on_change tells the serving replicas that a model's aliases changed
         self.changes = ChangeWriter(repository, outbox, on_change, lambda: self.notify())
         self.models: dict[str, _Model] = {}
@@ -189,8 +195,8 @@ class RolloutDriver:
             if state is None or state.rollout is None:
                 return
             judged = state.rollout
-            checks = judge(WindowFigures.of(window), self._production_figures(held, window),
-                           self.settings)
+            candidate, production = self._figures(model, state, held, window)
+            checks = judge(candidate, production, self.settings)
             decision = rollout.decide(judged, window.index, checks, now)
             if decision.state == judged:  # paused, halted, or this window was judged already
                 continue
@@ -198,6 +204,28 @@ class RolloutDriver:
                 key = (model, check.name, check.outcome)
                 self.checks_total[key] = self.checks_total.get(key, 0) + 1
             self._apply(model, judged, decision, window, checks, now)
+
+    def _figures(self, model: str, state: AliasState, held: _Model,
+                 window: ClosedWindow) -> tuple[WindowFigures, WindowFigures | None]:
+        """The candidate's window and production's figures over its span, each with its
+        quality on the labels joined by now when labels are fed (both or neither)."""
+        assert state.rollout is not None
+        production = self._production_figures(held, window)
+        candidate = WindowFigures.of(window)
+        version = self._production(model, state)
+        if self.quality is None or production is None or version is None:
+            return candidate, production
+        least = self.settings.min_requests  # labelled rows each side needs
+        try:
+            mine = self.quality(model, state.rollout.version, window.opened_at,
+                                window.closed_at, least)
+            theirs = self.quality(model, version, window.opened_at, window.closed_at, least)
+        except Exception:  # noqa: BLE001 - the other checks still judge the window
+            logger.exception("reading the labels of %s over window %d failed", model,
+                             window.index)
+            return candidate, production
+        return (dataclasses.replace(candidate, quality=mine),
+                dataclasses.replace(production, quality=theirs))
 
     @staticmethod
     def _production_figures(held: _Model, window: ClosedWindow) -> WindowFigures | None:

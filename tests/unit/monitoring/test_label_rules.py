@@ -284,3 +284,12 @@ def test_a_label_event_carries_json_ready_figures(repo, tmp_path, outbox) -> Non
     json.dumps(fired)  # as delivered
     assert fired["data"]["crossed"] == [{"statistic": "accuracy", "value": 0.6,
                                          "threshold": 0.9}]
+
+
+def test_a_rollouts_quality_is_accuracy_on_the_labels_joined_so_far(repo, tmp_path,
+                                                                    outbox) -> None:
+    stack = Stack(repo, tmp_path, outbox, [])
+    stack.serve_window(at=10.0, right=70)
+    assert stack.join.rollout_quality("breast_cancer", "1", 0.0, 20.0, 100) == 0.7
+    assert stack.join.rollout_quality("breast_cancer", "1", 0.0, 20.0, 101) is None  # too few
+    assert stack.join.rollout_quality("breast_cancer", "1", 20.0, 40.0, 1) is None  # none

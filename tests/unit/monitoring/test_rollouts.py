@@ -232,3 +232,41 @@ def test_a_rollback_rule_without_a_rollout_clears_the_canary_as_before(repo: Pat
     assert world.state().canary is None
     assert next(audit.newest(repo, "m"))["action"] == "canary_cleared"
     assert world.event_types()[-1] == "vigil.model.rolled_back"
+
+
+def test_labels_feed_the_quality_check_over_the_candidate_windows_span(repo: Path,
+                                                                        tmp_path: Path) -> None:
+    """With labels joined for both sides over the candidate window's span, the quality check
+    compares them (a worse candidate fails it and, twice, is rolled back); each side is asked
+    for its own version and the window's span, with min_requests labelled rows."""
+    asked: list[tuple] = []
+    figures = {"1": 0.95, "2": 0.70}
+
+    def quality(model: str, version: str, start: float, end: float, least: int) -> float:
+        asked.append((model, version, start, end, least))
+        return figures[version]
+
+    world = World(repo, tmp_path)
+    world.driver.quality = quality
+    world.windows(1, T0, GOOD, PROD)
+    assert asked == [("m", "2", T0, T0 + 30, 20), ("m", "1", T0, T0 + 30, 20)]
+    checks = {c.name: (c.outcome, c.observed) for c in world.state().rollout.last_checks}
+    assert checks["quality"] == ("fail", pytest.approx(0.25))
+    assert checks["error_ratio"][0] == "pass"
+    world.windows(2, T0 + 30, GOOD, PROD)
+    assert world.state().rollout is None and world.state().production == "1"
+    assert world.event_types()[-2:] == ["vigil.rollout.rolled_back", "vigil.model.rolled_back"]
+
+
+def test_without_enough_labels_the_quality_check_gives_no_verdict(repo: Path,
+                                                                   tmp_path: Path) -> None:
+    world = World(repo, tmp_path)
+    world.driver.quality = lambda model, version, *span: 0.9 if version == "2" else None
+    world.windows(1, T0, GOOD, PROD)
+    checks = {c.name: c.outcome for c in world.state().rollout.last_checks}
+    assert checks["quality"] == "no_verdict"
+    world.driver.quality = lambda *a: None  # no labels at all: the check is left out
+    world.windows(2, T0 + 30, GOOD, PROD)
+    state = world.state()
+    assert (state.rollout.step, state.canary.weight) == (1, 0.5)  # the other checks passed
+    assert "quality" not in {c.name for c in state.rollout.last_checks}
