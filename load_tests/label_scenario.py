@@ -240,6 +240,7 @@ def run(args: argparse.Namespace, server: VersionsServer) -> dict[str, Any]:
     traffic = Traffic(f"http://{HOST}:{PORTS.http}")
     started = time.time()
     flipped_at: float | None = None
+    fired_at: float | None = None
     doc: dict[str, Any] = {}
     try:
         traffic.start()
@@ -254,11 +255,14 @@ def run(args: argparse.Namespace, server: VersionsServer) -> dict[str, Any]:
                     traffic.flipped, flipped_at = True, time.time()
                     print(f"{flipped_at - started:6.1f}s: the labelling rule flips for mean "
                           f"radius > {traffic.flip_from:.2f}", flush=True)
-            elif (states.get("quality-drop", {}).get("last_fired_at") or 0) >= flipped_at:
-                print(f"{time.time() - started:6.1f}s: quality-drop fired", flush=True)
-                time.sleep(SETTLE_S)  # one more window for the table
-                doc = drift_doc(server.client) or doc
-                break
+            elif fired_at is None and (states.get("quality-drop", {}).get("last_fired_at")
+                                       or 0) >= flipped_at:
+                fired_at = time.time()
+                print(f"{fired_at - started:6.1f}s: quality-drop fired", flush=True)
+            elif fired_at is not None and (time.time() - fired_at > 60 or any(
+                    r["phase"] == "flipped" and r["settled"]
+                    for r in window_rows(doc, flipped_at))):
+                break  # a whole window of the new truth settled, for the table
     finally:
         traffic.stop()
     states = rule_states(doc)
