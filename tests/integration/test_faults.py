@@ -24,5 +24,6 @@ def test_a_killed_replica_is_replaced_under_load(vigil):
     finally:  # the session's other tests expect two replicas serving
         wait_for(lambda: len(actors(stack, REPLICA_CLASS)) == 2 and vigil.serving(), 180,
                  "two replicas serving again", 1.0)
+    print(json.dumps(outcome.row(), default=str))  # the figures, with `pytest -s`
     assert outcome.passed, json.dumps(outcome.row(), default=str)
     assert outcome.window_sent > 100  # the load really ran through the fault
