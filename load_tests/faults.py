@@ -42,6 +42,7 @@ from load_tests.fault_stack import AFTER_S, WARM_S, Outcome, Stack, outbox_state
 from load_tests.targets import HOST, REPO_ROOT, RayCluster, RayPorts, StartError
 from load_tests.versions_server import VersionsServer, begin_run, first_version, log, publish_copy
 from vigil.core.aliases import read_aliases
+from vigil.tools.haproxy_header_timeout import ray_environment
 
 PORTS = RayPorts(
     gcs=6431, dashboard=8301, client_server=6531, dashboard_agent=52501, http=8141,
@@ -76,9 +77,12 @@ def monitor_user_config() -> dict[str, Any]:
 
 def start() -> tuple[VersionsServer, Stack]:
     os.environ.setdefault(SECRET_ENV, "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode())
+    # HAProxy as `make serve` runs it: through vigil-haproxy (its header timeout, and 503 for a
+    # path no application is routed at yet).
     server = VersionsServer("faults", PORTS, keep_logs=False, ray_args=[
         "--metrics-export-port", str(RAY_METRICS_PORT),
-        "--system-config", json.dumps({"metrics_report_interval_ms": 1000})])
+        "--system-config", json.dumps({"metrics_report_interval_ms": 1000})],
+        ray_env=ray_environment(10))
     server.grpc_port = GRPC_PORT
     server.monitor_user_config = monitor_user_config()
     return server, _stack(server)
@@ -161,7 +165,8 @@ def head_restarted(server: VersionsServer, stack: Stack) -> Outcome:
             server.cluster.stop()
             stopped = time.monotonic()
             server.cluster = RayCluster(server.cluster.label, PORTS, ha_proxy=True,
-                                        num_cpus=os.cpu_count() or 2, extra_args=server.ray_args)
+                                        num_cpus=os.cpu_count() or 2, extra_args=server.ray_args,
+                                        extra_env=server.ray_env)
             server.cluster.start()
             server.cluster.deploy(server.config, "vigil.yaml")
             server.cluster.wait_running("vigil")

@@ -151,13 +151,14 @@ class VersionsServer:
     the server is open to its own host (loopback), the admin routes included."""
 
     def __init__(self, label: str, ports: RayPorts, keep_logs: bool,
-                 ray_args: list[str] | None = None) -> None:
+                 ray_args: list[str] | None = None, ray_env: dict[str, str] | None = None) -> None:
         self.ports = ports
         self.ray_args = list(ray_args or [])  # more `ray start` flags
+        self.ray_env = dict(ray_env or {})  # more environment for the cluster (vigil-haproxy)
         self.work = Path(tempfile.mkdtemp(prefix=f"vigil-{label}-"))
         self.cluster = RayCluster(
             label, ports, ha_proxy=True, num_cpus=os.cpu_count() or 2, keep_logs=keep_logs,
-            extra_args=self.ray_args,
+            extra_args=self.ray_args, extra_env=self.ray_env,
         )
         self.repository: Path | None = None
         self.client = httpx.Client(base_url=f"http://{HOST}:{ports.http}", timeout=120)
@@ -192,6 +193,7 @@ class VersionsServer:
                 num_cpus=os.cpu_count() or 2,
                 keep_logs=self.cluster.keep_logs,
                 extra_args=self.ray_args,
+                extra_env=self.ray_env,
             )
             self.cluster.start()
         config = vigil_config(self.ports, batching_enabled=True)
