@@ -126,6 +126,11 @@ class Load:
         """The requests sent in [start, end)."""
         return [s for s in list(self.shots) if start <= s.sent < end]
 
+    def during(self, start: float, end: float) -> list[Shot]:
+        """The requests in flight at some time in [start, end): answered at or after `start`,
+        sent before `end` (those in flight when a fault struck count in its window)."""
+        return [s for s in list(self.shots) if s.answered >= start and s.sent < end]
+
     def last_failure(self, after: float) -> float | None:
         """When the last failed request sent after `after` was answered; None when none failed."""
         failed = [s.answered for s in list(self.shots) if s.sent >= after and not s.ok]

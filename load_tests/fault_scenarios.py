@@ -268,7 +268,7 @@ def haproxy_killed(stack: Stack) -> Outcome:
         time.sleep(AFTER_S)
     out.count(load, fault, back)
     out.recover_s = None if back is None else back - fault
-    down = load.between(fault, back or time.monotonic())
+    down = load.during(fault, back or time.monotonic())
     out.lost = (f"{sum(not s.ok for s in down)} requests failed while down "
                 f"({sum(s.status == 0 for s in down)} without an HTTP answer)")
     out.figures.update(haproxy_pids_killed=len(victims),

@@ -64,11 +64,12 @@ class Outcome:
         return self.window_failed / self.window_sent if self.window_sent else 0.0
 
     def count(self, load: Load, fault: float, recovered: float | None) -> None:
-        """Requests over the whole run, and over the fault window: from the fault to the
-        recovery (at least 10 s, so a fast recovery is not judged on a handful of requests)."""
+        """Requests over the whole run, and over the fault window: those in flight from the
+        fault to the recovery (at least 10 s, so a fast recovery is not judged on a handful of
+        requests), the ones the fault caught mid-way included."""
         self.sent, self.failed = len(load.shots), sum(not s.ok for s in load.shots)
         end = max(recovered or time.monotonic(), fault + 10.0)
-        window = load.between(fault, end)
+        window = load.during(fault, end)
         self.window_sent, self.window_failed = len(window), sum(not s.ok for s in window)
         self.figures["statuses"] = load.statuses(load.shots[0].sent if load.shots else 0, 1e18)
 
