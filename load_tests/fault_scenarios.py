@@ -119,12 +119,14 @@ def monitor_killed(stack: Stack) -> Outcome:
     out = Outcome("monitor_killed")
     with stack.client() as client:
         (victim,) = actors(stack, MONITOR_CLASS)
-        state_before = outbox_state(stack.outbox)
         metrics_before = client.get("/monitor/metrics").text
         received_0 = metric_sum(metrics_before, "vigil_sample_rows_received_total")
         replicas_0 = _replica_counts(stack)
         with stack.load() as load:
             time.sleep(WARM_S)
+            if stack.webhook_target is not None:  # rules that fire on this load: let them
+                wait_until(lambda: _firing(outbox_state(stack.outbox)["alerts"]), 30, 0.5)
+            state_before = outbox_state(stack.outbox)
             received_old = metric_sum(client.get("/monitor/metrics").text,
                                       "vigil_sample_rows_received_total")
             fault = time.monotonic()
