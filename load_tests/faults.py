@@ -29,6 +29,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from load_tests import procs
 from load_tests.fault_load import metric_sum, wait_until
 from load_tests.fault_scenarios import (
@@ -180,7 +182,10 @@ def head_restarted(server: VersionsServer, stack: Stack) -> Outcome:
             after = _durable(server, stack)
             firing_metric = server.client.get("/monitor/metrics").text
     finally:
-        server.admin("breast_cancer", "rollout-abort", reason="faults: restore")
+        try:
+            server.admin("breast_cancer", "rollout-abort", reason="faults: restore")
+        except httpx.HTTPError as exc:  # the cluster did not come back: nothing to restore
+            log(f"could not abort the rollout: {exc}")
     out.count(load, fault, back)
     out.recover_s = None if back is None else back - fault
     out.lost = f"{out.failed} requests failed while the cluster was down (none retried)"
