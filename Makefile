@@ -37,7 +37,7 @@ export PYTHONUNBUFFERED := 1
 # The Serve config `make serve` and `make deploy` run: `make serve CONFIG=my-serve.yaml`.
 CONFIG ?= configs/serve.yaml
 
-.PHONY: demo ingress-env abuse serve test bench bench-stall bench-versions bench-peers deploy stop models lint clean observe dashboards lock-gpu lock sbom install-locked docs docs-serve
+.PHONY: demo ingress-env abuse faults serve test bench bench-stall bench-versions bench-peers deploy stop models lint clean observe dashboards lock-gpu lock sbom install-locked docs docs-serve
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -152,6 +152,13 @@ bench-versions: $(VENV)/.dev-installed
 ## runs the same with the limits off
 abuse: $(VENV)/.dev-installed
 	$(BIN)/python -m load_tests.abuse $(ABUSE_ARGS)
+
+## faults: Vigil under steady load (c=16, breast_cancer and mlp, JSON and binary) while one thing
+## fails at a time (monitor, webhook receiver, a replica, the alias board, HAProxy), on a private
+## cluster it starts and ends: a row and PASS/FAIL per scenario (load_tests/results/faults.json);
+## FAULTS_ARGS="--only replica_killed" for one (docs/operations.md, "Fault drills")
+faults: $(VENV)/.dev-installed
+	$(BIN)/python -m load_tests.faults $(FAULTS_ARGS)
 
 ## bench-stall: only the stall benchmark (builds its own models)
 bench-stall: $(VENV)/.dev-installed

@@ -152,7 +152,9 @@ class RayCluster:
         protected: Callable[[], set[int]] = set,
         keep_logs: bool = False,
         extra_env: dict[str, str] | None = None,
+        extra_args: list[str] | None = None,
     ) -> None:
+        self.extra_args = list(extra_args or [])  # more `ray start` flags (a metrics port)
         self.label, self.ports, self.ha_proxy, self.num_cpus = label, ports, ha_proxy, num_cpus
         self.extra_env = dict(extra_env or {})  # e.g. HAProxy's limits, as the Makefile sets
         self.protected, self.keep_logs = protected, keep_logs
@@ -220,7 +222,7 @@ class RayCluster:
             "--include-dashboard", "true", "--ray-client-server-port", str(p.client_server),
             "--dashboard-agent-listen-port", str(p.dashboard_agent),
             "--num-cpus", str(self.num_cpus), "--object-store-memory", str(512 * 1024 * 1024),
-            "--temp-dir", str(self.temp_dir), "--disable-usage-stats",
+            "--temp-dir", str(self.temp_dir), "--disable-usage-stats", *self.extra_args,
         ]  # fmt: skip
         self.started = True  # from here on stop() has something to clean up
         done = self._cli(command, timeout_s=180)

@@ -150,11 +150,15 @@ class VersionsServer:
     cluster, both applications reading a temp `vigil examples build` repository. No tokens file:
     the server is open to its own host (loopback), the admin routes included."""
 
-    def __init__(self, label: str, ports: RayPorts, keep_logs: bool) -> None:
+    def __init__(self, label: str, ports: RayPorts, keep_logs: bool,
+                 ray_args: list[str] | None = None, ray_env: dict[str, str] | None = None) -> None:
         self.ports = ports
+        self.ray_args = list(ray_args or [])  # more `ray start` flags
+        self.ray_env = dict(ray_env or {})  # more environment for the cluster (vigil-haproxy)
         self.work = Path(tempfile.mkdtemp(prefix=f"vigil-{label}-"))
         self.cluster = RayCluster(
-            label, ports, ha_proxy=True, num_cpus=os.cpu_count() or 2, keep_logs=keep_logs
+            label, ports, ha_proxy=True, num_cpus=os.cpu_count() or 2, keep_logs=keep_logs,
+            extra_args=self.ray_args, extra_env=self.ray_env,
         )
         self.repository: Path | None = None
         self.client = httpx.Client(base_url=f"http://{HOST}:{ports.http}", timeout=120)
@@ -163,6 +167,8 @@ class VersionsServer:
         # The Monitor's user_config instead of configs/serve.yaml's (None: as shipped).
         self.monitor_user_config: dict[str, Any] | None = None
         self.monitor_args: dict[str, Any] = {}  # added to the Monitor's args
+        self.config: dict[str, Any] = {}  # the Serve config deployed
+        self.grpc_port = 0  # grpc_options.port instead of configs/serve.yaml's (0: as shipped)
 
     def start(self) -> Path:
         # A developer's tokens file would switch auth on for the replicas (through Ray's env).
@@ -186,15 +192,20 @@ class VersionsServer:
                 ha_proxy=True,
                 num_cpus=os.cpu_count() or 2,
                 keep_logs=self.cluster.keep_logs,
+                extra_args=self.ray_args,
+                extra_env=self.ray_env,
             )
             self.cluster.start()
         config = vigil_config(self.ports, batching_enabled=True)
+        if self.grpc_port:
+            config["grpc_options"]["port"] = self.grpc_port
         for app in config["applications"]:
             app.setdefault("args", {})["model_repository"] = str(self.repository)
             if app["name"] == "monitor":
                 app["args"].update(self.monitor_args)
                 if self.monitor_user_config is not None:
                     app["deployments"][0]["user_config"] = self.monitor_user_config
+        self.config = config
         self.cluster.deploy(config, "vigil.yaml")
         self.replicas = replica_ids(self.cluster.wait_running("vigil"))
         log(f"Vigil up in {time.monotonic() - started:.0f}s, {len(self.replicas)} replicas")

@@ -4,14 +4,15 @@ family declared once here and read at scrape time."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 
 from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from monitoring.collector import MV, counter, gauge
 from monitoring.outbox import OutboxSize
+from monitoring.outbox_schema import WRITE_FAILURE_REASONS
 from monitoring.webhooks import OUTCOMES, SECONDS_BUCKETS, DeliverySnapshot, DeliveryStats
 from vigil.core.rollout import RolloutState
 
@@ -94,6 +95,10 @@ OUTBOX_BYTES = gauge("vigil_webhook_outbox_bytes", "Size of the outbox file and 
                      "log.")
 OUTBOX_PRUNED = counter("vigil_webhook_outbox_pruned_events_total", "Delivered and dead events "
                         "deleted by the outbox's retention (since the file was created).")
+OUTBOX_WRITE_FAILURES = counter("vigil_webhook_outbox_write_failures_total", "Writes to the "
+                                "outbox (alert states, events, delivery results) that failed and "
+                                "committed nothing, by reason: disk_full, io_error; each is "
+                                "logged and tried again.", "reason")
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,7 @@ class Held:
     reports: int = 0  # in the report cache
     report_bytes: int = 0
     outbox: OutboxSize | None = None  # None until the deliverer first counted it
+    outbox_write_failures: Mapping[str, int] = field(default_factory=dict)  # reason -> writes
 
 
 class StateCollector(Collector):
@@ -124,6 +130,10 @@ class StateCollector(Collector):
             metric.add_metric([], value)
             yield metric
         yield from _outbox_metrics(held.outbox)
+        failures = OUTBOX_WRITE_FAILURES.new()
+        for reason in WRITE_FAILURE_REASONS:
+            failures.add_metric([reason], held.outbox_write_failures.get(reason, 0))
+        yield failures
 
 
 def _outbox_metrics(size: OutboxSize | None) -> list[Metric]:

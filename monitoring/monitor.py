@@ -92,7 +92,7 @@ class Monitor:
         self.door = Door.open(self.args)  # refuses to start open beyond its own host
         self.settings = MonitorSettings()
         self._loop: asyncio.AbstractEventLoop | None = None
-        outbox = Outbox(self.args.outbox_file())
+        outbox = self.outbox = Outbox(self.args.outbox_file())
         logger.info("alert state and webhook outbox: %s", outbox.path)
         self.rollouts = RolloutDriver(
             self.args.model_repository, outbox, self.args.public_url, self._targets_for,
@@ -216,7 +216,8 @@ class Monitor:
         """What the monitor holds (read at scrape time, on the worker thread)."""
         return Held(versions=len(self.service.versions), released=self.service.released,
                     reports=self._report_size.reports, report_bytes=self._report_size.bytes,
-                    outbox=self.delivery_stats.snapshot().outbox)
+                    outbox=self.delivery_stats.snapshot().outbox,
+                    outbox_write_failures=self.outbox.write_failures())
 
     async def _on_worker(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)

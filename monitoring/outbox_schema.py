@@ -7,6 +7,8 @@ them; an older Vigil ignores them), so the schema number did not change.
 
 from __future__ import annotations
 
+import errno
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -19,6 +21,20 @@ BUSY_TIMEOUT_MS = 10_000
 DeliveryState = Literal["pending", "delivered", "dead"]
 STATES: tuple[DeliveryState, ...] = get_args(DeliveryState)
 AlertKey = tuple[str, str, str]  # model, version, rule
+WRITE_FAILURE_REASONS = ("disk_full", "io_error")
+
+logger = logging.getLogger("vigil.outbox")
+
+
+def write_failure_reason(exc: BaseException) -> str:
+    """disk_full for a full disk or quota (SQLite's SQLITE_FULL, ENOSPC, EDQUOT), else io_error."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "disk_full"
+    if isinstance(exc, sqlite3.Error) and (
+            getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+            or "full" in str(exc).lower()):
+        return "disk_full"
+    return "io_error"
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -67,6 +83,8 @@ class OutboxFile:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        self._failures: dict[str, int] = {}
+        self._failures_lock = threading.Lock()
         with self._write() as db:
             # One statement at a time: executescript() would COMMIT the BEGIN IMMEDIATE first.
             for statement in filter(str.strip, _SCHEMA.split(";")):
@@ -99,14 +117,31 @@ class OutboxFile:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
+        """One transaction. A write the disk refuses (full, or failing) commits nothing: it is
+        counted by reason (`write_failures()`, a metric), logged with the file, and raised for
+        the caller, which keeps the change and tries it again."""
         try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                if db.in_transaction:  # SQLite may have rolled back itself (SQLITE_FULL)
+                    db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        except (sqlite3.Error, OSError) as exc:
+            reason = write_failure_reason(exc)
+            with self._failures_lock:
+                self._failures[reason] = self._failures.get(reason, 0) + 1
+            logger.error("outbox %s: a write failed (%s): %s; nothing of it was committed",
+                         self.path, reason, exc)
             raise
-        db.execute("COMMIT")
+
+    def write_failures(self) -> dict[str, int]:
+        """Writes that failed since this process opened the file, by reason."""
+        with self._failures_lock:
+            return dict(self._failures)
 
     @staticmethod
     def _meta(db: sqlite3.Connection, key: str) -> str | None:

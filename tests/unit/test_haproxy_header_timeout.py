@@ -4,6 +4,7 @@ what it leaves alone, and the real HAProxy it execs (run here against ray-haprox
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -167,3 +168,57 @@ def test_bad_timeout_setting_stops_the_start(tmp_path):
 def test_script_is_executable_standalone():
     assert os.access(SCRIPT, os.X_OK)
     assert SCRIPT.read_text().startswith("#!/usr/bin/env python3\n")
+
+
+# Ray 2.60's catch-all for a path that no application's route prefix matches (its template's
+# `backend default_backend`), behind a frontend with no application routed yet.
+UNROUTED_CONFIG = """global
+    maxconn 64
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 10s
+    timeout server 60s
+frontend http_frontend
+    bind 127.0.0.1:{port}
+    default_backend default_backend
+backend default_backend
+    http-request return status 404 content-type text/plain lf-string "Path \\'%[path]\\' not found. Ping http://.../-/routes for available routes."
+"""
+
+
+def test_a_path_no_application_is_routed_at_is_503_not_404():
+    before = UNROUTED_CONFIG.format(port=1)
+    after = wrapper.unrouted_as_unavailable(before)
+    assert "status 404" not in after and wrapper.UNROUTED_503 in after
+    assert wrapper.unrouted_as_unavailable(after) == after
+    assert wrapper.unrouted_as_unavailable(RAY_CONFIG) == RAY_CONFIG  # no such backend: as is
+
+
+def test_real_haproxy_answers_an_unrouted_path_503_with_retry_after(tmp_path):
+    """While Serve starts (or HAProxy restarts) no application is routed: a client must be
+    told to retry, not that the model does not exist (make faults' haproxy_killed saw 404s)."""
+    import httpx
+
+    from load_tests.procs import free_port
+
+    haproxy, port = _bundled_haproxy(), free_port()
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(UNROUTED_CONFIG.format(port=port))
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "-db", "-f", str(cfg)],
+                            env={**os.environ, wrapper.REAL_BINARY_ENV: haproxy},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(100):
+            try:
+                r = httpx.post(f"http://127.0.0.1:{port}/v2/models/mlp/infer", timeout=2)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        else:
+            raise AssertionError("HAProxy did not start")
+    finally:
+        proc.kill()
+        proc.wait(10)
+    assert (r.status_code, r.headers["retry-after"], r.json()) == (503, "1", {
+        "error": "no application is routed here yet (Serve is starting or restarting): retry"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import contextlib
 import hashlib
 import os
 import re
@@ -310,7 +311,16 @@ def publish(
         lineage=lineage or {},
     )
     files = {MODEL_FILE: onnx_bytes, **(extra_files or {})}
-    staging = _stage(root / name, version, {**files, MANIFEST_FILE: manifest.to_yaml().encode()})
+    new_model = not (root / name).exists()
+    try:
+        staging = _stage(root / name, version, {**files, MANIFEST_FILE: manifest.to_yaml().encode()})
+    except OSError as exc:  # a full disk, a quota, a read-only mount: say so, leave nothing
+        if new_model:
+            with contextlib.suppress(OSError):
+                (root / name).rmdir()  # the model's folder, made for this version, still empty
+        raise RepositoryError(
+            f"could not write {name}/{version} under {root}: {exc.strerror or exc}; nothing was "
+            "published (free space, then publish again)") from exc
     try:
         try:
             with locked(root / PUBLISH_LOCK):  # publishers, one at a time

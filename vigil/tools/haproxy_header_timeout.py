@@ -9,8 +9,10 @@ counts only silence). Ray does run an executable of our choosing as HAProxy
 Pointed at this script, it adds `timeout http-request <N>s` to the config's `defaults` section
 (next to `timeout client`; N from VIGIL_HAPROXY_TIMEOUT_HTTP_REQUEST_S, default 10; nothing is
 changed when the section already has one), then execs the real HAProxy with the same arguments,
-so the pid Ray waits on and signals (-sf) is HAProxy's own. Any call without `-f` (`-v`, ...)
-goes straight through.
+so the pid Ray waits on and signals (-sf) is HAProxy's own. It also answers a path that no
+application is routed at (Ray's `default_backend`: only while Serve starts or HAProxy restarts,
+since Vigil is routed at "/") with 503 and Retry-After instead of 404, so that clients retry.
+Any call without `-f` (`-v`, ...) goes straight through.
 
 The config is edited in place, not copied: Ray finds its HAProxy workers by the exact `-f` path in
 /proc/<pid>/cmdline (to re-signal stranded workers on a reload and to count its processes), and
@@ -66,6 +68,31 @@ def add_header_timeout(config: str, seconds: int) -> str:
     return "".join(lines)
 
 
+# Ray's catch-all for a path no application's route prefix matches. Vigil's application is
+# routed at "/", so such a request means no application is routed yet: Serve is starting, or
+# HAProxy was restarted and has not been given its routes. A 404 there tells a client the model
+# does not exist (and not to retry); it is 503 with Retry-After, in Vigil's {"error"} shape.
+_UNROUTED_404 = re.compile(r"^(\s*)http-request return status 404 .*not found.*$", re.MULTILINE)
+UNROUTED_503 = ('http-request return status 503 content-type application/json hdr Retry-After 1 '
+                'string "{\\"error\\": \\"no application is routed here yet (Serve is starting '
+                'or restarting): retry\\"}"')
+
+
+def unrouted_as_unavailable(config: str) -> str:
+    """`config` with the 404 of its `default_backend` section (a path that no application's
+    route matches) answered as 503 with Retry-After; unchanged without that section."""
+    lines = config.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines)
+                  if re.match(r"backend\s+default_backend\s*$", line)), None)
+    if start is None:
+        return config
+    end = next((i for i in range(start + 1, len(lines)) if _SECTION.match(lines[i])), len(lines))
+    for i in range(start + 1, end):
+        if (found := _UNROUTED_404.match(lines[i].rstrip("\n"))) is not None:
+            lines[i] = f"{found.group(1)}{UNROUTED_503}\n"
+    return "".join(lines)
+
+
 def timeout_from_env(env: dict[str, str]) -> int:
     raw = env.get(TIMEOUT_ENV, "").strip() or str(DEFAULT_TIMEOUT_S)
     if not raw.isdigit() or int(raw) < 1:
@@ -87,7 +114,7 @@ def rewrite_config(path: str, seconds: int) -> bool:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         with open(path) as f:
             before = f.read()
-        after = add_header_timeout(before, seconds)
+        after = unrouted_as_unavailable(add_header_timeout(before, seconds))
         if after == before:
             return False
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".vigil-haproxy-")

@@ -254,7 +254,12 @@ def test_outbox_size_metrics() -> None:
     from monitoring.outbox import OutboxSize
 
     s, types, _ = scrape(StateCollector(lambda: Held(outbox=None)))
-    assert not [k for k in s if k[0].startswith("vigil_webhook_outbox_")]
+    assert not [k for k in s if k[0].startswith("vigil_webhook_outbox_")
+                and not k[0].startswith("vigil_webhook_outbox_write_failures")]
+    # Failed writes are counted from the start, zeros included (test_disk_full counts one).
+    assert {k for k in s if k[0].startswith("vigil_webhook_outbox_write_failures")} == {
+        ("vigil_webhook_outbox_write_failures_total", frozenset({("reason", r)}))
+        for r in ("disk_full", "io_error")}
     assert types["vigil_webhook_outbox_pruned_events"] == "counter"
     assert types["vigil_webhook_outbox_bytes"] == "gauge"
     size = OutboxSize(7, {"pending": 2, "delivered": 9, "dead": 1}, 40960, 120)
