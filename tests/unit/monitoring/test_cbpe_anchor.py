@@ -22,6 +22,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+os.environ.setdefault("NML_DISABLE_USAGE_LOGGING", "1")  # NannyML reports usage otherwise
+import nannyml as nml  # noqa: E402 - a test dependency (the dev extra): missing, the test fails
+
 from monitoring.label_join import LabelJoin
 from monitoring.label_store import LabelStore
 from monitoring.service import MonitorService
@@ -34,8 +37,6 @@ from vigil.core.tensors import TensorSpec
 from vigil.tools.examples import _parquet, serialize
 from vigil.tools.publishing import write_version
 
-os.environ.setdefault("NML_DISABLE_USAGE_LOGGING", "1")  # NannyML reports usage otherwise
-nml = pytest.importorskip("nannyml")
 
 FEATURES = [1, 4, 8, 9]  # mean texture, smoothness, symmetry, fractal dimension: a weak model
 WINDOW_ROWS = 200
