@@ -234,6 +234,14 @@ class LabelJoin:
             self._estimates.popitem(last=False)
         return {**doc}
 
+    def estimated_for(self, model: str, version: str, opened_at: float,
+                      closed_at: float) -> dict[str, Any] | None:
+        """`estimated` by names, for a caller that holds no VersionState (an alert condition
+        on a closed window: window.opened_at, window.closed_at); None for a version the monitor
+        does not hold. Predictions flushed after the window closed count when read again."""
+        state = self.service.versions.get((model, version))
+        return None if state is None else self.estimated(state, opened_at, closed_at)
+
     def latest_estimated(self) -> list[tuple[str, str, dict[str, Any]]]:
         """(model, version, estimate) of each calibrated version's latest closed window, for
         the scrape (versions without a calibration are left out)."""

@@ -139,6 +139,8 @@ def test_windows_carry_quality_estimated_before_labels(join, repo) -> None:
     join.record([late], now=20.0)
     assert join.estimated(state, 0.0, 100.0)["rows"] == 12
     assert join.estimated(state, 200.0, 300.0)["metrics"] == {}
+    assert join.estimated_for("breast_cancer", "1", 0.0, 100.0)["rows"] == 12
+    assert join.estimated_for("breast_cancer", "9", 0.0, 100.0) is None
 
 
 def test_the_window_json_and_the_scrape_carry_the_estimate(join, repo) -> None:
