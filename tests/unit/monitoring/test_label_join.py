@@ -158,7 +158,7 @@ def test_the_window_json_and_the_scrape_carry_the_estimate(join, repo) -> None:
     assert doc["latest"]["estimated"] == estimated and estimated["rows"] == 6
     assert doc["latest"]["labels"]["labelled_rows"] == 0  # beside the realised quality
     families = {f.name: f for f in LabelCollector(join.store, lambda: join.latest(60.0),
-                                                  join.latest_estimated).collect()}
+                                                  estimated=join.latest_estimated).collect()}
     scraped = {s.labels["metric"]: s.value for s in families["vigil_quality_estimated"].samples}
     assert scraped == estimated["metrics"]
 
