@@ -92,7 +92,7 @@ def test_labels_join_the_predictions_they_name(vigil, client) -> None:
     assert served and all(e["available"] and 0 <= e["metrics"]["accuracy"] <= 1
                           and e["rows"] == e["served_rows"] for e in served)
     scraped = vigil.get("/monitor/metrics").text
-    assert ('vigil_quality_estimated{model="breast_cancer",version="1",metric="accuracy"}'
+    assert ('vigil_quality_estimated{metric="accuracy",model="breast_cancer",version="1"}'
             in scraped)
     assert 'vigil_quality_labels{model="breast_cancer",version="1"}' in scraped
     assert 'vigil_quality_label_coverage{model="breast_cancer",version="1"}' in scraped
