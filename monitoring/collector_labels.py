@@ -1,5 +1,6 @@
-"""The join store's metrics: labels by outcome, evictions and skipped records, predictions held;
-each family declared once here and read at scrape time."""
+"""The join store's metrics: labels by outcome, evictions and skipped records, predictions held,
+quality from labels and quality estimated before them; each family declared once here and read at
+scrape time."""
 
 from __future__ import annotations
 
@@ -40,6 +41,11 @@ SETTLED_LABELS = gauge("vigil_quality_settled_labels", "Labelled rows behind "
                        "vigil_quality_settled.", *MV)
 SETTLED_COVERAGE = gauge("vigil_quality_settled_label_coverage", "Labelled rows / rows served in "
                          "the latest settled window (0 when none are labelled).", *MV)
+QUALITY_ESTIMATED = gauge("vigil_quality_estimated", "Model quality of the latest closed window "
+                          "estimated from its predictions' calibrated class probabilities alone, "
+                          "before any label (CBPE, monitoring.cbpe): accuracy, f1 (binary: class "
+                          "1), f1_macro, roc_auc. Only for versions calibrated at publish time.",
+                          *MV, "metric")
 HELD = gauge("vigil_feedback_predictions", "Predictions the join store holds (labelled or not).")
 
 
@@ -49,11 +55,13 @@ class LabelCollector(Collector):
 
     def __init__(self, store: LabelStore,
                  latest: Callable[[], list[tuple[str, str, dict[str, Any]]]] | None = None,
-                 settled: Callable[[], list[tuple[str, str, dict[str, Any]]]] | None = None
+                 settled: Callable[[], list[tuple[str, str, dict[str, Any]]]] | None = None,
+                 estimated: Callable[[], list[tuple[str, str, dict[str, Any]]]] | None = None
                  ) -> None:
         self.store = store
         self.latest = latest  # each version's latest closed window's quality
         self.settled = settled  # each version's latest settled window's quality
+        self.estimated = estimated  # the latest closed window's quality estimated before labels
 
     def describe(self) -> list[Metric]:
         return []
@@ -80,6 +88,7 @@ class LabelCollector(Collector):
         held.add_metric([], float(store.size))
         yield held
         yield from self._quality()
+        yield self._estimated()
 
     def _quality(self) -> Iterator[Metric]:
         quality, reference = QUALITY.new(), QUALITY_REFERENCE.new()
@@ -106,3 +115,11 @@ class LabelCollector(Collector):
                 if value is not None:
                     settled.add_metric([model, version, name], float(value))
         yield from (settled, settled_labels, settled_coverage)
+
+    def _estimated(self) -> Metric:
+        family = QUALITY_ESTIMATED.new()
+        for model, version, doc in self.estimated() if self.estimated is not None else []:
+            for name, value in doc["metrics"].items():
+                if value is not None:
+                    family.add_metric([model, version, name], float(value))
+        return family

@@ -16,16 +16,24 @@ as the version's latest settled quality (the ``vigil_quality_settled`` gauges) a
 alert engine's label rules. Waiting windows are kept as their summary (no statistics), at most
 ``MAX_WAITING`` per version, the oldest judged early (unsettled, and said so) past it; like
 windows, they start again after a monitor restart.
+
+Before labels arrive (and beside them once they do), a classifier whose profile holds a
+calibration (fitted on its held-out set at publish time) has its accuracy, F1 and ROC AUC
+estimated for each window from every prediction and class probabilities answered in it
+(monitoring.cbpe): `estimated`, the window JSON's `estimated` and vigil_quality_estimated. A
+closed window's estimate is computed once and kept (ESTIMATE_CACHE windows), recomputed only when
+predictions of it arrive late or are evicted.
 Not thread-safe: the monitor calls it from its one worker thread.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from monitoring.cbpe import ESTIMATED, Calibration, estimate
 from monitoring.label_store import LabelStore, Predictions
 from monitoring.labels_quality import classification_quality, regression_quality
 from monitoring.service import MonitorService
@@ -38,6 +46,7 @@ from vigil.core.repository import read_manifest
 GATE_NAMES = {"accuracy": "accuracy", "auc": "roc_auc", "rmse": "rmse"}  # gate -> ours
 MAX_WAITING = 20_000  # windows per version waiting to settle (a day of 5 s windows)
 Settled = tuple[str, str, ClosedWindow, dict[str, Any]]  # model, version, window, quality
+ESTIMATE_CACHE = 1024  # windows whose estimate is kept (a few KB each)
 
 
 class LabelJoin:
@@ -51,6 +60,9 @@ class LabelJoin:
         self.waiting: dict[tuple[str, str], deque[ClosedWindow]] = {}
         self.last_settled: dict[tuple[str, str], tuple[ClosedWindow, dict[str, Any]]] = {}
         service.window_listeners.append(self.closed)
+        self._calibrations: dict[tuple[str, str], Calibration | str] = {}
+        self._estimates: OrderedDict[tuple[str, str, float, float], tuple[int, dict[str, Any]]] \
+            = OrderedDict()
 
     def record(self, messages: Iterable[Any], now: float) -> int:
         """Keep the requests the messages record; returns how many were kept."""
@@ -145,6 +157,8 @@ class LabelJoin:
             del self.last_settled[key]
         for key in [k for k in self._references if k not in self.service.versions]:
             del self._references[key]
+        for key in [k for k in self._calibrations if k not in self.service.versions]:
+            del self._calibrations[key]
         settled: list[Settled] = []
         for key, waiting in self.waiting.items():
             state = self.service.versions[key]
@@ -156,11 +170,97 @@ class LabelJoin:
                 settled.append((*key, window, quality))
         return settled
 
+    # ------------------------------------------------------------------ estimated quality
+
+    def calibration(self, state: VersionState) -> Calibration | str:
+        """The version's calibration (its profile's `calibration`), or why it has none usable."""
+        key = (state.model, state.version)
+        found = self._calibrations.get(key)
+        if found is None:
+            found = self._load_calibration(state)
+            if len(self._calibrations) >= 2 * len(self.service.versions) + 16:
+                self._calibrations = {k: v for k, v in self._calibrations.items()
+                                      if k in self.service.versions}
+            self._calibrations[key] = found
+        return found
+
+    @staticmethod
+    def _load_calibration(state: VersionState) -> Calibration | str:
+        if state.profile is None:
+            return "no profile"
+        doc = (state.profile.meta or {}).get("calibration")
+        if not isinstance(doc, dict):
+            return ("no calibration in the profile: a classifier with class probabilities "
+                    "and a held-out set (metadata.evaluation) is calibrated when published")
+        outputs = Predictions.of(state.layout, (c.name for c in state.profile.outputs))
+        if outputs is None or outputs.probabilities != doc.get("output"):
+            return (f"the calibration is of output {doc.get('output')!r}, which the join store "
+                    "does not record as the class probabilities")
+        try:
+            return Calibration.from_dict(doc)
+        except (ValueError, KeyError, TypeError) as exc:
+            return f"unusable calibration: {exc}"
+
+    def estimated(self, state: VersionState, opened_at: float,
+                  closed_at: float) -> dict[str, Any]:
+        """The quality of the predictions `state` answered in [opened_at, closed_at), estimated
+        from their class probabilities alone (monitoring.cbpe): `metrics` (accuracy, f1 (binary),
+        f1_macro, roc_auc; None where undefined), `rows` (those with probabilities) of
+        `served_rows`, and `reference` (the same metrics realised on the held-out set the
+        calibration was fitted on). `available` False with `reason` when the version has no
+        usable calibration; `metrics` empty when the window has no such rows."""
+        calibration = self.calibration(state)
+        if isinstance(calibration, str):
+            return {"available": False, "reason": calibration, "rows": 0, "served_rows": 0,
+                    "metrics": {}, "reference": {}}
+        key = (state.model, state.version, opened_at, closed_at)
+        served = self.store.served_count(state.model, state.version, opened_at, closed_at)
+        cached = self._estimates.get(key)
+        if cached is not None and cached[0] == served:
+            self._estimates.move_to_end(key)
+            return {**cached[1]}
+        rows = self.store.served(state.model, state.version, opened_at, closed_at)
+        metrics: dict[str, Any] = {}
+        counted = 0
+        if rows.probabilities is not None and rows.probabilities.shape[1] == calibration.classes:
+            counted = rows.prediction.size
+            metrics = estimate(calibration, rows.prediction, rows.probabilities)
+        doc = {"available": True, "reason": None, "rows": counted,
+               "served_rows": rows.served_rows, "metrics": metrics,
+               "reference": {k: v for k, v in (calibration.meta.get("reference") or {}).items()
+                             if k in ESTIMATED}}
+        self._estimates[key] = (served, doc)
+        while len(self._estimates) > ESTIMATE_CACHE:
+            self._estimates.popitem(last=False)
+        return {**doc}
+
+    def estimated_for(self, model: str, version: str, opened_at: float,
+                      closed_at: float) -> dict[str, Any] | None:
+        """`estimated` by names, for a caller that holds no VersionState (an alert condition
+        on a closed window: window.opened_at, window.closed_at); None for a version the monitor
+        does not hold. Predictions flushed after the window closed count when read again."""
+        state = self.service.versions.get((model, version))
+        return None if state is None else self.estimated(state, opened_at, closed_at)
+
+    def latest_estimated(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """(model, version, estimate) of each calibrated version's latest closed window, for
+        the scrape (versions without a calibration are left out)."""
+        found = []
+        for state in list(self.service.versions.values()):
+            window = state.window.latest
+            if window is not None and not isinstance(self.calibration(state), str):
+                found.append((state.model, state.version,
+                              self.estimated(state, window.opened_at, window.closed_at)))
+        return found
+
     def add_to(self, doc: dict[str, Any], now: float) -> dict[str, Any]:
-        """The drift JSON (MonitorService.drift_doc) with each window's `labels` quality."""
+        """The drift JSON (MonitorService.drift_doc) with each window's `labels` quality and,
+        beside it, its `estimated` quality."""
         state = self.service.state(doc["model"], doc["version"])
         for window in ([doc["latest"]] if doc.get("latest") else []) + doc.get("windows", []):
             window["labels"] = self.quality(state, window["opened_at"], window["closed_at"], now)
+            window["estimated"] = self.estimated(state, window["opened_at"],
+                                                 window["closed_at"])
         return doc
 
     def latest(self, now: float) -> list[tuple[str, str, dict[str, Any]]]:

@@ -274,6 +274,41 @@ class LabelStore:
             np.asarray(probas, dtype=np.float64) if probas else None, last)
 
 
+    def served_count(self, model: str, version: str, start: float, end: float) -> int:
+        """Rows of class predictions of the version answered in [start, end)."""
+        return int(self.db.execute(
+            "SELECT coalesce(sum(rows), 0) FROM predictions WHERE model = ? AND version = ? AND"
+            " answered_at >= ? AND answered_at < ? AND kind = 'int'",
+            (model, version, start, end)).fetchone()[0])
+
+    def served(self, model: str, version: str, start: float, end: float) -> ServedRows:
+        """Every prediction of the version answered in [start, end), labelled or not, with its
+        class probabilities (for estimating quality before labels: monitoring.cbpe); requests
+        recorded without probabilities are counted in served_rows only."""
+        found = self.db.execute(
+            "SELECT rows, prediction, probabilities FROM predictions WHERE model = ? AND"
+            " version = ? AND answered_at >= ? AND answered_at < ? AND kind = 'int'"
+            " ORDER BY answered_at, id", (model, version, start, end)).fetchall()
+        served = sum(rows for rows, _, _ in found)
+        with_probabilities = [(p, q) for _, p, q in found if q is not None]
+        # One JSON document of every request's lists, parsed at once (not one parse a request).
+        predictions = json.loads("[" + ",".join(p[1:-1] for p, _ in with_probabilities
+                                                if p != "[]") + "]")
+        probas = json.loads("[" + ",".join(q[1:-1] for _, q in with_probabilities
+                                           if q != "[]") + "]")
+        return ServedRows(served, np.asarray(predictions, dtype=np.int64),
+                          np.asarray(probas, dtype=np.float64) if probas else None)
+
+
+@dataclass(frozen=True)
+class ServedRows:
+    """A version's class predictions answered in a time range, with their probabilities."""
+
+    served_rows: int  # every row of a class prediction in the range
+    prediction: np.ndarray  # the rows that came with probabilities
+    probabilities: np.ndarray | None  # rows x classes; None when no row had them
+
+
 def check_label(value: Any, rows: int, kind: str,
                 classes: int | None) -> tuple[list, str | None]:
     """The label as one value per row, or why it cannot be one for this prediction: a list of

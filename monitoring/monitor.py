@@ -129,7 +129,8 @@ class Monitor:
                                                 lambda: list(self.rollouts.checks_total.items())))
         self.registry.register(LabelCollector(
             self.labels.store, lambda: self.labels.latest(time.time()),
-            lambda: [(*key, doc) for key, (_, doc) in self.labels.last_settled.items()]))
+            lambda: [(*key, doc) for key, (_, doc) in self.labels.last_settled.items()],
+            estimated=self.labels.latest_estimated))
         # Reference data of the versions reported on lately (on the report thread only).
         self._references: Recent[tuple[str, str], dict] = Recent(MAX_REFERENCES)
         self._reports = ReportCache(self.args.report_cache_bytes)  # on the event loop only

@@ -86,7 +86,14 @@ def test_labels_join_the_predictions_they_name(vigil, client) -> None:
     assert sum(q["metrics"]["accuracy"] * q["labelled_rows"] for q in labelled) == (
         pytest.approx(correct))
     assert all(q["task"] == "classification" and 0 < q["coverage"] <= 1 for q in labelled)
+    # Beside each window's realised quality, the quality estimated before labels (CBPE, from
+    # every prediction's calibrated probabilities): breast_cancer is calibrated at publish time.
+    served = [w["estimated"] for w in closed if w["estimated"]["rows"]]
+    assert served and all(e["available"] and 0 <= e["metrics"]["accuracy"] <= 1
+                          and e["rows"] == e["served_rows"] for e in served)
     scraped = vigil.get("/monitor/metrics").text
+    assert ('vigil_quality_estimated{metric="accuracy",model="breast_cancer",version="1"}'
+            in scraped)
     assert 'vigil_quality_labels{model="breast_cancer",version="1"}' in scraped
     assert 'vigil_quality_label_coverage{model="breast_cancer",version="1"}' in scraped
 

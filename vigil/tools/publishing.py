@@ -230,7 +230,7 @@ def write_version(
     profile_rows = None
     if reference is not None:
         profiled = _reference_profile(manifest, onnx_bytes, reference, outputs_from_model,
-                                      progress)
+                                      progress, files)
         files.update(profiled.files)
         profile_rows = profiled.profile.rows
     try:
@@ -294,9 +294,10 @@ def next_version(root: Path, name: str) -> str:
 
 def _reference_profile(
     manifest: VersionManifest, onnx_bytes: bytes, reference: Path, outputs_from_model: bool,
-    progress: bool | None,
+    progress: bool | None, extra_files: dict[str, bytes],
 ) -> UnwrittenProfile:
-    """The version's profile and the copy of its reference data, built before it is written."""
+    """The version's profile and the copy of its reference data, built before it is written
+    (and its calibration, when its held-out set is among `extra_files`)."""
     from vigil.tools.profiles import profile_unwritten  # needs onnxruntime and monitoring
 
     if not reference.is_file():
@@ -304,7 +305,7 @@ def _reference_profile(
     try:
         return profile_unwritten(
             manifest, onnx_bytes, reference, outputs_from_model=outputs_from_model,
-            progress=progress,
+            progress=progress, extra_files=extra_files,
         )
     except (ValueError, KeyError, OSError, RepositoryError) as exc:
         raise PublishError(f"reference data {reference}: {exc}") from None

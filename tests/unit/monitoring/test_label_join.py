@@ -118,3 +118,58 @@ def test_the_window_json_and_the_scrape_carry_the_quality(join, repo) -> None:
     assert families["vigil_quality_label_coverage"].samples[0].value == 0.5
     reference = {s.labels["metric"]: s.value for s in families["vigil_quality_reference"].samples}
     assert reference == {"accuracy": 0.96, "roc_auc": 0.99}
+
+
+def test_windows_carry_quality_estimated_before_labels(join, repo) -> None:
+    from monitoring.cbpe import Calibration, estimate
+
+    state = join.service.state("breast_cancer", "1")
+    doc = state.profile.meta["calibration"]  # fitted on holdout.parquet when it was published
+    assert (doc["data"], doc["rows"], doc["output"]) == ("holdout.parquet", 143, "probabilities")
+    join.record([_predictions()], now=10.0)
+    sent = np.stack([1 - P1, P1], axis=1).astype(np.float32).astype(np.float64)
+    expected = estimate(Calibration.from_dict(doc), PREDICTED, sent)
+    got = join.estimated(state, 0.0, 100.0)
+    assert got == {"available": True, "reason": None, "rows": 6, "served_rows": 6,
+                   "metrics": expected, "reference": doc["reference"]}
+    assert 0.0 < expected["accuracy"] < 1.0 and set(expected) == {"accuracy", "f1", "f1_macro",
+                                                                 "roc_auc"}
+    # no label needed; a prediction recorded late in the window is counted when read again
+    late = dataclasses.replace(_predictions(), ids=tuple(f"s{i}" for i in range(6)))
+    join.record([late], now=20.0)
+    assert join.estimated(state, 0.0, 100.0)["rows"] == 12
+    assert join.estimated(state, 200.0, 300.0)["metrics"] == {}
+    assert join.estimated_for("breast_cancer", "1", 0.0, 100.0)["rows"] == 12
+    assert join.estimated_for("breast_cancer", "9", 0.0, 100.0) is None
+
+
+def test_the_window_json_and_the_scrape_carry_the_estimate(join, repo) -> None:
+    frame = pd.read_parquet(repo / "breast_cancer" / "1" / "reference.parquet")
+    x = frame.drop(columns=["target"]).to_numpy(np.float32)[:100]
+    outputs = {"label": np.ones(100, np.int64),
+               "probabilities": np.full((100, 2), 0.5, np.float32)}
+    join.record([_predictions()], now=10.0)
+    join.service.ingest([SampleMessage("breast_cancer", "1", {"input": x}, outputs,
+                                       np.full(100, 0.01), np.full(100, 200, np.int16))],
+                        now=50.0)
+    state = join.service.state("breast_cancer", "1")
+    doc = join.add_to(join.service.drift_doc("breast_cancer", "1"), now=60.0)
+    estimated = join.estimated(state, 0.0, 50.0)
+    assert doc["latest"]["estimated"] == estimated and estimated["rows"] == 6
+    assert doc["latest"]["labels"]["labelled_rows"] == 0  # beside the realised quality
+    families = {f.name: f for f in LabelCollector(join.store, lambda: join.latest(60.0),
+                                                  estimated=join.latest_estimated).collect()}
+    scraped = {s.labels["metric"]: s.value for s in families["vigil_quality_estimated"].samples}
+    assert scraped == estimated["metrics"]
+
+
+def test_a_version_without_calibration_says_why(join, tmp_path) -> None:
+    state = join.service.state("breast_cancer", "1")
+    bare = dataclasses.replace(state, version="2", profile=dataclasses.replace(
+        state.profile, meta={k: v for k, v in state.profile.meta.items()
+                             if k != "calibration"}))
+    doc = join.estimated(bare, 0.0, 100.0)
+    assert doc["available"] is False and "no calibration" in doc["reason"]
+    assert doc["metrics"] == {}
+    mlp = join.service.state("mlp", "1")
+    assert join.estimated(mlp, 0.0, 100.0)["reason"] == "no profile"
