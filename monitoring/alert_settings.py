@@ -73,6 +73,7 @@ EventType = Literal[
     "vigil.rollout.rolled_back",
     "vigil.quality.degraded",
     "vigil.labels.coverage_low",
+    "vigil.quality.estimated_drop",
 ]
 EVENT_TYPES: tuple[EventType, ...] = get_args(EventType)
 ROLLED_BACK = "vigil.model.rolled_back"
@@ -161,6 +162,17 @@ class QualityDrop(BaseModel):
     by: float = Field(gt=0.0, allow_inf_nan=False)
 
 
+class EstimatedQualityDrop(BaseModel):
+    """The window's quality estimated from its predictions' calibrated probabilities (CBPE,
+    before any label) is worse than the same metric on the version's held-out set by at least
+    `by`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    metric: Literal["accuracy", "f1", "f1_macro", "roc_auc"]
+    by: float = Field(gt=0.0, allow_inf_nan=False)
+
+
 class Condition(BaseModel):
     """Exactly one of these, over one closed window of a model version."""
 
@@ -220,6 +232,12 @@ class Condition(BaseModel):
         "than the version's reference by at least `by`; no verdict for a version the gate "
         "never scored. Judged once the window settled; min_rows counts labelled rows."
     )
+    estimated_quality_drop: EstimatedQualityDrop | None = Field(
+        default=None, description="The window's quality estimated before labels (CBPE, from "
+        "calibrated probabilities; {metric, by}) is worse than on the held-out set by at least "
+        "`by`. Judged 10 s after the window closed; no verdict for a version without a "
+        "calibration; min_rows counts the rows estimated."
+    )
     label_coverage_below: float | None = Field(
         default=None, gt=0.0, le=1.0, description="Labelled rows / rows served in the window "
         "is below this once it settled: the feedback pipeline stopped or lags. min_rows counts "
@@ -252,12 +270,15 @@ class Condition(BaseModel):
         return getattr(self, self.kind)
 
     @property
-    def family(self) -> Literal["drift", "quality", "requests", "shadow", "traffic", "labels"]:
+    def family(self) -> Literal["drift", "quality", "requests", "shadow", "traffic", "labels",
+                                "estimated"]:
         """What a window must hold for a verdict: sampled rows, requests, compared shadow rows,
         labels (judged when the window settles), or nothing."""
         kind = self.kind
         if kind in ("quality_below", "quality_drop", "label_coverage_below"):
             return "labels"
+        if kind == "estimated_quality_drop":
+            return "estimated"
         if kind in ("dataset_drift", "drift_share_at_least", "features_drifted", "prediction_drift"):
             return "drift"
         if kind == "shadow_agreement_below":
@@ -283,6 +304,7 @@ class Condition(BaseModel):
             "quality_below": "vigil.quality.degraded",
             "quality_drop": "vigil.quality.degraded",
             "label_coverage_below": "vigil.labels.coverage_low",
+            "estimated_quality_drop": "vigil.quality.estimated_drop",
         }.get(self.kind, "vigil.data_quality.degraded")
 
 

@@ -38,6 +38,7 @@ from monitoring.rules import (
     Verdict,
     advance,
     judge,
+    judge_estimated,
     judge_labels,
     judge_silence,
 )
@@ -132,7 +133,7 @@ class AlertEngine:
         """Judge every rule watching this version on its newly closed window (rollback rules
         only when it is its model's canary)."""
         self._settle()
-        rules = self._window_rules(model, version, now, labels=False)
+        rules = self._window_rules(model, version, now, "window")
         self._apply(model, version, [(r, judge(r, window)) for r in rules], window, now)
 
     def on_settled(self, model: str, version: str, window: ClosedWindow,
@@ -140,16 +141,27 @@ class AlertEngine:
         """Judge the label rules watching this version on a window whose labels settled
         (monitoring.label_join.LabelJoin.settle), with its quality from labels."""
         self._settle()
-        rules = self._window_rules(model, version, now, labels=True)
+        rules = self._window_rules(model, version, now, "labels")
         self._apply(model, version, [(r, judge_labels(r, window, quality)) for r in rules],
                     window, now)
 
+    def on_estimated(self, model: str, version: str, window: ClosedWindow,
+                     estimated: dict[str, Any], now: float) -> None:
+        """Judge the estimated_quality_drop rules watching this version on a closed window,
+        with its quality estimated before labels (LabelJoin.estimate_due)."""
+        self._settle()
+        rules = self._window_rules(model, version, now, "estimated")
+        self._apply(model, version, [(r, judge_estimated(r, window, estimated)) for r in rules],
+                    window, now)
+
     def _window_rules(self, model: str, version: str, now: float,
-                      labels: bool) -> list[AlertRule]:
-        """The rules judging this version's windows (label rules or the others); rollback
-        rules only when it is its model's canary now (else their counts start again)."""
-        rules = [r for r in self.rules if r.when.family != "traffic" and r.watches(model, version)
-                 and (r.when.family == "labels") == labels]
+                      when: str) -> list[AlertRule]:
+        """The rules judging this version's windows `when` they close ("window"), settle
+        ("labels") or are estimated ("estimated"); rollback rules only when it is its model's
+        canary now (else their counts start again)."""
+        family = {"labels": ("labels",), "estimated": ("estimated",)}.get(
+            when, ("drift", "quality", "requests", "shadow"))
+        rules = [r for r in self.rules if r.when.family in family and r.watches(model, version)]
         if any(r.action == "rollback_canary" for r in rules) and not self._is_canary(
             model, version, now
         ):

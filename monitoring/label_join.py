@@ -46,6 +46,9 @@ from vigil.core.repository import read_manifest
 GATE_NAMES = {"accuracy": "accuracy", "auc": "roc_auc", "rmse": "rmse"}  # gate -> ours
 MAX_WAITING = 20_000  # windows per version waiting to settle (a day of 5 s windows)
 Settled = tuple[str, str, ClosedWindow, dict[str, Any]]  # model, version, window, quality
+# Replicas flush prediction records about a second after samples: a window is estimated for
+# the alert rules this long after it closed.
+ESTIMATE_DELAY_S = 10.0
 ESTIMATE_CACHE = 1024  # windows whose estimate is kept (a few KB each)
 
 
@@ -58,6 +61,9 @@ class LabelJoin:
         # Closed windows waiting for settle_s, oldest first, and each version's latest settled
         # window with its quality (both forgotten with the version).
         self.waiting: dict[tuple[str, str], deque[ClosedWindow]] = {}
+        # Closed windows waiting ESTIMATE_DELAY_S for their last prediction records, then
+        # estimated once for the alert rules (estimated_quality_drop).
+        self.estimating: dict[tuple[str, str], deque[ClosedWindow]] = {}
         self.last_settled: dict[tuple[str, str], tuple[ClosedWindow, dict[str, Any]]] = {}
         service.window_listeners.append(self.closed)
         self._calibrations: dict[tuple[str, str], Calibration | str] = {}
@@ -144,8 +150,27 @@ class LabelJoin:
 
     def closed(self, model: str, version: str, windows: list[ClosedWindow]) -> None:
         """Windows of a version closed: they wait to settle (their summary only)."""
-        waiting = self.waiting.setdefault((model, version), deque())
-        waiting.extend(dataclasses.replace(w, result=None) for w in windows)
+        brief = [dataclasses.replace(w, result=None) for w in windows]
+        self.waiting.setdefault((model, version), deque()).extend(brief)
+        self.estimating.setdefault((model, version), deque()).extend(brief)
+
+    def estimate_due(self, now: float, wanted: bool = True) -> list[Settled]:
+        """The windows closed at least ESTIMATE_DELAY_S ago (their prediction records are in)
+        since the last call, each with its quality estimated before labels (`estimated`), for
+        the estimated_quality_drop rules; at most MAX_WAITING wait per version. Without
+        `wanted` (no such rule) nothing is estimated and nothing waits."""
+        for key in [k for k in self.estimating
+                    if not wanted or k not in self.service.versions]:
+            del self.estimating[key]
+        due: list[Settled] = []
+        for key, waiting in self.estimating.items():
+            state = self.service.versions[key]
+            while waiting and (now - waiting[0].closed_at >= ESTIMATE_DELAY_S
+                               or len(waiting) > MAX_WAITING):
+                window = waiting.popleft()
+                due.append((*key, window, self.estimated(state, window.opened_at,
+                                                         window.closed_at)))
+        return due
 
     def settle(self, now: float) -> list[Settled]:
         """The windows that settled since the last call, oldest first per version, each with

@@ -194,9 +194,13 @@ class Monitor:
                 logger.exception("closing time windows or releasing versions failed")
 
     def _judge_settled(self, now: float) -> None:
-        """Windows whose labels settled: their quality to the label rules (worker thread)."""
+        """Windows whose labels settled, or whose estimate is due: their quality to the label
+        and estimated rules (worker thread)."""
         for model, version, window, quality in self.labels.settle(now):
             self.alerts.on_settled(model, version, window, quality, now)
+        wanted = any(r.when.family == "estimated" for r in self.alerts.rules)
+        for model, version, window, estimated in self.labels.estimate_due(now, wanted):
+            self.alerts.on_estimated(model, version, window, estimated, now)
 
     async def _release(self, versions: list[tuple[str, str]]) -> None:
         """Forget the reports and reference data of versions the service released."""

@@ -93,8 +93,9 @@ def judge(rule: AlertRule, window: ClosedWindow) -> Verdict:
     family = rule.when.family
     if family == "traffic":
         raise ValueError("silence rules are judged by judge_silence, not per window")
-    if family == "labels":
-        raise ValueError("label rules are judged by judge_labels, once a window settled")
+    if family in ("labels", "estimated"):
+        raise ValueError("label rules are judged by judge_labels, once a window settled, and "
+                         "estimated ones by judge_estimated")
     if family == "requests":
         verdict = _judge_requests(rule, window)
     elif family == "shadow":
@@ -161,6 +162,31 @@ def judge_labels(rule: AlertRule, window: ClosedWindow, quality: dict[str, Any])
                               f"{reference:.4g}: a drop of {drop:.4g}, "
                               f"{'at least' if breached else 'less than'} {c.threshold:.4g}",
                               (c,) if breached else ())
+    return dataclasses.replace(verdict, window=window.index)
+
+
+def judge_estimated(rule: AlertRule, window: ClosedWindow, estimated: dict[str, Any]) -> Verdict:
+    """An estimated_quality_drop rule's verdict on a window, from its estimate
+    (monitoring.label_join.LabelJoin.estimated: available, rows, metrics, reference)."""
+    condition = rule.when.estimated_quality_drop
+    assert condition is not None
+    metric = condition.metric
+    value, reference = estimated["metrics"].get(metric), estimated["reference"].get(metric)
+    if not estimated["available"]:
+        verdict = Verdict(None, f"no estimate: {estimated['reason']}")
+    elif estimated["rows"] < rule.min_rows:
+        verdict = Verdict(None, f"{estimated['rows']} rows estimated, fewer than min_rows "
+                          f"{rule.min_rows}")
+    elif value is None or reference is None:
+        verdict = Verdict(None, f"estimated {metric} is not defined for this window or its "
+                          "held-out set")
+    else:
+        c = Crossed(f"estimated_{metric}_drop", float(reference - value), condition.by)
+        breached = c.value >= c.threshold
+        verdict = Verdict(breached, f"estimated {metric} {value:.4g} against {reference:.4g} "
+                          f"on the held-out set: a drop of {c.value:.4g}, "
+                          f"{'at least' if breached else 'less than'} {c.threshold:.4g}",
+                          (c,) if breached else ())
     return dataclasses.replace(verdict, window=window.index)
 
 

@@ -325,7 +325,7 @@ class MonitorService:
         if self.rollouts is not None and self.rollouts.running():
             return True
         return self.alerts is not None and any(
-            r.when.family in ("traffic", "labels") for r in self.alerts.rules)
+            r.when.family in ("traffic", "labels", "estimated") for r in self.alerts.rules)
 
     def reconfigure(self, settings: MonitorSettings, now: float) -> None:
         """Apply new window, drift and alert settings; refused (ValueError) if they misfit a

@@ -22,7 +22,7 @@ from monitoring.collector_labels import LabelCollector
 from monitoring.label_join import LabelJoin
 from monitoring.label_store import LabelStore
 from monitoring.outbox import Outbox
-from monitoring.rules import judge, judge_labels
+from monitoring.rules import judge, judge_estimated, judge_labels
 from monitoring.service import MonitorService
 from monitoring.settings import MonitorAppSettings, MonitorSettings
 from tests.unit.monitoring.helpers import window_of
@@ -293,3 +293,63 @@ def test_a_rollouts_quality_is_accuracy_on_the_labels_joined_so_far(repo, tmp_pa
     assert stack.join.rollout_quality("breast_cancer", "1", 0.0, 20.0, 100) == 0.7
     assert stack.join.rollout_quality("breast_cancer", "1", 0.0, 20.0, 101) is None  # too few
     assert stack.join.rollout_quality("breast_cancer", "1", 20.0, 40.0, 1) is None  # none
+
+
+# ---------------------------------------------------------------- estimated before labels
+
+
+def _estimate(metrics: dict[str, Any], rows: int = 300, available: bool = True,
+              reference: dict[str, float] | None = None) -> dict[str, Any]:
+    return {"available": available, "reason": None if available else "no profile",
+            "rows": rows, "served_rows": rows, "metrics": metrics,
+            "reference": {"accuracy": 0.96, "roc_auc": 0.99} if reference is None else reference}
+
+
+@pytest.mark.parametrize("when, why", [
+    ({"estimated_quality_drop": {"metric": "log_loss", "by": 0.1}}, "metric"),  # not estimated
+    ({"estimated_quality_drop": {"metric": "accuracy", "by": -0.1}}, "greater than 0"),
+    ({"estimated_quality_drop": {"metric": "accuracy"}}, "by"),
+])
+def test_a_malformed_estimated_condition_is_refused(when: dict, why: str) -> None:
+    with pytest.raises(ValidationError, match=why):
+        _rule(when)
+
+
+def test_an_estimated_drop_is_measured_from_the_held_out_sets_figure() -> None:
+    rule = _rule({"estimated_quality_drop": {"metric": "accuracy", "by": 0.1}}, min_rows=100)
+    assert (rule.when.family, rule.event_type) == ("estimated", "vigil.quality.estimated_drop")
+    verdict = judge_estimated(rule, WINDOW, _estimate({"accuracy": 0.80}))
+    assert verdict.breached is True and verdict.window == 3
+    assert verdict.crossed[0].statistic == "estimated_accuracy_drop"
+    assert verdict.crossed[0].value == pytest.approx(0.16)
+    assert judge_estimated(rule, WINDOW, _estimate({"accuracy": 0.90})).breached is False
+    for estimate, why in [(_estimate({"accuracy": 0.5}, rows=99), "99 rows estimated"),
+                          (_estimate({}, available=False), "no estimate: no profile"),
+                          (_estimate({"accuracy": None}), "not defined"),
+                          (_estimate({"accuracy": 0.5}, reference={}), "not defined")]:
+        verdict = judge_estimated(rule, WINDOW, estimate)
+        assert verdict.breached is None and why in verdict.detail
+
+
+def test_windows_are_estimated_for_the_rules_once_their_records_are_in(repo, tmp_path, outbox,
+                                                                       monkeypatch) -> None:
+    rule = _rule({"estimated_quality_drop": {"metric": "accuracy", "by": 0.1}}, min_rows=50)
+    stack = Stack(repo, tmp_path, outbox, [rule])
+    calls: list[tuple[float, float]] = []
+
+    def estimated(state, opened_at: float, closed_at: float) -> dict[str, Any]:
+        calls.append((opened_at, closed_at))
+        return _estimate({"accuracy": 0.70})
+
+    monkeypatch.setattr(stack.join, "estimated", estimated)
+    stack.serve_window(at=10.0, right=70)  # closes at 11
+    assert stack.join.estimate_due(15.0) == []  # its last records may still be on the way
+    (due,) = stack.join.estimate_due(21.0)
+    assert due[:2] == ("breast_cancer", "1") and due[2].index == 1 and len(calls) == 1
+    stack.engine.on_estimated(*due, now=21.0)
+    (fired,) = _events(outbox)
+    assert fired["type"] == "vigil.quality.estimated_drop"
+    assert stack.join.estimate_due(30.0) == []  # each window once
+    stack.serve_window(at=40.0, right=70)
+    assert stack.join.estimate_due(100.0, wanted=False) == []  # no such rule: nothing waits
+    assert stack.join.estimating == {}
