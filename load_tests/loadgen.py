@@ -31,6 +31,12 @@ DEFAULT_MIX: tuple[tuple[str, str, int, int], ...] = (
 )
 
 
+# A keep-alive connection idle this long is not reused: HAProxy closes a client connection
+# idle for RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S (10 s as the Makefile runs it), and a request
+# written as it closes fails without an answer (the race every keep-alive client must avoid).
+MAX_IDLE_S = 4.0
+
+
 @dataclass(frozen=True)
 class Body:
     """One ready-to-send request (headers and body) and its label for the tables."""
@@ -86,6 +92,7 @@ class Connection:
         self.host_port = f"{HOST}:{port}"
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self.used_at = time.monotonic()
 
     async def send(self, request: bytes) -> tuple[int, bytes]:
         if self.writer is None:
@@ -116,6 +123,7 @@ class Connection:
             payload = await self.reader.readexactly(length)
         if close:
             self.close()
+        self.used_at = time.monotonic()
         return status, payload
 
     def close(self) -> None:
@@ -220,6 +228,8 @@ class Load:
                         self._record.late += 1
                 next_at = max(next_at + 1.0 / self.rate, now - 1.0)
             connection = idle.pop() if idle else Connection(self.port)
+            if time.monotonic() - connection.used_at > MAX_IDLE_S:
+                connection.close()  # the server may be closing it right now: a new one
             task = asyncio.get_running_loop().create_task(self._one(connection, self._pick()))
             tasks.add(task)
             task.add_done_callback(lambda t, c=connection: finished(t, c))

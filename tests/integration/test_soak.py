@@ -31,7 +31,7 @@ def test_a_minute_of_mixed_load_fails_nothing_and_leaves_every_process_flat(vigi
 
     rows, watcher = soak.run_soak(port, vigil.token, bodies, ours, 0.7 * capacity, SECONDS,
                                   INTERVAL_S)
-    result = soak.verdict(rows, WARMUP_S, watcher.replaced)
+    result = soak.verdict(rows, WARMUP_S, watcher)
     soak.write_csv(rows, tmp_path / "soak.csv")
     print("\n".join(soak.summary_lines(result)))
 
