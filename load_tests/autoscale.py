@@ -272,6 +272,18 @@ def scenario(args: argparse.Namespace, cluster: RayCluster, models: Path, token:
     return doc
 
 
+def decisions(doc: dict[str, Any]) -> None:
+    """When Serve decided: the first replica STARTING after the rise, STOPPING after the drop
+    (the rest of the scale-up is the replicas' start; of the scale-down, their draining)."""
+    phases = {p["phase"]: p for p in doc["phases"]}
+    for key, phase, state in (("up_decided_s", "up", "STARTING"),
+                              ("down_decided_s", "checks", "STOPPING")):
+        if phase in phases:
+            since = phases[phase]["from_s"]
+            doc[key] = next((round(p["t_s"] - since, 1) for p in doc["replicas"]
+                             if p["t_s"] >= since and state in p["other"]), None)
+
+
 def verdict(doc: dict[str, Any]) -> dict[str, bool]:
     versions = doc.get("version_at_each_replica") or {}
     after = doc.get("version_after_rollback") or {}
@@ -295,9 +307,10 @@ def table(doc: dict[str, Any], checks: dict[str, bool]) -> list[str]:
     for p in doc["phases"]:
         lines.append(f"{p['phase']:<8} {p['clients']:>7} {p['from_s']:>7} {p['to_s']:>7} "
                      f"{p['answered']:>9} {p['failed']:>7} {p['p50_ms']!s:>8} {p['p99_ms']!s:>8}")
-    lines.append(f"time to scale up 1 -> 4: {doc.get('scale_up_s')} s (from the rise to "
-                 f"{doc['phases'][1]['clients'] if len(doc['phases']) > 1 else '?'} clients); "
-                 f"down 4 -> 1: {doc.get('scale_down_s')} s (from the drop to 1 client)")
+    lines.append(f"time to scale up 1 -> 4: {doc.get('scale_up_s')} s from the rise in clients "
+                 f"(first replica STARTING at {doc.get('up_decided_s')} s); down 4 -> 1: "
+                 f"{doc.get('scale_down_s')} s from the drop to 1 client (first STOPPING at "
+                 f"{doc.get('down_decided_s')} s)")
     peak = doc.get("monitor_at_peak") or {}
     lines.append(f"monitor during the peak: {peak.get(MODEL, 0):.0f} request facts received, "
                  f"{peak.get('dropped', 0):.0f} dropped (load shedding: serving first)")
@@ -372,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         with procs.signals_deferred():
             cluster.stop()
             shutil.rmtree(work, ignore_errors=True)
+    decisions(doc)
     checks = verdict(doc)
     doc.update({"checks": checks, "passed": all(checks.values()), "config": str(CONFIG),
                 "machine": report.machine_info(None, REPO_ROOT),
