@@ -312,8 +312,11 @@ def table(doc: dict[str, Any], checks: dict[str, bool]) -> list[str]:
                  f"{doc.get('scale_down_s')} s from the drop to 1 client (first STOPPING at "
                  f"{doc.get('down_decided_s')} s)")
     peak = doc.get("monitor_at_peak") or {}
-    lines.append(f"monitor during the peak: {peak.get(MODEL, 0):.0f} request facts received, "
-                 f"{peak.get('dropped', 0):.0f} dropped (load shedding: serving first)")
+    answered = next((p["answered"] for p in doc["phases"] if p["phase"] == "up"), 0)
+    lines.append(f"monitor during the peak: the facts of {peak.get(MODEL, 0):.0f} of {answered} "
+                 f"answered requests received, {peak.get('dropped', 0):.0f} counted dropped by it; "
+                 "flushes a replica drops whole while the monitor is busy are counted by the "
+                 "replica (ray_vigil_samples_dropped_requests_total)")
     changes, last = [], None
     for point in doc["replicas"]:
         state = (point["RUNNING"], tuple(sorted(point["other"].items())))
