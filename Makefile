@@ -37,7 +37,7 @@ export PYTHONUNBUFFERED := 1
 # The Serve config `make serve` and `make deploy` run: `make serve CONFIG=my-serve.yaml`.
 CONFIG ?= configs/serve.yaml
 
-.PHONY: demo ingress-env abuse faults serve test bench bench-stall bench-versions bench-peers deploy stop models lint clean observe dashboards lock-gpu lock sbom install-locked docs docs-serve
+.PHONY: demo soak autoscale ingress-env abuse faults serve test bench bench-stall bench-versions bench-peers deploy stop models lint clean observe dashboards lock-gpu lock sbom install-locked docs docs-serve
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -159,6 +159,20 @@ abuse: $(VENV)/.dev-installed
 ## FAULTS_ARGS="--only replica_killed" for one (docs/operations.md, "Fault drills")
 faults: $(VENV)/.dev-installed
 	$(BIN)/python -m load_tests.faults $(FAULTS_ARGS)
+
+## soak: mixed load at 70% of the measured throughput for SOAK_S seconds (default 600; 21600 for
+## six hours), every Vigil process's RSS, CPU and fds, the outbox and the window lag recorded every
+## SOAK_INTERVAL_S (60); pass/fail, load_tests/results/soak.{csv,png,json} (docs/performance.md, "Soak")
+SOAK_S ?= 600
+SOAK_INTERVAL_S ?= 60
+soak: $(VENV)/.dev-installed
+	$(BIN)/python -m load_tests.soak --seconds $(SOAK_S) --interval $(SOAK_INTERVAL_S)
+
+## autoscale: configs/serve-autoscaling.yaml under 1 -> 64 -> 1 clients: replicas against time, time to
+## scale up and down, failed requests, alias changes and samples on every replica; pass/fail,
+## load_tests/results/autoscale.json (docs/performance.md, "Autoscaling")
+autoscale: $(VENV)/.dev-installed
+	$(BIN)/python -m load_tests.autoscale
 
 ## bench-stall: only the stall benchmark (builds its own models)
 bench-stall: $(VENV)/.dev-installed

@@ -79,6 +79,14 @@ class ReplicaMetrics:
             description="Sampled rows a replica dropped instead of sending them to the monitor.",
             tag_keys=("model", "version", "reason"),
         )
+        self.sample_requests_dropped = metrics.Counter(
+            "vigil_samples_dropped_requests_total",
+            description="Request facts (latency and status, one per request, sampled or not) a "
+            "replica dropped instead of sending them to the monitor, by reason (buffer_full, "
+            "monitor_busy, monitor_unavailable): the monitor's request counts, error ratios and "
+            "latency quantiles miss these requests.",
+            tag_keys=("model", "version", "reason"),
+        )
         self.samples_sent = metrics.Counter(
             "vigil_samples_sent_rows_total",
             description="Sampled rows a replica handed to the monitor.",
