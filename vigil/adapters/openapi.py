@@ -54,10 +54,12 @@ def document(routes: Sequence[tuple[str, str, str | None]], version: str) -> dic
             raise UndocumentedRoute(f"{method} {path} is not described in "
                                     "vigil.core.http_api.OPERATIONS") from None
         operation = dict(described)
+        own = operation.pop("path_parameters", {})
         names = _PARAM.findall(path)
         operation["operationId"] = _operation_id(method, path)
         operation["parameters"] = [
-            {"name": n, "in": "path", "required": True, "schema": http_api.PATH_PARAMETERS[n]}
+            {"name": n, "in": "path", "required": True,
+             "schema": own.get(n, http_api.PATH_PARAMETERS[n])}
             for n in names] + list(described.get("parameters", []))
         responses = dict(described["responses"])
         if scope == OPEN:

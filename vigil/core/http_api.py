@@ -34,6 +34,15 @@ BINARY = "application/octet-stream"
 NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 ADMIN_ACTIONS = sorted({a.spec.route for a in AliasAction if a.spec.route is not None})
 
+# The examples are the models `vigil examples build` makes; alias changes name another, so that
+# a tool that tries the examples (a fuzzer) never moves a served model's aliases.
+PATH_PARAMETERS: dict[str, dict[str, Any]] = {
+    "model": {"type": "string", "pattern": NAME_PATTERN, "examples": ["breast_cancer", "mlp"]},
+    "version": {"type": "string", "pattern": NAME_PATTERN, "examples": ["1"]},
+    "action": {"type": "string", "enum": ADMIN_ACTIONS},
+}
+CHANGED_MODEL = {"type": "string", "pattern": NAME_PATTERN, "examples": ["my-model"]}
+
 
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
@@ -290,6 +299,7 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
                                         "maximum": MAX_HISTORY_LIMIT}, "Entries (default 100).")],
         "responses": {**_ok("History"), **_errors(400)}},
     ("POST", "/v2/repository/models/{model}/{action}"): {
+        "path_parameters": {"model": CHANGED_MODEL},
         "summary": "Change the model's aliases; answered once every replica serves it.",
         "requestBody": {"required": False, "content": {JSON: {"schema": _ref("Change")}}},
         "responses": {**_ok("ChangeResult"), **_errors(400, 404, 409, 413, 503)}},
@@ -327,8 +337,3 @@ MONITOR_ROUTES: dict[tuple[str, str], str] = {
     ("GET", f"{MONITOR_PREFIX}/v1/models/{{model}}/rows"): "monitor",
 }
 
-PATH_PARAMETERS: dict[str, dict[str, Any]] = {
-    "model": {"type": "string", "pattern": NAME_PATTERN},
-    "version": {"type": "string", "pattern": NAME_PATTERN},
-    "action": {"type": "string", "enum": ADMIN_ACTIONS},
-}
