@@ -105,6 +105,8 @@ def server(repo: Path) -> Server:
         ("canary", {"version": "2", "weight": 0.5}, 409, "m/2 has not been validated"),
         ("canary", {"version": "2", "weight": 0.5, "force": True}, 400,
          "a forced canary needs a reason"),
+        ("promote", {"version": "2", "reason": "x" * 70_000}, 413,
+         "admin request bodies are at most 65536 bytes"),
     ],
 )
 def test_refusals_are_json_with_their_status(server: Server, action: str, body: dict,
