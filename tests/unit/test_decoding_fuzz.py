@@ -214,3 +214,58 @@ def test_what_is_not_a_message_is_refused_as_such(raw) -> None:
         with pytest.raises(UnreadableMessage) as caught:
             read(raw)
         assert caught.value.reason == "not_a_message"
+
+
+# ------------------------------------------------------------------ what the monitor does with them
+
+def _column(n: int) -> st.SearchStrategy[np.ndarray]:
+    """One sampled tensor of `n` rows as a replica of this or another release might send it."""
+    floats = st.floats(allow_nan=True, allow_infinity=True, width=32)
+    return st.one_of(
+        st.builds(lambda v, w: np.full((n, w), v, np.float32), floats, st.integers(1, 31)),
+        st.builds(lambda vs: np.resize(np.asarray(vs, np.float64), (n, 30)),
+                  st.lists(st.floats(), min_size=1, max_size=5)),
+        st.builds(lambda v: np.full((n, 30), v, np.int64), st.integers(-(2**63), 2**63 - 1)),
+        st.builds(lambda v: np.full(n, v, object), st.one_of(st.text(max_size=3), st.none())),
+        st.builds(lambda: np.zeros((n, 30), bool)),
+        st.builds(lambda: np.zeros((n, 2, 15), np.float16)),
+    )
+
+
+@st.composite
+def cancer_messages(draw: st.DrawFn) -> SampleMessage:
+    """breast_cancer/1's samples, read as well formed by read_message, with any values."""
+    n = draw(st.integers(0, 60))
+    requests = draw(st.integers(0, 5))
+    return SampleMessage(
+        "breast_cancer", "1",
+        {"input": draw(_column(n))} if draw(st.integers(0, 5)) else {},
+        draw(st.dictionaries(st.sampled_from(["label", "probabilities", "other"]), _column(n),
+                             max_size=3)),
+        np.asarray(draw(st.lists(st.floats(min_value=0), min_size=requests,
+                                 max_size=requests)), np.float64),
+        np.asarray(draw(st.lists(st.integers(-1, 999), min_size=requests, max_size=requests)),
+                   np.int64),
+        draw(st.integers(0, 3)), draw(st.integers(0, 3)), 0, draw(st.integers(0, 2)))
+
+
+@pytest.fixture(scope="module")
+def monitor_service(example_root):
+    from monitoring.service import MonitorService
+    from monitoring.settings import MonitorAppSettings, MonitorSettings
+
+    return MonitorService(MonitorAppSettings(model_repository=example_root),
+                          MonitorSettings(window={"rows": 100, "seconds": None}), now=0.0)
+
+
+@settings(max_examples=int(os.environ.get("VIGIL_HYPOTHESIS_EXAMPLES", "150")), deadline=None,
+          suppress_health_check=list(HealthCheck))
+@given(messages=st.lists(cancer_messages(), min_size=1, max_size=4))
+def test_the_monitor_takes_or_drops_any_readable_message_and_never_raises(
+        monitor_service, messages) -> None:
+    """Values a profile does not expect (NaN, Inf, strings, other shapes) are counted as dropped
+    or evaluated; windows close and are judged; nothing raises into the replica's call."""
+    before = monitor_service.versions[("breast_cancer", "1")].rows_received
+    monitor_service.ingest(messages, now=1.0)
+    state = monitor_service.versions[("breast_cancer", "1")]
+    assert state.rows_received == before + sum(m.rows for m in messages)
