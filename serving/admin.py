@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from typing import Any
 
@@ -37,6 +38,7 @@ from vigil.core.rollout import PlanRefused
 logger = logging.getLogger("vigil.admin")
 MAX_ADMIN_BODY = 64 * 1024
 PREFIX = "/v2/repository"
+_LIMIT = re.compile(r"[0-9]{1,7}")  # a history limit as a query gives it
 _FIELDS = {"version", "weight", "sticky_header", "reason", "force", "parameters", "plan"}
 
 
@@ -165,7 +167,8 @@ class Admin:
         MAX_HISTORY_LIMIT), oldest first; `more` says whether older ones exist."""
         name = _model_name(request)
         raw = request.query_params.get("limit", str(HISTORY_LIMIT))
-        if not raw.isdigit() or not 1 <= int(raw) <= MAX_HISTORY_LIMIT:
+        # ASCII digits, and few: str.isdigit takes "³", and int() refuses past 4,300 digits.
+        if not _LIMIT.fullmatch(raw) or not 1 <= int(raw) <= MAX_HISTORY_LIMIT:
             raise BadAdminRequest(f"limit must be an integer from 1 to {MAX_HISTORY_LIMIT}, "
                                   f"not {raw!r}")
         entries, more = await asyncio.to_thread(audit.tail, self.models.root, name, int(raw))
