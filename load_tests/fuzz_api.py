@@ -79,7 +79,8 @@ def run(url: str, token: str, *, max_examples: int, seed: int, models: list[str]
                "VIGIL_FUZZ_CHANGES": "1" if changes else "0", "PYTHONPATH": str(ROOT),
                "NO_COLOR": "1", "COLUMNS": "160"}
         started = time.perf_counter()
-        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False,
+                              cwd=reports)  # its .schemathesis cache goes there
         result.elapsed_s = round(time.perf_counter() - started, 1)
         result.exit_code = done.returncode
         output = done.stdout + done.stderr
