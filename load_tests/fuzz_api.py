@@ -59,7 +59,7 @@ def run(url: str, token: str, *, max_examples: int, seed: int, models: list[str]
     """Run schemathesis against the document at `url` with `token`; what it found."""
     result = FuzzResult(url, max_examples, seed)
     with tempfile.TemporaryDirectory(prefix="vigil-fuzz-") as tmp:
-        reports = report_dir or Path(tmp)
+        reports = (report_dir or Path(tmp)).resolve()
         reports.mkdir(parents=True, exist_ok=True)
         har = reports / "fuzz.har"
         command = [
