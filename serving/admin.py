@@ -3,15 +3,16 @@ changes, each applied to the repository with its audit line in one step, and ans
 replica serves it.
 
 The routes form one sub-application under /v2/repository whose errors are answered by exception
-handlers registered once (`HANDLERS`): a refused change with its status, a bad body 400, the
-alias board down or a change that could not be written 503 (saying whether the change was made),
-and anything else a JSON 500 (a bug).
+handlers registered once (`HANDLERS`): a refused change with its status, a bad body 400 (413
+when larger than MAX_ADMIN_BODY), the alias board down or a change that could not be written 503
+(saying whether the change was made), and anything else a JSON 500 (a bug).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from typing import Any
 
@@ -37,11 +38,20 @@ from vigil.core.rollout import PlanRefused
 logger = logging.getLogger("vigil.admin")
 MAX_ADMIN_BODY = 64 * 1024
 PREFIX = "/v2/repository"
+_LIMIT = re.compile(r"[0-9]{1,7}")  # a history limit as a query gives it
 _FIELDS = {"version", "weight", "sticky_header", "reason", "force", "parameters", "plan"}
 
 
 class BadAdminRequest(Exception):
     """A request the admin routes cannot take (400)."""
+
+    status = 400
+
+
+class AdminBodyTooLarge(BadAdminRequest):
+    """An admin body past MAX_ADMIN_BODY (413, as every body too large)."""
+
+    status = 413
 
 
 class Admin:
@@ -157,7 +167,8 @@ class Admin:
         MAX_HISTORY_LIMIT), oldest first; `more` says whether older ones exist."""
         name = _model_name(request)
         raw = request.query_params.get("limit", str(HISTORY_LIMIT))
-        if not raw.isdigit() or not 1 <= int(raw) <= MAX_HISTORY_LIMIT:
+        # ASCII digits, and few: str.isdigit takes "³", and int() refuses past 4,300 digits.
+        if not _LIMIT.fullmatch(raw) or not 1 <= int(raw) <= MAX_HISTORY_LIMIT:
             raise BadAdminRequest(f"limit must be an integer from 1 to {MAX_HISTORY_LIMIT}, "
                                   f"not {raw!r}")
         entries, more = await asyncio.to_thread(audit.tail, self.models.root, name, int(raw))
@@ -264,7 +275,7 @@ async def _body(request: Request) -> dict[str, Any]:
     async for chunk in request.stream():
         raw += chunk
         if len(raw) > MAX_ADMIN_BODY:
-            raise BadAdminRequest(f"admin request bodies are at most {MAX_ADMIN_BODY} bytes")
+            raise AdminBodyTooLarge(f"admin request bodies are at most {MAX_ADMIN_BODY} bytes")
     if not raw.strip():
         return {}
     try:
@@ -301,7 +312,8 @@ async def _refused(request: Request, exc: Exception) -> Response:
 
 
 async def _bad_request(request: Request, exc: Exception) -> Response:
-    return error_response(400, str(exc))
+    assert isinstance(exc, BadAdminRequest)
+    return error_response(exc.status, str(exc))
 
 
 async def _unavailable(request: Request, exc: Exception) -> Response:
@@ -319,7 +331,7 @@ def failure(exc: Exception) -> tuple[int, str]:
     if isinstance(exc, AliasError):
         return exc.status, str(exc)
     if isinstance(exc, BadAdminRequest):
-        return 400, str(exc)
+        return exc.status, str(exc)
     if isinstance(exc, BoardUnavailable | ChangeFailed):
         return 503, str(exc)
     return 500, f"internal error (a bug): {type(exc).__name__}: {exc}"

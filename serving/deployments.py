@@ -52,7 +52,9 @@ from serving.router import Route as ModelRoute
 from serving.sampling import SampleBuffer
 from serving.settings import BatchSettings, ServerSettings
 from vigil.adapters.boot import Door, web_app
+from vigil.adapters.openapi import with_document
 from vigil.adapters.web import JSON, OPEN, error_response, json_response, request_actor
+from vigil.core.http_api import OPENAPI_PATH
 from vigil.core.repository import RepositoryError
 
 logger = logging.getLogger("vigil.server")
@@ -64,7 +66,7 @@ CANCELLED = 499  # nginx's "client closed request": cancelled before Vigil could
 
 def serving_scope(path: str) -> str | None:
     """The token scope a route of this app needs ('' when open; None: any valid token)."""
-    if path in ("/v2", "/v2/", "/v2/health/live", "/v2/health/ready"):
+    if path in ("/v2", "/v2/", "/v2/health/live", "/v2/health/ready", OPENAPI_PATH):
         return OPEN
     if path.startswith("/v2/models/"):
         return FEEDBACK if is_feedback_path(path) else "infer"
@@ -469,7 +471,8 @@ async def inference_error(request: Request, exc: Exception) -> Response:
 
 def build_asgi_app(server: ModelServer) -> Starlette:
     """Plain Starlette routes (no per-request schema work) bound to one ModelServer, behind the
-    bearer-token guard; InferenceError answered once, by the app's handler."""
+    bearer-token guard, with their OpenAPI document; InferenceError answered once, by the app's
+    handler."""
     s = server
     # Inference first: Ray names each request's route by scanning this list in order.
     routes = [
@@ -489,7 +492,9 @@ def build_asgi_app(server: ModelServer) -> Starlette:
         *s.admin.routes(),
     ]
     guard = s.door.guard(serving_scope, on_reject=s.metrics.auth_rejected)
-    return web_app(routes, [guard, Middleware(InferFastPath, handler=s.infer)],
+    # GET /v2/openapi.json (open, as /v2 is): the document of every route, the monitor's too.
+    return web_app(with_document(routes, serving_scope, SERVER_VERSION),
+                   [guard, Middleware(InferFastPath, handler=s.infer)],
                    handlers={InferenceError: inference_error})
 
 

@@ -161,8 +161,11 @@ async def _read_judging(body: AsyncIterator[bytes], model: OnnxModel, header_len
 
 
 def declared_length(raw: str | None) -> int | None:
-    """A Content-Length header's value; None when absent or not a plain number."""
-    return int(raw) if raw is not None and raw.isascii() and raw.isdigit() else None
+    """A Content-Length header's value; None when absent or not a plain number. Past 19
+    digits it is larger than any body limit (and int() refuses past 4,300 digits): 10**19."""
+    if raw is None or not (raw.isascii() and raw.isdigit()):
+        return None
+    return int(raw) if len(raw) <= 19 else 10**19
 
 
 async def read_body(body: AsyncIterator[bytes], limit: int, declared: int | None, what: str,

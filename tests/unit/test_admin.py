@@ -105,6 +105,8 @@ def server(repo: Path) -> Server:
         ("canary", {"version": "2", "weight": 0.5}, 409, "m/2 has not been validated"),
         ("canary", {"version": "2", "weight": 0.5, "force": True}, 400,
          "a forced canary needs a reason"),
+        ("promote", {"version": "2", "reason": "x" * 70_000}, 413,
+         "admin request bodies are at most 65536 bytes"),
     ],
 )
 def test_refusals_are_json_with_their_status(server: Server, action: str, body: dict,
@@ -184,7 +186,9 @@ def test_history_is_a_bounded_tail(server: Server) -> None:
     assert (doc["limit"], doc["more"]) == (2, True)
     whole = server.call("GET", "/v2/repository/models/m/history").json()
     assert len(whole["entries"]) == 6 and (whole["limit"], whole["more"]) == (100, False)
-    for bad in ("0", "1001", "ten", "-1"):
+    # "³" and "²" are digits to str.isdigit and not to int(); 5,000 digits are past int()'s
+    # limit: each was a 500 (found by schemathesis, tests/integration/test_fuzz_api.py).
+    for bad in ("0", "1001", "ten", "-1", "%C2%B3", "%C2%B2", "1" * 5000, "+5", "5%20"):
         answer = server.call("GET", f"/v2/repository/models/m/history?limit={bad}")
         assert answer.status_code == 400 and "limit must be an integer from 1 to 1000" in \
             answer.json()["error"]

@@ -170,3 +170,15 @@ def test_the_policy_scales_on_working_requests_not_on_bodies_still_arriving() ->
 
 def test_until_replicas_report_serves_own_count_stands_in() -> None:
     assert working_requests_policy(_context(None, total=256.0))[0] == 4.0
+
+
+@pytest.mark.parametrize(("raw", "length"), [
+    (None, None), ("12", 12), ("", None), ("-1", None), ("1.5", None), (" 5", None),
+    ("²", None), ("1" * 19, int("1" * 19)),
+    # past any body limit (and past int()'s 4,300 digits: it was a 500): larger than every limit
+    ("9" * 20, 10**19), ("1" * 5000, 10**19),
+])
+def test_a_content_length_is_a_plain_number_or_none(raw, length) -> None:
+    from serving.intake import declared_length
+
+    assert declared_length(raw) == length
