@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from examples.retraining import TOKEN_ENV, RetrainError, Retrainer
+from examples.retraining import MIN_LABELLED_ROWS, TOKEN_ENV, RetrainError, Retrainer
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,9 +32,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="the CloudEvent id that asked for it (recorded in the metadata)")
     parser.add_argument("--actor", default="retrain",
                         help="who publishes, in the audit log as ACTOR:EVENT_ID (default: retrain)")
+    parser.add_argument("--min-labelled-rows", type=int, default=MIN_LABELLED_ROWS, metavar="N",
+                        help="train on the window's labelled rows and their true labels alone "
+                        f"when it has at least N; else on pseudo-labels (default: "
+                        f"{MIN_LABELLED_ROWS})")
     args = parser.parse_args(argv)
+    if args.min_labelled_rows < 1:
+        parser.error("--min-labelled-rows must be at least 1")
     retrainer = Retrainer(args.models_dir, args.monitor_url, os.environ.get(TOKEN_ENV) or None,
-                          actor=args.actor)
+                          actor=args.actor, min_labelled_rows=args.min_labelled_rows)
     try:
         outcome = retrainer.retrain(args.event_id, args.version)
     except RetrainError as exc:

@@ -42,12 +42,20 @@ Retraining (examples.retraining; one job at a time):
 
 1. GET {monitor-url}/v1/models/breast_cancer/rows?version=<version>: the sampled rows of the
    last closed window (the 30 feature columns and the model's outputs ``label``,
-   ``probabilities_0``, ``probabilities_1``). Rows with missing or non-finite values are dropped.
-2. Pseudo-labels. Live rows come without ground truth, so each one is labelled with the served
-   model's own prediction (its ``label`` column). Training on them moves the scaler and the
-   decision boundary towards the new input distribution, but it can only confirm what the
-   served model already believes, its mistakes included: a real pipeline joins the rows with
-   true outcomes (or human labels) before retraining. This example shows the plumbing.
+   ``probabilities_0``, ``probabilities_1``) and, aligned with them, ``labels``: the ground
+   truth posted for each row's request through the feedback route
+   (``POST /v2/models/breast_cancer/feedback``), null where none was (the monitor joins them by
+   request id: sampled rows carry their request's id). Rows with missing or non-finite values
+   are dropped.
+2. Labels. With at least --min-labelled-rows (20) labelled rows, it trains on those rows and
+   their true labels alone; the unlabelled rows are left out, so the served model's mistakes
+   are not taught back to it. With fewer (no feedback pipeline, or labels not in yet), it falls
+   back to pseudo-labels: every row, labelled with its true label where it has one and the
+   served model's own prediction (its ``label`` column) elsewhere. That moves the scaler and the
+   decision boundary towards the new input distribution, but can only confirm what the served
+   model already believes, its mistakes included. The version's metadata (``labels``,
+   ``window_labels``: ground_truth or pseudo, ``window_rows_labelled``) and the job's outcome
+   (``labels``, ``labels_detail``) say which it was.
 3. The rows are appended to the version's reference data (reference.parquet: the features and
    ``target``), a StandardScaler + LogisticRegression is trained on it (float32) and converted
    to ONNX as vigil.tools.examples builds breast_cancer/1.
@@ -57,7 +65,7 @@ Retraining (examples.retraining; one job at a time):
    create (all of it or none of it appears), and an audit entry by ``receiver:<event id>``.
    A number another publisher takes first is skipped for the next. The training frame is kept
    as the version's reference.parquet. Metadata says where it came from: trained_from_event,
-   parent_version, window_rows.
+   parent_version, window_rows, and what its window rows' labels are.
 5. The outcome (new version and rows used, or the error) is logged and stored with the event.
    If the monitor cannot be reached or has no rows (404, 409), nothing is published.
 
@@ -110,7 +118,7 @@ from examples.receiver_events import (
 )
 from examples import shipping
 from examples.github_dispatch import GitHubDispatch
-from examples.retraining import TOKEN_ENV, Retrainer
+from examples.retraining import MIN_LABELLED_ROWS, TOKEN_ENV, Retrainer
 
 logger = logging.getLogger("vigil.retrain_receiver")
 
@@ -141,7 +149,7 @@ class Receiver:
         cls, *, models_dir: str | Path, monitor_url: str, state_path: str | Path,
         secrets: str | None = None, token: str | None = None, read_token: str | None = None,
         forward: GitHubDispatch | None = None, shipper: shipping.Shipping | None = None,
-        shuffle_labels: bool = False,
+        shuffle_labels: bool = False, min_labelled_rows: int = MIN_LABELLED_ROWS,
     ) -> Receiver:
         """`secrets`, `token` and `read_token` default to $VIGIL_WEBHOOK_SECRET, $VIGIL_TOKEN and
         $VIGIL_RECEIVER_TOKEN. ValueError names what is missing or malformed."""
@@ -151,7 +159,7 @@ class Receiver:
             read_token = os.environ.get(READ_TOKEN_ENV) or None
         reader = ReadAccess(read_token)
         retrainer = Retrainer(Path(models_dir), monitor_url, token, shipper=shipper,
-                              shuffle_labels=shuffle_labels)
+                              shuffle_labels=shuffle_labels, min_labelled_rows=min_labelled_rows)
         return cls(verifiers, EventStore(state_path), reader, retrainer, forward)
 
     def verified_event(self, body: bytes, headers: Mapping[str, str], peer: str) -> dict[str, Any]:
@@ -330,6 +338,9 @@ def _parser() -> argparse.ArgumentParser:
         help="forward each event to GitHub's repository_dispatch (token in $GITHUB_TOKEN) "
         "instead of retraining here: .github/workflows/retrain.yml takes it from there")
     add("--github-api-url", default="https://api.github.com", help=argparse.SUPPRESS)
+    add("--min-labelled-rows", type=int, default=MIN_LABELLED_ROWS, metavar="N",
+        help="train on the window's labelled rows and their true labels alone when it has at "
+        f"least N of them; else on pseudo-labels (default: {MIN_LABELLED_ROWS})")
     shipping.add_arguments(parser)
     return parser
 
@@ -350,7 +361,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         app = build_app(models_dir=args.models_dir, monitor_url=args.monitor_url,
                         state_path=args.state, forward=forward,
                         shipper=shipping.from_args(args),
-                        shuffle_labels=args.train_on_shuffled_labels)
+                        shuffle_labels=args.train_on_shuffled_labels,
+                        min_labelled_rows=args.min_labelled_rows)
     except ValueError as exc:
         parser.error(str(exc))
     import uvicorn

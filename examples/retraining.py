@@ -1,5 +1,14 @@
 """The example's retraining job: breast_cancer retrained from a drifted version's reference data
-and the monitor's window rows, and published as the next version through Vigil's publishing."""
+and the monitor's window rows, and published as the next version through Vigil's publishing.
+
+The window's rows come with the ground-truth labels posted for their requests through the
+feedback route (the monitor's rows endpoint joins them). With at least ``min_labelled_rows``
+(MIN_LABELLED_ROWS, 20) labelled rows, the job trains on those rows and their true labels alone,
+leaving the unlabelled ones out. With fewer, a handful of true labels would hardly move a model
+trained on the 426 reference rows, so it falls back to every row, labelled with its true label
+where it has one and with the served model's own prediction elsewhere (pseudo-labels, which can
+only confirm what the model believes); the version's metadata (``labels``, ``window_labels``)
+and the job's outcome say which it was."""
 
 from __future__ import annotations
 
@@ -39,6 +48,7 @@ logger = logging.getLogger("vigil.retrain_receiver")
 TOKEN_ENV = "VIGIL_TOKEN"
 TARGET = "target"  # the label column of reference.parquet
 PREDICTED = "label"  # the model's predicted class in the monitor's rows
+MIN_LABELLED_ROWS = 20  # labelled window rows needed to train on ground truth alone
 MONITOR_TIMEOUT_S = 30.0
 PUBLISH_TRIES = 5  # next versions tried when another publisher takes each one first
 
@@ -58,6 +68,35 @@ class Parent:
 
 
 @dataclass(frozen=True)
+class WindowRows:
+    """The window's rows to train on: features (float32) and labels, and where the labels came
+    from. `ground_truth`: every label is one posted through the feedback route; else the rows
+    without one carry the served model's prediction (pseudo-labels)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    ground_truth: bool
+    labelled: int  # rows used with a posted label
+    dropped: int  # rows left out as unusable: a non-finite feature, a label that is no class
+    unlabelled: int  # rows left out for having no label (when training on ground truth)
+    min_labelled: int  # the threshold it was judged by
+
+    @property
+    def kind(self) -> str:
+        return "ground_truth" if self.ground_truth else "pseudo"
+
+    def describe(self, version: str) -> str:
+        """What the window rows' labels are, in words (the version's `labels` metadata)."""
+        if self.ground_truth:
+            return (f"ground truth: the window's {self.labelled} labelled rows, with the labels "
+                    f"posted through Vigil's feedback route ({self.unlabelled} unlabelled rows "
+                    "left out)")
+        return (f"pseudo-labels: window rows carry {MODEL}/{version}'s own predictions, not "
+                f"ground truth, except {self.labelled} rows with posted labels (fewer than the "
+                f"{self.min_labelled} needed to train on ground truth alone)")
+
+
+@dataclass(frozen=True)
 class Trained:
     """A retrained model: its ONNX bytes, the frame it was trained on and the figures."""
 
@@ -73,8 +112,12 @@ class Retrainer:
 
     def __init__(self, models_dir: Path, monitor_url: str, token: str | None,
                  timeout_s: float = MONITOR_TIMEOUT_S, actor: str = "receiver",
-                 shipper: Shipping | None = None, shuffle_labels: bool = False) -> None:
+                 shipper: Shipping | None = None, shuffle_labels: bool = False,
+                 min_labelled_rows: int = MIN_LABELLED_ROWS) -> None:
+        if min_labelled_rows < 1:
+            raise ValueError(f"min_labelled_rows must be at least 1, got {min_labelled_rows}")
         self.models_dir = Path(models_dir)
+        self.min_labelled_rows = min_labelled_rows
         self.shipper = shipper  # gates each published version and starts its rollout
         self.shuffle_labels = shuffle_labels  # a deliberately worse candidate (the demo's)
         self.monitor_url = monitor_url.rstrip("/")
@@ -90,9 +133,10 @@ class Retrainer:
             store.set_retrained(event_id, {"status": "running", "started_at": started_at})
             try:
                 outcome: dict[str, Any] = {"status": "published", **self.retrain(event_id, parent)}
-                logger.info("event %s: published %s/%s from %s/%s (%d reference + %d window rows)",
-                            event_id, MODEL, outcome["version"], MODEL, parent,
-                            outcome["reference_rows"], outcome["window_rows"])
+                logger.info("event %s: published %s/%s from %s/%s (%d reference + %d window "
+                            "rows, labels: %s)", event_id, MODEL, outcome["version"], MODEL,
+                            parent, outcome["reference_rows"], outcome["window_rows"],
+                            outcome["labels_detail"])
             except RetrainError as exc:
                 outcome = {"status": "failed", "error": str(exc)}
                 logger.warning("event %s: %s/%s not retrained: %s", event_id, MODEL, parent, exc)
@@ -109,7 +153,8 @@ class Retrainer:
         nothing was published)."""
         start = self.parent(parent)
         doc = self.fetch_rows(parent)
-        trained = retrained_model(start, doc, event_id, self.shuffle_labels)
+        trained = retrained_model(start, doc, event_id, self.shuffle_labels,
+                                  self.min_labelled_rows)
         version = self.publish(trained, f"{self.actor}:{event_id}")
         outcome = {"version": version.manifest.version, **trained.outcome}
         if self.shipper is not None:
@@ -143,7 +188,8 @@ class Retrainer:
         return Parent(version, dict(manifest.metadata), [str(f) for f in features], reference)
 
     def fetch_rows(self, version: str) -> dict[str, Any]:
-        """The monitor's rows of the version's last closed window."""
+        """The monitor's rows of the version's last closed window, each with its label or
+        null (monitoring.label_join.LabelJoin.rows_doc)."""
         url = f"{self.monitor_url}/v1/models/{MODEL}/rows"
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         try:
@@ -202,18 +248,19 @@ class Retrainer:
         return read_manifest(version_dir).sha256 != hashlib.sha256(onnx_bytes).hexdigest()
 
 
-def retrained_model(parent: Parent, doc: Any, event_id: str,
-                    shuffle_labels: bool = False) -> Trained:
-    """The model trained on the parent's reference data plus the window's pseudo-labelled rows,
-    with the metadata that says where it came from; `shuffle_labels`: on labels shuffled
-    across rows, a model that has learnt nothing (the demo's bad candidate)."""
+def retrained_model(parent: Parent, doc: Any, event_id: str, shuffle_labels: bool = False,
+                    min_labelled_rows: int = MIN_LABELLED_ROWS) -> Trained:
+    """The model trained on the parent's reference data plus the window's rows (window_rows:
+    with their true labels, or pseudo-labelled), with the metadata that says where it came
+    from; `shuffle_labels`: on labels shuffled across rows, a model that has learnt nothing
+    (the demo's bad candidate)."""
     import pandas as pd
 
     ref_x = parent.reference[parent.features].to_numpy(np.float32)
     ref_y = parent.reference[TARGET].to_numpy(np.int64)
-    win_x, win_y, dropped = window_rows(doc, parent.features, parent.version,
-                                        classes=np.unique(ref_y))
-    x, y = np.concatenate([ref_x, win_x]), np.concatenate([ref_y, win_y])
+    win = window_rows(doc, parent.features, parent.version, classes=np.unique(ref_y),
+                      min_labelled=min_labelled_rows)
+    x, y = np.concatenate([ref_x, win.x]), np.concatenate([ref_y, win.y])
     if shuffle_labels:
         seed = int.from_bytes(hashlib.sha256(event_id.encode()).digest()[:8], "big")
         y = np.random.default_rng(seed).permutation(y)
@@ -227,28 +274,37 @@ def retrained_model(parent: Parent, doc: Any, event_id: str,
         "feature_names": parent.features,
         **({"classes": meta["classes"]} if "classes" in meta else {}),
         "training_rows": len(y),
-        "training_accuracy": accuracy,  # on its training rows, pseudo-labels included
-        "source": f"{MODEL}/{parent.version} reference data + monitor window rows, pseudo-labelled",
+        "training_accuracy": accuracy,  # on its training rows, pseudo-labels included if any
+        "source": f"{MODEL}/{parent.version} reference data + monitor window rows, "
+                  + ("with ground-truth labels" if win.ground_truth else "pseudo-labelled"),
         "labels": ("shuffled across rows: a deliberately worse candidate" if shuffle_labels else
-                   f"window rows carry {MODEL}/{parent.version}'s own predictions, not ground "
-                   "truth"),
+                   win.describe(parent.version)),
+        "window_labels": win.kind,
         "trained_from_event": event_id,
         "parent_version": parent.version,
         "window_index": window.get("index"),
-        "window_rows": len(win_y),
-        "window_rows_dropped": dropped,
+        "window_rows": len(win.y),
+        "window_rows_labelled": win.labelled,
+        "window_rows_unlabelled": win.unlabelled,
+        "window_rows_dropped": win.dropped,
     }
-    outcome = {"reference_rows": len(ref_y), "window_rows": len(win_y),
-               "window_rows_dropped": dropped, "window_index": window.get("index"),
+    outcome = {"reference_rows": len(ref_y), "window_rows": len(win.y),
+               "window_rows_dropped": win.dropped, "window_index": window.get("index"),
+               "labels": win.kind, "labelled_rows": win.labelled,
+               "unlabelled_rows_left_out": win.unlabelled,
+               "labels_detail": win.describe(parent.version),
                "training_accuracy": accuracy}
     return Trained(onnx_bytes, frame, metadata, outcome)
 
 
-def window_rows(
-    doc: Any, features: Sequence[str], version: str, classes: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """(features as float32, pseudo-labels, rows dropped) from the monitor's rows document.
-    The label of each row is the served model's prediction: there is no ground truth."""
+def window_rows(doc: Any, features: Sequence[str], version: str, classes: np.ndarray,
+                min_labelled: int = MIN_LABELLED_ROWS) -> WindowRows:
+    """The rows to train on from the monitor's rows document. Its `labels` (one per row, null
+    where the request was not labelled; absent from a monitor before labels) decide: with at
+    least `min_labelled` usable labelled rows, those rows with their true labels; else every
+    usable row, with its true label where it has one and the served model's prediction (its
+    `label` column) elsewhere. A row with a non-finite feature, or a label that is not one of
+    `classes`, is dropped."""
     if not isinstance(doc, dict) or not isinstance(doc.get("columns"), dict):
         raise RetrainError("the monitor's rows have no 'columns'")
     if (doc.get("model"), doc.get("version")) != (MODEL, version):
@@ -267,13 +323,36 @@ def window_rows(
         predicted = np.array(wanted[-1], dtype=np.float64)
     except (TypeError, ValueError):
         raise RetrainError("the window's columns are not numeric") from None
+    truth = _labels(doc.get("labels"), len(predicted))
     with np.errstate(over="ignore"):
         x32 = x.astype(np.float32)
-    keep = np.isfinite(x32).all(axis=1) & np.isin(predicted, classes)
+    finite = np.isfinite(x32).all(axis=1)
+    has_label = ~np.isnan(truth)
+    usable_truth = finite & np.isin(truth, classes)
+    labelled = int(usable_truth.sum())
+    if labelled >= min_labelled:
+        return WindowRows(x32[usable_truth], truth[usable_truth].astype(np.int64), True,
+                          labelled, int((has_label & ~usable_truth).sum()),
+                          int((~has_label).sum()), min_labelled)
+    y = np.where(has_label, truth, predicted)
+    keep = finite & np.isin(y, classes)
     if not keep.any():
         raise RetrainError(f"the window has no usable rows ({len(predicted)} rows, none finite "
-                           f"with a predicted class in {classes.tolist()})")
-    return x32[keep], predicted[keep].astype(np.int64), int((~keep).sum())
+                           f"with a label or predicted class in {classes.tolist()})")
+    return WindowRows(x32[keep], y[keep].astype(np.int64), False, labelled,
+                      int((~keep).sum()), 0, min_labelled)
+
+
+def _labels(raw: Any, rows: int) -> np.ndarray:
+    """The document's labels as floats, NaN where a row has none (null) or where the document
+    has no `labels` at all; a value that is not a number is no class (-1)."""
+    if raw is None:
+        return np.full(rows, np.nan)
+    if not isinstance(raw, list) or len(raw) != rows:
+        raise RetrainError("the window's labels are not a list of one label per row")
+    return np.array([np.nan if v is None else float(v)
+                     if isinstance(v, int | float) and not isinstance(v, bool) else -1.0
+                     for v in raw], dtype=np.float64)
 
 
 def train(x: np.ndarray, y: np.ndarray) -> tuple[bytes, float]:

@@ -11,6 +11,11 @@ the scrape. It is `settled` once the window closed `feedback.settle_s` ago. Besi
 labelled and served rows, the coverage (labelled / served) and the reference quality, which the
 model gate scored on the version's held-out set (model.yaml lineage.validation).
 
+The rows endpoint (``rows_doc``) gives each sampled row of a window its ground-truth label when
+the join store has one: sampled rows carry their request's id and their index in it
+(vigil.core.messages), and a label holds one value per row of its request. Looked up when read,
+so a label that arrived after the window closed is there.
+
 Each closed window waits until it settled (``settle``): its quality is then computed once, kept
 as the version's latest settled quality (the ``vigil_quality_settled`` gauges) and handed to the
 alert engine's label rules. Waiting windows are kept as their summary (no statistics), at most
@@ -36,9 +41,9 @@ from typing import Any
 from monitoring.cbpe import ESTIMATED, Calibration, estimate
 from monitoring.label_store import LabelStore, Predictions
 from monitoring.labels_quality import classification_quality, regression_quality
-from monitoring.service import MonitorService
+from monitoring.service import MonitorService, ReportSource
 from monitoring.version_state import VersionState
-from monitoring.window import ClosedWindow
+from monitoring.window import ClosedWindow, RowKeys
 from vigil.core.messages import UnreadableMessage
 from vigil.core.prediction_messages import read_predictions
 from vigil.core.repository import read_manifest
@@ -95,6 +100,46 @@ class LabelJoin:
               now: float) -> list[dict[str, str]]:
         """Each label's outcome, in order (monitoring.label_store.LabelStore.label)."""
         return [o.to_dict() for o in self.store.label(model, labels, overwrite, now)]
+
+    def row_labels(self, model: str, version: str, keys: RowKeys) -> list[Any]:
+        """Each row's ground-truth label: the value at its position in its request's label;
+        None where the row has no id, or its request (answered by `version`) no label."""
+        found = self.store.labels_of(model, version,
+                                     (i for i in set(keys.ids.tolist()) if i is not None))
+        labels: list[Any] = []
+        for request_id, at in zip(keys.ids.tolist(), keys.positions.tolist()):
+            values = found.get(request_id) if request_id is not None else None
+            labels.append(values[at] if values is not None and 0 <= at < len(values) else None)
+        return labels
+
+    def rows_doc(self, source: ReportSource, labelled_only: bool = False) -> dict[str, Any]:
+        """GET /v1/models/{m}/rows: the window's sampled rows by profiled column and, aligned
+        with them (never as columns), each row's request id and label (null: none); with
+        `labelled_only`, the labelled rows alone. `labelled_rows` counts the window's labelled
+        rows whichever rows are returned; `label_of` names the output the labels are the truth
+        of (the profile's first 1-D output, as the join store keeps it)."""
+        state, window, columns = source.state, source.window, dict(source.rows)
+        rows = len(next(iter(columns.values()))) if columns else 0
+        keys = source.keys if source.keys is not None else RowKeys.unknown(rows)
+        labels = self.row_labels(state.model, state.version, keys)
+        ids = keys.ids.tolist()
+        labelled = [i for i, label in enumerate(labels) if label is not None]
+        if labelled_only:
+            columns = {name: values[labelled] for name, values in columns.items()}
+            ids, labels = [ids[i] for i in labelled], [labels[i] for i in labelled]
+        outputs = None
+        if state.profile is not None:
+            outputs = Predictions.of(state.layout, (c.name for c in state.profile.outputs))
+        return {
+            "model": state.model, "version": state.version,
+            "window": {"index": window.index, "opened_at": window.opened_at,
+                       "closed_at": window.closed_at, "rows": window.rows},
+            "labelled": "only" if labelled_only else "all",
+            "rows": len(ids), "labelled_rows": len(labelled),
+            "label_of": None if outputs is None else outputs.prediction,
+            "columns": {name: values.tolist() for name, values in columns.items()},
+            "request_ids": ids, "labels": labels,
+        }
 
     # ------------------------------------------------------------------ quality
 

@@ -300,6 +300,21 @@ class LabelStore:
                           np.asarray(probas, dtype=np.float64) if probas else None)
 
 
+    def labels_of(self, model: str, version: str, ids: Iterable[str]) -> dict[str, list]:
+        """The labels (one value per row of the request) of those of `ids` that `version`
+        answered and that are labelled; an id not found, of another version (served again
+        since) or unlabelled is left out."""
+        wanted = list(dict.fromkeys(ids))
+        found: dict[str, list] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for request_id, label in self.db.execute(
+                    "SELECT id, label FROM predictions WHERE model = ? AND version = ? AND label"
+                    f" IS NOT NULL AND id IN ({marks})", (model, version, *chunk)):  # nosec B608
+                found[request_id] = json.loads(label)
+        return found
+
 @dataclass(frozen=True)
 class ServedRows:
     """A version's class predictions answered in a time range, with their probabilities."""

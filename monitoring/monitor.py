@@ -13,8 +13,10 @@ HTTP, under the application's route prefix (``/monitor``):
     GET /v1/models/{m}/drift[?version=V][&windows=N]   latest window in full + last N summaries
     GET /v1/models/{m}/report[?version=V]     Evidently DataDriftPreset HTML of the last closed
                                               window with rows against the reference data
-    GET /v1/models/{m}/rows[?version=V]       that window's sampled rows as JSON columns (what
-                                              a retraining job adds to its data)
+    GET /v1/models/{m}/rows[?version=V][&labelled=all|only]   that window's sampled rows as
+                                              JSON columns, with each row's request id and
+                                              ground-truth label where the join store has one
+                                              (what a retraining job adds to its data)
 
 Query parameters are checked by monitoring.queries. A report is built once per window
 (monitoring.report_cache: concurrent requests share one build, builds run one at a time, at most
@@ -57,7 +59,13 @@ from monitoring.collector_ops import AlertCollector, Held, RolloutCollector, Sta
 from monitoring.label_join import LabelJoin
 from monitoring.label_store import LabelStore
 from monitoring.outbox import Outbox, Retention
-from monitoring.queries import BadQuery, accepts_gzip, parse_drift_query, parse_report_query
+from monitoring.queries import (
+    BadQuery,
+    accepts_gzip,
+    parse_drift_query,
+    parse_report_query,
+    parse_rows_query,
+)
 from monitoring.report import drift_report_html, evenly_spaced, load_reference, reference_path
 from monitoring.report_cache import Recent, ReportCache
 from monitoring.rollouts import RolloutDriver
@@ -317,16 +325,14 @@ class Monitor:
         return HTMLResponse(await asyncio.to_thread(gzip.decompress, body), headers=headers)
 
     async def rows(self, request: Request) -> Response:
-        """The sampled rows of the last closed window with rows, by profiled column."""
-        source = await self._closed_window(request)
-        window = source.window
-        doc = {
-            "model": source.state.model, "version": source.state.version,
-            "window": {"index": window.index, "opened_at": window.opened_at,
-                       "closed_at": window.closed_at, "rows": window.rows},
-            "columns": {name: values.tolist() for name, values in source.rows.items()},
-        }
-        return await asyncio.to_thread(json_response, doc, headers={"X-Vigil-Window": str(window.index)})
+        """The sampled rows of the last closed window with rows, by profiled column, with their
+        request ids and labels (monitoring.label_join.LabelJoin.rows_doc)."""
+        query = parse_rows_query(request.query_params.multi_items())
+        source = await self._on_worker(self.service.report_source, request.path_params["model"],
+                                       query.version, time.time())
+        doc = await self._on_worker(self.labels.rows_doc, source, query.labelled_only)
+        headers = {"X-Vigil-Window": str(source.window.index)}
+        return await asyncio.to_thread(json_response, doc, headers=headers)
 
     async def _on_report_worker(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._report_worker, fn, *args)

@@ -7,6 +7,8 @@ server. A query a route cannot take raises ``BadQuery`` (HTTP 400) saying what i
 - ``version``: a version label as the model repository accepts one (vigil.core.repository: a letter
   or digit, then letters, digits, '.', '_', '-'; at most 128 characters); whether that version
   exists is the route's question (404);
+- ``labelled`` (the rows route): ``all`` (the default: every row, each with its label or null)
+  or ``only`` (the labelled rows alone), exactly so (not "ONLY", "yes", "true", empty);
 - a parameter given twice, or one the route does not take, is refused by name.
 """
 
@@ -21,6 +23,8 @@ from vigil.core.repository import valid_name
 MAX_WINDOWS = 100_000
 DRIFT_PARAMETERS = frozenset({"version", "windows"})
 REPORT_PARAMETERS = frozenset({"version"})
+ROWS_PARAMETERS = frozenset({"version", "labelled"})
+LABELLED = ("all", "only")
 _WINDOWS = re.compile(r"[0-9]{1,6}")  # [0-9], not \d: "²" and other Unicode digits are refused
 _SHOWN = 40  # characters of a refused value or name quoted back
 _NAMES_SHOWN = 5  # unknown parameter names quoted back
@@ -34,6 +38,7 @@ class BadQuery(ValueError):
 class ModelQuery:
     version: str | None  # None: the model's newest version
     windows: int | None  # None: every window kept
+    labelled_only: bool = False  # the rows route: only the rows that have a label
 
 
 def parse_drift_query(pairs: Iterable[tuple[str, str]]) -> ModelQuery:
@@ -45,6 +50,11 @@ def parse_drift_query(pairs: Iterable[tuple[str, str]]) -> ModelQuery:
 def parse_report_query(pairs: Iterable[tuple[str, str]]) -> ModelQuery:
     """``GET /v1/models/{m}/report[?version=V]``."""
     return _parse(pairs, REPORT_PARAMETERS)
+
+
+def parse_rows_query(pairs: Iterable[tuple[str, str]]) -> ModelQuery:
+    """``GET /v1/models/{m}/rows[?version=V][&labelled=all|only]``."""
+    return _parse(pairs, ROWS_PARAMETERS)
 
 
 def accepts_gzip(accept_encoding: str | None) -> bool:
@@ -98,7 +108,10 @@ def _parse(pairs: Iterable[tuple[str, str]], allowed: frozenset[str]) -> ModelQu
             raise BadQuery(f"windows must be a whole number from 1 to {MAX_WINDOWS} (ASCII "
                            f"digits), got {_shown(raw)}")
         windows = int(raw)
-    return ModelQuery(version=version, windows=windows)
+    labelled = given.get("labelled", "all")
+    if labelled not in LABELLED:
+        raise BadQuery(f"labelled must be 'all' or 'only', got {_shown(labelled)}")
+    return ModelQuery(version=version, windows=windows, labelled_only=labelled == "only")
 
 
 def _shown(text: str) -> str:

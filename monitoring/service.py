@@ -41,7 +41,7 @@ from monitoring.collector import VersionSnapshot
 from monitoring.drift import check_settings
 from monitoring.settings import MonitorAppSettings, MonitorSettings
 from monitoring.version_state import RateLimitedLog, VersionState, load_state
-from monitoring.window import ClosedWindow, TumblingWindow, settings_for
+from monitoring.window import ClosedWindow, RowKeys, TumblingWindow, settings_for
 from vigil.core.aliases import AliasError, read_aliases
 from vigil.core.messages import SampleMessage, UnreadableMessage, read_message
 from vigil.core.repository import (
@@ -77,6 +77,7 @@ class ReportSource:
     state: VersionState
     window: ClosedWindow  # the last closed window with rows
     rows: Mapping[str, np.ndarray]  # its rows by profiled column (never changed in place)
+    keys: RowKeys | None = None  # where each of those rows came from (request id, position)
 
 
 class MonitorService:
@@ -254,6 +255,8 @@ class MonitorService:
         closed = state.window.add(
             columns, rows, message.latency_s, message.status.astype(np.int64), now,
             agreement=(message.agreeing_rows, message.compared_rows),
+            keys=RowKeys.of_requests(message.request_ids, message.request_rows,
+                                     message.row_positions) if columns is not None else None,
         )
         for window in closed:
             if window.error:
@@ -398,4 +401,4 @@ class MonitorService:
         if window.last_rows is None or window.last_rows_window is None:
             raise NotReady(f"no closed window with sampled rows for {state.model}/{state.version} "
                            f"yet: {window.closes_when(now)}")
-        return ReportSource(state, window.last_rows_window, window.last_rows)
+        return ReportSource(state, window.last_rows_window, window.last_rows, window.last_keys)

@@ -8,9 +8,14 @@ window, so one batch may close several. The request facts (latency, status) of a
 the window open when it arrives, as do its shadow agreement counts (rows of this version's runs as
 its model's shadow that agreed with production's answers, of those compared).
 
+Each kept row also keeps where it came from: its request's id (None when it had none) and its
+index in that request (-1: unknown), beside the columns and never one of them (no statistic sees
+them), so that the rows endpoint can find each row's ground-truth label (monitoring.label_join).
+
 Memory: at most the window's row bound of rows (copied per column, never views of a caller's
-batch), plus the rows of the last closed window that had rows (for the human-facing report; never
-changed in place, so another thread may read them), plus at most
+batch; plus a reference to its request's id and its position, 16 bytes, per row), plus the rows
+of the last closed window that had rows (for the human-facing report and the rows endpoint;
+never changed in place, so another thread may read them), plus at most
 ``max_requests`` request facts. Counts, error ratios, mean and max latency are exact; past
 ``max_requests`` facts in one window the latency quantiles come from a uniform reservoir sample.
 Closed windows keep results only, never rows, in a history of ``settings.history`` windows.
@@ -20,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -40,6 +45,31 @@ from monitoring.settings import MonitorSettings
 
 CloseReason = Literal["rows", "time", "reconfigure"]
 DEFAULT_MAX_REQUESTS = 100_000
+
+
+@dataclass(frozen=True)
+class RowKeys:
+    """Where each row of a window came from: its request's id (an object array, None where it
+    had none) and its index in that request (int64, -1 where unknown). Never changed in place."""
+
+    ids: np.ndarray
+    positions: np.ndarray
+
+    @classmethod
+    def unknown(cls, rows: int) -> RowKeys:
+        return cls(np.full(rows, None, dtype=object), np.full(rows, -1, dtype=np.int64))
+
+    @classmethod
+    def of_requests(cls, ids: Sequence[str | None], rows: np.ndarray | None,
+                    positions: np.ndarray | None) -> RowKeys | None:
+        """From a sample message's run-length form (vigil.core.messages.SampleMessage: one id
+        per request, its row count, each row's position), as read_message checked it; None
+        when it carries no ids."""
+        if not ids or rows is None or positions is None:
+            return None
+        per_request = np.empty(len(ids), dtype=object)
+        per_request[:] = ids  # references to the ids, repeated for their rows below
+        return cls(np.repeat(per_request, rows), positions)
 
 
 @dataclass(frozen=True)
@@ -128,6 +158,7 @@ class TumblingWindow:
         self.closed = 0  # windows closed so far
         self.last_rows: dict[str, np.ndarray] | None = None  # rows of the last closed non-empty one
         self.last_rows_window: ClosedWindow | None = None  # ... and that window
+        self.last_keys: RowKeys | None = None  # ... and where each of its rows came from
         self._open(now)
 
     # ------------------------------------------------------------------ state
@@ -136,6 +167,7 @@ class TumblingWindow:
         self.opened_at = now
         self.rows = 0
         self._chunks: list[dict[str, np.ndarray]] = []
+        self._keys: list[RowKeys] = []  # one per chunk, aligned with its rows
         self.requests = 0
         self._latency = np.empty(min(self.max_requests, 1024), dtype=np.float64)
         self._status = np.empty(self._latency.size, dtype=np.int16)
@@ -175,13 +207,17 @@ class TumblingWindow:
         status: np.ndarray,
         now: float,
         agreement: tuple[int, int] = (0, 0),
+        keys: RowKeys | None = None,
     ) -> list[ClosedWindow]:
         """One sample batch: `rows` sampled rows (their 1-D `columns`, or None to count them
-        only), the facts of its requests and its shadow `agreement` (agreeing, compared rows).
-        Returns the windows this closed, oldest first."""
+        only), the facts of its requests and its shadow `agreement` (agreeing, compared rows);
+        `keys`: where each row came from (None: unknown). Returns the windows this closed,
+        oldest first."""
         agreeing, compared = agreement
         if not 0 <= agreeing <= compared:
             raise ValueError(f"agreement {agreement!r}: expected 0 <= agreeing <= compared")
+        if keys is not None and not keys.ids.shape == keys.positions.shape == (rows,):
+            raise ValueError(f"keys for {keys.ids.shape} rows, expected ({rows},)")
         closed = []
         if (due := self.tick(now)) is not None:
             closed.append(due)
@@ -194,6 +230,9 @@ class TumblingWindow:
             take = rows - start if limit is None else min(rows - start, limit - self.rows)
             if columns is not None:
                 self._chunks.append({k: np.array(v[start : start + take]) for k, v in columns.items()})
+                self._keys.append(RowKeys.unknown(take) if keys is None else RowKeys(
+                    keys.ids[start : start + take].copy(),
+                    keys.positions[start : start + take].copy()))
             self.rows += take
             start += take
             if limit is not None and self.rows >= limit:
@@ -273,6 +312,8 @@ class TumblingWindow:
         self.history.append(closed)
         if rows is not None:
             self.last_rows, self.last_rows_window = rows, closed
+            self.last_keys = RowKeys(np.concatenate([k.ids for k in self._keys]),
+                                     np.concatenate([k.positions for k in self._keys]))
         self._open(now)
         return closed
 

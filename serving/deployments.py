@@ -434,7 +434,8 @@ class ModelServer(GrpcInference):
             return
         if status == 200 and served.has_profile:
             self.samples.record(name, version, elapsed, status, outcome.inputs,
-                                outcome.results, agreement=agreed)
+                                outcome.results, agreement=agreed,
+                                request_id=outcome.request_id)
             if (self.predictions is not None and outcome.request_id is not None
                     and outcome.results is not None):
                 self.predictions.record(name, version, outcome.request_id, time.time(),

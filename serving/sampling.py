@@ -7,14 +7,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vigil.core.messages import SampleMessage, Tensors
+from vigil.core.messages import MAX_ID_LENGTH, SampleMessage, Tensors
 
 
 @dataclass
 class _VersionBuffer:
     max_rows: int
     max_requests: int
-    chunks: deque = field(default_factory=deque)  # (rows, inputs, outputs)
+    # (rows, inputs, outputs, request id or None, positions in the request or None: all rows)
+    chunks: deque = field(default_factory=deque)
     rows: int = 0
     latency: np.ndarray = field(init=False)
     status: np.ndarray = field(init=False)
@@ -34,6 +35,8 @@ class SampleBuffer:
     probability `sample_rate`) and one request gives at most `max_rows_per_request` of them, so a
     single large request cannot crowd out every other client's rows. Kept rows are copies: a
     request's arrays (or the batch output they are views of) are never pinned by the buffer.
+    A request's rows keep its id (one reference per request, not per row) and their positions
+    in it, so that the monitor can find their ground-truth labels later.
     Not thread-safe: the replica's event loop is its only user."""
 
     def __init__(
@@ -72,10 +75,13 @@ class SampleBuffer:
         inputs: Tensors | None = None,
         outputs: Tensors | None = None,
         agreement: tuple[int, int] | None = None,
+        request_id: str | None = None,
     ) -> None:
         """One request's facts, and its rows when given and sampled. `agreement`: for a run
         as the model's shadow, (agreeing, compared) rows of its outputs against production's
-        answer (serving.agreement); summed until the next drain, whatever rows are sampled."""
+        answer (serving.agreement); summed until the next drain, whatever rows are sampled.
+        `request_id`: the id its rows carry (one longer than MAX_ID_LENGTH is left out: it
+        can never be labelled)."""
         if agreement is not None:
             agreeing, compared = (int(n) for n in agreement)
             if not 0 <= agreeing <= compared:
@@ -107,16 +113,19 @@ class SampleBuffer:
             inputs = {k: v[picked] for k, v in inputs.items()}
             outputs = {k: v[picked] for k, v in outputs.items()}
             rows = int(picked.size)
-        buf.chunks.append((rows, inputs, outputs))
+        if request_id is not None and len(request_id) > MAX_ID_LENGTH:
+            request_id = None
+        buf.chunks.append((rows, inputs, outputs, request_id, picked))
         buf.rows += rows
         while buf.rows > self.max_rows:
-            old_rows, old_in, old_out = buf.chunks.popleft()
+            old_rows, old_in, old_out, old_id, old_at = buf.chunks.popleft()
             excess = buf.rows - self.max_rows
             if excess < old_rows:  # keep the newest rows of the oldest chunk
                 keep = old_rows - excess
+                at = np.arange(old_rows) if old_at is None else old_at
                 buf.chunks.appendleft(
                     (keep, {k: v[-keep:] for k, v in old_in.items()},
-                     {k: v[-keep:] for k, v in old_out.items()})
+                     {k: v[-keep:] for k, v in old_out.items()}, old_id, at[-keep:])
                 )
                 old_rows = excess
             buf.rows -= old_rows
@@ -164,11 +173,13 @@ class SampleBuffer:
                 latency = np.roll(buf.latency, -start).copy()
                 status = np.roll(buf.status, -start).copy()
             inputs, outputs = _stack(buf.chunks)
+            ids, counts, positions = _request_ids(buf.chunks)
             batches.append(
                 SampleMessage(
                     model, version, inputs, outputs, latency, status,
                     dropped_rows=buf.dropped_rows, dropped_requests=dropped_requests,
                     agreeing_rows=buf.agreeing_rows, compared_rows=buf.compared_rows,
+                    request_ids=ids, request_rows=counts, row_positions=positions,
                 )
             )
             buf.chunks.clear()
@@ -189,7 +200,7 @@ def _common_rows(inputs: Tensors, outputs: Tensors) -> int | None:
 def _same_layout(chunk: tuple, inputs: Tensors, outputs: Tensors) -> bool:
     """Whether the rows stack with the chunk's: the same names, each of the same row shape.
     Plain loops: this runs for every sampled request, and generators cost more than the test."""
-    _, first_in, first_out = chunk
+    first_in, first_out = chunk[1], chunk[2]
     for first, new in ((first_in, inputs), (first_out, outputs)):
         if first.keys() != new.keys():
             return False
@@ -197,6 +208,25 @@ def _same_layout(chunk: tuple, inputs: Tensors, outputs: Tensors) -> bool:
             if first[name].shape[1:] != array.shape[1:]:
                 return False
     return True
+
+
+def _request_ids(chunks: deque) -> tuple[tuple[str | None, ...], np.ndarray | None,
+                                         np.ndarray | None]:
+    """The chunks' request ids, rows per id and each row's position in its request; all empty
+    when no chunk has an id (the message then carries none)."""
+    ids = tuple(c[3] for c in chunks)
+    if not any(i is not None for i in ids):
+        return (), None, None
+    counts = np.fromiter((c[0] for c in chunks), dtype=np.int64, count=len(chunks))
+    # Every row of a chunk kept whole is at its index in the request: one vectorized pass (no
+    # array per chunk: a second of one-row requests is a thousand chunks), then the chunks
+    # whose rows were picked get their indices.
+    starts = np.cumsum(counts) - counts
+    positions = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(starts, counts)
+    for start, chunk in zip(starts.tolist(), chunks):
+        if chunk[4] is not None:
+            positions[start:start + chunk[0]] = chunk[4]
+    return ids, counts, positions
 
 
 def _stack(chunks: deque) -> tuple[Tensors, Tensors]:

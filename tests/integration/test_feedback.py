@@ -112,3 +112,39 @@ def test_a_feedback_token_labels_and_does_nothing_else(vigil) -> None:
         assert answer.json()["labels"][0]["outcome"] == "unknown_id"
         refused = labeller.post("/v2/models/breast_cancer/infer", json={})
         assert refused.status_code == 403
+
+
+def test_the_rows_endpoint_gives_sampled_rows_the_labels_of_their_requests(vigil, client) -> None:
+    """A request's sampled rows carry its id to the monitor: once its window closed, the rows
+    endpoint gives them the label posted for it, at each row's own index in the request."""
+    given = f"rows-{uuid.uuid4()}"
+    answer = _infer(client, 3, given)
+    truth = [1 - p for p in answer.json()["outputs"][0]["data"]]  # the truth changed
+
+    def labelled() -> bool:
+        posted = client.post("/v2/models/breast_cancer/feedback",
+                             json={"id": given, "label": truth})
+        return posted.json()["labels"][0]["outcome"] == "joined"
+
+    wait_for(labelled, 30, "the label joined")
+
+    def closed() -> dict | None:
+        _infer(client, 100)  # fills the open window (1000 sampled rows) until it closes
+        got = vigil.get("/monitor/v1/models/breast_cancer/rows",
+                        params={"version": "1", "labelled": "only"})
+        doc = got.json() if got.status_code == 200 else {}
+        return doc if given in doc.get("request_ids", []) else None
+
+    # 100 rows a second: the next window needs ten more seconds to close, long after this one
+    # is seen (the replicas flush every second)
+    doc = wait_for(closed, 90, "the window with the labelled request closed", interval=1.0)
+    assert doc["labelled"] == "only" and doc["label_of"] == "label"
+    ours = [label for request_id, label in zip(doc["request_ids"], doc["labels"], strict=True)
+            if request_id == given]
+    assert ours == truth
+    assert None not in doc["labels"] and doc["rows"] == len(doc["columns"]["mean radius"])
+    everything = vigil.get("/monitor/v1/models/breast_cancer/rows", params={"version": "1"})
+    assert everything.json()["labelled_rows"] == doc["rows"]
+    assert len(everything.json()["labels"]) == everything.json()["window"]["rows"]
+    bad = vigil.get("/monitor/v1/models/breast_cancer/rows", params={"labelled": "yes"})
+    assert bad.status_code == 400 and "labelled must be 'all' or 'only'" in bad.json()["error"]

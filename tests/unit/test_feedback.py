@@ -67,6 +67,12 @@ def test_every_answer_carries_an_id_and_is_recorded_without_its_inputs(repo: Pat
     assert record.rows.tolist() == [1, 3, 1]
     assert set(record.outputs) == {"label", "probabilities"}
     assert record.outputs["label"].shape == (5,) and read_predictions(record) is record
+    # the sampled rows carry the same ids, so that the monitor can find their labels
+    assert server.samples is not None
+    (sample,) = server.samples.drain()
+    assert sample.request_ids == ("req-7", new_id, "trace-1")
+    assert sample.request_rows.tolist() == [1, 3, 1]
+    assert sample.row_positions.tolist() == [0, 0, 1, 2, 0]
 
 
 def test_with_feedback_off_no_id_is_assigned_and_nothing_recorded(repo: Path) -> None:
@@ -84,6 +90,8 @@ def test_with_feedback_off_no_id_is_assigned_and_nothing_recorded(repo: Path) ->
     answer, labels = run_client(app, go)
     assert "id" not in answer.json() and "x-request-id" not in answer.headers
     assert server.predictions is None
+    (sample,) = server.samples.drain()  # sampled rows without ids
+    assert (sample.rows, sample.request_ids, sample.row_positions) == (1, (), None)
     assert labels.status_code == 503 and "feedback is off" in labels.json()["error"]
 
 

@@ -43,7 +43,14 @@ from examples.receiver_events import (
     Refusal,
 )
 from examples.retrain_receiver import GitHubDispatch, Receiver, build_app, main
-from examples.retraining import RetrainError, Retrainer, Trained, train, window_rows
+from examples.retraining import (
+    MIN_LABELLED_ROWS,
+    RetrainError,
+    Retrainer,
+    Trained,
+    train,
+    window_rows,
+)
 from monitoring.profile import Profile
 from vigil.core import audit
 from vigil.core.aliases import LOCK_FILE, read_aliases
@@ -437,8 +444,9 @@ def test_drift_retrains_into_the_next_version(open_receiver, models, monitor):
     frame = pd.read_parquet(new / REFERENCE_FILE)
     assert len(frame) == reference_rows + WINDOW_ROWS
     assert frame.columns[-1] == "target" and len(frame.columns) == 31
-    # The window's rows were labelled with the served model's predictions.
+    # No labels in the monitor's rows: the window's rows carry the served model's predictions.
     assert frame["target"].tolist()[-WINDOW_ROWS:] == monitor.document["columns"]["label"]
+    assert (outcome["labels"], manifest.metadata["window_labels"]) == ("pseudo", "pseudo")
     profile = Profile.load(new)
     assert profile.rows == reference_rows + WINDOW_ROWS
     assert profile.meta["outputs"] == "model" and "target" not in profile.names
@@ -530,9 +538,10 @@ def test_window_rows_drop_unusable_rows_and_check_the_document():
             "label": [0, 1, 2, 1, 0],
         },
     }
-    x, y, dropped = window_rows(doc, features, "1", classes=np.array([0, 1]))
-    assert x.dtype == np.float32 and x.tolist() == [[1.0, 1.0], [4.0, 4.0]]
-    assert y.tolist() == [0, 1] and dropped == 3
+    rows = window_rows(doc, features, "1", classes=np.array([0, 1]))
+    assert rows.x.dtype == np.float32 and rows.x.tolist() == [[1.0, 1.0], [4.0, 4.0]]
+    assert rows.y.tolist() == [0, 1] and rows.dropped == 3
+    assert (rows.ground_truth, rows.labelled, rows.unlabelled) == (False, 0, 0)  # no `labels`
     with pytest.raises(RetrainError, match="not breast_cancer/2"):
         window_rows(doc, features, "2", classes=np.array([0, 1]))
     with pytest.raises(RetrainError, match="lack"):
@@ -540,6 +549,92 @@ def test_window_rows_drop_unusable_rows_and_check_the_document():
     with pytest.raises(RetrainError, match="no usable rows"):
         empty = {"a": [], "b": [], "label": []}
         window_rows({**doc, "columns": empty}, features, "1", classes=np.array([0, 1]))
+
+
+def _labelled_doc(n: int, labels: list) -> dict[str, Any]:
+    """A rows document of `n` rows predicted 0, with the monitor's `labels` (null: none)."""
+    return {"model": "breast_cancer", "version": "1",
+            "columns": {"a": [float(i) for i in range(n)], "b": [1.0] * n, "label": [0] * n},
+            "labels": labels}
+
+
+def test_window_rows_train_on_the_labelled_rows_alone_when_there_are_enough():
+    """At least min_labelled usable labelled rows: those rows, with their true labels; the
+    unlabelled rows are left out (not pseudo-labelled), a labelled row with a non-finite feature
+    or a label that is no class is dropped."""
+    labels = [1, None, 1, 0, None, 7, 1]
+    doc = _labelled_doc(7, labels)
+    doc["columns"]["a"][6] = None  # non-finite: its label cannot be used
+    rows = window_rows(doc, ["a", "b"], "1", classes=np.array([0, 1]), min_labelled=3)
+    assert rows.ground_truth and rows.kind == "ground_truth"
+    assert rows.x[:, 0].tolist() == [0.0, 2.0, 3.0] and rows.y.tolist() == [1, 1, 0]
+    assert (rows.labelled, rows.unlabelled, rows.dropped) == (3, 2, 2)
+    assert rows.describe("1").startswith("ground truth: the window's 3 labelled rows")
+
+
+def test_window_rows_fall_back_to_pseudo_labels_below_the_threshold_and_say_so():
+    """Fewer usable labelled rows than min_labelled: every usable row, its true label where it
+    has one and the served model's prediction elsewhere."""
+    doc = _labelled_doc(5, [1, None, None, 1, None])
+    rows = window_rows(doc, ["a", "b"], "1", classes=np.array([0, 1]), min_labelled=3)
+    assert not rows.ground_truth and rows.kind == "pseudo"
+    assert rows.y.tolist() == [1, 0, 0, 1, 0] and len(rows.x) == 5
+    assert (rows.labelled, rows.unlabelled, rows.dropped) == (2, 0, 0)
+    assert rows.describe("1") == (
+        "pseudo-labels: window rows carry breast_cancer/1's own predictions, not ground truth, "
+        "except 2 rows with posted labels (fewer than the 3 needed to train on ground truth "
+        "alone)")
+    assert window_rows(doc, ["a", "b"], "1", np.array([0, 1]), min_labelled=2).ground_truth
+    assert MIN_LABELLED_ROWS == 20  # the documented default
+    for bad in ([1, 0], "1,0,1,0,0", {"0": 1}):
+        with pytest.raises(RetrainError, match="not a list of one label per row"):
+            window_rows({**doc, "labels": bad}, ["a", "b"], "1", classes=np.array([0, 1]))
+
+
+def test_drift_retrains_on_the_windows_true_labels_when_enough_are_posted(open_receiver, models,
+                                                                          monitor):
+    """The monitor's rows carry labels (posted through the feedback route) for 30 of the 40
+    rows, each the opposite of the model's prediction (the truth changed): the new version is
+    trained on those 30 rows and their labels, and its metadata and the outcome say so."""
+    predicted = monitor.document["columns"]["label"]
+    truth = [1 - p if i < 30 else None for i, p in enumerate(predicted)]
+    monitor.document["labels"] = truth
+    client = open_receiver(monitor_url=monitor.url)
+    event = cloud_event(DRIFT_EVENT, "breast_cancer/1")
+    assert client.post("/events", **signed(event)).status_code == 202
+    outcome = wait_for(lambda: retrained(client, event["id"]))
+    assert outcome["status"] == "published", outcome
+    assert (outcome["labels"], outcome["labelled_rows"], outcome["window_rows"]) == (
+        "ground_truth", 30, 30)
+    assert outcome["unlabelled_rows_left_out"] == 10
+    assert outcome["labels_detail"].startswith("ground truth: the window's 30 labelled rows")
+    manifest = read_manifest(models / "breast_cancer" / "2")
+    assert manifest.metadata["window_labels"] == "ground_truth"
+    assert manifest.metadata["labels"] == outcome["labels_detail"]
+    assert manifest.metadata["source"].endswith("with ground-truth labels")
+    assert (manifest.metadata["window_rows_labelled"],
+            manifest.metadata["window_rows_unlabelled"]) == (30, 10)
+    frame = pd.read_parquet(models / "breast_cancer" / "2" / REFERENCE_FILE)
+    assert frame["target"].tolist()[-30:] == truth[:30]  # the true labels, not the predictions
+
+
+def test_drift_with_too_few_labels_retrains_on_pseudo_labels_and_says_so(open_receiver, models,
+                                                                         monitor):
+    predicted = monitor.document["columns"]["label"]
+    monitor.document["labels"] = [1 - p if i < 5 else None for i, p in enumerate(predicted)]
+    client = open_receiver(monitor_url=monitor.url)
+    event = cloud_event(DRIFT_EVENT, "breast_cancer/1")
+    assert client.post("/events", **signed(event)).status_code == 202
+    outcome = wait_for(lambda: retrained(client, event["id"]))
+    assert (outcome["labels"], outcome["labelled_rows"], outcome["window_rows"]) == (
+        "pseudo", 5, WINDOW_ROWS)
+    manifest = read_manifest(models / "breast_cancer" / "2")
+    assert manifest.metadata["window_labels"] == "pseudo"
+    assert manifest.metadata["labels"].startswith("pseudo-labels: window rows carry "
+                                                  "breast_cancer/1's own predictions")
+    frame = pd.read_parquet(models / "breast_cancer" / "2" / REFERENCE_FILE)
+    expected = [1 - p if i < 5 else p for i, p in enumerate(predicted)]
+    assert frame["target"].tolist()[-WINDOW_ROWS:] == expected
 
 
 def test_main_refuses_to_start_without_a_secret(models, monkeypatch, capsys):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from serving.sampling import SampleBuffer
+from vigil.core.messages import MAX_ID_LENGTH, read_message
 
 
 def _rows(start: int, n: int) -> dict[str, np.ndarray]:
@@ -174,3 +175,53 @@ def test_a_canarys_agreement_with_production_is_counted_without_a_request_of_its
     with pytest.raises(ValueError, match="expected 0 <= agreeing <= compared"):
         buf.agreed("m", "2", (3, 2))
     assert buf.drain() == []
+
+
+# --- request ids: which request each sampled row came from ---------------------------------------
+
+
+def test_sampled_rows_carry_their_requests_id_and_position_once_per_request():
+    buf = SampleBuffer(sample_rate=1.0, max_rows=100, max_requests=10)
+    buf.record("m", "1", 0.01, 200, _rows(0, 2), {"y": np.array([1, 2])}, request_id="a")
+    buf.record("m", "1", 0.01, 200, _rows(2, 3), {"y": np.array([3, 4, 5])}, request_id="b")
+    buf.record("m", "1", 0.01, 400, request_id="c")  # refused: facts only, no rows, no id
+    buf.record("m", "1", 0.01, 200, _rows(5, 1), {"y": np.array([6])})  # no id (gRPC)
+    (batch,) = buf.drain()
+    assert read_message(batch) is batch
+    assert batch.request_ids == ("a", "b", None)
+    assert batch.request_rows.tolist() == [2, 3, 1] and batch.request_rows.dtype == np.int64
+    assert batch.row_positions.tolist() == [0, 1, 0, 1, 2, 0]
+
+
+def test_without_ids_a_message_carries_none():
+    buf = SampleBuffer(sample_rate=1.0, max_rows=100, max_requests=10)
+    buf.record("m", "1", 0.01, 200, _rows(0, 2), {"y": np.array([1, 2])})
+    buf.record("m", "1", 0.01, 200, _rows(2, 1), {"y": np.array([3])},
+               request_id="x" * (MAX_ID_LENGTH + 1))  # too long to be labelled: left out
+    (batch,) = buf.drain()
+    assert (batch.request_ids, batch.request_rows, batch.row_positions) == ((), None, None)
+    assert read_message(batch) is batch
+
+
+def test_a_sampled_rows_position_is_its_index_in_its_request():
+    buf = SampleBuffer(sample_rate=1.0, max_rows=1000, max_requests=10, max_rows_per_request=5,
+                       seed=3)
+    buf.record("m", "1", 0.01, 200, _rows(0, 50), {"y": np.arange(50)}, request_id="big")
+    (batch,) = buf.drain()
+    assert batch.request_ids == ("big",) and batch.request_rows.tolist() == [5]
+    # _rows(0, n) holds each row's own index: the positions name exactly the rows kept
+    assert batch.row_positions.tolist() == batch.inputs["input"].ravel().astype(int).tolist()
+    assert len(set(batch.row_positions.tolist())) == 5
+
+
+def test_a_full_buffer_keeps_the_ids_and_positions_of_the_rows_it_keeps():
+    buf = SampleBuffer(sample_rate=1.0, max_rows=4, max_requests=100)
+    for i in range(4):
+        buf.record("m", "1", 0.001, 200, _rows(i * 2, 2), {"y": np.zeros(2)}, request_id=f"r{i}")
+    buf.record("m", "1", 0.001, 200, _rows(8, 1), {"y": np.zeros(1)}, request_id="r4")
+    (batch,) = buf.drain()
+    assert batch.inputs["input"].ravel().tolist() == [5, 6, 7, 8]
+    assert batch.request_ids == ("r2", "r3", "r4")  # r2 lost its first row
+    assert batch.request_rows.tolist() == [1, 2, 1]
+    assert batch.row_positions.tolist() == [1, 0, 1, 0]
+    assert read_message(batch) is batch

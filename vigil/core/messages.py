@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = 2  # 2: agreeing_rows and compared_rows (shadow agreement)
+SCHEMA_VERSION = 3  # 2: agreeing_rows and compared_rows (shadow agreement); 3: request ids
+MAX_ID_LENGTH = 256  # longest request id carried (a longer one is never labelled)
 
 Tensors = dict[str, np.ndarray]
 
@@ -28,7 +29,15 @@ class SampleMessage:
     a request's arrays); ``latency_s`` (float64 seconds) and ``status`` (HTTP status, 499 for a
     request cancelled before it was answered) have one entry per request, sampled or not.
     ``agreeing_rows`` of ``compared_rows`` are the rows of this version's requests (it runs as a
-    model's shadow) whose outputs agreed with production's answer (serving.agreement)."""
+    model's shadow) whose outputs agreed with production's answer (serving.agreement).
+
+    Which request each sampled row came from, so that the monitor can find its ground-truth
+    label (monitoring.label_join): ``request_ids[i]`` is the id of the i-th sampled request
+    (None: it had none, e.g. feedback off or gRPC), whose ``request_rows[i]`` sampled rows come
+    next in ``inputs``/``outputs``, in order; ``row_positions`` gives each sampled row's index
+    in its own request (a label carries one value per row of the request, and only some rows
+    of a request may be sampled). One id per request, not per row: the message stays small.
+    All three empty (their defaults): the rows carry no ids at all."""
 
     model: str
     version: str
@@ -40,6 +49,9 @@ class SampleMessage:
     dropped_requests: int = 0  # request facts the replica dropped (buffer full)
     agreeing_rows: int = 0  # shadow rows whose outputs agreed with production's
     compared_rows: int = 0  # shadow rows compared with production's (agreeing ones included)
+    request_ids: tuple[str | None, ...] = ()  # one per sampled request, in row order
+    request_rows: np.ndarray | None = None  # int64: sampled rows of each of those requests
+    row_positions: np.ndarray | None = None  # int64, one per sampled row: its index in its request
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -116,6 +128,31 @@ def _problem(m: SampleMessage) -> str | None:
             rows.add(int(array.shape[0]))
     if len(rows) > 1:
         return f"tensors disagree on the number of rows: {sorted(rows)}"
+    return _ids_problem(m, rows.pop() if rows else 0)
+
+
+def _ids_problem(m: SampleMessage, rows: int) -> str | None:
+    """Whether request_ids, request_rows and row_positions say, together, where each of the
+    `rows` sampled rows came from (or are all empty: no ids)."""
+    ids, counts, positions = m.request_ids, m.request_rows, m.row_positions
+    if not isinstance(ids, tuple):
+        return "request_ids must be a tuple"
+    if not ids and counts is None and positions is None:
+        return None
+    if not all(i is None or (isinstance(i, str) and 0 < len(i) <= MAX_ID_LENGTH) for i in ids):
+        return f"request_ids must be None or strings of 1 to {MAX_ID_LENGTH} characters"
+    if (not isinstance(counts, np.ndarray) or counts.shape != (len(ids),)
+            or counts.dtype.kind not in "iu"):
+        return f"request_rows must be a 1-D integer array of {len(ids)} counts (one per id)"
+    if len(ids) and int(counts.min()) < 1:
+        return "request_rows must count at least one row per request"
+    if int(counts.sum()) != rows:
+        return f"request_rows add up to {int(counts.sum())} rows, the tensors hold {rows}"
+    if (not isinstance(positions, np.ndarray) or positions.shape != (rows,)
+            or positions.dtype.kind not in "iu"):
+        return f"row_positions must be a 1-D integer array of {rows} positions (one per row)"
+    if rows and int(positions.min()) < 0:
+        return "negative row positions"
     return None
 
 

@@ -15,10 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from vigil.core.messages import Tensors, UnreadableMessage
+from vigil.core.messages import MAX_ID_LENGTH, Tensors, UnreadableMessage
 
 SCHEMA_VERSION = 1
-MAX_ID_LENGTH = 256  # longest request id recorded (a longer one is never labelled)
 
 
 @dataclass(frozen=True, slots=True)

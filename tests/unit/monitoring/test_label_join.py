@@ -173,3 +173,66 @@ def test_a_version_without_calibration_says_why(join, tmp_path) -> None:
     assert doc["metrics"] == {}
     mlp = join.service.state("mlp", "1")
     assert join.estimated(mlp, 0.0, 100.0)["reason"] == "no profile"
+
+
+# --- the rows endpoint's labels: each sampled row's ground truth, when the join store has it ----
+
+
+def _sampled(x: np.ndarray, ids: tuple, rows: list[int], positions: list[int]) -> SampleMessage:
+    n = len(x)
+    outputs = {"label": np.ones(n, np.int64), "probabilities": np.full((n, 2), 0.5, np.float32)}
+    return SampleMessage("breast_cancer", "1", {"input": x}, outputs, np.full(len(ids), 0.01),
+                         np.full(len(ids), 200, np.int16), request_ids=ids,
+                         request_rows=np.array(rows), row_positions=np.array(positions))
+
+
+def test_the_rows_document_gives_each_sampled_row_its_label(join, repo) -> None:
+    """A label holds one value per row of its request; a sampled row gets the value at its own
+    position. Rows without an id, of an unlabelled request, or of a request another version
+    answered (its id served again) get null; a label that arrives after the window closed is
+    there when the rows are read."""
+    frame = pd.read_parquet(repo / "breast_cancer" / "1" / "reference.parquet")
+    x = frame.drop(columns=["target"]).to_numpy(np.float32)[:100]
+    three_rows = {"label": np.array([1, 0, 1]), "probabilities": np.full((3, 2), 0.5, np.float32)}
+    join.record([
+        PredictionMessage("breast_cancer", "1", ("multi", "one", "unlabelled"),
+                          np.array([1.0, 2.0, 3.0]), np.array([3, 1, 1]),
+                          {k: np.concatenate([v, v[:2]]) for k, v in three_rows.items()}),
+        PredictionMessage("breast_cancer", "2", ("other",), np.array([4.0]), np.array([1]),
+                          {k: v[:1] for k, v in three_rows.items()}),
+    ], now=10.0)
+    # 94 rows of one request, then "multi" (its rows 2 and 0), "one", "other", "unlabelled" and
+    # a row without an id
+    ids = ("bulk", "multi", "one", "other", "unlabelled", None)
+    message = _sampled(x, ids, [94, 2, 1, 1, 1, 1], [*range(94), 2, 0, 0, 0, 0, 0])
+    join.service.ingest([message], now=20.0)  # closes the window at 100 rows
+    source = join.service.report_source("breast_cancer", "1", now=30.0)
+    outcomes = join.label("breast_cancer", [("multi", [0, 1, 1]), ("one", 0), ("other", 1)],
+                          False, 40.0)
+    assert [o["outcome"] for o in outcomes] == ["joined", "joined", "unknown_id"]  # 2 not held
+
+    doc = join.rows_doc(source)
+    assert (doc["rows"], doc["labelled_rows"], doc["labelled"]) == (100, 3, "all")
+    assert doc["label_of"] == "label" and doc["window"]["rows"] == 100
+    assert doc["labels"] == [None] * 94 + [1, 0, 0, None, None, None]
+    assert doc["request_ids"] == ["bulk"] * 94 + ["multi", "multi", "one", "other",
+                                                  "unlabelled", None]
+    assert "request_id" not in doc["columns"] and len(doc["columns"]["mean radius"]) == 100
+
+    only = join.rows_doc(source, labelled_only=True)
+    assert (only["rows"], only["labelled_rows"], only["labelled"]) == (3, 3, "only")
+    assert only["labels"] == [1, 0, 0] and only["request_ids"] == ["multi", "multi", "one"]
+    assert only["columns"]["mean radius"] == [float(v) for v in x[[94, 95, 96], 0]]
+    assert all(len(v) == 3 for v in only["columns"].values())
+
+
+def test_labels_of_reads_only_the_versions_labelled_requests(join) -> None:
+    join.record([_predictions()], now=10.0)
+    join.label("breast_cancer", [("r0", 1), ("r1", 0)], False, 10.0)
+    store = join.store
+    assert store.labels_of("breast_cancer", "1", ["r0", "r1", "r2", "nope", "r0"]) == {
+        "r0": [1], "r1": [0]}
+    assert store.labels_of("breast_cancer", "2", ["r0"]) == {}
+    assert store.labels_of("breast_cancer", "1", []) == {}
+    many = [f"x{i}" for i in range(1200)] + ["r1"]  # past one query's 500 parameters
+    assert store.labels_of("breast_cancer", "1", many) == {"r1": [0]}

@@ -52,6 +52,13 @@ def test_the_errors_a_route_raises_are_answered_once_for_all() -> None:
     ("/v1/models/mlp/report", 409, "has no profile"),
     ("/v1/models/breast_cancer/rows", 409, "no closed window with sampled rows"),
     ("/v1/models/breast_cancer/rows?version=..", 400, "version must be a version label"),
+    ("/v1/models/breast_cancer/rows?labelled=yes", 400,
+     "labelled must be 'all' or 'only', got 'yes'"),
+    ("/v1/models/breast_cancer/rows?labelled=only&labelled=only", 400,
+     "query parameter 'labelled' is given more than once"),
+    ("/v1/models/breast_cancer/rows?windows=2", 400,
+     "unknown query parameter(s) 'windows': this route takes labelled, version"),
+    ("/v1/models/breast_cancer/rows?labelled=only", 409, "no closed window with sampled rows"),
     ("/v1/nothing", 404, "no route /v1/nothing"),
 ])
 def test_errors_are_json_with_their_status(client: Get, path, status, error) -> None:
@@ -97,3 +104,41 @@ def test_a_model_whose_files_cannot_be_read_starts_the_monitor_and_is_in_its_sta
     finally:
         m._worker.shutdown(wait=True)
         m._report_worker.shutdown(wait=True)
+
+
+def test_sampled_rows_come_back_with_the_labels_posted_for_their_requests(
+        monitor: Monitor, client: Get, example_root: Path) -> None:
+    """The whole way without Ray: a replica's sample buffer and prediction log (serving), their
+    messages taken by the monitor, labels posted for some requests, then the rows endpoint: each
+    row has its request id and, where its request was labelled, its label."""
+    import numpy as np
+    import pandas as pd
+
+    from serving.prediction_log import PredictionLog
+    from serving.sampling import SampleBuffer
+
+    monitor.service.reconfigure(MonitorSettings(window={"rows": 100, "seconds": None}), 0.0)
+    frame = pd.read_parquet(example_root / "breast_cancer" / "1" / "reference.parquet")
+    x = frame.drop(columns=["target"]).to_numpy(np.float32)[:100]
+    samples, log = SampleBuffer(1.0, 1000, 1000), PredictionLog(1000)
+    for i in range(0, 100, 2):  # 50 requests of two rows, ids q0, q2, ...
+        outputs = {"label": np.array([0, 1]), "probabilities": np.full((2, 2), 0.5, np.float32)}
+        samples.record("breast_cancer", "1", 0.01, 200, {"input": x[i:i + 2]}, outputs,
+                       request_id=f"q{i}")
+        log.record("breast_cancer", "1", f"q{i}", 1.0, outputs)
+    monitor.labels.record(log.drain(), 5.0)
+    assert [w.rows for w in monitor.service.ingest(samples.drain(), 6.0)] == [100]
+    joined = monitor.labels.label("breast_cancer", [("q0", [1, 1]), ("q98", [0, 0])], False, 7.0)
+    assert [o["outcome"] for o in joined] == ["joined", "joined"]
+
+    everything = client("/v1/models/breast_cancer/rows")
+    assert everything.status_code == 200, everything.text
+    doc = everything.json()
+    assert (doc["rows"], doc["labelled_rows"], doc["label_of"]) == (100, 4, "label")
+    assert doc["labels"] == [1, 1] + [None] * 96 + [0, 0]
+    assert doc["request_ids"][:4] == ["q0", "q0", "q2", "q2"]
+    assert doc["columns"]["label"][:2] == [0, 1]  # the prediction stays a column of its own
+    only = client("/v1/models/breast_cancer/rows?labelled=only&version=1").json()
+    assert (only["rows"], only["labels"], only["request_ids"]) == (
+        4, [1, 1, 0, 0], ["q0", "q0", "q98", "q98"])
+    assert only["columns"]["mean radius"] == [float(v) for v in x[[0, 1, 98, 99], 0]]

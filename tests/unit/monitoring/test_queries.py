@@ -11,6 +11,7 @@ from monitoring.queries import (
     accepts_gzip,
     parse_drift_query,
     parse_report_query,
+    parse_rows_query,
 )
 
 
@@ -117,6 +118,51 @@ def test_the_report_takes_a_version_only() -> None:
     with pytest.raises(BadQuery, match=r"^unknown query parameter\(s\) 'windows': this route "
                        r"takes version$"):
         report("windows=2")
+
+
+def rows(query: str) -> ModelQuery:
+    return parse_rows_query(QueryParams(query).multi_items())
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("", ModelQuery(None, None)),
+        ("labelled=all", ModelQuery(None, None)),
+        ("labelled=only", ModelQuery(None, None, labelled_only=True)),
+        ("version=2&labelled=only", ModelQuery("2", None, labelled_only=True)),
+    ],
+)
+def test_good_rows_queries(query: str, expected: ModelQuery) -> None:
+    assert rows(query) == expected
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("labelled=ONLY", "labelled must be 'all' or 'only', got 'ONLY'"),
+        ("labelled=", "labelled must be 'all' or 'only', got ''"),
+        ("labelled=true", "labelled must be 'all' or 'only', got 'true'"),
+        ("labelled=1", "labelled must be 'all' or 'only', got '1'"),
+        ("labelled=" + "o" * 50, "labelled must be 'all' or 'only', got '" + "o" * 40 + "'..."),
+        ("labelled=only&labelled=all", "query parameter 'labelled' is given more than once"),
+        ("labels=only", "unknown query parameter(s) 'labels': this route takes labelled, version"),
+        ("windows=3", "unknown query parameter(s) 'windows': this route takes labelled, version"),
+        ("version=..", "version must be a version label (a letter or digit, then letters, "
+         "digits, '.', '_', '-'; at most 128 characters), got '..'"),
+    ],
+)
+def test_bad_rows_queries(query: str, message: str) -> None:
+    """Each bad query of the rows route is a BadQuery (HTTP 400) with exactly this message."""
+    with pytest.raises(BadQuery) as info:
+        rows(query)
+    assert str(info.value) == message
+
+
+def test_only_the_rows_route_takes_labelled() -> None:
+    for parse in (drift, report):
+        with pytest.raises(BadQuery, match="unknown query parameter"):
+            parse("labelled=only")
 
 
 @pytest.mark.parametrize(

@@ -104,6 +104,35 @@ def test_batches_that_do_not_fit_are_dropped_and_counted(service, cancer_rows, c
          "5 agreeing rows of only 4 compared"),
         (dict(inputs={"input": np.zeros((3, 30))}, outputs={"label": np.zeros(2)}), "malformed",
          "tensors disagree on the number of rows: [2, 3]"),
+        # schema 2 (before request ids): its rows could not be labelled, so it is not misread
+        (dict(schema_version=2), "schema_version", "schema version 2; this monitor reads 3"),
+        # request ids: one per sampled request, its row count, each row's position (4 rows here)
+        (dict(request_ids=["a"], request_rows=np.array([4]), row_positions=np.arange(4)),
+         "malformed", "request_ids must be a tuple"),
+        (dict(request_ids=("a",)), "malformed",
+         "request_rows must be a 1-D integer array of 1 counts (one per id)"),
+        (dict(request_ids=("",), request_rows=np.array([4]), row_positions=np.arange(4)),
+         "malformed", "request_ids must be None or strings of 1 to 256 characters"),
+        (dict(request_ids=("a" * 257,), request_rows=np.array([4]), row_positions=np.arange(4)),
+         "malformed", "request_ids must be None or strings of 1 to 256 characters"),
+        (dict(request_ids=(7,), request_rows=np.array([4]), row_positions=np.arange(4)),
+         "malformed", "request_ids must be None or strings of 1 to 256 characters"),
+        (dict(request_ids=("a", "b"), request_rows=np.array([4.0, 0.0]),
+              row_positions=np.arange(4)), "malformed",
+         "request_rows must be a 1-D integer array of 2 counts (one per id)"),
+        (dict(request_ids=("a", "b"), request_rows=np.array([4, 0]), row_positions=np.arange(4)),
+         "malformed", "request_rows must count at least one row per request"),
+        (dict(request_ids=("a", None), request_rows=np.array([2, 1]),
+              row_positions=np.arange(4)), "malformed",
+         "request_rows add up to 3 rows, the tensors hold 4"),
+        (dict(request_ids=("a",), request_rows=np.array([4]), row_positions=np.arange(3)),
+         "malformed", "row_positions must be a 1-D integer array of 4 positions (one per row)"),
+        (dict(request_ids=("a",), request_rows=np.array([4]), row_positions=np.zeros(4)),
+         "malformed", "row_positions must be a 1-D integer array of 4 positions (one per row)"),
+        (dict(request_ids=("a",), request_rows=np.array([4]),
+              row_positions=np.array([0, 1, -2, 3])), "malformed", "negative row positions"),
+        (dict(row_positions=np.arange(4)), "malformed",
+         "request_rows must be a 1-D integer array of 0 counts (one per id)"),
     ],
 )
 def test_unreadable_messages_are_dropped_with_their_reason(
@@ -125,6 +154,22 @@ def test_unreadable_messages_are_dropped_with_their_reason(
     snap = service.snapshots()[-1]
     assert snap.model == "_unknown" and snap.messages_dropped == {kind: 1}
     assert any(why in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
+def test_the_request_ids_of_sampled_rows_are_kept_with_the_windows_rows(service,
+                                                                      cancer_rows) -> None:
+    """Each row keeps its request's id and its index in it, beside the profiled columns (never
+    one of them); a message without ids gives its rows none."""
+    with_ids = _cancer(cancer_rows[:60], request_ids=("a", None, "b"),
+                       request_rows=np.array([50, 2, 8]),
+                       row_positions=np.concatenate([np.arange(50), [0, 1], np.arange(8) * 2]))
+    service.ingest([with_ids, _cancer(cancer_rows[:40])], now=1.0)
+    source = service.report_source("breast_cancer", None, now=2.0)
+    assert source.window.rows == 100 and "request_id" not in source.rows
+    ids, positions = source.keys.ids.tolist(), source.keys.positions.tolist()
+    assert ids == ["a"] * 50 + [None] * 2 + ["b"] * 8 + [None] * 40
+    assert positions == [*range(50), 0, 1, *range(0, 16, 2), *[-1] * 40]
+    assert service.state("breast_cancer").window.closed == 1  # ids are no column: same drift
 
 
 def test_without_profile_rows_count_and_latency_is_kept(service) -> None:

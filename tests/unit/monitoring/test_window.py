@@ -7,7 +7,7 @@ import pytest
 
 from monitoring.profile import build_profile
 from monitoring.settings import MonitorSettings
-from monitoring.window import TumblingWindow, empty_columns
+from monitoring.window import RowKeys, TumblingWindow, empty_columns
 
 NO_FACTS = (np.empty(0), np.empty(0, np.int16))
 
@@ -205,3 +205,35 @@ def test_bad_facts_are_refused_when_added_not_when_the_window_closes(profile) ->
     assert (window.rows, window.requests) == (0, 0)
     (closed,) = window.add(_rows(0, 2), 2, np.array([0.1]), np.array([200]), now=1.0)
     assert closed.latency.count == 1
+
+
+def _keys(ids: list, positions: list) -> RowKeys:
+    array = np.empty(len(ids), dtype=object)
+    array[:] = ids
+    return RowKeys(array, np.array(positions, dtype=np.int64))
+
+
+def test_each_row_keeps_its_request_id_and_position_beside_the_columns(profile) -> None:
+    """The ids roll over with their rows, stay out of the columns (no statistic sees them) and
+    are kept with the last closed window's rows; rows added without keys are unknown."""
+    window = TumblingWindow(profile, _settings(rows=4), now=0.0)
+    keys = _keys(["a", "a", "b", None, "c", "c"], [0, 1, 0, 0, 3, 1])
+    (first,) = window.add(_rows(0, 6), 6, *NO_FACTS, now=1.0, keys=keys)
+    assert window.last_rows_window is first and set(window.last_rows) == {"x", "c"}
+    assert window.last_keys.ids.tolist() == ["a", "a", "b", None]
+    assert window.last_keys.positions.tolist() == [0, 1, 0, 0]
+    (second,) = window.add(_rows(6, 2), 2, *NO_FACTS, now=2.0)  # a message without ids
+    assert window.last_rows_window is second
+    assert window.last_keys.ids.tolist() == ["c", "c", None, None]
+    assert window.last_keys.positions.tolist() == [3, 1, -1, -1]
+    keys.ids[:] = "changed"  # kept as copies
+    assert window.last_keys.ids.tolist() == ["c", "c", None, None]
+    with pytest.raises(ValueError, match="keys for"):
+        window.add(_rows(0, 2), 2, *NO_FACTS, now=3.0, keys=_keys(["a"], [0]))
+
+
+def test_row_keys_from_a_messages_run_length_form() -> None:
+    keys = RowKeys.of_requests(("a", None, "b"), np.array([2, 1, 2]), np.array([0, 1, 0, 3, 4]))
+    assert keys.ids.tolist() == ["a", "a", None, "b", "b"]
+    assert keys.positions.tolist() == [0, 1, 0, 3, 4]
+    assert RowKeys.of_requests((), None, None) is None
