@@ -37,7 +37,7 @@ export PYTHONUNBUFFERED := 1
 # The Serve config `make serve` and `make deploy` run: `make serve CONFIG=my-serve.yaml`.
 CONFIG ?= configs/serve.yaml
 
-.PHONY: demo ingress-env abuse serve test bench bench-stall bench-versions bench-peers deploy stop models lint clean observe dashboards lock-gpu lock sbom install-locked docs docs-serve
+.PHONY: demo ingress-env abuse cluster serve test bench bench-stall bench-versions bench-peers deploy stop models lint clean observe dashboards lock-gpu lock sbom install-locked docs docs-serve
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -152,6 +152,13 @@ bench-versions: $(VENV)/.dev-installed
 ## runs the same with the limits off
 abuse: $(VENV)/.dev-installed
 	$(BIN)/python -m load_tests.abuse $(ABUSE_ARGS)
+
+## cluster: a two-node Ray cluster on this machine (network namespaces, root): replicas on both
+## nodes, a proxy per node, drift, promote/rollback and token revocation across nodes, then the
+## worker's raylet killed under load (load_tests/results/cluster.json); CLUSTER_ARGS=--basic for
+## the round trip only
+cluster: $(VENV)/.dev-installed
+	$(BIN)/python -m load_tests.cluster $(CLUSTER_ARGS)
 
 ## bench-stall: only the stall benchmark (builds its own models)
 bench-stall: $(VENV)/.dev-installed
