@@ -483,6 +483,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds the worker stays dead under load")
     parser.add_argument("--out", type=Path, default=ROOT / "load_tests/results/cluster.json")
     args = parser.parse_args(argv)
+    # This process is a client of a token-auth cluster (Serve's CLI, the state API): the
+    # token is ~/.ray/auth_token, as on the nodes.
+    os.environ["RAY_AUTH_MODE"] = "token"
     why_not = cluster_net.available()
     if why_not:
         print(f"SKIP: {why_not}", flush=True)

@@ -181,7 +181,6 @@ def applications(head: Node) -> dict[str, Any]:
         get_auth_headers_if_auth_enabled,
     )
 
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
     answer = httpx.get(f"{dashboard_url(head)}/api/serve/applications/", timeout=10,
                        headers=get_auth_headers_if_auth_enabled({}))
     answer.raise_for_status()
