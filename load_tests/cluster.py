@@ -230,13 +230,22 @@ class Scenario:
         by_replica = self.replicas()
         seen: dict[str, dict[str, int]] = {}
         ok = 0
+
+        def one(base: str) -> tuple[str, bool]:
+            answer = httpx.get(f"{base}/v2/vigil/batching", headers=self.auth, timeout=30)
+            node = by_replica.get(answer.json().get("replica"), {}).get("node", "?")
+            return node, self.infer(base, self.rows(1)).status_code == 200
+
+        # Concurrent: HAProxy balances by least connections, so one request at a time always
+        # finds the same (first) server idle and goes there.
+        from concurrent.futures import ThreadPoolExecutor
+
         for proxy, base in self.proxies.items():
             seen[proxy] = {}
-            for _ in range(30):
-                answer = httpx.get(f"{base}/v2/vigil/batching", headers=self.auth, timeout=30)
-                node = by_replica.get(answer.json().get("replica"), {}).get("node", "?")
-                seen[proxy][node] = seen[proxy].get(node, 0) + 1
-                ok += self.infer(base, self.rows(1)).status_code == 200
+            with ThreadPoolExecutor(8) as pool:
+                for node, answered in pool.map(one, [base] * 30):
+                    seen[proxy][node] = seen[proxy].get(node, 0) + 1
+                    ok += answered
         nodes = {n for counts in seen.values() for n in counts}
         self.check("answers_from_replicas_on_both_nodes",
                    nodes == {"head", "worker1"} and ok == 60,
@@ -254,9 +263,12 @@ class Scenario:
                 sent += len(x := self.rows(10, seed=100 + i))
                 assert self.infer(self.direct(replica), x).status_code == 200
             started = time.monotonic()
-            after = wait_for(lambda b=before, s=sent: (n := self.rows_seen(self.drift_doc()))
-                             >= b + s and n, 30, f"{node}'s rows in the monitor", 0.5)
-            grown[node] = {"rows_sent": sent, "window_rows_grew_by": after - before,
+            after = before
+            while time.monotonic() - started < 30 and after < before + sent:
+                time.sleep(0.5)
+                after = self.rows_seen(self.drift_doc())
+            grown[node] = {"replica": replica, "rows_sent": sent,
+                           "window_rows_grew_by": after - before,
                            "seen_after_s": round(time.monotonic() - started, 2)}
         self.check("samples_from_both_nodes_in_monitor_windows",
                    all(g["window_rows_grew_by"] >= g["rows_sent"] for g in grown.values()), grown)
@@ -430,7 +442,25 @@ class Scenario:
         names = {n.address: n.name for n in self.net}
         return {names.get(a, a) for a in cluster_ray.nodes_alive(self.head).values()}
 
+    def replica_log_lines(self, pattern: str = "monitor|sample|Traceback|Error") -> dict:
+        """The last matching lines of each node's replica logs (kept in the JSON on failure)."""
+        import re
+
+        found = {}
+        for ray_node in (self.ray_head, self.ray_worker):
+            for path in ray_node.temp_dir.glob("session_*/logs/*replica*"):
+                try:
+                    lines = [ln for ln in path.read_text(errors="replace").splitlines()
+                             if re.search(pattern, ln)]
+                except OSError:
+                    continue
+                if lines:
+                    found[f"{ray_node.node.name}/{path.name}"] = lines[-8:]
+        return found
+
     def stop(self) -> None:
+        if not all(c["ok"] for c in self.result["checks"].values()):
+            self.result["replica_logs"] = self.replica_log_lines()
         with procs.signals_deferred():
             for ray_node in (self.ray_worker, self.ray_head):
                 try:
@@ -520,13 +550,18 @@ def main(argv: list[str] | None = None) -> int:
                            "shared_path_note": "one file system: both nodes read the same path"}
         scenario.start()
         result["placement"] = scenario.placement()
-        scenario.answers_from_both()
-        scenario.samples_from_both()
-        scenario.drift_on_worker()
-        scenario.promote_rollback()
-        scenario.revoke()
+        phases = [scenario.answers_from_both, scenario.samples_from_both,
+                  scenario.drift_on_worker, scenario.promote_rollback, scenario.revoke]
         if not args.basic:
-            scenario.kill_worker()
+            phases.append(scenario.kill_worker)
+        for phase in phases:  # one phase failing still lets the others show what they show
+            try:
+                phase()
+            except Exception as exc:  # noqa: BLE001 - a failed check; the next phase runs
+                log(f"{phase.__name__} error: {type(exc).__name__}: {exc}")
+                result["checks"][f"{phase.__name__}_ran"] = {"ok": False,
+                                                             "detail": f"{exc!r:.2000}"}
+        if not args.basic:
             result["placement_after_rejoin"] = scenario.placement()
     except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - a failed check, cleaned up
         log(f"scenario error: {type(exc).__name__}: {exc}")

@@ -51,7 +51,7 @@ def ray_env(extra: dict[str, str] | None = None) -> dict[str, str]:
         "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
         "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": "10",
         "RAY_SERVE_HAPROXY_MAXCONN": str(max(1024, (n - 512) * 2 // 5)),
-        "RAY_SERVE_HAPROXY_BINARY_PATH": str(BIN / "vigil-haproxy"),
+        "RAY_SERVE_HAPROXY_BINARY_PATH": str(haproxy_wrapper()),
         "VIGIL_HAPROXY_TIMEOUT_HTTP_REQUEST_S": "10",
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
         "PYTHONUNBUFFERED": "1",
@@ -59,6 +59,22 @@ def ray_env(extra: dict[str, str] | None = None) -> dict[str, str]:
         **(extra or {}),
     })
     return env
+
+
+def haproxy_wrapper() -> Path:
+    """vigil-haproxy (the header timeout, as the Makefile ships it): the console script where it
+    is installed, else a two-line script that runs the same module with this interpreter (an
+    editable install made before the script existed has none)."""
+    installed = BIN / "vigil-haproxy"
+    if installed.exists():
+        return installed
+    script = BASE_DIR / "bin" / "vigil-haproxy"
+    if not script.exists():
+        script.parent.mkdir(parents=True, exist_ok=True)
+        script.write_text(f"#!/bin/sh\nexec {sys.executable} -m vigil.tools.haproxy_header_timeout"
+                          ' "$@"\n')
+        script.chmod(0o755)
+    return script
 
 
 def netns_inode(node: Node) -> int:

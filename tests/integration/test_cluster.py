@@ -74,6 +74,8 @@ def test_replicas_on_both_nodes_and_the_monitor_on_the_head(round_trip):
     assert monitor["node"] == "head" and monitor["address"] == "10.77.0.1"
     proxies = {row["node"] for row in placement if row["actor"] == "HAProxyManager"}
     assert proxies == {"head", "worker1"}
+    (board,) = [row for row in placement if row["actor"] == "_Board"]
+    assert board["node"] == "head"  # vigil.adapters.alias_board.BOARD_OPTIONS
 
 
 def test_nothing_left_behind(round_trip):
