@@ -448,7 +448,7 @@ class Scenario:
 
         found = {}
         for ray_node in (self.ray_head, self.ray_worker):
-            for path in ray_node.temp_dir.glob("session_*/logs/*replica*"):
+            for path in ray_node.temp_dir.glob("session_*/logs/serve/replica_*"):
                 try:
                     lines = [ln for ln in path.read_text(errors="replace").splitlines()
                              if re.search(pattern, ln)]
