@@ -37,7 +37,7 @@ export PYTHONUNBUFFERED := 1
 # The Serve config `make serve` and `make deploy` run: `make serve CONFIG=my-serve.yaml`.
 CONFIG ?= configs/serve.yaml
 
-.PHONY: demo soak autoscale ingress-env abuse faults fuzz serve test bench bench-stall bench-versions bench-peers deploy stop models lint clean observe dashboards lock-gpu lock sbom install-locked docs docs-serve
+.PHONY: demo soak autoscale ingress-env abuse faults fuzz cluster serve test bench bench-stall bench-versions bench-peers deploy stop models lint clean observe dashboards lock-gpu lock sbom install-locked docs docs-serve
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -186,6 +186,13 @@ ifdef URL
 else
 	VIGIL_FUZZ_MAX_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -s -p no:cacheprovider tests/integration/test_fuzz_api.py
 endif
+
+## cluster: a two-node Ray cluster on this machine (network namespaces, root): replicas on both
+## nodes, a proxy per node, drift, promote/rollback and token revocation across nodes, then the
+## worker's raylet killed under load (load_tests/results/cluster.json); CLUSTER_ARGS=--basic for
+## the round trip only
+cluster: $(VENV)/.dev-installed
+	$(BIN)/python -m load_tests.cluster $(CLUSTER_ARGS)
 
 ## bench-stall: only the stall benchmark (builds its own models)
 bench-stall: $(VENV)/.dev-installed

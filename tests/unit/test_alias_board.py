@@ -102,3 +102,15 @@ def test_a_link_without_a_board_is_unavailable_and_looks_again() -> None:
         with pytest.raises(BoardUnavailable, match="did not answer \\(status\\)"):
             asyncio.run(link.ready())
     assert len(lookups) == 2 and BoardUnavailable.status == 503
+
+
+def test_the_board_is_placed_on_the_head_node() -> None:
+    """On a cluster of several nodes the board must not die with a worker: it asks for the
+    resource Ray gives the head node alone (a sliver of it, so it never waits for it)."""
+    from ray._common.constants import HEAD_NODE_RESOURCE_NAME
+
+    from vigil.adapters.alias_board import BOARD_OPTIONS, HEAD_NODE_RESOURCE
+
+    assert HEAD_NODE_RESOURCE == HEAD_NODE_RESOURCE_NAME
+    assert BOARD_OPTIONS["resources"] == {HEAD_NODE_RESOURCE: 0.001}
+    assert BOARD_OPTIONS["lifetime"] == "detached" and BOARD_OPTIONS["num_cpus"] == 0

@@ -139,13 +139,21 @@ def _alive(replica: str) -> bool:
 AliasBoard = ray.remote(_Board)
 
 
+# Ray gives the head node this resource (and only the head). Every admin change goes through
+# the board: on a worker node it would die with that node (admin changes answer 503 until a
+# replica makes a new board, and a node that never returns leaves it to chance where that
+# lands); on the head it lives as long as the cluster does. load_tests.cluster shows it there.
+HEAD_NODE_RESOURCE = "node:__internal_head__"
+BOARD_OPTIONS: dict[str, Any] = {
+    "num_cpus": 0, "max_concurrency": 1000, "name": BOARD_NAME, "namespace": BOARD_NAMESPACE,
+    "lifetime": "detached", "get_if_exists": True, "resources": {HEAD_NODE_RESOURCE: 0.001},
+}
+
+
 def board() -> Any:
-    """The cluster's board actor, created by whoever asks first. Detached: it must outlive the
-    replica that happened to create it."""
-    return AliasBoard.options(
-        num_cpus=0, max_concurrency=1000, name=BOARD_NAME, namespace=BOARD_NAMESPACE,
-        lifetime="detached", get_if_exists=True,
-    ).remote()
+    """The cluster's board actor, created by whoever asks first, on the head node. Detached: it
+    must outlive the replica that happened to create it."""
+    return AliasBoard.options(**BOARD_OPTIONS).remote()
 
 
 def board_key(model_repository: Any) -> str:
