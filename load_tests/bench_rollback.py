@@ -42,6 +42,7 @@ import orjson
 
 from load_tests import procs
 from load_tests.bench_stall import CpuMeter
+from load_tests.loadgen import read_response
 from load_tests.targets import HOST, REPO_ROOT, RayPorts, StartError
 from load_tests.versions_server import (
     begin_run,
@@ -111,28 +112,7 @@ class _Connection:
             self.reader, self.writer = await asyncio.open_connection(HOST, self.port)
         assert self.reader is not None
         self.writer.write(self.request)
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        lines = head.split(b"\r\n")
-        status = int(lines[0].split(None, 2)[1])
-        length, chunked, close = 0, False, False
-        for line in lines[1:]:
-            key, _, value = line.partition(b":")
-            key, value = key.strip().lower(), value.strip().lower()
-            if key == b"content-length":
-                length = int(value)
-            elif key == b"transfer-encoding":
-                chunked = b"chunked" in value
-            elif key == b"connection":
-                close = value == b"close"
-        if chunked:
-            data = bytearray()
-            while size := int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16):
-                data += await self.reader.readexactly(size + 2)
-                del data[-2:]
-            await self.reader.readuntil(b"\r\n")
-            payload = bytes(data)
-        else:
-            payload = await self.reader.readexactly(length)
+        status, payload, close = await read_response(self.reader)
         if close:
             self.close()
         return status, payload

@@ -99,28 +99,7 @@ class Connection:
             self.reader, self.writer = await asyncio.open_connection(HOST, self.port, limit=1 << 22)
         assert self.reader is not None
         self.writer.write(request)
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        lines = head.split(b"\r\n")
-        status = int(lines[0].split(None, 2)[1])
-        length, chunked, close = 0, False, False
-        for line in lines[1:]:
-            key, _, value = line.partition(b":")
-            key, value = key.strip().lower(), value.strip().lower()
-            if key == b"content-length":
-                length = int(value)
-            elif key == b"transfer-encoding":
-                chunked = b"chunked" in value
-            elif key == b"connection":
-                close = value == b"close"
-        if chunked:
-            data = bytearray()
-            while size := int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16):
-                data += await self.reader.readexactly(size + 2)
-                del data[-2:]
-            await self.reader.readuntil(b"\r\n")
-            payload = bytes(data)
-        else:
-            payload = await self.reader.readexactly(length)
+        status, payload, close = await read_response(self.reader)
         if close:
             self.close()
         self.used_at = time.monotonic()
@@ -260,3 +239,29 @@ def measure_throughput(port: int, bodies: list[Body], concurrency: int, seconds:
         raise RuntimeError(f"{len(record.failures)} failures while measuring throughput: "
                            f"{record.failures[:3]}")
     return len(record.latencies) / elapsed
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
+    """One HTTP/1.1 response off a keep-alive connection: (status, body, whether the server
+    closes the connection after it); Content-Length or chunked bodies."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split(None, 2)[1])
+    length, chunked, close = 0, False, False
+    for line in lines[1:]:
+        key, _, value = line.partition(b":")
+        key, value = key.strip().lower(), value.strip().lower()
+        if key == b"content-length":
+            length = int(value)
+        elif key == b"transfer-encoding":
+            chunked = b"chunked" in value
+        elif key == b"connection":
+            close = value == b"close"
+    if not chunked:
+        return status, await reader.readexactly(length), close
+    data = bytearray()
+    while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+        data += await reader.readexactly(size + 2)
+        del data[-2:]
+    await reader.readuntil(b"\r\n")
+    return status, bytes(data), close
