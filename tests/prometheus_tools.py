@@ -183,6 +183,24 @@ EXPECTED_ABSENT = (
         "tests/unit/monitoring/test_rollouts.py scrapes them from a running one",
     ),
     Absence(
+        "vigil_quality_settled*",
+        "a settled window's quality exists once a window closed feedback.settle_s (a day) ago "
+        "with labelled predictions, which the live test's minutes never reach; "
+        "tests/unit/monitoring/test_label_rules.py scrapes them from settled windows",
+    ),
+    Absence(
+        "vigil_quality_reference",
+        "the quality the model gate scored on the held-out set: the session's example versions "
+        "were published without a gate verdict; tests/unit/monitoring/test_label_join.py "
+        "scrapes it from a gated version",
+    ),
+    Absence(
+        "vigil_feedback_labels_total",
+        "counted since the monitor started: the live test posts no label, and the session's "
+        "monitor restart test (after test_feedback's labels) starts it from zero; "
+        "tests/unit/monitoring/test_label_join.py scrapes the counter",
+    ),
+    Absence(
         "DCGM_FI_*",
         "NVIDIA dcgm-exporter's GPU metrics: scraped on GPU nodes of the Kubernetes deployment "
         "(helm/), not part of the local stack",

@@ -14,7 +14,12 @@ from load_tests.fault_stack import REPLICA_CLASS, Stack, actors
 from tests.integration.conftest import wait_for
 
 
+# Open (found on 5 December): after this test, a request answered by Serve's replacement
+# replica was not recorded for labels (its label came back unknown_id) and a token created
+# afterwards stayed 401 on it for 10 s, while the surviving replica did both. Not diagnosed; so
+# that the other tests keep a whole session, this one runs after all of them.
 @pytest.mark.slow
+@pytest.mark.runs_last
 def test_a_killed_replica_is_replaced_under_load(vigil):
     stack = Stack(base_url=vigil.base_url, headers=vigil.auth, dashboard_url=vigil.dashboard_url,
                   repository=vigil.models_dir,
