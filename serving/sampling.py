@@ -117,6 +117,10 @@ class SampleBuffer:
             request_id = None
         buf.chunks.append((rows, inputs, outputs, request_id, picked))
         buf.rows += rows
+        self._trim(buf)
+
+    def _trim(self, buf: _VersionBuffer) -> None:
+        """Drop the oldest rows past max_rows (counted), keeping the newest of a split chunk."""
         while buf.rows > self.max_rows:
             old_rows, old_in, old_out, old_id, old_at = buf.chunks.popleft()
             excess = buf.rows - self.max_rows
