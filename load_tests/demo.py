@@ -3,6 +3,7 @@
     make demo              # exit 0 only if every step happened within its bound (15 min at most)
     make demo DEMO_BAD=1   # a worse candidate (shuffled labels, forced past the gate with a
                            # reason): exit 0 only if the rollout rolls it back
+    make demo DEMO_SHORT=1 # CI's variant: 10-s windows, one clean window, one rollout step
 
 It serves the example models on a private Ray cluster (its own ports and repository, as
 `make serve` does) with a demo Monitor config: one drift rule whose webhook target is the example
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,15 +53,30 @@ PORTS = RayPorts(
 ROWS_PER_REQUEST = 5
 REQUESTS_PER_S = 40.0
 MALIGNANT_SHARE = 0.75  # shifted traffic; the data set has 37% malignant (target 0)
-CLEAN_WINDOWS = 2  # production windows of clean traffic before the shift
 
 
-def monitor_user_config(receiver_port: int, agreement: bool) -> dict[str, Any]:
-    """Windows of 3,000 sampled rows (or 20 s): the retrained version's reference is mostly the
-    shifted window it was trained on. One drift rule for the receiver; rollouts judged on
-    windows of at least 30 requests."""
+@dataclass(frozen=True)
+class Pace:
+    """How long the loop's parts take: the monitor's windows, the production windows of clean
+    traffic before the shift, and the rollout's steps."""
+
+    window_rows: int
+    window_s: int
+    clean_windows: int
+    steps: str
+
+
+FULL = Pace(window_rows=3000, window_s=20, clean_windows=2, steps="10,50")
+# `--short` (CI's variant): smaller windows, one clean window and a single step; the same loop.
+SHORT = Pace(window_rows=2000, window_s=10, clean_windows=1, steps="50")
+
+
+def monitor_user_config(receiver_port: int, agreement: bool, pace: Pace) -> dict[str, Any]:
+    """Windows of 3,000 sampled rows (or 20 s; `--short`: 2,000 or 10 s): the retrained
+    version's reference is mostly the shifted window it was trained on. One drift rule for the
+    receiver; rollouts judged on windows of at least 30 requests."""
     return {
-        "window": {"rows": 3000, "seconds": 20},
+        "window": {"rows": pace.window_rows, "seconds": pace.window_s},
         "history": 50,
         "alerts": [{"name": "demo-drift", "model": MODEL, "when": {"dataset_drift": True},
                     "min_rows": 200, "for_windows": 1, "resolve_windows": 1,
@@ -127,14 +144,14 @@ class Traffic:
 class Receiver:
     """The example receiver (python -m examples.retrain_receiver) with --rollout, in a process."""
 
-    def __init__(self, port: int, repository: Path, work: Path, bad: bool) -> None:
+    def __init__(self, port: int, repository: Path, work: Path, bad: bool, steps: str) -> None:
         self.port = port
         self.read_token = secrets.token_hex(24)
         base = f"http://{HOST}:{PORTS.http}"
         argv = [sys.executable, "-m", "examples.retrain_receiver", "--host", HOST,
                 "--port", str(port), "--models-dir", str(repository),
                 "--monitor-url", f"{base}/monitor", "--state", str(work / "receiver.sqlite"),
-                "--rollout", "10,50", "--windows-per-step", "1", "--step-deadline-s", "300",
+                "--rollout", steps, "--windows-per-step", "1", "--step-deadline-s", "300",
                 "--max-failed-checks", "2", "--server-url", base]
         if bad:
             argv += ["--train-on-shuffled-labels",
@@ -242,15 +259,16 @@ class Watch:
 def run(args: argparse.Namespace, timeline: Timeline, server: VersionsServer) -> None:
     work = Path(server.work)
     receiver_port = PORTS.http + 100
-    server.monitor_user_config = monitor_user_config(receiver_port, args.agreement)
+    pace = SHORT if args.short else FULL
+    server.monitor_user_config = monitor_user_config(receiver_port, args.agreement, pace)
     repository = server.start()
-    receiver = Receiver(receiver_port, repository, work, args.bad)
+    receiver = Receiver(receiver_port, repository, work, args.bad, pace.steps)
     traffic = Traffic(f"http://{HOST}:{PORTS.http}", timeline)
     try:
         watch = Watch(timeline, server, repository, receiver)
         traffic.start()
         timeline.note("clean traffic", "1")
-        while _windows(server) < CLEAN_WINDOWS and timeline.now() < 120:
+        while _windows(server) < pace.clean_windows and timeline.now() < 120:
             watch.poll()
             time.sleep(1)
         traffic.shifted = True
@@ -279,6 +297,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="the worse candidate (also DEMO_BAD=1)")
     parser.add_argument("--agreement", action=argparse.BooleanOptionalAction, default=True,
                         help="judge the rollout's agreement with production")
+    parser.add_argument("--short", action="store_true",
+                        default=os.environ.get("DEMO_SHORT") == "1",
+                        help="smaller windows and a single rollout step, as CI runs it "
+                             "(also DEMO_SHORT=1)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "demo")
     args = parser.parse_args(argv)
     os.environ.setdefault(SECRET_ENV, "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode())

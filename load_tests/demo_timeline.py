@@ -100,13 +100,14 @@ class Timeline:
                 and self.failed_requests == 0)
 
     def summary(self) -> str:
-        lines = [f"{'step':<12} {'at (s)':>8} {'bound (s)':>10}  what", "-" * 72]
+        lines = [f"{'step':<12} {'at (s)':>8} {'took (s)':>9} {'bound (s)':>10}  what", "-" * 80]
         previous = 0.0
         for name, what, bound in self.steps:
             at = self.reached.get(name)
             mark = "-" if at is None else f"{at:.1f}"
+            took = "-" if at is None else f"{at - previous:.1f}"
             ok = at is not None and at - previous <= bound
-            lines.append(f"{name:<12} {mark:>8} {previous + bound if at is None else at - previous:>10.1f}"
+            lines.append(f"{name:<12} {mark:>8} {took:>9} {bound:>10.0f}"
                          f"  {'ok ' if ok else 'LATE' if at is not None else 'MISSING'} {what}")
             previous = at if at is not None else previous
         lines.append(f"requests {self.requests}, failed {self.failed_requests}; "
