@@ -115,9 +115,10 @@ lock-gpu: | $(BIN)/python
 	/tmp/vigil-piptools/bin/pip-compile --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links --extra gpu -o requirements/gpu.lock pyproject.toml requirements/gpu.in
 
 ## demo: the loop end to end on a private cluster: drift -> retrain -> rollout -> promote, with a
-## timeline, demo/timeline.json and demo/timeline.png; DEMO_BAD=1: a worse candidate, rolled back
+## timeline, demo/timeline.json and demo/timeline.png; DEMO_BAD=1: a worse candidate, rolled back;
+## DEMO_SHORT=1: CI's variant (10-s windows, one rollout step)
 demo: $(VENV)/.dev-installed
-	$(BIN)/python -m load_tests.demo $(if $(filter 1,$(DEMO_BAD)),--bad)
+	$(BIN)/python -m load_tests.demo $(if $(filter 1,$(DEMO_BAD)),--bad) $(if $(filter 1,$(DEMO_SHORT)),--short)
 
 ## test: set up and run the whole test suite (unit, integration on a real Ray, scenarios)
 test: $(VENV)/.dev-installed
@@ -126,9 +127,11 @@ test: $(VENV)/.dev-installed
 ## bench: the load benchmark (reference, plain Ray Serve, Vigil) on 127.0.0.1, the drift
 ## evaluation benchmark (Vigil's window evaluation against Evidently's Report), the stall
 ## benchmark (one-row latency while 16 MiB invalid bodies arrive), the alerting benchmark and
-## the model-version benchmarks (bench-versions)
+## the model-version benchmarks (bench-versions), and gRPC against HTTP (bench_grpc; its MLServer
+## rows run under bench-peers)
 bench: $(VENV)/.dev-installed models
 	$(BIN)/python -m load_tests.bench
+	$(BIN)/python -m load_tests.bench_grpc --no-mlserver
 	$(BIN)/python -m load_tests.bench_drift
 	$(BIN)/python -m load_tests.bench_stall
 	$(BIN)/python -m load_tests.bench_alerts
@@ -201,9 +204,11 @@ bench-stall: $(VENV)/.dev-installed
 ## bench-peers: Vigil side by side with MLServer, LitServe and BentoML (with and without batching,
 ## each in its own venv under ~/.cache/vigil-bench-peers, installed from PyPI on first use), plain
 ## Ray Serve and the bare reference: one table with ratios to the reference and to the best peer,
-## and load_tests/results/peers.json; BENCH_PEERS_ARGS="--quick" or "--only mlserver,vigil"
+## and load_tests/results/peers.json; BENCH_PEERS_ARGS="--quick" or "--only mlserver,vigil";
+## then gRPC: Vigil's against its HTTP and MLServer's (load_tests/results/bench_grpc.json)
 bench-peers: $(VENV)/.dev-installed
 	$(BIN)/python -m load_tests.bench_peers $(BENCH_PEERS_ARGS)
+	$(BIN)/python -m load_tests.bench_grpc
 
 ## deploy: start a local Ray cluster and `serve deploy` the config onto it
 deploy: $(VENV)/.serve-installed models

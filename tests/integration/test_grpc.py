@@ -4,7 +4,9 @@ raw inference equal to onnxruntime for both examples, every bad-input class with
 by metadata, the repository extension spreading to every replica, and a canary split.
 
 With two applications deployed (the model server and the monitor), Ray Serve routes a gRPC call
-by its `application` metadata (docs/serving-models.md, "gRPC"): each call here sends it."""
+by its `application` metadata; Vigil's HAProxy wrapper sends a call without it to the model
+server, so a stock client needs nothing Ray-specific (test_a_stock_client_needs_no_ray_metadata).
+The other calls here send it, as a client of several applications would."""
 
 from __future__ import annotations
 
@@ -54,6 +56,25 @@ def test_health_and_metadata(vigil, client):
     assert model["inputs"] == [{"name": "input", "datatype": "FP32", "shape": ["-1", "30"]}]
     assert [o["name"] for o in model["outputs"]] == ["label", "probabilities"]
     assert client.is_model_ready("mlp", headers=_headers(vigil))
+
+
+def test_a_stock_client_needs_no_ray_metadata(vigil, client):
+    """tritonclient.grpc as a Triton user calls it: no `application` metadata, only the token."""
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.get_server_metadata(as_json=True)["name"] == "vigil"
+    auth = {"authorization": f"Bearer {vigil.token}"}
+    x = np.zeros((2, 30), np.float32)
+    tensor = tg.InferInput("input", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    result = client.infer("breast_cancer", [tensor], request_id="g-plain", headers=auth)
+    assert result.get_response().id == "g-plain" and result.as_numpy("label").shape == (2,)
+    with pytest.raises(InferenceServerException) as refused:  # the token is still needed
+        client.infer("breast_cancer", [tensor])
+    assert refused.value.status() == "StatusCode.UNAUTHENTICATED"
+    # a named application that does not exist is still Ray's NOT_FOUND, not the model server
+    with pytest.raises(InferenceServerException) as unknown:
+        client.is_server_live(headers={"application": "no-such-app"})
+    assert unknown.value.status() == "StatusCode.NOT_FOUND"
 
 
 @pytest.mark.parametrize("typed", [False, True])

@@ -222,3 +222,59 @@ def test_real_haproxy_answers_an_unrouted_path_503_with_retry_after(tmp_path):
         proc.wait(10)
     assert (r.status_code, r.headers["retry-after"], r.json()) == (503, "1", {
         "error": "no application is routed here yet (Serve is starting or restarting): retry"})
+
+
+# Ray 2.60's gRPC frontend with two applications (the model server and the monitor): calls are
+# routed by their `application` metadata, and a call without it reaches the NOT_FOUND catch-all.
+GRPC_CONFIG = """global
+    maxconn 64
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 10s
+    timeout server 60s
+frontend grpc_frontend
+    bind 127.0.0.1:{port} proto h2
+    mode http
+    acl is_grpc_monitor req.hdr(application) -m str monitor
+    use_backend grpc_monitor if is_grpc_monitor
+    acl is_grpc_vigil req.hdr(application) -m str vigil
+    use_backend grpc_vigil if is_grpc_vigil
+    default_backend default_grpc_backend
+backend default_grpc_backend
+    mode http
+    http-request return status 200 content-type application/grpc hdr grpc-status 5 hdr grpc-message "Application metadata not set."
+backend grpc_monitor
+    server m1 127.0.0.1:9 proto h2
+backend grpc_vigil
+    server v1 127.0.0.1:9 proto h2
+"""
+DEFAULT_RULE = "    use_backend grpc_vigil if !{ req.hdr(application) -m found }\n"
+
+
+def test_a_grpc_call_without_application_metadata_goes_to_the_model_server():
+    before = GRPC_CONFIG.format(port=1)
+    after = wrapper.grpc_default_app(before, "vigil")
+    # before the catch-all, after the rules for a named application (an explicit header wins)
+    assert after == before.replace("    default_backend default_grpc_backend\n",
+                                   DEFAULT_RULE + "    default_backend default_grpc_backend\n")
+    assert wrapper.grpc_default_app(after, "vigil") == after  # once
+    other = wrapper.grpc_default_app(before, "monitor")
+    assert "use_backend grpc_monitor if !{ req.hdr(application) -m found }" in other
+    # no backend for the app (not deployed yet), no catch-all (one app: Ray routes it itself),
+    # no gRPC at all: as is
+    assert wrapper.grpc_default_app(before, "absent") == before
+    one_app = before.replace("    default_backend default_grpc_backend\n",
+                             "    default_backend grpc_vigil\n")
+    assert wrapper.grpc_default_app(one_app, "vigil") == one_app
+    assert wrapper.grpc_default_app(RAY_CONFIG, "vigil") == RAY_CONFIG
+
+
+def test_real_haproxy_accepts_the_grpc_default_app(tmp_path):
+    haproxy = _bundled_haproxy()
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(GRPC_CONFIG.format(port=1))
+    done = _run(["-c", "-f", str(cfg)], {wrapper.REAL_BINARY_ENV: haproxy,
+                                          wrapper.GRPC_APP_ENV: "vigil"}, tmp_path)
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert DEFAULT_RULE in cfg.read_text()

@@ -12,6 +12,10 @@ changed when the section already has one), then execs the real HAProxy with the 
 so the pid Ray waits on and signals (-sf) is HAProxy's own. It also answers a path that no
 application is routed at (Ray's `default_backend`: only while Serve starts or HAProxy restarts,
 since Vigil is routed at "/") with 503 and Retry-After instead of 404, so that clients retry.
+And it sends a gRPC call without `application` metadata to Vigil's model server (the app named by
+VIGIL_GRPC_DEFAULT_APP, default `vigil`): Ray routes gRPC by that metadata and, with more than one
+application (the model server and the monitor), answers NOT_FOUND without it, so that stock
+clients (tritonclient.grpc, KServe's, a generated Go stub) would have to learn a Ray-only header.
 Any call without `-f` (`-v`, ...) goes straight through.
 
 The config is edited in place, not copied: Ray finds its HAProxy workers by the exact `-f` path in
@@ -37,6 +41,8 @@ from collections.abc import Sequence
 
 TIMEOUT_ENV = "VIGIL_HAPROXY_TIMEOUT_HTTP_REQUEST_S"
 REAL_BINARY_ENV = "VIGIL_HAPROXY_REAL_BINARY_PATH"
+GRPC_APP_ENV = "VIGIL_GRPC_DEFAULT_APP"
+DEFAULT_GRPC_APP = "vigil"
 DEFAULT_TIMEOUT_S = 10
 
 _SECTION = re.compile(r"^(global|defaults|frontend|backend|listen|userlist|peers|resolvers|"
@@ -93,6 +99,35 @@ def unrouted_as_unavailable(config: str) -> str:
     return "".join(lines)
 
 
+_GRPC_APP_ACL = re.compile(r"^\s*acl\s+(is_\S+)\s+req\.hdr\(application\)\s+-m\s+str\s+(\S+)\s*$")
+
+
+def grpc_default_app(config: str, app: str) -> str:
+    """`config` with gRPC calls that carry no `application` metadata routed to `app`'s backend,
+    in `frontend grpc_frontend` before its catch-all `default_backend default_grpc_backend` (Ray
+    writes that catch-all only with more than one application); unchanged without it, or
+    while `app` has no gRPC backend (then the catch-all still answers NOT_FOUND)."""
+    lines = config.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines)
+                  if re.match(r"frontend\s+grpc_frontend\s*$", line)), None)
+    if start is None:
+        return config
+    end = next((i for i in range(start + 1, len(lines)) if _SECTION.match(lines[i])), len(lines))
+    acls = {m.group(2): m.group(1) for i in range(start + 1, end)
+            if (m := _GRPC_APP_ACL.match(lines[i].rstrip("\n")))}
+    backend = acls.get(app, "").removeprefix("is_")
+    catch_all = next((i for i in range(start + 1, end)
+                      if re.match(r"\s*default_backend\s+default_grpc_backend\s*$", lines[i])), None)
+    if not backend or catch_all is None:
+        return config
+    rule = f"use_backend {backend} if !{{ req.hdr(application) -m found }}"
+    if any(lines[i].strip() == rule for i in range(start + 1, end)):
+        return config
+    indent = lines[catch_all][:len(lines[catch_all]) - len(lines[catch_all].lstrip())]
+    lines.insert(catch_all, f"{indent}{rule}\n")
+    return "".join(lines)
+
+
 def timeout_from_env(env: dict[str, str]) -> int:
     raw = env.get(TIMEOUT_ENV, "").strip() or str(DEFAULT_TIMEOUT_S)
     if not raw.isdigit() or int(raw) < 1:
@@ -108,13 +143,15 @@ def config_path(args: Sequence[str]) -> str | None:
     return None
 
 
-def rewrite_config(path: str, seconds: int) -> bool:
-    """Add the header timeout to the file at `path` under Ray's own lock; True if it changed."""
+def rewrite_config(path: str, seconds: int, grpc_app: str = DEFAULT_GRPC_APP) -> bool:
+    """Add the header timeout, the unrouted 503 and the gRPC default app to the file at `path`
+    under Ray's own lock; True if it changed."""
     with open(path + ".lock", "a") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         with open(path) as f:
             before = f.read()
-        after = unrouted_as_unavailable(add_header_timeout(before, seconds))
+        after = grpc_default_app(unrouted_as_unavailable(add_header_timeout(before, seconds)),
+                                 grpc_app)
         if after == before:
             return False
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".vigil-haproxy-")
@@ -181,7 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         binary = real_binary(env)
         path = config_path(args)
         if path is not None:
-            rewrite_config(path, timeout_from_env(env))
+            rewrite_config(path, timeout_from_env(env),
+                           env.get(GRPC_APP_ENV, "").strip() or DEFAULT_GRPC_APP)
     except (WrapperError, OSError) as e:
         print(f"vigil-haproxy: {e}", file=sys.stderr)
         return 2
