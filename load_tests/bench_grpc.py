@@ -1,8 +1,11 @@
 """Vigil over gRPC against Vigil over HTTP, in one run on one cluster, with ratios: 1-row at c=1
 and c=64, 1024-row raw tensors (HTTP's binary extension) at c=8; then the same gRPC rows through
-Serve's gRPC proxy instead of HAProxy's direct ingress, to choose the ingress by measurement.
+Serve's gRPC proxy instead of HAProxy's direct ingress, to choose the ingress by measurement;
+then MLServer's gRPC (which it serves by default), with and without its adaptive batching, on the
+same models and bodies (its own virtual environment, as `make bench-peers` sets it up), and
+Vigil's ratio to the better of the two.
 
-    python -m load_tests.bench_grpc [--quick] [--out load_tests/results/bench_grpc.json]
+    python -m load_tests.bench_grpc [--quick] [--no-mlserver] [--out load_tests/results/bench_grpc.json]
 
 Both loaders are Python asyncio clients in this process (load_tests.grpc_load): on a small machine
 the client shares the cores with the server, so absolute figures are the pair's, and the ratios
@@ -23,7 +26,9 @@ from typing import Any
 import numpy as np
 import orjson
 
+from load_tests import peer_envs
 from load_tests.grpc_load import LoadResult, grpc_load, http_load
+from load_tests.peer_servers import MLServerPeer
 from load_tests.targets import REPO_ROOT, RayCluster, RayPorts, StartError, vigil_config
 from serving.proto import wire
 
@@ -62,17 +67,20 @@ def payloads(rows: int) -> dict[str, tuple[str, bytes, dict[str, str]]]:
     }
 
 
+MLSERVER_PORT = 8129  # HTTP; its gRPC is on +100 (peer_servers.MLServerPeer)
+
+
 def measure(kind: str, body: bytes, headers: dict[str, str], concurrency: int, warmup_s: float,
-            measure_s: float) -> LoadResult:
+            measure_s: float, grpc_target: str = f"127.0.0.1:{GRPC_PORT}") -> LoadResult:
     if kind == "grpc":
-        return asyncio.run(grpc_load(f"127.0.0.1:{GRPC_PORT}", INFER, body, METADATA,
+        return asyncio.run(grpc_load(grpc_target, INFER, body, METADATA,
                                      concurrency, warmup_s, measure_s))
     url = f"http://127.0.0.1:{PORTS.http}/v2/models/{MODEL}/infer"
     return asyncio.run(http_load(url, body, headers, concurrency, warmup_s, measure_s))
 
 
 def run_rows(variants: dict[str, list[str]], warmup_s: float, measure_s: float,
-             rounds: int) -> dict[str, dict[str, Any]]:
+             rounds: int, grpc_target: str = f"127.0.0.1:{GRPC_PORT}") -> dict[str, dict[str, Any]]:
     """Each shape's variants interleaved, `rounds` times; the median round's figures kept."""
     out: dict[str, dict[str, Any]] = {}
     for shape, rows, concurrency in SHAPES:
@@ -82,7 +90,7 @@ def run_rows(variants: dict[str, list[str]], warmup_s: float, measure_s: float,
             for variant in variants[shape]:
                 kind, body, headers = built[variant]
                 results[variant].append(measure(kind, body, headers, concurrency, warmup_s,
-                                                measure_s))
+                                                measure_s, grpc_target))
         out[shape] = {}
         for variant, runs in results.items():
             chosen = sorted(runs, key=lambda r: r.rps)[len(runs) // 2]
@@ -120,9 +128,64 @@ def ratios(rows: dict[str, dict[str, Any]]) -> dict[str, float]:
     return out
 
 
+def check_mlserver(target: str) -> str | None:
+    """None when MLServer's gRPC answers a raw 1-row request with both outputs, else why not."""
+    import grpc
+
+    _, body, _ = payloads(1)["grpc_raw"]
+    with grpc.insecure_channel(target) as channel:
+        rpc = channel.unary_unary(INFER, request_serializer=lambda b: b,
+                                  response_deserializer=wire.ModelInferResponse.FromString)
+        try:
+            answer = rpc(body, timeout=30)
+        except grpc.RpcError as exc:
+            return f"{exc.code()}: {exc.details()}"
+    names = sorted(o.name for o in answer.outputs)
+    return None if names == ["label", "probabilities"] else f"unexpected outputs {names}"
+
+
+def mlserver_rows(variants: dict[str, list[str]], warmup_s: float, measure_s: float,
+                  rounds: int, work: Path) -> dict[str, Any]:
+    """MLServer 1.7 (without and with adaptive batching), gRPC rows only; {label: rows} or
+    {label: {"unavailable": why}}."""
+    env = peer_envs.peer_envs()["mlserver"]
+    why = peer_envs.ensure(env, lambda line: print(f"  {line}", flush=True))
+    if why:
+        return {"mlserver": {"unavailable": why}}
+    out: dict[str, Any] = {}
+    for batching in (False, True):
+        server = MLServerPeer(env, MLSERVER_PORT, batching, REPO_ROOT / "models", work)
+        try:
+            print(f"{server.label}: starting", flush=True)
+            server.start()
+            target = f"127.0.0.1:{MLSERVER_PORT + 100}"
+            if (why := check_mlserver(target)) is not None:
+                out[server.label] = {"unavailable": why}
+                continue
+            out[server.label] = run_rows(variants, warmup_s, measure_s, rounds, target)
+        except StartError as exc:
+            out[server.label] = {"unavailable": str(exc)}
+        finally:
+            server.stop()
+    return out
+
+
+def peer_ratios(vigil: dict[str, dict[str, Any]], peers: dict[str, Any]) -> dict[str, Any]:
+    """Vigil's gRPC raw rows over the better MLServer's, shape by shape."""
+    out: dict[str, Any] = {}
+    for shape, figures in vigil.items():
+        best = max((rows[shape]["grpc_raw"]["rps"], label) for label, rows in peers.items()
+                   if "unavailable" not in rows)
+        if best[0]:
+            out[f"{shape} vigil/{best[1]}"] = round(figures["grpc_raw"]["rps"] / best[0], 3)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter windows, one round")
+    parser.add_argument("--mlserver", action=argparse.BooleanOptionalAction, default=True,
+                        help="MLServer's gRPC rows too (installs its environment once)")
     parser.add_argument("--out", type=Path,
                         default=REPO_ROOT / "load_tests" / "results" / "bench_grpc.json")
     args = parser.parse_args(argv)
@@ -153,8 +216,17 @@ def main(argv: list[str] | None = None) -> int:
                      / report["serve_grpc_proxy"][shape]["grpc_raw"]["rps"], 3)
         for shape in report["serve_grpc_proxy"]
         if report["serve_grpc_proxy"][shape]["grpc_raw"]["rps"]}
+    if args.mlserver:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="vigil-bench-grpc-") as work:
+            report["mlserver"] = mlserver_rows(grpc_only, warmup_s, measure_s, rounds, Path(work))
+        if any("unavailable" not in rows for rows in report["mlserver"].values()):
+            report["vigil_over_mlserver"] = peer_ratios(report["haproxy_direct_ingress"],
+                                                        report["mlserver"])
     print(json.dumps({"ratios": report["ratios"],
-                      "haproxy_over_serve_proxy": report["ingress_ratios"]}, indent=2))
+                      "haproxy_over_serve_proxy": report["ingress_ratios"],
+                      "vigil_over_mlserver": report.get("vigil_over_mlserver")}, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
