@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from examples.retraining import MIN_LABELLED_ROWS, TOKEN_ENV, RetrainError, Retrainer
+from examples.retraining import MIN_LABELLED_ROWS, RECENT_SHARE, TOKEN_ENV, RetrainError, Retrainer
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -36,11 +36,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="train on the window's labelled rows and their true labels alone "
                         f"when it has at least N; else on pseudo-labels (default: "
                         f"{MIN_LABELLED_ROWS})")
+    parser.add_argument("--recent-share", type=float, default=RECENT_SHARE, metavar="F",
+                        help="the least share of the training rows that comes from the window "
+                        f"(default: {RECENT_SHARE})")
     args = parser.parse_args(argv)
     if args.min_labelled_rows < 1:
         parser.error("--min-labelled-rows must be at least 1")
+    if not 0 < args.recent_share <= 1:
+        parser.error("--recent-share must be in (0, 1]")
     retrainer = Retrainer(args.models_dir, args.monitor_url, os.environ.get(TOKEN_ENV) or None,
-                          actor=args.actor, min_labelled_rows=args.min_labelled_rows)
+                          actor=args.actor, min_labelled_rows=args.min_labelled_rows,
+                          recent_share=args.recent_share)
     try:
         outcome = retrainer.retrain(args.event_id, args.version)
     except RetrainError as exc:

@@ -56,9 +56,13 @@ Retraining (examples.retraining; one job at a time):
    model already believes, its mistakes included. The version's metadata (``labels``,
    ``window_labels``: ground_truth or pseudo, ``window_rows_labelled``) and the job's outcome
    (``labels``, ``labels_detail``) say which it was.
-3. The rows are appended to the version's reference data (reference.parquet: the features and
-   ``target``), a StandardScaler + LogisticRegression is trained on it (float32) and converted
-   to ONNX as vigil.tools.examples builds breast_cancer/1.
+3. The training frame: the window's rows and the version's most recent reference rows
+   (reference.parquet: the features and ``target``; each retraining appends its window), as
+   many as keep the window rows at least --recent-share (0.9) of the frame, at least 100 (all
+   of them if that tail lacks a class). Leaning on today's traffic makes the new version's
+   reference what it will see, so drift settles once it serves, and keeps the frame from
+   growing with every retraining. A StandardScaler + LogisticRegression is trained on it
+   (float32) and converted to ONNX as vigil.tools.examples builds breast_cancer/1.
 4. The model is published as the next whole-number version by vigil.tools.publishing, as
    `vigil models publish` does: signature read by onnxruntime, lineage, the drift profile of
    that training frame, production pinned first, the version moved into place by an exclusive
@@ -118,7 +122,7 @@ from examples.receiver_events import (
 )
 from examples import shipping
 from examples.github_dispatch import GitHubDispatch
-from examples.retraining import MIN_LABELLED_ROWS, TOKEN_ENV, Retrainer
+from examples.retraining import MIN_LABELLED_ROWS, RECENT_SHARE, TOKEN_ENV, Retrainer
 
 logger = logging.getLogger("vigil.retrain_receiver")
 
@@ -150,6 +154,7 @@ class Receiver:
         secrets: str | None = None, token: str | None = None, read_token: str | None = None,
         forward: GitHubDispatch | None = None, shipper: shipping.Shipping | None = None,
         shuffle_labels: bool = False, min_labelled_rows: int = MIN_LABELLED_ROWS,
+        recent_share: float = RECENT_SHARE,
     ) -> Receiver:
         """`secrets`, `token` and `read_token` default to $VIGIL_WEBHOOK_SECRET, $VIGIL_TOKEN and
         $VIGIL_RECEIVER_TOKEN. ValueError names what is missing or malformed."""
@@ -159,7 +164,8 @@ class Receiver:
             read_token = os.environ.get(READ_TOKEN_ENV) or None
         reader = ReadAccess(read_token)
         retrainer = Retrainer(Path(models_dir), monitor_url, token, shipper=shipper,
-                              shuffle_labels=shuffle_labels, min_labelled_rows=min_labelled_rows)
+                              shuffle_labels=shuffle_labels, min_labelled_rows=min_labelled_rows,
+                              recent_share=recent_share)
         return cls(verifiers, EventStore(state_path), reader, retrainer, forward)
 
     def verified_event(self, body: bytes, headers: Mapping[str, str], peer: str) -> dict[str, Any]:
@@ -341,6 +347,10 @@ def _parser() -> argparse.ArgumentParser:
     add("--min-labelled-rows", type=int, default=MIN_LABELLED_ROWS, metavar="N",
         help="train on the window's labelled rows and their true labels alone when it has at "
         f"least N of them; else on pseudo-labels (default: {MIN_LABELLED_ROWS})")
+    add("--recent-share", type=float, default=RECENT_SHARE, metavar="F",
+        help="the least share of the training rows that comes from the drifted window; the "
+        "parent version's most recent reference rows make the rest (at least 100 of them) "
+        f"(default: {RECENT_SHARE})")
     shipping.add_arguments(parser)
     return parser
 
@@ -362,7 +372,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         state_path=args.state, forward=forward,
                         shipper=shipping.from_args(args),
                         shuffle_labels=args.train_on_shuffled_labels,
-                        min_labelled_rows=args.min_labelled_rows)
+                        min_labelled_rows=args.min_labelled_rows,
+                        recent_share=args.recent_share)
     except ValueError as exc:
         parser.error(str(exc))
     import uvicorn

@@ -49,6 +49,12 @@ TOKEN_ENV = "VIGIL_TOKEN"
 TARGET = "target"  # the label column of reference.parquet
 PREDICTED = "label"  # the model's predicted class in the monitor's rows
 MIN_LABELLED_ROWS = 20  # labelled window rows needed to train on ground truth alone
+# The training frame leans on recent traffic: window rows make at least RECENT_SHARE of it, and
+# the parent's reference gives its most recent rows for the rest (at least MIN_HISTORY_ROWS, or
+# all it has). A frame that kept every older row would leave the new version's reference a mix
+# that the shifted traffic still drifts from, and it would grow with every retraining.
+RECENT_SHARE = 0.9
+MIN_HISTORY_ROWS = 100
 MONITOR_TIMEOUT_S = 30.0
 PUBLISH_TRIES = 5  # next versions tried when another publisher takes each one first
 
@@ -113,11 +119,15 @@ class Retrainer:
     def __init__(self, models_dir: Path, monitor_url: str, token: str | None,
                  timeout_s: float = MONITOR_TIMEOUT_S, actor: str = "receiver",
                  shipper: Shipping | None = None, shuffle_labels: bool = False,
-                 min_labelled_rows: int = MIN_LABELLED_ROWS) -> None:
+                 min_labelled_rows: int = MIN_LABELLED_ROWS,
+                 recent_share: float = RECENT_SHARE) -> None:
         if min_labelled_rows < 1:
             raise ValueError(f"min_labelled_rows must be at least 1, got {min_labelled_rows}")
+        if not 0 < recent_share <= 1:
+            raise ValueError(f"recent_share must be in (0, 1], got {recent_share}")
         self.models_dir = Path(models_dir)
         self.min_labelled_rows = min_labelled_rows
+        self.recent_share = recent_share
         self.shipper = shipper  # gates each published version and starts its rollout
         self.shuffle_labels = shuffle_labels  # a deliberately worse candidate (the demo's)
         self.monitor_url = monitor_url.rstrip("/")
@@ -154,7 +164,7 @@ class Retrainer:
         start = self.parent(parent)
         doc = self.fetch_rows(parent)
         trained = retrained_model(start, doc, event_id, self.shuffle_labels,
-                                  self.min_labelled_rows)
+                                  self.min_labelled_rows, self.recent_share)
         version = self.publish(trained, f"{self.actor}:{event_id}")
         outcome = {"version": version.manifest.version, **trained.outcome}
         if self.shipper is not None:
@@ -249,17 +259,20 @@ class Retrainer:
 
 
 def retrained_model(parent: Parent, doc: Any, event_id: str, shuffle_labels: bool = False,
-                    min_labelled_rows: int = MIN_LABELLED_ROWS) -> Trained:
-    """The model trained on the parent's reference data plus the window's rows (window_rows:
-    with their true labels, or pseudo-labelled), with the metadata that says where it came
-    from; `shuffle_labels`: on labels shuffled across rows, a model that has learnt nothing
-    (the demo's bad candidate)."""
+                    min_labelled_rows: int = MIN_LABELLED_ROWS,
+                    recent_share: float = RECENT_SHARE) -> Trained:
+    """The model trained on the window's rows (window_rows: with their true labels, or
+    pseudo-labelled) and the parent's most recent reference rows (history_rows), with the
+    metadata that says where it came from; `shuffle_labels`: on labels shuffled across rows, a
+    model that has learnt nothing (the demo's bad candidate)."""
     import pandas as pd
 
-    ref_x = parent.reference[parent.features].to_numpy(np.float32)
-    ref_y = parent.reference[TARGET].to_numpy(np.int64)
-    win = window_rows(doc, parent.features, parent.version, classes=np.unique(ref_y),
+    all_y = parent.reference[TARGET].to_numpy(np.int64)
+    win = window_rows(doc, parent.features, parent.version, classes=np.unique(all_y),
                       min_labelled=min_labelled_rows)
+    kept = history_rows(all_y, len(win.y), recent_share)
+    ref_x = parent.reference[parent.features].to_numpy(np.float32)[len(all_y) - kept:]
+    ref_y = all_y[len(all_y) - kept:]
     x, y = np.concatenate([ref_x, win.x]), np.concatenate([ref_y, win.y])
     if shuffle_labels:
         seed = int.from_bytes(hashlib.sha256(event_id.encode()).digest()[:8], "big")
@@ -275,7 +288,7 @@ def retrained_model(parent: Parent, doc: Any, event_id: str, shuffle_labels: boo
         **({"classes": meta["classes"]} if "classes" in meta else {}),
         "training_rows": len(y),
         "training_accuracy": accuracy,  # on its training rows, pseudo-labels included if any
-        "source": f"{MODEL}/{parent.version} reference data + monitor window rows, "
+        "source": f"{MODEL}/{parent.version}'s most recent reference rows + monitor window rows, "
                   + ("with ground-truth labels" if win.ground_truth else "pseudo-labelled"),
         "labels": ("shuffled across rows: a deliberately worse candidate" if shuffle_labels else
                    win.describe(parent.version)),
@@ -283,18 +296,33 @@ def retrained_model(parent: Parent, doc: Any, event_id: str, shuffle_labels: boo
         "trained_from_event": event_id,
         "parent_version": parent.version,
         "window_index": window.get("index"),
+        "reference_rows": len(ref_y),
+        "parent_reference_rows": len(all_y),
         "window_rows": len(win.y),
         "window_rows_labelled": win.labelled,
         "window_rows_unlabelled": win.unlabelled,
         "window_rows_dropped": win.dropped,
     }
-    outcome = {"reference_rows": len(ref_y), "window_rows": len(win.y),
+    outcome = {"reference_rows": len(ref_y), "reference_rows_left_out": len(all_y) - len(ref_y),
+               "window_rows": len(win.y),
                "window_rows_dropped": win.dropped, "window_index": window.get("index"),
                "labels": win.kind, "labelled_rows": win.labelled,
                "unlabelled_rows_left_out": win.unlabelled,
                "labels_detail": win.describe(parent.version),
                "training_accuracy": accuracy}
     return Trained(onnx_bytes, frame, metadata, outcome)
+
+
+def history_rows(parent_y: np.ndarray, window: int, recent_share: float = RECENT_SHARE) -> int:
+    """How many of the parent's reference rows (its last ones: each retraining appends its
+    window) join `window` window rows: so many that the window makes `recent_share` of the
+    frame, at least MIN_HISTORY_ROWS, at most all of them; and, should that tail hold one class
+    only while the parent has more, all of them (a classifier needs every class)."""
+    wanted = max(MIN_HISTORY_ROWS, round(window * (1 - recent_share) / recent_share))
+    kept = min(len(parent_y), wanted)
+    if len(np.unique(parent_y[len(parent_y) - kept:])) < len(np.unique(parent_y)):
+        return len(parent_y)
+    return kept
 
 
 def window_rows(doc: Any, features: Sequence[str], version: str, classes: np.ndarray,

@@ -222,7 +222,8 @@ class Watch:
         if (self.promoted_wall is not None and latest["opened_at"] >= self.promoted_wall
                 and drift.get("dataset_drift") is False):
             self.timeline.reach("settled", production, share_drifted=drift.get("share_drifted"),
-                                threshold=self.drift_share, window=latest.get("index"))
+                                threshold=self.drift_share, window=latest.get("index"),
+                                rows=latest.get("rows"))
 
     def _audit(self) -> None:
         entries = list(audit.entries(self.repository, MODEL))
@@ -251,9 +252,12 @@ class Watch:
         for event in self.receiver.events():
             if event.get("type") == "vigil.drift.detected":
                 self.timeline.reach("drift", str(event.get("subject", "")).split("/")[-1])
-            shipped = (event.get("retrained") or {}).get("shipped") or {}
-            if shipped.get("gate") == "passed":
-                self.timeline.reach("gated", (event.get("retrained") or {}).get("version"))
+            retrained = event.get("retrained") or {}
+            if (retrained.get("shipped") or {}).get("gate") == "passed":
+                # What it was trained on says why drift settles (or not) once it serves.
+                self.timeline.reach("gated", retrained.get("version"),
+                                    window_rows=retrained.get("window_rows"),
+                                    reference_rows=retrained.get("reference_rows"))
 
 
 def run(args: argparse.Namespace, timeline: Timeline, server: VersionsServer) -> None:

@@ -44,10 +44,12 @@ from examples.receiver_events import (
 )
 from examples.retrain_receiver import GitHubDispatch, Receiver, build_app, main
 from examples.retraining import (
+    MIN_HISTORY_ROWS,
     MIN_LABELLED_ROWS,
     RetrainError,
     Retrainer,
     Trained,
+    history_rows,
     train,
     window_rows,
 )
@@ -415,8 +417,11 @@ def test_drift_retrains_into_the_next_version(open_receiver, models, monitor):
     monitor.gate.set()
 
     outcome = wait_for(lambda: retrained(client, event["id"]))
-    reference_rows = len(pd.read_parquet(models / "breast_cancer" / "1" / REFERENCE_FILE))
+    parent_rows = len(pd.read_parquet(models / "breast_cancer" / "1" / REFERENCE_FILE))
+    # A 40-row window keeps the parent's 100 most recent reference rows (MIN_HISTORY_ROWS).
+    reference_rows = MIN_HISTORY_ROWS
     assert outcome["status"] == "published", outcome
+    assert outcome["reference_rows_left_out"] == parent_rows - reference_rows
     assert outcome["version"] == "2"
     assert (outcome["reference_rows"], outcome["window_rows"]) == (reference_rows, WINDOW_ROWS)
     assert monitor.calls and monitor.calls[0].endswith("/v1/models/breast_cancer/rows?version=1")
@@ -443,6 +448,9 @@ def test_drift_retrains_into_the_next_version(open_receiver, models, monitor):
     assert manifest.max_batch_rows == read_manifest(models / "breast_cancer" / "1").max_batch_rows
     frame = pd.read_parquet(new / REFERENCE_FILE)
     assert len(frame) == reference_rows + WINDOW_ROWS
+    parent_frame = pd.read_parquet(models / "breast_cancer" / "1" / REFERENCE_FILE)
+    assert frame.iloc[:reference_rows].equals(parent_frame.iloc[-reference_rows:].reset_index(
+        drop=True))
     assert frame.columns[-1] == "target" and len(frame.columns) == 31
     # No labels in the monitor's rows: the window's rows carry the served model's predictions.
     assert frame["target"].tolist()[-WINDOW_ROWS:] == monitor.document["columns"]["label"]
@@ -635,6 +643,37 @@ def test_drift_with_too_few_labels_retrains_on_pseudo_labels_and_says_so(open_re
     frame = pd.read_parquet(models / "breast_cancer" / "2" / REFERENCE_FILE)
     expected = [1 - p if i < 5 else p for i, p in enumerate(predicted)]
     assert frame["target"].tolist()[-WINDOW_ROWS:] == expected
+
+
+@pytest.mark.parametrize(("parent", "window", "share", "kept"), [
+    (426, 1985, 0.9, 221),    # the window is 9 in 10 of the frame: 1985 / 9 parent rows
+    (426, 40, 0.9, 100),      # a small window still keeps MIN_HISTORY_ROWS of the parent
+    (60, 40, 0.9, 60),        # ... or all the parent has
+    (426, 2000, 1.0, 100),    # the window alone as far as it can be
+    (426, 2000, 0.5, 426),    # half and half, capped by what the parent has
+    (5000, 9000, 0.9, 1000),  # a grown parent gives its newest rows, not all of them
+])
+def test_the_parent_gives_its_most_recent_rows_so_the_window_dominates(parent, window, share, kept):
+    parent_y = np.arange(parent) % 2
+    assert history_rows(parent_y, window, share) == kept
+
+
+def test_a_tail_of_one_class_keeps_the_whole_parent_reference():
+    """A classifier needs every class: when the newest rows are all of one class, the parent's
+    whole reference joins the window."""
+    parent_y = np.array([0] * 50 + [1] * 300)
+    assert history_rows(parent_y, 40, 0.9) == 350
+    assert history_rows(np.array([1] * 300), 40, 0.9) == MIN_HISTORY_ROWS  # one class is all
+
+
+@pytest.mark.parametrize("share", [0.0, -0.1, 1.5, float("nan")])
+def test_a_recent_share_outside_zero_to_one_is_refused(models, share, capsys, monkeypatch):
+    with pytest.raises(ValueError, match="recent_share"):
+        Retrainer(models, "http://127.0.0.1:1", None, recent_share=share)
+    monkeypatch.setenv("VIGIL_WEBHOOK_SECRET", "whsec_" + base64.b64encode(b"k" * 32).decode())
+    with pytest.raises(SystemExit) as exc:
+        main(["--models-dir", str(models), "--recent-share", str(share)])
+    assert exc.value.code == 2 and "recent_share" in capsys.readouterr().err
 
 
 def test_main_refuses_to_start_without_a_secret(models, monkeypatch, capsys):
