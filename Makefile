@@ -85,10 +85,10 @@ docs: $(VENV)/.dev-installed
 	$(BIN)/python -m vigil.tools.reference_docs
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
-## docs-serve: the same site on http://127.0.0.1:8001 (not 8000: `make serve`'s), rebuilt as pages change
+## docs-serve: the same site on http://127.0.0.1:8002 (not 8000 or 8001: `make serve`'s HTTP and gRPC), rebuilt as pages change
 docs-serve: $(VENV)/.dev-installed
 	$(BIN)/python -m vigil.tools.reference_docs
-	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:8001
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:8002
 
 ## install-locked: .venv with exactly requirements/dev.lock (hash-checked, no resolver), then Vigil
 ## itself without deps; marks .venv set up, so `make lint` and `make sbom` use it as it is (CI)
