@@ -9,7 +9,10 @@ Vigil's ratio to the better of the two.
 
 Both loaders are Python asyncio clients in this process (load_tests.grpc_load): on a small machine
 the client shares the cores with the server, so absolute figures are the pair's, and the ratios
-are what to read. Exit status 0 whatever the numbers; 2 when a server could not start.
+are what to read. The throughput rows (c=64, 1024-row c=8) are run again with h2load, a C client
+for both protocols (load_tests.h2load), for Vigil and MLServer alike: a ratio that holds with both
+clients is the servers', not the Python clients'. Exit status 0 whatever the numbers; 2 when a
+server could not start.
 """
 
 from __future__ import annotations
@@ -102,6 +105,41 @@ def run_rows(variants: dict[str, list[str]], warmup_s: float, measure_s: float,
     return out
 
 
+C_CLIENT_SHAPES = [s for s in SHAPES if s[2] > 1]  # throughput rows; latency stays Python's
+
+
+def c_client_rows(variants: dict[str, list[str]], grpc_target: str, headers: dict[str, str],
+                  warmup_s: float, measure_s: float, rounds: int) -> dict[str, dict[str, Any]]:
+    """The throughput rows again from h2load, a C client (load_tests.h2load): HTTP/1.1 with one
+    connection per caller, gRPC on one connection with a stream per caller, as grpc.aio's
+    channel does; each body first answered by a real gRPC call (h2load sees only HTTP 200)."""
+    from load_tests import h2load
+
+    out: dict[str, dict[str, Any]] = {}
+    for shape, rows, concurrency in C_CLIENT_SHAPES:
+        built = payloads(rows)
+        results: dict[str, list[Any]] = {v: [] for v in variants[shape]}
+        for _ in range(rounds):
+            for variant in variants[shape]:
+                kind, body, extra = built[variant]
+                if kind == "grpc":
+                    result = h2load.run(f"http://{grpc_target}{INFER}", h2load.grpc_frame(body),
+                                        {**h2load.GRPC_HEADERS, **headers}, 1, concurrency,
+                                        warmup_s, measure_s)
+                else:
+                    result = h2load.run(f"http://127.0.0.1:{PORTS.http}/v2/models/{MODEL}/infer",
+                                        body, extra, concurrency, 1, warmup_s, measure_s, h1=True)
+                results[variant].append(result)
+        out[shape] = {}
+        for variant, runs in results.items():
+            chosen = sorted(runs, key=lambda r: r.rps)[len(runs) // 2]
+            out[shape][variant] = {**chosen.to_dict(),
+                                   "rounds_rps": [round(r.rps, 1) for r in runs]}
+            print(f"  h2load {shape:<13} {variant:<12} {chosen.rps:8.1f} req/s  "
+                  f"mean {chosen.mean_ms:7.2f} ms  errors {chosen.errors}", flush=True)
+    return out
+
+
 def start(ha_proxy: bool) -> RayCluster:
     cluster = RayCluster("grpc-haproxy" if ha_proxy else "grpc-proxy", PORTS, ha_proxy=ha_proxy,
                          num_cpus=os.cpu_count() or 2)
@@ -128,16 +166,23 @@ def ratios(rows: dict[str, dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-def check_mlserver(target: str) -> str | None:
-    """None when MLServer's gRPC answers a raw 1-row request with both outputs, else why not."""
+def check_grpc(target: str, metadata: tuple[tuple[str, str], ...] = ()) -> str | None:
+    """None when the gRPC server at `target` (Vigil with the bench's metadata, or MLServer)
+    answers the bench's raw 1-row and 1024-row requests with both outputs, else why not."""
+    for rows in (1, 1024):
+        if (why := _check_one(target, payloads(rows)["grpc_raw"][1], metadata)) is not None:
+            return f"{rows}-row: {why}"
+    return None
+
+
+def _check_one(target: str, body: bytes, metadata: tuple[tuple[str, str], ...]) -> str | None:
     import grpc
 
-    _, body, _ = payloads(1)["grpc_raw"]
     with grpc.insecure_channel(target) as channel:
         rpc = channel.unary_unary(INFER, request_serializer=lambda b: b,
                                   response_deserializer=wire.ModelInferResponse.FromString)
         try:
-            answer = rpc(body, timeout=30)
+            answer = rpc(body, timeout=30, metadata=metadata)
         except grpc.RpcError as exc:
             return f"{exc.code()}: {exc.details()}"
     names = sorted(o.name for o in answer.outputs)
@@ -159,10 +204,13 @@ def mlserver_rows(variants: dict[str, list[str]], warmup_s: float, measure_s: fl
             print(f"{server.label}: starting", flush=True)
             server.start()
             target = f"127.0.0.1:{MLSERVER_PORT + 100}"
-            if (why := check_mlserver(target)) is not None:
+            if (why := check_grpc(target)) is not None:
                 out[server.label] = {"unavailable": why}
                 continue
             out[server.label] = run_rows(variants, warmup_s, measure_s, rounds, target)
+            out[server.label]["h2load"] = c_client_rows(
+                {shape: ["grpc_raw"] for shape, _, _ in C_CLIENT_SHAPES}, target, {},
+                warmup_s, measure_s, rounds)
         except StartError as exc:
             out[server.label] = {"unavailable": str(exc)}
         finally:
@@ -170,12 +218,14 @@ def mlserver_rows(variants: dict[str, list[str]], warmup_s: float, measure_s: fl
     return out
 
 
-def peer_ratios(vigil: dict[str, dict[str, Any]], peers: dict[str, Any]) -> dict[str, Any]:
-    """Vigil's gRPC raw rows over the better MLServer's, shape by shape."""
+def peer_ratios(vigil: dict[str, dict[str, Any]], peers: dict[str, Any],
+                client: str | None = None) -> dict[str, Any]:
+    """Vigil's gRPC raw rows over the better MLServer's, shape by shape; `client` "h2load":
+    the C client's rows of both."""
     out: dict[str, Any] = {}
     for shape, figures in vigil.items():
-        best = max((rows[shape]["grpc_raw"]["rps"], label) for label, rows in peers.items()
-                   if "unavailable" not in rows)
+        best = max(((rows[client] if client else rows)[shape]["grpc_raw"]["rps"], label)
+                   for label, rows in peers.items() if "unavailable" not in rows)
         if best[0]:
             out[f"{shape} vigil/{best[1]}"] = round(figures["grpc_raw"]["rps"] / best[0], 3)
     return out
@@ -208,9 +258,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  up in {time.monotonic() - began:.0f}s", flush=True)
             report[ingress] = run_rows(variants, warmup_s, measure_s,
                                        rounds if ha_proxy else 1)
+            if ha_proxy:
+                if (why := check_grpc(f"127.0.0.1:{GRPC_PORT}", METADATA)) is not None:
+                    raise StartError(f"gRPC does not answer the bench's body: {why}")
+                report["h2load"] = c_client_rows(every, f"127.0.0.1:{GRPC_PORT}",
+                                                 dict(METADATA), warmup_s, measure_s, rounds)
         finally:
             cluster.stop()
     report["ratios"] = ratios(report["haproxy_direct_ingress"])
+    report["h2load_ratios"] = ratios(report["h2load"])
     report["ingress_ratios"] = {
         shape: round(report["haproxy_direct_ingress"][shape]["grpc_raw"]["rps"]
                      / report["serve_grpc_proxy"][shape]["grpc_raw"]["rps"], 3)
@@ -224,7 +280,10 @@ def main(argv: list[str] | None = None) -> int:
         if any("unavailable" not in rows for rows in report["mlserver"].values()):
             report["vigil_over_mlserver"] = peer_ratios(report["haproxy_direct_ingress"],
                                                         report["mlserver"])
-    print(json.dumps({"ratios": report["ratios"],
+            report["h2load_vigil_over_mlserver"] = peer_ratios(report["h2load"],
+                                                               report["mlserver"], "h2load")
+    print(json.dumps({"ratios": report["ratios"], "h2load_ratios": report["h2load_ratios"],
+                      "h2load_vigil_over_mlserver": report.get("h2load_vigil_over_mlserver"),
                       "haproxy_over_serve_proxy": report["ingress_ratios"],
                       "vigil_over_mlserver": report.get("vigil_over_mlserver")}, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -208,7 +208,7 @@ class RayCluster:
 
     def start(self) -> None:
         # A cluster stopped just before (the same script's previous one) can hold a port for a
-        # few seconds while its SIGKILLed processes are reaped: wait that out, then refuse.
+        # moment while its SIGKILLed processes are reaped: wait that out, then refuse.
         deadline = time.monotonic() + 15
         while (busy := [port for port in self.ports.listening(self.ha_proxy)
                         if procs.port_in_use(port)]) and time.monotonic() < deadline:
@@ -296,6 +296,9 @@ class RayCluster:
         keep = self.protected()
         table = procs.parents()
         roots = procs.pids_with_cmdline(str(self.temp_dir))
+        # Ray's client server names the GCS, not the temp dir, and outlived a cluster that
+        # failed to deploy (it held the client port against the next one).
+        roots += procs.pids_with_cmdline(f"--address={HOST}:{self.ports.gcs} ")
         found = set(roots)
         for pid in roots:
             found.update(procs.descendants(pid, table))
