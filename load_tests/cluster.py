@@ -174,9 +174,13 @@ class Scenario:
         return httpx.post(f"{base}{path}", content=infer_body(x), timeout=30, headers={
             "Authorization": f"Bearer {token or self.token}", "content-type": "application/json"})
 
-    def drift_doc(self) -> dict[str, Any]:
+    def drift_doc(self, version: str = "1") -> dict[str, Any]:
+        """The monitor's windows of `version`: production's, "1", until promote_rollback. Named,
+        never left to the monitor, whose default is the newest version ("2", which these
+        phases send nothing)."""
         answer = httpx.get(f"{self.proxies['head']}/monitor/v1/models/{MODEL}/drift",
-                           params={"windows": 100}, headers=self.auth, timeout=30)
+                           params={"windows": 100, "version": version}, headers=self.auth,
+                           timeout=30)
         answer.raise_for_status()
         return answer.json()
 

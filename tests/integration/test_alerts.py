@@ -31,6 +31,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from examples.retraining import MIN_HISTORY_ROWS, history_rows
 from monitoring.outbox import Outbox
 from monitoring.settings import MonitorAppSettings
 from tests.conftest import _free_port
@@ -230,7 +231,12 @@ def test_shift_fires_once_and_clean_resolves_once_and_the_receiver_retrains(vigi
     assert manifest.metadata["trained_from_event"] == event["id"]
     reference = pd.read_parquet(new_version / "reference.parquet")
     original = pd.read_parquet(alerting.workdir / "models" / "breast_cancer" / "1" / "reference.parquet")
-    assert len(reference) == len(original) + ROWS
+    # The window's rows and the parent's newest reference rows: at least 100 of them
+    # (examples.retraining.history_rows), a tenth of the frame at most beyond that.
+    kept = history_rows(original["target"].to_numpy(), ROWS)
+    assert kept == MIN_HISTORY_ROWS
+    assert len(reference) == kept + ROWS
+    assert reference.iloc[:kept].equals(original.iloc[-kept:].reset_index(drop=True))
 
 
 def test_events_wait_for_a_receiver_that_is_down(vigil, alerting):

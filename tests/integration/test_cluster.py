@@ -31,28 +31,16 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.timeout(480),  # the scenario's 420 s, in whichever test asks for it first
     pytest.mark.skipif(WHY_NOT is not None, reason=f"no network namespaces here: {WHY_NOT}"),
-    # Open (issue 25, section 4): inside the test session the scenario's `ray start --address`
-    # was refused with Ray's AuthenticationError (token auth) on 5 December, though it joins
-    # when run alone; until that is diagnosed the suite leaves it out rather than fail on it.
-    pytest.mark.skipif(os.environ.get("VIGIL_CLUSTER_TEST") != "1",
-                       reason="open: the cluster joins when run alone (make cluster) but not "
-                       "inside the test session; VIGIL_CLUSTER_TEST=1 runs it"),
 ]
-
-
-# Open (issue 25, section 4): in the 5 December runs no sampled row reached the Monitor's
-# windows from either node's replica (window rows grew by 0 in 30 s), so no drift window closed.
-# Not diagnosed yet; the other checks passed in the same run.
-OPEN_SAMPLES = pytest.mark.xfail(
-    reason="open: samples from the cluster's replicas did not reach the Monitor's windows",
-    strict=False)
 
 
 @pytest.fixture(scope="module")
 def round_trip(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("cluster") / "cluster.json"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    # The environment `make cluster` gives it: not the session's Ray token (tests/conftest.py),
+    # which the scenario's own calls to its nodes would present instead of the nodes' token.
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_TOKEN", "RAY_ADDRESS")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     try:
         done = subprocess.run(
             [sys.executable, "-m", "load_tests.cluster", "--basic", "--out", str(out)],
@@ -68,8 +56,8 @@ def round_trip(tmp_path_factory) -> dict:
 
 @pytest.mark.parametrize("check", [
     "answers_from_replicas_on_both_nodes",
-    pytest.param("samples_from_both_nodes_in_monitor_windows", marks=OPEN_SAMPLES),
-    pytest.param("drift_detected_on_worker_traffic", marks=OPEN_SAMPLES),
+    "samples_from_both_nodes_in_monitor_windows",
+    "drift_detected_on_worker_traffic",
     "promote_and_rollback_on_both_nodes_before_return",
     "revoked_token_refused_on_both_nodes",
     "cleaned_up",
