@@ -23,6 +23,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,27 +83,36 @@ def measure(kind: str, body: bytes, headers: dict[str, str], concurrency: int, w
     return asyncio.run(http_load(url, body, headers, concurrency, warmup_s, measure_s))
 
 
-def run_rows(variants: dict[str, list[str]], warmup_s: float, measure_s: float,
-             rounds: int, grpc_target: str = f"127.0.0.1:{GRPC_PORT}") -> dict[str, dict[str, Any]]:
-    """Each shape's variants interleaved, `rounds` times; the median round's figures kept."""
+def interleaved(shapes: list[tuple[str, int, int]], variants: dict[str, list[str]], rounds: int,
+                run_one: Callable[[tuple[str, bytes, dict[str, str]], int], Any],
+                describe: Callable[[Any], str], client: str = "") -> dict[str, dict[str, Any]]:
+    """Each shape's variants interleaved, `rounds` times (`run_one(payload, concurrency)` gives a
+    result with `rps` and `to_dict()`); the median round's figures kept and printed."""
     out: dict[str, dict[str, Any]] = {}
-    for shape, rows, concurrency in SHAPES:
+    for shape, rows, concurrency in shapes:
         built = payloads(rows)
-        results: dict[str, list[LoadResult]] = {v: [] for v in variants[shape]}
+        results: dict[str, list[Any]] = {v: [] for v in variants[shape]}
         for _ in range(rounds):
             for variant in variants[shape]:
-                kind, body, headers = built[variant]
-                results[variant].append(measure(kind, body, headers, concurrency, warmup_s,
-                                                measure_s, grpc_target))
+                results[variant].append(run_one(built[variant], concurrency))
         out[shape] = {}
         for variant, runs in results.items():
             chosen = sorted(runs, key=lambda r: r.rps)[len(runs) // 2]
             out[shape][variant] = {**chosen.to_dict(), "rounds_rps": [round(r.rps, 1)
                                                                        for r in runs]}
-            print(f"  {shape:<13} {variant:<12} {chosen.rps:8.1f} req/s  "
-                  f"p50 {chosen.p50_ms:7.2f} ms  p99 {chosen.p99_ms:7.2f} ms  "
-                  f"errors {chosen.errors}", flush=True)
+            print(f"  {client}{shape:<13} {variant:<12} {chosen.rps:8.1f} req/s  "
+                  f"{describe(chosen)}", flush=True)
     return out
+
+
+def run_rows(variants: dict[str, list[str]], warmup_s: float, measure_s: float,
+             rounds: int, grpc_target: str = f"127.0.0.1:{GRPC_PORT}") -> dict[str, dict[str, Any]]:
+    """Every shape from this process's Python clients (load_tests.grpc_load)."""
+    return interleaved(
+        SHAPES, variants, rounds,
+        lambda payload, concurrency: measure(*payload, concurrency, warmup_s, measure_s,
+                                             grpc_target),
+        lambda r: f"p50 {r.p50_ms:7.2f} ms  p99 {r.p99_ms:7.2f} ms  errors {r.errors}")
 
 
 C_CLIENT_SHAPES = [s for s in SHAPES if s[2] > 1]  # throughput rows; latency stays Python's
@@ -115,29 +125,17 @@ def c_client_rows(variants: dict[str, list[str]], grpc_target: str, headers: dic
     channel does; each body first answered by a real gRPC call (h2load sees only HTTP 200)."""
     from load_tests import h2load
 
-    out: dict[str, dict[str, Any]] = {}
-    for shape, rows, concurrency in C_CLIENT_SHAPES:
-        built = payloads(rows)
-        results: dict[str, list[Any]] = {v: [] for v in variants[shape]}
-        for _ in range(rounds):
-            for variant in variants[shape]:
-                kind, body, extra = built[variant]
-                if kind == "grpc":
-                    result = h2load.run(f"http://{grpc_target}{INFER}", h2load.grpc_frame(body),
-                                        {**h2load.GRPC_HEADERS, **headers}, 1, concurrency,
-                                        warmup_s, measure_s)
-                else:
-                    result = h2load.run(f"http://127.0.0.1:{PORTS.http}/v2/models/{MODEL}/infer",
-                                        body, extra, concurrency, 1, warmup_s, measure_s, h1=True)
-                results[variant].append(result)
-        out[shape] = {}
-        for variant, runs in results.items():
-            chosen = sorted(runs, key=lambda r: r.rps)[len(runs) // 2]
-            out[shape][variant] = {**chosen.to_dict(),
-                                   "rounds_rps": [round(r.rps, 1) for r in runs]}
-            print(f"  h2load {shape:<13} {variant:<12} {chosen.rps:8.1f} req/s  "
-                  f"mean {chosen.mean_ms:7.2f} ms  errors {chosen.errors}", flush=True)
-    return out
+    def run_one(payload: tuple[str, bytes, dict[str, str]], concurrency: int) -> Any:
+        kind, body, extra = payload
+        if kind == "grpc":
+            return h2load.run(f"http://{grpc_target}{INFER}", h2load.grpc_frame(body),
+                              {**h2load.GRPC_HEADERS, **headers}, 1, concurrency,
+                              warmup_s, measure_s)
+        return h2load.run(f"http://127.0.0.1:{PORTS.http}/v2/models/{MODEL}/infer", body, extra,
+                          concurrency, 1, warmup_s, measure_s, h1=True)
+
+    return interleaved(C_CLIENT_SHAPES, variants, rounds, run_one,
+                       lambda r: f"mean {r.mean_ms:7.2f} ms  errors {r.errors}", "h2load ")
 
 
 def start(ha_proxy: bool) -> RayCluster:
