@@ -170,16 +170,19 @@ def test_script_is_executable_standalone():
     assert SCRIPT.read_text().startswith("#!/usr/bin/env python3\n")
 
 
-# Ray 2.60's catch-all for a path that no application's route prefix matches (its template's
-# `backend default_backend`), behind a frontend with no application routed yet.
-UNROUTED_CONFIG = """global
+# The global and defaults sections of the small configs below.
+SHORT_DEFAULTS = """global
     maxconn 64
 defaults
     mode http
     timeout connect 5s
     timeout client 10s
     timeout server 60s
-frontend http_frontend
+"""
+
+# Ray 2.60's catch-all for a path that no application's route prefix matches (its template's
+# `backend default_backend`), behind a frontend with no application routed yet.
+UNROUTED_CONFIG = SHORT_DEFAULTS + """frontend http_frontend
     bind 127.0.0.1:{port}
     default_backend default_backend
 backend default_backend
@@ -226,14 +229,7 @@ def test_real_haproxy_answers_an_unrouted_path_503_with_retry_after(tmp_path):
 
 # Ray 2.60's gRPC frontend with two applications (the model server and the monitor): calls are
 # routed by their `application` metadata, and a call without it reaches the NOT_FOUND catch-all.
-GRPC_CONFIG = """global
-    maxconn 64
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 10s
-    timeout server 60s
-frontend grpc_frontend
+GRPC_CONFIG = SHORT_DEFAULTS + """frontend grpc_frontend
     bind 127.0.0.1:{port} proto h2
     mode http
     acl is_grpc_monitor req.hdr(application) -m str monitor
