@@ -271,7 +271,7 @@ def retrained_model(parent: Parent, doc: Any, event_id: str, shuffle_labels: boo
     win = window_rows(doc, parent.features, parent.version, classes=np.unique(all_y),
                       min_labelled=min_labelled_rows)
     kept = history_rows(all_y, len(win.y), recent_share)
-    ref_x = parent.reference[parent.features].to_numpy(np.float32)[len(all_y) - kept:]
+    ref_x = parent.reference[parent.features].iloc[len(all_y) - kept:].to_numpy(np.float32)
     ref_y = all_y[len(all_y) - kept:]
     x, y = np.concatenate([ref_x, win.x]), np.concatenate([ref_y, win.y])
     if shuffle_labels:

@@ -254,11 +254,13 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         try:
             print(f"  up in {time.monotonic() - began:.0f}s", flush=True)
+            if (why := check_grpc(f"127.0.0.1:{GRPC_PORT}", METADATA)) is not None:
+                print(f"{ingress}: gRPC does not answer the bench's bodies: {why}",
+                      file=sys.stderr)
+                return 2
             report[ingress] = run_rows(variants, warmup_s, measure_s,
                                        rounds if ha_proxy else 1)
             if ha_proxy:
-                if (why := check_grpc(f"127.0.0.1:{GRPC_PORT}", METADATA)) is not None:
-                    raise StartError(f"gRPC does not answer the bench's body: {why}")
                 report["h2load"] = c_client_rows(every, f"127.0.0.1:{GRPC_PORT}",
                                                  dict(METADATA), warmup_s, measure_s, rounds)
         finally:

@@ -518,8 +518,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "load_tests/results/cluster.json")
     args = parser.parse_args(argv)
     # This process is a client of a token-auth cluster (Serve's CLI, the state API): the
-    # token is ~/.ray/auth_token, as on the nodes.
+    # token is ~/.ray/auth_token, as on the nodes. An inherited RAY_AUTH_TOKEN (the test
+    # session's own instance sets one) or RAY_ADDRESS would point it at another cluster.
     os.environ["RAY_AUTH_MODE"] = "token"
+    for inherited in ("RAY_AUTH_TOKEN", "RAY_ADDRESS"):
+        os.environ.pop(inherited, None)
     why_not = cluster_net.available()
     if why_not:
         print(f"SKIP: {why_not}", flush=True)

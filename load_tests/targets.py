@@ -207,12 +207,7 @@ class RayCluster:
         return env
 
     def start(self) -> None:
-        # A cluster stopped just before (the same script's previous one) can hold a port for a
-        # moment while its SIGKILLed processes are reaped: wait that out, then refuse.
-        deadline = time.monotonic() + 15
-        while (busy := [port for port in self.ports.listening(self.ha_proxy)
-                        if procs.port_in_use(port)]) and time.monotonic() < deadline:
-            time.sleep(0.5)
+        busy = [port for port in self.ports.listening(self.ha_proxy) if procs.port_in_use(port)]
         if busy:
             raise StartError(f"{self.label}: ports {busy} are already in use on {HOST}")
         # Short path: Ray's unix sockets live under it (108-byte limit).

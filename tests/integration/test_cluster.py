@@ -37,10 +37,8 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def round_trip(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("cluster") / "cluster.json"
-    # The environment `make cluster` gives it: not the session's Ray token (tests/conftest.py),
-    # which the scenario's own calls to its nodes would present instead of the nodes' token.
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_TOKEN", "RAY_ADDRESS")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     try:
         done = subprocess.run(
             [sys.executable, "-m", "load_tests.cluster", "--basic", "--out", str(out)],
