@@ -310,17 +310,8 @@ def publish(
         max_batch_rows=max_batch_rows,
         lineage=lineage or {},
     )
-    files = {MODEL_FILE: onnx_bytes, **(extra_files or {})}
-    new_model = not (root / name).exists()
-    try:
-        staging = _stage(root / name, version, {**files, MANIFEST_FILE: manifest.to_yaml().encode()})
-    except OSError as exc:  # a full disk, a quota, a read-only mount: say so, leave nothing
-        if new_model:
-            with contextlib.suppress(OSError):
-                (root / name).rmdir()  # the model's folder, made for this version, still empty
-        raise RepositoryError(
-            f"could not write {name}/{version} under {root}: {exc.strerror or exc}; nothing was "
-            "published (free space, then publish again)") from exc
+    files = {MODEL_FILE: onnx_bytes, **(extra_files or {}), MANIFEST_FILE: manifest.to_yaml().encode()}
+    staging = _stage_or_refuse(root, name, version, files)
     try:
         try:
             with locked(root / PUBLISH_LOCK):  # publishers, one at a time
@@ -334,6 +325,21 @@ def publish(
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # gone once moved; a leftover otherwise
     return ModelVersion(version_dir, manifest)
+
+
+def _stage_or_refuse(root: Path, name: str, version: str, files: dict[str, bytes]) -> Path:
+    """_stage, or RepositoryError when the files cannot be written (a full disk, a quota, a
+    read-only mount), leaving nothing: not even the model's folder if it was made for this."""
+    new_model = not (root / name).exists()
+    try:
+        return _stage(root / name, version, files)
+    except OSError as exc:
+        if new_model:
+            with contextlib.suppress(OSError):
+                (root / name).rmdir()  # the model's folder, made for this version, still empty
+        raise RepositoryError(
+            f"could not write {name}/{version} under {root}: {exc.strerror or exc}; nothing was "
+            "published (free space, then publish again)") from exc
 
 
 def _stage(model_dir: Path, version: str, files: dict[str, bytes]) -> Path:
