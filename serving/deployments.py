@@ -21,7 +21,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from serving import codecs
+from serving import codecs, grpc_threads
 from serving.admin import Admin
 from serving.agreement import agreement
 from serving.autoscale import WORKING_REQUESTS
@@ -85,6 +85,7 @@ class ModelServer(GrpcInference):
     monitor_link: MonitorLink | None = None  # sends the sampled rows (Ray); None: they stay
 
     def __init__(self, settings: dict[str, Any]) -> None:
+        grpc_threads.install()  # before Ray starts this replica's servers
         self._setup(ServerSettings(**settings))
         # Aliases: read from the repository now, followed live after (every replica the same).
         self.follower = AliasFollower(self.models, _replica_id())

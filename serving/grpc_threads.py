@@ -1,0 +1,186 @@
+"""The replica's gRPC server on grpc's threaded server instead of grpc.aio.
+
+Ray Serve's direct ingress gives each ingress replica a grpc.aio server, and HAProxy sends the
+gRPC port's calls to it. Profiled under load, grpc.aio's completion-queue poller thread took about
+half of a replica's time per gRPC call (docs/performance.md#grpc); grpc's threaded server carries
+the same calls for a fraction of that (load_tests/bench_grpc.py measures both, `--grpc-server`).
+This module swaps the server only: the port Ray allocates, the handlers Ray builds for every method
+(auth, routing, the ongoing-request slot, timeouts, metrics and the `Healthz` HAProxy checks) and
+Vigil's servicer methods stay as they are. Each call waits on a worker thread while its handler
+runs on the replica's event loop; a call the client cancels (or whose deadline passes) cancels the
+handler, as grpc.aio would.
+
+VIGIL_GRPC_SERVER=ray keeps Ray's own server. The swap is checked against Ray's signature when it
+is installed: a Ray whose hook differs keeps its server, with a warning."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import inspect
+import logging
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+
+logger = logging.getLogger("vigil.serving")
+
+SERVER_ENV = "VIGIL_GRPC_SERVER"  # "threads" (the default) or "ray"
+THREADS_ENV = "VIGIL_GRPC_THREADS"
+DEFAULT_THREADS = 256  # calls in flight on one replica; a waiting call holds a thread, not the GIL
+_HOOK = "start_grpc_server"  # the function ray.serve._private.replica starts its server with
+_HOOK_PARAMETERS = ["service_handler_factory", "grpc_options", "event_loop",
+                    "enable_so_reuseport"]
+
+
+def install() -> bool:
+    """Make this process's Ray replica start the threaded server; True when it will. Called
+    in the replica before Ray starts the replica's servers (the deployment's constructor)."""
+    if os.environ.get(SERVER_ENV, "threads") == "ray":
+        return False
+    from ray.serve._private import replica
+
+    original = getattr(replica, _HOOK, None)
+    if original is None or list(inspect.signature(original).parameters) != _HOOK_PARAMETERS:
+        logger.warning("Ray's replica has no %s(%s): keeping Ray's gRPC server", _HOOK,
+                       ", ".join(_HOOK_PARAMETERS))
+        return False
+    setattr(replica, _HOOK, start_threaded_grpc_server)
+    return True
+
+
+async def start_threaded_grpc_server(service_handler_factory: Callable, grpc_options: Any, *,
+                                     event_loop: asyncio.AbstractEventLoop,
+                                     enable_so_reuseport: bool = False,
+                                     ) -> tuple[asyncio.Task, ThreadedGrpcServer]:
+    """Ray's start_grpc_server, on threads: the same methods (Ray's built-in service and the
+    config's servicer functions), the same handlers, port, message limits and return value."""
+    from ray.serve._private.constants import DEFAULT_GRPC_SERVER_OPTIONS
+    from ray.serve.generated.serve_pb2_grpc import add_RayServeAPIServiceServicer_to_server
+
+    methods = MethodCollector()
+    for add_servicer in [add_RayServeAPIServiceServicer_to_server,
+                         *grpc_options.grpc_servicer_func_callable]:
+        add_servicer(_NoServicer(), methods)  # Ray's handlers replace the servicer's
+    server = ThreadedGrpcServer(methods.unary_handlers(service_handler_factory, event_loop),
+                                DEFAULT_GRPC_SERVER_OPTIONS
+                                + [("grpc.so_reuseport", int(enable_so_reuseport))])
+    try:
+        server.bind(f"[::]:{grpc_options.port}")
+    except RuntimeError as exc:
+        # Ray's port allocation retries another port when the cause says it is taken.
+        raise RuntimeError(f"gRPC port {grpc_options.port} is not free") from OSError(
+            errno.EADDRINUSE, str(exc))
+    server.start()
+    return event_loop.create_task(server.wait_for_termination()), server
+
+
+class _NoServicer:
+    """The servicer a servicer function is given: each method None (never called)."""
+
+    def __getattr__(self, name: str) -> None:
+        return None
+
+
+class MethodCollector:
+    """Stands in for a server while servicer functions register their methods: keeps each
+    method's handler (its request deserializer and kind) by full name."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def add_generic_rpc_handlers(self, generic_handlers: Any) -> None:
+        for generic in generic_handlers:
+            for name, handler in getattr(generic, "_method_handlers", {}).items():
+                self.handlers[name] = handler
+
+    def add_registered_method_handlers(self, service: str,
+                                       handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        for method, handler in handlers.items():
+            self.handlers[f"/{service}/{method}"] = handler
+
+    def unary_handlers(self, service_handler_factory: Callable,
+                       loop: asyncio.AbstractEventLoop) -> dict[str, grpc.RpcMethodHandler]:
+        """The unary methods' threaded handlers. Streaming methods are left out: none of
+        Vigil's is served, and grpc answers a method it does not know UNIMPLEMENTED."""
+        from ray.serve._private.proxy_request_response import gRPCStreamingType
+
+        served = {}
+        for name, handler in self.handlers.items():
+            if handler.request_streaming or handler.response_streaming:
+                continue
+            on_loop = service_handler_factory(service_method=name,
+                                              streaming_type=gRPCStreamingType.UNARY_UNARY)
+            served[name] = grpc.unary_unary_rpc_method_handler(
+                _waiting_on(loop, on_loop), request_deserializer=handler.request_deserializer)
+        return served
+
+
+def _waiting_on(loop: asyncio.AbstractEventLoop, handler: Callable) -> Callable:
+    """A threaded unary handler that runs `handler` (Ray's, answering serialized bytes) on
+    `loop` and waits for it; the call's end (a cancel, a deadline) cancels it there."""
+
+    def call(request: Any, context: grpc.ServicerContext) -> bytes:
+        answer = asyncio.run_coroutine_threadsafe(handler(request, _AioLike(context)), loop)
+        context.add_callback(answer.cancel)  # no effect once answered
+        try:
+            return answer.result()
+        except asyncio.CancelledError:
+            # The client has gone: grpc sends nothing more on this call.
+            context.set_code(grpc.StatusCode.CANCELLED)
+            return b""
+
+    return call
+
+
+class _AioLike:
+    """A threaded server's call context as Ray reads a grpc.aio one: its trailing metadata
+    a sequence before any is set (the threaded server's is None)."""
+
+    def __init__(self, context: grpc.ServicerContext) -> None:
+        self._context = context
+
+    def trailing_metadata(self) -> Any:
+        return self._context.trailing_metadata() or ()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+class _Methods(grpc.GenericRpcHandler):
+    def __init__(self, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self._handlers = handlers
+
+    def service(self, handler_call_details: Any) -> grpc.RpcMethodHandler | None:
+        return self._handlers.get(handler_call_details.method)
+
+
+class ThreadedGrpcServer:
+    """grpc's threaded server behind the part of grpc.aio.Server's interface the replica uses
+    (an awaitable stop with grace, a termination to wait for)."""
+
+    def __init__(self, handlers: dict[str, grpc.RpcMethodHandler],
+                 options: list[tuple[str, Any]]) -> None:
+        threads = int(os.environ.get(THREADS_ENV, DEFAULT_THREADS))
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="vigil-grpc")
+        self._server = grpc.server(self._pool, handlers=[_Methods(handlers)], options=options)
+        self._stopped = asyncio.Event()  # made on the replica's event loop (Ray starts us there)
+
+    def bind(self, address: str) -> int:
+        return self._server.add_insecure_port(address)
+
+    def start(self) -> None:
+        self._server.start()
+
+    async def stop(self, grace: float | None) -> None:
+        """Refuse new calls, let those running finish for up to `grace` seconds, then end."""
+        done = self._server.stop(grace)
+        await asyncio.get_running_loop().run_in_executor(None, done.wait)
+        self._pool.shutdown(wait=False)
+        self._stopped.set()
+
+    async def wait_for_termination(self) -> None:
+        await self._stopped.wait()

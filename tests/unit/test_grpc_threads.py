@@ -1,0 +1,175 @@
+"""The threaded gRPC server that stands in for Ray's grpc.aio one on a replica: the same methods
+through Ray's handlers, on the replica's loop; cancels reach the handler; stop ends it."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import socket
+from types import SimpleNamespace
+
+import grpc
+import pytest
+
+from serving import grpc_threads
+from serving.proto import wire
+
+MODEL_READY = "/inference.GRPCInferenceService/ModelReady"
+HEALTHZ = "/ray.serve.RayServeAPIService/Healthz"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class FakeReplica:
+    """Ray's handler factory as the replica gives it: an async handler per method that
+    answers serialized bytes and sets the call's code on the context."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, object]] = []
+        self.cancelled = asyncio.Event()
+        self.loops: set[int] = set()
+
+    def factory(self, service_method: str, streaming_type: object):
+        async def handler(request: object, context: grpc.ServicerContext) -> bytes:
+            self.loops.add(id(asyncio.get_running_loop()))
+            self.calls.append((service_method, request))
+            if service_method == MODEL_READY and request.name == "slow":
+                try:
+                    await asyncio.sleep(30)
+                except asyncio.CancelledError:
+                    self.cancelled.set()
+                    raise
+            if service_method == MODEL_READY and request.name == "missing":
+                context.set_code(grpc.StatusCode.NOT_FOUND)
+                context.set_details("no model 'missing'")
+                return b""
+            if service_method == HEALTHZ:
+                from ray.serve.generated.serve_pb2 import HealthzResponse
+                return HealthzResponse(message="success").SerializeToString()
+            return wire.ModelReadyResponse(ready=True).SerializeToString()
+        return handler
+
+
+@pytest.fixture
+def served():
+    loop = asyncio.new_event_loop()
+    replica = FakeReplica()
+    port = _free_port()
+    options = SimpleNamespace(
+        port=port, grpc_servicer_func_callable=[wire.add_GRPCInferenceServiceServicer_to_server])
+
+    async def start():
+        return await grpc_threads.start_threaded_grpc_server(replica.factory, options,
+                                                            event_loop=loop)
+
+    import threading
+    ready = threading.Event()
+    holder = {}
+
+    def run():
+        asyncio.set_event_loop(loop)
+        holder["task"], holder["server"] = loop.run_until_complete(start())
+        ready.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    yield SimpleNamespace(replica=replica, channel=channel, loop=loop, port=port, **holder)
+    channel.close()
+    asyncio.run_coroutine_threadsafe(holder["server"].stop(0), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+
+
+def _call(channel, method, request, response_type, timeout=5):
+    rpc = channel.unary_unary(method, request_serializer=type(request).SerializeToString,
+                              response_deserializer=response_type.FromString)
+    return rpc(request, timeout=timeout)
+
+
+def test_a_call_runs_rays_handler_on_the_replicas_loop(served):
+    answer = _call(served.channel, MODEL_READY, wire.message("ModelReadyRequest")(name="mlp"),
+                   wire.ModelReadyResponse)
+    assert answer.ready
+    (method, request), = served.replica.calls
+    assert method == MODEL_READY and request.name == "mlp"  # deserialized as the proto says
+    assert served.replica.loops == {id(served.loop)}
+
+
+def test_rays_builtin_health_check_is_served(served):
+    from ray.serve.generated.serve_pb2 import HealthzRequest, HealthzResponse
+    assert _call(served.channel, HEALTHZ, HealthzRequest(), HealthzResponse).message == "success"
+
+
+def test_the_code_and_details_a_handler_sets_reach_the_client(served):
+    with pytest.raises(grpc.RpcError) as refused:
+        _call(served.channel, MODEL_READY, wire.message("ModelReadyRequest")(name="missing"),
+              wire.ModelReadyResponse)
+    assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+    assert refused.value.details() == "no model 'missing'"
+
+
+def test_a_deadline_cancels_the_handler_on_the_loop(served):
+    with pytest.raises(grpc.RpcError) as refused:
+        _call(served.channel, MODEL_READY, wire.message("ModelReadyRequest")(name="slow"),
+              wire.ModelReadyResponse, timeout=0.3)
+    assert refused.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert asyncio.run_coroutine_threadsafe(
+        asyncio.wait_for(served.replica.cancelled.wait(), 5), served.loop).result(10) is True
+
+
+def test_an_unknown_method_is_unimplemented(served):
+    with pytest.raises(grpc.RpcError) as refused:
+        _call(served.channel, "/inference.GRPCInferenceService/Nope",
+              wire.message("ModelReadyRequest")(), wire.ModelReadyResponse)
+    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_a_taken_port_is_refused_as_ray_expects_it_to_retry(served):
+    options = SimpleNamespace(port=served.port, grpc_servicer_func_callable=[])
+
+    async def start():
+        return await grpc_threads.start_threaded_grpc_server(FakeReplica().factory, options,
+                                                            event_loop=served.loop)
+
+    with pytest.raises(RuntimeError) as refused:
+        asyncio.run_coroutine_threadsafe(start(), served.loop).result(10)
+    assert isinstance(refused.value.__cause__, OSError)
+
+
+def test_stop_ends_the_servers_termination_task(served):
+    asyncio.run_coroutine_threadsafe(served.server.stop(0), served.loop).result(10)
+    assert asyncio.run_coroutine_threadsafe(
+        asyncio.wait_for(asyncio.shield(served.task), 5), served.loop).result(10) is None
+
+
+def test_install_swaps_rays_hook_whose_signature_it_checked(monkeypatch):
+    from ray.serve._private import replica
+    original = replica.start_grpc_server
+    assert list(inspect.signature(original).parameters) == grpc_threads._HOOK_PARAMETERS
+    monkeypatch.setattr(replica, "start_grpc_server", original)
+    monkeypatch.delenv(grpc_threads.SERVER_ENV, raising=False)
+    assert grpc_threads.install() is True
+    assert replica.start_grpc_server is grpc_threads.start_threaded_grpc_server
+    monkeypatch.setattr(replica, "start_grpc_server", original)
+    monkeypatch.setenv(grpc_threads.SERVER_ENV, "ray")
+    assert grpc_threads.install() is False
+    assert replica.start_grpc_server is original
+
+
+def test_a_ray_with_another_hook_keeps_its_own_server(monkeypatch):
+    from ray.serve._private import replica
+
+    async def changed(factory, options):  # a later Ray's different signature
+        raise AssertionError("not called")
+
+    monkeypatch.setattr(replica, "start_grpc_server", changed)
+    monkeypatch.delenv(grpc_threads.SERVER_ENV, raising=False)
+    assert grpc_threads.install() is False
+    assert replica.start_grpc_server is changed
