@@ -85,7 +85,7 @@ class ModelServer(GrpcInference):
     monitor_link: MonitorLink | None = None  # sends the sampled rows (Ray); None: they stay
 
     def __init__(self, settings: dict[str, Any]) -> None:
-        grpc_threads.install()  # before Ray starts this replica's servers
+        grpc_threads.install(self)  # before Ray starts this replica's servers
         self._setup(ServerSettings(**settings))
         # Aliases: read from the repository now, followed live after (every replica the same).
         self.follower = AliasFollower(self.models, _replica_id())

@@ -26,6 +26,8 @@ from typing import Any
 
 import grpc
 
+from serving.proto.wire import SERVICE_NAME
+
 logger = logging.getLogger("vigil.serving")
 
 SERVER_ENV = "VIGIL_GRPC_SERVER"  # "threads" (the default) or "ray"
@@ -36,9 +38,14 @@ _HOOK_PARAMETERS = ["service_handler_factory", "grpc_options", "event_loop",
                     "enable_so_reuseport"]
 
 
-def install() -> bool:
-    """Make this process's Ray replica start the threaded server; True when it will. Called
-    in the replica before Ray starts the replica's servers (the deployment's constructor)."""
+_servicer: Any = None  # the replica's servicer (ModelServer), whose RPC methods answer directly
+
+
+def install(servicer: Any) -> bool:
+    """Make this process's Ray replica start the threaded server, `servicer`'s methods answering
+    Vigil's RPCs; True when it will. Called in the replica before Ray starts the replica's
+    servers (the deployment's constructor)."""
+    global _servicer
     if os.environ.get(SERVER_ENV, "threads") == "ray":
         return False
     from ray.serve._private import replica
@@ -48,6 +55,7 @@ def install() -> bool:
         logger.warning("Ray's replica has no %s(%s): keeping Ray's gRPC server", _HOOK,
                        ", ".join(_HOOK_PARAMETERS))
         return False
+    _servicer = servicer
     setattr(replica, _HOOK, start_threaded_grpc_server)
     return True
 
@@ -65,7 +73,8 @@ async def start_threaded_grpc_server(service_handler_factory: Callable, grpc_opt
     for add_servicer in [add_RayServeAPIServiceServicer_to_server,
                          *grpc_options.grpc_servicer_func_callable]:
         add_servicer(_NoServicer(), methods)  # Ray's handlers replace the servicer's
-    server = ThreadedGrpcServer(methods.unary_handlers(service_handler_factory, event_loop),
+    server = ThreadedGrpcServer(methods.unary_handlers(service_handler_factory, event_loop,
+                                                       _servicer),
                                 DEFAULT_GRPC_SERVER_OPTIONS
                                 + [("grpc.so_reuseport", int(enable_so_reuseport))])
     try:
@@ -102,15 +111,27 @@ class MethodCollector:
         for method, handler in handlers.items():
             self.handlers[f"/{service}/{method}"] = handler
 
-    def unary_handlers(self, service_handler_factory: Callable,
-                       loop: asyncio.AbstractEventLoop) -> dict[str, grpc.RpcMethodHandler]:
-        """The unary methods' threaded handlers. Streaming methods are left out: none of
-        Vigil's is served, and grpc answers a method it does not know UNIMPLEMENTED."""
+    def unary_handlers(self, service_handler_factory: Callable, loop: asyncio.AbstractEventLoop,
+                       servicer: Any = None) -> dict[str, grpc.RpcMethodHandler]:
+        """The unary methods' threaded handlers: Vigil's service's straight to `servicer`'s
+        method of the RPC's name (when given), any other (Ray's built-in health service)
+        through Ray's handler. Streaming methods are left out: none is served, and grpc answers
+        a method it does not know UNIMPLEMENTED."""
         from ray.serve._private.proxy_request_response import gRPCStreamingType
 
         served = {}
         for name, handler in self.handlers.items():
             if handler.request_streaming or handler.response_streaming:
+                continue
+            service, _, rpc = name.strip("/").partition("/")
+            if servicer is not None and service == SERVICE_NAME:
+                method = getattr(servicer, rpc, None)
+                if method is None:  # not served: UNIMPLEMENTED
+                    continue
+                served[name] = grpc.unary_unary_rpc_method_handler(
+                    _waiting_on(loop, method, wrap=False),
+                    request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer)
                 continue
             on_loop = service_handler_factory(service_method=name,
                                               streaming_type=gRPCStreamingType.UNARY_UNARY)
@@ -119,19 +140,21 @@ class MethodCollector:
         return served
 
 
-def _waiting_on(loop: asyncio.AbstractEventLoop, handler: Callable) -> Callable:
-    """A threaded unary handler that runs `handler` (Ray's, answering serialized bytes) on
-    `loop` and waits for it; the call's end (a cancel, a deadline) cancels it there."""
+def _waiting_on(loop: asyncio.AbstractEventLoop, handler: Callable, wrap: bool = True,
+                ) -> Callable:
+    """A threaded unary handler that runs `handler` on `loop` and waits for its answer; the
+    call's end (a cancel, a deadline) cancels it there. `wrap`: the context as Ray's handlers
+    read it."""
 
-    def call(request: Any, context: grpc.ServicerContext) -> bytes:
-        answer = asyncio.run_coroutine_threadsafe(handler(request, _AioLike(context)), loop)
+    def call(request: Any, context: grpc.ServicerContext) -> Any:
+        answer = asyncio.run_coroutine_threadsafe(
+            handler(request, _AioLike(context) if wrap else context), loop)
         context.add_callback(answer.cancel)  # no effect once answered
         try:
             return answer.result()
         except asyncio.CancelledError:
-            # The client has gone: grpc sends nothing more on this call.
-            context.set_code(grpc.StatusCode.CANCELLED)
-            return b""
+            # The client has gone or its deadline passed: grpc sends nothing more on this call.
+            context.abort(grpc.StatusCode.CANCELLED, "the call ended before its answer")
 
     return call
 

@@ -54,10 +54,37 @@ class FakeReplica:
         return handler
 
 
-@pytest.fixture
-def served():
+class FakeServicer:
+    """Vigil's servicer: its RPC methods answer messages (serialized by the server)."""
+
+    def __init__(self) -> None:
+        self.metadata: list[dict[str, str]] = []
+        self.cancelled = asyncio.Event()
+
+    async def ServerLive(self, request, context):  # noqa: N802
+        self.metadata.append(dict(context.invocation_metadata()))
+        return wire.ServerLiveResponse(live=True)
+
+    async def ModelReady(self, request, context):  # noqa: N802
+        if request.name == "slow":
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                self.cancelled.set()
+                raise
+        if request.name == "missing":
+            context.set_code(grpc.StatusCode.NOT_FOUND)
+            context.set_details("no model 'missing'")
+        return wire.ModelReadyResponse(ready=request.name != "missing")
+
+
+@pytest.fixture(params=["ray's handlers", "the servicer"])
+def served(request):
     loop = asyncio.new_event_loop()
     replica = FakeReplica()
+    servicer = FakeServicer() if request.param == "the servicer" else None
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(grpc_threads, "_servicer", servicer)
     port = _free_port()
     options = SimpleNamespace(
         port=port, grpc_servicer_func_callable=[wire.add_GRPCInferenceServiceServicer_to_server])
@@ -80,7 +107,9 @@ def served():
     thread.start()
     assert ready.wait(10)
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    yield SimpleNamespace(replica=replica, channel=channel, loop=loop, port=port, **holder)
+    yield SimpleNamespace(replica=replica, servicer=servicer, channel=channel, loop=loop,
+                          port=port, **holder)
+    monkeypatch.undo()
     channel.close()
     asyncio.run_coroutine_threadsafe(holder["server"].stop(0), loop).result(10)
     loop.call_soon_threadsafe(loop.stop)
@@ -97,9 +126,23 @@ def test_a_call_runs_rays_handler_on_the_replicas_loop(served):
     answer = _call(served.channel, MODEL_READY, wire.message("ModelReadyRequest")(name="mlp"),
                    wire.ModelReadyResponse)
     assert answer.ready
+    if served.servicer is not None:
+        assert served.replica.calls == []  # Vigil's RPC went to the servicer, not through Ray
+        return
     (method, request), = served.replica.calls
     assert method == MODEL_READY and request.name == "mlp"  # deserialized as the proto says
     assert served.replica.loops == {id(served.loop)}
+
+
+def test_the_servicer_reads_the_calls_metadata(served):
+    if served.servicer is None:
+        pytest.skip("Ray's handlers read it themselves")
+    rpc = served.channel.unary_unary("/inference.GRPCInferenceService/ServerLive",
+                                     request_serializer=lambda m: m.SerializeToString(),
+                                     response_deserializer=wire.ServerLiveResponse.FromString)
+    assert rpc(wire.message("ServerLiveRequest")(), metadata=[("authorization", "Bearer x")],
+               timeout=5).live
+    assert served.servicer.metadata[-1]["authorization"] == "Bearer x"
 
 
 def test_rays_builtin_health_check_is_served(served):
@@ -120,8 +163,9 @@ def test_a_deadline_cancels_the_handler_on_the_loop(served):
         _call(served.channel, MODEL_READY, wire.message("ModelReadyRequest")(name="slow"),
               wire.ModelReadyResponse, timeout=0.3)
     assert refused.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    handler = served.servicer or served.replica
     assert asyncio.run_coroutine_threadsafe(
-        asyncio.wait_for(served.replica.cancelled.wait(), 5), served.loop).result(10) is True
+        asyncio.wait_for(handler.cancelled.wait(), 5), served.loop).result(10) is True
 
 
 def test_an_unknown_method_is_unimplemented(served):
@@ -155,11 +199,11 @@ def test_install_swaps_rays_hook_whose_signature_it_checked(monkeypatch):
     assert list(inspect.signature(original).parameters) == grpc_threads._HOOK_PARAMETERS
     monkeypatch.setattr(replica, "start_grpc_server", original)
     monkeypatch.delenv(grpc_threads.SERVER_ENV, raising=False)
-    assert grpc_threads.install() is True
+    assert grpc_threads.install(object()) is True
     assert replica.start_grpc_server is grpc_threads.start_threaded_grpc_server
     monkeypatch.setattr(replica, "start_grpc_server", original)
     monkeypatch.setenv(grpc_threads.SERVER_ENV, "ray")
-    assert grpc_threads.install() is False
+    assert grpc_threads.install(object()) is False
     assert replica.start_grpc_server is original
 
 
@@ -171,5 +215,5 @@ def test_a_ray_with_another_hook_keeps_its_own_server(monkeypatch):
 
     monkeypatch.setattr(replica, "start_grpc_server", changed)
     monkeypatch.delenv(grpc_threads.SERVER_ENV, raising=False)
-    assert grpc_threads.install() is False
+    assert grpc_threads.install(object()) is False
     assert replica.start_grpc_server is changed
