@@ -34,6 +34,7 @@ from load_tests import peer_envs
 from load_tests.grpc_load import LoadResult, grpc_load, http_load
 from load_tests.peer_servers import MLServerPeer
 from load_tests.targets import REPO_ROOT, RayCluster, RayPorts, StartError, vigil_config
+from serving import grpc_threads
 from serving.proto import wire
 
 PORTS = RayPorts(gcs=6395, dashboard=8271, client_server=6497, dashboard_agent=52470, http=8106,
@@ -138,9 +139,12 @@ def c_client_rows(variants: dict[str, list[str]], grpc_target: str, headers: dic
                        lambda r: f"mean {r.mean_ms:7.2f} ms  errors {r.errors}", "h2load ")
 
 
-def start(ha_proxy: bool) -> RayCluster:
+def start(ha_proxy: bool, replica_server: str = "threads") -> RayCluster:
+    """Vigil on a cluster of its own, behind HAProxy (direct ingress) or Serve's gRPC proxy;
+    `replica_server` the replicas' gRPC server (serving.grpc_threads: "threads" or "ray")."""
     cluster = RayCluster("grpc-haproxy" if ha_proxy else "grpc-proxy", PORTS, ha_proxy=ha_proxy,
-                         num_cpus=os.cpu_count() or 2)
+                         num_cpus=os.cpu_count() or 2,
+                         extra_env={grpc_threads.SERVER_ENV: replica_server})
     try:
         cluster.start()
         config = vigil_config(PORTS, batching_enabled=True, sampling_enabled=True)
@@ -243,12 +247,16 @@ def main(argv: list[str] | None = None) -> int:
     grpc_only = {s: (["grpc_raw"]) for s, _, _ in SHAPES}
     report: dict[str, Any] = {"model": MODEL, "warmup_s": warmup_s, "measure_s": measure_s,
                               "rounds": rounds, "cpus": os.cpu_count()}
-    for ha_proxy, variants in ((True, every), (False, grpc_only)):
-        ingress = "haproxy_direct_ingress" if ha_proxy else "serve_grpc_proxy"
+    # The shipped setup; Ray's own grpc.aio server in the replicas instead of Vigil's threaded
+    # one (serving.grpc_threads); Serve's gRPC proxy instead of HAProxy's direct ingress.
+    for ingress, ha_proxy, server, variants in (
+            ("haproxy_direct_ingress", True, "threads", every),
+            ("ray_replica_server", True, "ray", grpc_only),
+            ("serve_grpc_proxy", False, "threads", grpc_only)):
         print(f"{ingress}: starting Ray and Vigil", flush=True)
         began = time.monotonic()
         try:
-            cluster = start(ha_proxy)
+            cluster = start(ha_proxy, server)
         except StartError as exc:
             print(f"could not start: {exc}", file=sys.stderr)
             return 2
@@ -258,11 +266,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{ingress}: gRPC does not answer the bench's bodies: {why}",
                       file=sys.stderr)
                 return 2
-            report[ingress] = run_rows(variants, warmup_s, measure_s,
-                                       rounds if ha_proxy else 1)
+            shipped = ingress == "haproxy_direct_ingress"
+            report[ingress] = run_rows(variants, warmup_s, measure_s, rounds if shipped else 1)
             if ha_proxy:
-                report["h2load"] = c_client_rows(every, f"127.0.0.1:{GRPC_PORT}",
-                                                 dict(METADATA), warmup_s, measure_s, rounds)
+                report[f"h2load_{ingress}" if not shipped else "h2load"] = c_client_rows(
+                    every if shipped else grpc_only, f"127.0.0.1:{GRPC_PORT}", dict(METADATA),
+                    warmup_s, measure_s, rounds if shipped else 1)
         finally:
             cluster.stop()
     report["ratios"] = ratios(report["haproxy_direct_ingress"])
@@ -272,6 +281,12 @@ def main(argv: list[str] | None = None) -> int:
                      / report["serve_grpc_proxy"][shape]["grpc_raw"]["rps"], 3)
         for shape in report["serve_grpc_proxy"]
         if report["serve_grpc_proxy"][shape]["grpc_raw"]["rps"]}
+    report["replica_server_ratios"] = {  # Vigil's threaded server over Ray's grpc.aio one
+        f"{shape} {client}": round(ours[shape]["grpc_raw"]["rps"] / theirs[shape]["grpc_raw"]["rps"], 3)
+        for client, ours, theirs in (
+            ("python", report["haproxy_direct_ingress"], report["ray_replica_server"]),
+            ("h2load", report["h2load"], report["h2load_ray_replica_server"]))
+        for shape in theirs if theirs[shape]["grpc_raw"]["rps"]}
     if args.mlserver:
         import tempfile
 
@@ -285,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"ratios": report["ratios"], "h2load_ratios": report["h2load_ratios"],
                       "h2load_vigil_over_mlserver": report.get("h2load_vigil_over_mlserver"),
                       "haproxy_over_serve_proxy": report["ingress_ratios"],
+                      "threaded_over_ray_replica_server": report["replica_server_ratios"],
                       "vigil_over_mlserver": report.get("vigil_over_mlserver")}, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -1,6 +1,7 @@
-"""A serving replica's gRPC service in this very process, without Ray: a real grpc.aio server on
-127.0.0.1 whose RPCs are the replica's own methods (what Serve's gRPC ingress calls), on an event
-loop of its own thread, for in-process tests and per-request cost measurements."""
+"""A serving replica's gRPC service in this very process, without Ray: the replica's own gRPC server
+(serving.grpc_threads, grpc's threaded server) on 127.0.0.1, whose RPCs are the replica's methods
+run on an event loop of their own thread, for in-process tests and per-request cost
+measurements."""
 
 from __future__ import annotations
 
@@ -10,9 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import grpc
-
-from serving.proto import wire
+from serving import grpc_threads
 
 
 @contextmanager
@@ -27,10 +26,10 @@ def grpc_served(server: Any, max_message_bytes: int | None = None) -> Iterator[s
         options = []
         if max_message_bytes is not None:
             options.append(("grpc.max_receive_message_length", max_message_bytes))
-        grpc_server = grpc.aio.server(options=options)
-        wire.add_GRPCInferenceServiceServicer_to_server(server, grpc_server)
-        holder["port"] = grpc_server.add_insecure_port("127.0.0.1:0")
-        await grpc_server.start()
+        grpc_server = grpc_threads.ThreadedGrpcServer(
+            grpc_threads.servicer_handlers(server, loop), options)
+        holder["port"] = grpc_server.bind("127.0.0.1:0")
+        grpc_server.start()
         holder["server"] = grpc_server
         ready.set()
 

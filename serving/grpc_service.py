@@ -1,6 +1,7 @@
 """The Open Inference Protocol's gRPC service (inference.GRPCInferenceService) on the model
-server: one method per RPC, named as the RPC (Ray Serve's gRPC ingress calls them by name), over
-the same core as HTTP: auth, routing, validation, batching, sampling, metrics and the audit.
+server: one method per RPC, named as the RPC (the replica's gRPC server, serving.grpc_threads, and
+Serve's gRPC proxy call them by name), over the same core as HTTP: auth, routing, validation,
+batching, sampling, metrics and the audit.
 
 HTTP statuses become gRPC codes (`GRPC_CODES`); requests are still accounted by the HTTP
 status (a cancelled call is 499), so that one set of metrics, rules and alerts covers both."""
@@ -9,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Coroutine
 from typing import Any
 
 import grpc
 
 from serving import grpc_codec
+from serving.feedback import REQUEST_ID_HEADER
 from serving.intake import LARGE_BODY_BYTES, Received, check_parsed
 from serving.outcome import Outcome
 from serving.proto import wire
@@ -44,6 +47,7 @@ GRPC_CODES = {
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
+REQUEST_ID_METADATA = REQUEST_ID_HEADER.lower()  # a call's id when its request has none
 OPEN = ""  # the scope of an RPC anyone may call (as vigil.adapters.web.OPEN)
 SCOPES = {
     "ServerLive": OPEN, "ServerReady": OPEN, "ServerMetadata": OPEN,
@@ -85,6 +89,7 @@ class GrpcInference:
     settings: Any
     grpc_guard: Any
     admin: Any
+    predictions: Any  # the prediction log labels join to; None when feedback is off
     _decoder: Any
     _background: set[asyncio.Task]
 
@@ -163,7 +168,11 @@ class GrpcInference:
         received = await self._grpc_receive(request, model)
         wanted, results = await self._execute(  # type: ignore[attr-defined]
             route.target, received, outcome)
-        return grpc_codec.encode(model.name, model.version, received.parsed.id,
+        request_id = received.parsed.id
+        if self.predictions is not None:  # every answer can be labelled, as HTTP's: it gets an id
+            request_id = outcome.request_id = (request_id or metadata.get(REQUEST_ID_METADATA)
+                                               or str(uuid.uuid4()))
+        return grpc_codec.encode(model.name, model.version, request_id,
                                  [(n, model.outputs[n].datatype, results[n]) for n, _ in wanted])
 
     async def _grpc_receive(self, request: Any, model: OnnxModel) -> Received:

@@ -87,6 +87,21 @@ async def start_threaded_grpc_server(service_handler_factory: Callable, grpc_opt
     return event_loop.create_task(server.wait_for_termination()), server
 
 
+def servicer_handlers(servicer: Any, loop: asyncio.AbstractEventLoop,
+                      ) -> dict[str, grpc.RpcMethodHandler]:
+    """Vigil's service alone, answered by `servicer`'s methods on `loop`: the replica's server
+    without Ray (in-process tests and cost measurements serve with this)."""
+    from serving.proto.wire import add_GRPCInferenceServiceServicer_to_server
+
+    methods = MethodCollector()
+    add_GRPCInferenceServiceServicer_to_server(_NoServicer(), methods)
+    return methods.unary_handlers(_no_ray_handlers, loop, servicer)
+
+
+def _no_ray_handlers(service_method: str, streaming_type: Any) -> Callable:
+    raise AssertionError(f"{service_method} is not Vigil's: no Ray here to answer it")
+
+
 class _NoServicer:
     """The servicer a servicer function is given: each method None (never called)."""
 

@@ -429,3 +429,26 @@ def test_calls_run_concurrently_on_one_replica(repo, tokens):
             t.join(60)
         client.close()
     assert not errors
+
+
+def test_every_grpc_answer_carries_an_id_that_labels_join_to(repo, tokens):
+    """As HTTP's: the request's own id, else the call's x-request-id metadata, else a new one;
+    recorded for the feedback join. With feedback off, no id is made up."""
+    server = server_app(repo)[0]
+    row = _fp32([1, 30], ROW)
+    with grpc_served(server) as url, grpc.insecure_channel(url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        given = stub.ModelInfer(_request(id="req-7", inputs=[row]), metadata=_meta(tokens["user"]))
+        traced = stub.ModelInfer(_request(inputs=[row]),
+                                 metadata=[*_meta(tokens["user"]), ("x-request-id", "trace-1")])
+        assigned = stub.ModelInfer(_request(inputs=[row]), metadata=_meta(tokens["user"]))
+    assert (given.id, traced.id) == ("req-7", "trace-1")
+    assert len(assigned.id) == 36
+    (record,) = server.predictions.drain()
+    assert record.ids == ("req-7", "trace-1", assigned.id)
+
+    quiet = server_app(repo, feedback={"enabled": False})[0]
+    with grpc_served(quiet) as url, grpc.insecure_channel(url) as channel:
+        answer = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
+            _request(inputs=[row]), metadata=_meta(tokens["user"]))
+    assert answer.id == "" and quiet.predictions is None

@@ -134,9 +134,8 @@ def test_a_call_runs_rays_handler_on_the_replicas_loop(served):
     assert served.replica.loops == {id(served.loop)}
 
 
+@pytest.mark.parametrize("served", ["the servicer"], indirect=True)
 def test_the_servicer_reads_the_calls_metadata(served):
-    if served.servicer is None:
-        pytest.skip("Ray's handlers read it themselves")
     rpc = served.channel.unary_unary("/inference.GRPCInferenceService/ServerLive",
                                      request_serializer=lambda m: m.SerializeToString(),
                                      response_deserializer=wire.ServerLiveResponse.FromString)
