@@ -246,14 +246,16 @@ class ModelServer(GrpcInference):
             outcome.let_go()
 
     def _refuse_client(self, outcome: Outcome) -> Response:
-        cap = self.clients.limit
+        return error_response(429, self._client_refused(outcome), {"Retry-After": "1"})
+
+    def _client_refused(self, outcome: Outcome) -> str:
+        """Account a request refused at its client's cap (HTTP's or gRPC's); why, to say."""
         self.metrics.refused("client_cap")
         outcome.end(429, Reason.CLIENT)
         self._account(outcome)
-        return error_response(
-            429, f"this client already has {cap} inference requests in flight on this replica "
-            "(front_door.max_in_flight_per_client); retry when one has been answered",
-            {"Retry-After": "1"})
+        return (f"this client already has {self.clients.limit} inference requests in flight on "
+                "this replica (front_door.max_in_flight_per_client); retry when one has been "
+                "answered")
 
     async def _answer(self, request: Request, raw_header_length: str | None,
                       outcome: Outcome) -> Response:

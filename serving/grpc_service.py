@@ -40,6 +40,7 @@ GRPC_CODES = {
     404: grpc.StatusCode.NOT_FOUND,
     409: grpc.StatusCode.FAILED_PRECONDITION,
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,  # the client's cap on requests in flight
     499: grpc.StatusCode.CANCELLED,
     500: grpc.StatusCode.INTERNAL,
     502: grpc.StatusCode.INTERNAL,  # the model's fault: retrying the same request fails again
@@ -88,6 +89,7 @@ class GrpcInference:
     models: Any
     settings: Any
     grpc_guard: Any
+    clients: Any  # serving.clients.ClientCap, shared with HTTP
     admin: Any
     predictions: Any  # the prediction log labels join to; None when feedback is off
     _decoder: Any
@@ -140,10 +142,20 @@ class GrpcInference:
         admitted = self._admitted(grpc_context, "ModelInfer")
         if admitted is None:
             return wire.ModelInferResponse()
+        metadata, actor = admitted
         outcome = Outcome(time.perf_counter(),
                           "grpc_raw" if request.raw_input_contents else "grpc")
-        return await self._accounted(  # type: ignore[attr-defined]
-            outcome, self._grpc_answer(request, admitted[0], grpc_context, outcome))
+        # The per-client cap, as HTTP's: the token's name, else the peer's address (or the
+        # x-forwarded-for a trusted proxy set).
+        client = self.clients.identify(_scope(metadata, grpc_context.peer()), actor)
+        if not self.clients.admit(client):
+            refuse(grpc_context, 429, self._client_refused(outcome))  # type: ignore[attr-defined]
+            return wire.ModelInferResponse()
+        try:
+            return await self._accounted(  # type: ignore[attr-defined]
+                outcome, self._grpc_answer(request, metadata, grpc_context, outcome))
+        finally:
+            self.clients.leave(client)
 
     async def _grpc_answer(self, request: Any, metadata: dict[str, str], grpc_context: Any,
                            outcome: Outcome) -> Any:
@@ -250,6 +262,16 @@ class GrpcInference:
             refuse(grpc_context, admission.decision.status, admission.decision.message)
             return None
         return metadata, admission.actor
+
+
+def _scope(metadata: dict[str, str], peer: str) -> dict[str, Any]:
+    """What ClientCap reads of an ASGI scope, from a call's metadata and grpc's peer string
+    ('ipv4:127.0.0.1:5000', 'ipv6:[::1]:5000', 'unix:...')."""
+    kind, _, rest = peer.partition(":")
+    host = rest.rsplit(":", 1)[0].strip("[]") if kind in ("ipv4", "ipv6") else peer
+    forwarded = metadata.get("x-forwarded-for")
+    return {"client": (host, 0),
+            "headers": [] if forwarded is None else [(b"x-forwarded-for", forwarded.encode())]}
 
 
 def _parameter_value(key: str, value: Any) -> Any:

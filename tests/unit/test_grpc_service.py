@@ -452,3 +452,45 @@ def test_every_grpc_answer_carries_an_id_that_labels_join_to(repo, tokens):
         answer = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
             _request(inputs=[row]), metadata=_meta(tokens["user"]))
     assert answer.id == "" and quiet.predictions is None
+
+
+def test_a_client_past_its_cap_gets_resource_exhausted_while_others_are_served(repo, tokens):
+    """HTTP's per-client cap (429) over gRPC: the same client (a token's name) past
+    front_door.max_in_flight_per_client is refused RESOURCE_EXHAUSTED with HTTP's message;
+    another token is served, and the client is served again once its call has ended."""
+    server = server_app(repo, front_door={"max_in_flight_per_client": 1})[0]
+    slow = _request("slow", inputs=[_fp32([1, 512], [0.0] * 512, name="x")])
+    iterations = slow.inputs.add(name="iterations", datatype="INT64", shape=[1])
+    iterations.contents.int64_contents.append(100000)
+    row = _request(inputs=[_fp32([1, 30], ROW)])
+    with grpc_served(server) as url, grpc.insecure_channel(url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        held = stub.ModelInfer.future(slow, metadata=_meta(tokens["user"]), timeout=20)
+        deadline = time.monotonic() + 10
+        while server.clients.in_flight("token:user") < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ModelInfer(row, metadata=_meta(tokens["user"]), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "max_in_flight_per_client" in refused.value.details()
+        assert stub.ModelInfer(row, metadata=_meta(tokens["operator"]), timeout=10).outputs
+        held.cancel()
+        while server.clients.in_flight("token:user") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert stub.ModelInfer(row, metadata=_meta(tokens["user"]), timeout=10).outputs
+    assert server.clients.in_flight("token:user") == 0
+    assert _facts(server) == {"breast_cancer/1": [200, 200], "slow/1": [499]}
+
+
+def test_a_calls_client_is_its_peer_or_a_trusted_proxys_forwarded_address():
+    from serving.clients import ClientCap
+    from serving.grpc_service import _scope
+
+    cap = ClientCap(4, trusted_proxies=["10.0.0.9"])
+    assert cap.identify(_scope({}, "ipv4:127.0.0.1:5100"), "anonymous") == "addr:127.0.0.1"
+    assert cap.identify(_scope({}, "ipv6:[::1]:5100"), "anonymous") == "addr:::1"
+    forwarded = {"x-forwarded-for": "1.2.3.4, 10.1.1.1"}
+    assert cap.identify(_scope(forwarded, "ipv4:10.0.0.9:5100"), "anonymous") == "addr:10.1.1.1"
+    # an untrusted peer's header is ignored; a token names the client wherever it comes from
+    assert cap.identify(_scope(forwarded, "ipv4:10.0.0.8:5100"), "anonymous") == "addr:10.0.0.8"
+    assert cap.identify(_scope({}, "ipv4:10.0.0.8:5100"), "ci-bot") == "token:ci-bot"
