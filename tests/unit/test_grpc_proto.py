@@ -63,3 +63,20 @@ def test_a_request_survives_both_ways_between_the_two_pools():
 def test_the_committed_descriptor_is_the_compiled_proto():
     assert build.COMPILED.read_bytes() == build.compiled_now(), (
         "serving/proto/open_inference.binpb is stale: run `python -m serving.proto.build`")
+
+
+def test_every_message_pickles_as_serves_grpc_proxy_sends_it():
+    """Serve's gRPC proxy (HAProxy's fallback while no replica is up) pickles each request to
+    the replica and each answer back: every message class is found by name in serving's wire."""
+    import pickle
+
+    from serving.proto import wire
+
+    request = wire.ModelInferRequest(model_name="mlp", id="r1")
+    request.inputs.add(name="x", datatype="FP32", shape=[1, 2]).contents.fp32_contents.extend(
+        [1.0, 2.0])
+    assert pickle.loads(pickle.dumps(request)) == request
+    for method in wire.SERVICE.methods:
+        for descriptor in (method.input_type, method.output_type):
+            empty = wire.message(descriptor.name)()
+            assert pickle.loads(pickle.dumps(empty)) == empty
