@@ -3,7 +3,7 @@ so that one client cannot hold every slot."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 ANONYMOUS = "anonymous"
@@ -21,16 +21,22 @@ class ClientCap:
         self._in_flight: dict[str, int] = {}
 
     def identify(self, scope: Any, actor: str) -> str:
-        """The client of a request whose token guard recorded `actor` (a token's name,
-        'local:<address>' or 'anonymous')."""
+        """The client of an HTTP request (its ASGI scope) whose token guard recorded `actor` (a
+        token's name, 'local:<address>' or 'anonymous')."""
+        client = scope.get("client")
+        return self.name(actor, client[0] if client else "unknown",
+                         lambda: _forwarded_header(scope))
+
+    def name(self, actor: str, peer: str, forwarded: Callable[[], str | None]) -> str:
+        """The client of a request from `peer` (an address) that `actor` made; `forwarded`
+        gives its X-Forwarded-For header, read only when the peer is a trusted proxy."""
         if actor != ANONYMOUS and not actor.startswith(LOCAL_PREFIX):
             return "token:" + actor
-        client = scope.get("client")
-        peer = client[0] if client else "unknown"
         if peer in self.trusted:
-            forwarded = _forwarded_for(scope)
-            if forwarded:
-                return "addr:" + forwarded
+            header = forwarded()
+            last = header.rsplit(",", 1)[-1].strip() if header else ""
+            if last:  # the address the nearest proxy saw; earlier entries are the client's claims
+                return "addr:" + last
         return "addr:" + peer
 
     def admit(self, client: str) -> bool:
@@ -53,14 +59,10 @@ class ClientCap:
         return self._in_flight.get(client, 0)
 
 
-def _forwarded_for(scope: Any) -> str | None:
-    """The address the nearest proxy saw: the last entry of the last X-Forwarded-For header
-    (earlier entries are whatever the client claimed)."""
+def _forwarded_header(scope: Any) -> str | None:
+    """The last X-Forwarded-For header of an ASGI scope (the nearest proxy's)."""
     found = None
     for key, value in scope["headers"]:
         if key.lower() == b"x-forwarded-for":
             found = value
-    if found is None:
-        return None
-    last = found.decode("latin-1").rsplit(",", 1)[-1].strip()
-    return last or None
+    return None if found is None else found.decode("latin-1")

@@ -147,7 +147,8 @@ class GrpcInference:
                           "grpc_raw" if request.raw_input_contents else "grpc")
         # The per-client cap, as HTTP's: the token's name, else the peer's address (or the
         # x-forwarded-for a trusted proxy set).
-        client = self.clients.identify(_scope(metadata, grpc_context.peer()), actor)
+        client = self.clients.name(actor, peer_address(grpc_context.peer()),
+                                   lambda: metadata.get("x-forwarded-for"))
         if not self.clients.admit(client):
             refuse(grpc_context, 429, self._client_refused(outcome))  # type: ignore[attr-defined]
             return wire.ModelInferResponse()
@@ -264,14 +265,11 @@ class GrpcInference:
         return metadata, admission.actor
 
 
-def _scope(metadata: dict[str, str], peer: str) -> dict[str, Any]:
-    """What ClientCap reads of an ASGI scope, from a call's metadata and grpc's peer string
-    ('ipv4:127.0.0.1:5000', 'ipv6:[::1]:5000', 'unix:...')."""
+def peer_address(peer: str) -> str:
+    """The address in grpc's peer string ('ipv4:127.0.0.1:5000', 'ipv6:[::1]:5000'); any other
+    kind ('unix:...') as it is."""
     kind, _, rest = peer.partition(":")
-    host = rest.rsplit(":", 1)[0].strip("[]") if kind in ("ipv4", "ipv6") else peer
-    forwarded = metadata.get("x-forwarded-for")
-    return {"client": (host, 0),
-            "headers": [] if forwarded is None else [(b"x-forwarded-for", forwarded.encode())]}
+    return rest.rsplit(":", 1)[0].strip("[]") if kind in ("ipv4", "ipv6") else peer
 
 
 def _parameter_value(key: str, value: Any) -> Any:

@@ -1,14 +1,14 @@
-"""The replica's gRPC server on grpc's threaded server instead of grpc.aio.
+"""The replica's gRPC server: grpc's threaded server instead of the grpc.aio one Ray starts.
 
 Ray Serve's direct ingress gives each ingress replica a grpc.aio server, and HAProxy sends the
 gRPC port's calls to it. Profiled under load, grpc.aio's completion-queue poller thread took about
-half of a replica's time per gRPC call (docs/performance.md#grpc); grpc's threaded server carries
-the same calls for a fraction of that (load_tests/bench_grpc.py measures both, `--grpc-server`).
-This module swaps the server only: the port Ray allocates, the handlers Ray builds for every method
-(auth, routing, the ongoing-request slot, timeouts, metrics and the `Healthz` HAProxy checks) and
-Vigil's servicer methods stay as they are. Each call waits on a worker thread while its handler
-runs on the replica's event loop; a call the client cancels (or whose deadline passes) cancels the
-handler, as grpc.aio would.
+half of a replica's time per gRPC call, and Ray's per-call wrapper a tenth
+(docs/performance.md#grpc). In its place, on the port Ray allocates, grpc's threaded server calls
+Vigil's RPC methods (serving.grpc_service) directly; Ray's own service (`Healthz`,
+`ListApplications`: HAProxy's checks, a draining replica) still goes through the handlers Ray
+builds. Each call waits on a worker thread while its method runs on the replica's event loop; a
+call the client cancels (or whose deadline passes) cancels the method there, as grpc.aio would.
+load_tests/bench_grpc.py measures it against Ray's server in the same run.
 
 VIGIL_GRPC_SERVER=ray keeps Ray's own server. The swap is checked against Ray's signature when it
 is installed: a Ray whose hook differs keeps its server, with a warning."""

@@ -29,6 +29,18 @@ class ReplicaMetrics:
     def __init__(self) -> None:
         # One call per metric, written out: tests/unit/test_prometheus_rules.py and
         # test_dashboards.py read these declarations (name, kind, tag keys) from this file.
+        self._declare_requests()
+        self._declare_repository()
+        self._declare_samples()
+        self._declare_front_door()
+        self._gauge_lock = threading.Lock()
+        self._loaded: dict[str, int] = {}  # the last count of each served model, to set again
+        self._faults: dict[tuple[str, str], int] = {}  # the faults by (model, kind), likewise
+        self._refresher: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def _declare_requests(self) -> None:
+        """Requests, their latency, and the batches they run in."""
         self.request_duration = metrics.Histogram(
             "vigil_request_duration_seconds",
             description="Time from request arrival at the replica to response, by status code.",
@@ -61,6 +73,9 @@ class ReplicaMetrics:
             boundaries=LATENCY_BOUNDARIES,
             tag_keys=("model", "version"),
         )
+
+    def _declare_repository(self) -> None:
+        """What a replica holds loaded, and the faults it sees in the repository."""
         self.loaded_versions = metrics.Gauge(
             "vigil_loaded_versions",
             description="Versions of a model this replica holds loaded (a session each): the "
@@ -74,6 +89,9 @@ class ReplicaMetrics:
             "broken_alias): the files differ from what is served, or cannot be read.",
             tag_keys=("model", "reason"),
         )
+
+    def _declare_samples(self) -> None:
+        """What reaches the monitor, and what was dropped on the way."""
         self.samples_dropped = metrics.Counter(
             "vigil_samples_dropped_rows_total",
             description="Sampled rows a replica dropped instead of sending them to the monitor.",
@@ -100,6 +118,9 @@ class ReplicaMetrics:
             "unknown_id.",
             tag_keys=("model", "version", "reason"),
         )
+
+    def _declare_front_door(self) -> None:
+        """Requests refused before inference: by the token guard, and at the front door."""
         self.auth_rejections = metrics.Counter(
             "vigil_auth_rejected_total",
             description="Requests refused for want of a valid bearer token (code 401) or of the "
@@ -114,11 +135,6 @@ class ReplicaMetrics:
             "client went away while sending its body).",
             tag_keys=("reason",),
         )
-        self._gauge_lock = threading.Lock()
-        self._loaded: dict[str, int] = {}  # the last count of each served model, to set again
-        self._faults: dict[tuple[str, str], int] = {}  # the faults by (model, kind), likewise
-        self._refresher: threading.Thread | None = None
-        self._stop = threading.Event()
 
     def auth_rejected(self, code: int, scope: str | None) -> None:
         self.auth_rejections.inc(1, {"code": str(code), "scope": scope or "any"})

@@ -30,8 +30,9 @@ def message(name: str) -> Any:
 # Every message class is this module's, under its name, so that pickle finds it: Serve's gRPC
 # proxy (HAProxy's fallback while no replica is up) pickles requests and answers to the replica.
 for _name in POOL.FindFileByName(_compiled.file[-1].name).message_types_by_name:
-    message(_name).__module__ = __name__
-    globals().setdefault(_name, message(_name))
+    _class = message(_name)
+    _class.__module__ = __name__
+    globals().setdefault(_name, _class)
 
 
 ServerLiveResponse = message("ServerLiveResponse")

@@ -484,13 +484,16 @@ def test_a_client_past_its_cap_gets_resource_exhausted_while_others_are_served(r
 
 def test_a_calls_client_is_its_peer_or_a_trusted_proxys_forwarded_address():
     from serving.clients import ClientCap
-    from serving.grpc_service import _scope
+    from serving.grpc_service import peer_address
+
+    def name(actor, peer, metadata):
+        return cap.name(actor, peer_address(peer), lambda: metadata.get("x-forwarded-for"))
 
     cap = ClientCap(4, trusted_proxies=["10.0.0.9"])
-    assert cap.identify(_scope({}, "ipv4:127.0.0.1:5100"), "anonymous") == "addr:127.0.0.1"
-    assert cap.identify(_scope({}, "ipv6:[::1]:5100"), "anonymous") == "addr:::1"
+    assert name("anonymous", "ipv4:127.0.0.1:5100", {}) == "addr:127.0.0.1"
+    assert name("anonymous", "ipv6:[::1]:5100", {}) == "addr:::1"
     forwarded = {"x-forwarded-for": "1.2.3.4, 10.1.1.1"}
-    assert cap.identify(_scope(forwarded, "ipv4:10.0.0.9:5100"), "anonymous") == "addr:10.1.1.1"
+    assert name("anonymous", "ipv4:10.0.0.9:5100", forwarded) == "addr:10.1.1.1"
     # an untrusted peer's header is ignored; a token names the client wherever it comes from
-    assert cap.identify(_scope(forwarded, "ipv4:10.0.0.8:5100"), "anonymous") == "addr:10.0.0.8"
-    assert cap.identify(_scope({}, "ipv4:10.0.0.8:5100"), "ci-bot") == "token:ci-bot"
+    assert name("anonymous", "ipv4:10.0.0.8:5100", forwarded) == "addr:10.0.0.8"
+    assert name("ci-bot", "ipv4:10.0.0.8:5100", {}) == "token:ci-bot"
