@@ -15,7 +15,9 @@ is installed: a Ray whose hook differs keeps its server, with a warning."""
 
 from __future__ import annotations
 
+import _thread
 import asyncio
+import collections
 import errno
 import inspect
 import logging
@@ -134,6 +136,7 @@ class MethodCollector:
         a method it does not know UNIMPLEMENTED."""
         from ray.serve._private.proxy_request_response import gRPCStreamingType
 
+        hop = LoopHop(loop)
         served = {}
         for name, handler in self.handlers.items():
             if handler.request_streaming or handler.response_streaming:
@@ -144,29 +147,74 @@ class MethodCollector:
                 if method is None:  # not served: UNIMPLEMENTED
                     continue
                 served[name] = grpc.unary_unary_rpc_method_handler(
-                    _waiting_on(loop, method, wrap=False),
+                    _waiting_on(hop, method, wrap=False),
                     request_deserializer=handler.request_deserializer,
                     response_serializer=handler.response_serializer)
                 continue
             on_loop = service_handler_factory(service_method=name,
                                               streaming_type=gRPCStreamingType.UNARY_UNARY)
             served[name] = grpc.unary_unary_rpc_method_handler(
-                _waiting_on(loop, on_loop), request_deserializer=handler.request_deserializer)
+                _waiting_on(hop, on_loop), request_deserializer=handler.request_deserializer)
         return served
 
 
-def _waiting_on(loop: asyncio.AbstractEventLoop, handler: Callable, wrap: bool = True,
-                ) -> Callable:
-    """A threaded unary handler that runs `handler` on `loop` and waits for its answer; the
-    call's end (a cancel, a deadline) cancels it there. `wrap`: the context as Ray's handlers
-    read it."""
+class LoopHop:
+    """Hands calls from the server's threads to one event loop. Calls that arrive while the loop
+    has not yet taken the previous ones share one wake-up (under load most do), and each waiting
+    thread is woken by a bare lock released from the task's done callback: measured in process,
+    cheaper per call than asyncio.run_coroutine_threadsafe, whose concurrent Future chains state
+    through a Condition on each side."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._pending: collections.deque[Callable[[], None]] = collections.deque()
+        self._scheduled = False  # a wake-up is on its way: later calls ride on it
+
+    def submit(self, start: Callable[[], None]) -> None:
+        """Run `start()` on the loop, soon (from any thread)."""
+        self._pending.append(start)
+        if not self._scheduled:
+            # Cleared by _drain before it takes the queue: a call appended after the queue
+            # empties always sees False and wakes the loop again.
+            self._scheduled = True
+            self.loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        self._scheduled = False
+        pending = self._pending
+        while pending:
+            pending.popleft()()
+
+
+def _waiting_on(hop: LoopHop, handler: Callable, wrap: bool = True) -> Callable:
+    """A threaded unary handler that runs `handler` on `hop`'s loop and waits for its answer;
+    the call's end (a cancel, a deadline) cancels it there. `wrap`: the context as Ray's
+    handlers read it."""
+    loop = hop.loop
 
     def call(request: Any, context: grpc.ServicerContext) -> Any:
-        answer = asyncio.run_coroutine_threadsafe(
-            handler(request, _AioLike(context) if wrap else context), loop)
-        context.add_callback(answer.cancel)  # no effect once answered
+        answered = _thread.allocate_lock()
+        answered.acquire()
+        task: list[asyncio.Task] = []
+
+        def start() -> None:
+            task.append(loop.create_task(
+                handler(request, _AioLike(context) if wrap else context)))
+            task[0].add_done_callback(lambda _: answered.release())
+
+        def cancel() -> None:  # on the loop: the task exists by then (submitted in order)
+            if task and not task[0].done():
+                task[0].cancel()
+
+        def ended() -> None:  # on a grpc thread when the call ends, answered or not
+            if not (task and task[0].done()):
+                hop.submit(cancel)
+
+        hop.submit(start)
+        context.add_callback(ended)
+        answered.acquire()
         try:
-            return answer.result()
+            return task[0].result()
         except asyncio.CancelledError:
             # The client has gone or its deadline passed: grpc sends nothing more on this call.
             context.abort(grpc.StatusCode.CANCELLED, "the call ended before its answer")

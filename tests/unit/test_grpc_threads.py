@@ -43,6 +43,8 @@ class FakeReplica:
                 except asyncio.CancelledError:
                     self.cancelled.set()
                     raise
+            if service_method == MODEL_READY and request.name == "bug":
+                raise RuntimeError("a bug")
             if service_method == MODEL_READY and request.name == "missing":
                 context.set_code(grpc.StatusCode.NOT_FOUND)
                 context.set_details("no model 'missing'")
@@ -72,6 +74,8 @@ class FakeServicer:
             except asyncio.CancelledError:
                 self.cancelled.set()
                 raise
+        if request.name == "bug":
+            raise RuntimeError("a bug")
         if request.name == "missing":
             context.set_code(grpc.StatusCode.NOT_FOUND)
             context.set_details("no model 'missing'")
@@ -216,3 +220,61 @@ def test_a_ray_with_another_hook_keeps_its_own_server(monkeypatch):
     monkeypatch.delenv(grpc_threads.SERVER_ENV, raising=False)
     assert grpc_threads.install(object()) is False
     assert replica.start_grpc_server is changed
+
+
+# ------------------------------------------------------------------ the hand-off to the loop
+
+
+def test_calls_queued_while_the_loop_is_busy_share_one_wake_up_and_run_in_order():
+    import threading
+
+    loop = asyncio.new_event_loop()
+    hop = grpc_threads.LoopHop(loop)
+    ran: list[int] = []
+    wakeups = []
+    original = loop.call_soon_threadsafe
+
+    def counting(callback, *args):
+        wakeups.append(callback)
+        return original(callback, *args)
+
+    loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+    threads = [threading.Thread(target=hop.submit, args=(lambda i=i: ran.append(i),))
+               for i in range(50)]
+    for t in threads:  # the loop is not running: every call waits for the one wake-up
+        t.start()
+        t.join()
+    assert len(wakeups) == 1
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert ran == list(range(50))
+    hop.submit(lambda: ran.append(50))  # the queue was taken: the next call wakes it again
+    assert len(wakeups) == 2
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert ran[-1] == 50
+    loop.close()
+
+
+def test_many_concurrent_calls_each_get_their_own_answer(served):
+    from concurrent.futures import ThreadPoolExecutor
+
+    names = [f"m{i}" for i in range(200)]
+    rpc = served.channel.unary_unary(
+        MODEL_READY, request_serializer=wire.message("ModelReadyRequest").SerializeToString,
+        response_deserializer=wire.ModelReadyResponse.FromString)
+    with ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(
+            lambda n: rpc(wire.message("ModelReadyRequest")(name=n), timeout=10), names))
+    assert all(a.ready for a in answers)
+    if served.servicer is None:  # Ray's handlers record each request they answered
+        assert sorted(r.name for m, r in served.replica.calls if m == MODEL_READY) == sorted(names)
+
+
+def test_a_handler_that_raises_fails_its_call_alone(served):
+    with pytest.raises(grpc.RpcError) as failed:
+        _call(served.channel, MODEL_READY, wire.message("ModelReadyRequest")(name="bug"),
+              wire.ModelReadyResponse)
+    assert failed.value.code() == grpc.StatusCode.UNKNOWN
+    assert _call(served.channel, MODEL_READY, wire.message("ModelReadyRequest")(name="m"),
+                 wire.ModelReadyResponse).ready
