@@ -223,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (WrapperError, OSError) as e:
         print(f"vigil-haproxy: {e}", file=sys.stderr)
         return 2
-    os.execv(binary, [binary, *args])
+    os.execv(binary, [binary, *args])  # nosec B606: the real HAProxy binary (real_binary), its own argv
     return 0  # not reached: execv replaces this process
 
 
