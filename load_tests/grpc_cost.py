@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import shutil
 import statistics
 import sys
@@ -38,6 +37,7 @@ from load_tests import h2load
 from load_tests.bench_grpc import INFER, MODEL, payloads
 from load_tests.inprocess import server_app
 from load_tests.inprocess_grpc import grpc_served
+from load_tests.report import finish
 from load_tests.targets import REPO_ROOT
 from serving import grpc_threads
 from serving.proto import wire
@@ -214,10 +214,12 @@ def main(argv: list[str] | None = None) -> int:
                          for layer, figures in layers.items()}
         report[shape]["no transport, us CPU a request"] = {
             key: statistics.median(r[key] for r in direct[shape]) for key in direct[shape][0]}
-    print(json.dumps({k: v for k, v in report.items() if k in {s for s, _, _ in SHAPES}}, indent=2))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    lines = [f"{shape} {layer}: {f['rps']:,.0f} calls/s, {f['cpu_us']:.0f} us CPU a call"
+             for shape, _, _ in SHAPES for layer, f in report[shape].items() if layer in LAYERS]
+    lines += [f"{shape} no transport, {path}: {us:.0f} us CPU a request"
+              for shape, _, _ in SHAPES
+              for path, us in report[shape]["no transport, us CPU a request"].items()]
+    finish(args.out, report, {"Medians": lines})
     return 0
 
 
