@@ -177,7 +177,11 @@ class LoopHop:
             # Cleared by _drain before it takes the queue: a call appended after the queue
             # empties always sees False and wakes the loop again.
             self._scheduled = True
-            self.loop.call_soon_threadsafe(self._drain)
+            try:
+                self.loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:  # the loop is closed: this call fails, and so will the next
+                self._scheduled = False
+                raise
 
     def _drain(self) -> None:
         self._scheduled = False

@@ -278,3 +278,12 @@ def test_a_handler_that_raises_fails_its_call_alone(served):
     assert failed.value.code() == grpc.StatusCode.UNKNOWN
     assert _call(served.channel, MODEL_READY, wire.message("ModelReadyRequest")(name="m"),
                  wire.ModelReadyResponse).ready
+
+
+def test_a_closed_loop_fails_each_call_instead_of_leaving_it_waiting():
+    loop = asyncio.new_event_loop()
+    loop.close()
+    hop = grpc_threads.LoopHop(loop)
+    for _ in range(2):  # the second call is refused too, not queued behind a wake-up never sent
+        with pytest.raises(RuntimeError, match="closed"):
+            hop.submit(lambda: None)
