@@ -10,14 +10,14 @@ import pytest
 
 from load_tests import grpc_cost
 from load_tests.bench_grpc import INFER, MODEL, payloads
-from load_tests.targets import REPO_ROOT
 from serving.proto import wire
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
+def models(tmp_path_factory, example_root):
+    # The session's built examples, not the checkout's models/ (a clean clone builds that later).
     models = tmp_path_factory.mktemp("cost") / "models"
-    shutil.copytree(REPO_ROOT / "models" / MODEL, models / MODEL)
+    shutil.copytree(example_root / MODEL, models / MODEL)
     return models
 
 
