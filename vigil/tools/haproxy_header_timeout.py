@@ -223,7 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (WrapperError, OSError) as e:
         print(f"vigil-haproxy: {e}", file=sys.stderr)
         return 2
-    os.execv(binary, [binary, *args])  # nosec B606: the real HAProxy binary (real_binary), its own argv
+    # The real HAProxy binary (real_binary) with its own argv: bandit's B606 does not apply.
+    os.execv(binary, [binary, *args])  # nosec B606
     return 0  # not reached: execv replaces this process
 
 
