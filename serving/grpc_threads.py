@@ -10,8 +10,14 @@ builds. Each call waits on a worker thread while its method runs on the replica'
 call the client cancels (or whose deadline passes) cancels the method there, as grpc.aio would.
 load_tests/bench_grpc.py measures it against Ray's server in the same run.
 
-VIGIL_GRPC_SERVER=ray keeps Ray's own server. The swap is checked against Ray's signature when it
-is installed: a Ray whose hook differs keeps its server, with a warning."""
+By default (VIGIL_GRPC_SERVER=http1) the port Ray allocates is served by serving.grpc_http1 on the
+replica's loop: the calls HAProxy brings over HTTP/1.1 run there, and HTTP/2 connections (HAProxy's
+health check, a client dialling the replica) are relayed to this threaded server on a loopback
+port. VIGIL_GRPC_SERVER=threads puts the threaded server itself on Ray's port (HAProxy then speaks
+HTTP/2 to it), VIGIL_GRPC_SERVER=ray keeps Ray's own server; Vigil's HAProxy wrapper reads the same
+variable to choose how it speaks to the replicas, so set it in the cluster's environment. The swap
+is checked against Ray's signature when it is installed: a Ray whose hook differs keeps its
+server, with a warning."""
 
 from __future__ import annotations
 
@@ -28,11 +34,13 @@ from typing import Any
 
 import grpc
 
+from serving.grpc_http1 import Http1GrpcServer, Rpc
 from serving.proto.wire import SERVICE_NAME
 
 logger = logging.getLogger("vigil.serving")
 
-SERVER_ENV = "VIGIL_GRPC_SERVER"  # "threads" (the default) or "ray"
+SERVER_ENV = "VIGIL_GRPC_SERVER"  # "http1" (the default), "threads" or "ray"
+SERVER_MODES = ("http1", "threads", "ray")
 THREADS_ENV = "VIGIL_GRPC_THREADS"
 DEFAULT_THREADS = 256  # calls in flight on one replica; a waiting call holds a thread, not the GIL
 _HOOK = "start_grpc_server"  # the function ray.serve._private.replica starts its server with
@@ -48,7 +56,7 @@ def install(servicer: Any) -> bool:
     Vigil's RPCs; True when it will. Called in the replica before Ray starts the replica's
     servers (the deployment's constructor)."""
     global _servicer
-    if os.environ.get(SERVER_ENV, "threads") == "ray":
+    if server_mode() == "ray":
         return False
     from ray.serve._private import replica
 
@@ -60,6 +68,14 @@ def install(servicer: Any) -> bool:
     _servicer = servicer
     setattr(replica, _HOOK, start_threaded_grpc_server)
     return True
+
+
+def server_mode() -> str:
+    """VIGIL_GRPC_SERVER, one of SERVER_MODES (unset or empty: http1)."""
+    mode = os.environ.get(SERVER_ENV, "").strip() or "http1"
+    if mode not in SERVER_MODES:
+        raise ValueError(f"{SERVER_ENV}={mode!r}: expected one of {', '.join(SERVER_MODES)}")
+    return mode
 
 
 async def start_threaded_grpc_server(service_handler_factory: Callable, grpc_options: Any, *,
@@ -75,18 +91,60 @@ async def start_threaded_grpc_server(service_handler_factory: Callable, grpc_opt
     for add_servicer in [add_RayServeAPIServiceServicer_to_server,
                          *grpc_options.grpc_servicer_func_callable]:
         add_servicer(_NoServicer(), methods)  # Ray's handlers replace the servicer's
-    server = ThreadedGrpcServer(methods.unary_handlers(service_handler_factory, event_loop,
-                                                       _servicer),
-                                DEFAULT_GRPC_SERVER_OPTIONS
-                                + [("grpc.so_reuseport", int(enable_so_reuseport))])
+    options = DEFAULT_GRPC_SERVER_OPTIONS + [("grpc.so_reuseport", int(enable_so_reuseport))]
+    threaded = ThreadedGrpcServer(methods.unary_handlers(service_handler_factory, event_loop,
+                                                         _servicer), options)
+    if server_mode() == "threads":
+        server: Any = threaded
+        _bind(threaded, f"[::]:{grpc_options.port}", grpc_options.port)
+        threaded.start()
+    else:
+        relay_port = _bind(threaded, "127.0.0.1:0", 0)
+        threaded.start()
+        front = Http1GrpcServer(methods.loop_rpcs(service_handler_factory, _servicer),
+                                relay_port=relay_port,
+                                max_message_bytes=max_receive_bytes(options),
+                                max_calls=int(os.environ.get(THREADS_ENV, DEFAULT_THREADS)))
+        try:
+            await front.bind("", grpc_options.port, reuse_port=enable_so_reuseport)
+        except OSError as exc:
+            await threaded.stop(None)
+            raise RuntimeError(f"gRPC port {grpc_options.port} is not free") from OSError(
+                errno.EADDRINUSE, str(exc))
+        server = FrontAndRelay(front, threaded)
+    return event_loop.create_task(server.wait_for_termination()), server
+
+
+def _bind(server: ThreadedGrpcServer, address: str, port: int) -> int:
     try:
-        server.bind(f"[::]:{grpc_options.port}")
+        return server.bind(address)
     except RuntimeError as exc:
         # Ray's port allocation retries another port when the cause says it is taken.
-        raise RuntimeError(f"gRPC port {grpc_options.port} is not free") from OSError(
+        raise RuntimeError(f"gRPC port {port} is not free") from OSError(
             errno.EADDRINUSE, str(exc))
-    server.start()
-    return event_loop.create_task(server.wait_for_termination()), server
+
+
+def max_receive_bytes(options: list[tuple[str, Any]]) -> int:
+    """grpc's max_receive_message_length among server `options` (grpc's 4 MiB without one;
+    -1, no limit, as the largest message grpc can frame)."""
+    value = int(dict(options).get("grpc.max_receive_message_length", 4 << 20))
+    return (1 << 32) - 1 if value < 0 else value
+
+
+class FrontAndRelay:
+    """The HTTP/1.1 front on Ray's port and the threaded server it relays HTTP/2 to, stopped
+    and awaited as one server."""
+
+    def __init__(self, front: Http1GrpcServer, threaded: ThreadedGrpcServer) -> None:
+        self.front = front
+        self.threaded = threaded
+
+    async def stop(self, grace: float | None) -> None:
+        await asyncio.gather(self.front.stop(grace), self.threaded.stop(grace))
+
+    async def wait_for_termination(self) -> None:
+        await asyncio.gather(self.front.wait_for_termination(),
+                             self.threaded.wait_for_termination())
 
 
 def servicer_handlers(servicer: Any, loop: asyncio.AbstractEventLoop,
@@ -98,6 +156,16 @@ def servicer_handlers(servicer: Any, loop: asyncio.AbstractEventLoop,
     methods = MethodCollector()
     add_GRPCInferenceServiceServicer_to_server(_NoServicer(), methods)
     return methods.unary_handlers(_no_ray_handlers, loop, servicer)
+
+
+def servicer_rpcs(servicer: Any) -> dict[str, Rpc]:
+    """Vigil's service alone as coroutines of `servicer` (the HTTP/1.1 front's methods without
+    Ray)."""
+    from serving.proto.wire import add_GRPCInferenceServiceServicer_to_server
+
+    methods = MethodCollector()
+    add_GRPCInferenceServiceServicer_to_server(_NoServicer(), methods)
+    return methods.loop_rpcs(_no_ray_handlers, servicer)
 
 
 def _no_ray_handlers(service_method: str, streaming_type: Any) -> Callable:
@@ -134,28 +202,35 @@ class MethodCollector:
         method of the RPC's name (when given), any other (Ray's built-in health service)
         through Ray's handler. Streaming methods are left out: none is served, and grpc answers
         a method it does not know UNIMPLEMENTED."""
+        hop = LoopHop(loop)
+        return {name: grpc.unary_unary_rpc_method_handler(
+                    _waiting_on(hop, rpc.call, wrap=rpc.serialize is None),
+                    request_deserializer=rpc.deserialize, response_serializer=rpc.serialize)
+                for name, rpc in self.loop_rpcs(service_handler_factory, servicer).items()}
+
+    def loop_rpcs(self, service_handler_factory: Callable, servicer: Any = None,
+                  ) -> dict[str, Rpc]:
+        """The unary methods as coroutines to run on the replica's loop: Vigil's service's
+        `servicer`'s method of the RPC's name (when given; a message in, a message out), any
+        other (Ray's built-in health service) Ray's handler (answering serialized bytes).
+        Streaming methods are left out: none is served (UNIMPLEMENTED)."""
         from ray.serve._private.proxy_request_response import gRPCStreamingType
 
-        hop = LoopHop(loop)
-        served = {}
+        rpcs = {}
         for name, handler in self.handlers.items():
             if handler.request_streaming or handler.response_streaming:
                 continue
             service, _, rpc = name.strip("/").partition("/")
             if servicer is not None and service == SERVICE_NAME:
                 method = getattr(servicer, rpc, None)
-                if method is None:  # not served: UNIMPLEMENTED
-                    continue
-                served[name] = grpc.unary_unary_rpc_method_handler(
-                    _waiting_on(hop, method, wrap=False),
-                    request_deserializer=handler.request_deserializer,
-                    response_serializer=handler.response_serializer)
+                if method is not None:  # else not served: UNIMPLEMENTED
+                    rpcs[name] = Rpc(method, handler.request_deserializer,
+                                     handler.response_serializer)
                 continue
             on_loop = service_handler_factory(service_method=name,
                                               streaming_type=gRPCStreamingType.UNARY_UNARY)
-            served[name] = grpc.unary_unary_rpc_method_handler(
-                _waiting_on(hop, on_loop), request_deserializer=handler.request_deserializer)
-        return served
+            rpcs[name] = Rpc(on_loop, handler.request_deserializer, None)
+        return rpcs
 
 
 class LoopHop:

@@ -1,9 +1,13 @@
-"""The threaded gRPC server that stands in for Ray's grpc.aio one on a replica: the same methods
-through Ray's handlers, on the replica's loop; cancels reach the handler; stop ends it."""
+"""The replica's gRPC server that stands in for Ray's grpc.aio one: the same methods through Ray's
+handlers, on the replica's loop; cancels reach the handler; stop ends it. Each served test runs
+on every path a call can take: grpc's threaded server on Ray's port (VIGIL_GRPC_SERVER=threads);
+by default the HTTP/1.1 front (serving.grpc_http1) there, reached through HAProxy as Ray's
+rewritten config has it, or by HTTP/2 straight to the port (relayed to the threaded server)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import socket
 from types import SimpleNamespace
@@ -11,6 +15,7 @@ from types import SimpleNamespace
 import grpc
 import pytest
 
+from load_tests.inprocess_grpc import haproxy_http1_front
 from serving import grpc_threads
 from serving.proto import wire
 
@@ -82,13 +87,23 @@ class FakeServicer:
         return wire.ModelReadyResponse(ready=request.name != "missing")
 
 
-@pytest.fixture(params=["ray's handlers", "the servicer"])
+PATHS = ["threads", "http1 via HAProxy", "http1 relayed"]
+
+
+@pytest.fixture(params=[f"{handlers}, {path}" for handlers in ("ray's handlers", "the servicer")
+                        for path in PATHS])
 def served(request):
+    handlers, _, path = request.param.partition(", ")
+    path = path or "http1 via HAProxy"
     loop = asyncio.new_event_loop()
     replica = FakeReplica()
-    servicer = FakeServicer() if request.param == "the servicer" else None
+    servicer = FakeServicer() if handlers == "the servicer" else None
     monkeypatch = pytest.MonkeyPatch()
     monkeypatch.setattr(grpc_threads, "_servicer", servicer)
+    if path == "threads":
+        monkeypatch.setenv(grpc_threads.SERVER_ENV, "threads")
+    else:
+        monkeypatch.delenv(grpc_threads.SERVER_ENV, raising=False)
     port = _free_port()
     options = SimpleNamespace(
         port=port, grpc_servicer_func_callable=[wire.add_GRPCInferenceServiceServicer_to_server])
@@ -110,11 +125,14 @@ def served(request):
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     assert ready.wait(10)
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    yield SimpleNamespace(replica=replica, servicer=servicer, channel=channel, loop=loop,
-                          port=port, **holder)
+    with contextlib.ExitStack() as stack:
+        address = (stack.enter_context(haproxy_http1_front(port)) if path == "http1 via HAProxy"
+                   else f"127.0.0.1:{port}")
+        channel = grpc.insecure_channel(address)
+        yield SimpleNamespace(replica=replica, servicer=servicer, channel=channel, loop=loop,
+                              port=port, path=path, **holder)
+        channel.close()
     monkeypatch.undo()
-    channel.close()
     asyncio.run_coroutine_threadsafe(holder["server"].stop(0), loop).result(10)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(10)

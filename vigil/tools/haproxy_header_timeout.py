@@ -16,6 +16,11 @@ And it sends a gRPC call without `application` metadata to Vigil's model server 
 VIGIL_GRPC_DEFAULT_APP, default `vigil`): Ray routes gRPC by that metadata and, with more than one
 application (the model server and the monitor), answers NOT_FOUND without it, so that stock
 clients (tritonclient.grpc, KServe's, a generated Go stub) would have to learn a Ray-only header.
+And it has HAProxy speak HTTP/1.1, not HTTP/2, to that application's replicas (their `proto h2`
+dropped; not to the head node's Serve proxy, its `backup` server): each replica serves the gRPC
+calls HAProxy brings that way on its event loop (serving/grpc_http1.py), the cheapest way found to
+run them (docs/performance.md#grpc). Not done when VIGIL_GRPC_SERVER says the replicas serve HTTP/2
+only (`threads`, `ray`), so set that variable in the cluster's environment, where both read it.
 Any call without `-f` (`-v`, ...) goes straight through.
 
 The config is edited in place, not copied: Ray finds its HAProxy workers by the exact `-f` path in
@@ -42,6 +47,8 @@ from collections.abc import Sequence
 TIMEOUT_ENV = "VIGIL_HAPROXY_TIMEOUT_HTTP_REQUEST_S"
 REAL_BINARY_ENV = "VIGIL_HAPROXY_REAL_BINARY_PATH"
 GRPC_APP_ENV = "VIGIL_GRPC_DEFAULT_APP"
+GRPC_SERVER_ENV = "VIGIL_GRPC_SERVER"  # serving.grpc_threads.SERVER_ENV (this script is stdlib-only)
+GRPC_HTTP1_MODES = ("", "http1")  # the replicas' modes that take gRPC over HTTP/1.1
 DEFAULT_GRPC_APP = "vigil"
 DEFAULT_TIMEOUT_S = 10
 
@@ -74,6 +81,15 @@ def add_header_timeout(config: str, seconds: int) -> str:
     return "".join(lines)
 
 
+def _section(lines: list[str], header: str) -> tuple[int, int] | None:
+    """The first section whose header line matches `header` (a regex): (header line, end)."""
+    start = next((i for i, line in enumerate(lines) if re.match(header, line)), None)
+    if start is None:
+        return None
+    end = next((i for i in range(start + 1, len(lines)) if _SECTION.match(lines[i])), len(lines))
+    return start, end
+
+
 # Ray's catch-all for a path no application's route prefix matches. Vigil's application is
 # routed at "/", so such a request means no application is routed yet: Serve is starting, or
 # HAProxy was restarted and has not been given its routes. A 404 there tells a client the model
@@ -88,11 +104,10 @@ def unrouted_as_unavailable(config: str) -> str:
     """`config` with the 404 of its `default_backend` section (a path that no application's
     route matches) answered as 503 with Retry-After; unchanged without that section."""
     lines = config.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines)
-                  if re.match(r"backend\s+default_backend\s*$", line)), None)
-    if start is None:
+    section = _section(lines, r"backend\s+default_backend\s*$")
+    if section is None:
         return config
-    end = next((i for i in range(start + 1, len(lines)) if _SECTION.match(lines[i])), len(lines))
+    start, end = section
     for i in range(start + 1, end):
         if (found := _UNROUTED_404.match(lines[i].rstrip("\n"))) is not None:
             lines[i] = f"{found.group(1)}{UNROUTED_503}\n"
@@ -102,29 +117,53 @@ def unrouted_as_unavailable(config: str) -> str:
 _GRPC_APP_ACL = re.compile(r"^\s*acl\s+(is_\S+)\s+req\.hdr\(application\)\s+-m\s+str\s+(\S+)\s*$")
 
 
+def _grpc_backend(lines: list[str], app: str) -> str:
+    """The name of `app`'s gRPC backend, from grpc_frontend's routing ACLs ('' without one)."""
+    frontend = _section(lines, r"frontend\s+grpc_frontend\s*$")
+    if frontend is None:
+        return ""
+    acls = {m.group(2): m.group(1) for i in range(frontend[0] + 1, frontend[1])
+            if (m := _GRPC_APP_ACL.match(lines[i].rstrip("\n")))}
+    return acls.get(app, "").removeprefix("is_")
+
+
 def grpc_default_app(config: str, app: str) -> str:
     """`config` with gRPC calls that carry no `application` metadata routed to `app`'s backend,
     in `frontend grpc_frontend` before its catch-all `default_backend default_grpc_backend` (Ray
     writes that catch-all only with more than one application); unchanged without it, or
     while `app` has no gRPC backend (then the catch-all still answers NOT_FOUND)."""
     lines = config.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines)
-                  if re.match(r"frontend\s+grpc_frontend\s*$", line)), None)
-    if start is None:
+    backend = _grpc_backend(lines, app)
+    frontend = _section(lines, r"frontend\s+grpc_frontend\s*$")
+    if not backend or frontend is None:
         return config
-    end = next((i for i in range(start + 1, len(lines)) if _SECTION.match(lines[i])), len(lines))
-    acls = {m.group(2): m.group(1) for i in range(start + 1, end)
-            if (m := _GRPC_APP_ACL.match(lines[i].rstrip("\n")))}
-    backend = acls.get(app, "").removeprefix("is_")
+    start, end = frontend
     catch_all = next((i for i in range(start + 1, end)
                       if re.match(r"\s*default_backend\s+default_grpc_backend\s*$", lines[i])), None)
-    if not backend or catch_all is None:
+    if catch_all is None:
         return config
     rule = f"use_backend {backend} if !{{ req.hdr(application) -m found }}"
     if any(lines[i].strip() == rule for i in range(start + 1, end)):
         return config
     indent = lines[catch_all][:len(lines[catch_all]) - len(lines[catch_all].lstrip())]
     lines.insert(catch_all, f"{indent}{rule}\n")
+    return "".join(lines)
+
+
+def grpc_over_http1(config: str, app: str) -> str:
+    """`config` with HAProxy speaking HTTP/1.1 to `app`'s gRPC replicas: `proto h2` dropped from
+    the server lines of its gRPC backend, except the `backup` (Serve's gRPC proxy, HTTP/2 only);
+    unchanged while `app` has no gRPC backend."""
+    lines = config.splitlines(keepends=True)
+    backend = _grpc_backend(lines, app)
+    section = _section(lines, rf"backend\s+{re.escape(backend)}\s*$") if backend else None
+    if section is None:
+        return config
+    begin, stop = section
+    for i in range(begin + 1, stop):
+        words = lines[i].split()
+        if words[:1] == ["server"] and "backup" not in words:
+            lines[i] = re.sub(r"\s+proto\s+h2\b", "", lines[i])
     return "".join(lines)
 
 
@@ -143,15 +182,19 @@ def config_path(args: Sequence[str]) -> str | None:
     return None
 
 
-def rewrite_config(path: str, seconds: int, grpc_app: str = DEFAULT_GRPC_APP) -> bool:
-    """Add the header timeout, the unrouted 503 and the gRPC default app to the file at `path`
-    under Ray's own lock; True if it changed."""
+def rewrite_config(path: str, seconds: int, grpc_app: str = DEFAULT_GRPC_APP,
+                   grpc_http1: bool = True) -> bool:
+    """Add the header timeout, the unrouted 503 and the gRPC default app (and, with
+    `grpc_http1`, HTTP/1.1 to its replicas) to the file at `path` under Ray's own lock; True if
+    it changed."""
     with open(path + ".lock", "a") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         with open(path) as f:
             before = f.read()
         after = grpc_default_app(unrouted_as_unavailable(add_header_timeout(before, seconds)),
                                  grpc_app)
+        if grpc_http1:
+            after = grpc_over_http1(after, grpc_app)
         if after == before:
             return False
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".vigil-haproxy-")
@@ -219,7 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = config_path(args)
         if path is not None:
             rewrite_config(path, timeout_from_env(env),
-                           env.get(GRPC_APP_ENV, "").strip() or DEFAULT_GRPC_APP)
+                           env.get(GRPC_APP_ENV, "").strip() or DEFAULT_GRPC_APP,
+                           env.get(GRPC_SERVER_ENV, "").strip() in GRPC_HTTP1_MODES)
     except (WrapperError, OSError) as e:
         print(f"vigil-haproxy: {e}", file=sys.stderr)
         return 2
