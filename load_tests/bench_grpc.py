@@ -36,6 +36,7 @@ from load_tests.peer_servers import MLServerPeer
 from load_tests.targets import REPO_ROOT, RayCluster, RayPorts, StartError, vigil_config
 from serving import grpc_threads
 from serving.proto import wire
+from vigil.tools.haproxy_header_timeout import ray_environment
 
 PORTS = RayPorts(gcs=6395, dashboard=8271, client_server=6497, dashboard_agent=52470, http=8106,
                  haproxy_stats=8498, haproxy_metrics=9195, fallback_http=8594, fallback_grpc=9594,
@@ -139,12 +140,15 @@ def c_client_rows(variants: dict[str, list[str]], grpc_target: str, headers: dic
                        lambda r: f"mean {r.mean_ms:7.2f} ms  errors {r.errors}", "h2load ")
 
 
-def start(ha_proxy: bool, replica_server: str = "threads") -> RayCluster:
+def start(ha_proxy: bool, replica_server: str = "http1") -> RayCluster:
     """Vigil on a cluster of its own, behind HAProxy (direct ingress) or Serve's gRPC proxy;
-    `replica_server` the replicas' gRPC server (serving.grpc_threads: "threads" or "ray")."""
+    `replica_server` the replicas' gRPC server (serving.grpc_threads.SERVER_MODES)."""
+    # HAProxy as `make serve` runs it: through vigil-haproxy, which (unless the replicas serve
+    # HTTP/2 only) has it speak HTTP/1.1 to them.
+    wrapper = ray_environment(10) if ha_proxy else {}
     cluster = RayCluster("grpc-haproxy" if ha_proxy else "grpc-proxy", PORTS, ha_proxy=ha_proxy,
                          num_cpus=os.cpu_count() or 2,
-                         extra_env={grpc_threads.SERVER_ENV: replica_server})
+                         extra_env={**wrapper, grpc_threads.SERVER_ENV: replica_server})
     try:
         cluster.start()
         config = vigil_config(PORTS, batching_enabled=True, sampling_enabled=True)
@@ -247,12 +251,13 @@ def main(argv: list[str] | None = None) -> int:
     grpc_only = {s: (["grpc_raw"]) for s, _, _ in SHAPES}
     report: dict[str, Any] = {"model": MODEL, "warmup_s": warmup_s, "measure_s": measure_s,
                               "rounds": rounds, "cpus": os.cpu_count()}
-    # The shipped setup; Ray's own grpc.aio server in the replicas instead of Vigil's threaded
-    # one (serving.grpc_threads); Serve's gRPC proxy instead of HAProxy's direct ingress.
+    # The shipped setup (HAProxy speaking HTTP/1.1 to the replicas' loops, serving.grpc_http1);
+    # HTTP/2 to grpc's threaded server in the replicas instead (the setup before it,
+    # VIGIL_GRPC_SERVER=threads); Serve's gRPC proxy instead of HAProxy's direct ingress.
     for ingress, ha_proxy, server, variants in (
-            ("haproxy_direct_ingress", True, "threads", every),
-            ("ray_replica_server", True, "ray", grpc_only),
-            ("serve_grpc_proxy", False, "threads", grpc_only)):
+            ("haproxy_direct_ingress", True, "http1", every),
+            ("threaded_replica_server", True, "threads", grpc_only),
+            ("serve_grpc_proxy", False, "http1", grpc_only)):
         print(f"{ingress}: starting Ray and Vigil", flush=True)
         began = time.monotonic()
         try:
@@ -281,11 +286,11 @@ def main(argv: list[str] | None = None) -> int:
                      / report["serve_grpc_proxy"][shape]["grpc_raw"]["rps"], 3)
         for shape in report["serve_grpc_proxy"]
         if report["serve_grpc_proxy"][shape]["grpc_raw"]["rps"]}
-    report["replica_server_ratios"] = {  # Vigil's threaded server over Ray's grpc.aio one
+    report["replica_server_ratios"] = {  # HTTP/1.1 to the loop over HTTP/2 to grpc's threads
         f"{shape} {client}": round(ours[shape]["grpc_raw"]["rps"] / theirs[shape]["grpc_raw"]["rps"], 3)
         for client, ours, theirs in (
-            ("python", report["haproxy_direct_ingress"], report["ray_replica_server"]),
-            ("h2load", report["h2load"], report["h2load_ray_replica_server"]))
+            ("python", report["haproxy_direct_ingress"], report["threaded_replica_server"]),
+            ("h2load", report["h2load"], report["h2load_threaded_replica_server"]))
         for shape in theirs if theirs[shape]["grpc_raw"]["rps"]}
     if args.mlserver:
         import tempfile
@@ -300,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"ratios": report["ratios"], "h2load_ratios": report["h2load_ratios"],
                       "h2load_vigil_over_mlserver": report.get("h2load_vigil_over_mlserver"),
                       "haproxy_over_serve_proxy": report["ingress_ratios"],
-                      "threaded_over_ray_replica_server": report["replica_server_ratios"],
+                      "http1_front_over_threaded_server": report["replica_server_ratios"],
                       "vigil_over_mlserver": report.get("vigil_over_mlserver")}, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

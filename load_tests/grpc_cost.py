@@ -1,4 +1,4 @@
-"""Where one replica's time per gRPC call goes, in process (no Ray, no HAProxy): the split behind
+"""Where one replica's time per gRPC call goes, in process (no Ray): the split behind
 docs/performance.md#grpc. h2load (a C client, in its own process) loads gRPC servers of this
 process, and the CPU this process used per answered call is the server's cost:
 
@@ -6,7 +6,10 @@ process, and the CPU this process used per answered call is the server's cost:
   worker thread: what any server on Python's grpc pays per call;
 - `+ hand-off`: the same answer from a coroutine on an event loop thread, reached through
   serving.grpc_threads' hand-off, as a replica's calls reach its loop;
-- `replica`: the replica's servicer on that server (load_tests.inprocess_grpc): the whole path.
+- `replica, threads`: the replica's servicer on that server (load_tests.inprocess_grpc): the whole
+  path as it was served until HAProxy spoke HTTP/1.1 to the replicas (VIGIL_GRPC_SERVER=threads);
+- `replica, HTTP/1.1`: the replica's servicer as it is served now, on the loop behind HAProxy
+  (serving.grpc_http1); HAProxy's own CPU per call (ending HTTP/2) is reported beside it.
 
 Then Vigil's own work per request, no transport at all, one request at a time on an event loop:
 the servicer's ModelInfer on a parsed message (`servicer, gRPC`) and the HTTP app called as ASGI
@@ -32,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import psutil
 
 from load_tests import h2load
 from load_tests.bench_grpc import INFER, MODEL, payloads
@@ -43,7 +47,7 @@ from serving import grpc_threads
 from serving.proto import wire
 
 SHAPES = [("1-row c=64", 1, 64), ("1024-row c=8", 1024, 8)]
-LAYERS = ["transport", "+ hand-off", "replica"]
+LAYERS = ["transport", "+ hand-off", "replica, threads", "replica, HTTP/1.1"]
 WARMUP_S, MEASURE_S = 1.0, 6.0
 DIRECT_CALLS = 1000
 
@@ -102,20 +106,28 @@ def layer_target(layer: str, rows: int, models: Path) -> Iterator[str]:
                 grpc_threads.LoopHop(loop), on_loop, wrap=False)) as target:
             yield target
     else:
-        with grpc_served(server_app(models, auth="none")[0]) as target:
+        front = "threads" if layer == "replica, threads" else "http1"
+        with grpc_served(server_app(models, auth="none")[0], front=front) as target:
             yield target
 
 
 def loaded(target: str, body: bytes, concurrency: int) -> dict[str, float]:
-    """Calls/s and this process's CPU microseconds per answered call under h2load."""
+    """Calls/s, this process's CPU microseconds per answered call under h2load, and HAProxy's
+    (a child of this process, where one fronts the server; else 0)."""
     url, frame = f"http://{target}{INFER}", h2load.grpc_frame(body)
     h2load.run(url, frame, h2load.GRPC_HEADERS, 1, concurrency, 0.0, WARMUP_S)
-    began = time.process_time()
+    haproxy = [p for p in psutil.Process().children() if p.name().startswith("haproxy")]
+    began, began_haproxy = time.process_time(), _cpu(haproxy)
     result = h2load.run(url, frame, h2load.GRPC_HEADERS, 1, concurrency, 0.0, MEASURE_S)
-    cpu = time.process_time() - began
+    cpu, haproxy_cpu = time.process_time() - began, _cpu(haproxy) - began_haproxy
     if result.errors or result.requests < MEASURE_S * 10:
         raise RuntimeError(f"{target}: {result.errors} errors, {result.requests} answered")
-    return {"rps": round(result.rps, 1), "cpu_us": round(1e6 * cpu / result.requests, 1)}
+    return {"rps": round(result.rps, 1), "cpu_us": round(1e6 * cpu / result.requests, 1),
+            "haproxy_cpu_us": round(1e6 * haproxy_cpu / result.requests, 1)}
+
+
+def _cpu(processes: list[psutil.Process]) -> float:
+    return sum(t.user + t.system for t in (p.cpu_times() for p in processes))
 
 
 class _Context:
@@ -202,19 +214,21 @@ def main(argv: list[str] | None = None) -> int:
                     with layer_target(layer, rows, models) as target:
                         figures = loaded(target, body, concurrency)
                     runs[shape][layer].append(figures)
-                    print(f"round {round_ + 1} {shape:<13} {layer:<11} {figures['rps']:8.1f} "
-                          f"calls/s  {figures['cpu_us']:7.1f} us CPU a call", flush=True)
+                    print(f"round {round_ + 1} {shape:<13} {layer:<17} {figures['rps']:8.1f} "
+                          f"calls/s  {figures['cpu_us']:7.1f} us CPU a call "
+                          f"(HAProxy {figures['haproxy_cpu_us']:.1f})", flush=True)
                 direct[shape].append(direct_costs(models, rows))
                 print(f"round {round_ + 1} {shape:<13} no transport: {direct[shape][-1]}",
                       flush=True)
     report: dict[str, Any] = {"model": MODEL, "rounds": args.rounds, "measure_s": MEASURE_S}
     for shape, layers in runs.items():
         report[shape] = {layer: {key: statistics.median(r[key] for r in figures)
-                                 for key in ("rps", "cpu_us")}
+                                 for key in ("rps", "cpu_us", "haproxy_cpu_us")}
                          for layer, figures in layers.items()}
         report[shape]["no transport, us CPU a request"] = {
             key: statistics.median(r[key] for r in direct[shape]) for key in direct[shape][0]}
     lines = [f"{shape} {layer}: {f['rps']:,.0f} calls/s, {f['cpu_us']:.0f} us CPU a call"
+             + (f" (HAProxy {f['haproxy_cpu_us']:.0f} us)" if f["haproxy_cpu_us"] else "")
              for shape, _, _ in SHAPES for layer, f in report[shape].items() if layer in LAYERS]
     lines += [f"{shape} no transport, {path}: {us:.0f} us CPU a request"
               for shape, _, _ in SHAPES

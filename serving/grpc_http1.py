@@ -148,8 +148,10 @@ class Http1GrpcServer:
     interface the replica uses: an awaitable stop with grace, a termination to wait for."""
 
     def __init__(self, rpcs: dict[str, Rpc], *, relay_port: int | None,
-                 max_message_bytes: int, max_calls: int) -> None:
+                 max_message_bytes: int, max_calls: int,
+                 idle_close_s: float = IDLE_CLOSE_S) -> None:
         self.rpcs = rpcs
+        self.idle_close_s = idle_close_s
         self.relay_port = relay_port
         self.max_message_bytes = max_message_bytes
         self.calls = asyncio.Semaphore(max_calls)
@@ -168,10 +170,10 @@ class Http1GrpcServer:
 
     async def _close_idle(self) -> None:
         while True:
-            await asyncio.sleep(IDLE_CLOSE_S / 4)
+            await asyncio.sleep(self.idle_close_s / 4)
             now = time.monotonic()
             for connection in list(self.connections):
-                connection.close_if_idle(now)
+                connection.close_if_idle(now - self.idle_close_s)
 
     async def stop(self, grace: float | None) -> None:
         """Refuse new connections, let the calls running finish for up to `grace` seconds
@@ -289,8 +291,9 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
         self.closing = True
 
-    def close_if_idle(self, now: float) -> None:
-        if not self.busy and now - self.last_seen > IDLE_CLOSE_S and self.transport:
+    def close_if_idle(self, quiet_since: float) -> None:
+        """Close the connection when it has no call and no bytes since `quiet_since`."""
+        if not self.busy and self.last_seen < quiet_since and self.transport is not None:
             self.transport.close()
 
     def close_when_done(self) -> None:

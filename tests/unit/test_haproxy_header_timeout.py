@@ -274,3 +274,46 @@ def test_real_haproxy_accepts_the_grpc_default_app(tmp_path):
                                           wrapper.GRPC_APP_ENV: "vigil"}, tmp_path)
     assert done.returncode == 0, done.stderr + done.stdout
     assert DEFAULT_RULE in cfg.read_text()
+
+
+def test_the_model_servers_grpc_replicas_are_spoken_to_over_http1():
+    """`proto h2` off the model server's replica lines only: the monitor's replicas and the head
+    node's Serve proxy (the `backup`) speak HTTP/2 alone."""
+    before = GRPC_CONFIG.format(port=1).replace(
+        "    server v1 127.0.0.1:9 proto h2\n",
+        "    server v1 127.0.0.1:9 proto h2 check observe layer4 error-limit 3 on-error mark-down\n"
+        "    server v2 127.0.0.1:10 proto h2 check\n"
+        "    server fallback 127.0.0.1:11 proto h2 check backup\n")
+    after = wrapper.grpc_over_http1(before, "vigil")
+    vigil = after.split("backend grpc_vigil\n")[1].splitlines()
+    assert vigil == ["    server v1 127.0.0.1:9 check observe layer4 error-limit 3 on-error mark-down",
+                     "    server v2 127.0.0.1:10 check",
+                     "    server fallback 127.0.0.1:11 proto h2 check backup"]
+    assert "    server m1 127.0.0.1:9 proto h2\n" in after  # the monitor's: as is
+    assert wrapper.grpc_over_http1(after, "vigil") == after  # once
+    # no gRPC backend for the app, no gRPC frontend at all: as is
+    assert wrapper.grpc_over_http1(before, "absent") == before
+    assert wrapper.grpc_over_http1(RAY_CONFIG, "vigil") == RAY_CONFIG
+
+
+@pytest.mark.parametrize("mode, http1", [(None, True), ("", True), ("http1", True),
+                                         ("threads", False), ("ray", False)])
+def test_replicas_serving_http2_only_keep_it(tmp_path, monkeypatch, mode, http1):
+    """VIGIL_GRPC_SERVER, read by the replicas and by the wrapper alike: only replicas running
+    the HTTP/1.1 front (the default) are spoken to over HTTP/1.1; the real HAProxy accepts it."""
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(GRPC_CONFIG.format(port=1))
+    env = {wrapper.REAL_BINARY_ENV: _bundled_haproxy()}
+    monkeypatch.delenv(wrapper.GRPC_SERVER_ENV, raising=False)
+    if mode is not None:
+        env[wrapper.GRPC_SERVER_ENV] = mode
+    done = _run(["-c", "-f", str(cfg)], env, tmp_path)
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert ("    server v1 127.0.0.1:9\n" in cfg.read_text()) is http1
+    assert "    server m1 127.0.0.1:9 proto h2\n" in cfg.read_text()
+
+
+def test_the_wrapper_and_the_replicas_read_the_same_setting():
+    from serving import grpc_threads
+    assert wrapper.GRPC_SERVER_ENV == grpc_threads.SERVER_ENV
+    assert {m for m in grpc_threads.SERVER_MODES if m in wrapper.GRPC_HTTP1_MODES} == {"http1"}
