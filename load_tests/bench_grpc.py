@@ -140,12 +140,17 @@ def c_client_rows(variants: dict[str, list[str]], grpc_target: str, headers: dic
                        lambda r: f"mean {r.mean_ms:7.2f} ms  errors {r.errors}", "h2load ")
 
 
+# HAProxy's buffers and largest HTTP/2 frame, as the Makefile, the chart and the image set them.
+SHIPPED_BUFFERS = {"RAY_SERVE_HAPROXY_TUNE_BUFSIZE": "65536",
+                   "RAY_SERVE_HAPROXY_H2_MAX_FRAME_SIZE": "65536"}
+
+
 def start(ha_proxy: bool, replica_server: str = "http1") -> RayCluster:
     """Vigil on a cluster of its own, behind HAProxy (direct ingress) or Serve's gRPC proxy;
     `replica_server` the replicas' gRPC server (serving.grpc_threads.SERVER_MODES)."""
     # HAProxy as `make serve` runs it: through vigil-haproxy, which (unless the replicas serve
     # HTTP/2 only) has it speak HTTP/1.1 to them.
-    wrapper = ray_environment(10) if ha_proxy else {}
+    wrapper = {**ray_environment(10), **SHIPPED_BUFFERS} if ha_proxy else {}
     cluster = RayCluster("grpc-haproxy" if ha_proxy else "grpc-proxy", PORTS, ha_proxy=ha_proxy,
                          num_cpus=os.cpu_count() or 2,
                          extra_env={**wrapper, grpc_threads.SERVER_ENV: replica_server})

@@ -44,7 +44,9 @@ _NOT_METADATA = frozenset({b"content-type", b"te", b"grpc-timeout", b"grpc-encod
                            b"grpc-accept-encoding", b"transfer-encoding", b"content-length",
                            b"host", b"connection", b"keep-alive"})
 _TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
-_PENDING_CALLS = 16  # calls pipelined on one connection before it stops being read
+# Calls read ahead of the one running on a connection before it stops being read: HAProxy sends
+# one call at a time, and each call read holds its body (up to max_receive_message_length).
+_PENDING_CALLS = 1
 IDLE_CLOSE_S = 300.0  # a connection with no call and no bytes for this long is closed
 _HEAD = (b"HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\n"
          b"grpc-accept-encoding: identity, deflate, gzip\r\ntransfer-encoding: chunked\r\n")
@@ -343,10 +345,10 @@ class _Connection(asyncio.Protocol):
                      self.parser.should_keep_alive())
         self.body = []
         self.waiting.append(call)
-        if len(self.waiting) >= _PENDING_CALLS and self.transport is not None:
-            self.transport.pause_reading()
         if self.running is None:
             self._next()
+        if len(self.waiting) >= _PENDING_CALLS and self.transport is not None:
+            self.transport.pause_reading()  # until the running call is answered
 
     # ------------------------------------------------------------------ calls
 
@@ -370,12 +372,13 @@ class _Connection(asyncio.Protocol):
         if not task.result():  # the call asked for the connection to end
             self.transport.close()
             return
-        if len(self.waiting) < _PENDING_CALLS:
-            self.transport.resume_reading()
         if self.waiting:
             self._next()
         elif self.closing:
             self.transport.close()
+            return
+        if len(self.waiting) < _PENDING_CALLS:
+            self.transport.resume_reading()
 
     async def _answer(self, call: _Call) -> bool:
         """Run one call and write its answer; True to keep the connection."""

@@ -443,6 +443,8 @@ def test_haproxy_limits_reach_every_ray_container(rendered, variant, timeout, ma
     for pod in pod_templates(rendered[variant]).values():
         assert env(pod)["RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S"]["value"] == timeout
         assert env(pod)["RAY_SERVE_HAPROXY_MAXCONN"]["value"] == maxconn
+        assert env(pod)["RAY_SERVE_HAPROXY_TUNE_BUFSIZE"]["value"] == "65536"
+        assert env(pod)["RAY_SERVE_HAPROXY_H2_MAX_FRAME_SIZE"]["value"] == "65536"
         # The header timeout, through Vigil's wrapper where Dockerfile.gpu installs it.
         assert env(pod)["RAY_SERVE_HAPROXY_BINARY_PATH"]["value"] == "/opt/vigil/bin/vigil-haproxy"
         assert env(pod)["VIGIL_HAPROXY_TIMEOUT_HTTP_REQUEST_S"]["value"] == header_timeout
@@ -461,6 +463,13 @@ def test_the_images_wrapper_is_where_the_chart_says():
     values = yaml.safe_load((CHART / "values.yaml").read_text())["ray"]["haProxyLimits"]
     assert f"RAY_SERVE_HAPROXY_BINARY_PATH={values['headerTimeoutWrapper']} " in dockerfile
     assert f"VIGIL_HAPROXY_TIMEOUT_HTTP_REQUEST_S={values['timeoutHttpRequestS']} " in dockerfile
+    # HAProxy's buffers: one figure in the chart, the image, the Makefile and the benchmark.
+    buffers = values["bufferBytes"]
+    assert f"RAY_SERVE_HAPROXY_TUNE_BUFSIZE={buffers} " in dockerfile
+    assert f"RAY_SERVE_HAPROXY_H2_MAX_FRAME_SIZE={buffers} " in dockerfile
+    assert f"RAY_SERVE_HAPROXY_TUNE_BUFSIZE ?= {buffers}\n" in (ROOT / "Makefile").read_text()
+    from load_tests.bench_grpc import SHIPPED_BUFFERS
+    assert set(SHIPPED_BUFFERS.values()) == {str(buffers)}
     # /opt/vigil/bin/vigil-haproxy: the console script pip makes from pyproject.toml.
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["vigil-haproxy"] == "vigil.tools.haproxy_header_timeout:main"

@@ -170,6 +170,11 @@ seccompProfile:
   value: {{ .Values.ray.haProxyLimits.timeoutClientS | quote }}
 - name: RAY_SERVE_HAPROXY_MAXCONN
   value: {{ .Values.ray.haProxyLimits.maxconn | quote }}
+# HAProxy's buffers and largest HTTP/2 frame (large gRPC messages: docs/performance.md#grpc).
+- name: RAY_SERVE_HAPROXY_TUNE_BUFSIZE
+  value: {{ .Values.ray.haProxyLimits.bufferBytes | quote }}
+- name: RAY_SERVE_HAPROXY_H2_MAX_FRAME_SIZE
+  value: {{ .Values.ray.haProxyLimits.bufferBytes | quote }}
 {{- with .Values.ray.haProxyLimits.headerTimeoutWrapper }}
 # Ray runs Vigil's wrapper as HAProxy: it adds `timeout http-request` to Ray's config.
 - name: RAY_SERVE_HAPROXY_BINARY_PATH
