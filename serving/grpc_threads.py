@@ -43,6 +43,7 @@ SERVER_ENV = "VIGIL_GRPC_SERVER"  # "http1" (the default), "threads" or "ray"
 SERVER_MODES = ("http1", "threads", "ray")
 THREADS_ENV = "VIGIL_GRPC_THREADS"
 DEFAULT_THREADS = 256  # calls in flight on one replica; a waiting call holds a thread, not the GIL
+_LOOP_CHECK_S = 1.0  # how often a waiting call looks whether the loop still runs
 _HOOK = "start_grpc_server"  # the function ray.serve._private.replica starts its server with
 _HOOK_PARAMETERS = ["service_handler_factory", "grpc_options", "event_loop",
                     "enable_so_reuseport"]
@@ -291,7 +292,11 @@ def _waiting_on(hop: LoopHop, handler: Callable, wrap: bool = True) -> Callable:
 
         hop.submit(start)
         context.add_callback(ended)
-        answered.acquire()
+        while not answered.acquire(timeout=_LOOP_CHECK_S):
+            # A loop stopped with the call on it (the process shutting down) never answers:
+            # the thread must not wait for ever (the pool's threads are joined at exit).
+            if not loop.is_running():
+                context.abort(grpc.StatusCode.UNAVAILABLE, "the replica is shutting down")
         try:
             return task[0].result()
         except asyncio.CancelledError:

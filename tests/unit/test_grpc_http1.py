@@ -20,46 +20,36 @@ import pytest
 
 from serving.grpc_http1 import Http1GrpcServer, Rpc
 from serving.proto import wire
+from tests.unit.test_grpc_threads import FakeServicer
 
 READY = "/inference.GRPCInferenceService/ModelReady"
 LIMIT = 1000  # the front's max_receive_message_length here
 
 
-class Servicer:
-    """ModelReady as the RPC: `slow` sleeps (and records its cancel), `nap` sleeps briefly
-    (counting the calls running at once), `bug` raises, `missing` sets NOT_FOUND, `odd` sets
-    details that need percent-encoding; it records each call's metadata and peer."""
+class Servicer(FakeServicer):
+    """The threaded server's test servicer (`slow` sleeps and records its cancel, `bug` raises,
+    `missing` sets NOT_FOUND), and: `nap` sleeps briefly (counting the calls running at once),
+    `odd` sets details that need percent-encoding; each call's metadata and peer recorded."""
 
     def __init__(self) -> None:
-        self.metadata: list[dict] = []
+        super().__init__()
         self.peers: list[str] = []
-        self.cancelled = asyncio.Event()
         self.running = 0
         self.most_running = 0
 
     async def ModelReady(self, request, context):  # noqa: N802
         self.metadata.append(dict(context.invocation_metadata()))
         self.peers.append(context.peer())
-        if request.name == "slow":
-            try:
-                await asyncio.sleep(30)
-            except asyncio.CancelledError:
-                self.cancelled.set()
-                raise
         if request.name.startswith("nap"):
             self.running += 1
             self.most_running = max(self.most_running, self.running)
             await asyncio.sleep(float(request.version or "0.2"))
             self.running -= 1
-        if request.name == "bug":
-            raise RuntimeError("a bug")
-        if request.name == "missing":
-            context.set_code(grpc.StatusCode.NOT_FOUND)
-            context.set_details("no model 'missing'")
         if request.name == "odd":
             context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
             context.set_details("né 100%\nnext")
-        return wire.ModelReadyResponse(ready=request.name not in ("missing", "odd"))
+            return wire.ModelReadyResponse(ready=False)
+        return await super().ModelReady(request, context)
 
 
 @pytest.fixture

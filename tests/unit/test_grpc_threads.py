@@ -305,3 +305,40 @@ def test_a_closed_loop_fails_each_call_instead_of_leaving_it_waiting():
     for _ in range(2):  # the second call is refused too, not queued behind a wake-up never sent
         with pytest.raises(RuntimeError, match="closed"):
             hop.submit(lambda: None)
+
+
+def test_a_call_on_a_loop_that_stops_is_answered_unavailable_not_left_waiting(monkeypatch):
+    """A replica shutting down stops its loop with calls on it: their threads answer and end
+    (they are joined when the process exits) instead of waiting for ever."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(grpc_threads, "_LOOP_CHECK_S", 0.05)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    started = threading.Event()
+
+    async def never(request, context):
+        started.set()
+        await asyncio.sleep(3600)
+
+    class Context:
+        def add_callback(self, callback):
+            return True
+
+        def abort(self, code, details):
+            raise RuntimeError(f"{code.name}: {details}")
+
+    call = grpc_threads._waiting_on(grpc_threads.LoopHop(loop), never, wrap=False)
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(call, object(), Context())
+        assert started.wait(5)
+        loop.call_soon_threadsafe(loop.stop)
+        with pytest.raises(RuntimeError, match="UNAVAILABLE: the replica is shutting down"):
+            answer.result(5)
+    thread.join(5)
+    for task in asyncio.all_tasks(loop):  # the call's coroutine, left on the stopped loop
+        task.cancel()
+    loop.run_until_complete(asyncio.sleep(0.01))
+    loop.close()
