@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import logging
 import struct
 import time
@@ -158,15 +159,26 @@ class Http1GrpcServer:
         self.max_message_bytes = max_message_bytes
         self.calls = asyncio.Semaphore(max_calls)
         self.connections: set[_Connection] = set()
-        self._server: asyncio.AbstractServer | None = None
+        self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task | None = None
         self._stopped = asyncio.Event()
         self._closing = False
 
     async def bind(self, host: str, port: int, reuse_port: bool = False) -> int:
+        """Listen on `host` ("": every address, IPv6 and IPv4, as Ray's `[::]` does; IPv4 alone
+        where the host has no IPv6); the port listened on."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Connection(self), host or None, port,
-                                                reuse_port=reuse_port or None, backlog=1024)
+
+        async def listen(on: str | None) -> asyncio.Server:
+            return await loop.create_server(lambda: _Connection(self), on, port,
+                                            reuse_port=reuse_port or None, backlog=1024)
+
+        try:
+            self._server = await listen(host or None)
+        except OSError as exc:
+            if host or exc.errno not in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                raise
+            self._server = await listen("0.0.0.0")  # nosec B104 - as Ray's gRPC port listens
         self._sweeper = loop.create_task(self._close_idle())
         return int(self._server.sockets[0].getsockname()[1])
 

@@ -354,3 +354,31 @@ def test_a_connection_idle_for_idle_close_s_is_closed_and_a_busy_one_is_not(fron
         with pytest.raises(ConnectionError):
             idle_reader.answer()  # closed by the sweeper within about 0.5 s
         assert _status(busy_reader.answer()) == (0, "")
+
+
+def test_every_address_falls_back_to_ipv4_where_the_host_has_no_ipv6():
+    """Ray's port is listened on at every address; a host without IPv6 still gets IPv4 (grpc's
+    `[::]` did the same), instead of a port reported taken on every try."""
+    import errno
+
+    loop = asyncio.new_event_loop()
+    hosts = []
+    original = loop.create_server
+
+    async def create_server(factory, host, port, **kwargs):
+        hosts.append(host)
+        if host is None:
+            raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
+        return await original(factory, host, port, **kwargs)
+
+    loop.create_server = create_server
+    server = Http1GrpcServer({}, relay_port=None, max_message_bytes=LIMIT, max_calls=1)
+    try:
+        port = loop.run_until_complete(server.bind("", 0))
+        assert hosts == [None, "0.0.0.0"] and port > 0
+        with pytest.raises(OSError):  # a taken port is not an address problem: it is said
+            loop.run_until_complete(Http1GrpcServer({}, relay_port=None, max_message_bytes=1,
+                                                    max_calls=1).bind("127.0.0.1", port))
+    finally:
+        loop.run_until_complete(server.stop(0))
+        loop.close()
