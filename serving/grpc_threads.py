@@ -152,21 +152,22 @@ def servicer_handlers(servicer: Any, loop: asyncio.AbstractEventLoop,
                       ) -> dict[str, grpc.RpcMethodHandler]:
     """Vigil's service alone, answered by `servicer`'s methods on `loop`: the replica's server
     without Ray (in-process tests and cost measurements serve with this)."""
-    from serving.proto.wire import add_GRPCInferenceServiceServicer_to_server
-
-    methods = MethodCollector()
-    add_GRPCInferenceServiceServicer_to_server(_NoServicer(), methods)
-    return methods.unary_handlers(_no_ray_handlers, loop, servicer)
+    return _vigil_methods().unary_handlers(_no_ray_handlers, loop, servicer)
 
 
 def servicer_rpcs(servicer: Any) -> dict[str, Rpc]:
     """Vigil's service alone as coroutines of `servicer` (the HTTP/1.1 front's methods without
     Ray)."""
+    return _vigil_methods().loop_rpcs(_no_ray_handlers, servicer)
+
+
+def _vigil_methods() -> MethodCollector:
+    """Vigil's service's methods alone, as its servicer function registers them."""
     from serving.proto.wire import add_GRPCInferenceServiceServicer_to_server
 
     methods = MethodCollector()
     add_GRPCInferenceServiceServicer_to_server(_NoServicer(), methods)
-    return methods.loop_rpcs(_no_ray_handlers, servicer)
+    return methods
 
 
 def _no_ray_handlers(service_method: str, streaming_type: Any) -> Callable:
