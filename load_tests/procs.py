@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import random
 import signal
 import socket
 import threading
@@ -267,8 +268,38 @@ class MemorySampler:
         return out
 
 
+# Below the kernel's ephemeral range (32768-60999 by default) and above Ray's worker ports
+# (10002-19999); tests/conftest.py keeps 32000-32999 for the replicas' direct ingress.
+_LISTEN_PORTS = range(20000, 32000)
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on now (the OS's pick)."""
+    """A port nothing listens on now, for a server started next. Drawn below the kernel's
+    ephemeral range: a port the OS picks for bind(0) is one an outgoing connection can take
+    before that server binds it (seen in CI: HAProxy's stats port taken during Ray's startup).
+    Free on 0.0.0.0 too, since some servers (HAProxy's stats page) bind every address."""
+    top = min(_LISTEN_PORTS.stop, _ephemeral_low())
+    draw = random.SystemRandom()
+    for _ in range(200):
+        port = draw.randrange(_LISTEN_PORTS.start, top) if top > _LISTEN_PORTS.start else 0
+        if port and _bindable(host, port) and _bindable("0.0.0.0", port):
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]

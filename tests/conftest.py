@@ -4,17 +4,15 @@ the Prometheus binaries for the tests that need them."""
 import base64
 import os
 import secrets
-import socket
 
 import pytest
 
+from load_tests.procs import free_port
 from vigil.tools.haproxy_header_timeout import ray_environment
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port()
 
 
 # A single Ray node on 127.0.0.1, with the same ingress path as `make serve` (HAProxy in front of

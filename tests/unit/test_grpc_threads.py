@@ -9,24 +9,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import socket
 from types import SimpleNamespace
 
 import grpc
 import pytest
 
 from load_tests.inprocess_grpc import haproxy_http1_front
+from load_tests.procs import free_port
 from serving import grpc_threads
 from serving.proto import wire
 
 MODEL_READY = "/inference.GRPCInferenceService/ModelReady"
 HEALTHZ = "/ray.serve.RayServeAPIService/Healthz"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class FakeReplica:
@@ -104,7 +98,7 @@ def served(request):
         monkeypatch.setenv(grpc_threads.SERVER_ENV, "threads")
     else:
         monkeypatch.delenv(grpc_threads.SERVER_ENV, raising=False)
-    port = _free_port()
+    port = free_port()
     options = SimpleNamespace(
         port=port, grpc_servicer_func_callable=[wire.add_GRPCInferenceServiceServicer_to_server])
 
