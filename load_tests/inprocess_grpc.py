@@ -90,8 +90,8 @@ def haproxy_http1_front(backend_port: int) -> Iterator[str]:
     # The buffers and HTTP/2 frame size the Makefile, the chart and the image give Ray's HAProxy.
     config = f"""global
     maxconn 4096
-    tune.bufsize 16384
-    tune.h2.max-frame-size 16384
+    tune.bufsize 65536
+    tune.h2.max-frame-size 65536
 defaults
     mode http
     timeout connect 5s

@@ -23,8 +23,8 @@ _ENV = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
     "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",  # as the Makefile ships it
     "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": "10",  # as the Makefile ships it
-    "RAY_SERVE_HAPROXY_TUNE_BUFSIZE": "16384",  # as the Makefile ships it
-    "RAY_SERVE_HAPROXY_H2_MAX_FRAME_SIZE": "16384",  # as the Makefile ships it
+    "RAY_SERVE_HAPROXY_TUNE_BUFSIZE": "65536",  # as the Makefile ships it
+    "RAY_SERVE_HAPROXY_H2_MAX_FRAME_SIZE": "65536",  # as the Makefile ships it
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_AUTH_MODE": "token",
     "RAY_AUTH_TOKEN": secrets.token_hex(32),

@@ -317,3 +317,123 @@ def test_the_wrapper_and_the_replicas_read_the_same_setting():
     from serving import grpc_threads
     assert wrapper.GRPC_SERVER_ENV == grpc_threads.SERVER_ENV
     assert {m for m in grpc_threads.SERVER_MODES if m in wrapper.GRPC_HTTP1_MODES} == {"http1"}
+
+
+# Ray 2.60's defaults as they bear on a client that leaves: abortonclose, and kernel splicing of
+# bodies both ways. With 64 KiB buffers (Vigil's RAY_SERVE_HAPROXY_TUNE_BUFSIZE) and splicing,
+# HAProxy 2.8 missed such a client's close every time here; with Ray's 16 KiB it saw it.
+SPLICING_CONFIG = """global
+    maxconn 64
+    tune.bufsize {buffers}
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 10s
+    timeout server 60s
+    option abortonclose
+    option splice-request
+    option splice-response
+    option http-no-delay
+frontend http_frontend
+    bind 127.0.0.1:{port}
+    default_backend app
+backend app
+    http-reuse always
+    server s1 127.0.0.1:{backend}
+"""
+
+
+def test_kernel_splicing_is_taken_out_and_nothing_else():
+    before = SPLICING_CONFIG.format(port=1, backend=2, buffers=65536)
+    after = wrapper.without_splicing(before)
+    assert after == before.replace("    option splice-request\n", "").replace(
+        "    option splice-response\n", "")
+    assert wrapper.without_splicing(after) == after
+    also_auto = before.replace("option splice-request", "option splice-auto")
+    assert "splice" not in wrapper.without_splicing(also_auto)
+    assert wrapper.without_splicing(RAY_CONFIG) == RAY_CONFIG
+
+
+class _StallingBackend:
+    """A server that reads each request whole (its Content-Length), never answers, and notes
+    how long after the request each connection's close reached it."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.closed_after: list[float] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn) -> None:
+        data = b""
+        with conn:
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            while len(body) < length:
+                body += conn.recv(65536)
+            received = time.monotonic()
+            conn.settimeout(20)
+            try:
+                while conn.recv(65536):
+                    pass
+            except OSError:
+                pass
+            self.closed_after.append(time.monotonic() - received)
+
+
+@pytest.mark.parametrize("buffers", [65536, 16384])
+def test_real_haproxy_passes_a_leaving_clients_close_on_to_the_replica(tmp_path, buffers):
+    """A client that sends a large body, then gives up before the answer: the replica must see
+    its connection close, which is what cancels the request there (counted 499). With Ray's
+    splicing and 64 KiB buffers HAProxy 2.8 never passed it on here (and in about one case in six
+    on a cluster); each of these eight hang-ups must reach the backend within two seconds."""
+    import socket
+
+    from load_tests.procs import free_port
+
+    backend, port = _StallingBackend(), free_port()
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(SPLICING_CONFIG.format(port=port, backend=backend.port, buffers=buffers))
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "-db", "-f", str(cfg)],
+                            env={**os.environ, wrapper.REAL_BINARY_ENV: _bundled_haproxy()},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    body = b"0.1," * 41_000  # 164 KB, as a 16x512 JSON tensor: larger than HAProxy's buffer
+    request = (f"POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+               f"\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        for attempt in range(8):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+                client.sendall(request)
+                time.sleep(0.3)  # the backend has the request and works on it
+            deadline = time.monotonic() + 5
+            while len(backend.closed_after) <= attempt and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert len(backend.closed_after) > attempt, f"hang-up {attempt + 1} never reached the backend"
+    finally:
+        proc.kill()
+        proc.wait(10)
+        backend.listener.close()
+    assert "splice" not in cfg.read_text()
+    assert max(backend.closed_after) < 2.0, backend.closed_after

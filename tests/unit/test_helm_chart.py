@@ -443,8 +443,8 @@ def test_haproxy_limits_reach_every_ray_container(rendered, variant, timeout, ma
     for pod in pod_templates(rendered[variant]).values():
         assert env(pod)["RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S"]["value"] == timeout
         assert env(pod)["RAY_SERVE_HAPROXY_MAXCONN"]["value"] == maxconn
-        assert env(pod)["RAY_SERVE_HAPROXY_TUNE_BUFSIZE"]["value"] == "16384"
-        assert env(pod)["RAY_SERVE_HAPROXY_H2_MAX_FRAME_SIZE"]["value"] == "16384"
+        assert env(pod)["RAY_SERVE_HAPROXY_TUNE_BUFSIZE"]["value"] == "65536"
+        assert env(pod)["RAY_SERVE_HAPROXY_H2_MAX_FRAME_SIZE"]["value"] == "65536"
         # The header timeout, through Vigil's wrapper where Dockerfile.gpu installs it.
         assert env(pod)["RAY_SERVE_HAPROXY_BINARY_PATH"]["value"] == "/opt/vigil/bin/vigil-haproxy"
         assert env(pod)["VIGIL_HAPROXY_TIMEOUT_HTTP_REQUEST_S"]["value"] == header_timeout
