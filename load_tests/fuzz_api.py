@@ -140,7 +140,7 @@ def in_process_server() -> Iterator[tuple[str, str, list[str]]]:
     from serving.deployments import build_asgi_app
     from vigil.adapters.alias_board import BoardLink, _Board, board_key
     from monitoring.monitor import build_asgi_app as monitor_app
-    from tests.conftest import _free_port
+    from load_tests.procs import free_port
     from tests.graphs import identity_graph
     from vigil.core.http_api import MONITOR_PREFIX
     from vigil.core.repository import publish
@@ -170,7 +170,7 @@ def in_process_server() -> Iterator[tuple[str, str, list[str]]]:
         serving = build_asgi_app(server)
         app = Starlette(routes=[Mount(MONITOR_PREFIX, app=monitor_app(monitor)),
                                 Mount("/", app=serving)])
-        port = _free_port()
+        port = free_port()
         uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error",
                                            lifespan="off"))
         thread = threading.Thread(target=uv.run, daemon=True)

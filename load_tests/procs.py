@@ -294,11 +294,11 @@ def free_port(host: str = "127.0.0.1") -> int:
     ephemeral range: a port the OS picks for bind(0) is one an outgoing connection can take
     before that server binds it (seen in CI: HAProxy's stats port taken during Ray's startup).
     Free on 0.0.0.0 too, since some servers (HAProxy's stats page) bind every address."""
-    top = min(_LISTEN_PORTS.stop, _ephemeral_low())
+    ports = range(_LISTEN_PORTS.start, min(_LISTEN_PORTS.stop, _ephemeral_low()))
     draw = random.SystemRandom()
-    for _ in range(200):
-        port = draw.randrange(_LISTEN_PORTS.start, top) if top > _LISTEN_PORTS.start else 0
-        if port and _bindable(host, port) and _bindable("0.0.0.0", port):
+    for _ in range(200 if ports else 0):
+        port = draw.choice(ports)
+        if _bindable(host, port) and _bindable("0.0.0.0", port):
             return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))

@@ -11,10 +11,6 @@ from load_tests.procs import free_port
 from vigil.tools.haproxy_header_timeout import ray_environment
 
 
-def _free_port() -> int:
-    return free_port()
-
-
 # A single Ray node on 127.0.0.1, with the same ingress path as `make serve` (HAProxy in front of
 # replicas that serve HTTP themselves). Ports differ from the defaults so a developer's running
 # `make serve` and the tests do not collide.
@@ -28,10 +24,10 @@ _ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_AUTH_MODE": "token",
     "RAY_AUTH_TOKEN": secrets.token_hex(32),
-    "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(_free_port()),
-    "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(_free_port()),
-    "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
-    "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
+    "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
+    "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port()),
+    "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+    "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
     "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": "32000",
     "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": "32999",
     "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": "42000",

@@ -10,13 +10,13 @@ from typing import Any
 
 import uvicorn
 
-from tests.conftest import _free_port
+from load_tests.procs import free_port
 
 
 @contextmanager
 def serving(app: Any, port: int | None = None) -> Iterator[str]:
     """Serve `app` on 127.0.0.1 (a free port unless given) until the block ends; yields its URL."""
-    port = port or _free_port()
+    port = port or free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                            lifespan="off"))
     thread = threading.Thread(target=server.run, name=f"http-{port}", daemon=True)

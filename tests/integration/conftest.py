@@ -22,7 +22,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import _free_port
+from load_tests.procs import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVE_CONFIG = ROOT / "configs" / "serve.yaml"
@@ -123,8 +123,8 @@ def vigil(tmp_path_factory) -> VigilCluster:
     publish_test_models(models_dir)
     token = create_token("tests", "infer,monitor,admin", models_dir)
 
-    dashboard_port = _free_port()
-    metrics_port = _free_port()
+    dashboard_port = free_port()
+    metrics_port = free_port()
     ray.init(
         address="local",
         include_dashboard=True,
@@ -136,9 +136,9 @@ def vigil(tmp_path_factory) -> VigilCluster:
     )
     node_id = ray.get_runtime_context().get_node_id()
     config = yaml.safe_load(SERVE_CONFIG.read_text())
-    http_port = _free_port()
+    http_port = free_port()
     config["http_options"]["port"] = http_port
-    grpc_port = _free_port()
+    grpc_port = free_port()
     config["grpc_options"]["port"] = grpc_port
     for app in config["applications"]:  # the model server and the monitor read one repository
         if "model_repository" in app.get("args", {}):

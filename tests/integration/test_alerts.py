@@ -34,7 +34,7 @@ from starlette.routing import Route
 from examples.retraining import MIN_HISTORY_ROWS, history_rows
 from monitoring.outbox import Outbox
 from monitoring.settings import MonitorAppSettings
-from tests.conftest import _free_port
+from load_tests.procs import free_port
 from tests.integration.conftest import ROOT, wait_for
 from tests.integration.test_monitor import _batch, _monitor_app, _wait_until_no_samples_arrive
 from tests.local_http import serving
@@ -105,7 +105,7 @@ def alerting(vigil, tmp_path_factory):
     # The receiver retrains into its own copy of the repository, not the session's.
     workdir = tmp_path_factory.mktemp("receiver")
     shutil.copytree(version_dir, workdir / "models" / "breast_cancer" / "1")
-    receiver = ReceiverProcess(_free_port(), workdir, f"{vigil.base_url}/monitor", vigil.token)
+    receiver = ReceiverProcess(free_port(), workdir, f"{vigil.base_url}/monitor", vigil.token)
     receiver.start()
     hits: dict[str, list[str]] = {}
     handle = serve.get_deployment_handle("Monitor", app_name="monitor")

@@ -37,7 +37,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import _free_port
+from load_tests.procs import free_port
 from tests.integration.conftest import create_token, wait_for
 from tests.prometheus_tools import (
     CONFIG,
@@ -172,7 +172,7 @@ def _check(server: PrometheusServer, exprs: list[Expression]) -> tuple[list[str]
 def observed_vigil(vigil):
     """The session's Vigil with 200-row windows and a webhook target nobody listens on (no
     event is sent: the traffic is reference data); the original config back afterwards."""
-    target = f"http://127.0.0.1:{_free_port()}/events"
+    target = f"http://127.0.0.1:{free_port()}/events"
     vigil.deploy(_monitor_config(
         vigil.config, window={"rows": WINDOW_ROWS, "seconds": None},
         webhooks=[{"name": "prometheus-test", "url": target, "secret_env": SECRET_ENV}],
@@ -194,7 +194,7 @@ def test_every_rule_alert_and_panel_returns_data(observed_vigil, prometheus_tool
     exprs = rule_expressions() + dashboard_expressions()
     try:
         config = _prometheus_config(vigil, tmp_path, token)
-        with PrometheusServer(prometheus_tools.prometheus, config, _free_port(),
+        with PrometheusServer(prometheus_tools.prometheus, config, free_port(),
                               tmp_path / "data", tmp_path / "prometheus.log") as server:
             _traffic(vigil, token)
 

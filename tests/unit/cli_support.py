@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.conftest import _free_port
+from load_tests.procs import free_port
 from tests.graphs import double_graph
 from vigil.core import model_ops, rollout
 from vigil.core.actions import AliasAction
@@ -48,7 +48,7 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
 
 def nowhere() -> str:
     """A URL on 127.0.0.1 where nothing listens (connection refused)."""
-    return f"http://127.0.0.1:{_free_port()}"
+    return f"http://127.0.0.1:{free_port()}"
 
 
 def validated_repo(root: Path) -> Path:

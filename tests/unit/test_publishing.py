@@ -18,7 +18,7 @@ import yaml
 from onnx import TensorProto, helper, numpy_helper
 
 from monitoring.profile import Profile
-from tests.conftest import _free_port
+from load_tests.procs import free_port
 from tests.graphs import IR_VERSION, OPSET, double_graph, fixed_pair_graph, identity_graph
 from tests.without_onnxruntime import run_without_onnxruntime
 from vigil.tools.cli import main
@@ -32,7 +32,7 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 @pytest.fixture
 def no_server() -> str:
     """A URL where nothing listens: publishing reports that no server was told."""
-    return f"http://127.0.0.1:{_free_port()}"
+    return f"http://127.0.0.1:{free_port()}"
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
