@@ -1,7 +1,7 @@
 """A real Prometheus against the session's Vigil: every recording rule, every alert expression
 and every panel of the Grafana dashboard parses and returns data.
 
-Prometheus runs on 127.0.0.1 (free port, scratch storage, 1 s scrape and evaluation) with
+Prometheus runs on 127.0.0.1 (free port, scratch storage, SCRAPE_S scrapes, 1 s evaluation) with
 configs/prometheus/prometheus.yml changed only where the session differs from `make serve`:
 Ray's service-discovery file of this session, the monitor's address, a token file holding a
 `monitor`-scope token made by `vigil tokens create`, and absolute rule-file paths.
@@ -21,8 +21,9 @@ tests.prometheus_tools.EXPECTED_ABSENT. To make the rest exist, the monitor runs
 windows (rows only) and a webhook target (delivery metrics exist per configured target); the
 traffic is reference rows of breast_cancer (one closed window with drift verdicts, rules
 judged), mlp, bad requests (400), an unknown model (404), a request Ray's timeout cancels
-(499), no token (401) and a token without the `infer` scope (403). The session's original
-config is restored at the end.
+(499), no token (401) and a token without the `infer` scope (403); a model of the test's own
+with a corrupt aliases.json gives the repository fault gauge a series. The session's original
+config is restored, and that model's file mended, at the end.
 """
 
 from __future__ import annotations
@@ -51,11 +52,18 @@ from tests.prometheus_tools import (
     selectors,
     split_top_level_or,
 )
-from vigil.core.repository import read_manifest
+from vigil.core import aliases
+from vigil.core.repository import publish, read_manifest, scan
 
 pytestmark = pytest.mark.slow
 
 WINDOW_ROWS = 200
+# Ray's metrics page holds every route x method x status x replica seen in the session (its agent
+# never drops a counter or histogram, a dead replica's included): 5.7 MB, 13,000 lines and
+# 0.5-1.7 s to render by this test in full local runs. A 1 s scrape timeout lost every
+# ray_vigil_* series in two CI runs ("context deadline exceeded").
+SCRAPE_S = 5
+FAULTY = "prom_faulty"  # breast_cancer's graph, published by this test with a corrupt aliases.json
 TOKEN_NAME = "prometheus-test"
 SECRET_ENV = "VIGIL_TEST_WEBHOOK_SECRET"  # in the environment of Ray's workers (tests/conftest)
 
@@ -83,7 +91,8 @@ def _prometheus_config(vigil, tmp_path: Path, token: str) -> Path:
     token_file = tmp_path / "prometheus.token"
     token_file.write_text(token + "\n")
     doc = yaml.safe_load(CONFIG.read_text())
-    doc["global"] = {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"}
+    doc["global"] = {"scrape_interval": f"{SCRAPE_S}s", "scrape_timeout": f"{SCRAPE_S}s",
+                     "evaluation_interval": "1s"}
     doc["rule_files"] = [str(p) for p in RULE_FILES]
     jobs = {j["job_name"]: j for j in doc["scrape_configs"]}
     jobs["ray"]["file_sd_configs"] = [{"files": [str(sd_file)]}]
@@ -168,8 +177,32 @@ def _check(server: PrometheusServer, exprs: list[Expression]) -> tuple[list[str]
     return problems, excused
 
 
+def _faults_in_index(vigil, model: str) -> list:
+    index = httpx.post(f"{vigil.base_url}/v2/repository/index", json={}, headers=vigil.auth,
+                       timeout=30).json()
+    return [f for row in index if row["name"] == model for f in row.get("faults") or []]
+
+
 @pytest.fixture
-def observed_vigil(vigil):
+def repository_fault(vigil):
+    """FAULTY published with an unreadable aliases.json: every replica finds it at its next
+    quiet re-read (serving.follower.POLL_S) and sets ray_vigil_model_repository_faults, whatever
+    ran before this test. Mended afterwards (the file removed: a model without one is served
+    its latest version), and the fault seen cleared."""
+    source = scan(vigil.models_dir, ["breast_cancer"])["breast_cancer"][0]
+    publish(vigil.models_dir, FAULTY, "1", source.model_file.read_bytes(),
+            source.manifest.inputs, source.manifest.outputs)
+    path = vigil.models_dir / FAULTY / aliases.ALIASES_FILE
+    path.write_text('{"model": "' + FAULTY + '", "production": ')
+    try:
+        yield
+    finally:
+        path.unlink()
+        wait_for(lambda: not _faults_in_index(vigil, FAULTY), 60, f"{FAULTY}'s fault cleared", 0.5)
+
+
+@pytest.fixture
+def observed_vigil(vigil, repository_fault):
     """The session's Vigil with 200-row windows and a webhook target nobody listens on (no
     event is sent: the traffic is reference data); the original config back afterwards."""
     target = f"http://127.0.0.1:{free_port()}/events"
@@ -205,19 +238,20 @@ def test_every_rule_alert_and_panel_returns_data(observed_vigil, prometheus_tool
                 return not state["result"][0]
 
             try:
-                wait_for(all_present, 60, "every expression returning data", 2.0)
+                wait_for(all_present, 90, "every expression returning data", 2.0)
             except TimeoutError:
                 pass
             problems, excused = state["result"]
-            targets = [(t["labels"]["job"], t["scrapeUrl"], t["health"], t["lastError"])
-                       for t in server.targets()]
+            targets = [(t["labels"]["job"], t["scrapeUrl"], t["health"], t["lastError"],
+                        t["lastScrapeDuration"]) for t in server.targets()]
             rule_errors = [r for r in server.rule_health() if r[1] != "ok"]
     finally:
         revoke_token(vigil.tokens_file, TOKEN_NAME)
 
-    assert any(job == "ray" and health == "up" for job, _, health, _ in targets), targets
-    assert any(job == "vigil-monitor" and health == "up" for job, _, health, _ in targets), \
-        targets
+    # Every target, each with its last error and scrape time: an empty expression is then never
+    # a mystery of a target that could not be read.
+    assert {t[0] for t in targets} == {"ray", "vigil-monitor"}, targets
+    assert all(health == "up" for _, _, health, _, _ in targets), targets
     assert not rule_errors, f"rules that fail to evaluate: {rule_errors}"
     assert not problems, (
         f"{len(problems)} of {len(exprs)} expressions see no data (or do not parse):\n"
