@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -179,6 +180,25 @@ def publish_test_models(models_dir: Path) -> None:
 
     for name, (builder, inputs, outputs) in {**COUPLED_MODELS, "slow": SLOW_MODEL}.items():
         publish(models_dir, name, "1", builder().SerializeToString(), inputs, outputs)
+
+
+def publish_copies(models_dir: Path, names: Iterable[str], versions: Iterable[str]) -> None:
+    """Each name published at each version with breast_cancer's graph and manifest: models a
+    test may break or change without touching the session's own."""
+    from vigil.core.repository import publish, scan
+
+    source = scan(models_dir, ["breast_cancer"])["breast_cancer"][0]
+    data, m = source.model_file.read_bytes(), source.manifest
+    for name in names:
+        for version in versions:
+            publish(models_dir, name, version, data, m.inputs, m.outputs)
+
+
+def repository_rows(vigil: VigilCluster, model: str) -> dict[str, dict]:
+    """The repository index's rows of one model, by version."""
+    index = httpx.post(f"{vigil.base_url}/v2/repository/index", json={}, headers=vigil.auth,
+                       timeout=60).json()
+    return {r["version"]: r for r in index if r["name"] == model}
 
 
 def create_token(name: str, scopes: str, models_dir: Path) -> str:

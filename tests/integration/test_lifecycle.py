@@ -28,7 +28,6 @@ import pytest
 import yaml
 
 from load_tests import procs
-from load_tests.procs import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 STOP_WITHIN_S = 15.0
@@ -53,7 +52,7 @@ def models_dir(tmp_path_factory) -> Path:
 
 def _config(models: Path, tmp: Path) -> tuple[Path, int]:
     config = yaml.safe_load((ROOT / "configs" / "serve.yaml").read_text())
-    port = free_port()
+    port = procs.free_port()
     config["http_options"]["port"] = port
     for app in config["applications"]:
         app["args"]["model_repository"] = str(models)
@@ -67,10 +66,10 @@ def _env() -> dict[str, str]:
     return {
         **os.environ,
         "RAY_ADDRESS": "local",
-        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
-        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port()),
-        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(procs.free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(procs.free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(procs.free_port()),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(procs.free_port()),
         "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": "34000",
         "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": "34999",
         "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": "44000",

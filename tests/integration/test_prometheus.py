@@ -39,7 +39,7 @@ import pytest
 import yaml
 
 from load_tests.procs import free_port
-from tests.integration.conftest import create_token, wait_for
+from tests.integration.conftest import create_token, publish_copies, repository_rows, wait_for
 from tests.prometheus_tools import (
     CONFIG,
     RULE_FILES,
@@ -53,7 +53,7 @@ from tests.prometheus_tools import (
     split_top_level_or,
 )
 from vigil.core import aliases
-from vigil.core.repository import publish, read_manifest, scan
+from vigil.core.repository import read_manifest
 
 pytestmark = pytest.mark.slow
 
@@ -177,28 +177,21 @@ def _check(server: PrometheusServer, exprs: list[Expression]) -> tuple[list[str]
     return problems, excused
 
 
-def _faults_in_index(vigil, model: str) -> list:
-    index = httpx.post(f"{vigil.base_url}/v2/repository/index", json={}, headers=vigil.auth,
-                       timeout=30).json()
-    return [f for row in index if row["name"] == model for f in row.get("faults") or []]
-
-
 @pytest.fixture
 def repository_fault(vigil):
     """FAULTY published with an unreadable aliases.json: every replica finds it at its next
     quiet re-read (serving.follower.POLL_S) and sets ray_vigil_model_repository_faults, whatever
     ran before this test. Mended afterwards (the file removed: a model without one is served
     its latest version), and the fault seen cleared."""
-    source = scan(vigil.models_dir, ["breast_cancer"])["breast_cancer"][0]
-    publish(vigil.models_dir, FAULTY, "1", source.model_file.read_bytes(),
-            source.manifest.inputs, source.manifest.outputs)
+    publish_copies(vigil.models_dir, [FAULTY], ["1"])
     path = vigil.models_dir / FAULTY / aliases.ALIASES_FILE
     path.write_text('{"model": "' + FAULTY + '", "production": ')
     try:
         yield
     finally:
         path.unlink()
-        wait_for(lambda: not _faults_in_index(vigil, FAULTY), 60, f"{FAULTY}'s fault cleared", 0.5)
+        wait_for(lambda: not any(r["faults"] for r in repository_rows(vigil, FAULTY).values()),
+                 60, f"{FAULTY}'s fault cleared", 0.5)
 
 
 @pytest.fixture

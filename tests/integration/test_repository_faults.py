@@ -13,9 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import publish_copies, repository_rows, wait_for
 from vigil.core import aliases
-from vigil.core.repository import publish, scan
 
 ROW = [0.5] * 30
 BODY = {"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": ROW}]}
@@ -25,11 +24,7 @@ CORRUPT = '{"model": "rf_bad", "production": "1", "canary": {"vers'
 
 @pytest.fixture(scope="module")
 def rf(vigil):
-    source = scan(vigil.models_dir, ["breast_cancer"])["breast_cancer"][0]
-    data, m = source.model_file.read_bytes(), source.manifest
-    for name in (GOOD, BAD):
-        for version in ("1", "2"):
-            publish(vigil.models_dir, name, version, data, m.inputs, m.outputs)
+    publish_copies(vigil.models_dir, (GOOD, BAD), ("1", "2"))
     answer = _post(vigil, f"/v2/repository/models/{GOOD}/load")
     assert answer.status_code == 200 and answer.json()["converged"], answer.text
     return vigil
@@ -41,11 +36,6 @@ def _post(vigil, path: str, body: dict | None = None) -> httpx.Response:
 
 def _infer(vigil, model: str) -> httpx.Response:
     return _post(vigil, f"/v2/models/{model}/infer", BODY)
-
-
-def _rows(vigil, model: str) -> dict[str, dict]:
-    index = _post(vigil, "/v2/repository/index").json()
-    return {r["version"]: r for r in index if r["name"] == model}
 
 
 def _faults_scraped(vigil, model: str, reason: str) -> bool:
@@ -69,7 +59,7 @@ def test_a_corrupt_aliases_file_spares_the_others_and_recovers_on_its_own(rf) ->
         print(f"\ncanary on {GOOD} while {BAD}'s aliases.json is corrupt: {took:.3f} s")
         assert {_infer(rf, GOOD).status_code for _ in range(20)} == {200}
         assert _infer(rf, BAD).status_code == 200  # what it served it keeps serving
-        row = _rows(rf, BAD)["1"]
+        row = repository_rows(rf, BAD)["1"]
         assert "aliases.json: not JSON" in row["reason"] and row["faults"], row
         meta = rf.get(f"/v2/models/{BAD}").json()
         assert "aliases.json" in meta["parameters"]["repository_faults"][0]
@@ -86,7 +76,8 @@ def test_a_corrupt_aliases_file_spares_the_others_and_recovers_on_its_own(rf) ->
             path.write_bytes(good)
     # No command, no restart: the follower re-reads a faulty model every FAULT_POLL_S.
     fixed = time.perf_counter()
-    wait_for(lambda: not _rows(rf, BAD)["1"]["faults"], 15, "the fixed file read again", 0.05)
+    wait_for(lambda: not repository_rows(rf, BAD)["1"]["faults"], 15, "the fixed file read again",
+             0.05)
     print(f"fixed aliases.json read again, without a command: {time.perf_counter() - fixed:.2f} s")
 
 
@@ -139,11 +130,11 @@ def test_a_deleted_production_folder_serves_from_memory_and_says_so(rf) -> None:
         assert [f["kind"] for f in answer.json()["faults"]] == ["missing"], answer.text
         versions = {_infer(rf, GOOD).json()["model_version"] for _ in range(20)}
         assert versions == {"2"}  # every unversioned request got 503 before
-        row = _rows(rf, GOOD)["2"]
+        row = repository_rows(rf, GOOD)["2"]
         assert row["state"] == "READY" and "served from memory" in row["reason"], row
     finally:
         shutil.move(kept, folder)  # the same bytes back: the fault clears on its own
-        wait_for(lambda: not _rows(rf, GOOD)["2"]["faults"], 15, "the folder seen back")
+        wait_for(lambda: not repository_rows(rf, GOOD)["2"]["faults"], 15, "the folder seen back")
         _post(rf, f"/v2/repository/models/{GOOD}/promote",
               {"version": "1", "force": True, "reason": "test"})
 
