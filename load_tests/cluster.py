@@ -200,7 +200,8 @@ class Scenario:
         self.result["figures"]["ray_start_s"] = {"head": round(t_head, 1),
                                                  "worker": round(t_worker, 1)}
         started = time.monotonic()
-        cluster_ray.deploy(cluster_config(self.head), self.head, BASE_DIR / "serve.cluster.yaml")
+        self.result["figures"]["deploy_attempts"] = cluster_ray.deploy(
+            cluster_config(self.head), self.head, BASE_DIR / "serve.cluster.yaml")
 
         def running() -> bool:
             apps = cluster_ray.applications(self.head)
@@ -446,25 +447,30 @@ class Scenario:
         names = {n.address: n.name for n in self.net}
         return {names.get(a, a) for a in cluster_ray.nodes_alive(self.head).values()}
 
-    def replica_log_lines(self, pattern: str = "monitor|sample|Traceback|Error") -> dict:
-        """The last matching lines of each node's replica logs (kept in the JSON on failure)."""
+    def serve_log_lines(self) -> dict:
+        """The last telling lines of each node's Serve logs (kept in the JSON on failure):
+        replicas', and the controller's and proxies' (a failed start is told there)."""
         import re
 
+        patterns = {"replica_*": "monitor|sample|Traceback|Error",
+                    "controller_*": "WARNING|ERROR|Traceback|Error|proxy|Proxy",
+                    "proxy_*": "WARNING|ERROR|Traceback|Error|HAProxy|started|ready"}
         found = {}
         for ray_node in (self.ray_head, self.ray_worker):
-            for path in ray_node.temp_dir.glob("session_*/logs/serve/replica_*"):
-                try:
-                    lines = [ln for ln in path.read_text(errors="replace").splitlines()
-                             if re.search(pattern, ln)]
-                except OSError:
-                    continue
-                if lines:
-                    found[f"{ray_node.node.name}/{path.name}"] = lines[-8:]
+            for glob, pattern in patterns.items():
+                for path in ray_node.temp_dir.glob(f"session_*/logs/serve/{glob}"):
+                    try:
+                        lines = [ln for ln in path.read_text(errors="replace").splitlines()
+                                 if re.search(pattern, ln)]
+                    except OSError:
+                        continue
+                    if lines:
+                        found[f"{ray_node.node.name}/{path.name}"] = lines[-12:]
         return found
 
     def stop(self) -> None:
         if not all(c["ok"] for c in self.result["checks"].values()):
-            self.result["replica_logs"] = self.replica_log_lines()
+            self.result["serve_logs"] = self.serve_log_lines()
         with procs.signals_deferred():
             for ray_node in (self.ray_worker, self.ray_head):
                 try:

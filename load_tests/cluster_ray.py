@@ -54,6 +54,7 @@ def ray_env(extra: dict[str, str] | None = None) -> dict[str, str]:
         "RAY_SERVE_HAPROXY_BINARY_PATH": str(haproxy_wrapper()),
         "VIGIL_HAPROXY_TIMEOUT_HTTP_REQUEST_S": "10",
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+        "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60",  # as the Makefile ships it
         "PYTHONUNBUFFERED": "1",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
         **(extra or {}),
@@ -185,11 +186,27 @@ def serve_cli(args: list[str], timeout_s: float = 120) -> subprocess.CompletedPr
     )  # fmt: skip
 
 
-def deploy(config: dict[str, Any], head: Node, path: Path) -> None:
+# What `serve deploy` says when the first deploy's Serve start gave up on a node's proxy while
+# the controller goes on starting it (Ray 2.60, serve_start_async): the controller stays, so
+# the same deploy again reaches it and no longer waits on that proxy.
+PROXY_START_FAILURES = ("HTTP proxies not available after",
+                        "class_name: HAProxyManager", "class_name: ProxyActor")
+
+
+def deploy(config: dict[str, Any], head: Node, path: Path) -> int:
+    """`serve deploy` of the config against the head; returns the attempts it took (a second
+    only after a proxy start failure, as a user would run it again)."""
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    done = serve_cli(["deploy", str(path), "--address", dashboard_url(head)])
-    if done.returncode != 0:
-        raise RuntimeError(f"serve deploy failed: {done.stdout[-1500:]}{done.stderr[-1500:]}")
+    for attempt in (1, 2):
+        done = serve_cli(["deploy", str(path), "--address", dashboard_url(head)])
+        if done.returncode == 0:
+            return attempt
+        said = f"{done.stdout[-1500:]}{done.stderr[-1500:]}"
+        if attempt == 2 or not any(f in said for f in PROXY_START_FAILURES):
+            break
+        print(f"serve deploy: a proxy failed to start, deploying again: {said[-300:]}",
+              file=sys.stderr, flush=True)
+    raise RuntimeError(f"serve deploy failed (attempt {attempt}): {said}")
 
 
 def applications(head: Node) -> dict[str, Any]:

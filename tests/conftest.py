@@ -35,6 +35,7 @@ _ENV = {
     "RAY_DEDUP_LOGS": "0",
     # Replicas behind HAProxy drain 30 s by default before stopping; nothing needs that here.
     "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+    "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60",  # as the Makefile ships it
     # The webhook signing secret, in the environment Ray's workers inherit (as a user exports
     # it before `make serve`); tests/integration/test_alerts.py names it in its targets.
     "VIGIL_TEST_WEBHOOK_SECRET": "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode(),

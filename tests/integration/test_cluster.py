@@ -62,7 +62,8 @@ def round_trip(tmp_path_factory) -> dict:
 ])
 def test_cluster_round_trip(round_trip, check):
     checks = round_trip["checks"]
-    assert "scenario_completed" not in checks, checks.get("scenario_completed")
+    assert "scenario_completed" not in checks, (checks.get("scenario_completed"),
+                                                round_trip.get("serve_logs"))
     assert checks[check]["ok"], (checks[check]["detail"], round_trip["_output"])
 
 

@@ -431,6 +431,7 @@ def test_ray_containers_get_the_makefiles_environment(rendered, variant):
         assert env(pod)["RAY_SERVE_ENABLE_HA_PROXY"]["value"] == "1"
         assert env(pod)["RAY_SERVE_HAPROXY_METRICS_ENABLED"]["value"] == "0"
         assert env(pod)["RAY_USAGE_STATS_ENABLED"]["value"] == "0"
+        assert env(pod)["RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"]["value"] == "60"
     assert one(rendered[variant], "RayService")["spec"]["rayClusterConfig"]["authOptions"] == {
         "mode": "token"}
 
@@ -468,6 +469,15 @@ def test_the_images_wrapper_is_where_the_chart_says():
     assert f"RAY_SERVE_HAPROXY_TUNE_BUFSIZE={buffers} " in dockerfile
     assert f"RAY_SERVE_HAPROXY_H2_MAX_FRAME_SIZE={buffers} " in dockerfile
     assert f"RAY_SERVE_HAPROXY_TUNE_BUFSIZE ?= {buffers}\n" in (ROOT / "Makefile").read_text()
+    # How long a node's proxy gets to start: one figure in the chart, the image, the Makefile,
+    # the test session's Ray and the cluster scenario's nodes.
+    ready_s = yaml.safe_load((CHART / "values.yaml").read_text())["ray"]["proxyReadyTimeoutS"]
+    assert f"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S={ready_s} " in dockerfile
+    assert (f"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S ?= {ready_s}\n"
+            in (ROOT / "Makefile").read_text())
+    for where in ("tests/conftest.py", "load_tests/cluster_ray.py"):
+        assert (f'"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "{ready_s}"'
+                in (ROOT / where).read_text()), where
     from load_tests.bench_grpc import SHIPPED_BUFFERS
     assert set(SHIPPED_BUFFERS.values()) == {str(buffers)}
     # /opt/vigil/bin/vigil-haproxy: the console script pip makes from pyproject.toml.
@@ -573,6 +583,7 @@ def test_every_value_is_described():
         ("ray.haProxyLimits.maxconn=10", "maxconn"),
         ("ray.haProxyLimits.timeoutHttpRequestS=0", "timeoutHttpRequestS"),
         ("ray.haProxyLimits.headerTimeoutWrapper=vigil-haproxy", "headerTimeoutWrapper"),
+        ("ray.proxyReadyTimeoutS=1", "proxyReadyTimeoutS"),
         ("ingress.nginxLimits.proxyBodySize=lots", "proxyBodySize"),
         ("head.rayStartParams.resources=x", "resources"),
     ],

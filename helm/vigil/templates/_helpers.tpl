@@ -182,6 +182,9 @@ seccompProfile:
 - name: VIGIL_HAPROXY_TIMEOUT_HTTP_REQUEST_S
   value: {{ $.Values.ray.haProxyLimits.timeoutHttpRequestS | quote }}
 {{- end }}
+# A node's proxy gets this long to start before Serve kills it (Ray's 5 s failed busy deploys).
+- name: RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S
+  value: {{ .Values.ray.proxyReadyTimeoutS | quote }}
 - name: RAY_USAGE_STATS_ENABLED
   value: "0"
 - name: PYTHONUNBUFFERED
