@@ -38,9 +38,10 @@ export RAY_AUTH_MODE ?= token
 # Replicas behind HAProxy drain 30 s before stopping (for remote load balancers); on one local
 # node HAProxy learns of it at once, so Ctrl-C on `make serve` need not wait that long.
 export RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S ?= 2
-# A node's proxy (HAProxy's manager) gets 60 s to start, not Ray's 5 s: on busy machines it took
-# over 15 s (CI) and 50 s (two cores with two busy loops), and Serve killed it mid-start, failing
-# `serve run`/`serve deploy` with "killed by `ray.kill`" (docs/deploying.md, "A Ray cluster").
+# A node's proxy (HAProxy's manager) gets 60 s to start, not Ray's 5 s. Ray runs it at nice 15:
+# on busy machines its start took over 15 s (CI) and over a minute (two cores, two busy loops),
+# and Serve killed it mid-start, failing `serve run`/`serve deploy` with "killed by `ray.kill`"
+# (docs/deploying.md, "A Ray cluster").
 export RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S ?= 60
 export PYTHONUNBUFFERED := 1
 # The Serve config `make serve` and `make deploy` run: `make serve CONFIG=my-serve.yaml`.
