@@ -289,17 +289,31 @@ def _bindable(host: str, port: int) -> bool:
     return True
 
 
+# Every port free_port has handed out in this process: none is bound yet when the next is
+# drawn (one environment names several servers' ports before any starts), so bindability alone
+# let two draws agree (seen in CI: the fallback proxy's gRPC port was HAProxy's metrics port).
+_HANDED_OUT: set[int] = set()
+_HANDED_OUT_LOCK = threading.Lock()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on now, for a server started next. Drawn below the kernel's
-    ephemeral range: a port the OS picks for bind(0) is one an outgoing connection can take
-    before that server binds it (seen in CI: HAProxy's stats port taken during Ray's startup).
-    Free on 0.0.0.0 too, since some servers (HAProxy's stats page) bind every address."""
+    """A port nothing listens on now and that this process has not handed out before, for a
+    server started next. Drawn below the kernel's ephemeral range: a port the OS picks for
+    bind(0) is one an outgoing connection can take before that server binds it (seen in CI:
+    HAProxy's stats port taken during Ray's startup). Free on 0.0.0.0 too, since some servers
+    (HAProxy's stats page) bind every address."""
     ports = range(_LISTEN_PORTS.start, min(_LISTEN_PORTS.stop, _ephemeral_low()))
     draw = random.SystemRandom()
-    for _ in range(200 if ports else 0):
-        port = draw.choice(ports)
-        if _bindable(host, port) and _bindable("0.0.0.0", port):
-            return port
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    with _HANDED_OUT_LOCK:
+        for _ in range(200 if ports else 0):
+            port = draw.choice(ports)
+            if port not in _HANDED_OUT and _bindable(host, port) and _bindable("0.0.0.0", port):
+                _HANDED_OUT.add(port)
+                return port
+        while True:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.bind((host, 0))
+                port = sock.getsockname()[1]
+            if port not in _HANDED_OUT:
+                _HANDED_OUT.add(port)
+                return port
