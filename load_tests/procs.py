@@ -303,10 +303,8 @@ def free_port(host: str = "127.0.0.1") -> int:
     HAProxy's stats port taken during Ray's startup). Free on 0.0.0.0 too, since some servers
     (HAProxy's stats page) bind every address."""
     ports = range(_LISTEN_PORTS.start, min(_LISTEN_PORTS.stop, _ephemeral_low()))
-    draw = random.SystemRandom()
     with _HANDED_OUT_LOCK:
-        for _ in range(200 if ports else 0):
-            port = draw.choice(ports)
+        for port in random.SystemRandom().sample(ports, min(200, len(ports))):
             if port not in _HANDED_OUT and _bindable(host, port) and _bindable("0.0.0.0", port):
                 _HANDED_OUT.add(port)
                 return port
